@@ -1,0 +1,22 @@
+//! rampart: a test-bench for server robustness, built around a real, hardened messaging server.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`protocol`]: frames on the wire, their limits, pure incremental encode/decode (no IO).
+//! - [`guard`]: admission: connection caps, rate limiters, the IP blocklist.
+//! - [`server`]: accept loop, per-connection budgets and timeouts, session state machine, handlers.
+//! - [`store`]: persistence behind a trait; SQLite plus fsynced blob files is the embedded default.
+//! - [`client`]: the well-behaved client library used by the CLI and the tests.
+//! - [`config`]: every limit above, read from TOML and checked before the server starts.
+//!
+//! Lower layers never import higher ones: `protocol` imports nothing of rampart, `store` and
+//! `guard` import only `protocol` and `config`, `server` imports everything below it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod guard;
+pub mod protocol;
+pub mod server;
+pub mod store;
