@@ -1,0 +1,268 @@
+//! Errors: what a peer can get wrong on the wire, what a caller can get wrong when encoding,
+//! and the numeric error codes carried by ERROR replies.
+
+use super::frame::Kind;
+
+/// Why a frame or body was rejected. One variant per rejection reason, so that callers match
+/// on the reason and never compare strings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A header byte differs from the protocol magic `RM` (checked as soon as it arrives).
+    #[error("bad magic byte 0x{byte:02x} at offset {offset}")]
+    BadMagic {
+        /// The byte that arrived.
+        byte: u8,
+        /// Its offset in the header (0 or 1).
+        offset: u8,
+    },
+    /// The version byte is not one this build speaks.
+    #[error("unsupported protocol version {version}")]
+    UnsupportedVersion {
+        /// The version the peer sent.
+        version: u8,
+    },
+    /// The kind byte names no frame kind.
+    #[error("unknown frame kind 0x{kind:02x}")]
+    UnknownKind {
+        /// The kind byte the peer sent.
+        kind: u8,
+    },
+    /// A known kind that this side must not receive (a reply sent to the server, or a request
+    /// sent to the client).
+    #[error("frame kind {kind:?} is not allowed in this direction")]
+    UnexpectedKind {
+        /// The kind that arrived.
+        kind: Kind,
+    },
+    /// Flag bits that version 1 reserves were set.
+    #[error("reserved flag bits set: 0x{flags:04x}")]
+    ReservedFlags {
+        /// The flags field as sent.
+        flags: u16,
+    },
+    /// The declared payload length exceeds the limit for this kind.
+    #[error("{kind:?} frame declares {len} bytes, limit is {max}")]
+    FrameTooLarge {
+        /// The frame kind.
+        kind: Kind,
+        /// The declared payload length.
+        len: u32,
+        /// The limit that applies.
+        max: u32,
+    },
+    /// The payload ended inside a field.
+    #[error("payload ends inside field {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// The payload has bytes after the last field.
+    #[error("{extra} unexpected bytes after the body of {kind:?}")]
+    TrailingBytes {
+        /// The frame kind.
+        kind: Kind,
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// A text field is not valid UTF-8.
+    #[error("field {field} is not valid utf-8")]
+    InvalidUtf8 {
+        /// The field.
+        field: &'static str,
+    },
+    /// A length-prefixed field declares more bytes than its limit.
+    #[error("field {field} is {len} bytes, limit is {max}")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its declared length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A list declares more entries than its limit.
+    #[error("field {field} has {count} entries, limit is {max}")]
+    TooManyItems {
+        /// The list field.
+        field: &'static str,
+        /// Its declared count.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A field holds a value outside its defined range (an unknown enum byte, say).
+    #[error("field {field} has invalid value {value}")]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+}
+
+impl DecodeError {
+    /// A stable snake_case label for counting and recording rejections by reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::BadMagic { .. } => "bad_magic",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+            DecodeError::UnknownKind { .. } => "unknown_kind",
+            DecodeError::UnexpectedKind { .. } => "unexpected_kind",
+            DecodeError::ReservedFlags { .. } => "reserved_flags",
+            DecodeError::FrameTooLarge { .. } => "frame_too_large",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::TrailingBytes { .. } => "trailing_bytes",
+            DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
+            DecodeError::FieldTooLong { .. } => "field_too_long",
+            DecodeError::TooManyItems { .. } => "too_many_items",
+            DecodeError::InvalidValue { .. } => "invalid_value",
+        }
+    }
+
+    /// Every reason label, in declaration order (for metrics tables and docs).
+    pub const REASONS: [&'static str; 12] = [
+        "bad_magic",
+        "unsupported_version",
+        "unknown_kind",
+        "unexpected_kind",
+        "reserved_flags",
+        "frame_too_large",
+        "truncated",
+        "trailing_bytes",
+        "invalid_utf8",
+        "field_too_long",
+        "too_many_items",
+        "invalid_value",
+    ];
+
+    /// True when the framing itself is broken (header errors): the byte stream cannot be
+    /// resynchronized and the connection must close. Body errors leave the stream intact.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::BadMagic { .. }
+                | DecodeError::UnsupportedVersion { .. }
+                | DecodeError::UnknownKind { .. }
+                | DecodeError::UnexpectedKind { .. }
+                | DecodeError::ReservedFlags { .. }
+                | DecodeError::FrameTooLarge { .. }
+        )
+    }
+}
+
+/// The caller asked to encode something the protocol cannot carry. This is a programming or
+/// usage error on the sending side, kept apart from [`DecodeError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A field is longer than its length prefix or its limit allows.
+    #[error("field {field} is {len} bytes, limit is {max}")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A list is longer than its count prefix or limit allows.
+    #[error("field {field} has {count} entries, limit is {max}")]
+    TooManyItems {
+        /// The list field.
+        field: &'static str,
+        /// Its length.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The whole payload is longer than the frame limit.
+    #[error("payload of {len} bytes exceeds the frame limit of {max}")]
+    FrameTooLarge {
+        /// The payload length.
+        len: u64,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// Numeric codes carried by ERROR replies (see docs/PROTOCOL.md, "Error codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request frame or body could not be decoded.
+    BadFrame = 1,
+    /// The request needs an authenticated session.
+    NotAuthenticated = 2,
+    /// Wrong user name or password (one code for both: no user enumeration).
+    AuthFailed = 3,
+    /// A rate limit refused the request; it was not applied.
+    RateLimited = 4,
+    /// The item exists but does not belong to this session's user.
+    PermissionDenied = 5,
+    /// No such item, upload or part.
+    NotFound = 6,
+    /// The recipient user does not exist.
+    UnknownRecipient = 7,
+    /// A size limit was exceeded (file size, text length, open uploads).
+    TooLarge = 8,
+    /// The sender's storage quota would be exceeded.
+    QuotaExceeded = 9,
+    /// An upload's digest does not match its bytes.
+    DigestMismatch = 10,
+    /// The request is well-formed but invalid in this state (wrong offset, repeated AUTH).
+    BadRequest = 11,
+    /// The server failed internally; the request was not applied.
+    Internal = 12,
+    /// The server is shutting down.
+    ShuttingDown = 13,
+    /// A session timeout expired; the server closes after this reply.
+    Timeout = 14,
+    /// The server refuses new connections (a connection cap was reached).
+    Busy = 15,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::BadFrame,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::AuthFailed,
+        ErrorCode::RateLimited,
+        ErrorCode::PermissionDenied,
+        ErrorCode::NotFound,
+        ErrorCode::UnknownRecipient,
+        ErrorCode::TooLarge,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::DigestMismatch,
+        ErrorCode::BadRequest,
+        ErrorCode::Internal,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Timeout,
+        ErrorCode::Busy,
+    ];
+
+    /// The code for a wire value, if it is defined.
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| *c as u16 == v)
+    }
+
+    /// A stable snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::DigestMismatch => "digest_mismatch",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Internal => "internal",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Busy => "busy",
+        }
+    }
+}
