@@ -1,1 +1,394 @@
-//! placeholder
+//! Persistence behind a small, synchronous trait.
+//!
+//! The server talks to storage only through [`Store`], so the embedded default
+//! ([`SqliteStore`], SQLite in WAL mode) can later be swapped for a shared backend.
+//! Large payloads (files and mail attachments) do not live in the database: they are
+//! written to the [`BlobStore`] first, fsynced and renamed into place, and only then
+//! referenced by an item through a [`BlobRef`]. Paths on disk are derived only from the
+//! random blob id, never from anything a client sent.
+//!
+//! The trait is synchronous on purpose: SQLite calls block, and the server runs them
+//! inside `spawn_blocking` rather than pretending they are asynchronous.
+
+mod blobs;
+mod names;
+mod sqlite;
+
+pub use blobs::{BlobStore, StagedBlob};
+pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
+pub use sqlite::SqliteStore;
+
+use serde::Serialize;
+
+/// The database id of a user account.
+pub type UserId = i64;
+
+/// The database id of an item (message, mail or file). Ids are positive and never reused,
+/// even after the item is deleted, so a stale id can never name someone else's new item.
+pub type ItemId = u64;
+
+/// What an item is; the numeric values are stored in the database and must not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum ItemKind {
+    /// A short chat message.
+    Message = 1,
+    /// A mail with a subject, a body and optional attachments.
+    Mail = 2,
+    /// A single file.
+    File = 3,
+}
+
+impl ItemKind {
+    /// The lower-case name of the kind, as shown to users and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Message => "message",
+            ItemKind::Mail => "mail",
+            ItemKind::File => "file",
+        }
+    }
+}
+
+impl TryFrom<u8> for ItemKind {
+    type Error = StoreError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            1 => Ok(ItemKind::Message),
+            2 => Ok(ItemKind::Mail),
+            3 => Ok(ItemKind::File),
+            other => Err(StoreError::UnknownKind(other)),
+        }
+    }
+}
+
+impl std::fmt::Display for ItemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One user account as listed by administrators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSummary {
+    /// The user's login name.
+    pub name: String,
+    /// When the account was created, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Bytes currently charged to this user's quota (items they sent that still exist).
+    pub usage_bytes: u64,
+}
+
+/// A finished, fsynced blob in the blob store, ready to be attached to an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// 32 lower-case hex characters (128 random bits); the only thing a path is built from.
+    pub blob_id: String,
+    /// The sanitized display name (see [`sanitize_file_name`]); never used in a path.
+    pub name: String,
+    /// The blob's length in bytes.
+    pub size: u64,
+    /// The blake3 digest of the blob's content.
+    pub digest: [u8; 32],
+}
+
+/// An item about to be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewItem {
+    /// A chat message.
+    Message {
+        /// The message text.
+        text: String,
+    },
+    /// A mail.
+    Mail {
+        /// The subject line.
+        subject: String,
+        /// The body text.
+        body: String,
+        /// Committed blobs attached to the mail, in order.
+        attachments: Vec<BlobRef>,
+    },
+    /// A file, already committed to the blob store.
+    File(BlobRef),
+}
+
+impl NewItem {
+    /// The kind of this item.
+    pub fn kind(&self) -> ItemKind {
+        match self {
+            NewItem::Message { .. } => ItemKind::Message,
+            NewItem::Mail { .. } => ItemKind::Mail,
+            NewItem::File(_) => ItemKind::File,
+        }
+    }
+
+    /// The bytes this item is charged: message text; mail subject, body and attachment
+    /// sizes; or the file's size. Saturates instead of overflowing, so an absurd size is
+    /// refused by the quota check rather than wrapping around to a small one.
+    pub fn size(&self) -> u64 {
+        match self {
+            NewItem::Message { text } => len_u64(text),
+            NewItem::Mail {
+                subject,
+                body,
+                attachments,
+            } => attachments
+                .iter()
+                .fold(len_u64(subject).saturating_add(len_u64(body)), |acc, a| {
+                    acc.saturating_add(a.size)
+                }),
+            NewItem::File(blob) => blob.size,
+        }
+    }
+}
+
+/// Converts a string length to `u64`; `usize` is at most 64 bits on every supported target.
+fn len_u64(s: &str) -> u64 {
+    u64::try_from(s.len()).unwrap_or(u64::MAX)
+}
+
+/// One line of an inbox listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboxEntry {
+    /// The item's id.
+    pub id: ItemId,
+    /// What the item is.
+    pub kind: ItemKind,
+    /// The sender's user name.
+    pub from: String,
+    /// The bytes charged for this item (see [`NewItem::size`]).
+    pub size: u64,
+    /// When the item was committed, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The mail subject, the file name, or "" for messages.
+    pub title: String,
+}
+
+/// A whole item: its inbox entry plus its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The listing fields.
+    pub entry: InboxEntry,
+    /// The content.
+    pub content: ItemContent,
+}
+
+/// The content of a stored item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemContent {
+    /// A chat message.
+    Message {
+        /// The message text.
+        text: String,
+    },
+    /// A mail.
+    Mail {
+        /// The subject line.
+        subject: String,
+        /// The body text.
+        body: String,
+        /// The attached blobs, in the order they were delivered.
+        attachments: Vec<BlobRef>,
+    },
+    /// A file.
+    File(BlobRef),
+}
+
+/// Everything that can go wrong in the store; one variant per reason so callers can match.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The user name is already taken.
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    /// No user has this name.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// No user has this id.
+    #[error("unknown user id {0}")]
+    UnknownUserId(UserId),
+    /// Delivering the item would push the sender over their quota; nothing was stored.
+    #[error("quota exceeded: {used} bytes used, {requested} requested, quota is {quota}")]
+    QuotaExceeded {
+        /// Bytes already charged to the sender.
+        used: u64,
+        /// Bytes the refused item would have added.
+        requested: u64,
+        /// The sender's quota.
+        quota: u64,
+    },
+    /// The user name does not satisfy [`validate_user_name`]; the string says why.
+    #[error("invalid user name: {0}")]
+    InvalidName(String),
+    /// A password hash must not be empty, or anyone could log in without a password.
+    #[error("empty password hash")]
+    EmptyPasswordHash,
+    /// A blob id is not exactly 32 lower-case hex characters.
+    #[error("invalid blob id {0:?}")]
+    InvalidBlobId(String),
+    /// The caller built an item the store cannot hold; the string says why.
+    #[error("invalid item: {0}")]
+    InvalidItem(String),
+    /// A numeric item kind that is not one of [`ItemKind`].
+    #[error("unknown item kind {0}")]
+    UnknownKind(u8),
+    /// The database was written by a newer build with migrations this build does not know.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// A file system error.
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A database error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored data that violates the store's own invariants.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+/// Persistence for users and their items.
+///
+/// Every method is synchronous and may block on disk; the server calls them inside
+/// `spawn_blocking`. Methods that take a `UserId` trust it: it comes from the
+/// authenticated session, never from a request.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; [`StoreError::UserExists`] if the name is taken, and the name must
+    /// pass [`validate_user_name`].
+    fn add_user(&self, name: &str, password_hash: &str) -> Result<UserId, StoreError>;
+
+    /// Replaces a user's password hash; [`StoreError::UnknownUser`] if there is no such user.
+    fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
+
+    /// Every user, sorted by name.
+    fn list_users(&self) -> Result<Vec<UserSummary>, StoreError>;
+
+    /// The user's id and stored password hash, or `None` if there is no such user.
+    fn credentials(&self, name: &str) -> Result<Option<(UserId, String)>, StoreError>;
+
+    /// The id of the user with this name, if any.
+    fn user_id(&self, name: &str) -> Result<Option<UserId>, StoreError>;
+
+    /// Bytes currently charged to this user (the items they sent that still exist).
+    fn usage(&self, user: UserId) -> Result<u64, StoreError>;
+
+    /// Commits a new item for `to`, sent by `from`, charging its size to the SENDER's quota,
+    /// atomically (check + insert in one IMMEDIATE transaction). Returns only after the commit is durable.
+    fn deliver(
+        &self,
+        from: UserId,
+        to: UserId,
+        item: NewItem,
+        quota: u64,
+    ) -> Result<ItemId, StoreError>;
+
+    /// Up to `limit` of the owner's items with an id greater than `after`, in ascending id order.
+    fn inbox(
+        &self,
+        owner: UserId,
+        after: ItemId,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// None both when the id does not exist and when it belongs to someone else (no enumeration oracle).
+    fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError>;
+
+    /// Deletes the owner's item, frees the sender's quota; returns the blob ids that are no longer referenced (caller removes the files). None if not the owner's.
+    fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Every blob id referenced by some item (used to sweep orphans at start-up).
+    fn referenced_blobs(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Whether `id` is exactly 32 lower-case hex characters, the only shape a blob id can have.
+///
+/// Everything that turns a blob id into a path checks this first, so a forged id such as
+/// `../../x` can never reach the file system.
+pub fn is_valid_blob_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(size: u64) -> BlobRef {
+        BlobRef {
+            blob_id: "0".repeat(32),
+            name: "a".into(),
+            size,
+            digest: [0; 32],
+        }
+    }
+
+    #[test]
+    fn kind_round_trips_through_u8() -> Result<(), StoreError> {
+        for kind in [ItemKind::Message, ItemKind::Mail, ItemKind::File] {
+            assert_eq!(ItemKind::try_from(kind as u8)?, kind);
+        }
+        assert!(matches!(
+            ItemKind::try_from(0),
+            Err(StoreError::UnknownKind(0))
+        ));
+        assert!(matches!(
+            ItemKind::try_from(4),
+            Err(StoreError::UnknownKind(4))
+        ));
+        assert_eq!(ItemKind::Mail.as_str(), "mail");
+        Ok(())
+    }
+
+    #[test]
+    fn item_sizes() {
+        assert_eq!(
+            NewItem::Message {
+                text: "héllo".into()
+            }
+            .size(),
+            6
+        );
+        let mail = NewItem::Mail {
+            subject: "ab".into(),
+            body: "cde".into(),
+            attachments: vec![blob(10), blob(5)],
+        };
+        assert_eq!(mail.size(), 20);
+        assert_eq!(NewItem::File(blob(7)).size(), 7);
+        let huge = NewItem::Mail {
+            subject: String::new(),
+            body: String::new(),
+            attachments: vec![blob(u64::MAX), blob(u64::MAX)],
+        };
+        assert_eq!(huge.size(), u64::MAX);
+    }
+
+    #[test]
+    fn blob_id_shape() {
+        assert!(is_valid_blob_id("0123456789abcdef0123456789abcdef"));
+        assert!(!is_valid_blob_id("0123456789ABCDEF0123456789abcdef"));
+        assert!(!is_valid_blob_id("0123456789abcdef0123456789abcde"));
+        assert!(!is_valid_blob_id("../../../../../../../../etc/pass"));
+        assert!(!is_valid_blob_id(""));
+    }
+
+    #[test]
+    fn inbox_entry_serializes_kind_as_word() -> Result<(), serde_json::Error> {
+        let entry = InboxEntry {
+            id: 1,
+            kind: ItemKind::File,
+            from: "a".into(),
+            size: 2,
+            received_at_ms: 3,
+            title: "t".into(),
+        };
+        let json = serde_json::to_string(&entry)?;
+        assert!(json.contains("\"kind\":\"file\""), "{json}");
+        Ok(())
+    }
+}

@@ -1,0 +1,1037 @@
+//! The embedded default [`Store`]: one SQLite database file, `DATA_DIR/rampart.db`.
+//!
+//! # Tables
+//!
+//! - `users(id, name UNIQUE, password_hash, created_at_ms, usage_bytes)`: accounts.
+//!   `usage_bytes` is the sum of the sizes of the items the user sent that still exist;
+//!   [`Store::deliver`] and [`Store::delete`] update it in the same transaction as the item,
+//!   so it can never drift from `items`.
+//! - `items(id AUTOINCREMENT, owner, sender, kind, size, received_at_ms, title, body)`: one
+//!   row per message, mail or file. `title` is the mail subject or the file name ("" for
+//!   messages); `body` is the message text or mail body ("" for files). `AUTOINCREMENT`
+//!   makes SQLite remember the largest id ever used, so ids are never reused after a delete.
+//! - `item_blobs(item_id, idx, blob_id, name, size, digest)`: the blobs an item refers to,
+//!   in order: a file item has one row, a mail one per attachment. Rows go with their item
+//!   (`ON DELETE CASCADE`). A blob id may appear in more than one item.
+//!
+//! # Migrations
+//!
+//! The schema version is SQLite's `PRAGMA user_version`. [`MIGRATIONS`] is an ordered list;
+//! migration `i` moves the database from version `i` to `i + 1`, each in its own
+//! transaction together with the version bump, so a crash mid-migration leaves the old
+//! version intact. To change the schema, append a new string; never edit an old one.
+//!
+//! # Concurrency
+//!
+//! One writer connection and one reader connection, each behind its own mutex. WAL lets
+//! the reader see the last committed state while the writer works, and a single writer
+//! means no `SQLITE_BUSY` between our own writes. Writes that check and then change (quota,
+//! ownership) run in `BEGIN IMMEDIATE` transactions so the check and the change are atomic.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
+
+use super::{
+    is_valid_blob_id, validate_user_name, BlobRef, InboxEntry, Item, ItemContent, ItemId, ItemKind,
+    NewItem, Store, StoreError, UserId, UserSummary,
+};
+
+/// The database file's name inside the data directory.
+const DB_FILE: &str = "rampart.db";
+
+/// How long a connection waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// Schema migrations, in order; see the module docs. Append only.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: users, items and the blobs items refer to.
+    "CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT    NOT NULL UNIQUE,
+        password_hash TEXT    NOT NULL CHECK (password_hash <> ''),
+        created_at_ms INTEGER NOT NULL,
+        usage_bytes   INTEGER NOT NULL DEFAULT 0 CHECK (usage_bytes >= 0)
+    );
+    CREATE TABLE items (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner          INTEGER NOT NULL REFERENCES users(id),
+        sender         INTEGER NOT NULL REFERENCES users(id),
+        kind           INTEGER NOT NULL CHECK (kind IN (1, 2, 3)),
+        size           INTEGER NOT NULL CHECK (size >= 0),
+        received_at_ms INTEGER NOT NULL,
+        title          TEXT    NOT NULL,
+        body           TEXT    NOT NULL
+    );
+    CREATE INDEX items_by_owner ON items(owner, id);
+    CREATE INDEX items_by_sender ON items(sender);
+    CREATE TABLE item_blobs (
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        idx     INTEGER NOT NULL,
+        blob_id TEXT    NOT NULL,
+        name    TEXT    NOT NULL,
+        size    INTEGER NOT NULL CHECK (size >= 0),
+        digest  BLOB    NOT NULL CHECK (length(digest) = 32),
+        PRIMARY KEY (item_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
+];
+
+/// The SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens `data_dir/rampart.db`, creating the directory and the database on first start,
+    /// and brings the schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let mut writer = open_connection(&path)?;
+        migrate(&mut writer)?;
+        // The reader is opened after the migrations so it never sees a half-built schema.
+        let reader = open_connection(&path)?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        let conn = self.read();
+        Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the connection mid-transaction:
+        // rusqlite's Transaction rolls back when dropped during unwinding. So the
+        // connection is still usable and poisoning carries no information for us.
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "could not switch the database to wal mode (got {mode:?})"
+        )));
+    }
+    // FULL makes every commit fsync the WAL, which is what "durable before acknowledged"
+    // needs; NORMAL would lose the last commits on power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = i64::try_from(MIGRATIONS.len())
+        .map_err(|_| StoreError::Corrupt("too many migrations".into()))?;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    if found < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "negative schema version {found}"
+        )));
+    }
+    for (version, sql) in (1i64..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        // PRAGMA takes no bound parameters; `version` is our own counter, not user data.
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn check_password_hash(hash: &str) -> Result<(), StoreError> {
+    if hash.is_empty() {
+        return Err(StoreError::EmptyPasswordHash);
+    }
+    Ok(())
+}
+
+/// Converts a size for storage; SQLite integers are signed 64-bit.
+fn size_to_sql(size: u64) -> Result<i64, StoreError> {
+    i64::try_from(size).map_err(|_| StoreError::InvalidItem(format!("size {size} is too large")))
+}
+
+/// Converts a stored non-negative integer back, treating a negative value as corruption.
+fn sql_to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
+}
+
+fn sql_to_kind(value: i64) -> Result<ItemKind, StoreError> {
+    u8::try_from(value)
+        .ok()
+        .and_then(|v| ItemKind::try_from(v).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown item kind {value}")))
+}
+
+/// Checks the blob references of an item before they are stored: their ids later become
+/// paths, so a forged one must never get into the database.
+fn check_blob(blob: &BlobRef) -> Result<(), StoreError> {
+    if !is_valid_blob_id(&blob.blob_id) {
+        return Err(StoreError::InvalidBlobId(blob.blob_id.clone()));
+    }
+    size_to_sql(blob.size)?;
+    Ok(())
+}
+
+/// The raw columns of one `items` row joined with its sender's name.
+struct ItemRow {
+    id: i64,
+    kind: i64,
+    from: String,
+    size: i64,
+    received_at_ms: i64,
+    title: String,
+    body: String,
+}
+
+impl ItemRow {
+    const COLUMNS: &'static str = "i.id, i.kind, u.name, i.size, i.received_at_ms, i.title, i.body";
+
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ItemRow {
+            id: row.get(0)?,
+            kind: row.get(1)?,
+            from: row.get(2)?,
+            size: row.get(3)?,
+            received_at_ms: row.get(4)?,
+            title: row.get(5)?,
+            body: row.get(6)?,
+        })
+    }
+
+    fn into_entry(self) -> Result<(InboxEntry, String), StoreError> {
+        let entry = InboxEntry {
+            id: sql_to_u64(self.id, "item id")?,
+            kind: sql_to_kind(self.kind)?,
+            from: self.from,
+            size: sql_to_u64(self.size, "item size")?,
+            received_at_ms: self.received_at_ms,
+            title: self.title,
+        };
+        Ok((entry, self.body))
+    }
+}
+
+fn item_blobs(conn: &Connection, item_id: i64) -> Result<Vec<BlobRef>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT blob_id, name, size, digest FROM item_blobs WHERE item_id = ?1 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![item_id], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, Vec<u8>>(3)?,
+        ))
+    })?;
+    let mut blobs = Vec::new();
+    for row in rows {
+        let (blob_id, name, size, digest) = row?;
+        if !is_valid_blob_id(&blob_id) {
+            return Err(StoreError::Corrupt(format!(
+                "stored blob id {blob_id:?} is malformed"
+            )));
+        }
+        let digest: [u8; 32] = digest
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("blob {blob_id} has a malformed digest")))?;
+        blobs.push(BlobRef {
+            blob_id,
+            name,
+            size: sql_to_u64(size, "blob size")?,
+            digest,
+        });
+    }
+    Ok(blobs)
+}
+
+fn insert_blob(
+    tx: &Transaction<'_>,
+    item_id: i64,
+    idx: i64,
+    blob: &BlobRef,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO item_blobs (item_id, idx, blob_id, name, size, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        item_id,
+        idx,
+        blob.blob_id,
+        blob.name,
+        size_to_sql(blob.size)?,
+        &blob.digest[..],
+    ])?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn add_user(&self, name: &str, password_hash: &str) -> Result<UserId, StoreError> {
+        validate_user_name(name)?;
+        check_password_hash(password_hash)?;
+        let conn = self.write();
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO users (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, password_hash, now_ms()]);
+        match inserted {
+            Ok(_) => Ok(conn.last_insert_rowid()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                Err(StoreError::UserExists(name.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        check_password_hash(password_hash)?;
+        let conn = self.write();
+        let changed = conn
+            .prepare_cached("UPDATE users SET password_hash = ?2 WHERE name = ?1")?
+            .execute(params![name, password_hash])?;
+        if changed == 0 {
+            return Err(StoreError::UnknownUser(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached("SELECT name, created_at_ms, usage_bytes FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut users = Vec::new();
+        for row in rows {
+            let (name, created_at_ms, usage) = row?;
+            users.push(UserSummary {
+                name,
+                created_at_ms,
+                usage_bytes: sql_to_u64(usage, "usage")?,
+            });
+        }
+        Ok(users)
+    }
+
+    fn credentials(&self, name: &str) -> Result<Option<(UserId, String)>, StoreError> {
+        let conn = self.read();
+        let found = conn
+            .prepare_cached("SELECT id, password_hash FROM users WHERE name = ?1")?
+            .query_row(params![name], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(found)
+    }
+
+    fn user_id(&self, name: &str) -> Result<Option<UserId>, StoreError> {
+        let conn = self.read();
+        let found = conn
+            .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+            .query_row(params![name], |row| row.get(0))
+            .optional()?;
+        Ok(found)
+    }
+
+    fn usage(&self, user: UserId) -> Result<u64, StoreError> {
+        let conn = self.read();
+        let usage: Option<i64> = conn
+            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+            .query_row(params![user], |row| row.get(0))
+            .optional()?;
+        match usage {
+            Some(usage) => sql_to_u64(usage, "usage"),
+            None => Err(StoreError::UnknownUserId(user)),
+        }
+    }
+
+    fn deliver(
+        &self,
+        from: UserId,
+        to: UserId,
+        item: NewItem,
+        quota: u64,
+    ) -> Result<ItemId, StoreError> {
+        let kind = item.kind();
+        let requested = item.size();
+        let (title, body, blobs): (&str, &str, &[BlobRef]) = match &item {
+            NewItem::Message { text } => ("", text, &[]),
+            NewItem::Mail {
+                subject,
+                body,
+                attachments,
+            } => (subject, body, attachments),
+            NewItem::File(blob) => (&blob.name, "", std::slice::from_ref(blob)),
+        };
+        for blob in blobs {
+            check_blob(blob)?;
+        }
+
+        let mut conn = self.write();
+        // IMMEDIATE takes the write lock before the quota is read, so no other writer can
+        // charge the same sender between the check and the insert.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let used: Option<i64> = tx
+            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+            .query_row(params![from], |row| row.get(0))
+            .optional()?;
+        let used = match used {
+            Some(used) => sql_to_u64(used, "usage")?,
+            None => return Err(StoreError::UnknownUserId(from)),
+        };
+        let recipient_exists = tx
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .exists(params![to])?;
+        if !recipient_exists {
+            return Err(StoreError::UnknownUserId(to));
+        }
+        let new_usage = used
+            .checked_add(requested)
+            .filter(|&total| total <= quota)
+            .ok_or(StoreError::QuotaExceeded {
+                used,
+                requested,
+                quota,
+            })?;
+
+        let size = size_to_sql(requested)?;
+        tx.prepare_cached(
+            "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
+        let item_id = tx.last_insert_rowid();
+        for (idx, blob) in (0i64..).zip(blobs) {
+            insert_blob(&tx, item_id, idx, blob)?;
+        }
+        tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
+            .execute(params![from, size_to_sql(new_usage)?])?;
+        // With synchronous=FULL the commit has fsynced the WAL when this returns.
+        tx.commit()?;
+        sql_to_u64(item_id, "item id")
+    }
+
+    fn inbox(
+        &self,
+        owner: UserId,
+        after: ItemId,
+        limit: u32,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        // Ids are positive i64, so nothing can come after an id beyond i64::MAX.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM items i JOIN users u ON u.id = i.sender
+             WHERE i.owner = ?1 AND i.id > ?2 ORDER BY i.id LIMIT ?3",
+            ItemRow::COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![owner, after, limit], ItemRow::from_row)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(row?.into_entry()?.0);
+        }
+        Ok(entries)
+    }
+
+    fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let conn = self.read();
+        // A consistent snapshot across the item row and its blobs, in case a delete
+        // commits between the two reads.
+        let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Deferred)?;
+        // Filtering on the owner in SQL makes "not yours" and "does not exist"
+        // indistinguishable to the caller.
+        let row = tx
+            .prepare_cached(&format!(
+                "SELECT {} FROM items i JOIN users u ON u.id = i.sender
+                 WHERE i.id = ?1 AND i.owner = ?2",
+                ItemRow::COLUMNS
+            ))?
+            .query_row(params![id, owner], ItemRow::from_row)
+            .optional()?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (entry, body) = row.into_entry()?;
+        let mut blobs = item_blobs(&tx, id)?;
+        tx.finish()?;
+        let content = match entry.kind {
+            ItemKind::Message => ItemContent::Message { text: body },
+            ItemKind::Mail => ItemContent::Mail {
+                subject: entry.title.clone(),
+                body,
+                attachments: blobs,
+            },
+            ItemKind::File => {
+                let blob = blobs.pop().filter(|_| blobs.is_empty()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("file item {id} does not have exactly one blob"))
+                })?;
+                ItemContent::File(blob)
+            }
+        };
+        Ok(Some(Item { entry, content }))
+    }
+
+    fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT sender, size FROM items WHERE id = ?1 AND owner = ?2")?
+            .query_row(params![id, owner], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((sender, size)) = found else {
+            return Ok(None);
+        };
+        let blob_ids: Vec<String> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT blob_id FROM item_blobs WHERE item_id = ?1 ORDER BY idx")?;
+            let rows = stmt.query_map(params![id], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        // Deleting the blob rows explicitly rather than through the cascade keeps this
+        // correct even on a connection where foreign keys were left off.
+        tx.prepare_cached("DELETE FROM item_blobs WHERE item_id = ?1")?
+            .execute(params![id])?;
+        tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
+            .execute(params![id])?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE users SET usage_bytes = usage_bytes - ?2 WHERE id = ?1 AND usage_bytes >= ?2",
+            )?
+            .execute(params![sender, size])?;
+        if changed != 1 {
+            // Rolling back (by dropping tx) leaves the item in place rather than making the
+            // usage column negative or silently wrong.
+            return Err(StoreError::Corrupt(format!(
+                "usage of user {sender} is smaller than the size of item {id}"
+            )));
+        }
+        let mut unreferenced = Vec::new();
+        {
+            let mut still_used =
+                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM item_blobs WHERE blob_id = ?1)")?;
+            for blob_id in blob_ids {
+                let used: bool = still_used.query_row(params![blob_id], |row| row.get(0))?;
+                if !used && !unreferenced.contains(&blob_id) {
+                    unreferenced.push(blob_id);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Some(unreferenced))
+    }
+
+    fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.read();
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT blob_id FROM item_blobs ORDER BY blob_id")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BlobStore;
+    use std::collections::HashSet;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const BIG: u64 = 1 << 30;
+    const EVIL: &str = "x'); DROP TABLE users;--";
+
+    fn store() -> Result<(tempfile::TempDir, SqliteStore), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path())?;
+        Ok((dir, store))
+    }
+
+    fn two_users(store: &SqliteStore) -> Result<(UserId, UserId), StoreError> {
+        Ok((
+            store.add_user("alice", "h-a")?,
+            store.add_user("bob", "h-b")?,
+        ))
+    }
+
+    fn blob(blobs: &BlobStore, content: &[u8], name: &str) -> Result<BlobRef, StoreError> {
+        let mut staged = blobs.stage()?;
+        staged.append(content)?;
+        staged.commit(name)
+    }
+
+    fn message(text: &str) -> NewItem {
+        NewItem::Message { text: text.into() }
+    }
+
+    /// Checks the usage column against a sum over items, the invariant deliver and delete keep.
+    fn assert_usage_consistent(store: &SqliteStore) -> TestResult {
+        let conn = store.read();
+        let mismatched: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM users u WHERE u.usage_bytes <>
+               (SELECT COALESCE(SUM(size), 0) FROM items i WHERE i.sender = u.id)",
+            [],
+            |row| row.get(0),
+        )?;
+        assert_eq!(mismatched, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn add_and_duplicate_user() -> TestResult {
+        let (_dir, store) = store()?;
+        let id = store.add_user("alice", "hash")?;
+        assert!(
+            matches!(store.add_user("alice", "other"), Err(StoreError::UserExists(n)) if n == "alice")
+        );
+        assert_eq!(store.user_id("alice")?, Some(id));
+        assert_eq!(store.user_id("nobody")?, None);
+        assert!(matches!(
+            store.add_user("Alice", "h"),
+            Err(StoreError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.add_user(EVIL, "h"),
+            Err(StoreError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.add_user("carol", ""),
+            Err(StoreError::EmptyPasswordHash)
+        ));
+        assert_eq!(store.user_id("carol")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn credentials_and_password_change() -> TestResult {
+        let (_dir, store) = store()?;
+        let id = store.add_user("alice", "$argon2id$old")?;
+        assert_eq!(
+            store.credentials("alice")?,
+            Some((id, "$argon2id$old".to_owned()))
+        );
+        assert_eq!(store.credentials("bob")?, None);
+        store.set_password("alice", EVIL)?;
+        assert_eq!(store.credentials("alice")?, Some((id, EVIL.to_owned())));
+        assert!(
+            matches!(store.set_password("bob", "h"), Err(StoreError::UnknownUser(n)) if n == "bob")
+        );
+        assert!(matches!(
+            store.set_password("alice", ""),
+            Err(StoreError::EmptyPasswordHash)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn list_users_sorted_with_usage() -> TestResult {
+        let (_dir, store) = store()?;
+        let c = store.add_user("carol", "h")?;
+        let a = store.add_user("alice", "h")?;
+        store.add_user("bob", "h")?;
+        store.deliver(c, a, message("hey"), BIG)?;
+        let users = store.list_users()?;
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        assert_eq!(users[2].usage_bytes, 3);
+        assert_eq!(users[0].usage_bytes, 0);
+        assert!(users[0].created_at_ms > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn deliver_each_kind_and_read_back() -> TestResult {
+        let (dir, store) = store()?;
+        let blobs = BlobStore::open(dir.path())?;
+        let (alice, bob) = two_users(&store)?;
+
+        let m = store.deliver(alice, bob, message(EVIL), BIG)?;
+        let att1 = blob(&blobs, b"attachment one", "one.txt")?;
+        let att2 = blob(&blobs, b"two", EVIL)?;
+        let mail = NewItem::Mail {
+            subject: EVIL.into(),
+            body: "body\0with nul".into(),
+            attachments: vec![att1.clone(), att2.clone()],
+        };
+        let mail_size = mail.size();
+        let ml = store.deliver(alice, bob, mail, BIG)?;
+        let file = blob(&blobs, b"file content", "report.pdf")?;
+        let f = store.deliver(bob, bob, NewItem::File(file.clone()), BIG)?;
+        assert!(m < ml && ml < f);
+
+        let inbox = store.inbox(bob, 0, 10)?;
+        let summary: Vec<(ItemId, ItemKind, &str, u64, &str)> = inbox
+            .iter()
+            .map(|e| (e.id, e.kind, e.from.as_str(), e.size, e.title.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (m, ItemKind::Message, "alice", EVIL.len() as u64, ""),
+                (ml, ItemKind::Mail, "alice", mail_size, EVIL),
+                (f, ItemKind::File, "bob", 12, "report.pdf"),
+            ]
+        );
+        assert_eq!(mail_size, (EVIL.len() + 13 + 14 + 3) as u64);
+        assert!(store.inbox(alice, 0, 10)?.is_empty());
+
+        let item = store.item(bob, m)?.ok_or("message missing")?;
+        assert_eq!(item.entry, inbox[0]);
+        assert_eq!(item.content, ItemContent::Message { text: EVIL.into() });
+        let item = store.item(bob, ml)?.ok_or("mail missing")?;
+        assert_eq!(
+            item.content,
+            ItemContent::Mail {
+                subject: EVIL.into(),
+                body: "body\0with nul".into(),
+                attachments: vec![att1, att2],
+            }
+        );
+        let item = store.item(bob, f)?.ok_or("file missing")?;
+        assert_eq!(item.content, ItemContent::File(file));
+
+        assert_eq!(store.usage(alice)?, EVIL.len() as u64 + mail_size);
+        assert_eq!(store.usage(bob)?, 12);
+        assert_usage_consistent(&store)?;
+        // The evil strings did nothing to the schema.
+        assert_eq!(store.list_users()?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn inbox_pages_by_id() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let ids: Vec<ItemId> = (0..5)
+            .map(|i| store.deliver(alice, bob, message(&format!("m{i}")), BIG))
+            .collect::<Result<_, _>>()?;
+        let page: Vec<ItemId> = store.inbox(bob, 0, 2)?.iter().map(|e| e.id).collect();
+        assert_eq!(page, ids[..2]);
+        let page: Vec<ItemId> = store.inbox(bob, ids[1], 10)?.iter().map(|e| e.id).collect();
+        assert_eq!(page, ids[2..]);
+        assert!(store.inbox(bob, ids[4], 10)?.is_empty());
+        assert!(store.inbox(bob, 0, 0)?.is_empty());
+        assert!(store.inbox(bob, u64::MAX, 10)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn other_users_items_are_invisible() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let id = store.deliver(alice, bob, message("for bob only"), BIG)?;
+        // The sender does not own the item either: it lives in the recipient's inbox.
+        assert_eq!(store.item(alice, id)?, None);
+        assert_eq!(store.item(alice, id + 1000)?, None);
+        assert_eq!(store.item(bob, u64::MAX)?, None);
+        assert_eq!(store.delete(alice, id)?, None);
+        assert_eq!(store.delete(alice, u64::MAX)?, None);
+        assert!(store.item(bob, id)?.is_some());
+        assert_eq!(store.usage(alice)?, 12);
+        Ok(())
+    }
+
+    #[test]
+    fn quota_exceeded_is_refused_atomically() -> TestResult {
+        let (dir, store) = store()?;
+        let blobs = BlobStore::open(dir.path())?;
+        let (alice, bob) = two_users(&store)?;
+        store.deliver(alice, bob, message("12345"), 10)?;
+        let err = store.deliver(alice, bob, message("123456"), 10);
+        assert!(matches!(
+            err,
+            Err(StoreError::QuotaExceeded {
+                used: 5,
+                requested: 6,
+                quota: 10
+            })
+        ));
+        let att = blob(&blobs, b"123", "a")?;
+        let mail = NewItem::Mail {
+            subject: "s".into(),
+            body: "b".into(),
+            attachments: vec![att],
+        };
+        assert!(matches!(
+            store.deliver(alice, bob, mail, 9),
+            Err(StoreError::QuotaExceeded { .. })
+        ));
+        assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
+        assert!(store.referenced_blobs()?.is_empty());
+        assert_eq!(store.usage(alice)?, 5);
+        // Exactly filling the quota is allowed.
+        store.deliver(alice, bob, message("12345"), 10)?;
+        assert_eq!(store.usage(alice)?, 10);
+        // Sizes that would overflow are refused, not wrapped.
+        let big = BlobRef {
+            size: i64::MAX as u64,
+            ..blob(&blobs, b"", "h")?
+        };
+        let huge = NewItem::Mail {
+            subject: String::new(),
+            body: String::new(),
+            attachments: vec![big.clone(), big.clone(), big.clone()],
+        };
+        assert!(matches!(
+            store.deliver(alice, bob, huge, u64::MAX),
+            Err(StoreError::QuotaExceeded {
+                used: 10,
+                requested: u64::MAX,
+                quota: u64::MAX
+            })
+        ));
+        let unstorable = NewItem::File(BlobRef {
+            size: u64::MAX,
+            ..big
+        });
+        assert!(matches!(
+            store.deliver(alice, bob, unstorable, u64::MAX),
+            Err(StoreError::InvalidItem(_))
+        ));
+        assert_eq!(store.inbox(bob, 0, 10)?.len(), 2);
+        assert_usage_consistent(&store)?;
+        Ok(())
+    }
+
+    #[test]
+    fn deliver_refuses_bad_input() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let forged = BlobRef {
+            blob_id: "../../../../etc/passwd".into(),
+            name: "passwd".into(),
+            size: 1,
+            digest: [0; 32],
+        };
+        assert!(matches!(
+            store.deliver(alice, bob, NewItem::File(forged), BIG),
+            Err(StoreError::InvalidBlobId(_))
+        ));
+        assert!(matches!(
+            store.deliver(alice, 999, message("x"), BIG),
+            Err(StoreError::UnknownUserId(999))
+        ));
+        assert!(matches!(
+            store.deliver(999, bob, message("x"), BIG),
+            Err(StoreError::UnknownUserId(999))
+        ));
+        assert!(matches!(
+            store.usage(999),
+            Err(StoreError::UnknownUserId(999))
+        ));
+        assert!(store.inbox(bob, 0, 10)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn delete_frees_quota_and_returns_unreferenced_blobs() -> TestResult {
+        let (dir, store) = store()?;
+        let blobs = BlobStore::open(dir.path())?;
+        let (alice, bob) = two_users(&store)?;
+        let shared = blob(&blobs, b"shared", "shared")?;
+        let own = blob(&blobs, b"own", "own")?;
+        let mail = NewItem::Mail {
+            subject: "s".into(),
+            body: "b".into(),
+            attachments: vec![shared.clone(), own.clone(), own.clone()],
+        };
+        let m = store.deliver(alice, bob, mail, BIG)?;
+        // The same blob forwarded to alice is still referenced after bob deletes his copy.
+        let f = store.deliver(bob, alice, NewItem::File(shared.clone()), BIG)?;
+        let mut referenced = store.referenced_blobs()?;
+        referenced.sort();
+        let mut expected = vec![shared.blob_id.clone(), own.blob_id.clone()];
+        expected.sort();
+        assert_eq!(referenced, expected);
+
+        assert_eq!(store.usage(alice)?, 2 + 6 + 3 + 3);
+        assert_eq!(store.delete(bob, m)?, Some(vec![own.blob_id.clone()]));
+        assert_eq!(store.usage(alice)?, 0);
+        assert_eq!(store.item(bob, m)?, None);
+        assert_eq!(store.delete(bob, m)?, None);
+        assert_eq!(store.referenced_blobs()?, vec![shared.blob_id.clone()]);
+
+        assert_eq!(store.delete(alice, f)?, Some(vec![shared.blob_id.clone()]));
+        assert_eq!(store.usage(bob)?, 0);
+        assert!(store.referenced_blobs()?.is_empty());
+        assert_usage_consistent(&store)?;
+
+        let none_left: HashSet<String> = HashSet::new();
+        assert_eq!(blobs.sweep_orphans(&none_left)?, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn item_ids_are_never_reused() -> TestResult {
+        let (dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let first = store.deliver(alice, bob, message("a"), BIG)?;
+        let second = store.deliver(alice, bob, message("b"), BIG)?;
+        store.delete(bob, second)?;
+        store.delete(bob, first)?;
+        let third = store.deliver(alice, bob, message("c"), BIG)?;
+        assert!(third > second, "{third} reused an id <= {second}");
+        drop(store);
+        let store = SqliteStore::open(dir.path())?;
+        store.delete(bob, third)?;
+        let fourth = store.deliver(alice, bob, message("d"), BIG)?;
+        assert!(fourth > third);
+        Ok(())
+    }
+
+    #[test]
+    fn data_survives_reopen_and_migrations_are_idempotent() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("nested").join("data");
+        let (alice, bob, id) = {
+            let store = SqliteStore::open(&data_dir)?;
+            assert!(store.path().is_file());
+            let (alice, bob) = two_users(&store)?;
+            let id = store.deliver(alice, bob, message(EVIL), BIG)?;
+            (alice, bob, id)
+        };
+        for _ in 0..2 {
+            let store = SqliteStore::open(&data_dir)?;
+            assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
+            assert_eq!(store.user_id("alice")?, Some(alice));
+            assert_eq!(store.credentials("bob")?, Some((bob, "h-b".to_owned())));
+            let item = store.item(bob, id)?.ok_or("item lost on reopen")?;
+            assert_eq!(item.content, ItemContent::Message { text: EVIL.into() });
+            assert_eq!(store.usage(alice)?, EVIL.len() as u64);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn newer_schema_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        drop(SqliteStore::open(dir.path())?);
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE))?;
+            conn.pragma_update(None, "user_version", 999)?;
+        }
+        assert!(matches!(
+            SqliteStore::open(dir.path()),
+            Err(StoreError::SchemaTooNew { found: 999, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn connections_are_configured() -> TestResult {
+        let (_dir, store) = store()?;
+        for conn in [store.read(), store.write()] {
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+            assert_eq!(sync, 2, "synchronous should be FULL");
+            let fk: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+            assert_eq!(fk, 1);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn poisoned_lock_is_recovered() -> TestResult {
+        let (_dir, store) = store()?;
+        let store = std::sync::Arc::new(store);
+        let clone = std::sync::Arc::clone(&store);
+        let joined = std::thread::spawn(move || {
+            let _guard = clone.write();
+            panic!("poison the writer lock");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(store.writer.is_poisoned());
+        store.add_user("alice", "h")?;
+        assert!(store.user_id("alice")?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_delivers_respect_quota() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    (0..10)
+                        .filter(|_| {
+                            store
+                                .deliver(alice, bob, message("0123456789"), 250)
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in threads {
+            accepted += t.join().map_err(|_| "delivery thread panicked")?;
+        }
+        assert_eq!(accepted, 25);
+        assert_eq!(store.usage(alice)?, 250);
+        assert_usage_consistent(&store)?;
+        Ok(())
+    }
+}
