@@ -1,1 +1,945 @@
-//! placeholder
+//! Server configuration: every limit, timeout and rate, read from TOML and checked.
+//!
+//! [`Config`] is what serde reads; [`Config::check`] validates ranges and cross-field rules and
+//! names the offending key. [`Config::from_toml_str`] and [`Config::load`] both check, so a
+//! `Config` obtained from them is ready to run. `rampart.example.toml` at the crate root lists
+//! every key with its default and parses to exactly [`Config::default`].
+//!
+//! Every table uses `deny_unknown_fields`, so a misspelt key is an error rather than a silently
+//! ignored setting that leaves a defence at its default.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::protocol::limits::HARD_MAX_FRAME;
+
+/// Bytes reserved in a frame for the fields that travel next to a data chunk (request id,
+/// upload id, offset, flags). 64 is generous: those fields take about 30 bytes today.
+pub const CHUNK_HEADROOM_BYTES: u32 = 64;
+
+/// Smallest accepted `limits.max_frame_bytes`: below one 4 KiB page, a login or an error
+/// reply with its message might no longer fit in one frame.
+pub const MIN_FRAME_BYTES: u32 = 4096;
+
+/// Longest accepted timeout. A day is far beyond any sane value (a larger number is usually
+/// seconds typed as milliseconds) and keeps `Instant + timeout` far away from overflow.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Longest accepted runtime block, one year. Longer belongs in the static deny list, and the
+/// cap keeps deadline arithmetic far from overflow.
+pub const MAX_BLOCK_SECS: u64 = 365 * 24 * 3600;
+
+/// Largest `limits.max_inbox_page`: the protocol carries the page size as a u16.
+pub const MAX_INBOX_PAGE: u32 = u16::MAX as u32;
+
+/// argon2's own bounds (RFC 9106, section 3.1): at least 8 KiB of memory per lane, and at
+/// most 2^24 - 1 lanes.
+const ARGON2_MIN_KIB_PER_LANE: u32 = 8;
+const ARGON2_MAX_PARALLELISM: u32 = (1 << 24) - 1;
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The file that was being read.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or does not fit the schema (unknown key, wrong type). The
+    /// message is toml's own, which names the key and shows the line.
+    #[error("config parse error: {0}")]
+    Parse(String),
+    /// A value is out of range or contradicts another value.
+    #[error("config key {key}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_chunk_bytes`.
+        key: &'static str,
+        /// What is wrong with it, including the value that was given.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Fails unless `lo <= value <= hi`, naming the key and the value.
+fn in_range<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(invalid(
+            key,
+            format!("must be between {lo} and {hi}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Fails unless `value >= 1`, naming the key.
+fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
+    key: &'static str,
+    value: T,
+) -> Result<(), ConfigError> {
+    if value < T::from(1) {
+        return Err(invalid(key, format!("must be at least 1, got {value}")));
+    }
+    Ok(())
+}
+
+/// The whole server configuration. Build it with [`Config::from_toml_str`] or
+/// [`Config::load`], which check it; a hand-built value should go through [`Config::check`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Sizes, counts and connection caps.
+    pub limits: LimitsConfig,
+    /// Timeouts and time budgets.
+    pub timeouts: TimeoutsConfig,
+    /// Rate limits.
+    pub rates: RatesConfig,
+    /// Static allow and deny lists and runtime blocking.
+    pub ip: IpConfig,
+    /// Password hashing and login concurrency.
+    pub auth: AuthConfig,
+}
+
+impl Config {
+    /// Parses TOML text and checks the result. Missing keys keep their defaults.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file and checks it. Parse errors are prefixed with the file's path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-field rules. The error names the first offending key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.limits.check()?;
+        self.timeouts.check()?;
+        self.rates.check()?;
+        self.ip.check()?;
+        self.auth.check()?;
+        Ok(())
+    }
+}
+
+// Defaults for [limits], each with where its number comes from.
+
+// 1 MiB (a full mail body) plus 64 KiB for the headers and fields that travel with it.
+const DEFAULT_MAX_FRAME_BYTES: u32 = 1_114_112;
+// 64 KiB of chat text: several pages, above Slack's 40,000-character message cap.
+const DEFAULT_MAX_MESSAGE_BYTES: u32 = 65_536;
+// 1 MiB of mail text; anything bigger belongs in an attachment.
+const DEFAULT_MAX_MAIL_BODY_BYTES: u32 = 1_048_576;
+// Enough for any real mail, few enough that listing and checking them stays cheap.
+const DEFAULT_MAX_ATTACHMENTS: u16 = 16;
+// 2 GiB, a common upload ceiling (free WeTransfer) and the end of 32-bit signed offsets.
+const DEFAULT_MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+// Four maximum-size files.
+const DEFAULT_USER_QUOTA_BYTES: u64 = 4 * DEFAULT_MAX_FILE_BYTES;
+// 256 KiB keeps per-frame overhead under 0.1% while 4 staged uploads pin only 1 MiB.
+const DEFAULT_MAX_CHUNK_BYTES: u32 = 262_144;
+// 4 parallel uploads per session, like a browser's handful of parallel requests per host.
+const DEFAULT_MAX_OPEN_UPLOADS: u16 = 4;
+// A screenful and more; bounds one inbox reply to 256 entries.
+const DEFAULT_MAX_INBOX_PAGE: u32 = 256;
+// A quarter of the common 65,536 file-descriptor hard limit, leaving room for blobs and the
+// database.
+const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
+// A NAT'd office fits; one host can hold at most 1/64 of all slots.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+// Four download chunks; a client this far behind is not reading its replies.
+const DEFAULT_OUTBOUND_QUEUE_BYTES: u32 = 1_048_576;
+// About 100 bytes of limiter state per key: at most ~10 MB per keyed limiter.
+const DEFAULT_MAX_TRACKED_SOURCES: u32 = 100_000;
+
+/// `[limits]`: sizes, counts and connection caps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest frame payload in bytes; between [`MIN_FRAME_BYTES`] and the protocol's hard
+    /// maximum ([`HARD_MAX_FRAME`], 16 MiB).
+    pub max_frame_bytes: u32,
+    /// Largest chat message text in bytes.
+    pub max_message_bytes: u32,
+    /// Largest mail body in bytes.
+    pub max_mail_body_bytes: u32,
+    /// Most attachments on one mail.
+    pub max_attachments: u16,
+    /// Largest file or attachment in bytes.
+    pub max_file_bytes: u64,
+    /// Bytes a user may have sent that still exist (files, attachments, messages).
+    pub user_quota_bytes: u64,
+    /// Largest upload or download chunk in bytes; at most `max_frame_bytes - 64`.
+    pub max_chunk_bytes: u32,
+    /// Staged (unfinished) uploads per session.
+    pub max_open_uploads: u16,
+    /// Most entries in one inbox page.
+    pub max_inbox_page: u32,
+    /// Open connections in total.
+    pub max_connections: u32,
+    /// Open connections from one source (an IPv4 address or an IPv6 prefix).
+    pub max_connections_per_ip: u32,
+    /// Reply bytes buffered for one connection before the server stops reading from it.
+    pub outbound_queue_bytes: u32,
+    /// Most keys one keyed rate limiter may hold after a purge; beyond that it is cleared.
+    pub max_tracked_sources: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_mail_body_bytes: DEFAULT_MAX_MAIL_BODY_BYTES,
+            max_attachments: DEFAULT_MAX_ATTACHMENTS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            user_quota_bytes: DEFAULT_USER_QUOTA_BYTES,
+            max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
+            max_open_uploads: DEFAULT_MAX_OPEN_UPLOADS,
+            max_inbox_page: DEFAULT_MAX_INBOX_PAGE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks ranges and the rules between these limits.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        in_range(
+            "limits.max_frame_bytes",
+            self.max_frame_bytes,
+            MIN_FRAME_BYTES,
+            HARD_MAX_FRAME,
+        )?;
+        // Cannot underflow: max_frame_bytes >= MIN_FRAME_BYTES > CHUNK_HEADROOM_BYTES.
+        let frame_room = self.max_frame_bytes - CHUNK_HEADROOM_BYTES;
+        // A message or body that cannot fit in one frame could never be sent: the limit
+        // would be a lie.
+        for (key, value) in [
+            ("limits.max_message_bytes", self.max_message_bytes),
+            ("limits.max_mail_body_bytes", self.max_mail_body_bytes),
+            ("limits.max_chunk_bytes", self.max_chunk_bytes),
+        ] {
+            at_least_one(key, value)?;
+            if value > frame_room {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most limits.max_frame_bytes - {CHUNK_HEADROOM_BYTES} \
+                         ({frame_room}), got {value}"
+                    ),
+                ));
+            }
+        }
+        at_least_one("limits.max_file_bytes", self.max_file_bytes)?;
+        if self.user_quota_bytes < self.max_file_bytes {
+            return Err(invalid(
+                "limits.user_quota_bytes",
+                format!(
+                    "must be at least limits.max_file_bytes ({}), got {}",
+                    self.max_file_bytes, self.user_quota_bytes
+                ),
+            ));
+        }
+        at_least_one("limits.max_open_uploads", self.max_open_uploads)?;
+        in_range(
+            "limits.max_inbox_page",
+            self.max_inbox_page,
+            1,
+            MAX_INBOX_PAGE,
+        )?;
+        at_least_one("limits.max_connections", self.max_connections)?;
+        at_least_one("limits.max_connections_per_ip", self.max_connections_per_ip)?;
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(invalid(
+                "limits.max_connections_per_ip",
+                format!(
+                    "must be at most limits.max_connections ({}), got {}",
+                    self.max_connections, self.max_connections_per_ip
+                ),
+            ));
+        }
+        // One download reply (a chunk and its fields) must fit, or every download would
+        // look like a client that does not read.
+        let chunk_reply = u64::from(self.max_chunk_bytes) + u64::from(CHUNK_HEADROOM_BYTES);
+        if u64::from(self.outbound_queue_bytes) < chunk_reply {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                format!(
+                    "must be at least limits.max_chunk_bytes + {CHUNK_HEADROOM_BYTES} \
+                     ({chunk_reply}), got {}",
+                    self.outbound_queue_bytes
+                ),
+            ));
+        }
+        // Every connected source needs its limiter state kept; a smaller cap would clear
+        // the limiters on every purge and forgive everyone.
+        if self.max_tracked_sources < self.max_connections {
+            return Err(invalid(
+                "limits.max_tracked_sources",
+                format!(
+                    "must be at least limits.max_connections ({}), got {}",
+                    self.max_connections, self.max_tracked_sources
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// Defaults for [timeouts], each with where its number comes from.
+
+// A maximum frame (1.06 MiB) in 10 s needs ~110 KB/s, slower than any broadband link.
+const DEFAULT_FRAME_BUDGET_MS: u64 = 10_000;
+// Eight times Apache mod_reqtimeout's default MinRate of 500 bytes/s.
+const DEFAULT_FRAME_MIN_RATE_BYTES_PER_S: u64 = 4096;
+// One second covers a few round trips and TCP slow start before the rate is judged.
+const DEFAULT_FRAME_GRACE_MS: u64 = 1_000;
+// Below nginx's 75 s keepalive_timeout; clients ping well within a minute.
+const DEFAULT_IDLE_MS: u64 = 60_000;
+// One login round trip plus an argon2 verification (tens of ms), with a wide margin.
+const DEFAULT_AUTH_MS: u64 = 10_000;
+// Same as the frame budget: a client that cannot take a reply in 10 s is not reading.
+const DEFAULT_WRITE_MS: u64 = 10_000;
+// Long enough to finish in-flight requests, short enough for a restart in CI.
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// `[timeouts]`: time budgets, all in milliseconds. Use the getters for [`Duration`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// A frame, once its first byte arrived, must complete within this.
+    pub frame_budget_ms: u64,
+    /// And arrive at least this fast (bytes per second), judged after the grace period.
+    pub frame_min_rate_bytes_per_s: u64,
+    /// Time after a frame's first byte before its rate is judged.
+    pub frame_grace_ms: u64,
+    /// No complete frame for this long ends the session.
+    pub idle_ms: u64,
+    /// A connection must authenticate within this after accept.
+    pub auth_ms: u64,
+    /// A write blocked this long (the client does not read) cuts the connection.
+    pub write_ms: u64,
+    /// Time open sessions get to finish when the server shuts down.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            frame_budget_ms: DEFAULT_FRAME_BUDGET_MS,
+            frame_min_rate_bytes_per_s: DEFAULT_FRAME_MIN_RATE_BYTES_PER_S,
+            frame_grace_ms: DEFAULT_FRAME_GRACE_MS,
+            idle_ms: DEFAULT_IDLE_MS,
+            auth_ms: DEFAULT_AUTH_MS,
+            write_ms: DEFAULT_WRITE_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    /// Checks that every timeout is positive and at most [`MAX_TIMEOUT_MS`], and that the
+    /// grace period fits in the frame budget.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("timeouts.frame_budget_ms", self.frame_budget_ms),
+            ("timeouts.frame_grace_ms", self.frame_grace_ms),
+            ("timeouts.idle_ms", self.idle_ms),
+            ("timeouts.auth_ms", self.auth_ms),
+            ("timeouts.write_ms", self.write_ms),
+            ("timeouts.shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            in_range(key, value, 1, MAX_TIMEOUT_MS)?;
+        }
+        at_least_one(
+            "timeouts.frame_min_rate_bytes_per_s",
+            self.frame_min_rate_bytes_per_s,
+        )?;
+        // A grace period as long as the budget would mean the rate is never judged.
+        if self.frame_grace_ms >= self.frame_budget_ms {
+            return Err(invalid(
+                "timeouts.frame_grace_ms",
+                format!(
+                    "must be less than timeouts.frame_budget_ms ({}), got {}",
+                    self.frame_budget_ms, self.frame_grace_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::frame_budget_ms`] as a [`Duration`].
+    pub fn frame_budget(&self) -> Duration {
+        Duration::from_millis(self.frame_budget_ms)
+    }
+
+    /// [`Self::frame_grace_ms`] as a [`Duration`].
+    pub fn frame_grace(&self) -> Duration {
+        Duration::from_millis(self.frame_grace_ms)
+    }
+
+    /// [`Self::idle_ms`] as a [`Duration`].
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+
+    /// [`Self::auth_ms`] as a [`Duration`].
+    pub fn auth(&self) -> Duration {
+        Duration::from_millis(self.auth_ms)
+    }
+
+    /// [`Self::write_ms`] as a [`Duration`].
+    pub fn write(&self) -> Duration {
+        Duration::from_millis(self.write_ms)
+    }
+
+    /// [`Self::shutdown_grace_ms`] as a [`Duration`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+// Defaults for [rates], each with where its number comes from.
+
+// 2,000 frames/s is 500 MB/s of 256 KiB chunks, beyond any real client; a burst of 500
+// absorbs a pipelined batch.
+const DEFAULT_FRAMES_PER_S_PER_CONN: u32 = 2_000;
+const DEFAULT_FRAMES_BURST_PER_CONN: u32 = 500;
+// Two busy connections' worth, so a user with a phone and a laptop is never limited.
+const DEFAULT_FRAMES_PER_S_PER_USER: u32 = 4_000;
+const DEFAULT_FRAMES_BURST_PER_USER: u32 = 1_000;
+// The same for a source: two busy connections behind one address.
+const DEFAULT_FRAMES_PER_S_PER_IP: u32 = 4_000;
+const DEFAULT_FRAMES_BURST_PER_IP: u32 = 1_000;
+// A NAT'd office logging in after lunch: 30 a minute, 10 at once.
+const DEFAULT_LOGINS_PER_MIN_PER_IP: u32 = 30;
+const DEFAULT_LOGINS_BURST_PER_IP: u32 = 10;
+// One person retyping a password: 10 a minute, 5 at once (OWASP: slow down after a handful
+// of failures rather than lock out).
+const DEFAULT_LOGINS_PER_MIN_PER_USER: u32 = 10;
+const DEFAULT_LOGINS_BURST_PER_USER: u32 = 5;
+// Reconnect storms after a restart: 100 at once from one host, then 50 a second.
+const DEFAULT_ACCEPTS_PER_S_PER_IP: u32 = 50;
+const DEFAULT_ACCEPTS_BURST_PER_IP: u32 = 100;
+// A client that briefly overshoots sees a handful of refusals; 64 is sustained abuse.
+const DEFAULT_STRIKES_TO_CLOSE: u32 = 64;
+
+/// `[rates]`: rate limits, each a sustained rate and a burst.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RatesConfig {
+    /// Frames per second on one connection.
+    pub frames_per_s_per_conn: u32,
+    /// Frames one connection may send at once.
+    pub frames_burst_per_conn: u32,
+    /// Frames per second from one authenticated user over all connections.
+    pub frames_per_s_per_user: u32,
+    /// Frames one user may send at once.
+    pub frames_burst_per_user: u32,
+    /// Frames per second from one source over all connections.
+    pub frames_per_s_per_ip: u32,
+    /// Frames one source may send at once.
+    pub frames_burst_per_ip: u32,
+    /// Login attempts per minute from one source.
+    pub logins_per_min_per_ip: u32,
+    /// Login attempts one source may make at once.
+    pub logins_burst_per_ip: u32,
+    /// Login attempts per minute for one user name.
+    pub logins_per_min_per_user: u32,
+    /// Login attempts for one user name at once.
+    pub logins_burst_per_user: u32,
+    /// Accepted connections per second from one source.
+    pub accepts_per_s_per_ip: u32,
+    /// Connections one source may open at once.
+    pub accepts_burst_per_ip: u32,
+    /// Rate-limited frames on one connection before it is cut.
+    pub strikes_to_close: u32,
+}
+
+impl Default for RatesConfig {
+    fn default() -> Self {
+        RatesConfig {
+            frames_per_s_per_conn: DEFAULT_FRAMES_PER_S_PER_CONN,
+            frames_burst_per_conn: DEFAULT_FRAMES_BURST_PER_CONN,
+            frames_per_s_per_user: DEFAULT_FRAMES_PER_S_PER_USER,
+            frames_burst_per_user: DEFAULT_FRAMES_BURST_PER_USER,
+            frames_per_s_per_ip: DEFAULT_FRAMES_PER_S_PER_IP,
+            frames_burst_per_ip: DEFAULT_FRAMES_BURST_PER_IP,
+            logins_per_min_per_ip: DEFAULT_LOGINS_PER_MIN_PER_IP,
+            logins_burst_per_ip: DEFAULT_LOGINS_BURST_PER_IP,
+            logins_per_min_per_user: DEFAULT_LOGINS_PER_MIN_PER_USER,
+            logins_burst_per_user: DEFAULT_LOGINS_BURST_PER_USER,
+            accepts_per_s_per_ip: DEFAULT_ACCEPTS_PER_S_PER_IP,
+            accepts_burst_per_ip: DEFAULT_ACCEPTS_BURST_PER_IP,
+            strikes_to_close: DEFAULT_STRIKES_TO_CLOSE,
+        }
+    }
+}
+
+impl RatesConfig {
+    /// Checks that every rate, burst and the strike count is at least 1 (governor quotas
+    /// cannot be zero; "off" is a large number).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("rates.frames_per_s_per_conn", self.frames_per_s_per_conn),
+            ("rates.frames_burst_per_conn", self.frames_burst_per_conn),
+            ("rates.frames_per_s_per_user", self.frames_per_s_per_user),
+            ("rates.frames_burst_per_user", self.frames_burst_per_user),
+            ("rates.frames_per_s_per_ip", self.frames_per_s_per_ip),
+            ("rates.frames_burst_per_ip", self.frames_burst_per_ip),
+            ("rates.logins_per_min_per_ip", self.logins_per_min_per_ip),
+            ("rates.logins_burst_per_ip", self.logins_burst_per_ip),
+            (
+                "rates.logins_per_min_per_user",
+                self.logins_per_min_per_user,
+            ),
+            ("rates.logins_burst_per_user", self.logins_burst_per_user),
+            ("rates.accepts_per_s_per_ip", self.accepts_per_s_per_ip),
+            ("rates.accepts_burst_per_ip", self.accepts_burst_per_ip),
+            ("rates.strikes_to_close", self.strikes_to_close),
+        ] {
+            at_least_one(key, value)?;
+        }
+        Ok(())
+    }
+}
+
+// Defaults for [ip], each with where its number comes from.
+
+// Half of fail2ban's default bantime (600 s): long enough to stop a run, short enough that a
+// wrongly blocked NAT recovers quickly.
+const DEFAULT_BLOCK_SECS: u64 = 300;
+// /64 is the smallest allocation to an end site (RFC 6177): one host controls a whole /64.
+const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// `[ip]`: static allow and deny lists and runtime blocking.
+///
+/// The deny list is absolute. The allow list only exempts from runtime blocks (the firewall's
+/// and the operator's), never from the deny list, caps or rate limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpConfig {
+    /// Networks never blocked at runtime. A bare address means that one address.
+    #[serde(deserialize_with = "nets")]
+    pub allow: Vec<IpNet>,
+    /// Networks refused at accept, always. A bare address means that one address.
+    #[serde(deserialize_with = "nets")]
+    pub deny: Vec<IpNet>,
+    /// Default duration of a runtime block, in seconds.
+    pub block_secs: u64,
+    /// IPv6 sources are grouped by this prefix length for all per-source accounting.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for IpConfig {
+    fn default() -> Self {
+        IpConfig {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            block_secs: DEFAULT_BLOCK_SECS,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+impl IpConfig {
+    /// Checks the block duration and the IPv6 prefix length.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        in_range("ip.block_secs", self.block_secs, 1, MAX_BLOCK_SECS)?;
+        in_range("ip.ipv6_prefix", self.ipv6_prefix, 1, 128)?;
+        Ok(())
+    }
+
+    /// [`Self::block_secs`] as a [`Duration`].
+    pub fn block(&self) -> Duration {
+        Duration::from_secs(self.block_secs)
+    }
+}
+
+/// Reads a list of networks, accepting a bare address as a single-address network, so
+/// `"10.0.0.1"` works as well as `"10.0.0.1/32"`.
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw: Vec<String> = Vec::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            if let Ok(net) = s.parse::<IpNet>() {
+                return Ok(net);
+            }
+            s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                serde::de::Error::custom(format!("invalid ip network or address `{s}`"))
+            })
+        })
+        .collect()
+}
+
+// Defaults for [auth], each with where its number comes from.
+
+// OWASP Password Storage Cheat Sheet minimum for argon2id: m=19 MiB, t=2, p=1.
+const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
+const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
+const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
+// Two cores of hashing: a login flood costs at most 2 x 19 MiB and two cores.
+const DEFAULT_LOGIN_WORKERS: u32 = 2;
+
+/// `[auth]`: password hashing cost and login concurrency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// argon2 memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2 time cost (passes over memory).
+    pub argon2_iterations: u32,
+    /// argon2 lanes.
+    pub argon2_parallelism: u32,
+    /// Password verifications that may run at once (a bounded pool).
+    pub login_workers: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            argon2_memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            argon2_iterations: DEFAULT_ARGON2_ITERATIONS,
+            argon2_parallelism: DEFAULT_ARGON2_PARALLELISM,
+            login_workers: DEFAULT_LOGIN_WORKERS,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks argon2's own parameter bounds (not OWASP's: tests may use cheaper hashes) and
+    /// that at least one login worker exists.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        in_range(
+            "auth.argon2_parallelism",
+            self.argon2_parallelism,
+            1,
+            ARGON2_MAX_PARALLELISM,
+        )?;
+        at_least_one("auth.argon2_iterations", self.argon2_iterations)?;
+        // Cannot overflow: parallelism < 2^24, times 8 < 2^27.
+        let min_memory = ARGON2_MIN_KIB_PER_LANE * self.argon2_parallelism;
+        if self.argon2_memory_kib < min_memory {
+            return Err(invalid(
+                "auth.argon2_memory_kib",
+                format!(
+                    "must be at least {ARGON2_MIN_KIB_PER_LANE} x auth.argon2_parallelism \
+                     ({min_memory}), got {}",
+                    self.argon2_memory_kib
+                ),
+            ));
+        }
+        at_least_one("auth.login_workers", self.login_workers)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../rampart.example.toml");
+
+    /// Parses `toml`, expects an `Invalid` error naming `key`, and returns its reason.
+    fn invalid_key(toml: &str, key: &str) -> String {
+        match Config::from_toml_str(toml) {
+            Err(ConfigError::Invalid { key: k, reason }) => {
+                assert_eq!(k, key, "wrong key for {toml:?}: {reason}");
+                reason
+            }
+            other => panic!("expected invalid {key} for {toml:?}, got {other:?}"),
+        }
+    }
+
+    /// Parses `toml`, expects a parse error, and returns its message.
+    fn parse_error(toml: &str) -> String {
+        match Config::from_toml_str(toml) {
+            Err(ConfigError::Parse(msg)) => msg,
+            other => panic!("expected a parse error for {toml:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_pass_check() -> Result<(), ConfigError> {
+        Config::default().check()
+    }
+
+    #[test]
+    fn example_file_equals_defaults() -> Result<(), ConfigError> {
+        assert_eq!(Config::from_toml_str(EXAMPLE)?, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn example_file_names_every_key() -> Result<(), Box<dyn std::error::Error>> {
+        // Serializing the defaults lists every key; each must appear in the example.
+        let all = toml::to_string(&Config::default())?;
+        for line in all.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                let needle = format!("\n{key} = ");
+                assert!(EXAMPLE.contains(&needle), "example lacks key {key}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn empty_file_is_defaults() -> Result<(), ConfigError> {
+        assert_eq!(Config::from_toml_str("")?, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn serialized_defaults_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let text = toml::to_string(&Config::default())?;
+        assert_eq!(Config::from_toml_str(&text)?, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() -> Result<(), ConfigError> {
+        let cfg = Config::from_toml_str("[limits]\nmax_connections = 100\nmax_connections_per_ip = 10\n\n[ip]\nipv6_prefix = 56\n")?;
+        let mut want = Config::default();
+        want.limits.max_connections = 100;
+        want.limits.max_connections_per_ip = 10;
+        want.ip.ipv6_prefix = 56;
+        assert_eq!(cfg, want);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let msg = parse_error("[limits]\nmax_frme_bytes = 5000\n");
+        assert!(msg.contains("unknown field `max_frme_bytes`"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        let msg = parse_error("[limitz]\n");
+        assert!(msg.contains("unknown field `limitz`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let msg = parse_error("[limits]\nmax_frame_bytes = \"big\"\n");
+        assert!(msg.contains("max_frame_bytes"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        let msg = parse_error("[ip]\nipv6_prefix = 300\n");
+        assert!(msg.contains("ipv6_prefix"), "{msg}");
+    }
+
+    #[test]
+    fn ip_lists_take_networks_and_bare_addresses() -> Result<(), Box<dyn std::error::Error>> {
+        let cfg = Config::from_toml_str(
+            "[ip]\nallow = [\"127.0.0.1\", \"10.0.0.0/8\"]\ndeny = [\"2001:db8::/32\"]\n",
+        )?;
+        assert_eq!(
+            cfg.ip.allow,
+            vec!["127.0.0.1/32".parse()?, "10.0.0.0/8".parse()?]
+        );
+        assert_eq!(cfg.ip.deny, vec!["2001:db8::/32".parse::<IpNet>()?]);
+        let msg = parse_error("[ip]\ndeny = [\"10.0.0.300\"]\n");
+        assert!(
+            msg.contains("invalid ip network or address `10.0.0.300`"),
+            "{msg}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn load_reads_file_and_reports_path() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("rampart.toml");
+        std::fs::write(&path, "[timeouts]\nidle_ms = 1234\n")?;
+        assert_eq!(
+            Config::load(&path)?.timeouts.idle(),
+            Duration::from_millis(1234)
+        );
+
+        std::fs::write(&path, "[timeouts]\nidle = 1\n")?;
+        match Config::load(&path) {
+            Err(ConfigError::Parse(msg)) => {
+                assert!(msg.contains("rampart.toml"), "{msg}");
+                assert!(msg.contains("unknown field `idle`"), "{msg}");
+            }
+            other => panic!("expected parse error, got {other:?}"),
+        }
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(&missing).err().ok_or("missing file loaded")?;
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn error_display_names_the_key() {
+        let err = Config::from_toml_str("[limits]\nmax_chunk_bytes = 2000000\n")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "config key limits.max_chunk_bytes: must be at most limits.max_frame_bytes - 64 \
+                 (1114048), got 2000000"
+            )
+        );
+    }
+
+    #[test]
+    fn each_rule_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[limits]\nmax_frame_bytes = 4095", "limits.max_frame_bytes"),
+            (
+                "[limits]\nmax_frame_bytes = 16777217",
+                "limits.max_frame_bytes",
+            ),
+            (
+                "[limits]\nmax_chunk_bytes = 2000000",
+                "limits.max_chunk_bytes",
+            ),
+            ("[limits]\nmax_chunk_bytes = 0", "limits.max_chunk_bytes"),
+            (
+                "[limits]\nmax_message_bytes = 1114049",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_mail_body_bytes = 0",
+                "limits.max_mail_body_bytes",
+            ),
+            ("[limits]\nmax_file_bytes = 0", "limits.max_file_bytes"),
+            (
+                "[limits]\nuser_quota_bytes = 1000",
+                "limits.user_quota_bytes",
+            ),
+            ("[limits]\nmax_open_uploads = 0", "limits.max_open_uploads"),
+            ("[limits]\nmax_inbox_page = 0", "limits.max_inbox_page"),
+            ("[limits]\nmax_inbox_page = 65536", "limits.max_inbox_page"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            (
+                "[limits]\nmax_connections = 10",
+                "limits.max_connections_per_ip",
+            ),
+            (
+                "[limits]\noutbound_queue_bytes = 262207",
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                "[limits]\nmax_tracked_sources = 16383",
+                "limits.max_tracked_sources",
+            ),
+            (
+                "[timeouts]\nframe_budget_ms = 0",
+                "timeouts.frame_budget_ms",
+            ),
+            ("[timeouts]\nidle_ms = 0", "timeouts.idle_ms"),
+            ("[timeouts]\nauth_ms = 0", "timeouts.auth_ms"),
+            ("[timeouts]\nwrite_ms = 0", "timeouts.write_ms"),
+            (
+                "[timeouts]\nshutdown_grace_ms = 0",
+                "timeouts.shutdown_grace_ms",
+            ),
+            ("[timeouts]\nidle_ms = 86400001", "timeouts.idle_ms"),
+            ("[timeouts]\nframe_grace_ms = 0", "timeouts.frame_grace_ms"),
+            (
+                "[timeouts]\nframe_grace_ms = 10000",
+                "timeouts.frame_grace_ms",
+            ),
+            (
+                "[timeouts]\nframe_min_rate_bytes_per_s = 0",
+                "timeouts.frame_min_rate_bytes_per_s",
+            ),
+            (
+                "[rates]\nframes_per_s_per_conn = 0",
+                "rates.frames_per_s_per_conn",
+            ),
+            (
+                "[rates]\nframes_burst_per_ip = 0",
+                "rates.frames_burst_per_ip",
+            ),
+            (
+                "[rates]\nlogins_per_min_per_user = 0",
+                "rates.logins_per_min_per_user",
+            ),
+            (
+                "[rates]\naccepts_burst_per_ip = 0",
+                "rates.accepts_burst_per_ip",
+            ),
+            ("[rates]\nstrikes_to_close = 0", "rates.strikes_to_close"),
+            ("[ip]\nipv6_prefix = 0", "ip.ipv6_prefix"),
+            ("[ip]\nipv6_prefix = 129", "ip.ipv6_prefix"),
+            ("[ip]\nblock_secs = 0", "ip.block_secs"),
+            ("[auth]\nargon2_iterations = 0", "auth.argon2_iterations"),
+            ("[auth]\nargon2_parallelism = 0", "auth.argon2_parallelism"),
+            (
+                "[auth]\nargon2_parallelism = 4\nargon2_memory_kib = 31",
+                "auth.argon2_memory_kib",
+            ),
+            ("[auth]\nlogin_workers = 0", "auth.login_workers"),
+        ];
+        for (toml, key) in cases {
+            invalid_key(toml, key);
+        }
+    }
+
+    #[test]
+    fn rules_accept_their_boundaries() -> Result<(), ConfigError> {
+        Config::from_toml_str("[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 4032\nmax_mail_body_bytes = 4032\nmax_chunk_bytes = 4032\noutbound_queue_bytes = 4096\n")?;
+        Config::from_toml_str("[limits]\nmax_frame_bytes = 16777216\n")?;
+        Config::from_toml_str("[ip]\nipv6_prefix = 128\n")?;
+        Config::from_toml_str("[timeouts]\nframe_grace_ms = 9999\n")?;
+        Config::from_toml_str("[auth]\nargon2_memory_kib = 8\n")?;
+        Ok(())
+    }
+
+    #[test]
+    fn reason_quotes_the_value() {
+        let reason = invalid_key("[ip]\nipv6_prefix = 129", "ip.ipv6_prefix");
+        assert_eq!(reason, "must be between 1 and 128, got 129");
+        let reason = invalid_key(
+            "[rates]\nframes_per_s_per_conn = 0",
+            "rates.frames_per_s_per_conn",
+        );
+        assert_eq!(reason, "must be at least 1, got 0");
+    }
+
+    #[test]
+    fn duration_getters() {
+        let t = TimeoutsConfig::default();
+        assert_eq!(t.frame_budget(), Duration::from_secs(10));
+        assert_eq!(t.frame_grace(), Duration::from_secs(1));
+        assert_eq!(t.idle(), Duration::from_secs(60));
+        assert_eq!(t.auth(), Duration::from_secs(10));
+        assert_eq!(t.write(), Duration::from_secs(10));
+        assert_eq!(t.shutdown_grace(), Duration::from_secs(5));
+        assert_eq!(IpConfig::default().block(), Duration::from_secs(300));
+    }
+}

@@ -1,1 +1,414 @@
-//! placeholder
+//! Admission: who may connect, how many at once, how fast they may talk, and who is blocked.
+//!
+//! The server shares one [`Guard`] (as `Arc<Guard>`) between the accept loop and every
+//! connection task:
+//!
+//! - [`Guard::admit`] right after accept, before a byte is read: static deny list, runtime
+//!   blocklist, per-source accept rate, total and per-source connection caps. It returns a
+//!   [`ConnTicket`] that holds the slot until it is dropped.
+//! - [`Guard::check_frame`] and a per-connection [`ConnLimiter`] for every frame;
+//!   [`Guard::check_login`] before any password is verified (argon2 is slow on purpose, so a
+//!   login flood must be refused before it costs CPU).
+//! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
+//!   its open connections through their tickets' cancellation tokens.
+//! - [`Guard::purge`], every second, keeps keyed state bounded.
+//!
+//! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
+//! `conns` (connection table, [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
+//!
+//! Invariant: no decision here depends on hash-map iteration order, and no keyed state grows
+//! past `limits.max_tracked_sources` for longer than one purge interval.
+//!
+//! Lock order: the blocklist mutex before the connection table mutex. `admit` holds both
+//! while it checks and inserts, and `block` holds both while it blocks and cuts, so a
+//! connection cannot be admitted between a block and its cut and escape it.
+
+mod blocklist;
+pub mod clock;
+mod conns;
+mod rate;
+pub mod source;
+
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use governor::Quota;
+use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MAX_BLOCK_SECS};
+
+pub use blocklist::BlockEntry;
+pub use clock::GuardClock;
+pub use conns::ConnTicket;
+pub use rate::ConnLimiter;
+pub use source::{ParseSourceError, SourceKey};
+
+use blocklist::Blocklist;
+use conns::{ConnTable, OpenConn};
+use rate::KeyedLimiter;
+
+/// Why a new connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The address is on the static deny list.
+    #[error("address is on the deny list")]
+    Denied,
+    /// The source is blocked at runtime until `until`.
+    #[error("source is blocked")]
+    Blocked {
+        /// When the block ends.
+        until: SystemTime,
+    },
+    /// The source opens connections faster than `rates.accepts_per_s_per_ip`.
+    #[error("source connects too fast")]
+    AcceptRate,
+    /// `limits.max_connections` are open.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// `limits.max_connections_per_ip` are open from this source.
+    #[error("too many connections from this source")]
+    TooManyFromSource,
+}
+
+impl Refusal {
+    /// A stable snake_case name for logs, metrics and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::Blocked { .. } => "blocked",
+            Refusal::AcceptRate => "accept_rate",
+            Refusal::TooManyConnections => "max_connections",
+            Refusal::TooManyFromSource => "max_connections_per_ip",
+        }
+    }
+}
+
+/// Which rate limit a frame or login attempt hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Limited {
+    /// The source sends frames faster than `rates.frames_per_s_per_ip`.
+    #[error("source sends frames too fast")]
+    Ip,
+    /// The user sends frames faster than `rates.frames_per_s_per_user`.
+    #[error("user sends frames too fast")]
+    User,
+    /// The connection sends frames faster than `rates.frames_per_s_per_conn`.
+    #[error("connection sends frames too fast")]
+    Connection,
+    /// The source tries to log in more often than `rates.logins_per_min_per_ip`.
+    #[error("source tries to log in too often")]
+    LoginIp,
+    /// The user name is tried more often than `rates.logins_per_min_per_user`.
+    #[error("user name is tried too often")]
+    LoginUser,
+}
+
+impl Limited {
+    /// A stable snake_case name for logs, metrics and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Limited::Ip => "frame_rate_ip",
+            Limited::User => "frame_rate_user",
+            Limited::Connection => "frame_rate_connection",
+            Limited::LoginIp => "login_rate_ip",
+            Limited::LoginUser => "login_rate_user",
+        }
+    }
+}
+
+/// A snapshot of the guard's state, for reports and scenario expectations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct GuardStats {
+    /// Open connections.
+    pub connections: u32,
+    /// Sources with at least one open connection.
+    pub sources_connected: u32,
+    /// Keys held by all keyed rate limiters together.
+    pub tracked_keys: usize,
+    /// Runtime blocks held (expired ones are dropped by the next purge).
+    pub blocked: usize,
+}
+
+/// Admission control shared by the accept loop and every connection. See the module docs.
+pub struct Guard {
+    clock: GuardClock,
+    ipv6_prefix: u8,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    max_connections: u32,
+    max_connections_per_ip: u32,
+    max_tracked: usize,
+    conn_quota: Quota,
+    accepts: KeyedLimiter<SourceKey>,
+    frames_ip: KeyedLimiter<SourceKey>,
+    frames_user: KeyedLimiter<i64>,
+    logins_ip: KeyedLimiter<SourceKey>,
+    /// Keyed by a hash of the name, so a key costs 8 bytes however long the name is.
+    logins_user: KeyedLimiter<u64>,
+    next_id: AtomicU64,
+    /// Taken before `conns` (see the module docs).
+    blocks: Mutex<Blocklist>,
+    conns: Arc<Mutex<ConnTable>>,
+}
+
+impl Guard {
+    /// A guard with the limits of `cfg` on the monotonic clock. `cfg` should be checked;
+    /// an unchecked zero rate counts as one rather than panic.
+    pub fn new(cfg: &Config) -> Guard {
+        Guard::with_clock(cfg, GuardClock::monotonic())
+    }
+
+    /// A guard on the given clock; tests pass [`GuardClock::manual`] and advance it.
+    pub fn with_clock(cfg: &Config, clock: GuardClock) -> Guard {
+        let r = &cfg.rates;
+        let max_tracked = usize::try_from(cfg.limits.max_tracked_sources).unwrap_or(usize::MAX);
+        Guard {
+            ipv6_prefix: cfg.ip.ipv6_prefix,
+            allow: cfg.ip.allow.clone(),
+            deny: cfg.ip.deny.clone(),
+            max_connections: cfg.limits.max_connections,
+            max_connections_per_ip: cfg.limits.max_connections_per_ip,
+            max_tracked,
+            conn_quota: rate::per_second(r.frames_per_s_per_conn, r.frames_burst_per_conn),
+            accepts: KeyedLimiter::new(
+                rate::per_second(r.accepts_per_s_per_ip, r.accepts_burst_per_ip),
+                &clock,
+            ),
+            frames_ip: KeyedLimiter::new(
+                rate::per_second(r.frames_per_s_per_ip, r.frames_burst_per_ip),
+                &clock,
+            ),
+            frames_user: KeyedLimiter::new(
+                rate::per_second(r.frames_per_s_per_user, r.frames_burst_per_user),
+                &clock,
+            ),
+            logins_ip: KeyedLimiter::new(
+                rate::per_minute(r.logins_per_min_per_ip, r.logins_burst_per_ip),
+                &clock,
+            ),
+            logins_user: KeyedLimiter::new(
+                rate::per_minute(r.logins_per_min_per_user, r.logins_burst_per_user),
+                &clock,
+            ),
+            next_id: AtomicU64::new(1),
+            blocks: Mutex::new(Blocklist::new(max_tracked)),
+            conns: Arc::new(Mutex::new(ConnTable::default())),
+            clock,
+        }
+    }
+
+    /// The guard's clock (tests advance it).
+    pub fn clock(&self) -> &GuardClock {
+        &self.clock
+    }
+
+    /// The source `ip` is counted against, with this guard's IPv6 prefix.
+    pub fn source_of(&self, ip: IpAddr) -> SourceKey {
+        SourceKey::from_ip(ip, self.ipv6_prefix)
+    }
+
+    /// Decides whether a just-accepted connection from `peer` may proceed, and if so counts
+    /// it until the returned ticket is dropped. Checks, in order: static deny list, runtime
+    /// blocklist (skipped for allow-listed addresses), per-source accept rate, total cap,
+    /// per-source cap.
+    pub fn admit(&self, peer: IpAddr) -> Result<ConnTicket, Refusal> {
+        if listed(&self.deny, peer) {
+            return Err(Refusal::Denied);
+        }
+        let source = self.source_of(peer);
+        let blocks = self.lock_blocks();
+        if !listed(&self.allow, peer) {
+            if let Some(b) = blocks.active(&source, self.clock.elapsed()) {
+                return Err(Refusal::Blocked {
+                    until: self.clock.wall(b.until),
+                });
+            }
+        }
+        if !self.accepts.check(&source) {
+            return Err(Refusal::AcceptRate);
+        }
+        let mut conns = conns::lock(&self.conns);
+        if conns.total() >= self.max_connections {
+            return Err(Refusal::TooManyConnections);
+        }
+        if conns.count_of(&source) >= self.max_connections_per_ip {
+            return Err(Refusal::TooManyFromSource);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cut = CancellationToken::new();
+        conns.insert(
+            source,
+            id,
+            OpenConn {
+                ip: peer,
+                cut: cut.clone(),
+            },
+        );
+        Ok(ConnTicket {
+            source,
+            id,
+            cut,
+            table: Arc::clone(&self.conns),
+        })
+    }
+
+    /// Takes one frame from the source's allowance and, for an authenticated session, from
+    /// the user's (`user` is the store's user id).
+    pub fn check_frame(&self, source: SourceKey, user: Option<i64>) -> Result<(), Limited> {
+        if !self.frames_ip.check(&source) {
+            return Err(Limited::Ip);
+        }
+        if let Some(user) = user {
+            if !self.frames_user.check(&user) {
+                return Err(Limited::User);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh frame limiter for one connection (`rates.frames_per_s_per_conn`).
+    pub fn connection_limiter(&self) -> ConnLimiter {
+        ConnLimiter::new(self.conn_quota, &self.clock)
+    }
+
+    /// Takes one login attempt from the source's and the user name's allowances. Call it
+    /// before verifying any password; the name need not exist (attempts on unknown names
+    /// count too, so probing for names costs the same).
+    pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<(), Limited> {
+        if !self.logins_ip.check(&source) {
+            return Err(Limited::LoginIp);
+        }
+        if !self.logins_user.check(&name_key(user_name)) {
+            return Err(Limited::LoginUser);
+        }
+        Ok(())
+    }
+
+    /// Blocks the source of `ip` for `for_` (at most a year) and cuts every open connection
+    /// from it, except allow-listed peers'. Returns false, and does nothing, if `ip` itself
+    /// is allow-listed. Blocking an already blocked source extends its block, never
+    /// shortens it.
+    pub fn block(&self, ip: IpAddr, for_: Duration, reason: &str) -> bool {
+        if listed(&self.allow, ip) {
+            tracing::info!(%ip, reason, "not blocking an allow-listed address");
+            return false;
+        }
+        let source = self.source_of(ip);
+        let now = self.clock.elapsed();
+        let until = now.saturating_add(for_.min(Duration::from_secs(MAX_BLOCK_SECS)));
+        let mut blocks = self.lock_blocks();
+        blocks.insert(source, until, reason, now);
+        let conns = conns::lock(&self.conns);
+        let mut cut = 0u32;
+        for conn in conns.of_source(&source) {
+            if !listed(&self.allow, conn.ip) {
+                conn.cut.cancel();
+                cut += 1;
+            }
+        }
+        tracing::info!(%source, ?for_, reason, cut, "source blocked");
+        true
+    }
+
+    /// Lifts the runtime block on the source of `ip`; true if one was in force.
+    pub fn unblock(&self, ip: IpAddr) -> bool {
+        let source = self.source_of(ip);
+        self.lock_blocks().remove(&source, self.clock.elapsed())
+    }
+
+    /// Whether `admit` would refuse `ip` for a runtime block (allow-listed: never).
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        if listed(&self.allow, ip) {
+            return false;
+        }
+        let source = self.source_of(ip);
+        self.lock_blocks()
+            .active(&source, self.clock.elapsed())
+            .is_some()
+    }
+
+    /// The runtime blocks in force, sorted by source.
+    pub fn blocked(&self) -> Vec<BlockEntry> {
+        let now = self.clock.elapsed();
+        self.lock_blocks()
+            .iter_active(now)
+            .map(|(source, b)| BlockEntry {
+                source: *source,
+                until: self.clock.wall(b.until),
+                reason: b.reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Keeps keyed state bounded; the server calls it every second. Each keyed limiter
+    /// drops the keys that are back to a fresh state and releases spare capacity; one that
+    /// still holds more than `limits.max_tracked_sources` keys is cleared. Clearing only
+    /// forgives (every source gets its full burst again), it never lets memory grow. Expired
+    /// blocks are dropped.
+    pub fn purge(&self) {
+        let cap = self.max_tracked;
+        self.accepts.purge(cap);
+        self.frames_ip.purge(cap);
+        self.frames_user.purge(cap);
+        self.logins_ip.purge(cap);
+        self.logins_user.purge(cap);
+        self.lock_blocks().expire(self.clock.elapsed());
+    }
+
+    /// A snapshot of connection counts, tracked keys and blocks.
+    pub fn stats(&self) -> GuardStats {
+        let blocked = self.lock_blocks().len();
+        let (connections, sources_connected) = {
+            let conns = conns::lock(&self.conns);
+            (conns.total(), conns.sources())
+        };
+        GuardStats {
+            connections,
+            sources_connected,
+            tracked_keys: self.accepts.len()
+                + self.frames_ip.len()
+                + self.frames_user.len()
+                + self.logins_ip.len()
+                + self.logins_user.len(),
+            blocked,
+        }
+    }
+
+    /// Locks the blocklist. A poisoned lock is recovered: every blocklist operation leaves
+    /// the map valid, so a panic elsewhere cannot have left it half-changed.
+    fn lock_blocks(&self) -> MutexGuard<'_, Blocklist> {
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("clock", &self.clock)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `ip` (or its IPv4 form, for an IPv4-mapped address) is in one of `nets`.
+fn listed(nets: &[IpNet], ip: IpAddr) -> bool {
+    let canonical = ip.to_canonical();
+    nets.iter()
+        .any(|n| n.contains(&ip) || n.contains(&canonical))
+}
+
+/// The login limiter's key for a user name: SipHash with fixed keys, so keys are the same on
+/// every run. Two names colliding (odds 2^-64 per pair) would merely share an allowance.
+fn name_key(name: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;

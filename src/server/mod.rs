@@ -1,1 +1,369 @@
-//! placeholder
+//! The hardened server: accept loop, connection tasks, session handlers.
+//!
+//! - [`Server`] opens the data directory and holds everything connections share.
+//! - [`Server::bind`] starts the accept loop on a TCP address and returns a [`ServerHandle`].
+//! - [`Server::serve_connection`] drives one connection over any transport (tests, fuzzing).
+//!
+//! Each accepted connection is admitted by the [`Guard`] before a byte is read, then runs in
+//! its own task. A panic in a task is caught there: that connection closes, the panic is
+//! counted and logged, and every other connection carries on.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use rampart::config::Config;
+//! use rampart::server::Server;
+//!
+//! let mut config = Config::default();
+//! config.limits.max_connections_per_ip = 16;
+//! let server = Server::open(config, std::path::Path::new("/tmp/rampart-data"))?;
+//! let handle = server.bind("127.0.0.1:0".parse()?).await?;
+//! println!("listening on {}", handle.local_addr());
+//! handle.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod auth;
+mod connection;
+pub mod metrics;
+pub mod session;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::guard::{ConnTicket, Guard, Refusal};
+use crate::protocol::{self, ErrorCode, Limits, Reply};
+use crate::store::{BlobStore, SqliteStore, Store, StoreError};
+
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use session::CloseReason;
+
+/// A test-only hook run on every decoded request before it is handled; a hook that panics
+/// proves that a panicking handler is contained.
+#[cfg(feature = "fault-injection")]
+pub type FaultHook = Arc<dyn Fn(&protocol::Request) + Send + Sync>;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be opened.
+    #[error("cannot open data directory: {0}")]
+    Store(#[from] StoreError),
+    /// Password hashing could not be set up.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Everything connections share.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) limits: Limits,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: BlobStore,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) verifier: auth::Verifier,
+    pub(crate) shutdown: CancellationToken,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fault_hook: Option<FaultHook>,
+}
+
+/// The protocol limits a server enforces, derived from its configuration.
+pub fn protocol_limits(config: &Config) -> Limits {
+    let l = &config.limits;
+    Limits {
+        max_frame_bytes: l.max_frame_bytes,
+        max_text_bytes: l.max_message_bytes,
+        max_mail_body_bytes: l.max_mail_body_bytes,
+        max_chunk_bytes: l.max_chunk_bytes,
+        max_attachments: l.max_attachments,
+        max_inbox_page: u16::try_from(l.max_inbox_page).unwrap_or(u16::MAX),
+    }
+}
+
+/// A configured server, ready to bind or to serve connections.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Checks `config`, opens (creating on first start) the SQLite store and blob store in
+    /// `data_dir`, removes half-finished uploads left by a crash, and sweeps blobs no item
+    /// references.
+    pub fn open(config: Config, data_dir: &Path) -> Result<Server, ServerError> {
+        config.check()?;
+        let store = SqliteStore::open(data_dir)?;
+        let blobs = BlobStore::open(data_dir)?;
+        let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
+        let swept = blobs.sweep_orphans(&referenced)?;
+        if swept > 0 {
+            tracing::info!(swept, "removed unreferenced blobs");
+        }
+        Server::with_store(config, Arc::new(store), blobs)
+    }
+
+    /// A server over an already opened store (another [`Store`] backend, say).
+    pub fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+    ) -> Result<Server, ServerError> {
+        config.check()?;
+        let guard = Arc::new(Guard::new(&config));
+        let verifier = auth::Verifier::new(&config.auth)?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                limits: protocol_limits(&config),
+                config,
+                store,
+                blobs,
+                guard,
+                metrics: Arc::new(Metrics::default()),
+                verifier,
+                shutdown: CancellationToken::new(),
+                #[cfg(feature = "fault-injection")]
+                fault_hook: None,
+            }),
+        })
+    }
+
+    /// Installs a fault hook (tests only). Must be called before the server is cloned or
+    /// bound.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_fault_hook(mut self, hook: FaultHook) -> Server {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.fault_hook = Some(hook);
+        }
+        self
+    }
+
+    /// The admission guard (connection caps, rate limiters, blocklist).
+    pub fn guard(&self) -> Arc<Guard> {
+        Arc::clone(&self.shared.guard)
+    }
+
+    /// The live counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.shared.store)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Binds `addr` and starts accepting connections in the background.
+    pub async fn bind(self, addr: SocketAddr) -> Result<ServerHandle, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let tracker = TaskTracker::new();
+        let purge = tokio::spawn(purge_loop(Arc::clone(&self.shared)));
+        let accept = tokio::spawn(accept_loop(self.clone(), listener, tracker.clone()));
+        Ok(ServerHandle {
+            server: self,
+            local_addr,
+            accept,
+            purge,
+            tracker,
+        })
+    }
+
+    /// Admits and serves one connection over any transport, to its end. Returns why it
+    /// ended, or why it was refused. Used by the accept loop, tests and fuzz targets.
+    pub async fn serve_connection<T>(&self, io: T, peer: SocketAddr) -> Result<CloseReason, Refusal>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let ticket = self.shared.guard.admit(peer.ip()).inspect_err(|_| {
+            Metrics::bump(&self.shared.metrics.connections_refused);
+        })?;
+        Ok(self.run_admitted(io, peer, ticket).await)
+    }
+
+    async fn run_admitted<T>(&self, io: T, peer: SocketAddr, ticket: ConnTicket) -> CloseReason
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let shared = Arc::clone(&self.shared);
+        Metrics::bump(&shared.metrics.connections_accepted);
+        let session = session::Session::new(Arc::clone(&shared), peer, ticket.source());
+        let cut = ticket.cut_token();
+        let task = connection::run(Arc::clone(&shared), io, session, cut);
+        // The ticket lives until the task ends or unwinds, so its slot is always released.
+        let reason = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            Ok(reason) => reason,
+            Err(payload) => {
+                Metrics::bump(&shared.metrics.panics);
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                tracing::error!(peer = %peer, panic = %what, "connection task panicked; connection closed");
+                CloseReason::Panic
+            }
+        };
+        drop(ticket);
+        Metrics::bump(&shared.metrics.connections_closed);
+        tracing::debug!(peer = %peer, reason = reason.as_str(), "connection closed");
+        reason
+    }
+}
+
+/// Purges keyed limiter state and expired blocks once a second, so that sources rotating
+/// through many addresses cannot grow memory.
+async fn purge_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => shared.guard.purge(),
+        }
+    }
+}
+
+/// Tells a refused peer why, without waiting: one non-blocking write, then close.
+fn refuse(stream: &TcpStream, refusal: &Refusal) {
+    let message = match refusal {
+        // Blocked and denied sources get nothing at all.
+        Refusal::Denied | Refusal::Blocked { .. } => return,
+        other => format!("connection refused: {}", other.reason()),
+    };
+    let mut buf = bytes::BytesMut::new();
+    if protocol::encode_reply(0, &Reply::error(ErrorCode::Busy, message), &mut buf).is_ok() {
+        let _ = stream.try_write(&buf);
+    }
+}
+
+async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker) {
+    let shared = Arc::clone(&server.shared);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            res = listener.accept() => res,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning, and keep serving the
+                // connections already open.
+                Metrics::bump(&shared.metrics.accept_errors);
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let ticket = match shared.guard.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                Metrics::bump(&shared.metrics.connections_refused);
+                tracing::debug!(peer = %peer, reason = refusal.reason(), "connection refused");
+                refuse(&stream, &refusal);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tracker.spawn(async move {
+            server.run_admitted(stream, peer, ticket).await;
+        });
+    }
+}
+
+/// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    server: Server,
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+    purge: JoinHandle<()>,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server (guard, metrics, store).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The admission guard.
+    pub fn guard(&self) -> Arc<Guard> {
+        self.server.guard()
+    }
+
+    /// The live counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.server.metrics()
+    }
+
+    /// Stops accepting, tells every session the server is shutting down, and waits up to
+    /// `timeouts.shutdown_grace` for them to finish.
+    pub async fn shutdown(self) {
+        self.server.shared.shutdown.cancel();
+        let _ = self.accept.await;
+        let _ = self.purge.await;
+        self.tracker.close();
+        let grace = self.server.shared.config.timeouts.shutdown_grace();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after the shutdown grace period");
+        }
+    }
+}

@@ -298,6 +298,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// None both when the id does not exist and when it belongs to someone else (no enumeration oracle).
     fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError>;
+    /// The owner of an item, if it exists. Lets the server tell "not yours" (denied and
+    /// recorded as a tampering signal) from "does not exist"; item ids are sequential, so
+    /// existence is not a secret worth hiding.
+    fn item_owner(&self, id: ItemId) -> Result<Option<UserId>, StoreError>;
 
     /// Deletes the owner's item, frees the sender's quota; returns the blob ids that are no longer referenced (caller removes the files). None if not the owner's.
     fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError>;

@@ -486,6 +486,18 @@ impl Store for SqliteStore {
         Ok(entries)
     }
 
+    fn item_owner(&self, id: ItemId) -> Result<Option<UserId>, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let conn = self.read();
+        let owner = conn
+            .prepare_cached("SELECT owner FROM items WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        Ok(owner)
+    }
+
     fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError> {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);

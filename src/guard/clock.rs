@@ -1,0 +1,130 @@
+//! [`GuardClock`]: the one time source of a guard, for its rate limiters and block expiry.
+//!
+//! Production uses the monotonic clock. Tests use a frozen clock and move it by hand with
+//! [`GuardClock::advance`], so limiter and expiry tests are deterministic and never sleep.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::clock::Clock;
+use governor::nanos::Nanos;
+
+/// A monotonic clock that reads as time since its creation, optionally frozen. Clones share
+/// the same time, so a test can keep one and advance the guard's.
+#[derive(Clone)]
+pub struct GuardClock {
+    start: Instant,
+    wall_start: SystemTime,
+    frozen: bool,
+    /// Nanoseconds added by [`GuardClock::advance`]; shared between clones.
+    offset: Arc<AtomicU64>,
+}
+
+impl GuardClock {
+    /// The real monotonic clock.
+    pub fn monotonic() -> GuardClock {
+        GuardClock {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            frozen: false,
+            offset: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A clock that stands still until [`GuardClock::advance`] moves it.
+    pub fn manual() -> GuardClock {
+        GuardClock {
+            frozen: true,
+            ..GuardClock::monotonic()
+        }
+    }
+
+    /// Moves this clock and all its clones forward (a real clock too: it then runs ahead).
+    /// Saturates at about 584 years rather than wrap.
+    pub fn advance(&self, by: Duration) {
+        let by = saturating_nanos(by);
+        // fetch_update with a closure that always returns Some cannot fail.
+        let _ = self
+            .offset
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Time since the clock was created, plus every advance.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.elapsed_nanos())
+    }
+
+    fn elapsed_nanos(&self) -> u64 {
+        let offset = self.offset.load(Ordering::Acquire);
+        if self.frozen {
+            offset
+        } else {
+            saturating_nanos(self.start.elapsed()).saturating_add(offset)
+        }
+    }
+
+    /// The wall-clock time of a point `at` on this clock (as returned by
+    /// [`GuardClock::elapsed`]), for reports such as a block's expiry.
+    pub fn wall(&self, at: Duration) -> SystemTime {
+        // Only overflows hundreds of years out, which the guard never asks for; the creation
+        // time is a safe answer then.
+        self.wall_start.checked_add(at).unwrap_or(self.wall_start)
+    }
+}
+
+fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Default for GuardClock {
+    /// The real monotonic clock.
+    fn default() -> Self {
+        GuardClock::monotonic()
+    }
+}
+
+impl fmt::Debug for GuardClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardClock")
+            .field("frozen", &self.frozen)
+            .field("elapsed", &self.elapsed())
+            .finish()
+    }
+}
+
+impl Clock for GuardClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.elapsed_nanos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_stands_still_and_advances_for_all_clones() {
+        let c = GuardClock::manual();
+        let d = c.clone();
+        assert_eq!(c.elapsed(), Duration::ZERO);
+        d.advance(Duration::from_secs(3));
+        assert_eq!(c.elapsed(), Duration::from_secs(3));
+        assert_eq!(c.now(), Nanos::from(3_000_000_000u64));
+        c.advance(Duration::MAX);
+        assert_eq!(d.elapsed(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn monotonic_clock_runs_ahead_when_advanced() {
+        let c = GuardClock::monotonic();
+        c.advance(Duration::from_secs(60));
+        assert!(c.elapsed() >= Duration::from_secs(60));
+        assert!(c.wall(c.elapsed()) >= SystemTime::now() + Duration::from_secs(59));
+    }
+}

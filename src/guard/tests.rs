@@ -1,0 +1,413 @@
+//! Tests for [`Guard`]: admission order and caps, tickets, blocking, limiters and purging.
+//! All run on a manual clock: no sleeps, no real time.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn ip(s: &str) -> IpAddr {
+    // Test literals only; a typo should fail loudly.
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad test address {s}: {e}"))
+}
+
+/// The default config with `edit` applied, on a manual clock.
+fn guard(edit: impl FnOnce(&mut Config)) -> Guard {
+    let mut cfg = Config::default();
+    edit(&mut cfg);
+    Guard::with_clock(&cfg, GuardClock::manual())
+}
+
+#[test]
+fn reasons_are_stable() {
+    let refusals = [
+        (Refusal::Denied, "denied"),
+        (
+            Refusal::Blocked {
+                until: SystemTime::UNIX_EPOCH,
+            },
+            "blocked",
+        ),
+        (Refusal::AcceptRate, "accept_rate"),
+        (Refusal::TooManyConnections, "max_connections"),
+        (Refusal::TooManyFromSource, "max_connections_per_ip"),
+    ];
+    for (r, s) in refusals {
+        assert_eq!(r.reason(), s);
+    }
+    let limits = [
+        (Limited::Ip, "frame_rate_ip"),
+        (Limited::User, "frame_rate_user"),
+        (Limited::Connection, "frame_rate_connection"),
+        (Limited::LoginIp, "login_rate_ip"),
+        (Limited::LoginUser, "login_rate_user"),
+    ];
+    for (l, s) in limits {
+        assert_eq!(l.reason(), s);
+    }
+}
+
+#[test]
+fn per_source_cap_refuses_that_source_only() -> TestResult {
+    let g = guard(|c| c.limits.max_connections_per_ip = 3);
+    let a = ip("127.0.1.1");
+    let tickets = (0..3).map(|_| g.admit(a)).collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(g.admit(a).err(), Some(Refusal::TooManyFromSource));
+    let other = g.admit(ip("127.0.1.2"))?;
+    assert_eq!(g.stats().connections, 4);
+    assert_eq!(g.stats().sources_connected, 2);
+    let ids: std::collections::BTreeSet<u64> =
+        tickets.iter().chain([&other]).map(ConnTicket::id).collect();
+    assert_eq!(ids.len(), 4, "ticket ids must be unique");
+    assert_eq!(tickets[0].source(), g.source_of(a));
+    Ok(())
+}
+
+#[test]
+fn total_cap_refuses_everyone() -> TestResult {
+    let g = guard(|c| {
+        c.limits.max_connections = 2;
+        c.limits.max_connections_per_ip = 2;
+    });
+    let _a = g.admit(ip("127.0.1.1"))?;
+    let _b = g.admit(ip("127.0.1.2"))?;
+    assert_eq!(
+        g.admit(ip("127.0.1.3")).err(),
+        Some(Refusal::TooManyConnections)
+    );
+    Ok(())
+}
+
+#[test]
+fn dropping_tickets_frees_slots() -> TestResult {
+    let g = guard(|c| {
+        c.limits.max_connections = 2;
+        c.limits.max_connections_per_ip = 2;
+    });
+    let a = ip("127.0.1.1");
+    let t1 = g.admit(a)?;
+    let t2 = g.admit(a)?;
+    assert!(g.admit(a).is_err());
+    drop(t1);
+    let _t3 = g.admit(a)?;
+    drop(t2);
+    assert_eq!(g.stats().connections, 1);
+    Ok(())
+}
+
+#[test]
+fn ticket_dropped_by_a_panicking_task_frees_its_slot() -> TestResult {
+    let g = Arc::new(guard(|c| c.limits.max_connections_per_ip = 1));
+    let a = ip("127.0.1.1");
+    let t = g.admit(a)?;
+    let joined = std::thread::spawn(move || {
+        let _t = t;
+        panic!("connection task failed");
+    })
+    .join();
+    assert!(joined.is_err());
+    assert_eq!(g.stats().connections, 0);
+    assert_eq!(g.stats().sources_connected, 0);
+    let _again = g.admit(a)?;
+    Ok(())
+}
+
+#[test]
+fn poisoned_table_still_works() -> TestResult {
+    let g = Arc::new(guard(|_| {}));
+    let t = g.admit(ip("127.0.1.1"))?;
+    let table = Arc::clone(&g.conns);
+    let _ = std::thread::spawn(move || {
+        let _held = table.lock();
+        panic!("poison the connection table");
+    })
+    .join();
+    assert!(g.conns.is_poisoned());
+    let _u = g.admit(ip("127.0.1.1"))?;
+    drop(t);
+    assert_eq!(g.stats().connections, 1);
+    Ok(())
+}
+
+#[test]
+fn deny_list_is_absolute() -> TestResult {
+    let g = guard(|c| {
+        c.ip.deny = vec!["127.0.2.0/24".parse().unwrap_or_else(|_| unreachable!())];
+        c.ip.allow = vec!["127.0.2.7/32".parse().unwrap_or_else(|_| unreachable!())];
+    });
+    assert_eq!(g.admit(ip("127.0.2.7")).err(), Some(Refusal::Denied));
+    assert_eq!(g.admit(ip("::ffff:127.0.2.1")).err(), Some(Refusal::Denied));
+    let _ok = g.admit(ip("127.0.3.1"))?;
+    Ok(())
+}
+
+#[test]
+fn accept_rate_refuses_past_the_burst_then_recovers() -> TestResult {
+    let g = guard(|c| {
+        c.rates.accepts_per_s_per_ip = 2;
+        c.rates.accepts_burst_per_ip = 3;
+    });
+    let a = ip("127.0.1.1");
+    let _held = (0..3).map(|_| g.admit(a)).collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(g.admit(a).err(), Some(Refusal::AcceptRate));
+    let _b = g.admit(ip("127.0.1.2"))?;
+    g.clock().advance(Duration::from_millis(500));
+    let _c = g.admit(a)?;
+    assert_eq!(g.admit(a).err(), Some(Refusal::AcceptRate));
+    Ok(())
+}
+
+#[test]
+fn block_cuts_open_connections_and_refuses_new_ones() -> TestResult {
+    let g = guard(|_| {});
+    let a = ip("127.0.1.1");
+    let t1 = g.admit(a)?;
+    let t2 = g.admit(a)?;
+    let other = g.admit(ip("127.0.1.2"))?;
+    let token = t1.cut_token();
+    assert!(!token.is_cancelled());
+
+    assert!(g.block(a, Duration::from_secs(60), "scan"));
+    assert!(token.is_cancelled() && t2.cut_token().is_cancelled());
+    assert!(!other.cut_token().is_cancelled());
+    assert!(g.is_blocked(a));
+    match g.admit(a) {
+        Err(Refusal::Blocked { until }) => {
+            let left = until.duration_since(SystemTime::now())?;
+            assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60));
+        }
+        other => panic!("expected blocked, got {other:?}"),
+    }
+    let listed = g.blocked();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].source, g.source_of(a));
+    assert_eq!(listed[0].reason, "scan");
+    // Cut connections still hold their slots until their tasks drop the tickets.
+    assert_eq!(g.stats().connections, 3);
+    Ok(())
+}
+
+#[test]
+fn allow_listed_is_never_blocked() -> TestResult {
+    let g = guard(|c| {
+        c.ip.allow = vec![
+            "127.0.1.0/24".parse().unwrap_or_else(|_| unreachable!()),
+            "2001:db8::7/128".parse().unwrap_or_else(|_| unreachable!()),
+        ];
+    });
+    let a = ip("127.0.1.1");
+    let t = g.admit(a)?;
+    assert!(!g.block(a, Duration::from_secs(60), "scan"));
+    assert!(!t.cut_token().is_cancelled());
+    assert!(!g.is_blocked(a));
+    let _again = g.admit(a)?;
+    assert!(g.blocked().is_empty());
+
+    // A neighbour in the same /64 gets its source blocked, but the allow-listed address in
+    // it is neither cut nor refused.
+    let friend = g.admit(ip("2001:db8::7"))?;
+    let stranger = g.admit(ip("2001:db8::8"))?;
+    assert!(g.block(ip("2001:db8::8"), Duration::from_secs(60), "scan"));
+    assert!(stranger.cut_token().is_cancelled());
+    assert!(!friend.cut_token().is_cancelled());
+    let _friend_again = g.admit(ip("2001:db8::7"))?;
+    assert!(matches!(
+        g.admit(ip("2001:db8::9")),
+        Err(Refusal::Blocked { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn block_expires_and_unblock_lifts() -> TestResult {
+    let g = guard(|_| {});
+    let a = ip("127.0.1.1");
+    assert!(g.block(a, Duration::from_secs(10), "flood"));
+    g.clock().advance(Duration::from_secs(9));
+    assert!(g.is_blocked(a));
+    g.clock().advance(Duration::from_secs(1));
+    assert!(!g.is_blocked(a));
+    assert!(g.blocked().is_empty());
+    assert_eq!(g.stats().blocked, 1, "expired entry stays until purge");
+    g.purge();
+    assert_eq!(g.stats().blocked, 0);
+    let _t = g.admit(a)?;
+
+    assert!(g.block(a, Duration::MAX, "forever"));
+    assert!(g.is_blocked(a));
+    assert!(g.unblock(a));
+    assert!(!g.unblock(a));
+    let _u = g.admit(a)?;
+    Ok(())
+}
+
+#[test]
+fn v4_mapped_and_ipv6_prefix_share_a_source() -> TestResult {
+    let g = guard(|c| c.limits.max_connections_per_ip = 2);
+    let _a = g.admit(ip("127.0.1.1"))?;
+    let b = g.admit(ip("::ffff:127.0.1.1"))?;
+    assert_eq!(b.source().to_string(), "127.0.1.1");
+    assert_eq!(
+        g.admit(ip("127.0.1.1")).err(),
+        Some(Refusal::TooManyFromSource)
+    );
+
+    let _c = g.admit(ip("2001:db8::1"))?;
+    let d = g.admit(ip("2001:db8::ffff"))?;
+    assert_eq!(d.source().to_string(), "2001:db8::/64");
+    assert_eq!(
+        g.admit(ip("2001:db8::abcd:1")).err(),
+        Some(Refusal::TooManyFromSource)
+    );
+    let _e = g.admit(ip("2001:db8:0:1::1"))?;
+
+    // Blocking a mapped address blocks the IPv4 source.
+    assert!(g.block(ip("::ffff:127.0.1.1"), Duration::from_secs(5), "x"));
+    assert!(g.is_blocked(ip("127.0.1.1")));
+    Ok(())
+}
+
+#[test]
+fn frame_limits_admit_no_more_than_the_burst_at_once() {
+    let g = guard(|c| {
+        c.rates.frames_burst_per_ip = 100;
+        c.rates.frames_burst_per_user = 150;
+    });
+    let a = g.source_of(ip("127.0.1.1"));
+    let b = g.source_of(ip("127.0.1.2"));
+    let ok = (0..1_000)
+        .filter(|_| g.check_frame(a, None).is_ok())
+        .count();
+    assert_eq!(ok, 100);
+    assert_eq!(g.check_frame(a, None), Err(Limited::Ip));
+
+    // User 7's allowance spans sources: 100 from b, then 50 more from c.
+    let c = g.source_of(ip("127.0.1.3"));
+    let from_b = (0..1_000)
+        .filter(|_| g.check_frame(b, Some(7)).is_ok())
+        .count();
+    assert_eq!(from_b, 100);
+    // 60 tries: the last 10 spend c's allowance but not the user's, which is gone.
+    let from_c = (0..60)
+        .filter(|_| g.check_frame(c, Some(7)).is_ok())
+        .count();
+    assert_eq!(from_c, 50);
+    assert_eq!(g.check_frame(c, Some(7)), Err(Limited::User));
+    assert_eq!(g.check_frame(c, Some(8)), Ok(()));
+
+    g.clock().advance(Duration::from_secs(1));
+    assert_eq!(g.check_frame(a, None), Ok(()));
+}
+
+#[test]
+fn connection_limiters_are_independent() {
+    let g = guard(|c| c.rates.frames_burst_per_conn = 10);
+    let one = g.connection_limiter();
+    let two = g.connection_limiter();
+    assert_eq!((0..100).filter(|_| one.check().is_ok()).count(), 10);
+    assert_eq!(one.check(), Err(Limited::Connection));
+    assert_eq!(two.check(), Ok(()));
+}
+
+#[test]
+fn login_limits_per_source_and_per_name() {
+    let g = guard(|_| {});
+    let a = g.source_of(ip("127.0.1.1"));
+    // Default per-name burst is 5: the sixth try on "alice" is refused from any source.
+    for n in 0..5 {
+        let src = g.source_of(ip(&format!("127.0.2.{n}")));
+        assert_eq!(g.check_login(src, "alice"), Ok(()));
+    }
+    assert_eq!(g.check_login(a, "alice"), Err(Limited::LoginUser));
+    // Default per-source burst is 10; one was spent on the refused "alice" above.
+    let ok = (0..20)
+        .filter(|n| g.check_login(a, &format!("user{n}")).is_ok())
+        .count();
+    assert_eq!(ok, 9);
+    assert_eq!(g.check_login(a, "bob"), Err(Limited::LoginIp));
+    // 30 a minute: one comes back every 2 s.
+    g.clock().advance(Duration::from_secs(2));
+    assert_eq!(g.check_login(a, "bob"), Ok(()));
+}
+
+#[test]
+fn purge_forgets_many_idle_sources() {
+    let g = guard(|_| {});
+    for n in 0..10_000u32 {
+        let src = SourceKey::V4(std::net::Ipv4Addr::from(0x7f00_0000 | n));
+        assert_eq!(g.check_frame(src, Some(i64::from(n))), Ok(()));
+    }
+    assert_eq!(g.stats().tracked_keys, 20_000);
+    g.purge();
+    assert_eq!(g.stats().tracked_keys, 20_000, "all still recent");
+    g.clock().advance(Duration::from_secs(1));
+    g.purge();
+    assert_eq!(g.stats().tracked_keys, 0);
+}
+
+#[test]
+fn purge_clears_a_limiter_over_the_cap() {
+    let g = guard(|c| {
+        c.limits.max_tracked_sources = 1_000;
+        c.rates.frames_burst_per_ip = 2;
+    });
+    let victim = g.source_of(ip("127.0.1.1"));
+    assert!(g.check_frame(victim, None).is_ok());
+    assert!(g.check_frame(victim, None).is_ok());
+    assert_eq!(g.check_frame(victim, None), Err(Limited::Ip));
+    for n in 0..2_000u32 {
+        let src = SourceKey::V4(std::net::Ipv4Addr::from(0x0a00_0000 | n));
+        let _ = g.check_frame(src, None);
+    }
+    g.purge();
+    assert_eq!(g.stats().tracked_keys, 0);
+    // Cleared means forgiven, not unlimited: the burst applies again.
+    assert!(g.check_frame(victim, None).is_ok());
+    assert!(g.check_frame(victim, None).is_ok());
+    assert_eq!(g.check_frame(victim, None), Err(Limited::Ip));
+}
+
+#[test]
+fn blocklist_is_capped() {
+    let g = guard(|c| c.limits.max_tracked_sources = 100);
+    for n in 0..1_000u32 {
+        let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | n));
+        assert!(g.block(addr, Duration::from_secs(u64::from(n) + 1), "x"));
+    }
+    assert_eq!(g.stats().blocked, 100);
+    // The latest blocks, those that end last, are the ones kept.
+    assert!(g.is_blocked(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | 999))));
+    assert!(!g.is_blocked(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000))));
+}
+
+#[test]
+fn blocked_is_sorted_by_source() {
+    let g = guard(|_| {});
+    for a in ["127.0.1.9", "2001:db8::1", "127.0.1.2", "10.0.0.1"] {
+        assert!(g.block(ip(a), Duration::from_secs(60), a));
+    }
+    let order: Vec<String> = g.blocked().iter().map(|b| b.source.to_string()).collect();
+    assert_eq!(
+        order,
+        ["10.0.0.1", "127.0.1.2", "127.0.1.9", "2001:db8::/64"]
+    );
+}
+
+#[tokio::test]
+async fn cut_token_ends_a_waiting_task() -> TestResult {
+    let g = Arc::new(guard(|_| {}));
+    let a = ip("127.0.1.1");
+    let ticket = g.admit(a)?;
+    let task = tokio::spawn(async move {
+        let cut = ticket.cut_token();
+        cut.cancelled().await;
+        // The task ends and drops its ticket.
+    });
+    g.block(a, Duration::from_secs(60), "test");
+    task.await?;
+    assert_eq!(g.stats().connections, 0);
+    Ok(())
+}

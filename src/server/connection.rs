@@ -1,0 +1,294 @@
+//! One connection's IO loop: reading with budgets, decoding, writing with a deadline.
+//!
+//! The loop is generic over the transport so the same code runs on TCP, on an in-memory
+//! duplex in tests, and in fuzz targets. It enforces every per-connection time limit:
+//!
+//! - a frame, once its first byte arrived, must complete within `frame_budget` and, after
+//!   `frame_grace`, arrive at `frame_min_rate_bytes_per_s` or better (a per-read timeout alone
+//!   would let one byte every 59 s through a 60 s timeout);
+//! - an idle session (no complete frame) and an unauthenticated one expire;
+//! - replies are queued up to `outbound_queue_bytes`; past that the connection is not read
+//!   until the client drains them, and a write that makes no progress for `write` cuts it.
+//!
+//! The receive buffer only grows as bytes arrive, by at most 64 KiB per read, and an empty
+//! buffer that grew large is released so idle connections stay small.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{self, bytes_wanted, decode_frame, ErrorCode, Reply, Role};
+use crate::server::metrics::Metrics;
+use crate::server::session::{CloseReason, Next, Session};
+use crate::server::Shared;
+
+/// Smallest read we ask the kernel for; also the initial buffer size of a connection.
+const MIN_READ: usize = 4 * 1024;
+/// Largest single reservation for a read, whatever the frame header declares.
+const MAX_READ: usize = 64 * 1024;
+/// Above this, an empty receive buffer is released instead of kept for reuse.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// How often a frame in progress is checked against the minimum rate.
+const RATE_CHECK: Duration = Duration::from_millis(250);
+/// How long the final error frame of a closing connection may take to write.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+struct Conn<'a> {
+    shared: &'a Shared,
+    inbuf: BytesMut,
+    out: BytesMut,
+    /// When the first byte of the frame now in `inbuf` arrived.
+    frame_started: Option<Instant>,
+    /// When the last complete frame was decoded (or the connection opened).
+    last_frame: Instant,
+    opened: Instant,
+    /// When `out` last became non-empty or last made progress.
+    write_since: Option<Instant>,
+    /// Set once the session must end; the loop then only flushes.
+    closing: Option<(CloseReason, Instant)>,
+}
+
+impl Conn<'_> {
+    fn queue(&mut self, request_id: u32, reply: &Reply) {
+        if self.out.is_empty() {
+            self.write_since = Some(Instant::now());
+        }
+        if let Err(e) = protocol::encode_reply(request_id, reply, &mut self.out) {
+            // Replies are built by the server; one that cannot be encoded is a bug. Say so
+            // to the client rather than sending nothing.
+            tracing::error!(error = %e, "reply could not be encoded");
+            let fallback = Reply::error(ErrorCode::Internal, "reply could not be encoded");
+            let _ = protocol::encode_reply(request_id, &fallback, &mut self.out);
+        }
+        Metrics::bump(&self.shared.metrics.frames_out);
+    }
+
+    /// Ends the session after `reply` (if any) is flushed.
+    fn close(&mut self, reason: CloseReason, reply: Option<Reply>) {
+        if self.closing.is_some() {
+            return;
+        }
+        if let Some(r) = reply {
+            self.queue(0, &r);
+        }
+        let flush = self.shared.config.timeouts.write().min(CLOSE_FLUSH);
+        self.closing = Some((reason, Instant::now() + flush));
+    }
+
+    fn timeout(&mut self, reason: CloseReason, what: &str) {
+        Metrics::bump(&self.shared.metrics.timeouts);
+        self.close(reason, Some(Reply::error(ErrorCode::Timeout, what)));
+    }
+
+    fn queue_full(&self) -> bool {
+        self.out.len() >= self.shared.config.limits.outbound_queue_bytes as usize
+    }
+
+    /// Decodes and handles every complete frame in the buffer while the outbound queue has
+    /// room.
+    async fn process(&mut self, session: &mut Session) {
+        while self.closing.is_none() && !self.queue_full() {
+            match decode_frame(&mut self.inbuf, &self.shared.limits, Role::Server) {
+                Ok(Some(frame)) => {
+                    Metrics::bump(&self.shared.metrics.frames_in);
+                    let now = Instant::now();
+                    self.last_frame = now;
+                    // Whatever remains arrived with the last read: a new frame starts now.
+                    self.frame_started = (!self.inbuf.is_empty()).then_some(now);
+                    let id = frame.request_id;
+                    let (reply, next) = session.handle(frame).await;
+                    self.queue(id, &reply);
+                    if let Next::Close(reason) = next {
+                        self.close(reason, None);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.shared.metrics.decode_error(&e);
+                    tracing::debug!(error = %e, "fatal frame error");
+                    self.close(
+                        CloseReason::BadFrame,
+                        Some(Reply::error(ErrorCode::BadFrame, e.to_string())),
+                    );
+                }
+            }
+        }
+        if self.inbuf.is_empty() {
+            self.frame_started = None;
+            if self.inbuf.capacity() > KEEP_BUFFER {
+                self.inbuf = BytesMut::new();
+            }
+        }
+    }
+
+    /// The next instant at which a timer must be checked.
+    fn next_deadline(&self, authenticated: bool) -> Instant {
+        let t = &self.shared.config.timeouts;
+        if let Some((_, at)) = self.closing {
+            return at;
+        }
+        let mut at = match self.frame_started {
+            Some(start) if !self.queue_full() => {
+                (start + t.frame_budget()).min(Instant::now() + RATE_CHECK)
+            }
+            _ => self.last_frame + t.idle(),
+        };
+        if !authenticated {
+            at = at.min(self.opened + t.auth());
+        }
+        if let Some(since) = self.write_since {
+            at = at.min(since + t.write());
+        }
+        at
+    }
+
+    /// Checks every timer; closes the session if one expired.
+    fn check_timers(&mut self, authenticated: bool) {
+        let now = Instant::now();
+        let t = &self.shared.config.timeouts;
+        if let Some(since) = self.write_since {
+            if now.duration_since(since) >= t.write() {
+                Metrics::bump(&self.shared.metrics.timeouts);
+                // The client is not reading: nothing more can be sent to it.
+                self.out.clear();
+                self.closing = Some((CloseReason::WriteTimeout, now));
+                return;
+            }
+        }
+        if !authenticated && now.duration_since(self.opened) >= t.auth() {
+            return self.timeout(
+                CloseReason::AuthTimeout,
+                "no authentication within the time limit",
+            );
+        }
+        match self.frame_started {
+            Some(start) if !self.queue_full() => {
+                let elapsed = now.duration_since(start);
+                if elapsed >= t.frame_budget() {
+                    return self.timeout(
+                        CloseReason::FrameBudget,
+                        "frame not completed within its time budget",
+                    );
+                }
+                if elapsed >= t.frame_grace() {
+                    let needed = t.frame_min_rate_bytes_per_s as f64 * elapsed.as_secs_f64();
+                    if (self.inbuf.len() as f64) < needed {
+                        self.timeout(
+                            CloseReason::SlowFrame,
+                            "frame arriving below the minimum rate",
+                        );
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                if now.duration_since(self.last_frame) >= t.idle() {
+                    self.timeout(CloseReason::Idle, "session idle for too long");
+                }
+            }
+        }
+    }
+
+    /// Makes room for the next read: enough for the frame in progress, within bounds.
+    fn reserve_for_read(&mut self) {
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        if spare < MIN_READ {
+            let want = bytes_wanted(&self.inbuf)
+                .unwrap_or(MIN_READ)
+                .clamp(MIN_READ, MAX_READ);
+            self.inbuf.reserve(want);
+        }
+    }
+}
+
+/// Runs one admitted connection to its end and says why it ended.
+pub(crate) async fn run<T>(
+    shared: Arc<Shared>,
+    io: T,
+    mut session: Session,
+    cut: CancellationToken,
+) -> CloseReason
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let now = Instant::now();
+    let mut c = Conn {
+        shared: &shared,
+        inbuf: BytesMut::new(),
+        out: BytesMut::new(),
+        frame_started: None,
+        last_frame: now,
+        opened: now,
+        write_since: None,
+        closing: None,
+    };
+    loop {
+        c.process(&mut session).await;
+        if let Some((reason, _)) = c.closing {
+            if c.out.is_empty() {
+                let _ = wr.shutdown().await;
+                return reason;
+            }
+        }
+        let deadline = c.next_deadline(session.authenticated());
+        let can_read = c.closing.is_none() && !c.queue_full();
+        if can_read {
+            c.reserve_for_read();
+        }
+        let write_len = c.out.len();
+        tokio::select! {
+            _ = cut.cancelled(), if c.closing.is_none() => {
+                // A blocked source gets no further bytes.
+                c.out.clear();
+                c.closing = Some((CloseReason::Blocked, Instant::now()));
+            }
+            _ = shared.shutdown.cancelled(), if c.closing.is_none() => {
+                c.close(
+                    CloseReason::Shutdown,
+                    Some(Reply::error(ErrorCode::ShuttingDown, "server is shutting down")),
+                );
+            }
+            res = wr.write(&c.out), if write_len > 0 => match res {
+                Ok(0) | Err(_) => return CloseReason::Io,
+                Ok(n) => {
+                    c.out.advance(n);
+                    c.shared.metrics.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    c.write_since = (!c.out.is_empty()).then(Instant::now);
+                    if c.out.is_empty() && c.out.capacity() > KEEP_BUFFER {
+                        c.out = BytesMut::new();
+                    }
+                }
+            },
+            res = rd.read_buf(&mut c.inbuf), if can_read => match res {
+                Ok(0) => {
+                    if c.out.is_empty() {
+                        return CloseReason::Eof;
+                    }
+                    // Half-closed: deliver the replies already owed, then stop.
+                    c.close(CloseReason::Eof, None);
+                }
+                Ok(n) => {
+                    c.shared.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    if c.frame_started.is_none() {
+                        c.frame_started = Some(Instant::now());
+                    }
+                }
+                Err(_) => return CloseReason::Io,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if let Some((reason, at)) = c.closing {
+                    if Instant::now() >= at {
+                        return reason;
+                    }
+                } else {
+                    c.check_timers(session.authenticated());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,711 @@
+//! The session state machine: authentication, per-request admission, and the handlers.
+//!
+//! A session owns what one connection has established: the authenticated user (the only
+//! source of identity), its staged uploads and its strike count. Every request passes the
+//! rate limiters before its body is even decoded, and every handler answers with exactly one
+//! reply. Storage and file work runs on the blocking pool so slow disks never stall the
+//! runtime's worker threads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::guard::{ConnLimiter, SourceKey};
+use crate::protocol::{
+    Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
+};
+use crate::server::metrics::Metrics;
+use crate::server::Shared;
+use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
+
+/// Why a session ended. Recorded in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side.
+    Eof,
+    /// The peer sent BYE.
+    Bye,
+    /// A frame header was invalid; the stream cannot be resynchronized.
+    BadFrame,
+    /// Too many rate-limited or malformed requests.
+    Strikes,
+    /// A frame did not complete within its time budget.
+    FrameBudget,
+    /// A frame arrived slower than the minimum rate.
+    SlowFrame,
+    /// No complete frame for the idle timeout.
+    Idle,
+    /// No successful AUTH within the authentication timeout.
+    AuthTimeout,
+    /// A write made no progress within the write timeout (the peer does not read).
+    WriteTimeout,
+    /// The source was blocked while the session was open.
+    Blocked,
+    /// The server is shutting down.
+    Shutdown,
+    /// The transport failed.
+    Io,
+    /// The connection task panicked (contained).
+    Panic,
+}
+
+impl CloseReason {
+    /// A stable snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::Bye => "bye",
+            CloseReason::BadFrame => "bad_frame",
+            CloseReason::Strikes => "strikes",
+            CloseReason::FrameBudget => "frame_budget",
+            CloseReason::SlowFrame => "slow_frame",
+            CloseReason::Idle => "idle",
+            CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Blocked => "blocked",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Io => "io",
+            CloseReason::Panic => "panic",
+        }
+    }
+}
+
+/// A staged or finished upload of this session.
+enum Upload {
+    /// Receiving chunks. Boxed: `StagedBlob` holds a hasher and a file handle.
+    Staging {
+        blob: Box<StagedBlob>,
+        size: u64,
+        name: String,
+    },
+    /// Verified, fsynced and in the blob store; usable once by SEND_FILE or SEND_MAIL.
+    Done(BlobRef),
+}
+
+impl Upload {
+    fn declared_size(&self) -> u64 {
+        match self {
+            Upload::Staging { size, .. } => *size,
+            Upload::Done(b) => b.size,
+        }
+    }
+}
+
+/// What the connection loop should do after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    Continue,
+    Close(CloseReason),
+}
+
+type Handled = Result<Reply, Reply>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::error(code, message)
+}
+
+fn internal(shared: &Shared, e: impl std::fmt::Display) -> Reply {
+    Metrics::bump(&shared.metrics.internal_errors);
+    tracing::error!(error = %e, "internal error while handling a request");
+    err(
+        ErrorCode::Internal,
+        "internal server error; the request was not applied",
+    )
+}
+
+/// Runs blocking storage or file work on the blocking pool. A panic there is re-raised on
+/// the connection task, where it is contained and counted like any handler panic.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            // Cancellation only happens at runtime shutdown; treat it as a panic-free abort.
+            Err(_) => std::panic::resume_unwind(Box::new("blocking task cancelled")),
+        },
+    }
+}
+
+fn to_wire_kind(k: store::ItemKind) -> ItemKind {
+    match k {
+        store::ItemKind::Message => ItemKind::Message,
+        store::ItemKind::Mail => ItemKind::Mail,
+        store::ItemKind::File => ItemKind::File,
+    }
+}
+
+fn to_attachment(b: &BlobRef) -> Attachment {
+    Attachment {
+        name: b.name.clone(),
+        size: b.size,
+        digest: b.digest,
+    }
+}
+
+/// One connection's session state.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    source: SourceKey,
+    user: Option<(UserId, String)>,
+    uploads: BTreeMap<u32, Upload>,
+    next_upload: u32,
+    limiter: ConnLimiter,
+    strikes: u32,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, source: SourceKey) -> Session {
+        let limiter = shared.guard.connection_limiter();
+        Session {
+            shared,
+            peer,
+            source,
+            user: None,
+            uploads: BTreeMap::new(),
+            next_upload: 1,
+            limiter,
+            strikes: 0,
+        }
+    }
+
+    /// True once AUTH succeeded.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+
+    /// Adds a strike; the session closes once it reaches the configured count.
+    fn strike(&mut self) -> Next {
+        self.strikes = self.strikes.saturating_add(1);
+        if self.strikes >= self.shared.config.rates.strikes_to_close {
+            Next::Close(CloseReason::Strikes)
+        } else {
+            Next::Continue
+        }
+    }
+
+    /// Admits, decodes and handles one frame, returning its single reply.
+    pub(crate) async fn handle(&mut self, frame: Frame) -> (Reply, Next) {
+        let shared = Arc::clone(&self.shared);
+        let user_id = self.user.as_ref().map(|(id, _)| *id);
+        let limited = self
+            .limiter
+            .check()
+            .and_then(|()| shared.guard.check_frame(self.source, user_id));
+        if let Err(limit) = limited {
+            Metrics::bump(&shared.metrics.rate_limited);
+            let reply = err(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit exceeded ({}); request not applied",
+                    limit.reason()
+                ),
+            );
+            return (reply, self.strike());
+        }
+        let req = match Request::decode(&frame, &shared.limits) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.metrics.decode_error(&e);
+                return (err(ErrorCode::BadFrame, e.to_string()), self.strike());
+            }
+        };
+        #[cfg(feature = "fault-injection")]
+        if let Some(hook) = &shared.fault_hook {
+            hook(&req);
+        }
+        if !self.authenticated()
+            && !matches!(req, Request::Auth { .. } | Request::Ping | Request::Bye)
+        {
+            return (
+                err(ErrorCode::NotAuthenticated, "authenticate first"),
+                Next::Continue,
+            );
+        }
+        let next = if matches!(req, Request::Bye) {
+            Next::Close(CloseReason::Bye)
+        } else {
+            Next::Continue
+        };
+        let reply = match self.dispatch(req).await {
+            Ok(r) | Err(r) => r,
+        };
+        (reply, next)
+    }
+
+    async fn dispatch(&mut self, req: Request) -> Handled {
+        match req {
+            Request::Auth { user, password } => self.auth(user, password.0.to_vec()).await,
+            Request::Ping => Ok(Reply::Pong),
+            Request::Bye => Ok(Reply::Ok),
+            Request::SendMessage { to, text } => {
+                self.deliver(to, NewItem::Message { text }, Vec::new())
+                    .await
+            }
+            Request::UploadBegin { name, size } => self.upload_begin(name, size).await,
+            Request::UploadChunk {
+                upload_id,
+                offset,
+                data,
+            } => self.upload_chunk(upload_id, offset, data).await,
+            Request::UploadEnd { upload_id, digest } => self.upload_end(upload_id, digest).await,
+            Request::SendFile { to, upload_id } => {
+                let blob = self.take_done(&[upload_id])?.pop().ok_or_else(|| {
+                    err(
+                        ErrorCode::NotFound,
+                        format!("no finished upload {upload_id}"),
+                    )
+                })?;
+                self.deliver(to, NewItem::File(blob.1.clone()), vec![blob])
+                    .await
+            }
+            Request::SendMail {
+                to,
+                subject,
+                body,
+                attachments,
+            } => {
+                let blobs = self.take_done(&attachments)?;
+                let refs = blobs.iter().map(|(_, b)| b.clone()).collect();
+                self.deliver(
+                    to,
+                    NewItem::Mail {
+                        subject,
+                        body,
+                        attachments: refs,
+                    },
+                    blobs,
+                )
+                .await
+            }
+            Request::ListInbox { after, limit } => self.list(after, limit).await,
+            Request::Fetch { item_id } => self.fetch(item_id).await,
+            Request::Download {
+                item_id,
+                part,
+                offset,
+                max_len,
+            } => self.download(item_id, part, offset, max_len).await,
+            Request::Delete { item_id } => self.delete(item_id).await,
+        }
+    }
+
+    fn user_id(&self) -> Result<UserId, Reply> {
+        self.user
+            .as_ref()
+            .map(|(id, _)| *id)
+            .ok_or_else(|| err(ErrorCode::NotAuthenticated, "authenticate first"))
+    }
+
+    async fn auth(&mut self, user: String, password: Vec<u8>) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        if self.authenticated() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "session is already authenticated",
+            ));
+        }
+        if let Err(limit) = shared.guard.check_login(self.source, &user) {
+            Metrics::bump(&shared.metrics.rate_limited);
+            return Err(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many login attempts ({}); try again later",
+                    limit.reason()
+                ),
+            ));
+        }
+        let store = Arc::clone(&shared.store);
+        let name = user.clone();
+        let creds = blocking(move || store.credentials(&name))
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        let (id, hash) = match creds {
+            Some((id, hash)) => (Some(id), Some(hash)),
+            None => (None, None),
+        };
+        let ok = shared.verifier.verify(hash, password).await;
+        match (ok, id) {
+            (true, Some(id)) => {
+                Metrics::bump(&shared.metrics.auth_ok);
+                tracing::debug!(peer = %self.peer, user = %user, "authenticated");
+                self.user = Some((id, user.clone()));
+                Ok(Reply::AuthOk { user })
+            }
+            _ => {
+                Metrics::bump(&shared.metrics.auth_failed);
+                tracing::info!(peer = %self.peer, user = %user, "failed login");
+                Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
+            }
+        }
+    }
+
+    /// Sizes of everything this session has staged or finished but not yet sent.
+    fn staged_bytes(&self) -> u64 {
+        self.uploads
+            .values()
+            .map(Upload::declared_size)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    async fn upload_begin(&mut self, name: String, size: u64) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        let me = self.user_id()?;
+        let limits = &shared.config.limits;
+        if size > limits.max_file_bytes {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "file of {size} bytes exceeds the limit of {}",
+                    limits.max_file_bytes
+                ),
+            ));
+        }
+        if self.uploads.len() >= usize::from(limits.max_open_uploads) {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "at most {} uploads may be open at once",
+                    limits.max_open_uploads
+                ),
+            ));
+        }
+        let store = Arc::clone(&shared.store);
+        let used = blocking(move || store.usage(me))
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        let needed = used
+            .saturating_add(self.staged_bytes())
+            .saturating_add(size);
+        if needed > limits.user_quota_bytes {
+            return Err(err(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "storage quota exceeded: {used} bytes used, {size} more requested, quota {}",
+                    limits.user_quota_bytes
+                ),
+            ));
+        }
+        let blobs = shared.blobs.clone();
+        let blob = blocking(move || blobs.stage())
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        let id = self.next_upload;
+        self.next_upload = self.next_upload.wrapping_add(1).max(1);
+        self.uploads.insert(
+            id,
+            Upload::Staging {
+                blob: Box::new(blob),
+                size,
+                name: store::sanitize_file_name(&name),
+            },
+        );
+        Ok(Reply::UploadReady {
+            upload_id: id,
+            max_chunk: limits.max_chunk_bytes,
+        })
+    }
+
+    /// Removes a staging upload from the table so it can be moved onto the blocking pool.
+    fn take_staging(&mut self, id: u32) -> Result<(Box<StagedBlob>, u64, String), Reply> {
+        match self.uploads.remove(&id) {
+            Some(Upload::Staging { blob, size, name }) => Ok((blob, size, name)),
+            Some(done @ Upload::Done(_)) => {
+                self.uploads.insert(id, done);
+                Err(err(
+                    ErrorCode::BadRequest,
+                    format!("upload {id} is already finished"),
+                ))
+            }
+            None => Err(err(ErrorCode::NotFound, format!("no open upload {id}"))),
+        }
+    }
+
+    async fn upload_chunk(&mut self, id: u32, offset: u64, data: bytes::Bytes) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        self.user_id()?;
+        let (mut blob, size, name) = self.take_staging(id)?;
+        // On any error below, the upload stays removed: the staged file is deleted when
+        // `blob` drops, so a failed upload leaves nothing behind.
+        let received = blob.written();
+        if offset != received {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("chunk offset {offset} does not match the {received} bytes received; upload aborted"),
+            ));
+        }
+        let end = received.saturating_add(data.len() as u64);
+        if end > size {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!("chunk ends at byte {end}, past the declared size {size}; upload aborted"),
+            ));
+        }
+        let (blob, res) = blocking(move || {
+            let res = blob.append(&data);
+            (blob, res)
+        })
+        .await;
+        res.map_err(|e| internal(&shared, e))?;
+        let received = blob.written();
+        self.uploads
+            .insert(id, Upload::Staging { blob, size, name });
+        Ok(Reply::ChunkOk {
+            upload_id: id,
+            received,
+        })
+    }
+
+    async fn upload_end(&mut self, id: u32, digest: [u8; 32]) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        self.user_id()?;
+        let (blob, size, name) = self.take_staging(id)?;
+        if blob.written() != size {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "upload has {} of {size} bytes; upload aborted",
+                    blob.written()
+                ),
+            ));
+        }
+        if blob.digest_so_far() != digest {
+            return Err(err(
+                ErrorCode::DigestMismatch,
+                "blake3 digest does not match the uploaded bytes; upload aborted",
+            ));
+        }
+        let committed = blocking(move || blob.commit(&name))
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        self.uploads.insert(id, Upload::Done(committed));
+        Ok(Reply::UploadDone {
+            upload_id: id,
+            size,
+        })
+    }
+
+    /// Takes finished uploads out of the table for delivery; on any error the table is
+    /// unchanged.
+    fn take_done(&mut self, ids: &[u32]) -> Result<Vec<(u32, BlobRef)>, Reply> {
+        self.user_id()?;
+        for (i, id) in ids.iter().enumerate() {
+            if ids.get(..i).is_some_and(|before| before.contains(id)) {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("upload {id} is listed twice"),
+                ));
+            }
+            if !matches!(self.uploads.get(id), Some(Upload::Done(_))) {
+                return Err(err(ErrorCode::NotFound, format!("no finished upload {id}")));
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(Upload::Done(b)) = self.uploads.remove(id) {
+                out.push((*id, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits an item for `to`. `uploads` are the finished uploads the item uses; if the
+    /// delivery fails they go back into the table so the client may retry.
+    async fn deliver(
+        &mut self,
+        to: String,
+        item: NewItem,
+        uploads: Vec<(u32, BlobRef)>,
+    ) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        let restore = |s: &mut Session, uploads: Vec<(u32, BlobRef)>| {
+            for (id, b) in uploads {
+                s.uploads.insert(id, Upload::Done(b));
+            }
+        };
+        let me = match self.user_id() {
+            Ok(me) => me,
+            Err(e) => {
+                restore(self, uploads);
+                return Err(e);
+            }
+        };
+        let store = Arc::clone(&shared.store);
+        let quota = shared.config.limits.user_quota_bytes;
+        let result = blocking(move || -> Result<Option<u64>, StoreError> {
+            let Some(to_id) = store.user_id(&to)? else {
+                return Ok(None);
+            };
+            store.deliver(me, to_id, item, quota).map(Some)
+        })
+        .await;
+        match result {
+            Ok(Some(item_id)) => {
+                Metrics::bump(&shared.metrics.items_delivered);
+                Ok(Reply::Accepted { item_id })
+            }
+            Ok(None) => {
+                restore(self, uploads);
+                Err(err(ErrorCode::UnknownRecipient, "no such recipient"))
+            }
+            Err(StoreError::QuotaExceeded {
+                used,
+                requested,
+                quota,
+            }) => {
+                restore(self, uploads);
+                Err(err(
+                    ErrorCode::QuotaExceeded,
+                    format!("storage quota exceeded: {used} bytes used, {requested} more requested, quota {quota}"),
+                ))
+            }
+            Err(e) => {
+                restore(self, uploads);
+                Err(internal(&shared, e))
+            }
+        }
+    }
+
+    async fn list(&mut self, after: u64, limit: u16) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        let me = self.user_id()?;
+        let max = shared.limits.max_inbox_page;
+        let limit = if limit == 0 || limit > max {
+            max
+        } else {
+            limit
+        };
+        let store = Arc::clone(&shared.store);
+        let entries = blocking(move || store.inbox(me, after, u32::from(limit)))
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        Ok(Reply::Inbox {
+            entries: entries
+                .into_iter()
+                .map(|e| InboxEntry {
+                    id: e.id,
+                    kind: to_wire_kind(e.kind),
+                    from: e.from,
+                    size: e.size,
+                    received_at_ms: e.received_at_ms,
+                    title: e.title,
+                })
+                .collect(),
+        })
+    }
+
+    /// Loads one of the session user's items, telling "not yours" from "does not exist".
+    async fn own_item(&self, id: u64) -> Result<store::Item, Reply> {
+        let shared = Arc::clone(&self.shared);
+        let me = self.user_id()?;
+        let store = Arc::clone(&shared.store);
+        let found = blocking(move || -> Result<_, StoreError> {
+            match store.item(me, id)? {
+                Some(item) => Ok(Ok(item)),
+                None => Ok(Err(store.item_owner(id)?.is_some())),
+            }
+        })
+        .await
+        .map_err(|e| internal(&shared, e))?;
+        match found {
+            Ok(item) => Ok(item),
+            Err(true) => {
+                Metrics::bump(&shared.metrics.permission_denied);
+                tracing::info!(peer = %self.peer, item = id, "denied access to another user's item");
+                Err(err(
+                    ErrorCode::PermissionDenied,
+                    format!("item {id} is not yours"),
+                ))
+            }
+            Err(false) => Err(err(ErrorCode::NotFound, format!("no item {id}"))),
+        }
+    }
+
+    async fn fetch(&mut self, id: u64) -> Handled {
+        let item = self.own_item(id).await?;
+        let body = match item.content {
+            ItemContent::Message { text } => ItemBody::Message { text },
+            ItemContent::Mail {
+                subject,
+                body,
+                attachments,
+            } => ItemBody::Mail {
+                subject,
+                body,
+                attachments: attachments.iter().map(to_attachment).collect(),
+            },
+            ItemContent::File(b) => ItemBody::File(to_attachment(&b)),
+        };
+        Ok(Reply::Item(ItemView {
+            id: item.entry.id,
+            from: item.entry.from,
+            received_at_ms: item.entry.received_at_ms,
+            body,
+        }))
+    }
+
+    async fn download(&mut self, id: u64, part: u16, offset: u64, max_len: u32) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        let item = self.own_item(id).await?;
+        let blob = match item.content {
+            ItemContent::File(b) if part == 0 => b,
+            ItemContent::Mail {
+                mut attachments, ..
+            } if usize::from(part) < attachments.len() => {
+                attachments.swap_remove(usize::from(part))
+            }
+            _ => {
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!("item {id} has no part {part}"),
+                ))
+            }
+        };
+        if offset > blob.size {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("offset {offset} is past the end ({} bytes)", blob.size),
+            ));
+        }
+        let want = max_len.min(shared.limits.max_chunk_bytes) as usize;
+        let blobs = shared.blobs.clone();
+        let blob_id = blob.blob_id.clone();
+        let data = blocking(move || blobs.read_at(&blob_id, offset, want))
+            .await
+            .map_err(|e| internal(&shared, e))?;
+        Ok(Reply::Data {
+            item_id: id,
+            part,
+            offset,
+            total: blob.size,
+            data: data.into(),
+        })
+    }
+
+    async fn delete(&mut self, id: u64) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        // Resolve ownership first so a foreign id is denied, not reported missing.
+        self.own_item(id).await?;
+        let me = self.user_id()?;
+        let store = Arc::clone(&shared.store);
+        let blobs = shared.blobs.clone();
+        let removed = blocking(move || -> Result<_, StoreError> {
+            let freed = store.delete(me, id)?;
+            for blob in freed.iter().flatten() {
+                // The item is gone; a blob file that cannot be removed now is swept at the
+                // next start-up.
+                if let Err(e) = blobs.remove(blob) {
+                    tracing::warn!(blob = %blob, error = %e, "could not remove blob");
+                }
+            }
+            Ok(freed.is_some())
+        })
+        .await
+        .map_err(|e| internal(&shared, e))?;
+        if removed {
+            Ok(Reply::Ok)
+        } else {
+            Err(err(ErrorCode::NotFound, format!("no item {id}")))
+        }
+    }
+}
