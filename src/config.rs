@@ -233,6 +233,18 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// The limits the protocol codec enforces, derived from these.
+    pub fn protocol(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_bytes: self.max_message_bytes,
+            max_mail_body_bytes: self.max_mail_body_bytes,
+            max_chunk_bytes: self.max_chunk_bytes,
+            max_attachments: self.max_attachments,
+            max_inbox_page: u16::try_from(self.max_inbox_page).unwrap_or(u16::MAX),
+        }
+    }
+
     /// Checks ranges and the rules between these limits.
     pub fn check(&self) -> Result<(), ConfigError> {
         in_range(
@@ -261,6 +273,15 @@ impl LimitsConfig {
                 ));
             }
         }
+        if self.max_attachments > u16::from(u8::MAX) {
+            return Err(invalid(
+                "limits.max_attachments",
+                format!(
+                    "must be at most 255 (the wire carries the count in one byte), got {}",
+                    self.max_attachments
+                ),
+            ));
+        }
         at_least_one("limits.max_file_bytes", self.max_file_bytes)?;
         if self.user_quota_bytes < self.max_file_bytes {
             return Err(invalid(
@@ -278,6 +299,20 @@ impl LimitsConfig {
             1,
             MAX_INBOX_PAGE,
         )?;
+        // Every request and reply these limits allow must fit in one frame, or the server
+        // would accept a mail it can never show, or list an inbox page it cannot send.
+        let (kind, needed) = self.protocol().largest_body();
+        if needed > u64::from(self.max_frame_bytes) {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!(
+                    "must be at least {needed} for a {} frame under the other limits \
+                     (lower max_mail_body_bytes, max_attachments or max_inbox_page), got {}",
+                    kind.wire_name(),
+                    self.max_frame_bytes
+                ),
+            ));
+        }
         at_least_one("limits.max_connections", self.max_connections)?;
         at_least_one("limits.max_connections_per_ip", self.max_connections_per_ip)?;
         if self.max_connections_per_ip > self.max_connections {
@@ -842,6 +877,12 @@ mod tests {
             ),
             ("[limits]\nmax_open_uploads = 0", "limits.max_open_uploads"),
             ("[limits]\nmax_inbox_page = 0", "limits.max_inbox_page"),
+            ("[limits]\nmax_inbox_page = 2000", "limits.max_frame_bytes"),
+            ("[limits]\nmax_attachments = 256", "limits.max_attachments"),
+            (
+                "[limits]\nmax_mail_body_bytes = 1114048",
+                "limits.max_frame_bytes",
+            ),
             ("[limits]\nmax_inbox_page = 65536", "limits.max_inbox_page"),
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             (
@@ -912,7 +953,7 @@ mod tests {
 
     #[test]
     fn rules_accept_their_boundaries() -> Result<(), ConfigError> {
-        Config::from_toml_str("[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 4032\nmax_mail_body_bytes = 4032\nmax_chunk_bytes = 4032\noutbound_queue_bytes = 4096\n")?;
+        Config::from_toml_str("[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 4032\nmax_mail_body_bytes = 2048\nmax_attachments = 1\nmax_inbox_page = 2\nmax_chunk_bytes = 4032\noutbound_queue_bytes = 4096\n")?;
         Config::from_toml_str("[limits]\nmax_frame_bytes = 16777216\n")?;
         Config::from_toml_str("[ip]\nipv6_prefix = 128\n")?;
         Config::from_toml_str("[timeouts]\nframe_grace_ms = 9999\n")?;

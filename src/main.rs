@@ -1,1 +1,22 @@
-fn main(){}
+//! The `rampart` command line: serve, manage users, use the client, run the demo.
+//!
+//! All logic lives in the library; this binary parses arguments, calls it, and formats the
+//! results. Every error ends the process with a non-zero exit code and one line on stderr.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line: the error and its causes, joined.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

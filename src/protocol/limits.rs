@@ -26,6 +26,9 @@ pub const MAX_SUBJECT: usize = 1024;
 /// Longest error message text in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
+use super::frame::Kind;
+use super::msg::{reply, request};
+
 /// Size in bytes of an inbox entry with an empty title, used to bound an inbox page.
 const INBOX_ENTRY_FIXED: u64 = 8 + 1 + 1 + 8 + 8 + 2;
 
@@ -65,6 +68,22 @@ impl Limits {
     /// The effective frame ceiling: the configured one, never above the hard cap.
     pub fn frame_ceiling(&self) -> u32 {
         self.max_frame_bytes.min(HARD_MAX_FRAME)
+    }
+
+    /// The largest body any frame kind can need under these limits, ignoring the frame
+    /// ceiling, with that kind. A configuration whose `max_frame_bytes` is below this would
+    /// accept requests whose replies it cannot send.
+    pub fn largest_body(&self) -> (Kind, u64) {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let body = request::max_body(k, self)
+                    .or_else(|| reply::max_body(k, self))
+                    .unwrap_or(0);
+                (k, body)
+            })
+            .max_by_key(|(_, b)| *b)
+            .unwrap_or((Kind::Ping, 0))
     }
 
     /// The largest possible inbox reply body under these limits.

@@ -90,19 +90,6 @@ pub(crate) struct Shared {
     pub(crate) fault_hook: Option<FaultHook>,
 }
 
-/// The protocol limits a server enforces, derived from its configuration.
-pub fn protocol_limits(config: &Config) -> Limits {
-    let l = &config.limits;
-    Limits {
-        max_frame_bytes: l.max_frame_bytes,
-        max_text_bytes: l.max_message_bytes,
-        max_mail_body_bytes: l.max_mail_body_bytes,
-        max_chunk_bytes: l.max_chunk_bytes,
-        max_attachments: l.max_attachments,
-        max_inbox_page: u16::try_from(l.max_inbox_page).unwrap_or(u16::MAX),
-    }
-}
-
 /// A configured server, ready to bind or to serve connections.
 #[derive(Clone)]
 pub struct Server {
@@ -142,7 +129,7 @@ impl Server {
         let verifier = auth::Verifier::new(&config.auth)?;
         Ok(Server {
             shared: Arc::new(Shared {
-                limits: protocol_limits(&config),
+                limits: config.limits.protocol(),
                 config,
                 store,
                 blobs,

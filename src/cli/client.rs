@@ -1,0 +1,336 @@
+//! `rampart client ...`: one request (or a short exchange) as a logged-in user.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use rampart::client::{hex, Client, ClientOptions};
+use rampart::protocol::{ItemBody, ItemView};
+use rampart::store::sanitize_file_name;
+
+use super::time::rfc3339_ms;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The password is read from the environment variable RAMPART_PASSWORD.\n\n\
+Examples:\n  \
+RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice message bob 'hola'\n  \
+RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice mail bob --subject Minutes --body-file notes.txt --attach report.pdf\n  \
+RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user bob fetch 3 --attachments ./saved"
+)]
+pub struct ClientArgs {
+    /// Server address, e.g. 127.0.0.1:7878.
+    #[arg(long)]
+    server: String,
+    /// User name to log in as.
+    #[arg(long)]
+    user: String,
+    /// Password (read from the environment only, never from the command line).
+    #[arg(
+        long = "password-from-env",
+        env = "RAMPART_PASSWORD",
+        hide = true,
+        hide_env_values = true
+    )]
+    password: Option<String>,
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Send a chat message.
+    Message {
+        /// Recipient.
+        to: String,
+        /// Text.
+        text: String,
+    },
+    /// Send a mail, optionally with attachments.
+    Mail {
+        /// Recipient.
+        to: String,
+        /// Subject line.
+        #[arg(long)]
+        subject: String,
+        /// Body text.
+        #[arg(
+            long,
+            conflicts_with = "body_file",
+            required_unless_present = "body_file"
+        )]
+        body: Option<String>,
+        /// Read the body from this file.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        /// Attach a file (repeatable).
+        #[arg(long = "attach")]
+        attach: Vec<PathBuf>,
+    },
+    /// Send a file (image, document, any bytes).
+    SendFile {
+        /// Recipient.
+        to: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// List your inbox.
+    Inbox {
+        /// One JSON object per line: id, kind, from, size, received_at, subject or name.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or save one item: prints message and mail text; writes a file's bytes to --out.
+    Fetch {
+        /// Item id (from inbox).
+        id: u64,
+        /// Where to write a file item's bytes (default: its sanitized name, never overwriting).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Save a mail's attachments into this directory under their sanitized names.
+        #[arg(long)]
+        attachments: Option<PathBuf>,
+        /// Print the item as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one item from your inbox.
+    Delete {
+        /// Item id.
+        id: u64,
+    },
+    /// Check that the server answers (no password needed).
+    Ping,
+}
+
+fn print_item(item: &ItemView) {
+    println!("From: {}", item.from);
+    println!("Date: {}", rfc3339_ms(item.received_at_ms));
+    match &item.body {
+        ItemBody::Message { text } => {
+            println!();
+            println!("{text}");
+        }
+        ItemBody::Mail {
+            subject,
+            body,
+            attachments,
+        } => {
+            println!("Subject: {subject}");
+            for (i, a) in attachments.iter().enumerate() {
+                println!(
+                    "Attachment {i}: {} ({} bytes, blake3 {})",
+                    a.name,
+                    a.size,
+                    hex(&a.digest)
+                );
+            }
+            println!();
+            println!("{body}");
+        }
+        ItemBody::File(a) => {
+            println!(
+                "File: {} ({} bytes, blake3 {})",
+                a.name,
+                a.size,
+                hex(&a.digest)
+            );
+        }
+    }
+}
+
+fn item_json(item: &ItemView) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": item.id,
+        "kind": item.body.kind().as_str(),
+        "from": item.from,
+        "received_at": rfc3339_ms(item.received_at_ms),
+        "received_at_ms": item.received_at_ms,
+    });
+    let attachment = |a: &rampart::protocol::Attachment| serde_json::json!({"name": a.name, "size": a.size, "blake3": hex(&a.digest)});
+    match &item.body {
+        ItemBody::Message { text } => v["text"] = text.clone().into(),
+        ItemBody::Mail {
+            subject,
+            body,
+            attachments,
+        } => {
+            v["subject"] = subject.clone().into();
+            v["body"] = body.clone().into();
+            v["attachments"] = attachments.iter().map(attachment).collect();
+        }
+        ItemBody::File(a) => {
+            v["name"] = a.name.clone().into();
+            v["size"] = a.size.into();
+            v["blake3"] = hex(&a.digest).into();
+        }
+    }
+    v
+}
+
+async fn write_file_item(
+    client: &mut Client,
+    item: &ItemView,
+    out: Option<PathBuf>,
+) -> Result<PathBuf> {
+    let ItemBody::File(a) = &item.body else {
+        bail!("item {} is not a file; --out applies to files", item.id);
+    };
+    let (path, file) = match out {
+        Some(p) => {
+            let f = tokio::fs::File::create(&p)
+                .await
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            (p, f)
+        }
+        None => {
+            let p = PathBuf::from(sanitize_file_name(&a.name));
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .await
+                .with_context(|| {
+                    format!("cannot create {} (use --out to choose a path)", p.display())
+                })?;
+            (p, f)
+        }
+    };
+    let mut file = file;
+    client.download(item.id, 0, &mut file).await?;
+    file.sync_all().await?;
+    Ok(path)
+}
+
+async fn read_body(body: Option<String>, body_file: Option<&Path>) -> Result<String> {
+    match (body, body_file) {
+        (Some(b), _) => Ok(b),
+        (None, Some(p)) => tokio::fs::read_to_string(p)
+            .await
+            .with_context(|| format!("cannot read body file {}", p.display())),
+        (None, None) => bail!("give --body or --body-file"),
+    }
+}
+
+pub async fn run(args: ClientArgs) -> Result<ExitCode> {
+    let opts = ClientOptions::default();
+    if let ClientCommand::Ping = args.command {
+        let mut c = Client::connect(&args.server, opts).await?;
+        c.ping().await?;
+        println!("pong");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(password) = args.password else {
+        bail!("set RAMPART_PASSWORD to the password of {}", args.user);
+    };
+    let mut c = Client::login(&args.server, &args.user, password.as_bytes(), opts).await?;
+    match args.command {
+        // Answered above, before logging in.
+        ClientCommand::Ping => {}
+        ClientCommand::Message { to, text } => {
+            let id = c.send_message(&to, &text).await?;
+            println!("sent message {id} to {to}");
+        }
+        ClientCommand::Mail {
+            to,
+            subject,
+            body,
+            body_file,
+            attach,
+        } => {
+            let body = read_body(body, body_file.as_deref()).await?;
+            let id = c.send_mail(&to, &subject, &body, &attach).await?;
+            println!("sent mail {id} to {to} with {} attachment(s)", attach.len());
+        }
+        ClientCommand::SendFile { to, path } => {
+            let id = c.send_file(&to, &path).await?;
+            println!("sent file {id} to {to}");
+        }
+        ClientCommand::Inbox { json } => {
+            let entries = c.inbox().await?;
+            if !json {
+                println!(
+                    "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  SUBJECT/NAME",
+                    "ID", "KIND", "FROM", "SIZE", "RECEIVED"
+                );
+            }
+            for e in &entries {
+                if json {
+                    let mut v = serde_json::json!({
+                        "id": e.id,
+                        "kind": e.kind.as_str(),
+                        "from": e.from,
+                        "size": e.size,
+                        "received_at": rfc3339_ms(e.received_at_ms),
+                        "received_at_ms": e.received_at_ms,
+                    });
+                    match e.kind {
+                        rampart::protocol::ItemKind::Mail => v["subject"] = e.title.clone().into(),
+                        rampart::protocol::ItemKind::File => v["name"] = e.title.clone().into(),
+                        rampart::protocol::ItemKind::Message => {}
+                    }
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  {}",
+                        e.id,
+                        e.kind.as_str(),
+                        e.from,
+                        e.size,
+                        rfc3339_ms(e.received_at_ms),
+                        e.title
+                    );
+                }
+            }
+        }
+        ClientCommand::Fetch {
+            id,
+            out,
+            attachments,
+            json,
+        } => {
+            let item = c.fetch(id).await?;
+            if json {
+                println!("{}", item_json(&item));
+            }
+            match &item.body {
+                ItemBody::File(_) => {
+                    let path = write_file_item(&mut c, &item, out).await?;
+                    if !json {
+                        print_item(&item);
+                        println!("saved to {}", path.display());
+                    }
+                }
+                _ => {
+                    if out.is_some() {
+                        bail!(
+                            "item {id} is a {}, not a file; --out applies to files",
+                            item.body.kind().as_str()
+                        );
+                    }
+                    if !json {
+                        print_item(&item);
+                    }
+                    if let Some(dir) = attachments {
+                        tokio::fs::create_dir_all(&dir)
+                            .await
+                            .with_context(|| format!("cannot create {}", dir.display()))?;
+                        for p in c.save_attachments(id, &dir).await? {
+                            if !json {
+                                println!("saved {}", p.display());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ClientCommand::Delete { id } => {
+            c.delete(id).await?;
+            println!("deleted {id}");
+        }
+    }
+    let _ = c.bye().await;
+    Ok(ExitCode::SUCCESS)
+}

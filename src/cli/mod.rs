@@ -1,0 +1,109 @@
+//! Argument definitions and dispatch for the `rampart` binary.
+
+mod client;
+mod demo;
+mod serve;
+mod time;
+mod user;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use rampart::config::Config;
+
+const ABOUT: &str = "rampart: a test-bench for server robustness, built around a real, hardened \
+messaging server (chat messages, mail with attachments, files) and the attacks against it.";
+
+const EXAMPLES: &str = "\
+Examples:
+  rampart demo                                          # end-to-end demo on 127.0.0.1
+  echo 's3cret' | rampart user add alice --data-dir ./data
+  rampart serve --data-dir ./data --listen 127.0.0.1:7878
+  RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice message bob 'hola'
+  RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user bob inbox --json";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Log filter for stderr (e.g. info, debug, rampart=trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hardened server.
+    #[command(
+        after_help = "Prints \"listening on IP:PORT\" as its first line on stdout, then \
+serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data --listen 127.0.0.1:0"
+    )]
+    Serve(serve::ServeArgs),
+    /// Manage user accounts in a data directory (the server may be stopped or running).
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Talk to a server as a user; the password comes from RAMPART_PASSWORD.
+    Client(client::ClientArgs),
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Start a server on 127.0.0.1 in a temporary directory, exchange messages, mail and
+    /// files, attack it a little, and report what happened.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and check a configuration file; prints "ok" or the offending key.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the defaults as TOML.
+    Defaults,
+}
+
+/// Loads the configuration file if one was given, else the defaults.
+pub(crate) fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => {
+            Config::load(p).with_context(|| format!("invalid configuration {}", p.display()))
+        }
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    init_logging(&cli.log);
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve::run(args)),
+        Command::User(cmd) => user::run(cmd),
+        Command::Client(args) => rt.block_on(client::run(args)),
+        Command::Config(ConfigCommand::Check { file }) => {
+            load_config(Some(&file))?;
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => rt.block_on(demo::run(args)),
+    }
+}

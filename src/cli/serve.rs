@@ -1,0 +1,70 @@
+//! `rampart serve`: run the hardened server until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use rampart::server::Server;
+
+use super::load_config;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory: SQLite database and blobs (created on first start).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Configuration file (TOML); see rampart.example.toml. Defaults apply without it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+async fn shutdown_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for ctrl-c")?;
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    let config = load_config(args.config.as_ref())?;
+    let server = Server::open(config, &args.data_dir).with_context(|| {
+        format!(
+            "cannot start with data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let handle = server.bind(args.listen).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", handle.local_addr())?;
+        out.flush()?;
+    }
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    let metrics = handle.metrics();
+    handle.shutdown().await;
+    let m = metrics.snapshot();
+    eprintln!(
+        "stopped: {} connections, {} refused, {} items delivered, {} panics contained",
+        m.connections_accepted, m.connections_refused, m.items_delivered, m.panics
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,159 @@
+//! Shared helpers for the integration tests: one way to start a real server on
+//! 127.0.0.1:0 with test users, and small raw-socket utilities for the attacks.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use rampart::client::{Client, ClientOptions};
+use rampart::config::Config;
+use rampart::protocol::{decode_frame, Limits, Reply, Role};
+use rampart::server::auth::hash_password;
+use rampart::server::{Server, ServerHandle};
+use rampart::store::Store;
+
+/// The users every test server has, with their passwords.
+pub const USERS: [(&str, &str); 3] = [("alice", "alice-pw"), ("bob", "bob-pw"), ("mallory", "mallory-pw")];
+
+/// A running server and the temporary data directory it owns.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// The address as a string for the client.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Logs in one of [`USERS`].
+    pub async fn login(&self, user: &str) -> Client {
+        self.login_from(user, None).await
+    }
+
+    /// Logs in one of [`USERS`] from a given loopback source address.
+    pub async fn login_from(&self, user: &str, source: Option<IpAddr>) -> Client {
+        let pw = USERS
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, p)| *p)
+            .expect("a test user");
+        let mut opts = ClientOptions::default();
+        opts.source = source;
+        opts.request_timeout = Duration::from_secs(10);
+        Client::login(&self.target(), user, pw.as_bytes(), opts)
+            .await
+            .expect("login")
+    }
+}
+
+/// Defaults with cheap password hashing, so tests spend their time on behaviour.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.auth.argon2_memory_kib = 64;
+    c.auth.argon2_iterations = 1;
+    c
+}
+
+/// Starts a server with [`test_config`].
+pub async fn start_server() -> TestServer {
+    start_server_with(test_config()).await
+}
+
+/// Starts a server with a given configuration and the test users.
+pub async fn start_server_with(config: Config) -> TestServer {
+    start(config, |s| s).await
+}
+
+/// Starts a server, letting the caller adjust it (e.g. install a fault hook) before bind.
+pub async fn start(config: Config, adjust: impl FnOnce(Server) -> Server) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::open(config.clone(), dir.path()).expect("server opens");
+    add_users(&*server.store(), &config);
+    let handle = adjust(server)
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = handle.local_addr();
+    TestServer { handle, dir, addr }
+}
+
+/// Adds [`USERS`] to a store.
+pub fn add_users(store: &dyn Store, config: &Config) {
+    for (name, pw) in USERS {
+        let hash = hash_password(&config.auth, pw.as_bytes()).expect("hash");
+        store.add_user(name, &hash).expect("add user");
+    }
+}
+
+/// A raw TCP connection from `source` (any 127.0.0.0/8 address) to `addr`.
+pub async fn raw_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
+/// What a raw connection saw until the server closed it or `limit` passed.
+pub struct Drained {
+    /// Replies decoded from the bytes received.
+    pub replies: Vec<(u32, Reply)>,
+    /// Whether the server closed the connection.
+    pub closed: bool,
+}
+
+/// Reads and decodes replies until the server closes or `limit` passes.
+pub async fn drain(stream: &mut TcpStream, limit: Duration) -> Drained {
+    let mut buf = BytesMut::new();
+    let mut tmp = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
+            Err(_) => break false,
+        }
+    };
+    let limits = Limits::default();
+    let mut replies = Vec::new();
+    while let Ok(Some(frame)) = decode_frame(&mut buf, &limits, Role::Client) {
+        if let Ok(r) = Reply::decode(&frame, &limits) {
+            replies.push((frame.request_id, r));
+        }
+    }
+    Drained { replies, closed }
+}
+
+/// Writes raw bytes, ignoring errors (the server may already have closed).
+pub async fn send_raw(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes).await;
+}
+
+/// A frame header: magic, version 1, kind, request id, flags, length.
+pub fn header(kind: u8, request_id: u32, flags: u16, len: u32) -> Vec<u8> {
+    let mut h = b"RM\x01".to_vec();
+    h.push(kind);
+    h.extend_from_slice(&request_id.to_be_bytes());
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
