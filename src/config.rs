@@ -518,7 +518,7 @@ pub struct RatesConfig {
     pub accepts_per_s_per_ip: u32,
     /// Connections one source may open at once.
     pub accepts_burst_per_ip: u32,
-    /// Rate-limited frames on one connection before it is cut.
+    /// Rate-limited or malformed requests on one connection before it is cut.
     pub strikes_to_close: u32,
 }
 

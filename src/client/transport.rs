@@ -1,0 +1,282 @@
+//! The socket under a [`Client`](super::Client), split into an inbound half that decodes
+//! replies and an outbound half that writes encoded requests, each with its deadline.
+//!
+//! Splitting lets a pipeline write its requests while it already reads replies, so a long
+//! pipeline cannot deadlock against a server that stops reading once its reply queue is full.
+//! The inbound half remembers which request ids still await a reply, in order; replies to
+//! requests whose caller gave up (a timeout, an error in the middle of an upload window) are
+//! read and discarded later, so the stream stays in step.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{lookup_host, TcpSocket, TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Decoder, FramedRead};
+
+use super::{ClientError, ClientOptions};
+use crate::protocol::{CodecError, Frame, FrameCodec, Kind, Limits, Reply, Role};
+
+/// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
+/// all within `opts.connect_timeout`.
+pub(super) async fn open<A>(addr: A, opts: &ClientOptions) -> Result<TcpStream, ClientError>
+where
+    A: ToSocketAddrs + fmt::Display,
+{
+    let shown = addr.to_string();
+    let attempt = async {
+        let mut last = None;
+        for target in lookup_host(addr).await? {
+            // A source address of the other family could never reach this target.
+            if opts
+                .source
+                .is_some_and(|ip| ip.is_ipv4() != target.is_ipv4())
+            {
+                continue;
+            }
+            match connect_one(target, opts).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no address of a usable family",
+            )
+        }))
+    };
+    match tokio::time::timeout(opts.connect_timeout, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ClientError::Connect {
+            addr: shown,
+            source,
+        }),
+        Err(_) => Err(ClientError::Connect {
+            addr: shown,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {} ms",
+                    opts.connect_timeout.as_millis()
+                ),
+            ),
+        }),
+    }
+}
+
+async fn connect_one(target: SocketAddr, opts: &ClientOptions) -> io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = opts.source {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind source address {ip}: {e}"))
+        })?;
+    }
+    let stream = socket.connect(target).await?;
+    // Requests are small and latency matters more than packet count.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Splits a connected stream into the two halves.
+pub(super) fn split(stream: TcpStream, opts: &ClientOptions) -> (Inbound, Outbound) {
+    let (read, write) = stream.into_split();
+    let codec = ReplyCodec(FrameCodec::new(opts.limits, Role::Client));
+    let inbound = Inbound {
+        frames: FramedRead::new(read, codec),
+        limits: opts.limits,
+        timeout: opts.request_timeout,
+        in_flight: VecDeque::new(),
+        broken: false,
+    };
+    let outbound = Outbound {
+        half: write,
+        timeout: opts.request_timeout,
+        broken: false,
+    };
+    (inbound, outbound)
+}
+
+/// The client's frame decoder. It differs from [`FrameCodec`] only at end of stream: a
+/// partial frame left when the server closes is just a close, not an error.
+#[derive(Debug)]
+struct ReplyCodec(FrameCodec);
+
+impl Decoder for ReplyCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.0.decode(src)
+    }
+}
+
+/// Maps a socket error: the ways a peer's close shows up become [`ClientError::Closed`].
+fn net_error(e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::NotConnected => ClientError::Closed,
+        _ => ClientError::Io(e),
+    }
+}
+
+/// The reading half: decodes reply frames and matches them to outstanding request ids.
+#[derive(Debug)]
+pub(super) struct Inbound {
+    frames: FramedRead<OwnedReadHalf, ReplyCodec>,
+    limits: Limits,
+    timeout: Duration,
+    /// Ids of requests written (or being written) whose reply has not been read, oldest first.
+    in_flight: VecDeque<u32>,
+    /// Set once the stream can no longer be trusted (closed, out of step, broken header).
+    pub(super) broken: bool,
+}
+
+impl Inbound {
+    /// The local address of the socket.
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.frames.get_ref().local_addr()
+    }
+
+    /// The server's address.
+    pub(super) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.frames.get_ref().peer_addr()
+    }
+
+    /// Records that a request with `id` is about to be written.
+    pub(super) fn expect(&mut self, id: u32) {
+        self.in_flight.push_back(id);
+    }
+
+    /// How many requests still await their reply.
+    pub(super) fn outstanding(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The next frame, within the request timeout.
+    async fn next_frame(&mut self) -> Result<Frame, ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        let next = match tokio::time::timeout(self.timeout, self.frames.next()).await {
+            Err(_) => return Err(ClientError::Timeout),
+            Ok(next) => next,
+        };
+        let err = match next {
+            Some(Ok(frame)) => return Ok(frame),
+            None => ClientError::Closed,
+            // Header errors: the frame boundary is lost, nothing after can be trusted.
+            Some(Err(CodecError::Decode(e))) => ClientError::Protocol(e),
+            Some(Err(CodecError::Io(e))) => net_error(e),
+            Some(Err(CodecError::Encode(e))) => ClientError::Encode(e),
+        };
+        self.broken = true;
+        Err(err)
+    }
+
+    /// Reads the reply to the oldest outstanding request and returns it with its id.
+    ///
+    /// An ERROR with request id 0 is the server's connection-level verdict (BUSY, TIMEOUT,
+    /// SHUTTING_DOWN, a fatal BAD_FRAME); it comes back as [`ClientError::Server`] and the
+    /// connection is done, since the server closes after sending it.
+    pub(super) async fn recv(&mut self) -> Result<(u32, Reply), ClientError> {
+        let frame = self.next_frame().await?;
+        let expected = self.in_flight.front().copied();
+        if frame.request_id == 0 && frame.kind == Kind::Error {
+            self.broken = true;
+            return Err(match Reply::decode(&frame, &self.limits) {
+                Ok(Reply::Error { code, message }) => ClientError::Server { code, message },
+                Ok(other) => ClientError::UnexpectedReply {
+                    expected: "ERROR",
+                    got: other.kind(),
+                },
+                Err(e) => ClientError::Protocol(e),
+            });
+        }
+        if expected != Some(frame.request_id) {
+            self.broken = true;
+            return Err(ClientError::ReplyIdMismatch {
+                expected: expected.unwrap_or(0),
+                got: frame.request_id,
+            });
+        }
+        self.in_flight.pop_front();
+        // A body that does not decode was still a whole frame: the stream stays in step.
+        let reply = Reply::decode(&frame, &self.limits).map_err(ClientError::Protocol)?;
+        Ok((frame.request_id, reply))
+    }
+
+    /// Reads replies until the one for `id`, discarding replies to earlier requests whose
+    /// callers stopped waiting. ERROR replies for `id` are returned as replies.
+    pub(super) async fn wait_for(&mut self, id: u32) -> Result<Reply, ClientError> {
+        loop {
+            let (got, reply) = self.recv().await?;
+            if got == id {
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+/// The writing half: writes encoded requests, each write bounded by the request timeout.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    half: OwnedWriteHalf,
+    timeout: Duration,
+    /// Set once a write failed or was abandoned part way: a partial frame may be on the wire.
+    pub(super) broken: bool,
+}
+
+impl Outbound {
+    /// Writes all of `bytes`. The deadline bounds each step of progress, not the whole
+    /// buffer, so a large pipeline on a slow but live link still goes through.
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Closed);
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let step = tokio::time::timeout(self.timeout, self.half.write(rest)).await;
+            let n = match step {
+                Ok(Ok(0)) => Err(ClientError::Closed),
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err(net_error(e)),
+                Err(_) => Err(ClientError::Timeout),
+            };
+            match n {
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-closes the connection (sends FIN), within the request timeout.
+    pub(super) async fn shutdown(&mut self) -> Result<(), ClientError> {
+        match tokio::time::timeout(self.timeout, self.half.shutdown()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(net_error(e)),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+}
