@@ -306,7 +306,7 @@ impl LimitsConfig {
             return Err(invalid(
                 "limits.max_frame_bytes",
                 format!(
-                    "must be at least {needed} for a {} frame under the other limits \
+                    "must be at least {needed} to carry the largest {} frame the other limits allow \
                      (lower max_mail_body_bytes, max_attachments or max_inbox_page), got {}",
                     kind.wire_name(),
                     self.max_frame_bytes
@@ -953,7 +953,7 @@ mod tests {
 
     #[test]
     fn rules_accept_their_boundaries() -> Result<(), ConfigError> {
-        Config::from_toml_str("[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 4032\nmax_mail_body_bytes = 2048\nmax_attachments = 1\nmax_inbox_page = 2\nmax_chunk_bytes = 4032\noutbound_queue_bytes = 4096\n")?;
+        Config::from_toml_str("[limits]\nmax_frame_bytes = 4096\nmax_message_bytes = 4032\nmax_mail_body_bytes = 1900\nmax_attachments = 1\nmax_inbox_page = 2\nmax_chunk_bytes = 4032\noutbound_queue_bytes = 4096\n")?;
         Config::from_toml_str("[limits]\nmax_frame_bytes = 16777216\n")?;
         Config::from_toml_str("[ip]\nipv6_prefix = 128\n")?;
         Config::from_toml_str("[timeouts]\nframe_grace_ms = 9999\n")?;
