@@ -7,6 +7,9 @@
 //! - [`server`]: accept loop, per-connection budgets and timeouts, session state machine, handlers.
 //! - [`store`]: persistence behind a trait; SQLite plus fsynced blob files is the embedded default.
 //! - [`client`]: the well-behaved client library used by the CLI and the tests.
+//! - [`firewall`]: turns rule signals (frame errors, limit hits, auth failures) into blocks.
+//! - [`attack`]: the attacker clients that scenarios run against the server.
+//! - [`scenario`]: scenario files, the runner, its measurements and reports.
 //! - [`config`]: every limit above, read from TOML and checked before the server starts.
 //!
 //! Lower layers never import higher ones: `protocol` imports nothing of rampart, `store` and
@@ -14,9 +17,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod client;
 pub mod config;
+pub mod firewall;
 pub mod guard;
 pub mod protocol;
+pub mod scenario;
 pub mod server;
 pub mod store;
