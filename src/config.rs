@@ -116,6 +116,8 @@ pub struct Config {
     pub ip: IpConfig,
     /// Password hashing and login concurrency.
     pub auth: AuthConfig,
+    /// Rule-based blocking of misbehaving sources.
+    pub firewall: FirewallConfig,
 }
 
 impl Config {
@@ -145,6 +147,7 @@ impl Config {
         self.rates.check()?;
         self.ip.check()?;
         self.auth.check()?;
+        self.firewall.check()?;
         Ok(())
     }
 }
@@ -696,6 +699,99 @@ impl AuthConfig {
             ));
         }
         at_least_one("auth.login_workers", self.login_workers)?;
+        Ok(())
+    }
+}
+
+// Defaults for [firewall]. Scores are in points; a source whose decayed score reaches the
+// threshold is blocked. The weights encode how sure one event makes us: a legit client never
+// sends a broken frame header, so one is enough; a typo'd password is common, so four.
+const DEFAULT_FW_THRESHOLD: u32 = 100;
+// A minute: a scanner that pauses a minute still carries half its score.
+const DEFAULT_FW_HALF_LIFE_S: u64 = 60;
+// Each repeat block of the same source lasts this many times longer...
+const DEFAULT_FW_ESCALATION: u32 = 2;
+// ...up to a day.
+const DEFAULT_FW_MAX_BLOCK_SECS: u64 = 86_400;
+
+/// `[firewall]`: rule signals, their weights, and how blocks escalate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// Whether rule signals may block sources at all.
+    pub enabled: bool,
+    /// Log and record decisions without enforcing them.
+    pub shadow: bool,
+    /// Score at which a source is blocked.
+    pub threshold: u32,
+    /// Scores halve after this many seconds without new signals.
+    pub half_life_s: u64,
+    /// Each repeat block of a source lasts this many times the previous one.
+    pub escalation: u32,
+    /// The longest block escalation may reach, in seconds.
+    pub max_block_secs: u64,
+    /// Points for a broken frame header (bad magic, version, kind, flags, length).
+    pub weight_fatal_frame: u32,
+    /// Points for a malformed body in a well-framed request.
+    pub weight_bad_body: u32,
+    /// Points for a request refused by a frame rate limiter.
+    pub weight_rate_limited: u32,
+    /// Points for a login refused by a login rate limiter.
+    pub weight_login_rate_limited: u32,
+    /// Points for a failed login.
+    pub weight_auth_failed: u32,
+    /// Points for asking for another user's item.
+    pub weight_permission_denied: u32,
+    /// Points for a frame cut by its time budget or minimum rate (slowloris).
+    pub weight_slow_frame: u32,
+    /// Points for not authenticating in time.
+    pub weight_auth_timeout: u32,
+    /// Points for a connection cut because it did not read its replies.
+    pub weight_write_timeout: u32,
+    /// Points for a connection refused at accept by a per-source cap or the accept rate.
+    pub weight_refused: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            enabled: true,
+            shadow: false,
+            threshold: DEFAULT_FW_THRESHOLD,
+            half_life_s: DEFAULT_FW_HALF_LIFE_S,
+            escalation: DEFAULT_FW_ESCALATION,
+            max_block_secs: DEFAULT_FW_MAX_BLOCK_SECS,
+            weight_fatal_frame: 100,
+            weight_bad_body: 20,
+            weight_rate_limited: 5,
+            weight_login_rate_limited: 50,
+            weight_auth_failed: 25,
+            weight_permission_denied: 25,
+            weight_slow_frame: 50,
+            weight_auth_timeout: 25,
+            weight_write_timeout: 100,
+            weight_refused: 10,
+        }
+    }
+}
+
+impl FirewallConfig {
+    /// Checks that the threshold, half-life and escalation are usable.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        at_least_one("firewall.threshold", self.threshold)?;
+        in_range(
+            "firewall.half_life_s",
+            self.half_life_s,
+            1,
+            MAX_TIMEOUT_MS / 1000,
+        )?;
+        in_range("firewall.escalation", self.escalation, 1, 16)?;
+        in_range(
+            "firewall.max_block_secs",
+            self.max_block_secs,
+            1,
+            MAX_BLOCK_SECS,
+        )?;
         Ok(())
     }
 }

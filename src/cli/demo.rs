@@ -57,6 +57,17 @@ async fn drain(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     }
 }
 
+/// The loopback address of attacker `i` (Linux routes all of 127.0.0.0/8 to loopback).
+fn attacker(i: u8) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 66, i])
+}
+
+async fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 fn error_code_of(bytes: &[u8]) -> Option<u16> {
     // An ERROR frame: 14-byte header with kind 0xFF, then the u16 code.
     if bytes.len() >= 16 && bytes.get(3) == Some(&0xFF) {
@@ -140,12 +151,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     r.check(attached, "bob fetches the mail with its attachment listed");
 
     // Tampering: mallory asks for bob's items by id and sends a traversal file name.
-    let mut mallory = Client::login(&target, "mallory", b"mallory-pw", opts.clone()).await?;
-    let denied = mallory.fetch(m).await.err().and_then(|e| e.code());
-    r.check(
-        denied == Some(ErrorCode::PermissionDenied),
-        "mallory fetching bob's item by id: permission denied",
-    );
+    // Each attacker comes from its own loopback address, so the firewall's blocks hit it alone.
+    let mut mallory_opts = opts.clone();
+    mallory_opts.source = Some(attacker(1));
+    let mut mallory = Client::login(&target, "mallory", b"mallory-pw", mallory_opts).await?;
     let evil = mallory
         .send_file_bytes("mallory", "../../etc/passwd", b"x")
         .await?;
@@ -158,8 +167,25 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         &format!("file name '../../etc/passwd' stored as '{name}'"),
     );
 
+    // The fourth denial tips mallory's score over the threshold: the firewall blocks the
+    // source and cuts the session, so that last reply may never arrive.
+    let mut denied = 0;
+    let mut cut = false;
+    for id in [m, mail, file, m] {
+        match mallory.fetch(id).await {
+            Err(e) if e.code() == Some(ErrorCode::PermissionDenied) => denied += 1,
+            Err(rampart::client::ClientError::Closed) => cut = true,
+            _ => {}
+        }
+    }
+    r.check(
+        denied >= 3 && (denied == 4 || cut),
+        &format!(
+            "mallory fetching bob's items by id: permission denied {denied} times, then blocked"
+        ),
+    );
     // Oversized: a header declaring a 4 GiB frame.
-    let mut s = TcpStream::connect(addr).await?;
+    let mut s = connect_from(attacker(2), addr).await?;
     s.write_all(b"RM\x01\x03\0\0\0\x01\0\0\xff\xff\xff\xff")
         .await?;
     let (bytes, closed) = drain(&mut s, Duration::from_secs(2)).await;
@@ -169,7 +195,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
 
     // A probe that is not rampart at all.
-    let mut s = TcpStream::connect(addr).await?;
+    let mut s = connect_from(attacker(3), addr).await?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
     let (_, closed) = drain(&mut s, Duration::from_secs(2)).await;
     r.check(
@@ -179,7 +205,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     // Endless random bytes: while True: socket.send(data).
     let started = Instant::now();
-    let mut flood = TcpStream::connect(addr).await?;
+    let mut flood = connect_from(attacker(4), addr).await?;
     let mut junk = vec![0u8; 64 * 1024];
     rng.fill_bytes(&mut junk);
     let mut sent = 0usize;
@@ -193,7 +219,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     r.check(closed, &format!("raw flood: cut after {} KiB", sent / 1024));
 
     // Slowloris: a valid header declaring a large frame, then one byte at a time.
-    let mut slow = TcpStream::connect(addr).await?;
+    let mut slow = connect_from(attacker(5), addr).await?;
     slow.write_all(b"RM\x01\x03\0\0\0\x01\0\0\0\0\x40\0")
         .await?;
     let started = Instant::now();
@@ -226,6 +252,32 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     r.check(
         alive,
         "server alive after the attacks: bob's session still answers",
+    );
+    let guard = handle.guard();
+    let blocked: Vec<String> = guard
+        .blocked()
+        .iter()
+        .map(|b| b.source.to_string())
+        .collect();
+    r.check(
+        (1..=4).all(|i| guard.is_blocked(attacker(i))) && !guard.is_blocked(addr.ip()),
+        &format!(
+            "firewall blocked every attacking source ({}) and no legit one",
+            blocked.join(", ")
+        ),
+    );
+    println!(
+        "       (the slowloris source has {:.0} of {} points: one more cut blocks it)",
+        handle.firewall().score(attacker(5)),
+        config.firewall.threshold
+    );
+    let refused = match connect_from(attacker(3), addr).await {
+        Ok(mut s) => drain(&mut s, Duration::from_secs(1)).await == (Vec::new(), true),
+        Err(_) => true,
+    };
+    r.check(
+        refused,
+        "a blocked source that reconnects is refused at accept, with no bytes sent",
     );
     let m = handle.metrics().snapshot();
     println!(

@@ -1,1 +1,416 @@
-//! placeholder
+//! The firewall: turns what sources do into decisions to block them.
+//!
+//! The server reports suspicious events as [`Signal`]s. Each signal adds its configured weight
+//! to the source's score, which decays exponentially (half-life `firewall.half_life_s`); when a
+//! score reaches `firewall.threshold` the firewall blocks the source in the [`Guard`], which
+//! refuses it at accept and cuts its open sessions. Repeat offenders are blocked for longer
+//! (`ip.block_secs` times `firewall.escalation` per earlier block, up to
+//! `firewall.max_block_secs`). Allow-listed sources are never blocked (the guard refuses),
+//! and in shadow mode decisions are logged and recorded but not enforced.
+//!
+//! Invariant: per-source state is bounded by `limits.max_tracked_sources`; [`Firewall::purge`]
+//! drops scores that have decayed to nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{Config, FirewallConfig};
+use crate::guard::{Guard, SourceKey};
+
+/// Most decisions kept in memory for listing.
+const DECISION_LOG: usize = 10_000;
+
+/// Points of decay ignored when comparing a score with the threshold.
+const THRESHOLD_TOLERANCE: f64 = 0.01;
+
+/// A score below this, in points, is forgotten at the next purge.
+const FORGET_BELOW: f64 = 0.5;
+
+/// A suspicious event attributed to one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// A broken frame header.
+    FatalFrame,
+    /// A malformed body in a well-framed request.
+    BadBody,
+    /// A request refused by a frame rate limiter.
+    RateLimited,
+    /// A login refused by a login rate limiter.
+    LoginRateLimited,
+    /// A failed login.
+    AuthFailed,
+    /// A request for another user's item.
+    PermissionDenied,
+    /// A frame cut by its time budget or minimum rate.
+    SlowFrame,
+    /// No authentication within the time limit.
+    AuthTimeout,
+    /// A connection cut because it did not read its replies.
+    WriteTimeout,
+    /// A connection refused at accept by a per-source cap or the accept rate.
+    Refused,
+}
+
+impl Signal {
+    /// A stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::FatalFrame => "fatal_frame",
+            Signal::BadBody => "bad_body",
+            Signal::RateLimited => "rate_limited",
+            Signal::LoginRateLimited => "login_rate_limited",
+            Signal::AuthFailed => "auth_failed",
+            Signal::PermissionDenied => "permission_denied",
+            Signal::SlowFrame => "slow_frame",
+            Signal::AuthTimeout => "auth_timeout",
+            Signal::WriteTimeout => "write_timeout",
+            Signal::Refused => "refused",
+        }
+    }
+
+    fn weight(self, cfg: &FirewallConfig) -> u32 {
+        match self {
+            Signal::FatalFrame => cfg.weight_fatal_frame,
+            Signal::BadBody => cfg.weight_bad_body,
+            Signal::RateLimited => cfg.weight_rate_limited,
+            Signal::LoginRateLimited => cfg.weight_login_rate_limited,
+            Signal::AuthFailed => cfg.weight_auth_failed,
+            Signal::PermissionDenied => cfg.weight_permission_denied,
+            Signal::SlowFrame => cfg.weight_slow_frame,
+            Signal::AuthTimeout => cfg.weight_auth_timeout,
+            Signal::WriteTimeout => cfg.weight_write_timeout,
+            Signal::Refused => cfg.weight_refused,
+        }
+    }
+}
+
+/// What the firewall decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The source was blocked.
+    Block,
+    /// Shadow mode: the source would have been blocked.
+    ShadowBlock,
+    /// The source is allow-listed, so it was not blocked.
+    Allowed,
+}
+
+/// One decision, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// When it was taken.
+    pub at: SystemTime,
+    /// The source it concerns.
+    pub source: SourceKey,
+    /// What was done.
+    pub action: Action,
+    /// How long the block lasts.
+    pub duration_s: u64,
+    /// The score that crossed the threshold.
+    pub score: f64,
+    /// Why: the signal that tipped the score and the signals seen, by name.
+    pub reason: String,
+}
+
+#[derive(Debug)]
+struct Score {
+    points: f64,
+    updated: Instant,
+    /// Earlier blocks of this source, for escalation.
+    blocks: u32,
+    /// Signals counted since the last decision, by kind, in first-seen order.
+    recent: Vec<(Signal, u32)>,
+}
+
+impl Score {
+    fn decayed(&self, now: Instant, half_life: Duration) -> f64 {
+        let dt = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.points * 0.5f64.powf(dt / half_life.as_secs_f64())
+    }
+}
+
+/// The rule-based firewall, shared by every connection.
+pub struct Firewall {
+    cfg: FirewallConfig,
+    block_secs: u64,
+    max_sources: usize,
+    ipv6_prefix: u8,
+    guard: Arc<Guard>,
+    scores: Mutex<HashMap<SourceKey, Score>>,
+    decisions: Mutex<VecDeque<Decision>>,
+}
+
+impl std::fmt::Debug for Firewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Firewall")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Firewall {
+    /// A firewall that blocks through `guard`, configured by `config.firewall`.
+    pub fn new(config: &Config, guard: Arc<Guard>) -> Firewall {
+        Firewall {
+            cfg: config.firewall.clone(),
+            block_secs: config.ip.block_secs,
+            max_sources: config.limits.max_tracked_sources as usize,
+            ipv6_prefix: config.ip.ipv6_prefix,
+            guard,
+            scores: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn half_life(&self) -> Duration {
+        Duration::from_secs(self.cfg.half_life_s)
+    }
+
+    /// Reports a signal from `ip`. Returns the decision if this signal tipped the source over
+    /// the threshold.
+    pub fn signal(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let weight = signal.weight(&self.cfg);
+        if weight == 0 {
+            return None;
+        }
+        let source = SourceKey::from_ip(ip, self.ipv6_prefix);
+        let now = Instant::now();
+        let (score, blocks, reason) = {
+            let mut scores = lock(&self.scores);
+            if !scores.contains_key(&source) && scores.len() >= self.max_sources {
+                // Full: forget what has decayed before admitting a newcomer; if nothing has,
+                // the newcomer is not tracked (its signals still count once it fits).
+                let half_life = self.half_life();
+                scores.retain(|_, s| s.decayed(now, half_life) >= FORGET_BELOW);
+                if scores.len() >= self.max_sources {
+                    return None;
+                }
+            }
+            let s = scores.entry(source).or_insert(Score {
+                points: 0.0,
+                updated: now,
+                blocks: 0,
+                recent: Vec::new(),
+            });
+            s.points = s.decayed(now, self.half_life()) + f64::from(weight);
+            s.updated = now;
+            match s.recent.iter_mut().find(|(k, _)| *k == signal) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => s.recent.push((signal, 1)),
+            }
+            // The tolerance absorbs the decay between signals microseconds apart, so that
+            // weights that add up to the threshold reach it.
+            if s.points < f64::from(self.cfg.threshold) - THRESHOLD_TOLERANCE {
+                return None;
+            }
+            let reason = format!(
+                "{} tipped the score to {:.0} (threshold {}): {}",
+                signal.as_str(),
+                s.points,
+                self.cfg.threshold,
+                s.recent
+                    .iter()
+                    .map(|(k, n)| format!("{} x{n}", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let score = s.points;
+            let blocks = s.blocks;
+            // A decision resets the score, so one burst yields one decision.
+            s.points = 0.0;
+            s.recent.clear();
+            s.blocks = s.blocks.saturating_add(1);
+            (score, blocks, reason)
+        };
+        let factor = u64::from(self.cfg.escalation).saturating_pow(blocks);
+        let duration_s = self
+            .block_secs
+            .saturating_mul(factor)
+            .min(self.cfg.max_block_secs);
+        let action = if self.cfg.shadow {
+            Action::ShadowBlock
+        } else if self
+            .guard
+            .block(ip, Duration::from_secs(duration_s), &reason)
+        {
+            Action::Block
+        } else {
+            Action::Allowed
+        };
+        let decision = Decision {
+            at: SystemTime::now(),
+            source,
+            action,
+            duration_s,
+            score,
+            reason,
+        };
+        tracing::warn!(
+            source = %decision.source,
+            action = ?decision.action,
+            duration_s,
+            reason = %decision.reason,
+            "firewall decision"
+        );
+        let mut log = lock(&self.decisions);
+        if log.len() >= DECISION_LOG {
+            log.pop_front();
+        }
+        log.push_back(decision.clone());
+        Some(decision)
+    }
+
+    /// The most recent decisions, oldest first.
+    pub fn decisions(&self) -> Vec<Decision> {
+        lock(&self.decisions).iter().cloned().collect()
+    }
+
+    /// The current decayed score of the source `ip` belongs to.
+    pub fn score(&self, ip: IpAddr) -> f64 {
+        let source = SourceKey::from_ip(ip, self.ipv6_prefix);
+        lock(&self.scores)
+            .get(&source)
+            .map_or(0.0, |s| s.decayed(Instant::now(), self.half_life()))
+    }
+
+    /// Forgets scores that decayed to nothing and were never blocked (a blocked source keeps
+    /// its entry so that its next block escalates, until the cap forces it out).
+    pub fn purge(&self) {
+        let now = Instant::now();
+        let half_life = self.half_life();
+        let mut scores = lock(&self.scores);
+        scores.retain(|_, s| s.blocks > 0 || s.decayed(now, half_life) >= FORGET_BELOW);
+        if scores.len() > self.max_sources {
+            scores.retain(|_, s| s.decayed(now, half_life) >= FORGET_BELOW);
+        }
+    }
+
+    /// How many sources have state.
+    pub fn tracked(&self) -> usize {
+        lock(&self.scores).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn firewall(adjust: impl FnOnce(&mut Config)) -> (Firewall, Arc<Guard>) {
+        let mut cfg = Config::default();
+        adjust(&mut cfg);
+        let guard = Arc::new(Guard::new(&cfg));
+        (Firewall::new(&cfg, Arc::clone(&guard)), guard)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn one_fatal_frame_blocks() {
+        let (fw, guard) = firewall(|_| {});
+        let d = fw
+            .signal(ip("127.0.9.1"), Signal::FatalFrame)
+            .expect("decision");
+        assert_eq!(d.action, Action::Block);
+        assert!(d.reason.contains("fatal_frame"));
+        assert!(guard.is_blocked(ip("127.0.9.1")));
+        assert!(!guard.is_blocked(ip("127.0.9.2")));
+    }
+
+    #[test]
+    fn weights_add_up_to_the_threshold() {
+        let (fw, guard) = firewall(|_| {});
+        for _ in 0..3 {
+            assert!(fw.signal(ip("127.0.9.1"), Signal::AuthFailed).is_none());
+        }
+        assert!(!guard.is_blocked(ip("127.0.9.1")));
+        let d = fw
+            .signal(ip("127.0.9.1"), Signal::AuthFailed)
+            .expect("fourth failure");
+        assert!(d.reason.contains("auth_failed x4"), "{}", d.reason);
+        assert!(guard.is_blocked(ip("127.0.9.1")));
+    }
+
+    #[test]
+    fn repeat_offenders_are_blocked_longer_up_to_the_cap() {
+        let (fw, _) = firewall(|c| {
+            c.ip.block_secs = 10;
+            c.firewall.max_block_secs = 35;
+        });
+        let durations: Vec<u64> = (0..4)
+            .filter_map(|_| fw.signal(ip("127.0.9.1"), Signal::FatalFrame))
+            .map(|d| d.duration_s)
+            .collect();
+        assert_eq!(durations, vec![10, 20, 35, 35]);
+    }
+
+    #[test]
+    fn shadow_mode_records_without_blocking() {
+        let (fw, guard) = firewall(|c| c.firewall.shadow = true);
+        let d = fw
+            .signal(ip("127.0.9.1"), Signal::FatalFrame)
+            .expect("decision");
+        assert_eq!(d.action, Action::ShadowBlock);
+        assert!(!guard.is_blocked(ip("127.0.9.1")));
+        assert_eq!(fw.decisions().len(), 1);
+    }
+
+    #[test]
+    fn allow_listed_sources_are_never_blocked() {
+        let (fw, guard) = firewall(|c| c.ip.allow = vec!["127.0.9.0/24".parse().expect("net")]);
+        let d = fw
+            .signal(ip("127.0.9.1"), Signal::FatalFrame)
+            .expect("decision");
+        assert_eq!(d.action, Action::Allowed);
+        assert!(!guard.is_blocked(ip("127.0.9.1")));
+    }
+
+    #[test]
+    fn disabled_firewall_decides_nothing() {
+        let (fw, _) = firewall(|c| c.firewall.enabled = false);
+        assert!(fw.signal(ip("127.0.9.1"), Signal::FatalFrame).is_none());
+        assert_eq!(fw.tracked(), 0);
+    }
+
+    #[test]
+    fn state_is_capped() {
+        let (fw, _) = firewall(|c| {
+            c.limits.max_connections = 10;
+            c.limits.max_connections_per_ip = 10;
+            c.limits.max_tracked_sources = 10;
+        });
+        for i in 0..50u8 {
+            fw.signal(IpAddr::from([127, 0, 10, i]), Signal::RateLimited);
+        }
+        assert!(fw.tracked() <= 10);
+        fw.purge();
+        assert!(fw.tracked() <= 10);
+    }
+
+    #[test]
+    fn ipv6_sources_share_their_prefix() {
+        let (fw, _) = firewall(|_| {});
+        for i in 0..3u16 {
+            fw.signal(
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i]),
+                Signal::AuthFailed,
+            );
+        }
+        let d = fw.signal(ip("2001:db8::99"), Signal::AuthFailed);
+        assert!(d.is_some(), "four failures across one /64 add up");
+    }
+}

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::firewall::Signal;
 use crate::protocol::{self, bytes_wanted, decode_frame, ErrorCode, Reply, Role};
 use crate::server::metrics::Metrics;
 use crate::server::session::{CloseReason, Next, Session};
@@ -39,6 +40,7 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 struct Conn<'a> {
     shared: &'a Shared,
+    peer: std::net::SocketAddr,
     inbuf: BytesMut,
     out: BytesMut,
     /// When the first byte of the frame now in `inbuf` arrived.
@@ -81,6 +83,13 @@ impl Conn<'_> {
 
     fn timeout(&mut self, reason: CloseReason, what: &str) {
         Metrics::bump(&self.shared.metrics.timeouts);
+        match reason {
+            CloseReason::FrameBudget | CloseReason::SlowFrame => {
+                self.shared.signal(self.peer, Signal::SlowFrame)
+            }
+            CloseReason::AuthTimeout => self.shared.signal(self.peer, Signal::AuthTimeout),
+            _ => {}
+        }
         self.close(reason, Some(Reply::error(ErrorCode::Timeout, what)));
     }
 
@@ -109,6 +118,7 @@ impl Conn<'_> {
                 Ok(None) => break,
                 Err(e) => {
                     self.shared.metrics.decode_error(&e);
+                    self.shared.signal(self.peer, Signal::FatalFrame);
                     tracing::debug!(error = %e, "fatal frame error");
                     self.close(
                         CloseReason::BadFrame,
@@ -153,6 +163,7 @@ impl Conn<'_> {
         if let Some(since) = self.write_since {
             if now.duration_since(since) >= t.write() {
                 Metrics::bump(&self.shared.metrics.timeouts);
+                self.shared.signal(self.peer, Signal::WriteTimeout);
                 // The client is not reading: nothing more can be sent to it.
                 self.out.clear();
                 self.closing = Some((CloseReason::WriteTimeout, now));
@@ -219,6 +230,7 @@ where
     let now = Instant::now();
     let mut c = Conn {
         shared: &shared,
+        peer: session.peer(),
         inbuf: BytesMut::new(),
         out: BytesMut::new(),
         frame_started: None,

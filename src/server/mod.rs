@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal};
 use crate::protocol::{self, ErrorCode, Limits, Reply};
 use crate::store::{BlobStore, SqliteStore, Store, StoreError};
@@ -83,11 +84,28 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
     pub(crate) guard: Arc<Guard>,
+    pub(crate) firewall: Arc<Firewall>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) verifier: auth::Verifier,
     pub(crate) shutdown: CancellationToken,
     #[cfg(feature = "fault-injection")]
     pub(crate) fault_hook: Option<FaultHook>,
+}
+
+impl Shared {
+    /// Reports a signal about `peer` to the firewall.
+    pub(crate) fn signal(&self, peer: SocketAddr, signal: Signal) {
+        self.firewall.signal(peer.ip(), signal);
+    }
+
+    /// Counts a refusal at accept; refusals the source caused feed the firewall.
+    fn refused(&self, peer: SocketAddr, refusal: &Refusal) {
+        Metrics::bump(&self.metrics.connections_refused);
+        tracing::debug!(peer = %peer, reason = refusal.reason(), "connection refused");
+        if matches!(refusal, Refusal::TooManyFromSource | Refusal::AcceptRate) {
+            self.signal(peer, Signal::Refused);
+        }
+    }
 }
 
 /// A configured server, ready to bind or to serve connections.
@@ -126,6 +144,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         config.check()?;
         let guard = Arc::new(Guard::new(&config));
+        let firewall = Arc::new(Firewall::new(&config, Arc::clone(&guard)));
         let verifier = auth::Verifier::new(&config.auth)?;
         Ok(Server {
             shared: Arc::new(Shared {
@@ -134,6 +153,7 @@ impl Server {
                 store,
                 blobs,
                 guard,
+                firewall,
                 metrics: Arc::new(Metrics::default()),
                 verifier,
                 shutdown: CancellationToken::new(),
@@ -161,6 +181,11 @@ impl Server {
     /// The live counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
+    }
+
+    /// The firewall (rule signals, decisions).
+    pub fn firewall(&self) -> Arc<Firewall> {
+        Arc::clone(&self.shared.firewall)
     }
 
     /// The store.
@@ -199,9 +224,11 @@ impl Server {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let ticket = self.shared.guard.admit(peer.ip()).inspect_err(|_| {
-            Metrics::bump(&self.shared.metrics.connections_refused);
-        })?;
+        let ticket = self
+            .shared
+            .guard
+            .admit(peer.ip())
+            .inspect_err(|refusal| self.shared.refused(peer, refusal))?;
         Ok(self.run_admitted(io, peer, ticket).await)
     }
 
@@ -242,7 +269,10 @@ async fn purge_loop(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => shared.guard.purge(),
+            _ = tick.tick() => {
+                shared.guard.purge();
+                shared.firewall.purge();
+            }
         }
     }
 }
@@ -286,8 +316,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
         let ticket = match shared.guard.admit(peer.ip()) {
             Ok(t) => t,
             Err(refusal) => {
-                Metrics::bump(&shared.metrics.connections_refused);
-                tracing::debug!(peer = %peer, reason = refusal.reason(), "connection refused");
+                shared.refused(peer, &refusal);
                 refuse(&stream, &refusal);
                 continue;
             }
@@ -331,6 +360,11 @@ impl ServerHandle {
     /// The admission guard.
     pub fn guard(&self) -> Arc<Guard> {
         self.server.guard()
+    }
+
+    /// The firewall.
+    pub fn firewall(&self) -> Arc<Firewall> {
+        self.server.firewall()
     }
 
     /// The live counters.

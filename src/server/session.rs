@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::firewall::Signal;
 use crate::guard::{ConnLimiter, SourceKey};
 use crate::protocol::{
     Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
@@ -169,6 +170,11 @@ impl Session {
         }
     }
 
+    /// The peer's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// True once AUTH succeeded.
     pub(crate) fn authenticated(&self) -> bool {
         self.user.is_some()
@@ -194,6 +200,7 @@ impl Session {
             .and_then(|()| shared.guard.check_frame(self.source, user_id));
         if let Err(limit) = limited {
             Metrics::bump(&shared.metrics.rate_limited);
+            shared.signal(self.peer, Signal::RateLimited);
             let reply = err(
                 ErrorCode::RateLimited,
                 format!(
@@ -207,6 +214,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.decode_error(&e);
+                shared.signal(self.peer, Signal::BadBody);
                 return (err(ErrorCode::BadFrame, e.to_string()), self.strike());
             }
         };
@@ -307,6 +315,7 @@ impl Session {
         }
         if let Err(limit) = shared.guard.check_login(self.source, &user) {
             Metrics::bump(&shared.metrics.rate_limited);
+            shared.signal(self.peer, Signal::LoginRateLimited);
             return Err(err(
                 ErrorCode::RateLimited,
                 format!(
@@ -334,6 +343,7 @@ impl Session {
             }
             _ => {
                 Metrics::bump(&shared.metrics.auth_failed);
+                shared.signal(self.peer, Signal::AuthFailed);
                 tracing::info!(peer = %self.peer, user = %user, "failed login");
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
@@ -611,6 +621,7 @@ impl Session {
             Ok(item) => Ok(item),
             Err(true) => {
                 Metrics::bump(&shared.metrics.permission_denied);
+                shared.signal(self.peer, Signal::PermissionDenied);
                 tracing::info!(peer = %self.peer, item = id, "denied access to another user's item");
                 Err(err(
                     ErrorCode::PermissionDenied,

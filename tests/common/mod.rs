@@ -17,7 +17,11 @@ use rampart::server::{Server, ServerHandle};
 use rampart::store::Store;
 
 /// The users every test server has, with their passwords.
-pub const USERS: [(&str, &str); 3] = [("alice", "alice-pw"), ("bob", "bob-pw"), ("mallory", "mallory-pw")];
+pub const USERS: [(&str, &str); 3] = [
+    ("alice", "alice-pw"),
+    ("bob", "bob-pw"),
+    ("mallory", "mallory-pw"),
+];
 
 /// A running server and the temporary data directory it owns.
 pub struct TestServer {
@@ -44,20 +48,32 @@ impl TestServer {
             .find(|(u, _)| *u == user)
             .map(|(_, p)| *p)
             .expect("a test user");
-        let mut opts = ClientOptions::default();
-        opts.source = source;
-        opts.request_timeout = Duration::from_secs(10);
+        let opts = ClientOptions {
+            source,
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
         Client::login(&self.target(), user, pw.as_bytes(), opts)
             .await
             .expect("login")
     }
 }
 
-/// Defaults with cheap password hashing, so tests spend their time on behaviour.
+/// Defaults with cheap password hashing, so tests spend their time on behaviour, and the
+/// firewall off: most tests attack from 127.0.0.1 and then check that 127.0.0.1 is still
+/// served. [`firewall_config`] turns it back on for the tests of blocking.
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.auth.argon2_memory_kib = 64;
     c.auth.argon2_iterations = 1;
+    c.firewall.enabled = false;
+    c
+}
+
+/// [`test_config`] with the firewall on, as in production.
+pub fn firewall_config() -> Config {
+    let mut c = test_config();
+    c.firewall.enabled = true;
     c
 }
 
