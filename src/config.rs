@@ -118,6 +118,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Rule-based blocking of misbehaving sources.
     pub firewall: FirewallConfig,
+    /// Activity recording.
+    pub activity: ActivityConfig,
 }
 
 impl Config {
@@ -148,6 +150,7 @@ impl Config {
         self.ip.check()?;
         self.auth.check()?;
         self.firewall.check()?;
+        self.activity.check()?;
         Ok(())
     }
 }
@@ -793,6 +796,49 @@ impl FirewallConfig {
             MAX_BLOCK_SECS,
         )?;
         Ok(())
+    }
+}
+
+/// `[activity]`: recording every connection event into `DATA/activity.db`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    /// Whether events are recorded at all.
+    pub enabled: bool,
+    /// Events the recorder's channel holds; past that, events are shed and counted.
+    pub channel_capacity: u32,
+    /// The writer commits at least this often, in milliseconds.
+    pub flush_ms: u64,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig {
+            enabled: true,
+            // About a quarter second of events at 250,000 events per second.
+            channel_capacity: 65_536,
+            // Short enough that live windows close on time, long enough to batch.
+            flush_ms: 20,
+        }
+    }
+}
+
+impl ActivityConfig {
+    /// Checks the channel size and flush interval.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        in_range(
+            "activity.channel_capacity",
+            self.channel_capacity,
+            1,
+            16_777_216,
+        )?;
+        in_range("activity.flush_ms", self.flush_ms, 1, 60_000)?;
+        Ok(())
+    }
+
+    /// The flush interval.
+    pub fn flush(&self) -> Duration {
+        Duration::from_millis(self.flush_ms)
     }
 }
 

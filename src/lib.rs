@@ -7,6 +7,7 @@
 //! - [`server`]: accept loop, per-connection budgets and timeouts, session state machine, handlers.
 //! - [`store`]: persistence behind a trait; SQLite plus fsynced blob files is the embedded default.
 //! - [`client`]: the well-behaved client library used by the CLI and the tests.
+//! - [`activity`]: every connection event, recorded in batches; features per source window.
 //! - [`firewall`]: turns rule signals (frame errors, limit hits, auth failures) into blocks.
 //! - [`attack`]: the attacker clients that scenarios run against the server.
 //! - [`scenario`]: scenario files, the runner, its measurements and reports.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod attack;
 pub mod client;
 pub mod config;

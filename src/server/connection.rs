@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::protocol::{self, bytes_wanted, decode_frame, ErrorCode, Reply, Role};
 use crate::server::metrics::Metrics;
@@ -41,6 +42,7 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 struct Conn<'a> {
     shared: &'a Shared,
     peer: std::net::SocketAddr,
+    conn: u64,
     inbuf: BytesMut,
     out: BytesMut,
     /// When the first byte of the frame now in `inbuf` arrived.
@@ -52,13 +54,20 @@ struct Conn<'a> {
     write_since: Option<Instant>,
     /// Set once the session must end; the loop then only flushes.
     closing: Option<(CloseReason, Instant)>,
+    /// Reply bytes thrown away unsent when the session was cut.
+    discarded: usize,
 }
 
 impl Conn<'_> {
+    fn record(&self, kind: EventKind) {
+        self.shared.record(self.conn, self.peer, kind);
+    }
+
     fn queue(&mut self, request_id: u32, reply: &Reply) {
         if self.out.is_empty() {
             self.write_since = Some(Instant::now());
         }
+        let before = self.out.len();
         if let Err(e) = protocol::encode_reply(request_id, reply, &mut self.out) {
             // Replies are built by the server; one that cannot be encoded is a bug. Say so
             // to the client rather than sending nothing.
@@ -67,6 +76,11 @@ impl Conn<'_> {
             let _ = protocol::encode_reply(request_id, &fallback, &mut self.out);
         }
         Metrics::bump(&self.shared.metrics.frames_out);
+        let size = (self.out.len() - before).saturating_sub(protocol::HEADER_LEN);
+        self.record(EventKind::FrameOut {
+            kind: reply.kind() as u8,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        });
     }
 
     /// Ends the session after `reply` (if any) is flushed.
@@ -83,6 +97,9 @@ impl Conn<'_> {
 
     fn timeout(&mut self, reason: CloseReason, what: &str) {
         Metrics::bump(&self.shared.metrics.timeouts);
+        self.record(EventKind::Timeout {
+            reason: reason.as_str(),
+        });
         match reason {
             CloseReason::FrameBudget | CloseReason::SlowFrame => {
                 self.shared.signal(self.peer, Signal::SlowFrame)
@@ -91,6 +108,13 @@ impl Conn<'_> {
             _ => {}
         }
         self.close(reason, Some(Reply::error(ErrorCode::Timeout, what)));
+    }
+
+    /// Drops every queued reply, remembering how many bytes the client never read.
+    fn discard_output(&mut self) {
+        self.discarded = self.discarded.saturating_add(self.out.len());
+        self.out.clear();
+        self.write_since = None;
     }
 
     fn queue_full(&self) -> bool {
@@ -105,6 +129,14 @@ impl Conn<'_> {
                 Ok(Some(frame)) => {
                     Metrics::bump(&self.shared.metrics.frames_in);
                     let now = Instant::now();
+                    let assemble = self
+                        .frame_started
+                        .map_or(0, |t| now.duration_since(t).as_millis());
+                    self.record(EventKind::FrameIn {
+                        kind: frame.kind as u8,
+                        size: u32::try_from(frame.payload.len()).unwrap_or(u32::MAX),
+                        assemble_ms: u32::try_from(assemble).unwrap_or(u32::MAX),
+                    });
                     self.last_frame = now;
                     // Whatever remains arrived with the last read: a new frame starts now.
                     self.frame_started = (!self.inbuf.is_empty()).then_some(now);
@@ -119,6 +151,7 @@ impl Conn<'_> {
                 Err(e) => {
                     self.shared.metrics.decode_error(&e);
                     self.shared.signal(self.peer, Signal::FatalFrame);
+                    self.record(EventKind::DecodeError { reason: e.reason() });
                     tracing::debug!(error = %e, "fatal frame error");
                     self.close(
                         CloseReason::BadFrame,
@@ -164,8 +197,11 @@ impl Conn<'_> {
             if now.duration_since(since) >= t.write() {
                 Metrics::bump(&self.shared.metrics.timeouts);
                 self.shared.signal(self.peer, Signal::WriteTimeout);
+                self.record(EventKind::Timeout {
+                    reason: CloseReason::WriteTimeout.as_str(),
+                });
                 // The client is not reading: nothing more can be sent to it.
-                self.out.clear();
+                self.discard_output();
                 self.closing = Some((CloseReason::WriteTimeout, now));
                 return;
             }
@@ -216,13 +252,14 @@ impl Conn<'_> {
     }
 }
 
-/// Runs one admitted connection to its end and says why it ended.
+/// Runs one admitted connection to its end and says why it ended, with the reply bytes the
+/// client had not read by then.
 pub(crate) async fn run<T>(
     shared: Arc<Shared>,
     io: T,
     mut session: Session,
     cut: CancellationToken,
-) -> CloseReason
+) -> (CloseReason, u32)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -231,6 +268,7 @@ where
     let mut c = Conn {
         shared: &shared,
         peer: session.peer(),
+        conn: session.conn(),
         inbuf: BytesMut::new(),
         out: BytesMut::new(),
         frame_started: None,
@@ -238,9 +276,27 @@ where
         opened: now,
         write_since: None,
         closing: None,
+        discarded: 0,
     };
+    let reason = run_loop(&mut c, &mut rd, &mut wr, &mut session, &cut).await;
+    let unread = c.out.len().saturating_add(c.discarded);
+    (reason, u32::try_from(unread).unwrap_or(u32::MAX))
+}
+
+async fn run_loop<R, W>(
+    c: &mut Conn<'_>,
+    rd: &mut R,
+    wr: &mut W,
+    session: &mut Session,
+    cut: &CancellationToken,
+) -> CloseReason
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let shared = c.shared;
     loop {
-        c.process(&mut session).await;
+        c.process(session).await;
         if let Some((reason, _)) = c.closing {
             if c.out.is_empty() {
                 let _ = wr.shutdown().await;
@@ -256,7 +312,7 @@ where
         tokio::select! {
             _ = cut.cancelled(), if c.closing.is_none() => {
                 // A blocked source gets no further bytes.
-                c.out.clear();
+                c.discard_output();
                 c.closing = Some((CloseReason::Blocked, Instant::now()));
             }
             _ = shared.shutdown.cancelled(), if c.closing.is_none() => {

@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::{Event, EventKind, Recorder};
 use crate::config::Config;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal};
@@ -64,6 +65,9 @@ pub enum ServerError {
     /// The data directory could not be opened.
     #[error("cannot open data directory: {0}")]
     Store(#[from] StoreError),
+    /// The activity database could not be opened.
+    #[error(transparent)]
+    Activity(#[from] crate::activity::db::ActivityError),
     /// Password hashing could not be set up.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -85,6 +89,7 @@ pub(crate) struct Shared {
     pub(crate) blobs: BlobStore,
     pub(crate) guard: Arc<Guard>,
     pub(crate) firewall: Arc<Firewall>,
+    pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) verifier: auth::Verifier,
     pub(crate) shutdown: CancellationToken,
@@ -93,6 +98,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Records an activity event (never blocks; a full recorder sheds and counts).
+    pub(crate) fn record(&self, conn: u64, peer: SocketAddr, kind: EventKind) {
+        self.recorder.record(Event {
+            t_ms: crate::activity::now_ms(),
+            conn,
+            ip: peer.ip(),
+            kind,
+        });
+    }
+
     /// Reports a signal about `peer` to the firewall.
     pub(crate) fn signal(&self, peer: SocketAddr, signal: Signal) {
         self.firewall.signal(peer.ip(), signal);
@@ -101,6 +116,13 @@ impl Shared {
     /// Counts a refusal at accept; refusals the source caused feed the firewall.
     fn refused(&self, peer: SocketAddr, refusal: &Refusal) {
         Metrics::bump(&self.metrics.connections_refused);
+        self.record(
+            0,
+            peer,
+            EventKind::Refused {
+                reason: refusal.reason(),
+            },
+        );
         tracing::debug!(peer = %peer, reason = refusal.reason(), "connection refused");
         if matches!(refusal, Refusal::TooManyFromSource | Refusal::AcceptRate) {
             self.signal(peer, Signal::Refused);
@@ -133,14 +155,35 @@ impl Server {
         if swept > 0 {
             tracing::info!(swept, "removed unreferenced blobs");
         }
-        Server::with_store(config, Arc::new(store), blobs)
+        let recorder = if config.activity.enabled {
+            Recorder::start(
+                data_dir,
+                config.activity.channel_capacity as usize,
+                config.activity.flush(),
+                None,
+            )?
+        } else {
+            Recorder::disabled()
+        };
+        Server::with_parts(config, Arc::new(store), blobs, recorder)
     }
 
-    /// A server over an already opened store (another [`Store`] backend, say).
+    /// A server over an already opened store (another [`Store`] backend, say), with
+    /// activity recording off.
     pub fn with_store(
         config: Config,
         store: Arc<dyn Store>,
         blobs: BlobStore,
+    ) -> Result<Server, ServerError> {
+        Server::with_parts(config, store, blobs, Recorder::disabled())
+    }
+
+    /// A server over an opened store and a started recorder.
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        recorder: Recorder,
     ) -> Result<Server, ServerError> {
         config.check()?;
         let guard = Arc::new(Guard::new(&config));
@@ -154,6 +197,7 @@ impl Server {
                 blobs,
                 guard,
                 firewall,
+                recorder,
                 metrics: Arc::new(Metrics::default()),
                 verifier,
                 shutdown: CancellationToken::new(),
@@ -186,6 +230,11 @@ impl Server {
     /// The firewall (rule signals, decisions).
     pub fn firewall(&self) -> Arc<Firewall> {
         Arc::clone(&self.shared.firewall)
+    }
+
+    /// The activity recorder.
+    pub fn recorder(&self) -> &Recorder {
+        &self.shared.recorder
     }
 
     /// The store.
@@ -238,12 +287,14 @@ impl Server {
     {
         let shared = Arc::clone(&self.shared);
         Metrics::bump(&shared.metrics.connections_accepted);
-        let session = session::Session::new(Arc::clone(&shared), peer, ticket.source());
+        let conn = ticket.id();
+        shared.record(conn, peer, EventKind::Accept);
+        let session = session::Session::new(Arc::clone(&shared), peer, ticket.source(), conn);
         let cut = ticket.cut_token();
         let task = connection::run(Arc::clone(&shared), io, session, cut);
         // The ticket lives until the task ends or unwinds, so its slot is always released.
-        let reason = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
-            Ok(reason) => reason,
+        let (reason, unread_bytes) = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            Ok(ended) => ended,
             Err(payload) => {
                 Metrics::bump(&shared.metrics.panics);
                 let what = payload
@@ -252,9 +303,17 @@ impl Server {
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
                 tracing::error!(peer = %peer, panic = %what, "connection task panicked; connection closed");
-                CloseReason::Panic
+                (CloseReason::Panic, 0)
             }
         };
+        shared.record(
+            conn,
+            peer,
+            EventKind::Close {
+                reason: reason.as_str(),
+                unread_bytes,
+            },
+        );
         drop(ticket);
         Metrics::bump(&shared.metrics.connections_closed);
         tracing::debug!(peer = %peer, reason = reason.as_str(), "connection closed");

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::guard::{ConnLimiter, SourceKey};
 use crate::protocol::{
@@ -51,6 +52,23 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason.
+    pub const ALL: [CloseReason; 13] = [
+        CloseReason::Eof,
+        CloseReason::Bye,
+        CloseReason::BadFrame,
+        CloseReason::Strikes,
+        CloseReason::FrameBudget,
+        CloseReason::SlowFrame,
+        CloseReason::Idle,
+        CloseReason::AuthTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::Blocked,
+        CloseReason::Shutdown,
+        CloseReason::Io,
+        CloseReason::Panic,
+    ];
+
     /// A stable snake_case label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -153,10 +171,16 @@ pub(crate) struct Session {
     next_upload: u32,
     limiter: ConnLimiter,
     strikes: u32,
+    conn: u64,
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, source: SourceKey) -> Session {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        source: SourceKey,
+        conn: u64,
+    ) -> Session {
         let limiter = shared.guard.connection_limiter();
         Session {
             shared,
@@ -167,12 +191,22 @@ impl Session {
             next_upload: 1,
             limiter,
             strikes: 0,
+            conn,
         }
     }
 
     /// The peer's address.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The connection id (for activity events).
+    pub(crate) fn conn(&self) -> u64 {
+        self.conn
+    }
+
+    fn record(&self, kind: EventKind) {
+        self.shared.record(self.conn, self.peer, kind);
     }
 
     /// True once AUTH succeeded.
@@ -201,6 +235,9 @@ impl Session {
         if let Err(limit) = limited {
             Metrics::bump(&shared.metrics.rate_limited);
             shared.signal(self.peer, Signal::RateLimited);
+            self.record(EventKind::RateLimited {
+                reason: limit.reason(),
+            });
             let reply = err(
                 ErrorCode::RateLimited,
                 format!(
@@ -215,6 +252,7 @@ impl Session {
             Err(e) => {
                 shared.metrics.decode_error(&e);
                 shared.signal(self.peer, Signal::BadBody);
+                self.record(EventKind::DecodeError { reason: e.reason() });
                 return (err(ErrorCode::BadFrame, e.to_string()), self.strike());
             }
         };
@@ -316,6 +354,9 @@ impl Session {
         if let Err(limit) = shared.guard.check_login(self.source, &user) {
             Metrics::bump(&shared.metrics.rate_limited);
             shared.signal(self.peer, Signal::LoginRateLimited);
+            self.record(EventKind::RateLimited {
+                reason: limit.reason(),
+            });
             return Err(err(
                 ErrorCode::RateLimited,
                 format!(
@@ -337,6 +378,7 @@ impl Session {
         match (ok, id) {
             (true, Some(id)) => {
                 Metrics::bump(&shared.metrics.auth_ok);
+                self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
                 self.user = Some((id, user.clone()));
                 Ok(Reply::AuthOk { user })
@@ -344,6 +386,7 @@ impl Session {
             _ => {
                 Metrics::bump(&shared.metrics.auth_failed);
                 shared.signal(self.peer, Signal::AuthFailed);
+                self.record(EventKind::AuthFailed);
                 tracing::info!(peer = %self.peer, user = %user, "failed login");
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
@@ -622,6 +665,7 @@ impl Session {
             Err(true) => {
                 Metrics::bump(&shared.metrics.permission_denied);
                 shared.signal(self.peer, Signal::PermissionDenied);
+                self.record(EventKind::PermissionDenied);
                 tracing::info!(peer = %self.peer, item = id, "denied access to another user's item");
                 Err(err(
                     ErrorCode::PermissionDenied,
