@@ -753,6 +753,8 @@ pub struct FirewallConfig {
     pub weight_write_timeout: u32,
     /// Points for a connection refused at accept by a per-source cap or the accept rate.
     pub weight_refused: u32,
+    /// Points for an activity window the detection model finds anomalous.
+    pub weight_model_anomaly: u32,
 }
 
 impl Default for FirewallConfig {
@@ -774,6 +776,8 @@ impl Default for FirewallConfig {
             weight_auth_timeout: 25,
             weight_write_timeout: 100,
             weight_refused: 10,
+            // Two anomalous windows within a half-life block: one may be a false positive.
+            weight_model_anomaly: 50,
         }
     }
 }

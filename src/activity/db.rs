@@ -332,3 +332,65 @@ pub fn count(conn: &Connection) -> Result<u64, ActivityError> {
         .optional()?;
     Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
+
+/// The largest decision row id (0 when there is none).
+pub fn last_decision_id(conn: &Connection) -> Result<i64, ActivityError> {
+    Ok(
+        conn.query_row("SELECT coalesce(max(id), 0) FROM decisions", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// `unblock` rows with an id above `after`, as (id, address). Rows whose source is not an
+/// address (an IPv6 prefix, say) are skipped with a warning.
+pub fn unblocks_since(conn: &Connection, after: i64) -> Result<Vec<(i64, IpAddr)>, ActivityError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, source FROM decisions WHERE action = 'unblock' AND id > ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![after], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, source) = row?;
+        match source.parse::<IpAddr>() {
+            Ok(ip) => out.push((id, ip)),
+            Err(_) => tracing::warn!(source = %source, "unblock row names no address"),
+        }
+    }
+    Ok(out)
+}
+
+/// Blocks still in force at `now_ms`, one per source (its latest decision, if that is a
+/// block whose time has not run out), as (source text, seconds left, reason).
+pub fn active_blocks(
+    conn: &Connection,
+    now_ms: i64,
+) -> Result<Vec<(String, u64, String)>, ActivityError> {
+    let mut stmt = conn.prepare(
+        "SELECT d.source, d.t_ms, d.duration_s, d.reason FROM decisions d
+         JOIN (SELECT source, max(id) AS id FROM decisions
+               WHERE action IN ('block', 'unblock') GROUP BY source) last
+           ON last.id = d.id
+         WHERE d.action = 'block' ORDER BY d.source",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (source, t_ms, duration_s, reason) = row?;
+        let ends = t_ms.saturating_add(duration_s.saturating_mul(1000));
+        if ends > now_ms {
+            let left = u64::try_from((ends - now_ms + 999) / 1000).unwrap_or(0);
+            out.push((source, left, reason));
+        }
+    }
+    Ok(out)
+}

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use recorder::{Recorder, RecorderStats, WindowSink};
+pub use recorder::{DecisionRecord, Recorder, RecorderStats, UnblockHook, WindowSink};
 
 /// What happened. Sizes are bytes; kinds and reasons are the protocol's stable names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

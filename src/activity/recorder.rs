@@ -43,9 +43,32 @@ struct Counters {
     failed_batches: AtomicU64,
 }
 
+/// A firewall decision to store next to the events.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// When, in milliseconds since the Unix epoch.
+    pub t_ms: i64,
+    /// The source, as text.
+    pub source: String,
+    /// `block`, `shadow_block`, `allowed` or `unblock`.
+    pub action: &'static str,
+    /// Block length in seconds.
+    pub duration_s: u64,
+    /// The score behind the decision.
+    pub score: f64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Called on the writer thread with every source an operator unblocked through the
+/// activity database (`rampart firewall unblock`).
+pub type UnblockHook = Box<dyn FnMut(std::net::IpAddr) + Send>;
+
 enum Msg {
     Event(Event),
     Flush(mpsc::Sender<()>),
+    Decision(DecisionRecord),
+    OnUnblock(UnblockHook),
 }
 
 /// Sends events to the writer thread. Cheap to clone; the thread stops when every clone is
@@ -118,6 +141,22 @@ impl Recorder {
         }
     }
 
+    /// Stores a firewall decision. Decisions are rare, so this waits for room rather than
+    /// shed one (bounded by the writer, which drains continuously).
+    pub fn decision(&self, d: DecisionRecord) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Decision(d));
+        }
+    }
+
+    /// Installs the hook the writer calls, about once per flush interval, for each new
+    /// `unblock` row an operator wrote into the activity database.
+    pub fn on_unblock(&self, hook: UnblockHook) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::OnUnblock(hook));
+        }
+    }
+
     /// Waits until everything recorded so far is committed (tests, exports, shutdown).
     pub fn flush(&self) {
         let Some(tx) = &self.tx else { return };
@@ -170,6 +209,10 @@ fn writer(
 ) {
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH_MAX);
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
+    let mut decisions: Vec<DecisionRecord> = Vec::new();
+    let mut unblock_hook: Option<UnblockHook> = None;
+    // Unblock rows older than the start are history, not commands.
+    let mut last_unblock = db::last_decision_id(&conn).unwrap_or(0);
     let mut last_tick = Instant::now();
     loop {
         let disconnected = match rx.recv_timeout(flush) {
@@ -181,6 +224,8 @@ fn writer(
                     match m {
                         Msg::Event(e) => batch.push(e),
                         Msg::Flush(w) => waiters.push(w),
+                        Msg::Decision(d) => decisions.push(d),
+                        Msg::OnUnblock(h) => unblock_hook = Some(h),
                     }
                     if batch.len() < BATCH_MAX {
                         next = rx.try_recv().ok();
@@ -212,9 +257,33 @@ fn writer(
             }
             batch.clear();
         }
+        for d in decisions.drain(..) {
+            if let Err(e) = db::insert_decision(
+                &conn,
+                d.t_ms,
+                &d.source,
+                d.action,
+                d.duration_s,
+                d.score,
+                &d.reason,
+            ) {
+                tracing::error!(error = %e, "firewall decision not stored");
+            }
+        }
         if last_tick.elapsed() >= flush || disconnected {
             if let Some(s) = sink.as_mut() {
                 s.tick(super::now_ms());
+            }
+            if let Some(hook) = unblock_hook.as_mut() {
+                match db::unblocks_since(&conn, last_unblock) {
+                    Ok(rows) => {
+                        for (id, ip) in rows {
+                            last_unblock = last_unblock.max(id);
+                            hook(ip);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read unblock commands"),
+                }
             }
             last_tick = Instant::now();
         }

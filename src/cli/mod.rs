@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod firewall;
 mod serve;
 mod time;
 mod user;
@@ -52,6 +53,9 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List the firewall's decisions, or lift a block.
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCommand),
     /// Start a server on 127.0.0.1 in a temporary directory, exchange messages, mail and
     /// files, attack it a little, and report what happened.
     Demo(demo::DemoArgs),
@@ -105,5 +109,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Firewall(cmd) => firewall::run(cmd),
     }
 }

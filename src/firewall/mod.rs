@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::activity::{now_ms, DecisionRecord, Recorder};
 use crate::config::{Config, FirewallConfig};
 use crate::guard::{Guard, SourceKey};
 
@@ -54,6 +55,8 @@ pub enum Signal {
     WriteTimeout,
     /// A connection refused at accept by a per-source cap or the accept rate.
     Refused,
+    /// The detection model found one of the source's activity windows anomalous.
+    ModelAnomaly,
 }
 
 impl Signal {
@@ -70,6 +73,7 @@ impl Signal {
             Signal::AuthTimeout => "auth_timeout",
             Signal::WriteTimeout => "write_timeout",
             Signal::Refused => "refused",
+            Signal::ModelAnomaly => "model_anomaly",
         }
     }
 
@@ -85,6 +89,7 @@ impl Signal {
             Signal::AuthTimeout => cfg.weight_auth_timeout,
             Signal::WriteTimeout => cfg.weight_write_timeout,
             Signal::Refused => cfg.weight_refused,
+            Signal::ModelAnomaly => cfg.weight_model_anomaly,
         }
     }
 }
@@ -99,6 +104,20 @@ pub enum Action {
     ShadowBlock,
     /// The source is allow-listed, so it was not blocked.
     Allowed,
+    /// An operator lifted the source's block.
+    Unblock,
+}
+
+impl Action {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::ShadowBlock => "shadow_block",
+            Action::Allowed => "allowed",
+            Action::Unblock => "unblock",
+        }
+    }
 }
 
 /// One decision, with its reason.
@@ -144,6 +163,7 @@ pub struct Firewall {
     guard: Arc<Guard>,
     scores: Mutex<HashMap<SourceKey, Score>>,
     decisions: Mutex<VecDeque<Decision>>,
+    recorder: Recorder,
 }
 
 impl std::fmt::Debug for Firewall {
@@ -169,7 +189,51 @@ impl Firewall {
             guard,
             scores: Mutex::new(HashMap::new()),
             decisions: Mutex::new(VecDeque::new()),
+            recorder: Recorder::disabled(),
         }
+    }
+
+    /// Stores every decision in the activity database through `recorder`.
+    pub fn with_recorder(mut self, recorder: Recorder) -> Firewall {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Reports a model verdict: an anomalous window of `ip`'s activity, with the model's
+    /// explanation.
+    pub fn model_anomaly(&self, ip: IpAddr, explanation: &str) -> Option<Decision> {
+        self.signal_with(ip, Signal::ModelAnomaly, Some(explanation))
+    }
+
+    /// Lifts a block (operator action) and records it.
+    pub fn unblock(&self, ip: IpAddr) -> bool {
+        let lifted = self.guard.unblock(ip);
+        let decision = Decision {
+            at: SystemTime::now(),
+            source: SourceKey::from_ip(ip, self.ipv6_prefix),
+            action: Action::Unblock,
+            duration_s: 0,
+            score: 0.0,
+            reason: "unblocked by an operator".into(),
+        };
+        self.log(decision);
+        lifted
+    }
+
+    fn log(&self, decision: Decision) {
+        self.recorder.decision(DecisionRecord {
+            t_ms: now_ms(),
+            source: decision.source.to_string(),
+            action: decision.action.as_str(),
+            duration_s: decision.duration_s,
+            score: decision.score,
+            reason: decision.reason.clone(),
+        });
+        let mut log = lock(&self.decisions);
+        if log.len() >= DECISION_LOG {
+            log.pop_front();
+        }
+        log.push_back(decision);
     }
 
     fn half_life(&self) -> Duration {
@@ -179,6 +243,10 @@ impl Firewall {
     /// Reports a signal from `ip`. Returns the decision if this signal tipped the source over
     /// the threshold.
     pub fn signal(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
+        self.signal_with(ip, signal, None)
+    }
+
+    fn signal_with(&self, ip: IpAddr, signal: Signal, detail: Option<&str>) -> Option<Decision> {
         if !self.cfg.enabled {
             return None;
         }
@@ -216,7 +284,7 @@ impl Firewall {
             if s.points < f64::from(self.cfg.threshold) - THRESHOLD_TOLERANCE {
                 return None;
             }
-            let reason = format!(
+            let mut reason = format!(
                 "{} tipped the score to {:.0} (threshold {}): {}",
                 signal.as_str(),
                 s.points,
@@ -227,6 +295,10 @@ impl Firewall {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if let Some(d) = detail {
+                reason.push_str("; ");
+                reason.push_str(d);
+            }
             let score = s.points;
             let blocks = s.blocks;
             // A decision resets the score, so one burst yields one decision.
@@ -265,11 +337,7 @@ impl Firewall {
             reason = %decision.reason,
             "firewall decision"
         );
-        let mut log = lock(&self.decisions);
-        if log.len() >= DECISION_LOG {
-            log.pop_front();
-        }
-        log.push_back(decision.clone());
+        self.log(decision.clone());
         Some(decision)
     }
 

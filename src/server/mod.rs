@@ -155,6 +155,8 @@ impl Server {
         if swept > 0 {
             tracing::info!(swept, "removed unreferenced blobs");
         }
+        // Blocks survive a restart: decisions are stored, and those still in force return.
+        let restored = restore_blocks(data_dir)?;
         let recorder = if config.activity.enabled {
             Recorder::start(
                 data_dir,
@@ -165,7 +167,16 @@ impl Server {
         } else {
             Recorder::disabled()
         };
-        Server::with_parts(config, Arc::new(store), blobs, recorder)
+        let server = Server::with_parts(config, Arc::new(store), blobs, recorder)?;
+        for (source, left, reason) in restored {
+            if let Ok(ip) = source.parse() {
+                server
+                    .shared
+                    .guard
+                    .block(ip, Duration::from_secs(left), &reason);
+            }
+        }
+        Ok(server)
     }
 
     /// A server over an already opened store (another [`Store`] backend, say), with
@@ -187,7 +198,15 @@ impl Server {
     ) -> Result<Server, ServerError> {
         config.check()?;
         let guard = Arc::new(Guard::new(&config));
-        let firewall = Arc::new(Firewall::new(&config, Arc::clone(&guard)));
+        let firewall =
+            Arc::new(Firewall::new(&config, Arc::clone(&guard)).with_recorder(recorder.clone()));
+        // Operators unblock through the activity database (`rampart firewall unblock`).
+        let g = Arc::clone(&guard);
+        recorder.on_unblock(Box::new(move |ip| {
+            if g.unblock(ip) {
+                tracing::info!(source = %ip, "unblocked by an operator");
+            }
+        }));
         let verifier = auth::Verifier::new(&config.auth)?;
         Ok(Server {
             shared: Arc::new(Shared {
@@ -319,6 +338,15 @@ impl Server {
         tracing::debug!(peer = %peer, reason = reason.as_str(), "connection closed");
         reason
     }
+}
+
+/// Blocks recorded in the activity database that are still in force.
+fn restore_blocks(data_dir: &Path) -> Result<Vec<(String, u64, String)>, ServerError> {
+    let conn = crate::activity::db::open(data_dir)?;
+    Ok(crate::activity::db::active_blocks(
+        &conn,
+        crate::activity::now_ms(),
+    )?)
 }
 
 /// Purges keyed limiter state and expired blocks once a second, so that sources rotating

@@ -1,0 +1,95 @@
+//! `rampart firewall ...`: the firewall's stored decisions, and lifting a block.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use rampart::activity::{db, now_ms};
+
+use super::time::rfc3339_ms;
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Show the blocks in force (or, with --all, every decision) with their reasons.
+    #[command(after_help = "Example:\n  rampart firewall list --data-dir ./data --all --json")]
+    List {
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Every decision ever stored, oldest first, not only the blocks in force.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the block on an address; a running server applies it within a second.
+    #[command(after_help = "Example:\n  rampart firewall unblock 127.0.1.7 --data-dir ./data")]
+    Unblock {
+        /// The blocked address.
+        ip: IpAddr,
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
+    match cmd {
+        FirewallCommand::List {
+            data_dir,
+            all,
+            json,
+        } => {
+            let conn = db::open(&data_dir).context("cannot open the activity database")?;
+            if all {
+                for d in db::decisions(&conn)? {
+                    if json {
+                        println!("{}", serde_json::to_string(&d)?);
+                    } else {
+                        println!(
+                            "{}  {:<12}  {:<24}  {:>7}s  {}",
+                            rfc3339_ms(d.t_ms),
+                            d.action,
+                            d.source,
+                            d.duration_s,
+                            d.reason
+                        );
+                    }
+                }
+            } else {
+                let blocks = db::active_blocks(&conn, now_ms())?;
+                if !json {
+                    println!("{} block(s) in force", blocks.len());
+                }
+                for (source, left, reason) in blocks {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"source": source, "seconds_left": left, "reason": reason})
+                        );
+                    } else {
+                        println!("{source:<24}  {left:>7}s left  {reason}");
+                    }
+                }
+            }
+        }
+        FirewallCommand::Unblock { ip, data_dir } => {
+            let conn = db::open(&data_dir).context("cannot open the activity database")?;
+            db::insert_decision(
+                &conn,
+                now_ms(),
+                &ip.to_string(),
+                "unblock",
+                0,
+                0.0,
+                "unblocked by an operator (rampart firewall unblock)",
+            )?;
+            println!("unblocked {ip}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
