@@ -8,9 +8,11 @@
 //! - [`store`]: persistence behind a trait; SQLite plus fsynced blob files is the embedded default.
 //! - [`client`]: the well-behaved client library used by the CLI and the tests.
 //! - [`activity`]: every connection event, recorded in batches; features per source window.
+//! - [`detect`]: the clustering model: trained from feature CSVs, scores windows live, evaluated.
 //! - [`firewall`]: turns rule signals (frame errors, limit hits, auth failures) into blocks.
 //! - [`attack`]: the attacker clients that scenarios run against the server.
 //! - [`scenario`]: scenario files, the runner, its measurements and reports.
+//! - [`load`]: the load generator behind `rampart load`.
 //! - [`config`]: every limit above, read from TOML and checked before the server starts.
 //!
 //! Lower layers never import higher ones: `protocol` imports nothing of rampart, `store` and
@@ -22,8 +24,10 @@ pub mod activity;
 pub mod attack;
 pub mod client;
 pub mod config;
+pub mod detect;
 pub mod firewall;
 pub mod guard;
+pub mod load;
 pub mod protocol;
 pub mod scenario;
 pub mod server;

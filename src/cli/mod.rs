@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod firewall;
+mod load;
 mod serve;
 mod time;
 mod user;
@@ -53,6 +54,8 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure throughput and latency with many clients (acknowledged operations only).
+    Load(load::LoadArgs),
     /// List the firewall's decisions, or lift a block.
     #[command(subcommand)]
     Firewall(firewall::FirewallCommand),
@@ -110,5 +113,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Firewall(cmd) => firewall::run(cmd),
+        Command::Load(args) => rt.block_on(load::run(args)),
     }
 }

@@ -81,12 +81,35 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
 ];
 
+/// What a delivery reports once its batch's fate is known.
+type Finish = Box<dyn FnOnce(bool) + Send>;
+
+/// One delivery waiting for a group commit. It runs inside the batch's transaction (or is
+/// told, with `None`, that the batch could not start) and returns what to do once the batch
+/// commits (`true`) or fails to (`false`).
+type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Finish + Send>;
+
 /// The SQLite-backed [`Store`].
-#[derive(Debug)]
+///
+/// Deliveries use group commit: each caller queues its work, and whichever caller holds the
+/// writer connection next runs every queued delivery in one IMMEDIATE transaction, each in its
+/// own savepoint, and commits once. With `synchronous=FULL` that one commit is one fsync for
+/// the whole batch, and nobody is acknowledged before it returns. Under load the batch grows
+/// to the number of waiting callers, so throughput scales with concurrency instead of being
+/// capped at one fsync per message.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    pending: Mutex<Vec<Job>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -103,7 +126,67 @@ impl SqliteStore {
             path,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            pending: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Queues `job` for the next group commit and waits for its result, leading a batch
+    /// itself if nobody else is.
+    fn group_commit<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, StoreError>>(1);
+        let wrapped: Job = Box::new(move |batch: Option<&mut Transaction<'_>>| -> Finish {
+            let Some(batch) = batch else {
+                let _ = tx.send(Err(StoreError::Corrupt(
+                    "the batch transaction could not start".into(),
+                )));
+                return Box::new(|_| {});
+            };
+            // A savepoint per delivery: one failing (quota, unknown user) leaves the others.
+            let result = match batch.savepoint() {
+                Ok(mut sp) => match job(&sp) {
+                    Ok(v) => sp.commit().map(|()| v).map_err(StoreError::from),
+                    Err(e) => {
+                        let _ = sp.rollback();
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e.into()),
+            };
+            Box::new(move |committed| {
+                let _ = tx.send(match result {
+                    Ok(_) if !committed => Err(StoreError::Corrupt(
+                        "the batch commit failed; nothing was stored".into(),
+                    )),
+                    other => other,
+                });
+            })
+        });
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(wrapped);
+        loop {
+            if let Ok(r) = rx.try_recv() {
+                return r;
+            }
+            let mut conn = self.write();
+            // A leader may have run our job while we waited for the connection.
+            if let Ok(r) = rx.try_recv() {
+                return r;
+            }
+            let jobs =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            if jobs.is_empty() {
+                // Our job is in a batch whose results are being handed out right now.
+                drop(conn);
+                std::thread::yield_now();
+                continue;
+            }
+            run_batch(&mut conn, jobs);
+        }
     }
 
     /// The path of the database file.
@@ -126,6 +209,26 @@ impl SqliteStore {
 
     fn write(&self) -> MutexGuard<'_, Connection> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs queued deliveries in one transaction and commits once.
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
+    match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(mut tx) => {
+            let finishes: Vec<Finish> = jobs.into_iter().map(|job| job(Some(&mut tx))).collect();
+            // With synchronous=FULL the WAL is fsynced when commit returns.
+            let committed = tx.commit().is_ok();
+            for finish in finishes {
+                finish(committed);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a batch transaction");
+            for job in jobs {
+                job(None)(false);
+            }
+        }
     }
 }
 
@@ -289,12 +392,7 @@ fn item_blobs(conn: &Connection, item_id: i64) -> Result<Vec<BlobRef>, StoreErro
     Ok(blobs)
 }
 
-fn insert_blob(
-    tx: &Transaction<'_>,
-    item_id: i64,
-    idx: i64,
-    blob: &BlobRef,
-) -> Result<(), StoreError> {
+fn insert_blob(tx: &Connection, item_id: i64, idx: i64, blob: &BlobRef) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO item_blobs (item_id, idx, blob_id, name, size, digest)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -418,48 +516,47 @@ impl Store for SqliteStore {
             check_blob(blob)?;
         }
 
-        let mut conn = self.write();
-        // IMMEDIATE takes the write lock before the quota is read, so no other writer can
-        // charge the same sender between the check and the insert.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let used: Option<i64> = tx
-            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
-            .query_row(params![from], |row| row.get(0))
-            .optional()?;
-        let used = match used {
-            Some(used) => sql_to_u64(used, "usage")?,
-            None => return Err(StoreError::UnknownUserId(from)),
-        };
-        let recipient_exists = tx
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-            .exists(params![to])?;
-        if !recipient_exists {
-            return Err(StoreError::UnknownUserId(to));
-        }
-        let new_usage = used
-            .checked_add(requested)
-            .filter(|&total| total <= quota)
-            .ok_or(StoreError::QuotaExceeded {
-                used,
-                requested,
-                quota,
-            })?;
-
-        let size = size_to_sql(requested)?;
-        tx.prepare_cached(
-            "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
-        let item_id = tx.last_insert_rowid();
-        for (idx, blob) in (0i64..).zip(blobs) {
-            insert_blob(&tx, item_id, idx, blob)?;
-        }
-        tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
-            .execute(params![from, size_to_sql(new_usage)?])?;
-        // With synchronous=FULL the commit has fsynced the WAL when this returns.
-        tx.commit()?;
-        sql_to_u64(item_id, "item id")
+        let (title, body) = (title.to_owned(), body.to_owned());
+        let blobs = blobs.to_vec();
+        // The batch transaction is IMMEDIATE: it holds the write lock before any quota is
+        // read, so no other writer can charge the same sender between check and insert.
+        self.group_commit(move |tx| {
+            let used: Option<i64> = tx
+                .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+                .query_row(params![from], |row| row.get(0))
+                .optional()?;
+            let used = match used {
+                Some(used) => sql_to_u64(used, "usage")?,
+                None => return Err(StoreError::UnknownUserId(from)),
+            };
+            let recipient_exists = tx
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .exists(params![to])?;
+            if !recipient_exists {
+                return Err(StoreError::UnknownUserId(to));
+            }
+            let new_usage = used
+                .checked_add(requested)
+                .filter(|&total| total <= quota)
+                .ok_or(StoreError::QuotaExceeded {
+                    used,
+                    requested,
+                    quota,
+                })?;
+            let size = size_to_sql(requested)?;
+            tx.prepare_cached(
+                "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
+            let item_id = tx.last_insert_rowid();
+            for (idx, blob) in (0i64..).zip(&blobs) {
+                insert_blob(tx, item_id, idx, blob)?;
+            }
+            tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
+                .execute(params![from, size_to_sql(new_usage)?])?;
+            sql_to_u64(item_id, "item id")
+        })
     }
 
     fn inbox(

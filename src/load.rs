@@ -1,0 +1,258 @@
+//! The load generator behind `rampart load`: many clients, each sending acknowledged
+//! operations as fast as the server answers, optionally pipelined.
+//!
+//! Every operation counted was acknowledged by the server (an ACCEPTED reply, which the
+//! server sends only after a durable commit). Latency is measured per operation from the
+//! moment its request (or, pipelined, its batch) is written to the moment its reply arrives.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::protocol::{Reply, Request};
+
+/// What each operation sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadKind {
+    /// A chat message of `size` bytes.
+    Message,
+    /// A file of `size` bytes (upload in chunks, then SEND_FILE).
+    File,
+}
+
+/// A checked load run.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Server address.
+    pub server: String,
+    /// User to log in as (every client uses it).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Recipient of every operation (defaults to the user itself).
+    pub to: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Total operations, spread over the clients.
+    pub ops: u64,
+    /// Payload bytes per operation.
+    pub size: usize,
+    /// What to send.
+    pub kind: LoadKind,
+    /// Requests in flight per client (1 = no pipelining).
+    pub pipeline: usize,
+    /// Source addresses the clients bind, round-robin (empty = the system's choice).
+    pub sources: Vec<IpAddr>,
+}
+
+/// The result of a load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Operations acknowledged.
+    pub ops: u64,
+    /// Operations that failed (an error reply or a broken connection).
+    pub errors: u64,
+    /// Wall time in seconds.
+    pub elapsed_s: f64,
+    /// Acknowledged operations per second.
+    pub ops_per_s: f64,
+    /// Payload megabytes (10^6 bytes) acknowledged per second.
+    pub mb_per_s: f64,
+    /// Median latency in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// 99.9th percentile latency.
+    pub p999_ms: f64,
+    /// Clients, pipeline depth, size and kind, for the record.
+    pub clients: usize,
+    /// Pipeline depth.
+    pub pipeline: usize,
+    /// Payload bytes per operation.
+    pub size: usize,
+    /// What was sent.
+    pub kind: LoadKind,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+/// The `q` quantile (0..=1) of sorted latencies, in milliseconds.
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted
+        .get(idx.min(sorted.len() - 1))
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+struct ClientResult {
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn one_client(
+    spec: Arc<LoadSpec>,
+    index: usize,
+    ops: u64,
+    done: Arc<AtomicU64>,
+) -> ClientResult {
+    let mut out = ClientResult {
+        latencies: Vec::with_capacity(usize::try_from(ops).unwrap_or(0)),
+        errors: 0,
+        first_error: None,
+    };
+    let opts = ClientOptions {
+        source: spec.sources.get(index % spec.sources.len().max(1)).copied(),
+        ..ClientOptions::default()
+    };
+    let mut client = match Client::login(
+        spec.server.as_str(),
+        &spec.user,
+        spec.password.as_bytes(),
+        opts,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.errors = ops;
+            out.first_error = Some(e.to_string());
+            return out;
+        }
+    };
+    let payload = "x".repeat(spec.size);
+    let data = Bytes::from(vec![0x5Au8; spec.size]);
+    let mut remaining = ops;
+    while remaining > 0 {
+        let batch = remaining.min(spec.pipeline.max(1) as u64);
+        let started = Instant::now();
+        let result: Result<u64, ClientError> = match spec.kind {
+            LoadKind::Message => {
+                let reqs = (0..batch)
+                    .map(|_| Request::SendMessage {
+                        to: spec.to.clone(),
+                        text: payload.clone(),
+                    })
+                    .collect();
+                client.pipeline(reqs).await.map(|replies| {
+                    replies
+                        .iter()
+                        .filter(|r| matches!(r, Reply::Accepted { .. }))
+                        .count() as u64
+                })
+            }
+            LoadKind::File => client
+                .send_file_bytes(&spec.to, "load.bin", &data)
+                .await
+                .map(|_| 1),
+        };
+        let sent = if spec.kind == LoadKind::File {
+            1
+        } else {
+            batch
+        };
+        let elapsed = started.elapsed();
+        match result {
+            Ok(acked) => {
+                for _ in 0..acked {
+                    out.latencies.push(elapsed);
+                }
+                out.errors += sent - acked;
+                done.fetch_add(acked, Ordering::Relaxed);
+            }
+            Err(e) => {
+                out.errors += remaining;
+                out.first_error.get_or_insert_with(|| e.to_string());
+                return out;
+            }
+        }
+        remaining -= sent;
+    }
+    let _ = client.bye().await;
+    out
+}
+
+/// Runs the load; `progress` is called about ten times a second with operations done so far.
+pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
+    let spec = Arc::new(spec);
+    let done = Arc::new(AtomicU64::new(0));
+    let clients = spec.clients.max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        // Spread the operations evenly; the first clients take the remainder.
+        let share = spec.ops / clients as u64 + u64::from((i as u64) < spec.ops % clients as u64);
+        tasks.push(tokio::spawn(one_client(
+            Arc::clone(&spec),
+            i,
+            share,
+            Arc::clone(&done),
+        )));
+    }
+    let mut all = Box::pin(futures::future::join_all(tasks));
+    let results = loop {
+        tokio::select! {
+            r = &mut all => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => progress(done.load(Ordering::Relaxed)),
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    progress(done.load(Ordering::Relaxed));
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(c) => {
+                latencies.extend(c.latencies);
+                errors += c.errors;
+                if first_error.is_none() {
+                    first_error = c.first_error;
+                }
+            }
+            Err(e) => first_error = Some(format!("client task failed: {e}")),
+        }
+    }
+    latencies.sort_unstable();
+    let ops = latencies.len() as u64;
+    let secs = elapsed.max(1e-9);
+    LoadReport {
+        ops,
+        errors,
+        elapsed_s: elapsed,
+        ops_per_s: ops as f64 / secs,
+        mb_per_s: (ops as f64 * spec.size as f64) / 1e6 / secs,
+        p50_ms: quantile_ms(&latencies, 0.50),
+        p99_ms: quantile_ms(&latencies, 0.99),
+        p999_ms: quantile_ms(&latencies, 0.999),
+        clients,
+        pipeline: spec.pipeline.max(1),
+        size: spec.size,
+        kind: spec.kind,
+        first_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn quantiles_of_known_latencies() {
+        let ms: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&ms, 0.5), 501.0);
+        assert_eq!(quantile_ms(&ms, 0.99), 990.0);
+        assert_eq!(quantile_ms(&ms, 0.999), 999.0);
+        assert_eq!(quantile_ms(&[], 0.5), 0.0);
+    }
+}
