@@ -101,6 +101,21 @@ fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
     Ok(())
 }
 
+/// toml's error as one line: `line L column C: message` (its own Display spans several
+/// lines with a code excerpt, and command-line errors must be one line).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line} column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 /// The whole server configuration. Build it with [`Config::from_toml_str`] or
 /// [`Config::load`], which check it; a hand-built value should go through [`Config::check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +140,7 @@ pub struct Config {
 impl Config {
     /// Parses TOML text and checks the result. Missing keys keep their defaults.
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: Config = toml::from_str(s).map_err(|e| ConfigError::Parse(one_line(s, &e)))?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -136,8 +151,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            ConfigError::Parse(format!("{}: {}", path.display(), one_line(&text, &e)))
+        })?;
         cfg.check()?;
         Ok(cfg)
     }

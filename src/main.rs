@@ -14,8 +14,10 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            // One clear line: the error and its causes, joined.
-            eprintln!("error: {e:#}");
+            // One clear line: the error and its causes, joined, with any line breaks a
+            // dependency's message carries folded.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -25,8 +25,10 @@ use crate::guard::{Guard, SourceKey};
 /// Most decisions kept in memory for listing.
 const DECISION_LOG: usize = 10_000;
 
-/// Points of decay ignored when comparing a score with the threshold.
-const THRESHOLD_TOLERANCE: f64 = 0.01;
+/// Share of the threshold that decay may take off a score and still count as reaching it,
+/// so that weights adding up to the threshold block when they arrive within a few seconds of
+/// each other (5% is about 4 s of decay at the default one-minute half-life).
+const THRESHOLD_TOLERANCE: f64 = 0.05;
 
 /// A score below this, in points, is forgotten at the next purge.
 const FORGET_BELOW: f64 = 0.5;
@@ -279,9 +281,10 @@ impl Firewall {
                 Some((_, n)) => *n = n.saturating_add(1),
                 None => s.recent.push((signal, 1)),
             }
-            // The tolerance absorbs the decay between signals microseconds apart, so that
+            // The tolerance absorbs the decay between signals a few seconds apart, so that
             // weights that add up to the threshold reach it.
-            if s.points < f64::from(self.cfg.threshold) - THRESHOLD_TOLERANCE {
+            let threshold = f64::from(self.cfg.threshold);
+            if s.points < threshold * (1.0 - THRESHOLD_TOLERANCE) {
                 return None;
             }
             let mut reason = format!(
@@ -411,6 +414,24 @@ mod tests {
             .expect("fourth failure");
         assert!(d.reason.contains("auth_failed x4"), "{}", d.reason);
         assert!(guard.is_blocked(ip("127.0.9.1")));
+    }
+
+    #[test]
+    fn four_failures_seconds_apart_still_block() {
+        let (fw, guard) = firewall(|_| {});
+        let who = ip("127.0.9.3");
+        for _ in 0..3 {
+            fw.signal(who, Signal::AuthFailed);
+        }
+        // Age the score as if the failures came two seconds before the fourth.
+        {
+            let mut scores = lock(&fw.scores);
+            for s in scores.values_mut() {
+                s.updated -= Duration::from_secs(2);
+            }
+        }
+        assert!(fw.signal(who, Signal::AuthFailed).is_some());
+        assert!(guard.is_blocked(who));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::protocol::{self, bytes_wanted, decode_frame, ErrorCode, Reply, Role};
+use crate::protocol::{self, bytes_wanted, decode_frame, DecodeError, ErrorCode, Reply, Role};
 use crate::server::metrics::Metrics;
 use crate::server::session::{CloseReason, Next, Session};
 use crate::server::Shared;
@@ -56,6 +56,10 @@ struct Conn<'a> {
     closing: Option<(CloseReason, Instant)>,
     /// Reply bytes thrown away unsent when the session was cut.
     discarded: usize,
+    /// Payload bytes still to skip of a rejected, oversized frame whose boundary is trusted.
+    skip: usize,
+    /// Bytes of the current frame already skipped (they count towards its minimum rate).
+    skipped: usize,
 }
 
 impl Conn<'_> {
@@ -121,10 +125,46 @@ impl Conn<'_> {
         self.out.len() >= self.shared.config.limits.outbound_queue_bytes as usize
     }
 
+    /// Rejects a frame whose declared length is over its kind's limit but within the frame
+    /// ceiling: the boundary is still trustworthy, so its payload is skipped as it arrives
+    /// (never buffered) and the request gets TOO_LARGE instead of the connection closing.
+    fn reject_oversized(&mut self, session: &mut Session, e: &DecodeError, len: u32) {
+        let request_id = self
+            .inbuf
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_be_bytes);
+        let total = protocol::HEADER_LEN.saturating_add(len as usize);
+        let now_have = self.inbuf.len().min(total);
+        self.inbuf.advance(now_have);
+        self.skip = total - now_have;
+        self.skipped = now_have;
+        self.shared.metrics.decode_error(e);
+        self.shared.signal(self.peer, Signal::BadBody);
+        self.record(EventKind::DecodeError { reason: e.reason() });
+        let reply = Reply::error(ErrorCode::TooLarge, format!("{e}; frame discarded"));
+        self.queue(request_id, &reply);
+        if let Next::Close(reason) = session.strike() {
+            self.close(reason, None);
+        }
+    }
+
+    /// Drops skipped payload bytes from the front of the buffer.
+    fn skip_input(&mut self) {
+        let n = self.skip.min(self.inbuf.len());
+        self.inbuf.advance(n);
+        self.skip -= n;
+        self.skipped = self.skipped.saturating_add(n);
+        if self.skip == 0 {
+            self.skipped = 0;
+        }
+    }
+
     /// Decodes and handles every complete frame in the buffer while the outbound queue has
     /// room.
     async fn process(&mut self, session: &mut Session) {
-        while self.closing.is_none() && !self.queue_full() {
+        self.skip_input();
+        while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
             match decode_frame(&mut self.inbuf, &self.shared.limits, Role::Server) {
                 Ok(Some(frame)) => {
                     Metrics::bump(&self.shared.metrics.frames_in);
@@ -148,6 +188,14 @@ impl Conn<'_> {
                     }
                 }
                 Ok(None) => break,
+                Err(e @ DecodeError::FrameTooLarge { len, .. })
+                    if len <= self.shared.limits.frame_ceiling() =>
+                {
+                    self.reject_oversized(session, &e, len);
+                    self.skip_input();
+                    self.frame_started =
+                        (self.skip > 0 || !self.inbuf.is_empty()).then(Instant::now);
+                }
                 Err(e) => {
                     self.shared.metrics.decode_error(&e);
                     self.shared.signal(self.peer, Signal::FatalFrame);
@@ -160,7 +208,7 @@ impl Conn<'_> {
                 }
             }
         }
-        if self.inbuf.is_empty() {
+        if self.inbuf.is_empty() && self.skip == 0 {
             self.frame_started = None;
             if self.inbuf.capacity() > KEEP_BUFFER {
                 self.inbuf = BytesMut::new();
@@ -223,7 +271,8 @@ impl Conn<'_> {
                 }
                 if elapsed >= t.frame_grace() {
                     let needed = t.frame_min_rate_bytes_per_s as f64 * elapsed.as_secs_f64();
-                    if (self.inbuf.len() as f64) < needed {
+                    let arrived = self.inbuf.len().saturating_add(self.skipped);
+                    if (arrived as f64) < needed {
                         self.timeout(
                             CloseReason::SlowFrame,
                             "frame arriving below the minimum rate",
@@ -277,6 +326,8 @@ where
         write_since: None,
         closing: None,
         discarded: 0,
+        skip: 0,
+        skipped: 0,
     };
     let reason = run_loop(&mut c, &mut rd, &mut wr, &mut session, &cut).await;
     let unread = c.out.len().saturating_add(c.discarded);

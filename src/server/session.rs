@@ -215,7 +215,7 @@ impl Session {
     }
 
     /// Adds a strike; the session closes once it reaches the configured count.
-    fn strike(&mut self) -> Next {
+    pub(crate) fn strike(&mut self) -> Next {
         self.strikes = self.strikes.saturating_add(1);
         if self.strikes >= self.shared.config.rates.strikes_to_close {
             Next::Close(CloseReason::Strikes)
