@@ -374,7 +374,13 @@ impl Session {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
         };
-        let ok = shared.verifier.verify(hash, password).await;
+        let Ok(ok) = shared.verifier.verify(hash, password).await else {
+            Metrics::bump(&shared.metrics.rate_limited);
+            return Err(err(
+                ErrorCode::RateLimited,
+                "too many logins waiting for verification; try again later",
+            ));
+        };
         match (ok, id) {
             (true, Some(id)) => {
                 Metrics::bump(&shared.metrics.auth_ok);
