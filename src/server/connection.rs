@@ -361,6 +361,8 @@ where
         }
         let write_len = c.out.len();
         tokio::select! {
+            // Cut and shutdown first: a blocked source must not get one more reply.
+            biased;
             _ = cut.cancelled(), if c.closing.is_none() => {
                 // A blocked source gets no further bytes.
                 c.discard_output();
@@ -395,6 +397,9 @@ where
                     c.shared.metrics.bytes_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     if c.frame_started.is_none() {
                         c.frame_started = Some(Instant::now());
+                    } else {
+                        // Reads must not postpone the rate check: judge the frame now.
+                        c.check_timers(session.authenticated());
                     }
                 }
                 Err(_) => return CloseReason::Io,

@@ -110,6 +110,20 @@ impl Upload {
     }
 }
 
+impl Drop for Session {
+    /// Finished uploads that were never sent are deleted with their session (staging ones
+    /// delete themselves when their `StagedBlob` drops).
+    fn drop(&mut self) {
+        for upload in std::mem::take(&mut self.uploads).into_values() {
+            if let Upload::Done(blob) = upload {
+                if let Err(e) = self.shared.blobs.remove(&blob.blob_id) {
+                    tracing::warn!(blob = %blob.blob_id, error = %e, "could not remove an unused upload");
+                }
+            }
+        }
+    }
+}
+
 /// What the connection loop should do after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -420,7 +434,15 @@ impl Session {
                 ),
             ));
         }
-        if self.uploads.len() >= usize::from(limits.max_open_uploads) {
+        let staging = self
+            .uploads
+            .values()
+            .filter(|u| matches!(u, Upload::Staging { .. }))
+            .count();
+        if staging >= usize::from(limits.max_open_uploads)
+            || self.uploads.len()
+                >= usize::from(limits.max_open_uploads) + usize::from(limits.max_attachments)
+        {
             return Err(err(
                 ErrorCode::TooLarge,
                 format!(
