@@ -12,6 +12,8 @@
 //! and nothing is dropped silently.
 
 pub mod db;
+pub mod export;
+pub mod features;
 mod recorder;
 
 use std::net::IpAddr;

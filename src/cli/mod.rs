@@ -1,5 +1,6 @@
 //! Argument definitions and dispatch for the `rampart` binary.
 
+mod activity;
 mod client;
 mod demo;
 mod firewall;
@@ -54,6 +55,9 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Export recorded activity as feature CSVs, or count what was recorded.
+    #[command(subcommand)]
+    Activity(activity::ActivityCommand),
     /// Measure throughput and latency with many clients (acknowledged operations only).
     Load(load::LoadArgs),
     /// List the firewall's decisions, or lift a block.
@@ -114,5 +118,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Firewall(cmd) => firewall::run(cmd),
         Command::Load(args) => rt.block_on(load::run(args)),
+        Command::Activity(cmd) => activity::run(cmd),
     }
 }
