@@ -1,1 +1,429 @@
-//! placeholder
+//! The attackers: clients that misbehave on purpose, one kind per file, so scenarios can
+//! show with numbers that the server holds.
+//!
+//! A scenario file's `[[attack]]` table is an [`AttackSpec`]; [`AttackSpec::check`] turns it
+//! into an [`Attack`], and [`run`] drives it against a target with an [`AttackContext`] until
+//! its stop time, recording what it saw in shared [`Observations`] and returning an
+//! [`AttackReport`].
+//!
+//! - [`spec`]: the table, its checking and [`AttackKind`].
+//! - [`util`]: connecting from a source address, spotting a refusal at accept, reading
+//!   replies while scanning them for the canary, and the per-run bookkeeping.
+//! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`,
+//!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
+//!   `low_and_slow`.
+//!
+//! Every attacker sleeps until `t0 + start`, runs until `t0 + stop` or until the context's
+//! stop token is cancelled, holds at most `connections` connections at once, and reconnects
+//! from its sources (round-robin) when cut, backing off 200 to 500 ms after a refusal so that
+//! a block at accept is seen promptly without spinning. Beside its slots, every attack but
+//! low-and-slow checks each source it has used and not yet seen refused at least every
+//! 500 ms: a connection that sends nothing, watched 50 ms for a refusal, then reset (at most
+//! 8 such checks at once, on top of `connections`).
+//!
+//! Invariant: an attacker only ever sends to a loopback address; [`run`] refuses any other
+//! target before opening a socket. Nothing the server sends can make an attacker panic or
+//! allocate by a length the server declared; every received byte is scanned with
+//! [`Canary::leaked_in`].
+
+mod brute_force;
+mod conn;
+mod flood;
+mod low_and_slow;
+mod malformed;
+mod oversized;
+mod probe;
+mod raw_flood;
+mod slow_read;
+mod slowloris;
+pub mod spec;
+mod tamper;
+pub mod util;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use spec::{Attack, AttackError, AttackKind, AttackSpec};
+
+use spec::Params;
+use util::Env;
+
+/// Secrets the runner planted. No byte of them may ever reach an attacker.
+#[derive(Clone)]
+pub struct Canary {
+    /// The text of a private mail to the victim.
+    pub secret: String,
+    /// The victim's user name.
+    pub victim: String,
+    /// The victim's password.
+    pub victim_password: String,
+    /// Ids of the victim's private items, for the tamper attacker to go after.
+    pub victim_item_ids: Vec<u64>,
+}
+
+impl fmt::Debug for Canary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canary")
+            .field(
+                "secret",
+                &format_args!("<{} bytes redacted>", self.secret.len()),
+            )
+            .field("victim", &self.victim)
+            .field("victim_password", &format_args!("<redacted>"))
+            .field("victim_item_ids", &self.victim_item_ids)
+            .finish()
+    }
+}
+
+/// Every stored password hash starts like this (PHC string format of argon2).
+const HASH_MARKER: &[u8] = b"$argon2";
+
+impl Canary {
+    /// True if `bytes` contain the secret, the victim's password, or an argon2 hash marker.
+    /// Empty secrets never match.
+    pub fn leaked_in(&self, bytes: &[u8]) -> bool {
+        self.needles().any(|needle| util::contains(bytes, needle))
+    }
+
+    /// The byte strings looked for, skipping empty ones.
+    fn needles(&self) -> impl Iterator<Item = &[u8]> {
+        [
+            self.secret.as_bytes(),
+            self.victim_password.as_bytes(),
+            HASH_MARKER,
+        ]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+    }
+
+    /// The longest needle, so scans across read boundaries keep enough overlap.
+    fn longest(&self) -> usize {
+        self.needles().map(<[u8]>::len).max().unwrap_or(0)
+    }
+}
+
+/// Live counters shared with the runner while an attack runs.
+#[derive(Debug, Default)]
+pub struct Observations {
+    /// TCP connections established (including ones the server then refused at accept).
+    pub connects: AtomicU64,
+    /// Refusals at accept: closed with no bytes, one ERROR BUSY, or the connect itself
+    /// refused or reset.
+    pub refused: AtomicU64,
+    /// Frames written (well-formed or deliberately broken; raw bytes count none).
+    pub frames_sent: AtomicU64,
+    /// Bytes written.
+    pub bytes_sent: AtomicU64,
+    /// Frames received from the server.
+    pub replies: AtomicU64,
+    /// Times a canary byte string (or victim data) reached the attacker.
+    pub canary_leaks: AtomicU64,
+    /// The first time (since `t0`) each source saw a refusal at accept.
+    pub first_refused: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+}
+
+/// What every attacker gets from the runner.
+#[derive(Clone)]
+pub struct AttackContext {
+    /// The server; must be a loopback address ([`run`] refuses anything else).
+    pub target: SocketAddr,
+    /// The scenario start: the attacker sleeps until `t0 + start` and stops at `t0 + stop`.
+    pub t0: Instant,
+    /// The seed of every random choice (scenario seed ^ attack index); reported in the notes.
+    pub seed: u64,
+    /// Cancelled by the runner at the end; every loop observes it.
+    pub stop: CancellationToken,
+    /// An ordinary account the attacker may log in with: (user, password).
+    pub account: (String, String),
+    /// The planted secrets, to scan every received byte for.
+    pub canary: Canary,
+    /// Live counters, shared with the runner.
+    pub observations: Arc<Observations>,
+}
+
+impl fmt::Debug for AttackContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttackContext")
+            .field("target", &self.target)
+            .field("seed", &self.seed)
+            .field("account", &self.account.0)
+            .field("canary", &self.canary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an attack did, when it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackReport {
+    /// The kind of attack.
+    pub kind: AttackKind,
+    /// The source addresses it connected from (or tried to), ascending.
+    pub sources_used: Vec<Ipv4Addr>,
+    /// TCP connections established.
+    pub connects: u64,
+    /// Refusals at accept.
+    pub refused: u64,
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Canary leaks seen.
+    pub canary_leaks: u64,
+    /// Human-readable findings: the seed, replies by kind and error code, how connections
+    /// ended, kind-specific results, and any leak.
+    pub notes: Vec<String>,
+}
+
+/// How long the attack's tasks get, after the stop time, to notice and end before they are
+/// aborted.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `attack` until its stop time or until `ctx.stop` is cancelled. Never panics; bounded
+/// in connections, time and memory. A non-loopback target is refused without sending
+/// anything.
+pub async fn run(attack: &Attack, ctx: AttackContext) -> AttackReport {
+    let obs = Arc::clone(&ctx.observations);
+    if !ctx.target.ip().is_loopback() {
+        return AttackReport {
+            kind: attack.kind(),
+            sources_used: Vec::new(),
+            connects: 0,
+            refused: 0,
+            frames_sent: 0,
+            bytes_sent: 0,
+            canary_leaks: 0,
+            notes: vec![format!(
+                "refused to attack {}: attackers only send to loopback addresses",
+                ctx.target
+            )],
+        };
+    }
+    // Counters are reported as this attack's share, in case the runner shares one
+    // Observations between attacks.
+    let before = Totals::read(&obs);
+    let env = Arc::new(Env::new(attack, &ctx));
+    tracing::info!(
+        kind = attack.kind().as_str(),
+        seed = ctx.seed,
+        "attack starting"
+    );
+    let start_at = ctx.t0 + attack.start();
+    let started = tokio::select! {
+        _ = tokio::time::sleep_until(start_at) => true,
+        _ = env.halt.cancelled() => false,
+    };
+    if started {
+        let timer = {
+            let halt = env.halt.clone();
+            let stop_at = env.stop_at;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(stop_at) => halt.cancel(),
+                    _ = halt.cancelled() => {}
+                }
+            })
+        };
+        let work = run_kind(Arc::clone(&env), attack.params.clone());
+        let halt = env.halt.clone();
+        tokio::select! {
+            _ = work => {}
+            _ = async { halt.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => {
+                env.note("some tasks were still running at the stop time and were aborted");
+            }
+        }
+        timer.abort();
+    } else {
+        env.note("stopped before its start time");
+    }
+    env.halt.cancel();
+    let after = Totals::read(&obs);
+    let report = env.report(before.delta(&after));
+    tracing::info!(
+        kind = attack.kind().as_str(),
+        connects = report.connects,
+        refused = report.refused,
+        frames = report.frames_sent,
+        bytes = report.bytes_sent,
+        leaks = report.canary_leaks,
+        "attack ended"
+    );
+    report
+}
+
+/// Runs the kind's slots and, beside them, the refusal checks of its sources (except for
+/// low-and-slow, whose slots each keep to one source and whose stealth the checks would
+/// spoil).
+async fn run_kind(env: Arc<Env>, params: Params) {
+    if matches!(params, Params::LowAndSlow { .. }) {
+        return run_params(env, params).await;
+    }
+    let watcher = tokio::spawn(util::watch_sources(Arc::clone(&env)));
+    run_params(Arc::clone(&env), params).await;
+    // The watcher keeps checking until the attack halts, even after the slots are done.
+    let _ = watcher.await;
+}
+
+async fn run_params(env: Arc<Env>, params: Params) {
+    match params {
+        Params::Flood {
+            pipeline,
+            frames,
+            auth,
+        } => flood::run(env, pipeline, frames, auth).await,
+        Params::RawFlood {
+            bytes_per_s,
+            chunk_bytes,
+        } => raw_flood::run(env, bytes_per_s, chunk_bytes).await,
+        Params::Oversized {
+            declared_len,
+            body_bytes,
+        } => oversized::run(env, declared_len, body_bytes).await,
+        Params::Slowloris {
+            interval,
+            declared_len,
+        } => slowloris::run(env, interval, declared_len).await,
+        Params::SlowRead {
+            file_bytes,
+            requests_per_conn,
+            max_len,
+        } => slow_read::run(env, file_bytes, requests_per_conn, max_len).await,
+        Params::ConnChurn { per_source_rate } => conn::churn(env, per_source_rate).await,
+        Params::ConnExhaust => conn::exhaust(env).await,
+        Params::Malformed { cases } => malformed::run(env, cases).await,
+        Params::Tamper => tamper::run(env).await,
+        Params::BruteForce {
+            guesses,
+            target_user,
+        } => brute_force::run(env, guesses, target_user).await,
+        Params::Probe { interval } => probe::run(env, interval).await,
+        Params::LowAndSlow { rate_per_s, mix } => low_and_slow::run(env, rate_per_s, mix).await,
+    }
+}
+
+/// A snapshot of the counters the report carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Totals {
+    connects: u64,
+    refused: u64,
+    frames_sent: u64,
+    bytes_sent: u64,
+    canary_leaks: u64,
+}
+
+impl Totals {
+    pub(crate) fn read(obs: &Observations) -> Totals {
+        Totals {
+            connects: obs.connects.load(Ordering::Relaxed),
+            refused: obs.refused.load(Ordering::Relaxed),
+            frames_sent: obs.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: obs.bytes_sent.load(Ordering::Relaxed),
+            canary_leaks: obs.canary_leaks.load(Ordering::Relaxed),
+        }
+    }
+
+    fn delta(&self, after: &Totals) -> Totals {
+        Totals {
+            connects: after.connects.saturating_sub(self.connects),
+            refused: after.refused.saturating_sub(self.refused),
+            frames_sent: after.frames_sent.saturating_sub(self.frames_sent),
+            bytes_sent: after.bytes_sent.saturating_sub(self.bytes_sent),
+            canary_leaks: after.canary_leaks.saturating_sub(self.canary_leaks),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canary() -> Canary {
+        Canary {
+            secret: "CANARY-7f3a9c".into(),
+            victim: "victim".into(),
+            victim_password: "hunter2-victim".into(),
+            victim_item_ids: vec![1],
+        }
+    }
+
+    #[test]
+    fn leaked_in_finds_each_needle_anywhere() {
+        let c = canary();
+        assert!(c.leaked_in(b"CANARY-7f3a9c"));
+        assert!(c.leaked_in(b"xx CANARY-7f3a9c yy"));
+        assert!(c.leaked_in(b"\x00\x01hunter2-victim"));
+        assert!(c.leaked_in(b"$argon2id$v=19$m=64,t=1,p=1$..."));
+        assert!(!c.leaked_in(b""));
+        assert!(!c.leaked_in(b"CANARY-7f3a9"));
+        assert!(!c.leaked_in(b"hunter2"));
+        assert!(!c.leaked_in(b"victim"));
+        assert!(!c.leaked_in(b"$argon"));
+        let empty = Canary {
+            secret: String::new(),
+            victim: "v".into(),
+            victim_password: String::new(),
+            victim_item_ids: vec![],
+        };
+        assert!(!empty.leaked_in(b"anything at all"));
+        assert!(empty.leaked_in(b"$argon2"));
+        assert_eq!(c.longest(), 14);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let shown = format!("{:?}", canary());
+        assert!(!shown.contains("CANARY-7f3a9c"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn run_is_send() -> Result<(), Box<dyn std::error::Error>> {
+        fn assert_send<T: Send>(_: &T) {}
+        let attack: AttackSpec = toml::from_str("kind = \"tamper\"")?;
+        let attack = attack.check(1.0)?;
+        let ctx = AttackContext {
+            target: "127.0.0.1:9".parse()?,
+            t0: Instant::now(),
+            seed: 1,
+            stop: CancellationToken::new(),
+            account: ("mallory".into(), "pw".into()),
+            canary: canary(),
+            observations: Arc::new(Observations::default()),
+        };
+        let fut = run(&attack, ctx);
+        assert_send(&fut);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refuses_non_loopback_targets() -> Result<(), Box<dyn std::error::Error>> {
+        let attack: AttackSpec = toml::from_str("kind = \"raw-flood\"")?;
+        let attack = attack.check(1.0)?;
+        let obs = Arc::new(Observations::default());
+        let ctx = AttackContext {
+            target: "192.0.2.1:7070".parse()?,
+            t0: Instant::now(),
+            seed: 1,
+            stop: CancellationToken::new(),
+            account: ("mallory".into(), "pw".into()),
+            canary: canary(),
+            observations: Arc::clone(&obs),
+        };
+        let report = run(&attack, ctx).await;
+        assert_eq!(report.connects, 0);
+        assert_eq!(report.bytes_sent, 0);
+        assert!(report.notes[0].contains("loopback"), "{:?}", report.notes);
+        assert_eq!(obs.connects.load(Ordering::Relaxed), 0);
+        Ok(())
+    }
+}

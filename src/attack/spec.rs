@@ -1,0 +1,921 @@
+//! What a scenario file's `[[attack]]` table says ([`AttackSpec`]), and the checked [`Attack`]
+//! it becomes. Only an [`Attack`] can run.
+//!
+//! Every kind shares four keys: `connections` (most connections open at once, default 1),
+//! `sources` (an IPv4 network inside 127.0.0.0/8 whose hosts the attacker binds, default
+//! `127.0.1.0/24`), `start_s` (default 0) and `stop_s` (default: the end of the scenario).
+//! Kind-specific keys all have defaults; [`AttackSpec::check`] fills them in and rejects bad
+//! values with an error naming the key. A key the kind does not know is rejected by serde,
+//! naming it, because the enum denies unknown fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::limits::MAX_USER_NAME;
+
+/// Most connections one attack may hold open at once.
+pub const MAX_CONNECTIONS: u32 = 20_000;
+
+/// The longest scenario an attack accepts, in seconds (a year; keeps every instant
+/// representable).
+const MAX_DURATION_S: f64 = 365.0 * 86_400.0;
+
+/// Most source addresses one attack expands its `sources` network to.
+pub const MAX_SOURCES: usize = 4096;
+
+/// The `sources` network when a table names none.
+pub const DEFAULT_SOURCES: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 1, 0), 24);
+
+/// Every attack source must lie inside this network (Linux routes all of it to loopback).
+const LOOPBACK_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8);
+
+// Kind-specific defaults, each with where its number comes from.
+
+/// flood: frames written per batch; 32 small frames fill one loopback segment or so.
+const DEFAULT_PIPELINE: u32 = 32;
+/// raw-flood: bytes per write; a typical socket-send loop writes a few pages at a time.
+const DEFAULT_CHUNK_BYTES: u64 = 16 * 1024;
+/// oversized: bytes streamed after a header that declares more than the frame limit; twice
+/// the default frame limit, so a server that buffered toward the declared length would show.
+const DEFAULT_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// slowloris: one byte a second, the classic drip.
+const DEFAULT_INTERVAL_MS: u64 = 1000;
+/// slowloris: a SEND_MAIL that declares about 1 MB, under the default frame limit, so the
+/// server must wait for it rather than reject the header.
+const DEFAULT_SLOWLORIS_DECLARED: u32 = 1_000_000;
+/// slow-read: a 4 MiB file, sixteen default chunks, far below the default quota.
+const DEFAULT_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// slow-read: DOWNLOAD requests pipelined per connection: 256 x 256 KiB = 64 MiB of replies,
+/// far more than any socket buffer.
+const DEFAULT_REQUESTS_PER_CONN: u32 = 256;
+/// slow-read: bytes asked for per DOWNLOAD, the default chunk size.
+const DEFAULT_MAX_LEN: u32 = 256 * 1024;
+/// conn-churn: connections per second per source, under the default accept rate (50/s).
+const DEFAULT_PER_SOURCE_RATE: f64 = 20.0;
+/// brute-force: total password guesses.
+const DEFAULT_GUESSES: u32 = 1000;
+/// probe: pause between probes on one connection slot.
+const DEFAULT_PROBE_INTERVAL_MS: u64 = 200;
+/// low-and-slow: one request a second, far under every frame rate limit.
+const DEFAULT_LOW_RATE: f64 = 1.0;
+
+/// Frames the flood attacker cycles through (`frames` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum FloodFrame {
+    /// PING.
+    Ping,
+    /// LIST_INBOX of one entry.
+    ListInbox,
+    /// SEND_MESSAGE of a short text to itself.
+    SendMessage,
+    /// FETCH of a low item id.
+    Fetch,
+}
+
+impl FloodFrame {
+    const NAMES: [(&'static str, FloodFrame); 4] = [
+        ("ping", FloodFrame::Ping),
+        ("list-inbox", FloodFrame::ListInbox),
+        ("send-message", FloodFrame::SendMessage),
+        ("fetch", FloodFrame::Fetch),
+    ];
+}
+
+/// The malformed cases, by name (`cases` key). Each is sent on a fresh connection.
+pub(crate) const MALFORMED_CASES: [&str; 17] = [
+    "bad-magic",
+    "bad-magic-second",
+    "bad-version",
+    "unknown-kind",
+    "reply-kind",
+    "reserved-flags",
+    "fixed-too-long",
+    "fixed-too-short",
+    "field-too-long",
+    "field-past-end",
+    "trailing-bytes",
+    "invalid-utf8",
+    "too-many-items",
+    "bit-flip",
+    "truncated-frame",
+    "header-then-eof",
+    "garbage-after-valid",
+];
+
+/// Operations the low-and-slow attacker mixes (`mix` keys).
+pub(crate) const LOW_AND_SLOW_OPS: [&str; 6] =
+    ["fetch", "download", "list", "message", "ping", "login-fail"];
+
+macro_rules! attack_specs {
+    ($(
+        $(#[$vdoc:meta])*
+        $variant:ident {
+            $( $(#[$fdoc:meta])* $field:ident : $ty:ty, )*
+        }
+    )*) => {
+        /// One `[[attack]]` table as read from TOML, internally tagged on `kind` (kebab-case).
+        /// Unknown keys are rejected, naming the key. Every key is optional; the defaults are
+        /// applied by [`AttackSpec::check`].
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+        pub enum AttackSpec {
+            $(
+                $(#[$vdoc])*
+                $variant {
+                    /// Most connections open at once (default 1, at most 20 000).
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    connections: Option<u32>,
+                    /// Source network inside 127.0.0.0/8 whose hosts are bound (default
+                    /// 127.0.1.0/24; at most 4096 hosts are used).
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    sources: Option<Ipv4Net>,
+                    /// Seconds after the scenario start when the attack begins (default 0).
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    start_s: Option<f64>,
+                    /// Seconds after the scenario start when the attack ends (default: the
+                    /// scenario's end).
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    stop_s: Option<f64>,
+                    $(
+                        $(#[$fdoc])*
+                        #[serde(default, skip_serializing_if = "Option::is_none")]
+                        $field: Option<$ty>,
+                    )*
+                },
+            )*
+        }
+
+        impl AttackSpec {
+            /// The kind of attack this table describes.
+            pub fn kind(&self) -> AttackKind {
+                match self {
+                    $( AttackSpec::$variant { .. } => AttackKind::$variant, )*
+                }
+            }
+
+            fn common(&self) -> CommonSpec {
+                match self {
+                    $(
+                        AttackSpec::$variant { connections, sources, start_s, stop_s, .. } => {
+                            CommonSpec {
+                                connections: *connections,
+                                sources: *sources,
+                                start_s: *start_s,
+                                stop_s: *stop_s,
+                            }
+                        }
+                    )*
+                }
+            }
+        }
+    };
+}
+
+attack_specs! {
+    /// Valid frames at full speed, pipelined; replies are drained unread.
+    Flood {
+        /// Frames written per batch (default 32, 1 to 4096).
+        pipeline: u32,
+        /// Frames to cycle through: "ping", "list-inbox", "send-message", "fetch" (of item 1,
+        /// likely someone else's) (default ping, list-inbox, send-message).
+        frames: Vec<String>,
+        /// Log in with the attack account first (default true); without it only PINGs make
+        /// sense.
+        auth: bool,
+    }
+    /// Endless random bytes, the `while True: socket.send(data)` case.
+    RawFlood {
+        /// Cap on bytes per second for the whole attack, shared by its connections (default
+        /// none: as fast as the socket takes them).
+        bytes_per_s: u64,
+        /// Bytes per write (default 16384, 1 to 1 MiB).
+        chunk_bytes: u64,
+    }
+    /// A header declaring a length far over the limit, and a huge body.
+    Oversized {
+        /// The length the huge header declares (default u32::MAX).
+        declared_len: u32,
+        /// Bytes streamed after a header that declares the frame limit plus one (default
+        /// 4 MiB, at most 1 GiB).
+        body_bytes: u64,
+    }
+    /// Many connections, each sending one byte at a time; a header that declares a large
+    /// frame, then a drip or a stall.
+    Slowloris {
+        /// Milliseconds between bytes (default 1000, 1 to 600 000).
+        interval_ms: u64,
+        /// Payload length the dripped SEND_MAIL header declares (default 1 000 000).
+        declared_len: u32,
+    }
+    /// Uploads a big file to itself, then pipelines DOWNLOADs of it and never reads.
+    SlowRead {
+        /// Size of the file uploaded first (default 4 MiB, 1 byte to 1 GiB).
+        file_bytes: u64,
+        /// DOWNLOAD requests pipelined per connection (default 256, 1 to 100 000).
+        requests_per_conn: u32,
+        /// Bytes asked for per DOWNLOAD (default 262144).
+        max_len: u32,
+    }
+    /// A connect/disconnect storm from many sources.
+    ConnChurn {
+        /// Connections per second per source (default 20, above 0 and at most 10 000).
+        per_source_rate: f64,
+    }
+    /// Holds as many connections as it is allowed.
+    ConnExhaust {}
+    /// Bad magic, version or kind, truncated frames, wrong lengths, invalid UTF-8, bit flips.
+    Malformed {
+        /// Case names to cycle through (default all of them).
+        cases: Vec<String>,
+    }
+    /// Tries to reach the victim's data: other users' ids, flag bits, path traversal, SQL
+    /// metacharacters, forged senders, replayed AUTH frames.
+    Tamper {}
+    /// Password guessing against one user.
+    BruteForce {
+        /// Total guesses (default 1000).
+        guesses: u32,
+        /// The user attacked (default: the scenario's victim).
+        target_user: String,
+    }
+    /// An HTTP request, a TLS ClientHello and an SSH banner sent to the port.
+    Probe {
+        /// Milliseconds between probes on one connection slot (default 200).
+        interval_ms: u64,
+    }
+    /// Behaves almost like a legit user but enumerates ids and fails logins, staying under
+    /// every rate limit and every rule's threshold.
+    LowAndSlow {
+        /// Requests per second per connection (default 1, above 0 and at most 20).
+        rate_per_s: f64,
+        /// Relative weights of "fetch", "download", "list", "message", "ping" and
+        /// "login-fail" (default fetch 0.35, download 0.05, list 0.2, message 0.15, ping 0.15,
+        /// login-fail 0.1).
+        mix: BTreeMap<String, f64>,
+    }
+}
+
+struct CommonSpec {
+    connections: Option<u32>,
+    sources: Option<Ipv4Net>,
+    start_s: Option<f64>,
+    stop_s: Option<f64>,
+}
+
+/// The kinds of attack, in the order the docs list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// Valid frames at full speed, replies ignored.
+    Flood,
+    /// Endless random bytes.
+    RawFlood,
+    /// Over-limit lengths and huge bodies.
+    Oversized,
+    /// One byte at a time on many connections.
+    Slowloris,
+    /// Big downloads that are never read.
+    SlowRead,
+    /// A connect/disconnect storm.
+    ConnChurn,
+    /// Holds every connection it is allowed.
+    ConnExhaust,
+    /// Malformed frames.
+    Malformed,
+    /// Tampering with identity, ids, flags, names and strings.
+    Tamper,
+    /// Password guessing.
+    BruteForce,
+    /// Non-rampart protocols (HTTP, TLS, SSH) sent to the port.
+    Probe,
+    /// Enumeration and failed logins under every limit.
+    LowAndSlow,
+}
+
+impl AttackKind {
+    /// Every kind.
+    pub const ALL: [AttackKind; 12] = [
+        AttackKind::Flood,
+        AttackKind::RawFlood,
+        AttackKind::Oversized,
+        AttackKind::Slowloris,
+        AttackKind::SlowRead,
+        AttackKind::ConnChurn,
+        AttackKind::ConnExhaust,
+        AttackKind::Malformed,
+        AttackKind::Tamper,
+        AttackKind::BruteForce,
+        AttackKind::Probe,
+        AttackKind::LowAndSlow,
+    ];
+
+    /// The kebab-case name used in scenario files (`"raw-flood"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttackKind::Flood => "flood",
+            AttackKind::RawFlood => "raw-flood",
+            AttackKind::Oversized => "oversized",
+            AttackKind::Slowloris => "slowloris",
+            AttackKind::SlowRead => "slow-read",
+            AttackKind::ConnChurn => "conn-churn",
+            AttackKind::ConnExhaust => "conn-exhaust",
+            AttackKind::Malformed => "malformed",
+            AttackKind::Tamper => "tamper",
+            AttackKind::BruteForce => "brute-force",
+            AttackKind::Probe => "probe",
+            AttackKind::LowAndSlow => "low-and-slow",
+        }
+    }
+}
+
+impl fmt::Display for AttackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A bad value in an attack table. Its message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} attack: `{key}` {message}")]
+pub struct AttackError {
+    /// The attack's kind.
+    pub kind: AttackKind,
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong with its value, in lower case.
+    pub message: String,
+}
+
+/// Kind-specific values after checking, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Params {
+    Flood {
+        pipeline: u32,
+        frames: Vec<FloodFrame>,
+        auth: bool,
+    },
+    RawFlood {
+        bytes_per_s: Option<u64>,
+        chunk_bytes: usize,
+    },
+    Oversized {
+        declared_len: u32,
+        body_bytes: u64,
+    },
+    Slowloris {
+        interval: Duration,
+        declared_len: u32,
+    },
+    SlowRead {
+        file_bytes: u64,
+        requests_per_conn: u32,
+        max_len: u32,
+    },
+    ConnChurn {
+        per_source_rate: f64,
+    },
+    ConnExhaust,
+    Malformed {
+        cases: Vec<&'static str>,
+    },
+    Tamper,
+    BruteForce {
+        guesses: u32,
+        target_user: Option<String>,
+    },
+    Probe {
+        interval: Duration,
+    },
+    LowAndSlow {
+        rate_per_s: f64,
+        /// (operation, weight), in [`LOW_AND_SLOW_OPS`] order; weights sum to more than 0.
+        mix: Vec<(&'static str, f64)>,
+    },
+}
+
+/// A checked attack, ready to run with [`run`](super::run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attack {
+    spec: AttackSpec,
+    kind: AttackKind,
+    pub(crate) params: Params,
+    connections: u32,
+    net: Ipv4Net,
+    sources: Vec<Ipv4Addr>,
+    start: Duration,
+    stop: Duration,
+}
+
+impl Attack {
+    /// The kind of attack.
+    pub fn kind(&self) -> AttackKind {
+        self.kind
+    }
+
+    /// The source addresses the attacker binds, in order (the hosts of its `sources` network,
+    /// at most [`MAX_SOURCES`]).
+    pub fn sources(&self) -> &[Ipv4Addr] {
+        &self.sources
+    }
+
+    /// The `sources` network.
+    pub fn source_net(&self) -> Ipv4Net {
+        self.net
+    }
+
+    /// When the attack begins, after the scenario start.
+    pub fn start(&self) -> Duration {
+        self.start
+    }
+
+    /// When the attack ends, after the scenario start.
+    pub fn stop(&self) -> Duration {
+        self.stop
+    }
+
+    /// Most connections open at once.
+    pub fn connections(&self) -> u32 {
+        self.connections
+    }
+
+    /// The table this attack was checked from.
+    pub fn spec(&self) -> &AttackSpec {
+        &self.spec
+    }
+}
+
+/// Builds [`AttackError`]s for one kind.
+struct Checker {
+    kind: AttackKind,
+}
+
+impl Checker {
+    fn err(&self, key: &'static str, message: impl Into<String>) -> AttackError {
+        AttackError {
+            kind: self.kind,
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn range_u64(&self, key: &'static str, v: u64, lo: u64, hi: u64) -> Result<u64, AttackError> {
+        if v < lo || v > hi {
+            return Err(self.err(key, format!("must be between {lo} and {hi}, got {v}")));
+        }
+        Ok(v)
+    }
+
+    fn range_f64(&self, key: &'static str, v: f64, lo: f64, hi: f64) -> Result<f64, AttackError> {
+        if !v.is_finite() || v <= lo || v > hi {
+            return Err(self.err(key, format!("must be above {lo} and at most {hi}, got {v}")));
+        }
+        Ok(v)
+    }
+}
+
+impl AttackSpec {
+    /// Checks every value and fills in the defaults. `scenario_duration_s` is the scenario's
+    /// `duration_s`, the default `stop_s`. The error names the offending key.
+    pub fn check(&self, scenario_duration_s: f64) -> Result<Attack, AttackError> {
+        let kind = self.kind();
+        let c = Checker { kind };
+        let common = self.common();
+        if !scenario_duration_s.is_finite()
+            || scenario_duration_s <= 0.0
+            || scenario_duration_s > MAX_DURATION_S
+        {
+            return Err(c.err(
+                "duration_s",
+                format!(
+                    "must be a positive number of seconds up to {MAX_DURATION_S}, got {scenario_duration_s}"
+                ),
+            ));
+        }
+        let connections = common.connections.unwrap_or(1);
+        c.range_u64(
+            "connections",
+            u64::from(connections),
+            1,
+            u64::from(MAX_CONNECTIONS),
+        )?;
+        let net = common.sources.unwrap_or(DEFAULT_SOURCES);
+        if !LOOPBACK_NET.contains(&net) {
+            return Err(c.err(
+                "sources",
+                format!("must lie inside 127.0.0.0/8 (loopback), got {net}"),
+            ));
+        }
+        let sources: Vec<Ipv4Addr> = net
+            .hosts()
+            .filter(|ip| *ip != LOOPBACK_NET.network() && *ip != LOOPBACK_NET.broadcast())
+            .take(MAX_SOURCES)
+            .collect();
+        if sources.is_empty() {
+            return Err(c.err("sources", format!("{net} has no usable host address")));
+        }
+        let start_s = common.start_s.unwrap_or(0.0);
+        if !start_s.is_finite() || start_s < 0.0 || start_s >= scenario_duration_s {
+            return Err(c.err(
+                "start_s",
+                format!(
+                    "must be at least 0 and below the scenario's duration_s ({scenario_duration_s}), got {start_s}"
+                ),
+            ));
+        }
+        let stop_s = common.stop_s.unwrap_or(scenario_duration_s);
+        if !stop_s.is_finite() || stop_s <= start_s || stop_s > scenario_duration_s {
+            return Err(c.err(
+                "stop_s",
+                format!(
+                    "must be above start_s ({start_s}) and at most the scenario's duration_s ({scenario_duration_s}), got {stop_s}"
+                ),
+            ));
+        }
+        let params = self.check_params(&c)?;
+        Ok(Attack {
+            spec: self.clone(),
+            kind,
+            params,
+            connections,
+            net,
+            sources,
+            start: Duration::from_secs_f64(start_s),
+            stop: Duration::from_secs_f64(stop_s),
+        })
+    }
+
+    fn check_params(&self, c: &Checker) -> Result<Params, AttackError> {
+        Ok(match self {
+            AttackSpec::Flood {
+                pipeline,
+                frames,
+                auth,
+                ..
+            } => {
+                let pipeline = c.range_u64(
+                    "pipeline",
+                    u64::from(pipeline.unwrap_or(DEFAULT_PIPELINE)),
+                    1,
+                    4096,
+                )? as u32;
+                let frames = match frames {
+                    None => vec![
+                        FloodFrame::Ping,
+                        FloodFrame::ListInbox,
+                        FloodFrame::SendMessage,
+                    ],
+                    Some(names) => {
+                        if names.is_empty() {
+                            return Err(c.err("frames", "must name at least one frame"));
+                        }
+                        names
+                            .iter()
+                            .map(|n| {
+                                FloodFrame::NAMES
+                                    .iter()
+                                    .find(|(name, _)| name == n)
+                                    .map(|(_, f)| *f)
+                                    .ok_or_else(|| {
+                                        c.err(
+                                            "frames",
+                                            format!(
+                                                "unknown frame {n:?}; known: ping, list-inbox, send-message, fetch"
+                                            ),
+                                        )
+                                    })
+                            })
+                            .collect::<Result<Vec<_>, _>>()?
+                    }
+                };
+                Params::Flood {
+                    pipeline,
+                    frames,
+                    auth: auth.unwrap_or(true),
+                }
+            }
+            AttackSpec::RawFlood {
+                bytes_per_s,
+                chunk_bytes,
+                ..
+            } => {
+                if let Some(rate) = bytes_per_s {
+                    c.range_u64("bytes_per_s", *rate, 1, u64::MAX)?;
+                }
+                let chunk = c.range_u64(
+                    "chunk_bytes",
+                    chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES),
+                    1,
+                    1024 * 1024,
+                )?;
+                Params::RawFlood {
+                    bytes_per_s: *bytes_per_s,
+                    chunk_bytes: chunk as usize,
+                }
+            }
+            AttackSpec::Oversized {
+                declared_len,
+                body_bytes,
+                ..
+            } => Params::Oversized {
+                declared_len: declared_len.unwrap_or(u32::MAX),
+                body_bytes: c.range_u64(
+                    "body_bytes",
+                    body_bytes.unwrap_or(DEFAULT_BODY_BYTES),
+                    1,
+                    1 << 30,
+                )?,
+            },
+            AttackSpec::Slowloris {
+                interval_ms,
+                declared_len,
+                ..
+            } => Params::Slowloris {
+                interval: Duration::from_millis(c.range_u64(
+                    "interval_ms",
+                    interval_ms.unwrap_or(DEFAULT_INTERVAL_MS),
+                    1,
+                    600_000,
+                )?),
+                declared_len: declared_len.unwrap_or(DEFAULT_SLOWLORIS_DECLARED),
+            },
+            AttackSpec::SlowRead {
+                file_bytes,
+                requests_per_conn,
+                max_len,
+                ..
+            } => Params::SlowRead {
+                file_bytes: c.range_u64(
+                    "file_bytes",
+                    file_bytes.unwrap_or(DEFAULT_FILE_BYTES),
+                    1,
+                    1 << 30,
+                )?,
+                requests_per_conn: c.range_u64(
+                    "requests_per_conn",
+                    u64::from(requests_per_conn.unwrap_or(DEFAULT_REQUESTS_PER_CONN)),
+                    1,
+                    100_000,
+                )? as u32,
+                max_len: c.range_u64(
+                    "max_len",
+                    u64::from(max_len.unwrap_or(DEFAULT_MAX_LEN)),
+                    1,
+                    u64::from(u32::MAX),
+                )? as u32,
+            },
+            AttackSpec::ConnChurn {
+                per_source_rate, ..
+            } => Params::ConnChurn {
+                per_source_rate: c.range_f64(
+                    "per_source_rate",
+                    per_source_rate.unwrap_or(DEFAULT_PER_SOURCE_RATE),
+                    0.0,
+                    10_000.0,
+                )?,
+            },
+            AttackSpec::ConnExhaust { .. } => Params::ConnExhaust,
+            AttackSpec::Malformed { cases, .. } => {
+                let cases =
+                    match cases {
+                        None => MALFORMED_CASES.to_vec(),
+                        Some(names) => {
+                            if names.is_empty() {
+                                return Err(c.err("cases", "must name at least one case"));
+                            }
+                            names
+                                .iter()
+                                .map(|n| {
+                                    MALFORMED_CASES.iter().copied().find(|k| k == n).ok_or_else(
+                                        || {
+                                            c.err(
+                                                "cases",
+                                                format!(
+                                                    "unknown case {n:?}; known: {}",
+                                                    MALFORMED_CASES.join(", ")
+                                                ),
+                                            )
+                                        },
+                                    )
+                                })
+                                .collect::<Result<Vec<_>, _>>()?
+                        }
+                    };
+                Params::Malformed { cases }
+            }
+            AttackSpec::Tamper { .. } => Params::Tamper,
+            AttackSpec::BruteForce {
+                guesses,
+                target_user,
+                ..
+            } => {
+                if let Some(user) = target_user {
+                    if user.is_empty() || user.len() > MAX_USER_NAME {
+                        return Err(c.err(
+                            "target_user",
+                            format!(
+                                "must be 1 to {MAX_USER_NAME} bytes long, got {}",
+                                user.len()
+                            ),
+                        ));
+                    }
+                }
+                Params::BruteForce {
+                    guesses: c.range_u64(
+                        "guesses",
+                        u64::from(guesses.unwrap_or(DEFAULT_GUESSES)),
+                        1,
+                        u64::from(u32::MAX),
+                    )? as u32,
+                    target_user: target_user.clone(),
+                }
+            }
+            AttackSpec::Probe { interval_ms, .. } => Params::Probe {
+                interval: Duration::from_millis(c.range_u64(
+                    "interval_ms",
+                    interval_ms.unwrap_or(DEFAULT_PROBE_INTERVAL_MS),
+                    1,
+                    600_000,
+                )?),
+            },
+            AttackSpec::LowAndSlow {
+                rate_per_s, mix, ..
+            } => {
+                let rate = c.range_f64(
+                    "rate_per_s",
+                    rate_per_s.unwrap_or(DEFAULT_LOW_RATE),
+                    0.0,
+                    20.0,
+                )?;
+                let mix = match mix {
+                    None => vec![
+                        ("fetch", 0.35),
+                        ("download", 0.05),
+                        ("list", 0.2),
+                        ("message", 0.15),
+                        ("ping", 0.15),
+                        ("login-fail", 0.1),
+                    ],
+                    Some(map) => {
+                        for (name, w) in map {
+                            if !LOW_AND_SLOW_OPS.contains(&name.as_str()) {
+                                return Err(c.err(
+                                    "mix",
+                                    format!(
+                                        "unknown operation {name:?}; known: {}",
+                                        LOW_AND_SLOW_OPS.join(", ")
+                                    ),
+                                ));
+                            }
+                            if !w.is_finite() || *w < 0.0 {
+                                return Err(c.err(
+                                    "mix",
+                                    format!("weight of {name:?} must be 0 or more, got {w}"),
+                                ));
+                            }
+                        }
+                        let mix: Vec<(&'static str, f64)> = LOW_AND_SLOW_OPS
+                            .iter()
+                            .map(|op| (*op, map.get(*op).copied().unwrap_or(0.0)))
+                            .filter(|(_, w)| *w > 0.0)
+                            .collect();
+                        if mix.is_empty() {
+                            return Err(c.err("mix", "must give some operation a weight above 0"));
+                        }
+                        mix
+                    }
+                };
+                Params::LowAndSlow {
+                    rate_per_s: rate,
+                    mix,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AttackSpec, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn defaults_fill_in() -> Result<(), Box<dyn std::error::Error>> {
+        let spec = parse(r#"kind = "raw-flood""#)?;
+        let attack = spec.check(10.0)?;
+        assert_eq!(attack.kind(), AttackKind::RawFlood);
+        assert_eq!(attack.connections(), 1);
+        assert_eq!(attack.sources().len(), 254);
+        assert_eq!(attack.sources()[0], Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(attack.start(), Duration::ZERO);
+        assert_eq!(attack.stop(), Duration::from_secs(10));
+        assert_eq!(
+            attack.params,
+            Params::RawFlood {
+                bytes_per_s: None,
+                chunk_bytes: 16 * 1024
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kind_specific_keys_and_integers_as_seconds() -> Result<(), Box<dyn std::error::Error>> {
+        let spec = parse(
+            "kind = \"brute-force\"\nconnections = 4\nsources = \"127.0.2.0/25\"\nstart_s = 2\nstop_s = 7.5\nguesses = 30\n",
+        )?;
+        let attack = spec.check(10.0)?;
+        assert_eq!(attack.sources().len(), 126);
+        assert_eq!(attack.start(), Duration::from_secs(2));
+        assert_eq!(attack.stop(), Duration::from_millis(7500));
+        assert!(matches!(
+            attack.params,
+            Params::BruteForce { guesses: 30, .. }
+        ));
+        let one = parse("kind = \"probe\"\nsources = \"127.0.9.9/32\"\n")?.check(5.0)?;
+        assert_eq!(one.sources(), &[Ipv4Addr::new(127, 0, 9, 9)]);
+        Ok(())
+    }
+
+    #[test]
+    fn typo_is_rejected_naming_the_key() {
+        let err = parse("kind = \"raw-flood\"\nbytes_per_sec = 5\n").err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("bytes_per_sec"), "{text}");
+        let err = parse("kind = \"tamper\"\nconections = 5\n").err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("conections"), "{text}");
+        let err = parse("kind = \"raw-flod\"\n").err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("raw-flod"), "{text}");
+    }
+
+    fn check_err(text: &str, key: &str) {
+        let result = parse(text).map(|s| s.check(10.0));
+        match result {
+            Ok(Err(e)) => {
+                assert_eq!(e.key, key, "{e}");
+                assert!(e.to_string().contains(key), "{e}");
+            }
+            other => panic!("expected an error for `{key}`, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        check_err("kind = \"flood\"\nsources = \"10.0.0.0/24\"\n", "sources");
+        check_err("kind = \"flood\"\nsources = \"126.0.0.0/7\"\n", "sources");
+        check_err("kind = \"flood\"\nconnections = 0\n", "connections");
+        check_err("kind = \"flood\"\nconnections = 20001\n", "connections");
+        check_err("kind = \"flood\"\nstart_s = 5\nstop_s = 4\n", "stop_s");
+        check_err("kind = \"flood\"\nstart_s = 10\n", "start_s");
+        check_err("kind = \"flood\"\nstop_s = 11\n", "stop_s");
+        check_err("kind = \"flood\"\npipeline = 0\n", "pipeline");
+        check_err("kind = \"flood\"\nframes = [\"pong\"]\n", "frames");
+        check_err("kind = \"raw-flood\"\nchunk_bytes = 0\n", "chunk_bytes");
+        check_err("kind = \"malformed\"\ncases = [\"nope\"]\n", "cases");
+        check_err(
+            "kind = \"conn-churn\"\nper_source_rate = 0\n",
+            "per_source_rate",
+        );
+        check_err("kind = \"low-and-slow\"\nmix = { sneeze = 1.0 }\n", "mix");
+        check_err("kind = \"low-and-slow\"\nmix = { ping = 0.0 }\n", "mix");
+        check_err(
+            "kind = \"brute-force\"\ntarget_user = \"\"\n",
+            "target_user",
+        );
+        check_err("kind = \"slowloris\"\ninterval_ms = 0\n", "interval_ms");
+        for bad in [0.0, -1.0, f64::NAN, 1e30] {
+            let err = parse("kind = \"probe\"").map(|s| s.check(bad).err());
+            assert!(
+                matches!(
+                    err,
+                    Ok(Some(AttackError {
+                        key: "duration_s",
+                        ..
+                    }))
+                ),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_their_names() -> Result<(), Box<dyn std::error::Error>> {
+        for kind in AttackKind::ALL {
+            let json = serde_json::to_string(&kind)?;
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            let spec = parse(&format!("kind = \"{}\"", kind.as_str()))?;
+            assert_eq!(spec.kind(), kind);
+            spec.check(1.0)?;
+        }
+        Ok(())
+    }
+}
