@@ -792,3 +792,39 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn every_close_reason_survives_the_activity_database() {
+        for r in CloseReason::ALL {
+            assert_eq!(crate::activity::intern_reason(r.as_str()), r.as_str());
+        }
+        use crate::guard::{Limited, Refusal};
+        let refusals = [
+            Refusal::Denied,
+            Refusal::Blocked {
+                until: std::time::SystemTime::UNIX_EPOCH,
+            },
+            Refusal::AcceptRate,
+            Refusal::TooManyConnections,
+            Refusal::TooManyFromSource,
+        ];
+        let limits = [
+            Limited::Ip,
+            Limited::User,
+            Limited::Connection,
+            Limited::LoginIp,
+            Limited::LoginUser,
+        ];
+        for r in refusals
+            .iter()
+            .map(|r| r.reason())
+            .chain(limits.iter().map(|l| l.reason()))
+        {
+            assert_eq!(crate::activity::intern_reason(r), r);
+        }
+    }
+}
