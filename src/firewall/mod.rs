@@ -333,7 +333,9 @@ impl Firewall {
             score,
             reason,
         };
-        tracing::warn!(
+        // Info, not warn: under attack there is one per attacking source, and every
+        // decision is stored in the activity database for `rampart firewall list`.
+        tracing::info!(
             source = %decision.source,
             action = ?decision.action,
             duration_s,
