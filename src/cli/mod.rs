@@ -5,6 +5,7 @@ mod client;
 mod demo;
 mod firewall;
 mod load;
+mod scenario;
 mod serve;
 mod time;
 mod user;
@@ -22,7 +23,8 @@ messaging server (chat messages, mail with attachments, files) and the attacks a
 
 const EXAMPLES: &str = "\
 Examples:
-  rampart demo                                          # end-to-end demo on 127.0.0.1
+  rampart scenario run scenarios/                       # the attack suite, with pass/fail
+  rampart demo                                          # a short end-to-end demo on 127.0.0.1
   echo 's3cret' | rampart user add alice --data-dir ./data
   rampart serve --data-dir ./data --listen 127.0.0.1:7878
   RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice message bob 'hola'
@@ -55,6 +57,9 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run attack scenarios against the server and check their expectations.
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
     /// Export recorded activity as feature CSVs, or count what was recorded.
     #[command(subcommand)]
     Activity(activity::ActivityCommand),
@@ -119,5 +124,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Firewall(cmd) => firewall::run(cmd),
         Command::Load(args) => rt.block_on(load::run(args)),
         Command::Activity(cmd) => activity::run(cmd),
+        Command::Scenario(cmd) => rt.block_on(scenario::run(cmd)),
     }
 }

@@ -1,0 +1,220 @@
+//! `rampart scenario run`: run attack scenarios, show live progress, print the summary table
+//! and write the JSON, JUnit and HTML reports. The work is [`rampart::scenario`]'s; this file
+//! parses arguments and draws.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use rampart::scenario::{run_files, LiveStats, Progress, RunOptions, Scenario, ScenarioReport};
+
+const RUN_HELP: &str = "\
+Each scenario starts a fresh in-process server on 127.0.0.1:0 with a temporary data directory,
+runs its legit clients and attacks for duration_s, reads back every acknowledged item, and checks
+its [expect] table. The exit code is 1 if any expectation fails. See docs/SCENARIOS.md.
+
+Examples:
+  rampart scenario run scenarios/
+  rampart scenario run scenarios/ --json report.json --junit report.xml --html report.html
+  rampart scenario run scenarios/flood.toml --seed 7
+  rampart scenario run scenarios/ --filter brute
+  rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data";
+
+/// `rampart scenario ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run scenario files and check their expectations.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+}
+
+/// `rampart scenario run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario files, or directories (every *.toml in it, sorted by name).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Attack an external `rampart serve` at this 127.x address instead of an in-process server.
+    #[arg(long, requires = "target_data_dir")]
+    target: Option<SocketAddr>,
+    /// The external server's data directory; the runner creates its accounts there.
+    #[arg(long, requires = "target")]
+    target_data_dir: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a JUnit XML report here (one testcase per scenario).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Write a self-contained HTML report with plots here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Override every scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep each in-process server's data directory as DIR/<scenario name>.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Run only the scenarios whose name contains NAME.
+    #[arg(long, value_name = "NAME")]
+    filter: Option<String>,
+    /// No live progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// One indicatif bar per scenario, on stderr.
+struct Bars {
+    multi: MultiProgress,
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Bars {
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr_with_hz(4)
+        };
+        Bars {
+            multi: MultiProgress::with_draw_target(target),
+            current: Mutex::new(None),
+        }
+    }
+
+    fn bar(&self) -> Option<ProgressBar> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn short(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=9_999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+impl Progress for Bars {
+    fn scenario_started(&self, index: usize, total: usize, scenario: &Scenario) {
+        let bar = self.multi.add(ProgressBar::new(
+            scenario.duration().as_millis().max(1) as u64
+        ));
+        let style = ProgressStyle::with_template("{prefix:.bold} [{bar:24.cyan/blue}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!(
+            "[{}/{total}] {} (seed {})",
+            index + 1,
+            scenario.name(),
+            scenario.seed()
+        ));
+        bar.set_message("setting up");
+        bar.enable_steady_tick(Duration::from_millis(250));
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar);
+    }
+
+    fn scenario_tick(&self, s: &LiveStats) {
+        let Some(bar) = self.bar() else { return };
+        bar.set_position(s.elapsed.as_millis() as u64);
+        let phase = if s.elapsed >= s.duration {
+            " · verifying"
+        } else {
+            ""
+        };
+        bar.set_message(format!(
+            "{:.1}/{:.0} s · legit {}/{} ok · attack {} frames, {} conns · blocked {}{}{}",
+            s.elapsed.as_secs_f64(),
+            s.duration.as_secs_f64(),
+            short(s.legit_delivered),
+            short(s.legit_attempted),
+            short(s.attack_frames),
+            short(s.attack_connects),
+            s.blocked_sources,
+            s.rss_mb
+                .map(|mb| format!(" · {mb:.0} MiB"))
+                .unwrap_or_default(),
+            phase
+        ));
+    }
+
+    fn scenario_finished(&self, r: &ScenarioReport) {
+        if let Some(bar) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        let verdict = if r.passed { "pass" } else { "FAIL" };
+        let line = format!(
+            "{verdict} {} (seed {}, {:.1} s): goodput {:.3}, p99 {:.1} ms, lost {}, blocked {}/{}",
+            r.name,
+            r.seed,
+            r.wall_s,
+            r.metrics.legit_goodput,
+            r.metrics.latency_p99_ms,
+            r.metrics.legit_lost,
+            r.metrics.blocked_sources,
+            r.metrics.attack_sources
+        );
+        self.multi.suspend(|| eprintln!("{line}"));
+    }
+}
+
+/// Runs `rampart scenario ...`.
+pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
+    let ScenarioCommand::Run(args) = cmd;
+    let opts = RunOptions {
+        target: args.target,
+        target_data_dir: args.target_data_dir.clone(),
+        seed: args.seed,
+        record_dir: args.record.clone(),
+        filter: args.filter.clone(),
+    };
+    let bars = Bars::new(args.quiet);
+    let report = run_files(&args.paths, &opts, &bars).await?;
+    // Written, not print!ed: a closed stdout (`| head`) is an error, not a panic.
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", report.summary_table())?;
+    if let Some(path) = &args.json {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.junit {
+        report
+            .write_junit(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.html {
+        report
+            .write_html(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    out.flush()?;
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,374 @@
+//! What a scenario run measures: legit operation records, live counters for the progress
+//! display, the per-second timeline the HTML report plots, resident memory, and the final
+//! [`ScenarioMetrics`] whose keys the JSON report promises.
+//!
+//! Latency is measured from each operation's *scheduled* time, not from when it was sent: a
+//! client that falls behind because the server is slow reports that slowness instead of
+//! hiding it (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The kinds of legit operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// SEND_MESSAGE.
+    Message,
+    /// SEND_MAIL, sometimes with one attachment.
+    Mail,
+    /// An upload and SEND_FILE.
+    File,
+}
+
+impl OpKind {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Message => "message",
+            OpKind::Mail => "mail",
+            OpKind::File => "file",
+        }
+    }
+}
+
+/// The outcome of one scheduled legit operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpRecord {
+    /// What it was.
+    pub kind: OpKind,
+    /// When it was due, from the scenario start.
+    pub scheduled: Duration,
+    /// From `scheduled` to the acknowledgement; `None` if never acknowledged.
+    pub latency: Option<Duration>,
+    /// Why it failed (a server error code name, `timeout`, `closed`, `missed`...).
+    pub error: Option<String>,
+}
+
+impl OpRecord {
+    /// Acknowledged within `slo` of its scheduled time.
+    pub fn delivered(&self, slo: Duration) -> bool {
+        self.latency.is_some_and(|l| l <= slo)
+    }
+}
+
+/// Counters shared by the runner's tasks and read by the progress display.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Legit operations whose scheduled time has come.
+    pub legit_attempted: AtomicU64,
+    /// Legit operations acknowledged within the latency SLO.
+    pub legit_delivered: AtomicU64,
+    /// Legit operations that failed or were acknowledged late.
+    pub legit_failed: AtomicU64,
+}
+
+impl LiveCounters {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The value at quantile `q` (0..=1) of sorted values, nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// An attack's active window, for shading plots.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttackWindow {
+    /// The attack kind.
+    pub kind: String,
+    /// Start, seconds from the scenario start.
+    pub start_s: f64,
+    /// Stop, seconds from the scenario start.
+    pub stop_s: f64,
+}
+
+/// Per-second series for the HTML report (index `i` covers `[i, i+1)` seconds).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Timeline {
+    /// Bucket width in seconds (always 1).
+    pub bucket_s: f64,
+    /// Legit operations scheduled in the bucket.
+    pub attempted: Vec<u64>,
+    /// Of those, delivered within the SLO.
+    pub delivered: Vec<u64>,
+    /// delivered / attempted, 1 for an empty bucket.
+    pub goodput: Vec<f64>,
+    /// Median latency of the bucket's acknowledged operations, ms (0 if none).
+    pub latency_p50_ms: Vec<f64>,
+    /// 99th percentile latency of the bucket's acknowledged operations, ms (0 if none).
+    pub latency_p99_ms: Vec<f64>,
+    /// Resident memory samples: (seconds from the scenario start, MiB).
+    pub rss_mb: Vec<(f64, f64)>,
+    /// When each attack ran.
+    pub attack_windows: Vec<AttackWindow>,
+    /// Attack sources blocked so far, sampled: (seconds, count).
+    pub blocked_sources: Vec<(f64, u64)>,
+}
+
+impl Timeline {
+    /// Buckets `records` per second of scheduled time over `duration`.
+    pub fn from_records(records: &[OpRecord], duration: Duration, slo: Duration) -> Timeline {
+        let buckets = (duration.as_secs_f64().ceil() as usize).max(1);
+        let mut attempted = vec![0u64; buckets];
+        let mut delivered = vec![0u64; buckets];
+        let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); buckets];
+        for r in records {
+            let i = (r.scheduled.as_secs_f64() as usize).min(buckets - 1);
+            attempted[i] += 1;
+            if r.delivered(slo) {
+                delivered[i] += 1;
+            }
+            if let Some(l) = r.latency {
+                latencies[i].push(ms(l));
+            }
+        }
+        let mut p50 = Vec::with_capacity(buckets);
+        let mut p99 = Vec::with_capacity(buckets);
+        for l in &mut latencies {
+            l.sort_by(f64::total_cmp);
+            p50.push(percentile(l, 0.50));
+            p99.push(percentile(l, 0.99));
+        }
+        let goodput = attempted
+            .iter()
+            .zip(&delivered)
+            .map(|(&a, &d)| if a == 0 { 1.0 } else { d as f64 / a as f64 })
+            .collect();
+        Timeline {
+            bucket_s: 1.0,
+            attempted,
+            delivered,
+            goodput,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            rss_mb: Vec::new(),
+            attack_windows: Vec::new(),
+            blocked_sources: Vec::new(),
+        }
+    }
+}
+
+/// A duration in milliseconds as a float.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Rounds to `digits` decimals, so reports do not print float noise.
+pub fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// One attack's measurements.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttackMetrics {
+    /// The kind.
+    pub kind: String,
+    /// Start of its window, seconds.
+    pub start_s: f64,
+    /// Distinct sources it connected from.
+    pub sources_used: u64,
+    /// Of those, refused at accept at some point.
+    pub sources_blocked: u64,
+    /// Slowest time to block among its blocked sources, seconds after `start_s`.
+    pub time_to_block_max_s: Option<f64>,
+    /// Median time to block among its blocked sources.
+    pub time_to_block_p50_s: Option<f64>,
+    /// Connection attempts.
+    pub connects: u64,
+    /// Connections refused at accept (closed with no byte, or one BUSY).
+    pub refused: u64,
+    /// Frames (or raw writes) sent.
+    pub frames_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Planted secrets seen in what the server sent this attacker.
+    pub canary_leaks: u64,
+    /// The attacker's own remarks.
+    pub notes: Vec<String>,
+}
+
+/// The numbers of one scenario run. The first fourteen fields are the JSON report's
+/// contract (issue 3); the rest are extras.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ScenarioMetrics {
+    /// Legit operations scheduled during the run.
+    pub legit_attempted: u64,
+    /// Of those, acknowledged within `expect.latency_slo_ms` of their scheduled time.
+    pub legit_delivered: u64,
+    /// `legit_delivered / legit_attempted` (1 when nothing was attempted).
+    pub legit_goodput: f64,
+    /// Acknowledged items that could not be read back intact by their recipient afterwards.
+    pub legit_lost: u64,
+    /// Median latency of acknowledged legit operations, ms, from their scheduled time.
+    pub latency_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub latency_p99_ms: f64,
+    /// Distinct sources the attacks connected from.
+    pub attack_sources: u64,
+    /// Of those, refused at accept (blocked, or turned away) at some point.
+    pub blocked_sources: u64,
+    /// Slowest time to block over the blocked attack sources, seconds after their attack's
+    /// start; `null` if none was blocked.
+    pub time_to_block_s: Option<f64>,
+    /// Legit sources that were ever blocked.
+    pub false_blocks: u64,
+    /// A fresh client could log in and PING after the run.
+    pub server_alive: bool,
+    /// Largest resident memory sampled, MiB; `null` if it could not be read (an external
+    /// server whose process was not found).
+    pub peak_rss_mb: Option<f64>,
+    /// Connection tasks that panicked and were contained; `null` for an external server.
+    pub panics_contained: Option<u64>,
+    /// Planted secrets that reached an attacker.
+    pub canary_leaks: u64,
+
+    /// Resident memory when the load started, MiB (after setup and logins).
+    pub rss_start_mb: Option<f64>,
+    /// `peak_rss_mb - rss_start_mb`: what the run itself added, free of setup and of earlier
+    /// scenarios in the same process.
+    pub rss_growth_mb: Option<f64>,
+    /// Legit operations acknowledged at all (late ones included).
+    pub legit_acknowledged: u64,
+    /// Legit failures by reason (server error code, `timeout`, `closed`, `late`, `missed`).
+    pub legit_errors: BTreeMap<String, u64>,
+    /// Legit operations per kind: (attempted, delivered).
+    pub legit_by_kind: BTreeMap<String, (u64, u64)>,
+    /// The first lost items, with why.
+    pub lost_items: Vec<String>,
+    /// Legit sources that were blocked.
+    pub false_blocked_sources: Vec<String>,
+    /// What the peak RSS covers.
+    pub rss_scope: String,
+    /// Frames the server rejected, by reason (decode errors, rate limits, ...); `null` for
+    /// an external server.
+    pub frames_rejected: Option<BTreeMap<String, u64>>,
+    /// Connections the server refused at accept; `null` for an external server.
+    pub connections_refused: Option<u64>,
+    /// Connections the server accepted; `null` for an external server.
+    pub connections_accepted: Option<u64>,
+    /// Why the server-alive check failed, if it did.
+    pub server_alive_error: Option<String>,
+    /// Per attack.
+    pub attacks: Vec<AttackMetrics>,
+}
+
+/// Resident memory of a process in MiB, from `/proc/<pid>/status` (VmRSS); `None` for this
+/// process when `pid` is `None`. Linux only; `None` elsewhere or if unreadable.
+pub fn rss_mb(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The process that listens on `addr` (IPv4 loopback, Linux): the socket's inode from
+/// `/proc/net/tcp`, then the process holding it among `/proc/*/fd`. Used to sample an
+/// external server's memory; `None` if not found or not permitted.
+pub fn find_listener_pid(addr: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!("{:04X}", addr.port());
+    let inode = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local = cols.get(1)?;
+        let state = cols.get(3)?;
+        let (_, p) = local.split_once(':')?;
+        // 0A is TCP_LISTEN.
+        (p == port && *state == "0A").then(|| cols.get(9).map(|s| s.to_string()))?
+    })?;
+    let needle = format!("socket:[{inode}]");
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == needle.as_str())
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(sched_ms: u64, latency_ms: Option<u64>) -> OpRecord {
+        OpRecord {
+            kind: OpKind::Message,
+            scheduled: Duration::from_millis(sched_ms),
+            latency: latency_ms.map(Duration::from_millis),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn timeline_buckets_by_scheduled_time() {
+        let slo = Duration::from_millis(100);
+        let records = [
+            rec(100, Some(10)),
+            rec(900, Some(500)),
+            rec(1500, None),
+            rec(2999, Some(20)),
+        ];
+        let t = Timeline::from_records(&records, Duration::from_secs(3), slo);
+        assert_eq!(t.attempted, vec![2, 1, 1]);
+        assert_eq!(t.delivered, vec![1, 0, 1]);
+        assert_eq!(t.goodput, vec![0.5, 0.0, 1.0]);
+        assert_eq!(t.latency_p99_ms, vec![500.0, 0.0, 20.0]);
+    }
+
+    #[test]
+    fn own_rss_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(rss_mb(None).is_some_and(|mb| mb > 0.0));
+        }
+    }
+
+    #[test]
+    fn finds_its_own_listener() -> std::io::Result<()> {
+        if !cfg!(target_os = "linux") {
+            return Ok(());
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let pid = find_listener_pid(listener.local_addr()?);
+        assert_eq!(pid, Some(std::process::id()));
+        Ok(())
+    }
+}

@@ -1,0 +1,975 @@
+//! Scenario files: [`ScenarioSpec`] is what serde reads from TOML; [`ScenarioSpec::check`]
+//! turns it into a [`Scenario`], and only a `Scenario` can run.
+//!
+//! Every table is `deny_unknown_fields`, so a misspelt key is an error naming the file and the
+//! key instead of a silently ignored setting. Range and cross-field rules are checked in
+//! `check`, which names the offending key (`legit[0].rate_per_s`, `expect.blocked_kinds`,
+//! `server.limits.max_chunk_bytes`, ...). docs/SCENARIOS.md describes every key.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::attack::{Attack, AttackKind, AttackSpec};
+use crate::config::{Config, ConfigError};
+
+/// Source network of legit clients when a `[[legit]]` table names none: six addresses
+/// (127.0.0.1 to 127.0.0.6), apart from the attackers' default 127.0.1.0/24.
+pub const DEFAULT_LEGIT_SOURCES: &str = "127.0.0.0/29";
+
+/// The runner's own address: planting the canary, the server-alive check and the fallback
+/// for read-back verification. No legit or attack network may contain it.
+pub const CONTROL_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 100);
+
+/// Longest scenario: every loop in the runner is bounded by the scenario's duration, and an
+/// hour is far beyond a CI suite (a larger number is usually milliseconds typed as seconds).
+pub const MAX_DURATION_S: f64 = 3600.0;
+
+/// Most legit clients in one scenario: each is a user, a login and a connection.
+pub const MAX_LEGIT_CLIENTS: u32 = 1000;
+
+/// Highest open-loop rate of one legit client, operations per second.
+pub const MAX_LEGIT_RATE_PER_S: f64 = 1000.0;
+
+/// Most addresses taken from one source network (a /20), so a `/8` cannot make a huge list.
+pub const MAX_SOURCES_PER_NET: usize = 4096;
+
+/// Largest legit file or attachment: legit files are "small seeded sizes", and the runner
+/// keeps no copy of them, only digests, but generates each one in memory.
+pub const MAX_LEGIT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest accepted `expect.latency_slo_ms`: a minute.
+pub const MAX_LATENCY_SLO_MS: u64 = 60_000;
+
+/// Why a scenario file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or does not fit the schema (unknown key, wrong type). The
+    /// message is toml's own, which names the key and shows the line.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A value is out of range or contradicts another one.
+    #[error("{}: key {key}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, e.g. `legit[0].rate_per_s` or `server.limits.max_chunk_bytes`.
+        key: String,
+        /// What is wrong, including the value given.
+        reason: String,
+    },
+    /// A path given on the command line holds no scenario file.
+    #[error("no scenario files (*.toml) in {}", path.display())]
+    NoScenarios {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Two files use the same scenario name (names key reports and record directories).
+    #[error("{}: scenario name `{name}` is also used by {}", path.display(), other.display())]
+    DuplicateName {
+        /// The second file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// The first file.
+        other: PathBuf,
+    },
+}
+
+impl ScenarioError {
+    /// The dotted key an [`ScenarioError::Invalid`] names.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ScenarioError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// One scenario file as read from TOML, unchecked. See docs/SCENARIOS.md.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    /// Short name, used in reports and file names: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// One line on what the scenario shows.
+    #[serde(default)]
+    pub description: String,
+    /// How long the legit load and the attacks run, in seconds.
+    pub duration_s: f64,
+    /// Seed for every random choice (passwords, contents, schedules, attackers).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Overrides for any server configuration key, e.g. `[server.limits]`.
+    #[serde(default)]
+    pub server: toml::Table,
+    /// Well-behaved load; several `[[legit]]` tables are allowed.
+    #[serde(default)]
+    pub legit: Vec<LegitSpec>,
+    /// Attacks; several `[[attack]]` tables are allowed.
+    #[serde(default)]
+    pub attack: Vec<AttackSpec>,
+    /// What must hold for the scenario to pass.
+    #[serde(default)]
+    pub expect: ExpectSpec,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// One `[[legit]]` table: a group of well-behaved clients.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegitSpec {
+    /// Clients (each its own user and connection).
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// Operations per second per client, open loop.
+    #[serde(default = "default_rate")]
+    pub rate_per_s: f64,
+    /// Relative weights of the operation kinds.
+    #[serde(default)]
+    pub mix: MixSpec,
+    /// Source addresses the clients bind, a network or one address inside 127.0.0.0/8.
+    #[serde(default, deserialize_with = "optional_net")]
+    pub sources: Option<Ipv4Net>,
+    /// Largest chat message text in bytes (a mail body is up to four times this).
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: u32,
+    /// Largest file or mail attachment in bytes.
+    #[serde(default = "default_file_bytes")]
+    pub file_bytes: u64,
+    /// When the group starts, seconds after the scenario start.
+    #[serde(default)]
+    pub start_s: f64,
+    /// When the group stops; the scenario's end by default.
+    #[serde(default)]
+    pub stop_s: Option<f64>,
+}
+
+fn default_clients() -> u32 {
+    4
+}
+fn default_rate() -> f64 {
+    5.0
+}
+fn default_message_bytes() -> u32 {
+    256
+}
+fn default_file_bytes() -> u64 {
+    16 * 1024
+}
+
+/// Reads a network (`"127.0.0.0/30"`) or a bare address (`"127.0.0.9"`, one address).
+fn optional_net<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ipv4Net>, D::Error> {
+    let raw = String::deserialize(d)?;
+    parse_net(&raw).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn parse_net(raw: &str) -> Result<Ipv4Net, String> {
+    if let Ok(net) = raw.parse::<Ipv4Net>() {
+        return Ok(net);
+    }
+    raw.parse::<Ipv4Addr>()
+        .map(Ipv4Net::from)
+        .map_err(|_| format!("invalid IPv4 network or address `{raw}`"))
+}
+
+/// toml's error on one line: line, column, message, and the text of the offending line.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The line itself names the key when the message does not ("invalid type").
+            let text_line = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} column {column}: {message} (at `{text_line}`)")
+        }
+        None => message,
+    }
+}
+
+/// The operation mix of a legit group: relative weights, normalized by `check`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MixSpec {
+    /// Chat messages.
+    #[serde(default)]
+    pub message: f64,
+    /// Mails; half of them carry one attachment.
+    #[serde(default)]
+    pub mail: f64,
+    /// Files.
+    #[serde(default)]
+    pub file: f64,
+}
+
+impl Default for MixSpec {
+    fn default() -> Self {
+        MixSpec {
+            message: 0.6,
+            mail: 0.3,
+            file: 0.1,
+        }
+    }
+}
+
+/// The `[expect]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// A fresh client can log in and PING after the run.
+    #[serde(default = "yes")]
+    pub server_alive: bool,
+    /// Smallest delivered / attempted ratio of legit operations.
+    #[serde(default)]
+    pub legit_goodput_min: Option<f64>,
+    /// A legit operation counts as delivered if acknowledged within this many ms of its
+    /// scheduled time.
+    #[serde(default = "default_slo_ms")]
+    pub latency_slo_ms: u64,
+    /// Largest p99 latency of acknowledged legit operations, in ms.
+    #[serde(default)]
+    pub latency_p99_ms_max: Option<f64>,
+    /// Most acknowledged legit items that cannot be read back afterwards.
+    #[serde(default)]
+    pub legit_lost_max: u64,
+    /// Every source an attack used must be refused at accept within this many seconds of
+    /// the attack's `start_s`.
+    #[serde(default)]
+    pub blocked_within_s: Option<f64>,
+    /// Restricts `blocked_within_s` to these attack kinds (all attacks by default).
+    #[serde(default)]
+    pub blocked_kinds: Option<Vec<String>>,
+    /// Most legit sources ever blocked.
+    #[serde(default)]
+    pub false_blocks_max: u64,
+    /// Largest resident memory in MiB (in-process: server, runner and clients together).
+    #[serde(default)]
+    pub peak_rss_mb_max: Option<f64>,
+    /// Largest growth of resident memory during the run, MiB (peak minus the value when the
+    /// load started).
+    #[serde(default)]
+    pub rss_growth_mb_max: Option<f64>,
+    /// Most panics contained by the server (each closed one connection).
+    #[serde(default)]
+    pub max_panics: u64,
+    /// Most canary leaks (any byte of a planted secret reaching an attacker).
+    #[serde(default)]
+    pub canary_leaks_max: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_slo_ms() -> u64 {
+    1000
+}
+
+impl Default for ExpectSpec {
+    fn default() -> Self {
+        ExpectSpec {
+            server_alive: true,
+            legit_goodput_min: None,
+            latency_slo_ms: default_slo_ms(),
+            latency_p99_ms_max: None,
+            legit_lost_max: 0,
+            blocked_within_s: None,
+            blocked_kinds: None,
+            false_blocks_max: 0,
+            peak_rss_mb_max: None,
+            rss_growth_mb_max: None,
+            max_panics: 0,
+            canary_leaks_max: 0,
+        }
+    }
+}
+
+/// A checked legit group.
+#[derive(Debug, Clone)]
+pub struct Legit {
+    /// Clients in this group.
+    pub clients: u32,
+    /// Operations per second per client.
+    pub rate_per_s: f64,
+    /// Normalized weights: message, mail, file (they add up to 1).
+    pub mix: [f64; 3],
+    /// The addresses the clients bind, client `i` using `sources[i % len]`.
+    pub sources: Vec<Ipv4Addr>,
+    /// The network they came from, for reports.
+    pub net: Ipv4Net,
+    /// Largest message text.
+    pub message_bytes: u32,
+    /// Largest file or attachment.
+    pub file_bytes: u64,
+    /// Start, from the scenario start.
+    pub start: Duration,
+    /// Stop, from the scenario start.
+    pub stop: Duration,
+}
+
+/// The checked `[expect]` table (see [`ExpectSpec`] for the meaning of each field).
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// See [`ExpectSpec::server_alive`].
+    pub server_alive: bool,
+    /// See [`ExpectSpec::legit_goodput_min`].
+    pub legit_goodput_min: Option<f64>,
+    /// See [`ExpectSpec::latency_slo_ms`].
+    pub latency_slo: Duration,
+    /// See [`ExpectSpec::latency_p99_ms_max`].
+    pub latency_p99_ms_max: Option<f64>,
+    /// See [`ExpectSpec::legit_lost_max`].
+    pub legit_lost_max: u64,
+    /// See [`ExpectSpec::blocked_within_s`].
+    pub blocked_within_s: Option<f64>,
+    /// The attack kinds `blocked_within_s` applies to.
+    pub blocked_kinds: BTreeSet<AttackKind>,
+    /// See [`ExpectSpec::false_blocks_max`].
+    pub false_blocks_max: u64,
+    /// See [`ExpectSpec::peak_rss_mb_max`].
+    pub peak_rss_mb_max: Option<f64>,
+    /// See [`ExpectSpec::rss_growth_mb_max`].
+    pub rss_growth_mb_max: Option<f64>,
+    /// See [`ExpectSpec::max_panics`].
+    pub max_panics: u64,
+    /// See [`ExpectSpec::canary_leaks_max`].
+    pub canary_leaks_max: u64,
+}
+
+/// A checked scenario, ready to run. Only [`ScenarioSpec::check`] makes one.
+pub struct Scenario {
+    name: String,
+    description: String,
+    file: PathBuf,
+    duration: Duration,
+    seed: u64,
+    config: Config,
+    server_overrides: toml::Table,
+    legit: Vec<Legit>,
+    attacks: Vec<Attack>,
+    expect: Expect,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("duration", &self.duration)
+            .field("seed", &self.seed)
+            .field("legit", &self.legit)
+            .field("attacks", &self.attack_kinds())
+            .field("expect", &self.expect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scenario {
+    /// Reads, parses and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ScenarioSpec::from_toml_str(&text, path)?.check(path)
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its description.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    /// The file it came from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+    /// How long the load runs.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+    /// The seed of every random choice.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// The server configuration: defaults with the `[server]` overrides applied, checked.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The `[server]` table as written (an external server ignores it).
+    pub fn server_overrides(&self) -> &toml::Table {
+        &self.server_overrides
+    }
+    /// The legit groups.
+    pub fn legit(&self) -> &[Legit] {
+        &self.legit
+    }
+    /// The attacks, in file order.
+    pub fn attacks(&self) -> &[Attack] {
+        &self.attacks
+    }
+    /// The attack kinds, in file order.
+    pub fn attack_kinds(&self) -> Vec<AttackKind> {
+        self.attacks.iter().map(Attack::kind).collect()
+    }
+    /// The expectations.
+    pub fn expect(&self) -> &Expect {
+        &self.expect
+    }
+    /// Replaces the seed (the runner's `--seed` override).
+    pub fn with_seed(mut self, seed: u64) -> Scenario {
+        self.seed = seed;
+        self
+    }
+    /// Replaces the duration (tests shorten scenarios). Attack and legit windows are clipped
+    /// to the new end; an attack that would start after it is dropped.
+    pub fn with_duration(mut self, duration: Duration) -> Scenario {
+        self.duration = duration;
+        for legit in &mut self.legit {
+            legit.stop = legit.stop.min(duration);
+            legit.start = legit.start.min(legit.stop);
+        }
+        self.attacks.retain(|a| a.start() < duration);
+        self
+    }
+}
+
+impl ScenarioSpec {
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<ScenarioSpec, ScenarioError> {
+        toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(text, &e),
+        })
+    }
+
+    /// Checks every value and builds the [`Scenario`]. Errors name `path` and the key.
+    pub fn check(self, path: &Path) -> Result<Scenario, ScenarioError> {
+        let invalid = |key: String, reason: String| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "name".into(),
+                format!(
+                    "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.', got {:?}",
+                    self.name
+                ),
+            ));
+        }
+        let d = self.duration_s;
+        if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
+            return Err(invalid(
+                "duration_s".into(),
+                format!("must be more than 0 and at most {MAX_DURATION_S}, got {d}"),
+            ));
+        }
+        let config = server_config(&self.server).map_err(|(key, reason)| invalid(key, reason))?;
+
+        let mut attacks = Vec::with_capacity(self.attack.len());
+        for (i, spec) in self.attack.iter().enumerate() {
+            let attack = spec
+                .check(d)
+                .map_err(|e| invalid(format!("attack[{i}].{}", e.key), e.message))?;
+            if attack.sources().contains(&CONTROL_SOURCE) {
+                return Err(invalid(
+                    format!("attack[{i}].sources"),
+                    format!("must not contain the runner's control address {CONTROL_SOURCE}"),
+                ));
+            }
+            attacks.push(attack);
+        }
+
+        let mut legit = Vec::with_capacity(self.legit.len());
+        let mut total_clients = 0u32;
+        for (i, spec) in self.legit.iter().enumerate() {
+            let group = check_legit(spec, d, &config)
+                .map_err(|(k, r)| invalid(format!("legit[{i}].{k}"), r))?;
+            total_clients = total_clients.saturating_add(group.clients);
+            if total_clients > MAX_LEGIT_CLIENTS {
+                return Err(invalid(
+                    format!("legit[{i}].clients"),
+                    format!("all groups together may have at most {MAX_LEGIT_CLIENTS} clients, got {total_clients}"),
+                ));
+            }
+            if group.sources.contains(&CONTROL_SOURCE) {
+                return Err(invalid(
+                    format!("legit[{i}].sources"),
+                    format!("must not contain the runner's control address {CONTROL_SOURCE}"),
+                ));
+            }
+            for (j, attack) in attacks.iter().enumerate() {
+                if let Some(ip) = group
+                    .sources
+                    .iter()
+                    .find(|ip| attack.sources().contains(ip))
+                {
+                    return Err(invalid(
+                        format!("legit[{i}].sources"),
+                        format!(
+                            "{} overlaps the sources of attack[{j}] ({}) at {ip}: a block could not be told false from true",
+                            group.net,
+                            attack.kind().as_str()
+                        ),
+                    ));
+                }
+            }
+            legit.push(group);
+        }
+
+        let expect = check_expect(&self.expect, &attacks)
+            .map_err(|(k, r)| invalid(format!("expect.{k}"), r))?;
+
+        Ok(Scenario {
+            name: self.name,
+            description: self.description,
+            file: path.to_path_buf(),
+            duration: Duration::from_secs_f64(d),
+            seed: self.seed,
+            config,
+            server_overrides: self.server,
+            legit,
+            attacks,
+            expect,
+        })
+    }
+}
+
+/// The server configuration: defaults with the `[server]` table applied, checked by the
+/// configuration's own parser. On error: the dotted key (prefixed `server.`) and why.
+fn server_config(overrides: &toml::Table) -> Result<Config, (String, String)> {
+    let text = toml::to_string(overrides).map_err(|e| ("server".to_string(), e.to_string()))?;
+    match Config::from_toml_str(&text) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Invalid { key, reason }) => Err((format!("server.{key}"), reason)),
+        Err(e) => {
+            // toml's message names the field but not the table it sits in: find the first
+            // key the defaults do not have, to name it with its full path.
+            let key = unknown_key(overrides).unwrap_or_else(|| "server".to_string());
+            // The message's line and column refer to the re-serialized table, not to the
+            // scenario file: keep only what follows them.
+            let message = e.to_string();
+            let reason = match message.find(" column ") {
+                Some(i) => message[i..]
+                    .split_once(": ")
+                    .map_or(message.as_str(), |(_, rest)| rest),
+                None => message.as_str(),
+            }
+            .trim()
+            .to_string();
+            Err((key, reason))
+        }
+    }
+}
+
+/// The first key of `overrides` (dotted, from `server.`) that the serialized default
+/// configuration lacks.
+fn unknown_key(overrides: &toml::Table) -> Option<String> {
+    let defaults = toml::Table::try_from(Config::default()).ok()?;
+    fn walk(given: &toml::Table, known: &toml::Table, prefix: &str) -> Option<String> {
+        for (k, v) in given {
+            let path = format!("{prefix}.{k}");
+            match (v, known.get(k)) {
+                (_, None) => return Some(path),
+                (toml::Value::Table(g), Some(toml::Value::Table(kn))) => {
+                    if let Some(p) = walk(g, kn, &path) {
+                        return Some(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    walk(overrides, &defaults, "server")
+}
+
+/// Expands a network into the addresses clients bind: its hosts (no network or broadcast
+/// address for prefixes up to /30), at most [`MAX_SOURCES_PER_NET`].
+pub fn net_addresses(net: Ipv4Net) -> Vec<Ipv4Addr> {
+    net.hosts().take(MAX_SOURCES_PER_NET).collect()
+}
+
+fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (String, String)> {
+    let err = |k: &str, r: String| (k.to_string(), r);
+    if spec.clients < 1 || spec.clients > MAX_LEGIT_CLIENTS {
+        return Err(err(
+            "clients",
+            format!(
+                "must be between 1 and {MAX_LEGIT_CLIENTS}, got {}",
+                spec.clients
+            ),
+        ));
+    }
+    let r = spec.rate_per_s;
+    if !(r.is_finite() && r > 0.0 && r <= MAX_LEGIT_RATE_PER_S) {
+        return Err(err(
+            "rate_per_s",
+            format!("must be more than 0 and at most {MAX_LEGIT_RATE_PER_S}, got {r}"),
+        ));
+    }
+    let m = spec.mix;
+    for (key, w) in [
+        ("mix.message", m.message),
+        ("mix.mail", m.mail),
+        ("mix.file", m.file),
+    ] {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(err(key, format!("must be a number of at least 0, got {w}")));
+        }
+    }
+    let sum = m.message + m.mail + m.file;
+    if sum <= 0.0 {
+        return Err(err("mix", "the weights must not all be 0".into()));
+    }
+    let net = match spec.sources {
+        Some(net) => net,
+        None => parse_net(DEFAULT_LEGIT_SOURCES).map_err(|e| err("sources", e))?,
+    };
+    let loopback: Ipv4Net =
+        Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).map_err(|e| err("sources", e.to_string()))?;
+    if !loopback.contains(&net) {
+        return Err(err(
+            "sources",
+            format!("must lie inside 127.0.0.0/8 (loopback, so every address is local), got {net}"),
+        ));
+    }
+    let sources = net_addresses(net);
+    if sources.is_empty() {
+        return Err(err("sources", format!("{net} has no usable address")));
+    }
+    let max_text = config
+        .limits
+        .max_message_bytes
+        .min(config.limits.max_mail_body_bytes / 4);
+    if spec.message_bytes < 16 || spec.message_bytes > max_text {
+        return Err(err(
+            "message_bytes",
+            format!(
+                "must be between 16 and {max_text} (the server's max_message_bytes, and a quarter of max_mail_body_bytes), got {}",
+                spec.message_bytes
+            ),
+        ));
+    }
+    let max_file = config.limits.max_file_bytes.min(MAX_LEGIT_FILE_BYTES);
+    if spec.file_bytes < 1 || spec.file_bytes > max_file {
+        return Err(err(
+            "file_bytes",
+            format!("must be between 1 and {max_file}, got {}", spec.file_bytes),
+        ));
+    }
+    let start = spec.start_s;
+    if !(start.is_finite() && start >= 0.0 && start < d) {
+        return Err(err(
+            "start_s",
+            format!("must be at least 0 and less than duration_s ({d}), got {start}"),
+        ));
+    }
+    let stop = spec.stop_s.unwrap_or(d);
+    if !(stop.is_finite() && stop > start && stop <= d) {
+        return Err(err(
+            "stop_s",
+            format!("must be more than start_s ({start}) and at most duration_s ({d}), got {stop}"),
+        ));
+    }
+    Ok(Legit {
+        clients: spec.clients,
+        rate_per_s: r,
+        mix: [m.message / sum, m.mail / sum, m.file / sum],
+        sources,
+        net,
+        message_bytes: spec.message_bytes,
+        file_bytes: spec.file_bytes,
+        start: Duration::from_secs_f64(start),
+        stop: Duration::from_secs_f64(stop),
+    })
+}
+
+fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String, String)> {
+    let err = |k: &str, r: String| (k.to_string(), r);
+    if let Some(g) = spec.legit_goodput_min {
+        if !(0.0..=1.0).contains(&g) {
+            return Err(err(
+                "legit_goodput_min",
+                format!("must be between 0 and 1, got {g}"),
+            ));
+        }
+    }
+    if spec.latency_slo_ms < 1 || spec.latency_slo_ms > MAX_LATENCY_SLO_MS {
+        return Err(err(
+            "latency_slo_ms",
+            format!(
+                "must be between 1 and {MAX_LATENCY_SLO_MS}, got {}",
+                spec.latency_slo_ms
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("latency_p99_ms_max", spec.latency_p99_ms_max),
+        ("blocked_within_s", spec.blocked_within_s),
+        ("peak_rss_mb_max", spec.peak_rss_mb_max),
+        ("rss_growth_mb_max", spec.rss_growth_mb_max),
+    ] {
+        if let Some(v) = value {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(err(key, format!("must be a number above 0, got {v}")));
+            }
+        }
+    }
+    let present: BTreeSet<AttackKind> = attacks.iter().map(Attack::kind).collect();
+    let blocked_kinds = match &spec.blocked_kinds {
+        None => present.clone(),
+        Some(names) => {
+            if spec.blocked_within_s.is_none() {
+                return Err(err("blocked_kinds", "needs expect.blocked_within_s".into()));
+            }
+            let mut kinds = BTreeSet::new();
+            for name in names {
+                let kind = AttackKind::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| k.as_str() == name)
+                    .ok_or_else(|| err("blocked_kinds", format!("unknown attack kind `{name}`")))?;
+                if !present.contains(&kind) {
+                    return Err(err(
+                        "blocked_kinds",
+                        format!("`{name}` is not one of this scenario's attacks"),
+                    ));
+                }
+                kinds.insert(kind);
+            }
+            kinds
+        }
+    };
+    if spec.blocked_within_s.is_some() && attacks.is_empty() {
+        return Err(err(
+            "blocked_within_s",
+            "the scenario has no [[attack]]".into(),
+        ));
+    }
+    Ok(Expect {
+        server_alive: spec.server_alive,
+        legit_goodput_min: spec.legit_goodput_min,
+        latency_slo: Duration::from_millis(spec.latency_slo_ms),
+        latency_p99_ms_max: spec.latency_p99_ms_max,
+        legit_lost_max: spec.legit_lost_max,
+        blocked_within_s: spec.blocked_within_s,
+        blocked_kinds,
+        false_blocks_max: spec.false_blocks_max,
+        peak_rss_mb_max: spec.peak_rss_mb_max,
+        rss_growth_mb_max: spec.rss_growth_mb_max,
+        max_panics: spec.max_panics,
+        canary_leaks_max: spec.canary_leaks_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name = \"t\"\nduration_s = 3\n";
+
+    fn check(text: &str) -> Result<Scenario, ScenarioError> {
+        let path = Path::new("scenarios/t.toml");
+        ScenarioSpec::from_toml_str(text, path)?.check(path)
+    }
+
+    /// Expects `text` to be rejected naming `key` (a dotted key, or for parse errors a
+    /// fragment of toml's message).
+    fn rejected(text: &str, key: &str) {
+        match check(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.starts_with("scenarios/t.toml: "), "{msg}");
+                assert!(msg.contains(key), "expected {key} in: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() -> Result<(), ScenarioError> {
+        let s = check(&format!("{BASE}[[legit]]\n"))?;
+        assert_eq!(s.seed(), 1);
+        assert_eq!(s.legit()[0].clients, 4);
+        assert_eq!(s.legit()[0].sources.len(), 6);
+        assert_eq!(s.expect().latency_slo, Duration::from_millis(1000));
+        assert_eq!(*s.config(), Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn server_overrides_apply() -> Result<(), ScenarioError> {
+        let s = check(&format!("{BASE}[server.auth]\nargon2_memory_kib = 64\n[server.limits]\nmax_connections_per_ip = 8\n"))?;
+        assert_eq!(s.config().auth.argon2_memory_kib, 64);
+        assert_eq!(s.config().limits.max_connections_per_ip, 8);
+        assert_eq!(s.config().rates, Config::default().rates);
+        Ok(())
+    }
+
+    #[test]
+    fn each_rule_names_its_key() {
+        let cases: &[(&str, &str)] = &[
+            ("name = \"a b\"\nduration_s = 3\n", "key name"),
+            ("name = \"t\"\nduration_s = 0\n", "key duration_s"),
+            ("name = \"t\"\nduration_s = 5000\n", "key duration_s"),
+            ("name = \"t\"\ndration_s = 3\n", "dration_s"),
+            ("name = \"t\"\nduration_s = \"3\"\n", "duration_s"),
+            ("duration_s = 3\n", "missing field `name`"),
+            (&format!("{BASE}[[legit]]\nclient = 3\n"), "client"),
+            (
+                &format!("{BASE}[[legit]]\nclients = 0\n"),
+                "legit[0].clients",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nrate_per_s = -1\n"),
+                "legit[0].rate_per_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nmix = {{ message = 1, chat = 1 }}\n"),
+                "chat",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nmix = {{ message = 0 }}\n"),
+                "legit[0].mix",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nmix = {{ file = -1, mail = 1 }}\n"),
+                "legit[0].mix.file",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nsources = \"10.0.0.0/24\"\n"),
+                "legit[0].sources",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nsources = \"127.0.0.300/24\"\n"),
+                "127.0.0.300",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nsources = \"127.0.0.100\"\n"),
+                "legit[0].sources",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nmessage_bytes = 1\n"),
+                "legit[0].message_bytes",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nfile_bytes = 0\n"),
+                "legit[0].file_bytes",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstart_s = 3\n"),
+                "legit[0].start_s",
+            ),
+            (&format!("{BASE}[[legit]]\nstop_s = 4\n"), "legit[0].stop_s"),
+            (
+                &format!("{BASE}[expect]\nlegit_goodput_min = 1.5\n"),
+                "expect.legit_goodput_min",
+            ),
+            (
+                &format!("{BASE}[expect]\nlatency_slo_ms = 0\n"),
+                "expect.latency_slo_ms",
+            ),
+            (
+                &format!("{BASE}[expect]\nblocked_within_s = 3\n"),
+                "expect.blocked_within_s",
+            ),
+            (
+                &format!("{BASE}[expect]\nblocked_within = 3\n"),
+                "blocked_within",
+            ),
+            (
+                &format!("{BASE}[expect]\npeak_rss_mb_max = 0\n"),
+                "expect.peak_rss_mb_max",
+            ),
+            (
+                &format!("{BASE}[expect]\nblocked_kinds = [\"flood\"]\n"),
+                "expect.blocked_kinds",
+            ),
+            (
+                &format!("{BASE}[server.limits]\nmax_frme_bytes = 5000\n"),
+                "server.limits.max_frme_bytes",
+            ),
+            (&format!("{BASE}[server.limitz]\n"), "server.limitz"),
+            (
+                &format!("{BASE}[server.limits]\nmax_chunk_bytes = 0\n"),
+                "server.limits.max_chunk_bytes",
+            ),
+            (
+                &format!("{BASE}[server.limits]\nmax_chunk_bytes = \"big\"\n"),
+                "invalid type",
+            ),
+            (
+                &format!("{BASE}[[attack]]\nkind = \"flood\"\nstart_s = 10\n"),
+                "attack[0].start_s",
+            ),
+            (
+                &format!("{BASE}[[attack]]\nkind = \"teleport\"\n"),
+                "teleport",
+            ),
+            (
+                &format!(
+                    "{BASE}[[legit]]\nsources = \"127.0.1.0/30\"\n[[attack]]\nkind = \"flood\"\n"
+                ),
+                "legit[0].sources",
+            ),
+        ];
+        for (text, key) in cases {
+            rejected(text, key);
+        }
+    }
+
+    #[test]
+    fn blocked_kinds_restricts_the_check() -> Result<(), ScenarioError> {
+        let s = check(&format!(
+            "{BASE}[[attack]]\nkind = \"flood\"\n[[attack]]\nkind = \"probe\"\nsources = \"127.0.2.0/24\"\n[expect]\nblocked_within_s = 2\nblocked_kinds = [\"probe\"]\n"
+        ))?;
+        assert_eq!(
+            s.expect().blocked_kinds.iter().copied().collect::<Vec<_>>(),
+            vec![AttackKind::Probe]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn with_duration_clips_windows() -> Result<(), ScenarioError> {
+        let s = check(
+            "name = \"t\"\nduration_s = 8\n[[legit]]\n[[attack]]\nkind = \"flood\"\nstart_s = 5\n",
+        )?
+        .with_duration(Duration::from_secs(3));
+        assert_eq!(s.legit()[0].stop, Duration::from_secs(3));
+        assert!(s.attacks().is_empty());
+        Ok(())
+    }
+}
