@@ -259,6 +259,27 @@ async fn provision(
     .await?
 }
 
+/// Labels every attacking source with its attack kind in the activity database, so that
+/// `rampart activity export` of a recorded run carries the ground truth (every other source,
+/// the legit clients' included, exports as `benign`).
+fn label_attack_sources(scenario: &Scenario, dir: &std::path::Path) -> anyhow::Result<()> {
+    let labels: Vec<(std::net::IpAddr, String)> = scenario
+        .attacks()
+        .iter()
+        .flat_map(|a| {
+            a.sources()
+                .iter()
+                .map(move |ip| (std::net::IpAddr::V4(*ip), a.kind().as_str().to_string()))
+        })
+        .collect();
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let mut conn = crate::activity::db::open(dir)?;
+    crate::activity::db::set_labels(&mut conn, &labels)?;
+    Ok(())
+}
+
 /// A fresh, empty data directory: `record/<name>` or a temporary one.
 fn data_dir(
     scenario: &Scenario,
@@ -500,6 +521,7 @@ async fn run_inner(
                 kept_dir = Some(dir.display().to_string());
             }
             let server = Server::open(scenario.config().clone(), &dir)?;
+            label_attack_sources(scenario, &dir)?;
             provision(server.store(), &scenario.config().auth, &accounts).await?;
             let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
             (handle.local_addr(), Target::InProcess { handle, tmp })
