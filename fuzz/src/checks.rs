@@ -1,0 +1,466 @@
+//! Invariant checks shared by the fuzz targets and by `tests/fuzz_regressions.rs`.
+//!
+//! Everything here is a pure function over bytes that depends only on rampart, `bytes` and
+//! `toml`, so the main crate's regression tests include this very file with `#[path]` and
+//! replay crashes and the seed corpus through exactly the checks the fuzzers run, without
+//! cargo-fuzz. Each check panics with a message that names the broken invariant.
+//!
+//! Input formats are plain bytes (no `arbitrary`), so a corpus file means the same thing to
+//! a fuzz target and to `cargo test`:
+//!
+//! - [`check_decode_input`]: one role byte (even: server, odd: client), then the stream.
+//! - [`check_chunked_input`]: one role byte, one cut-count byte (mod 17), that many cut
+//!   sizes (one byte each, 0 counts as 1), then the stream.
+//! - [`check_body_input`]: one kind byte, then the payload.
+//! - [`check_config_input`]: TOML text (UTF-8; anything else is skipped).
+
+use bytes::BytesMut;
+use rampart::config::Config;
+use rampart::protocol::{
+    bytes_wanted, decode_frame, encode_reply, encode_request, max_payload, DecodeError, Frame,
+    Kind, Limits, Reply, Request, Role, HEADER_LEN, MAGIC, VERSION,
+};
+
+/// Wraps every call into rampart's decoders, so a fuzz target can watch exactly what the
+/// decoders do (the decode_frame target records their allocations) and nothing the checks
+/// themselves do.
+pub trait Around {
+    /// Runs `f`.
+    fn call<T>(&self, f: impl FnOnce() -> T) -> T;
+}
+
+/// Calls straight through.
+pub struct Plain;
+
+impl Around for Plain {
+    fn call<T>(&self, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+}
+
+/// The role a selector byte picks: even bytes decode as the server, odd ones as the client.
+pub fn role_of(selector: u8) -> Role {
+    if selector & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    }
+}
+
+/// What decoding a stream gives: the frames, the fatal error if one stopped it, and how
+/// many bytes were left undecoded (a partial frame, or the bytes at and after the error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// Every complete frame, in order.
+    pub frames: Vec<Frame>,
+    /// The header error that ended decoding, if any.
+    pub error: Option<DecodeError>,
+    /// Bytes left in the buffer at the end.
+    pub remainder: usize,
+}
+
+/// Checks one frame that `decode_frame` returned after it took `used` bytes.
+fn check_frame(f: &Frame, used: usize, role: Role, limits: &Limits) {
+    assert_eq!(
+        used,
+        HEADER_LEN + f.payload.len(),
+        "a frame consumes exactly its header and payload"
+    );
+    let max = max_payload(f.kind, limits);
+    assert!(
+        f.payload.len() as u64 <= u64::from(max),
+        "{:?} payload of {} bytes exceeds max_payload {max}",
+        f.kind,
+        f.payload.len()
+    );
+    assert!(
+        f.payload.len() as u64 <= u64::from(limits.frame_ceiling()),
+        "payload above the frame ceiling"
+    );
+    assert_eq!(
+        f.kind.is_request(),
+        role == Role::Server,
+        "{:?} decoded in the wrong direction",
+        f.kind
+    );
+    assert_eq!(f.flags, 0, "reserved flags accepted");
+}
+
+/// Decodes `stream` frame by frame as `role` until it needs more bytes or fails, checking
+/// that every frame is within its limit and that consumed bytes plus the remainder add up to
+/// the input.
+pub fn decode_stream(stream: &[u8], role: Role, limits: &Limits) -> Decoded {
+    decode_stream_around(stream, role, limits, &Plain)
+}
+
+/// [`decode_stream`], with every decoder call made through `around`.
+pub fn decode_stream_around(
+    stream: &[u8],
+    role: Role,
+    limits: &Limits,
+    around: &impl Around,
+) -> Decoded {
+    let mut buf = BytesMut::from(stream);
+    let mut frames = Vec::new();
+    let mut consumed = 0usize;
+    let error = loop {
+        let before = buf.len();
+        match around.call(|| decode_frame(&mut buf, limits, role)) {
+            Ok(Some(f)) => {
+                let used = before - buf.len();
+                check_frame(&f, used, role, limits);
+                consumed += used;
+                frames.push(f);
+            }
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "\"need more bytes\" consumed bytes");
+                if let Some(wanted) = bytes_wanted(&buf) {
+                    assert!(wanted > 0, "a complete frame was left undecoded");
+                }
+                break None;
+            }
+            Err(e) => {
+                assert_eq!(buf.len(), before, "a rejected header consumed bytes");
+                assert!(
+                    e.is_fatal(),
+                    "the frame decoder returned a body error: {e:?}"
+                );
+                break Some(e);
+            }
+        }
+    };
+    assert_eq!(
+        consumed + buf.len(),
+        stream.len(),
+        "consumed bytes and the remainder add up to the input"
+    );
+    Decoded {
+        frames,
+        error,
+        remainder: buf.len(),
+    }
+}
+
+/// Decodes `stream` fed in pieces of the given sizes (cycled; 0 counts as 1), stopping at
+/// the first error as a connection would.
+pub fn decode_in_pieces(stream: &[u8], cuts: &[usize], role: Role, limits: &Limits) -> Decoded {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    let mut sizes = cuts.iter().cycle();
+    while !rest.is_empty() {
+        let n = sizes
+            .next()
+            .copied()
+            .unwrap_or(rest.len())
+            .clamp(1, rest.len());
+        let (piece, tail) = rest.split_at(n);
+        rest = tail;
+        buf.extend_from_slice(piece);
+        loop {
+            let before = buf.len();
+            match decode_frame(&mut buf, limits, role) {
+                Ok(Some(f)) => {
+                    check_frame(&f, before - buf.len(), role, limits);
+                    frames.push(f);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The rest of the input never reaches the decoder; count it as left over
+                    // so the remainder compares with the whole-input result.
+                    return Decoded {
+                        frames,
+                        error: Some(e),
+                        remainder: buf.len() + rest.len(),
+                    };
+                }
+            }
+        }
+    }
+    Decoded {
+        frames,
+        error: None,
+        remainder: buf.len(),
+    }
+}
+
+/// Decodes a frame's body as the request or reply its kind names. A body that decodes must
+/// re-encode to exactly the same frame (header, request id and payload): the encoding is
+/// canonical, and `body_len` predicts it. A body that fails must fail with a body error.
+/// Returns whether the body decoded.
+pub fn check_body(frame: &Frame, limits: &Limits) -> bool {
+    check_body_around(frame, limits, &Plain)
+}
+
+/// [`check_body`], with the body decoder called through `around`.
+pub fn check_body_around(frame: &Frame, limits: &Limits, around: &impl Around) -> bool {
+    let mut out = BytesMut::new();
+    let (decoded, predicted) = if frame.kind.is_request() {
+        match around.call(|| Request::decode(frame, limits)) {
+            Ok(req) => {
+                assert_eq!(req.kind(), frame.kind, "request decoded as another kind");
+                encode_request(frame.request_id, &req, &mut out)
+                    .unwrap_or_else(|e| panic!("decoded {req:?} does not re-encode: {e}"));
+                (Ok(()), req.body_len())
+            }
+            Err(e) => (Err(e), 0),
+        }
+    } else {
+        match around.call(|| Reply::decode(frame, limits)) {
+            Ok(rep) => {
+                assert_eq!(rep.kind(), frame.kind, "reply decoded as another kind");
+                encode_reply(frame.request_id, &rep, &mut out)
+                    .unwrap_or_else(|e| panic!("decoded {rep:?} does not re-encode: {e}"));
+                (Ok(()), rep.body_len())
+            }
+            Err(e) => (Err(e), 0),
+        }
+    };
+    match decoded {
+        Ok(()) => {
+            assert_eq!(predicted, frame.payload.len(), "body_len mispredicts");
+            assert_eq!(
+                out.len(),
+                HEADER_LEN + frame.payload.len(),
+                "re-encoded length"
+            );
+            assert_eq!(
+                &out[HEADER_LEN..],
+                &frame.payload[..],
+                "{:?} body is not canonical: re-encoding differs",
+                frame.kind
+            );
+            let id = frame.request_id.to_be_bytes();
+            let len = (frame.payload.len() as u32).to_be_bytes();
+            let header: [u8; HEADER_LEN] = [
+                MAGIC[0],
+                MAGIC[1],
+                VERSION,
+                frame.kind as u8,
+                id[0],
+                id[1],
+                id[2],
+                id[3],
+                0,
+                0,
+                len[0],
+                len[1],
+                len[2],
+                len[3],
+            ];
+            assert_eq!(out[..HEADER_LEN], header, "re-encoded header");
+            true
+        }
+        Err(e) => {
+            assert!(!e.is_fatal(), "a body error is classed as fatal: {e:?}");
+            false
+        }
+    }
+}
+
+/// Decodes a frame's body (without re-encoding it, unlike [`check_body`]): a body that
+/// decodes has the frame's kind, and one that fails does so with a body error. Returns
+/// whether it decoded.
+pub fn check_body_decodes(frame: &Frame, limits: &Limits, around: &impl Around) -> bool {
+    let decoded = if frame.kind.is_request() {
+        around
+            .call(|| Request::decode(frame, limits))
+            .map(|r| r.kind())
+    } else {
+        around
+            .call(|| Reply::decode(frame, limits))
+            .map(|r| r.kind())
+    };
+    match decoded {
+        Ok(kind) => {
+            assert_eq!(kind, frame.kind, "body decoded as another kind");
+            true
+        }
+        Err(e) => {
+            assert!(!e.is_fatal(), "a body error is classed as fatal: {e:?}");
+            false
+        }
+    }
+}
+
+/// The decode_frame target: decode the stream after the role byte under the default
+/// limits, check every frame, and decode every body. (Re-encoding bodies is the
+/// decode_bodies target's job; this one stays lean so it runs fast.)
+pub fn check_decode_input(data: &[u8]) -> Decoded {
+    check_decode_input_around(data, &Plain)
+}
+
+/// [`check_decode_input`], with every decoder call made through `around`.
+pub fn check_decode_input_around(data: &[u8], around: &impl Around) -> Decoded {
+    let Some((&selector, stream)) = data.split_first() else {
+        return Decoded {
+            frames: Vec::new(),
+            error: None,
+            remainder: 0,
+        };
+    };
+    let limits = Limits::default();
+    let decoded = decode_stream_around(stream, role_of(selector), &limits, around);
+    for f in &decoded.frames {
+        check_body_decodes(f, &limits, around);
+    }
+    decoded
+}
+
+/// Splits a decode_chunked input into (role, cut sizes, stream).
+pub fn parse_chunked_input(data: &[u8]) -> (Role, Vec<usize>, &[u8]) {
+    let role = role_of(data.first().copied().unwrap_or(0));
+    let n = usize::from(data.get(1).copied().unwrap_or(0) % 17);
+    let cuts: Vec<usize> = data
+        .get(2..)
+        .unwrap_or(&[])
+        .iter()
+        .take(n)
+        .map(|&c| usize::from(c).max(1))
+        .collect();
+    let start = (2 + cuts.len()).min(data.len());
+    (role, cuts, &data[start..])
+}
+
+/// The decode_chunked target: the stream fed in the given pieces must give exactly the
+/// frames, the error and the remainder that the whole stream gives.
+pub fn check_chunked_input(data: &[u8]) -> Decoded {
+    let (role, cuts, stream) = parse_chunked_input(data);
+    let limits = Limits::default();
+    let whole = decode_stream(stream, role, &limits);
+    let pieces = decode_in_pieces(stream, &cuts, role, &limits);
+    assert_eq!(
+        whole, pieces,
+        "chunked input differs from whole input (cuts {cuts:?})"
+    );
+    // One byte at a time is the most fragmented schedule a socket can produce.
+    let bytewise = decode_in_pieces(stream, &[1], role, &limits);
+    assert_eq!(
+        whole, bytewise,
+        "byte-by-byte input differs from whole input"
+    );
+    whole
+}
+
+/// The decode_bodies target: a kind byte and a payload, decoded as a body directly (no
+/// frame header, no length limit); a body that decodes must re-encode to the same bytes,
+/// and the other direction's decoder must refuse the kind.
+/// Returns whether the body decoded (None for an undefined kind byte).
+pub fn check_body_input(data: &[u8]) -> Option<bool> {
+    let (&k, payload) = data.split_first()?;
+    let kind = Kind::from_u8(k)?;
+    let frame = Frame::new(kind, 0x0102_0304, bytes::Bytes::copy_from_slice(payload));
+    let limits = Limits::default();
+    // The other direction's decoder refuses the kind outright, whatever the payload.
+    let wrong_way = if kind.is_request() {
+        Reply::decode(&frame, &limits).err()
+    } else {
+        Request::decode(&frame, &limits).err()
+    };
+    assert_eq!(
+        wrong_way,
+        Some(DecodeError::UnexpectedKind { kind }),
+        "a {kind:?} body decoded in the wrong direction"
+    );
+    Some(check_body(&frame, &limits))
+}
+
+/// The parse_config target: a config that parses has passed `check`, serializes, and
+/// parses back to an equal value. Returns whether the text was a valid config.
+pub fn check_config_input(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    check_config_text(text)
+}
+
+/// [`check_config_input`] on text.
+pub fn check_config_text(text: &str) -> bool {
+    let cfg = match Config::from_toml_str(text) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "an empty config error message");
+            return false;
+        }
+    };
+    if let Err(e) = cfg.check() {
+        panic!("from_toml_str returned a config that fails check: {e}");
+    }
+    let text2 = toml::to_string(&cfg)
+        .unwrap_or_else(|e| panic!("a checked config does not serialize: {e}"));
+    let again = Config::from_toml_str(&text2)
+        .unwrap_or_else(|e| panic!("a serialized config does not parse back: {e}\n{text2}"));
+    assert_eq!(again, cfg, "config changed through serialize and parse");
+    true
+}
+
+/// Encodes a request, checks the predicted length, decodes it back and compares.
+pub fn check_request_roundtrip(request_id: u32, req: &Request, limits: &Limits) {
+    let mut buf = BytesMut::new();
+    encode_request(request_id, req, &mut buf)
+        .unwrap_or_else(|e| panic!("{req:?} within limits does not encode: {e}"));
+    assert_eq!(buf.len(), HEADER_LEN + req.body_len(), "predicted length");
+    let d = decode_stream(&buf, Role::Server, limits);
+    assert_eq!(d.error, None, "{req:?}");
+    assert_eq!(d.remainder, 0, "one whole frame");
+    assert_eq!(d.frames.len(), 1, "one frame");
+    let f = &d.frames[0];
+    assert_eq!(f.request_id, request_id);
+    let back = Request::decode(f, limits).unwrap_or_else(|e| panic!("{req:?}: {e}"));
+    assert_eq!(&back, req, "request changed through encode and decode");
+    assert!(check_body(f, limits));
+}
+
+/// Encodes a reply, checks the predicted length, decodes it back and compares.
+pub fn check_reply_roundtrip(request_id: u32, rep: &Reply, limits: &Limits) {
+    let mut buf = BytesMut::new();
+    encode_reply(request_id, rep, &mut buf)
+        .unwrap_or_else(|e| panic!("{rep:?} within limits does not encode: {e}"));
+    assert_eq!(buf.len(), HEADER_LEN + rep.body_len(), "predicted length");
+    let d = decode_stream(&buf, Role::Client, limits);
+    assert_eq!(d.error, None, "{rep:?}");
+    assert_eq!(d.remainder, 0, "one whole frame");
+    assert_eq!(d.frames.len(), 1, "one frame");
+    let f = &d.frames[0];
+    assert_eq!(f.request_id, request_id);
+    let back = Reply::decode(f, limits).unwrap_or_else(|e| panic!("{rep:?}: {e}"));
+    assert_eq!(&back, rep, "reply changed through encode and decode");
+    assert!(check_body(f, limits));
+}
+
+/// Whether `needle` occurs in `haystack`, by Rabin-Karp over a 64-bit polynomial hash.
+///
+/// The session target looks for secrets this way on purpose: libFuzzer records the operands
+/// of `memcmp` calls and splices them into new inputs, so a plain slice comparison against
+/// a secret would teach the fuzzer the secret, let "mallory" send it to herself, and report
+/// a false leak. Only hash values reach a comparison until a hash matches.
+pub fn contains_secret(haystack: &[u8], needle: &[u8]) -> bool {
+    const BASE: u64 = 1_000_003;
+    let n = needle.len();
+    if n == 0 || haystack.len() < n {
+        return n == 0;
+    }
+    let hash = |s: &[u8]| {
+        s.iter().fold(0u64, |h, &b| {
+            h.wrapping_mul(BASE).wrapping_add(u64::from(b))
+        })
+    };
+    let target = hash(needle);
+    // BASE^(n-1), to remove the byte leaving the window.
+    let top = (1..n).fold(1u64, |p, _| p.wrapping_mul(BASE));
+    let mut h = hash(&haystack[..n]);
+    for start in 0..=haystack.len() - n {
+        if start > 0 {
+            let out = u64::from(haystack[start - 1]);
+            let inb = u64::from(haystack[start + n - 1]);
+            h = h
+                .wrapping_sub(out.wrapping_mul(top))
+                .wrapping_mul(BASE)
+                .wrapping_add(inb);
+        }
+        if h == target && haystack[start..start + n] == *needle {
+            return true;
+        }
+    }
+    false
+}
