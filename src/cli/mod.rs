@@ -5,6 +5,7 @@ mod client;
 mod demo;
 mod firewall;
 mod load;
+mod model;
 mod scenario;
 mod serve;
 mod time;
@@ -60,6 +61,9 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Run attack scenarios against the server and check their expectations.
     #[command(subcommand)]
     Scenario(scenario::ScenarioCommand),
+    /// Train, evaluate and explain the detection model on feature CSVs.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Export recorded activity as feature CSVs, or count what was recorded.
     #[command(subcommand)]
     Activity(activity::ActivityCommand),
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Firewall(cmd) => firewall::run(cmd),
         Command::Load(args) => rt.block_on(load::run(args)),
         Command::Activity(cmd) => activity::run(cmd),
+        Command::Model(cmd) => model::run(cmd),
         Command::Scenario(cmd) => rt.block_on(scenario::run(cmd)),
     }
 }

@@ -259,18 +259,28 @@ mod tests {
         Ok(train(&ds, &params)?.model)
     }
 
-    #[test]
-    fn an_anomalous_source_is_reported_and_benign_ones_are_not() -> Result<(), DetectError> {
-        let mut history = Vec::new();
+    /// Benign traffic of 8 hosts for windows `0..windows`, and a flood from 127.0.1.99 in
+    /// windows `attack`.
+    fn traffic(windows: i64, attack: std::ops::Range<i64>) -> Vec<Event> {
+        let mut events = Vec::new();
         let mut conn = 0;
-        for w in 0..300 {
+        for w in 0..windows {
             for host in 1..=8 {
                 conn += 1;
-                benign_window(&mut history, host, w, conn);
+                benign_window(&mut events, host, w, conn);
+            }
+            if attack.contains(&w) {
+                conn += 1;
+                attack_window(&mut events, 99, w, conn);
             }
         }
-        let model = Arc::new(model_from(&history)?);
+        events.sort_by_key(|e| e.t_ms);
+        events
+    }
 
+    #[test]
+    fn an_anomalous_source_is_reported_and_benign_ones_are_not() -> Result<(), DetectError> {
+        let model = Arc::new(model_from(&traffic(300, 0..0))?);
         let seen: Arc<Mutex<Vec<(IpAddr, Verdict)>>> = Arc::default();
         let sink_seen = Arc::clone(&seen);
         let mut scorer = LiveScorer::new(
@@ -282,49 +292,42 @@ mod tests {
                     s.push((ip, v));
                 }
             }),
-        )?;
+        )?
+        .with_lag(Duration::from_millis(500));
         let counters = scorer.counters();
-        let mut live = Vec::new();
-        for w in 1000..1005 {
-            for host in 1..=8 {
-                conn += 1;
-                benign_window(&mut live, host, w, conn);
-            }
-            attack_window(&mut live, 99, w, 7_000_000 + w as u64);
-        }
-        live.sort_by_key(|e| e.t_ms);
-        for batch in live.chunks(256) {
+        // The same kind of day again, with a flood in windows 200..205.
+        for batch in traffic(210, 200..205).chunks(256) {
             scorer.observe(batch);
+            if let Some(last) = batch.last() {
+                scorer.tick(last.t_ms);
+            }
         }
-        scorer.tick(T0 + 1006 * 1000);
+        scorer.tick(T0 + 211 * 1000);
 
         let seen = seen.lock().map_err(|_| DetectError::NoLabels)?;
-        assert!(
-            seen.iter().any(|(a, _)| *a == ip(99)),
-            "the attacker was not reported"
-        );
-        assert!(
-            seen.iter().all(|(a, _)| *a == ip(99)),
-            "a benign source was reported: {seen:?}"
-        );
-        let (_, v) = &seen[0];
+        let attacker: Vec<&Verdict> = seen
+            .iter()
+            .filter(|(a, _)| *a == ip(99))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(attacker.len() >= 4, "the flood was not reported: {seen:?}");
+        let v = attacker[0];
         assert!(v.anomalous && v.score > v.threshold);
         assert!(v.top.iter().any(|c| c.feature == "decode_errors"), "{v}");
+        // The model allows about 1 % false positives on benign windows.
+        let benign = seen.len() - attacker.len();
+        assert!(benign <= 8 * 210 / 50, "{benign} benign windows reported");
         let stats = counters.snapshot();
         assert_eq!(stats.anomalies as usize, seen.len());
-        assert!(stats.windows >= 45);
+        assert!(stats.windows >= 8 * 209, "{stats:?}");
         Ok(())
     }
 
     #[test]
-    fn a_model_of_another_schema_is_refused() -> Result<(), DetectError> {
-        let mut history = Vec::new();
-        for w in 0..50 {
-            benign_window(&mut history, 1, w, w as u64);
-        }
-        let model = model_from(&history)?;
+    fn a_model_of_another_window_is_refused() -> Result<(), DetectError> {
+        let model = model_from(&traffic(50, 0..0))?;
         let err = LiveScorer::new(
-            Arc::new(model.clone()),
+            Arc::new(model),
             Duration::from_secs(10),
             10,
             Box::new(|_, _| {}),

@@ -13,6 +13,7 @@
 //!   [`Model::verdict`] explains a score with the features that contributed most.
 //! - [`eval`]: precision, recall, F1, FPR, ROC AUC, PR AUC, the confusion matrix, per-kind
 //!   detection rates, and the same figures for a plain rate-threshold baseline.
+//! - [`synth`]: synthetic rows for tests, benches and the scikit-learn comparison.
 //! - [`live`]: a [`WindowSink`](crate::activity::WindowSink) that runs the one feature
 //!   extractor on the recorder's batches and reports anomalous sources.
 //!
@@ -22,10 +23,12 @@
 
 pub mod data;
 pub mod eval;
+mod kernel;
 pub mod live;
 pub mod model;
 mod par;
 pub mod scaler;
+pub mod synth;
 pub mod train;
 
 use std::path::PathBuf;

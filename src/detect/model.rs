@@ -13,6 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::kernel;
 use super::scaler::{slog1p, slog1p_inv, Scaler};
 use super::train::TrainSpec;
 use super::{first_difference, Dataset, DetectError};
@@ -90,13 +91,19 @@ pub enum Detector {
     Kmeans {
         /// One centroid per cluster (empty clusters are dropped).
         centroids: Vec<Vec<f64>>,
-        /// Each cluster's spread per feature (root mean square deviation of its fit rows from
-        /// the centroid, at least `cluster_min_spread`): each feature's deviation from the
-        /// centroid is divided by it (all 1 when per-cluster normalization is off).
+        /// Each cluster's spread per feature (the `spread_quantile` of its fit rows' absolute
+        /// deviations from the centroid, at least `cluster_min_spread`): each feature's
+        /// deviation from the centroid is divided by it (all 1 when per-cluster normalization
+        /// is off).
         spread: Vec<Vec<f64>>,
-        /// Each cluster's radius: the `quantile` of its own fit rows' spread-normalized
-        /// distances; distances are divided by it before taking the nearest cluster (all 1
-        /// when per-cluster normalization is off).
+        /// Each cluster's assignment penalty, `2 Σ_j ln spread_cj − 2 ln(size_c / rows)`: a
+        /// window belongs to the cluster with the smallest spread-normalized squared distance
+        /// plus penalty (the most likely cluster under diagonal Gaussians). All 0 when
+        /// normalization is off: plain nearest centroid.
+        penalty: Vec<f64>,
+        /// Each cluster's radius: the `quantile` of the spread-normalized distances of the fit
+        /// rows that belong to it, at least 1; the score is the spread-normalized distance
+        /// divided by it (all 1 when normalization is off).
         radius: Vec<f64>,
         /// Training rows assigned to each cluster.
         sizes: Vec<u64>,
@@ -198,10 +205,12 @@ pub(crate) struct ModelFile {
 #[derive(Debug, Clone, PartialEq)]
 enum Fast {
     Kmeans {
-        /// Centroids transposed: `ct[j * k + c]` is feature j of centroid c.
-        ct: Vec<f64>,
-        /// Weights, transposed the same way: `1 / (spread[c][j]² · radius[c]²)`.
-        wt: Vec<f64>,
+        /// The `f32` scorer's arrays.
+        scorer: kernel::Scorer32,
+        /// Centroids, row-major `k × d` (explanations, in `f64`).
+        centroids: Vec<f64>,
+        /// Weights `1 / (spread[c][j]² · radius[c]²)`, row-major `k × d` (explanations).
+        weights: Vec<f64>,
     },
     Gmm {
         /// Means, row-major `k × d`.
@@ -357,6 +366,7 @@ impl Model {
             Detector::Kmeans {
                 centroids,
                 spread,
+                penalty,
                 radius,
                 sizes,
             } => {
@@ -378,17 +388,44 @@ impl Model {
                 ensure(sizes.len() == k, || {
                     "the cluster sizes do not match the clusters".into()
                 })?;
-                let mut ct = vec![0.0; d * k];
-                let mut wt = vec![0.0; d * k];
-                for c in 0..k {
-                    for j in 0..d {
-                        ct[j * k + c] = centroids[c][j];
-                        let s = spread[c][j] * radius[c];
-                        wt[j * k + c] = 1.0 / (s * s);
-                    }
+                ensure(penalty.len() == k && all_finite(penalty), || {
+                    "the penalties do not match the clusters".into()
+                })?;
+                let flat: Vec<f64> = centroids.iter().flatten().copied().collect();
+                let weights: Vec<f64> = (0..k * d)
+                    .map(|i| {
+                        let s = spread[i / d][i % d] * radius[i / d];
+                        1.0 / (s * s)
+                    })
+                    .collect();
+                ensure(all_finite(&weights), || {
+                    "a spread or radius is too small".into()
+                })?;
+                let inv_spread2: Vec<f64> =
+                    spread.iter().flatten().map(|s| 1.0 / (s * s)).collect();
+                let scorer = kernel::Scorer32::new(
+                    k,
+                    d,
+                    &file.scaler.center,
+                    &file.scaler.inv_scale(),
+                    &flat,
+                    &inv_spread2,
+                    penalty,
+                    radius,
+                );
+                ensure(
+                    scorer
+                        .wt
+                        .iter()
+                        .chain(&scorer.inv_r2)
+                        .all(|w| w.is_finite()),
+                    || "a spread or radius is too small for the f32 scorer".into(),
+                )?;
+                Fast::Kmeans {
+                    scorer,
+                    centroids: flat,
+                    weights,
                 }
-                ensure(all_finite(&wt), || "a spread or radius is too small".into())?;
-                Fast::Kmeans { ct, wt }
             }
             Detector::Gmm {
                 weights,
@@ -526,32 +563,15 @@ impl Model {
     }
 
     /// The anomaly score of one raw feature vector (one value per feature, in order; NaN if
-    /// the length differs). Higher is more anomalous. Allocation-free, O(features × k).
+    /// the length differs). Higher is more anomalous. Allocation-free, O(features × k); the
+    /// k-means scorer computes in `f32` (see the `kernel` module).
     #[inline]
     pub fn score(&self, values: &[f64]) -> f64 {
         if values.len() != self.d {
             return f64::NAN;
         }
         match &self.fast {
-            Fast::Kmeans { ct, wt } => {
-                let k = self.k;
-                let mut acc = [0.0f64; MAX_K];
-                let acc = &mut acc[..k];
-                for ((((&v, &c), &is), cols), ws) in values
-                    .iter()
-                    .zip(&self.center)
-                    .zip(&self.inv_scale)
-                    .zip(ct.chunks_exact(k))
-                    .zip(wt.chunks_exact(k))
-                {
-                    let z = (slog1p(v) - c) * is;
-                    for ((a, &m), &w) in acc.iter_mut().zip(cols).zip(ws) {
-                        let t = z - m;
-                        *a += w * t * t;
-                    }
-                }
-                nearest(acc).1.sqrt()
-            }
+            Fast::Kmeans { scorer, .. } => f64::from(scorer.nearest(values).1.sqrt()),
             Fast::Gmm { .. } => {
                 let mut z = [0.0f64; MAX_FEATURES];
                 self.scale_into(values, &mut z[..self.d]);
@@ -560,15 +580,24 @@ impl Model {
         }
     }
 
-    /// The score of a vector already in scaled space (training and calibration).
-    pub(crate) fn score_scaled(&self, z: &[f64]) -> f64 {
+    /// The cluster a raw vector belongs to and its score there (k-means; the most likely
+    /// component and the score for a mixture).
+    pub(crate) fn claim(&self, values: &[f64]) -> (usize, f64) {
         match &self.fast {
-            Fast::Kmeans { ct, wt } => kmeans_sq(z, ct, wt, self.k).1.sqrt(),
-            Fast::Gmm { .. } => self.gmm_score(z).0,
+            Fast::Kmeans { scorer, .. } => {
+                let (c, s2) = scorer.nearest(values);
+                (c, f64::from(s2.sqrt()))
+            }
+            Fast::Gmm { .. } => {
+                let mut z = vec![0.0; self.d];
+                self.scale_into(values, &mut z);
+                let (s, c) = self.gmm_score(&z);
+                (c, s)
+            }
         }
     }
 
-    /// `values` in scaled space, exactly as the scorer computes it.
+    /// `values` in scaled space, in `f64`.
     fn scale_into(&self, values: &[f64], z: &mut [f64]) {
         for (((o, &v), &c), &is) in z
             .iter_mut()
@@ -654,17 +683,19 @@ impl Model {
         let mut z = vec![0.0; self.d];
         self.scale_into(values, &mut z);
         let (cluster, terms, centre): (usize, Vec<f64>, Vec<f64>) = match &self.fast {
-            Fast::Kmeans { ct, wt } => {
-                let k = self.k;
-                let c = kmeans_sq(&z, ct, wt, k).0;
-                let centre: Vec<f64> = (0..self.d).map(|j| ct[j * k + c]).collect();
+            Fast::Kmeans {
+                scorer,
+                centroids,
+                weights,
+            } => {
+                let d = self.d;
+                let c = scorer.nearest(values).0;
+                let centre = centroids[c * d..(c + 1) * d].to_vec();
                 let terms = z
                     .iter()
-                    .enumerate()
-                    .map(|(j, z)| {
-                        let t = z - ct[j * k + c];
-                        wt[j * k + c] * t * t
-                    })
+                    .zip(&centre)
+                    .zip(&weights[c * d..(c + 1) * d])
+                    .map(|((z, m), w)| w * (z - m) * (z - m))
                     .collect();
                 (c, terms, centre)
             }
@@ -721,7 +752,10 @@ impl Model {
         Ok(self)
     }
 
-    /// Builds a model from its parts (the trainer).
+    /// Builds a model from its parts (the trainer). Every number is rounded to 15
+    /// significant digits first: serde_json (without its `float_roundtrip` feature) parses
+    /// longer decimals to within one ulp only, and the model must come back from its file
+    /// exactly as it was, bit for bit.
     pub(crate) fn assemble(
         schema: Schema,
         scaler: Scaler,
@@ -730,7 +764,7 @@ impl Model {
         baseline: Option<Baseline>,
         training: TrainingSummary,
     ) -> Result<Model, DetectError> {
-        Model::from_file(ModelFile {
+        Model::from_file(canonical(ModelFile {
             format: MODEL_FORMAT,
             schema,
             transform: "slog1p".into(),
@@ -739,41 +773,53 @@ impl Model {
             threshold,
             baseline,
             training,
-        })
+        })?)
     }
 
     /// Replaces the threshold and the summary (the trainer, after calibration).
-    pub(crate) fn finish(mut self, threshold: f64, training: TrainingSummary) -> Model {
+    pub(crate) fn finish(
+        mut self,
+        threshold: f64,
+        training: TrainingSummary,
+    ) -> Result<Model, DetectError> {
         self.file.threshold = threshold;
         self.file.training = training;
-        self
+        Model::from_file(canonical(self.file)?)
     }
 }
 
-/// The cluster with the smallest weighted squared distance, and that distance.
-#[inline]
-fn nearest(acc: &[f64]) -> (usize, f64) {
-    let mut best = (0, f64::INFINITY);
-    for (c, &v) in acc.iter().enumerate() {
-        if v < best.1 {
-            best = (c, v);
-        }
+/// `v` rounded to 15 significant digits (see [`Model::assemble`]).
+pub(crate) fn round15(v: f64) -> f64 {
+    if v.is_finite() && v != 0.0 {
+        format!("{v:.14e}").parse().unwrap_or(v)
+    } else {
+        v
     }
-    best
 }
 
-/// The nearest cluster of a scaled vector and its weighted squared distance.
-#[inline]
-fn kmeans_sq(z: &[f64], ct: &[f64], wt: &[f64], k: usize) -> (usize, f64) {
-    let mut acc = [0.0f64; MAX_K];
-    let acc = &mut acc[..k];
-    for ((&z, cols), ws) in z.iter().zip(ct.chunks_exact(k)).zip(wt.chunks_exact(k)) {
-        for ((a, &m), &w) in acc.iter_mut().zip(cols).zip(ws) {
-            let t = z - m;
-            *a += w * t * t;
+/// Every floating-point number in a JSON value rounded to 15 significant digits.
+fn round_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(x) = n
+                .as_f64()
+                .and_then(|x| serde_json::Number::from_f64(round15(x)))
+            {
+                *n = x;
+            }
         }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(round_json),
+        serde_json::Value::Object(o) => o.values_mut().for_each(round_json),
+        _ => {}
     }
-    nearest(acc)
+}
+
+/// The model file with every number as it will read back from JSON.
+fn canonical(file: ModelFile) -> Result<ModelFile, DetectError> {
+    let bad = |e: serde_json::Error| DetectError::BadModel(format!("cannot encode the model: {e}"));
+    let mut v = serde_json::to_value(&file).map_err(bad)?;
+    round_json(&mut v);
+    serde_json::from_value(v).map_err(bad)
 }
 
 /// Precomputes a mixture's scoring arrays.
@@ -898,6 +944,7 @@ mod tests {
             Detector::Kmeans {
                 centroids: vec![vec![0.0, 0.0], vec![5.0, 5.0]],
                 spread: vec![vec![1.0, 1.0], vec![1.0, 1.0]],
+                penalty: vec![0.0, 0.0],
                 radius: vec![1.0, 2.0],
                 sizes: vec![10, 10],
             },
@@ -916,13 +963,14 @@ mod tests {
         let raw = [slog1p_inv(3.0), slog1p_inv(4.0)];
         let s = m.score(&raw);
         let want = (5.0f64 / 4.0).sqrt();
-        assert!((s - want).abs() < 1e-9, "{s} vs {want}");
+        // The k-means scorer computes in f32.
+        assert!((s - want).abs() < 1e-5, "{s} vs {want}");
         assert!(m.score(&[1.0]).is_nan());
         let v = m.verdict_values(&raw);
         assert_eq!(v.cluster, 1);
         assert!(!v.anomalous);
         let total: f64 = v.top.iter().map(|c| c.contribution).sum();
-        assert!((total - s * s).abs() < 1e-9);
+        assert!((total - s * s).abs() < 1e-5);
         assert_eq!(v.top[0].feature, "a");
         Ok(())
     }

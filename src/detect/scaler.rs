@@ -14,48 +14,45 @@ use serde::{Deserialize, Serialize};
 
 use super::par;
 
+/// Most rows the scaler's quantiles are computed on: medians and quartiles from 100 000
+/// evenly spaced rows are within a fraction of a percentile rank of the exact ones, at a
+/// tenth of the cost on a million rows.
+pub const SCALER_SAMPLE: usize = 100_000;
+
 /// IQR of a standard normal distribution: IQR / 1.349 estimates its standard deviation.
 pub const IQR_NORMAL: f64 = 1.349;
 
-/// `sign(x)·ln(1 + |x|)`, computed without calling libm so that a verdict costs a few
-/// nanoseconds per feature (accurate to about 1e-11 relative; training and scoring both use
-/// this one function, so what matters is that it is the same, not that it is exact).
+/// `sign(x)·ln(1 + |x|)`, approximated by reading the `f32` bits of `1 + |x|` as an integer
+/// (Mitchell's logarithm): exact at `x = ±(2ⁿ − 1)` (0 ↦ 0, 1 ↦ ln 2, 3 ↦ ln 4, ...), linear
+/// in between, increasing, within 0.06 of `ln_1p` everywhere. That is ample for its job,
+/// compressing counts and byte totals that span orders of magnitude, and it costs a handful of
+/// SIMD instructions per value where libm's `ln_1p` costs tens of nanoseconds, which matters
+/// on the verdict hot path. Training and scoring use this one function, so the model sees
+/// exactly what it was trained on. Infinities and NaN map to about ±89 (very anomalous),
+/// never to NaN.
 #[inline]
 pub fn slog1p(x: f64) -> f64 {
-    const LN_2: f64 = std::f64::consts::LN_2;
-    const SQRT_2: f64 = std::f64::consts::SQRT_2;
-    let y = 1.0 + x.abs();
-    // y = m · 2^e with m in [1, 2): read both from the bits (y ≥ 1 is normal and positive).
-    let bits = y.to_bits();
-    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
-    // Move m into [√2/2, √2) so that s below stays within ±0.172.
-    let big = m > SQRT_2;
-    let m = if big { m * 0.5 } else { m };
-    let e = (e + i64::from(big)) as f64;
-    // ln m = 2·atanh(s) = 2(s + s³/3 + s⁵/5 + ...), s = (m - 1)/(m + 1).
-    let s = (m - 1.0) / (m + 1.0);
-    let s2 = s * s;
-    let series = 1.0
-        + s2 * (1.0 / 3.0
-            + s2 * (1.0 / 5.0
-                + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 * (1.0 / 11.0 + s2 / 13.0)))));
-    let l = e * LN_2 + 2.0 * s * series;
-    if x < 0.0 {
-        -l
-    } else {
-        l
-    }
+    f64::from(slog1p_f32(x as f32))
 }
 
-/// The inverse of [`slog1p`] (for showing typical values in raw units).
+/// [`slog1p`] in `f32`, as the scorer computes it (four lanes per SSE register).
+#[inline]
+pub fn slog1p_f32(x: f32) -> f32 {
+    // Bits of 1.0; y ≥ 1, so the difference is the non-negative offset of y above 1 in
+    // units of 2⁻²³ of an octave.
+    const ONE_BITS: i32 = 0x3f80_0000;
+    let y = 1.0 + x.abs();
+    let octaves = (y.to_bits() as i32).wrapping_sub(ONE_BITS) as f32;
+    (octaves * (std::f32::consts::LN_2 / 8_388_608.0)).copysign(x)
+}
+
+/// The inverse of [`slog1p`] (for showing typical values in raw units, and for tests).
 pub fn slog1p_inv(y: f64) -> f64 {
-    let v = y.abs().exp_m1();
-    if y < 0.0 {
-        -v
-    } else {
-        v
-    }
+    const ONE_BITS: f64 = 1_065_353_216.0;
+    let offset = (y.abs() / (std::f64::consts::LN_2 / 8_388_608.0)).round();
+    let bits = (ONE_BITS + offset).min(f64::from(0x7f80_0000u32));
+    let v = f64::from(f32::from_bits(bits as u32)) - 1.0;
+    v.copysign(y)
 }
 
 /// Per-feature centre and scale, applied after [`slog1p`]: `z = (slog1p(x) - center) / scale`.
@@ -69,13 +66,16 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    /// Fits the scaler to already transformed rows (`slog1p` applied).
+    /// Fits the scaler to already transformed rows (`slog1p` applied). Above
+    /// [`SCALER_SAMPLE`] rows, the statistics come from that many evenly spaced rows.
     pub fn fit(t: ArrayView2<'_, f64>, min_scale: f64) -> Scaler {
         let (n, d) = t.dim();
+        let m = n.min(SCALER_SAMPLE);
+        let rows: Vec<usize> = (0..m).map(|i| i * n / m.max(1)).collect();
         let mut cols: Vec<(Vec<f64>, f64, f64)> = vec![(Vec::new(), 0.0, 1.0); d];
         par::for_each_mut(&mut cols, |j, (col, center, scale)| {
-            col.reserve_exact(n);
-            col.extend(t.column(j).iter().copied());
+            col.reserve_exact(m);
+            col.extend(rows.iter().map(|&i| t[[i, j]]));
             let (c, s) = center_and_scale(col, min_scale);
             *center = c;
             *scale = s;
@@ -154,20 +154,27 @@ mod tests {
     use ndarray::array;
 
     #[test]
-    fn slog1p_matches_libm() {
+    fn slog1p_is_close_to_ln_1p_and_increasing() {
         let mut x = 0.0f64;
-        while x < 1e12 {
+        let mut prev = -1.0;
+        while x < 1e15 {
             let want = x.ln_1p();
             let got = slog1p(x);
-            assert!(
-                (got - want).abs() <= 1e-10 * want.max(1e-300) + 1e-15,
-                "x = {x}: {got} vs {want}"
-            );
+            assert!((got - want).abs() <= 0.0597, "x = {x}: {got} vs {want}");
+            assert!(got >= prev, "not increasing at {x}");
             assert_eq!(slog1p(-x), -got);
-            x = x * 1.37 + 0.013;
+            assert_eq!(got, f64::from(slog1p_f32(x as f32)));
+            prev = got;
+            x = x * 1.01 + 0.013;
         }
         assert_eq!(slog1p(0.0), 0.0);
-        assert!((slog1p_inv(slog1p(12345.0)) - 12345.0).abs() < 1e-6);
+        assert!((slog1p(1.0) - std::f64::consts::LN_2).abs() < 1e-6);
+        assert!((slog1p(1023.0) - 1024f64.ln()).abs() < 1e-5);
+        assert!(slog1p(f64::INFINITY).is_finite() && slog1p(f64::NAN).is_finite());
+        for v in [0.0, 1.0, 2.5, 12345.0, -7.0] {
+            let back = slog1p_inv(slog1p(v));
+            assert!((back - v).abs() <= 1e-6 * v.abs().max(1.0), "{v} -> {back}");
+        }
     }
 
     #[test]

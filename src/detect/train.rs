@@ -14,8 +14,9 @@
 //!    blocks, in parallel, with a result that does not depend on the thread count.
 //!    Or a Gaussian mixture: linfa-clustering's `GaussianMixtureModel` on a seeded sample of
 //!    at most [`TrainSpec::gmm_max_rows`] rows.
-//! 5. Per-cluster normalization (k-means): each cluster's spread of each feature (root mean
-//!    square deviation of its own fit rows, at least `cluster_min_spread`), then its radius:
+//! 5. Per-cluster normalization (k-means): each cluster's spread of each feature (the
+//!    `spread_quantile` of its own fit rows' absolute deviations from the centroid, at least
+//!    `cluster_min_spread`), then its radius:
 //!    the `quantile` of its own fit rows' spread-normalized distances, at least
 //!    [`RADIUS_FLOOR`].
 //! 6. Threshold: the `quantile` of the fit rows' scores × `margin`, raised if needed so that
@@ -33,11 +34,14 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Algo, Baseline, Detector, Model, Schema, TrainingSummary, MAX_FEATURES, MAX_K};
 use super::scaler::{slog1p, Scaler};
-use super::{par, Dataset, DetectError};
+use super::{kernel, par, Dataset, DetectError};
 
 /// Rows of the sample linfa's k-means++ and first Lloyd runs see to choose the starting
 /// centroids: enough for k ≤ 32 well-separated behaviours, small enough to cost milliseconds.
 pub const INIT_SAMPLE: usize = 16_384;
+
+/// Most rows per cluster its per-feature spreads are estimated from (evenly spaced).
+pub const SPREAD_SAMPLE: usize = 32_768;
 
 /// Smallest per-cluster radius, in scaled units: a cluster of identical rows (idle windows)
 /// would otherwise have radius 0 and flag any change at all.
@@ -108,6 +112,7 @@ pub struct TrainSpec {
     tolerance: f64,
     normalize: bool,
     cluster_min_spread: f64,
+    spread_quantile: f64,
     min_scale: f64,
     quantile: f64,
     margin: f64,
@@ -130,6 +135,7 @@ impl Default for TrainSpec {
             tolerance: 1e-4,
             normalize: true,
             cluster_min_spread: 0.1,
+            spread_quantile: 0.999,
             min_scale: 0.1,
             quantile: 0.995,
             margin: 1.1,
@@ -185,6 +191,9 @@ setters! {
     normalize: bool;
     /// Smallest per-cluster spread of a feature, in scaled units (default 0.1).
     cluster_min_spread: f64;
+    /// Quantile of a cluster's absolute deviations in a feature that is its spread, in
+    /// (0, 1] (default 0.999: a value one benign window in a thousand shows is still normal).
+    spread_quantile: f64;
     /// Smallest feature scale after `slog1p` (default 0.1).
     min_scale: f64;
     /// Quantile of fit scores the threshold starts from, in (0, 1] (default 0.995).
@@ -238,6 +247,13 @@ impl TrainSpec {
                 name: "quantile",
                 range: "(0, 1]",
                 value: self.quantile,
+            });
+        }
+        if !(self.spread_quantile > 0.0 && self.spread_quantile <= 1.0) {
+            return Err(ParamError::OutOfRange {
+                name: "spread_quantile",
+                range: "(0, 1]",
+                value: self.spread_quantile,
             });
         }
         if !(self.margin >= 1.0 && self.margin.is_finite()) {
@@ -350,7 +366,7 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
     let (detector, iterations, converged, inertia) = match p.algo {
         Algo::Kmeans => {
             let km = kmeans(&z, d, p.k, p.n_init, p.max_iterations, p.tolerance, p.seed)?;
-            let (det, inertia) = kmeans_detector(&km, &z, d, p);
+            let (det, inertia) = kmeans_detector(&km, &z, d, p, &scaler, x.view(), fit)?;
             (det, Some(km.iterations), km.converged, Some(inertia))
         }
         Algo::Gmm => (gmm(&z, d, p)?, None, true, None),
@@ -380,9 +396,10 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
         fit_fpr: 0.0,
         calibration_fpr: 0.0,
     };
-    let model = Model::assemble(schema, scaler, detector, 0.0, baseline, summary.clone())?;
-    let fit_scores = score_scaled_rows(&model, &z, d);
     drop(z);
+    let model = Model::assemble(schema, scaler, detector, 0.0, baseline, summary.clone())?;
+    // Scores through the public scorer, exactly as live windows will be scored.
+    let fit_scores = score_raw_rows(&model, x.view(), fit);
     let cal_scores = score_raw_rows(&model, x.view(), cal);
     let (threshold, q, rule) =
         choose_threshold(&fit_scores, &cal_scores, p.quantile, p.margin, p.target_fpr);
@@ -400,7 +417,7 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
         calibration_fpr: above(&cal_scores),
         ..summary
     };
-    let model = model.finish(threshold, summary);
+    let model = model.finish(threshold, summary)?;
     let calibrate = t2.elapsed();
     Ok(Trained {
         model,
@@ -439,18 +456,6 @@ fn gather_transformed(x: ArrayView2<'_, f64>, rows: &[usize]) -> Vec<f64> {
     out
 }
 
-/// Scores of scaled rows, in order.
-fn score_scaled_rows(model: &Model, z: &[f64], d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; z.len() / d];
-    par::for_rows_mut(&mut out, 1, |first, chunk| {
-        for (i, o) in chunk.iter_mut().enumerate() {
-            let r = first + i;
-            *o = model.score_scaled(&z[r * d..(r + 1) * d]);
-        }
-    });
-    out
-}
-
 /// Scores of raw rows through the public scorer, in order.
 pub(crate) fn score_raw_rows(model: &Model, x: ArrayView2<'_, f64>, rows: &[usize]) -> Vec<f64> {
     let mut out = vec![0.0; rows.len()];
@@ -484,14 +489,16 @@ fn choose_threshold(
         if allowed < cal.len() {
             let mut c = cal.to_vec();
             c.sort_unstable_by(|a, b| b.total_cmp(a));
-            let need = c[allowed];
+            // Just above that row's score: rows equal to the threshold are not flagged, and
+            // the margin survives the model file's 15-digit rounding.
+            let need = c[allowed] + c[allowed].abs() * 1e-12;
             if need > t {
                 t = need;
                 rule = "raised_for_calibration_fpr";
             }
         }
     }
-    (t, q, rule)
+    (round15(t), q, rule)
 }
 
 /// Chooses the rate-threshold baseline on the training rows (all of them, labels included: a
@@ -674,13 +681,9 @@ pub fn kmeans(
 /// One assignment pass: per block, each row's nearest centroid, its squared distance, and the
 /// block's per-cluster sums and counts.
 fn lloyd_pass(z: &[f64], d: usize, k: usize, centroids: &[f64], old: &[u32]) -> Vec<Partial> {
-    // Transposed centroids: ct[j * k + c], so the inner loop runs over clusters.
-    let mut ct = vec![0.0; d * k];
-    for c in 0..k {
-        for j in 0..d {
-            ct[j * k + c] = centroids[c * d + j];
-        }
-    }
+    let kp = kernel::padded(k);
+    let ct = kernel::transpose(centroids, k, d, kp, 0.0);
+    let init = kernel::start(k, kp);
     let n = z.len() / d;
     par::map_blocks(n, |range| {
         let mut p = Partial {
@@ -690,29 +693,16 @@ fn lloyd_pass(z: &[f64], d: usize, k: usize, centroids: &[f64], old: &[u32]) -> 
             sq: Vec::with_capacity(range.len()),
             changed: 0,
         };
-        for i in range {
-            let row = &z[i * d..(i + 1) * d];
-            let mut acc = [0.0f64; MAX_K];
-            let acc = &mut acc[..k];
-            for (&x, col) in row.iter().zip(ct.chunks_exact(k)) {
-                for (a, &m) in acc.iter_mut().zip(col) {
-                    let t = x - m;
-                    *a += t * t;
-                }
-            }
-            let mut best = 0;
-            let mut bv = acc[0];
-            for (c, &v) in acc.iter().enumerate().skip(1) {
-                if v < bv {
-                    best = c;
-                    bv = v;
-                }
-            }
-            if old[i] != best as u32 {
+        for (row, &was) in z[range.start * d..range.end * d]
+            .chunks_exact(d)
+            .zip(&old[range])
+        {
+            let (best, dist) = kernel::nearest_plain(kp, row, &ct, &init);
+            if was != best as u32 {
                 p.changed += 1;
             }
             p.labels.push(best as u32);
-            p.sq.push(bv);
+            p.sq.push(dist);
             p.counts[best] += 1;
             for (s, &x) in p.sums[best * d..(best + 1) * d].iter_mut().zip(row) {
                 *s += x;
@@ -799,96 +789,145 @@ fn init_centroids(
 }
 
 /// The model's k-means part from a fit: the non-empty clusters, each with its per-feature
-/// spread and its radius, and the mean squared distance (inertia per row).
-fn kmeans_detector(km: &KMeansFit, z: &[f64], d: usize, p: &TrainSpec) -> (Detector, f64) {
+/// spread, assignment penalty and radius, and the mean squared distance (inertia per row).
+/// `x` and `fit` are the raw rows the fit was made on, for the radii: they are measured with
+/// the scorer itself, so that training and live scoring agree exactly.
+fn kmeans_detector(
+    km: &KMeansFit,
+    z: &[f64],
+    d: usize,
+    p: &TrainSpec,
+    scaler: &Scaler,
+    x: ArrayView2<'_, f64>,
+    fit: &[usize],
+) -> Result<(Detector, f64), DetectError> {
     let k = km.k;
     let n = km.labels.len();
-    let labels = &km.labels;
     let cent = &km.centroids;
-    // Sum of squared deviations per cluster and feature, per block, combined in block order.
-    let parts = par::map_blocks(n, |range| {
-        let mut ss = vec![0.0; k * d];
-        for i in range {
-            let c = labels[i] as usize;
-            for ((s, &x), &m) in ss[c * d..(c + 1) * d]
-                .iter_mut()
-                .zip(&z[i * d..(i + 1) * d])
-                .zip(&cent[c * d..(c + 1) * d])
-            {
-                *s += (x - m) * (x - m);
+    // Rows of each cluster, in order.
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
+    for (i, &l) in km.labels.iter().enumerate() {
+        members[l as usize].push(i);
+    }
+    let kept: Vec<usize> = (0..k).filter(|&c| !members[c].is_empty()).collect();
+    // Spread of each feature in each cluster: the `quantile` of the absolute deviations of
+    // (at most SPREAD_SAMPLE evenly spaced) member rows from the centroid. A quantile rather
+    // than a standard deviation: a feature that benign rows of the cluster use only rarely
+    // (one failed login in a hundred windows) gets the spread of that rare value, so it does
+    // not dominate every distance, while a value far beyond anything benign still stands out.
+    let mut spread: Vec<Vec<f64>> = vec![vec![1.0; d]; kept.len()];
+    if p.normalize {
+        par::for_each_mut(&mut spread, |ci, out| {
+            let rows = &members[kept[ci]];
+            let centre = &cent[kept[ci] * d..(kept[ci] + 1) * d];
+            let m = rows.len().min(SPREAD_SAMPLE);
+            let sample: Vec<usize> = (0..m).map(|i| rows[i * rows.len() / m]).collect();
+            let mut dev = vec![0.0; m];
+            for (j, o) in out.iter_mut().enumerate() {
+                for (v, &i) in dev.iter_mut().zip(&sample) {
+                    *v = (z[i * d + j] - centre[j]).abs();
+                }
+                *o = par::quantiles(&mut dev, &[p.spread_quantile])[0].max(p.cluster_min_spread);
             }
-        }
-        ss
-    });
-    let mut ss = vec![0.0; k * d];
-    for part in parts {
-        ss.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+        });
     }
-    let mut counts = vec![0u64; k];
-    for &l in labels {
-        counts[l as usize] += 1;
-    }
-    let spread: Vec<f64> = (0..k * d)
-        .map(|i| {
-            let c = i / d;
-            if p.normalize && counts[c] > 0 {
-                (ss[i] / counts[c] as f64)
-                    .sqrt()
-                    .max(p.cluster_min_spread)
+    let penalty: Vec<f64> = kept
+        .iter()
+        .zip(&spread)
+        .map(|(&c, s)| {
+            if p.normalize {
+                2.0 * s.iter().map(|v| v.ln()).sum::<f64>()
+                    - 2.0 * (members[c].len() as f64 / n as f64).ln()
             } else {
-                1.0
+                0.0
             }
         })
         .collect();
-    // Each row's spread-normalized distance to its own centroid.
-    let dists: Vec<f64> = par::map_blocks(n, |range| {
-        range
-            .map(|i| {
-                let c = labels[i] as usize;
-                z[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&cent[c * d..(c + 1) * d])
-                    .zip(&spread[c * d..(c + 1) * d])
-                    .map(|((x, m), s)| (x - m) * (x - m) / (s * s))
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect::<Vec<f64>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut per: Vec<Vec<f64>> = vec![Vec::new(); k];
-    for (&l, &dist) in labels.iter().zip(&dists) {
-        per[l as usize].push(dist);
-    }
-    let mut det_centroids = Vec::new();
-    let mut det_spread = Vec::new();
-    let mut radius = Vec::new();
-    let mut sizes = Vec::new();
-    for (c, ds) in per.iter_mut().enumerate() {
-        if ds.is_empty() {
-            continue;
+    let centroids: Vec<Vec<f64>> = kept
+        .iter()
+        .map(|&c| cent[c * d..(c + 1) * d].to_vec())
+        .collect();
+    let sizes: Vec<u64> = kept.iter().map(|&c| members[c].len() as u64).collect();
+    // Radii: score every fit row with radius 1, then take the `quantile` of the distances of
+    // the rows each cluster claims.
+    let mut radius = vec![1.0; kept.len()];
+    if p.normalize {
+        let unit = Model::assemble(
+            Schema {
+                version: 0,
+                features: (0..d).map(|j| j.to_string()).collect(),
+            },
+            scaler.clone(),
+            Detector::Kmeans {
+                centroids: centroids.clone(),
+                spread: spread.clone(),
+                penalty: penalty.clone(),
+                radius: radius.clone(),
+                sizes: sizes.clone(),
+            },
+            0.0,
+            None,
+            empty_summary(p),
+        )?;
+        let claims = claim_rows(&unit, x, fit);
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); kept.len()];
+        for (c, s) in claims {
+            per[c].push(s);
         }
-        det_centroids.push(cent[c * d..(c + 1) * d].to_vec());
-        det_spread.push(spread[c * d..(c + 1) * d].to_vec());
-        sizes.push(ds.len() as u64);
-        radius.push(if p.normalize {
-            par::quantiles(ds, &[p.quantile])[0].max(RADIUS_FLOOR)
-        } else {
-            1.0
-        });
+        for (r, dists) in radius.iter_mut().zip(per.iter_mut()) {
+            if !dists.is_empty() {
+                *r = par::quantiles(dists, &[p.quantile])[0].max(RADIUS_FLOOR);
+            } else {
+                *r = RADIUS_FLOOR;
+            }
+        }
     }
     let inertia = km.sq_dists.iter().sum::<f64>() / km.sq_dists.len().max(1) as f64;
-    (
+    Ok((
         Detector::Kmeans {
-            centroids: det_centroids,
-            spread: det_spread,
+            centroids,
+            spread,
+            penalty,
             radius,
             sizes,
         },
         inertia,
-    )
+    ))
+}
+
+/// A summary with nothing in it yet (for intermediate models).
+fn empty_summary(p: &TrainSpec) -> TrainingSummary {
+    TrainingSummary {
+        rows: 0,
+        benign_rows: 0,
+        fit_rows: 0,
+        calibration_rows: 0,
+        seed: p.seed,
+        window_ms: None,
+        params: p.clone(),
+        iterations: None,
+        converged: false,
+        inertia: None,
+        fit_quantile_score: 0.0,
+        threshold_rule: String::new(),
+        fit_fpr: 0.0,
+        calibration_fpr: 0.0,
+    }
+}
+
+/// For each row, the cluster the scorer assigns it to and its score there, in order.
+fn claim_rows(model: &Model, x: ArrayView2<'_, f64>, rows: &[usize]) -> Vec<(usize, f64)> {
+    let mut out = vec![(0, 0.0); rows.len()];
+    par::for_rows_mut(&mut out, 1, |first, chunk| {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            let row = x.row(rows[first + i]);
+            *o = match row.as_slice() {
+                Some(s) => model.claim(s),
+                None => model.claim(&row.to_vec()),
+            };
+        }
+    });
+    out
 }
 
 /// linfa's Gaussian mixture on a seeded sample of the scaled fit rows.
@@ -987,6 +1026,57 @@ mod tests {
                 assert!(k.rate >= 0.9, "{algo} {kind}: {k:?}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_model_survives_a_save_and_load() -> Result<(), Box<dyn std::error::Error>> {
+        let data = synthetic(2000, 100, 4);
+        for algo in [Algo::Kmeans, Algo::Gmm] {
+            let model = train(&data, &TrainSpec::default().algo(algo).k(3).check()?)?.model;
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("model.json");
+            model.save(&path)?;
+            let back = Model::load(&path)?;
+            assert_eq!(back, model);
+            for i in 0..data.rows() {
+                let row = data.row(i).to_vec();
+                assert_eq!(back.score(&row).to_bits(), model.score(&row).to_bits());
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn data_with_other_columns_is_refused_naming_the_first_difference(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let data = synthetic(500, 0, 5);
+        let model = train(&data, &TrainSpec::default().k(2).check()?)?.model;
+        let mut names: Vec<String> = data.features().to_vec();
+        names[4] = "frames_sideways".into();
+        let renamed = Dataset::from_rows(
+            names,
+            true,
+            (0..10).map(|i| RowSpec {
+                source: "127.0.0.1",
+                window_start_ms: 0,
+                window_ms: 1000,
+                values: data.row(i).to_slice().unwrap_or(&[]),
+                label: Some(BENIGN_LABEL),
+            }),
+        )?;
+        let err = evaluate(&model, &renamed)
+            .err()
+            .ok_or("accepted other columns")?;
+        assert!(
+            matches!(&err, DetectError::SchemaMismatch { position: 5, found: Some(f), .. } if f == "frames_sideways"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("feature column 5 is `frames_sideways` but the model expects `f4`"),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -1,0 +1,408 @@
+//! `rampart model ...`: train a detection model from feature CSVs, evaluate it, explain it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use rampart::detect::eval::{BaselineReport, KindRate, Metrics};
+use rampart::detect::{self, Algo, Dataset, EvalReport, Model, TrainSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Train a model on feature CSVs and write it (JSON).
+    #[command(
+        after_help = "By default the model learns from the rows labelled benign (every \
+row when there is no label column), holds 20% of them out to check the threshold, and \
+prints the seed it used.\n\nExample:\n  rampart model train datasets/train.csv --out model.json \
+--k 8 --seed 42"
+    )]
+    Train(TrainArgs),
+    /// Evaluate a model against a labelled feature CSV.
+    #[command(
+        after_help = "Positive class: every label other than benign. With --json, \
+prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, per_kind, \
+rows, threshold and baseline (the same figures for the rate-threshold baseline).\n\n\
+Example:\n  rampart model eval --model model.json datasets/test.csv --json"
+    )]
+    Eval(EvalArgs),
+    /// Print the highest-scoring windows of a feature CSV with the features behind each score.
+    #[command(
+        after_help = "Example:\n  rampart model explain --model model.json datasets/test.csv --limit 10"
+    )]
+    Explain(ExplainArgs),
+}
+
+/// The clustering algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlgoArg {
+    /// k-means; score = spread-normalized distance to the nearest centroid.
+    Kmeans,
+    /// Gaussian mixture; score = negative log-likelihood above its minimum.
+    Gmm,
+}
+
+impl From<AlgoArg> for Algo {
+    fn from(a: AlgoArg) -> Algo {
+        match a {
+            AlgoArg::Kmeans => Algo::Kmeans,
+            AlgoArg::Gmm => Algo::Gmm,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Feature CSVs (as written by `rampart activity export`), all with the same columns.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where to write the model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Clustering algorithm.
+    #[arg(long, value_enum, default_value = "kmeans")]
+    algo: AlgoArg,
+    /// Clusters or mixture components, 1 to 32 [default: 8].
+    #[arg(long)]
+    k: Option<usize>,
+    /// Seed of every random choice (hold-out split, sample, initialization) [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Most Lloyd or EM iterations [default: 300].
+    #[arg(long)]
+    max_iter: Option<u64>,
+    /// k-means stops when the squared centroid shift is at most this times the mean feature
+    /// variance, as scikit-learn [default: 1e-4].
+    #[arg(long)]
+    tol: Option<f64>,
+    /// Quantile of training scores the threshold starts from, and of each cluster's distances
+    /// taken as its radius [default: 0.995].
+    #[arg(long)]
+    quantile: Option<f64>,
+    /// Factor on that quantile [default: 1.1].
+    #[arg(long)]
+    margin: Option<f64>,
+    /// Quantile of a cluster's deviations in a feature taken as its spread [default: 0.999].
+    #[arg(long)]
+    spread_quantile: Option<f64>,
+    /// Highest false-positive rate allowed on held-out benign rows [default: 0.01].
+    #[arg(long)]
+    target_fpr: Option<f64>,
+    /// Fit on every row, attacks included (default: benign rows only).
+    #[arg(long)]
+    all_rows: bool,
+    /// Plain Euclidean distance in scaled space, without per-cluster spreads and radii.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Print the training summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A labelled feature CSV with the model's feature columns.
+    file: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A feature CSV with the model's feature columns.
+    file: PathBuf,
+    /// How many windows to show, highest score first.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// One JSON object per window instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
+    match cmd {
+        ModelCommand::Train(a) => train(a),
+        ModelCommand::Eval(a) => eval(a),
+        ModelCommand::Explain(a) => explain(a),
+    }
+}
+
+fn load_model(path: &std::path::Path) -> Result<Model> {
+    Model::load(path).with_context(|| format!("cannot load the model {}", path.display()))
+}
+
+fn read_data(files: &[PathBuf]) -> Result<Dataset> {
+    Ok(detect::read_csvs(files)?)
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    let t = Instant::now();
+    let mut spec = TrainSpec::default()
+        .algo(a.algo.into())
+        .benign_only(!a.all_rows)
+        .normalize(!a.no_normalize);
+    if let Some(k) = a.k {
+        spec = spec.k(k);
+    }
+    if let Some(s) = a.seed {
+        spec = spec.seed(s);
+    }
+    if let Some(m) = a.max_iter {
+        spec = spec.max_iterations(m);
+    }
+    if let Some(v) = a.tol {
+        spec = spec.tolerance(v);
+    }
+    if let Some(v) = a.quantile {
+        spec = spec.quantile(v);
+    }
+    if let Some(v) = a.spread_quantile {
+        spec = spec.spread_quantile(v);
+    }
+    if let Some(v) = a.margin {
+        spec = spec.margin(v);
+    }
+    if let Some(v) = a.target_fpr {
+        spec = spec.target_fpr(v);
+    }
+    let params = spec.check()?;
+    let data = read_data(&a.files)?;
+    let trained = detect::train(&data, &params)?;
+    let model = trained.model;
+    model
+        .save(&a.out)
+        .with_context(|| format!("cannot write the model {}", a.out.display()))?;
+    let s = model.training();
+    if a.json {
+        let summary = serde_json::json!({
+            "model": a.out,
+            "algo": model.algo(),
+            "k": model.k(),
+            "seed": s.seed,
+            "features": model.features().len(),
+            "threshold": model.threshold(),
+            "training": s,
+            "baseline": model.baseline(),
+            "seconds": t.elapsed().as_secs_f64(),
+        });
+        println!("{summary}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "read {} rows x {} features from {} file(s){}",
+        data.rows(),
+        data.features().len(),
+        a.files.len(),
+        label_counts(&data)
+    );
+    println!(
+        "trained {} with k={} (kept {}) seed={} on {} {} rows, {} held out; {}",
+        model.algo(),
+        params.k(),
+        model.k(),
+        s.seed,
+        s.fit_rows,
+        if params.benign_only() {
+            "benign"
+        } else {
+            "(all)"
+        },
+        s.calibration_rows,
+        match (s.iterations, s.converged) {
+            (Some(i), true) => format!("converged in {i} iterations"),
+            (Some(i), false) => format!("stopped after {i} iterations without converging"),
+            (None, _) => "converged".to_owned(),
+        }
+    );
+    println!(
+        "threshold {:.4} ({}; training FPR {:.2}%, held-out benign FPR {:.2}%)",
+        model.threshold(),
+        s.threshold_rule,
+        100.0 * s.fit_fpr,
+        100.0 * s.calibration_fpr
+    );
+    if let Some(b) = model.baseline() {
+        println!(
+            "baseline: {} > {:.2}/s ({})",
+            b.features.join("+"),
+            b.threshold,
+            b.chosen_by
+        );
+    }
+    println!(
+        "wrote {} in {:.2} s",
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// ", labels: benign 9000, raw-flood 120" (sorted by label), or "" when unlabelled.
+fn label_counts(data: &Dataset) -> String {
+    if !data.is_labelled() {
+        return String::new();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..data.rows() {
+        *counts
+            .entry(data.label(i).unwrap_or(detect::BENIGN))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(l, n)| format!("{l} {n}")).collect();
+    format!(", labels: {}", parts.join(", "))
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let model = load_model(&a.model)?;
+    let data = detect::read_csv(&a.file)?;
+    let report = detect::evaluate(&model, &data)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+}
+
+fn print_report(r: &EvalReport) {
+    println!(
+        "{} rows: {} attack, {} benign; model threshold {:.4}",
+        r.rows, r.positives, r.negatives, r.threshold
+    );
+    println!();
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "precision", "recall", "f1", "fpr", "roc_auc", "pr_auc"
+    );
+    let line = |name: &str, m: &Metrics| {
+        println!(
+            "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9} {:>9}",
+            name,
+            m.precision,
+            m.recall,
+            m.f1,
+            m.fpr,
+            fmt_opt(m.roc_auc),
+            fmt_opt(m.pr_auc)
+        );
+    };
+    line("model", &r.metrics);
+    if let Some(b) = &r.baseline {
+        line("baseline", &b.metrics);
+    }
+    println!();
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9}",
+        "confusion", "tp", "fp", "tn", "fn"
+    );
+    let conf = |name: &str, m: &Metrics| {
+        let c = m.confusion;
+        println!(
+            "{:<10} {:>9} {:>9} {:>9} {:>9}",
+            name, c.tp, c.fp, c.tn, c.fn_
+        );
+    };
+    conf("model", &r.metrics);
+    if let Some(b) = &r.baseline {
+        conf("baseline", &b.metrics);
+    }
+    if !r.per_kind.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:>9} {:>9} {:>9} {:>14}",
+            "attack kind", "rows", "detected", "rate", "baseline rate"
+        );
+        for (kind, k) in &r.per_kind {
+            let base = r
+                .baseline
+                .as_ref()
+                .and_then(|b: &BaselineReport| b.per_kind.get(kind))
+                .map_or_else(|| "-".to_owned(), |b: &KindRate| format!("{:.4}", b.rate));
+            println!(
+                "{:<24} {:>9} {:>9} {:>9.4} {:>14}",
+                kind, k.rows, k.detected, k.rate, base
+            );
+        }
+    }
+    if let Some(b) = &r.baseline {
+        println!();
+        println!(
+            "baseline: {} > {:.2}/s; the model {} the baseline on F1",
+            b.features.join("+"),
+            b.threshold,
+            if r.beats_baseline() {
+                "beats or ties"
+            } else {
+                "does NOT beat"
+            }
+        );
+    }
+}
+
+fn explain(a: ExplainArgs) -> Result<ExitCode> {
+    let model = load_model(&a.model)?;
+    let data = detect::read_csv(&a.file)?;
+    model.check_data(&data)?;
+    let values = data.values();
+    let mut scored: Vec<(f64, usize)> = (0..data.rows())
+        .map(|i| {
+            let row = values.row(i);
+            let s = match row.as_slice() {
+                Some(v) => model.score(v),
+                None => model.score(&row.to_vec()),
+            };
+            (s, i)
+        })
+        .collect();
+    scored.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let anomalous = scored
+        .iter()
+        .filter(|(s, _)| *s > model.threshold())
+        .count();
+    if !a.json {
+        println!(
+            "{} of {} windows above the threshold {:.4}; the {} highest scores:",
+            anomalous,
+            data.rows(),
+            model.threshold(),
+            a.limit.min(scored.len())
+        );
+    }
+    for &(_, i) in scored.iter().take(a.limit) {
+        let v = model.verdict_values(&values.row(i).to_vec());
+        if a.json {
+            let line = serde_json::json!({
+                "source": data.source(i),
+                "window_start_ms": data.window_start_ms(i),
+                "window_ms": data.window_ms(i),
+                "label": data.label(i),
+                "verdict": v,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{} @{} ({} ms){}: {}",
+                data.source(i),
+                data.window_start_ms(i),
+                data.window_ms(i),
+                data.label(i).map(|l| format!(" [{l}]")).unwrap_or_default(),
+                v
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
