@@ -2,7 +2,7 @@
 """Time scikit-learn's KMeans on a rampart feature CSV, with rampart's settings.
 
 Usage:
-    python3 benches/sklearn_kmeans.py FILE.csv [--k 8] [--seed 42] [--max-iter 300]
+    python3 benches/sklearn_kmeans.py FILE.csv [--k 4] [--seed 42] [--max-iter 300]
                                                [--tol 1e-4] [--min-scale 0.1] [--repeat 3]
 
 The CSV is what `rampart activity export` writes (or `cargo run --release --example
@@ -37,7 +37,7 @@ IQR_NORMAL = 1.349
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("csv")
-    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--max-iter", type=int, default=300)
     ap.add_argument("--tol", type=float, default=1e-4)

@@ -65,7 +65,7 @@ pub struct TrainArgs {
     /// Clustering algorithm.
     #[arg(long, value_enum, default_value = "kmeans")]
     algo: AlgoArg,
-    /// Clusters or mixture components, 1 to 32 [default: 8].
+    /// Clusters or mixture components, 1 to 32 [default: 4].
     #[arg(long)]
     k: Option<usize>,
     /// Seed of every random choice (hold-out split, sample, initialization) [default: 42].
@@ -91,6 +91,9 @@ pub struct TrainArgs {
     /// Highest false-positive rate allowed on held-out benign rows [default: 0.01].
     #[arg(long)]
     target_fpr: Option<f64>,
+    /// Smallest spread of a feature within a cluster, in scaled units [default: 0.5].
+    #[arg(long)]
+    min_spread: Option<f64>,
     /// Fit on every row, attacks included (default: benign rows only).
     #[arg(long)]
     all_rows: bool,
@@ -168,6 +171,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     if let Some(v) = a.spread_quantile {
         spec = spec.spread_quantile(v);
+    }
+    if let Some(v) = a.min_spread {
+        spec = spec.cluster_min_spread(v);
     }
     if let Some(v) = a.margin {
         spec = spec.margin(v);

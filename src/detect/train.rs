@@ -32,7 +32,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Algo, Baseline, Detector, Model, Schema, TrainingSummary, MAX_FEATURES, MAX_K};
+use super::model::{
+    round15, Algo, Baseline, Detector, Model, Schema, TrainingSummary, MAX_FEATURES, MAX_K,
+};
 use super::scaler::{slog1p, Scaler};
 use super::{kernel, par, Dataset, DetectError};
 
@@ -128,13 +130,13 @@ impl Default for TrainSpec {
     fn default() -> TrainSpec {
         TrainSpec {
             algo: Algo::Kmeans,
-            k: 8,
+            k: 4,
             seed: 42,
             n_init: 1,
             max_iterations: 300,
             tolerance: 1e-4,
             normalize: true,
-            cluster_min_spread: 0.1,
+            cluster_min_spread: 0.5,
             spread_quantile: 0.999,
             min_scale: 0.1,
             quantile: 0.995,
@@ -174,7 +176,7 @@ macro_rules! setters {
 setters! {
     /// The algorithm (default k-means).
     algo: Algo;
-    /// Clusters or mixture components, 1 to [`MAX_K`] (default 8).
+    /// Clusters or mixture components, 1 to [`MAX_K`] (default 4).
     k: usize;
     /// Seed of every random choice: the split, the sample, the initialization (default 42).
     seed: u64;
@@ -189,7 +191,8 @@ setters! {
     /// centroid by that cluster's spread of the feature, and each cluster's distances by its
     /// radius. Off: plain Euclidean distance in scaled space.
     normalize: bool;
-    /// Smallest per-cluster spread of a feature, in scaled units (default 0.1).
+    /// Smallest per-cluster spread of a feature, in scaled units (default 0.5: a feature that
+    /// is constant within a cluster still tolerates small changes, such as one kind fewer).
     cluster_min_spread: f64;
     /// Quantile of a cluster's absolute deviations in a feature that is its spread, in
     /// (0, 1] (default 0.999: a value one benign window in a thousand shows is still normal).
