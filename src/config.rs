@@ -105,15 +105,34 @@ fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
 /// lines with a code excerpt, and command-line errors must be one line).
 fn one_line(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or("");
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line} column {column}: {message}")
-        }
-        None => message,
-    }
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // toml's message does not always name the key (a wrong type does not): name it from the
+    // offending line and the table header above it.
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .map(|t| t.trim_matches(['[', ']']).trim().to_string())
+        })
+        .last();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let place = match (table, key) {
+        (Some(t), Some(k)) => format!(", key {t}.{k}"),
+        (None, Some(k)) => format!(", key {k}"),
+        _ => String::new(),
+    };
+    format!("line {line_no} column {column}{place}: {message}")
 }
 
 /// The whole server configuration. Build it with [`Config::from_toml_str`] or

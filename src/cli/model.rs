@@ -1,6 +1,7 @@
 //! `rampart model ...`: train a detection model from feature CSVs, evaluate it, explain it.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -272,81 +273,105 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let model = load_model(&a.model)?;
     let data = detect::read_csv(&a.file)?;
     let report = detect::evaluate(&model, &data)?;
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_report(&report);
+    let json = serde_json::to_string(&report)?;
+    with_stdout(|out| {
+        if a.json {
+            writeln!(out, "{json}")
+        } else {
+            print_report(out, &report)
+        }
+    })
+}
+
+/// Runs `f` on stdout; a reader that closes the pipe early (`| head`) ends the command
+/// quietly instead of with a panic.
+fn with_stdout(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match f(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e).context("cannot write to stdout"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
 }
 
-fn print_report(r: &EvalReport) {
-    println!(
+fn metrics_line(out: &mut dyn Write, name: &str, m: &Metrics) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9} {:>9}",
+        name,
+        m.precision,
+        m.recall,
+        m.f1,
+        m.fpr,
+        fmt_opt(m.roc_auc),
+        fmt_opt(m.pr_auc)
+    )
+}
+
+fn confusion_line(out: &mut dyn Write, name: &str, m: &Metrics) -> std::io::Result<()> {
+    let c = m.confusion;
+    writeln!(
+        out,
+        "{:<10} {:>9} {:>9} {:>9} {:>9}",
+        name, c.tp, c.fp, c.tn, c.fn_
+    )
+}
+
+fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{} rows: {} attack, {} benign; model threshold {:.4}",
         r.rows, r.positives, r.negatives, r.threshold
-    );
-    println!();
-    println!(
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "", "precision", "recall", "f1", "fpr", "roc_auc", "pr_auc"
-    );
-    let line = |name: &str, m: &Metrics| {
-        println!(
-            "{:<10} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9} {:>9}",
-            name,
-            m.precision,
-            m.recall,
-            m.f1,
-            m.fpr,
-            fmt_opt(m.roc_auc),
-            fmt_opt(m.pr_auc)
-        );
-    };
-    line("model", &r.metrics);
+    )?;
+    metrics_line(out, "model", &r.metrics)?;
     if let Some(b) = &r.baseline {
-        line("baseline", &b.metrics);
+        metrics_line(out, "baseline", &b.metrics)?;
     }
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<10} {:>9} {:>9} {:>9} {:>9}",
         "confusion", "tp", "fp", "tn", "fn"
-    );
-    let conf = |name: &str, m: &Metrics| {
-        let c = m.confusion;
-        println!(
-            "{:<10} {:>9} {:>9} {:>9} {:>9}",
-            name, c.tp, c.fp, c.tn, c.fn_
-        );
-    };
-    conf("model", &r.metrics);
+    )?;
+    confusion_line(out, "model", &r.metrics)?;
     if let Some(b) = &r.baseline {
-        conf("baseline", &b.metrics);
+        confusion_line(out, "baseline", &b.metrics)?;
     }
     if !r.per_kind.is_empty() {
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "{:<24} {:>9} {:>9} {:>9} {:>14}",
             "attack kind", "rows", "detected", "rate", "baseline rate"
-        );
+        )?;
         for (kind, k) in &r.per_kind {
             let base = r
                 .baseline
                 .as_ref()
                 .and_then(|b: &BaselineReport| b.per_kind.get(kind))
                 .map_or_else(|| "-".to_owned(), |b: &KindRate| format!("{:.4}", b.rate));
-            println!(
+            writeln!(
+                out,
                 "{:<24} {:>9} {:>9} {:>9.4} {:>14}",
                 kind, k.rows, k.detected, k.rate, base
-            );
+            )?;
         }
     }
     if let Some(b) = &r.baseline {
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "baseline: {} > {:.2}/s; the model {} the baseline on F1",
             b.features.join("+"),
             b.threshold,
@@ -355,8 +380,9 @@ fn print_report(r: &EvalReport) {
             } else {
                 "does NOT beat"
             }
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn explain(a: ExplainArgs) -> Result<ExitCode> {
@@ -379,36 +405,40 @@ fn explain(a: ExplainArgs) -> Result<ExitCode> {
         .iter()
         .filter(|(s, _)| *s > model.threshold())
         .count();
-    if !a.json {
-        println!(
-            "{} of {} windows above the threshold {:.4}; the {} highest scores:",
-            anomalous,
-            data.rows(),
-            model.threshold(),
-            a.limit.min(scored.len())
-        );
-    }
-    for &(_, i) in scored.iter().take(a.limit) {
-        let v = model.verdict_values(&values.row(i).to_vec());
-        if a.json {
-            let line = serde_json::json!({
-                "source": data.source(i),
-                "window_start_ms": data.window_start_ms(i),
-                "window_ms": data.window_ms(i),
-                "label": data.label(i),
-                "verdict": v,
-            });
-            println!("{line}");
-        } else {
-            println!(
-                "{} @{} ({} ms){}: {}",
-                data.source(i),
-                data.window_start_ms(i),
-                data.window_ms(i),
-                data.label(i).map(|l| format!(" [{l}]")).unwrap_or_default(),
-                v
-            );
+    with_stdout(|out| {
+        if !a.json {
+            writeln!(
+                out,
+                "{} of {} windows above the threshold {:.4}; the {} highest scores:",
+                anomalous,
+                data.rows(),
+                model.threshold(),
+                a.limit.min(scored.len())
+            )?;
         }
-    }
-    Ok(ExitCode::SUCCESS)
+        for &(_, i) in scored.iter().take(a.limit) {
+            let v = model.verdict_values(&values.row(i).to_vec());
+            if a.json {
+                let line = serde_json::json!({
+                    "source": data.source(i),
+                    "window_start_ms": data.window_start_ms(i),
+                    "window_ms": data.window_ms(i),
+                    "label": data.label(i),
+                    "verdict": v,
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{} @{} ({} ms){}: {}",
+                    data.source(i),
+                    data.window_start_ms(i),
+                    data.window_ms(i),
+                    data.label(i).map(|l| format!(" [{l}]")).unwrap_or_default(),
+                    v
+                )?;
+            }
+        }
+        Ok(())
+    })
 }
