@@ -98,6 +98,41 @@ pub(crate) fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     }
 }
 
+/// `--model FILE` / `--no-model`: which detection model a server scores windows with.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ModelArgs {
+    /// Detection model file (from `rampart model train`); the default is the model built
+    /// from datasets/train.csv.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_model")]
+    model: Option<PathBuf>,
+    /// Run without the detection model: only the rule signals feed the firewall.
+    #[arg(long)]
+    no_model: bool,
+}
+
+impl ModelArgs {
+    /// The chosen model and the name reports give it, or `None` with `--no-model`.
+    pub(crate) fn resolve(
+        &self,
+    ) -> Result<Option<(String, std::sync::Arc<rampart::detect::Model>)>> {
+        if self.no_model {
+            return Ok(None);
+        }
+        let (name, model) = match &self.model {
+            Some(path) => (
+                path.display().to_string(),
+                rampart::detect::Model::load(path)
+                    .with_context(|| format!("cannot load the model {}", path.display()))?,
+            ),
+            None => (
+                "default".to_owned(),
+                rampart::detect::default_model().context("the built-in model is invalid")?,
+            ),
+        };
+        Ok(Some((name, std::sync::Arc::new(model))))
+    }
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));

@@ -25,6 +25,7 @@ Examples:
   rampart scenario run scenarios/ --json report.json --junit report.xml --html report.html
   rampart scenario run scenarios/flood.toml --seed 7
   rampart scenario run scenarios/ --filter brute
+  rampart scenario run scenarios/ --model my-model.json   # or --no-model: rules only
   rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data";
 
 /// `rampart scenario ...`.
@@ -68,6 +69,8 @@ pub struct RunArgs {
     /// No live progress display.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    model: super::ModelArgs,
 }
 
 /// One indicatif bar per scenario, on stderr.
@@ -187,6 +190,10 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
         seed: args.seed,
         record_dir: args.record.clone(),
         filter: args.filter.clone(),
+        model: args
+            .model
+            .resolve()?
+            .map(|(name, model)| rampart::scenario::RunModel { name, model }),
     };
     let bars = Bars::new(args.quiet);
     let report = run_files(&args.paths, &opts, &bars).await?;

@@ -23,6 +23,8 @@ pub struct ServeArgs {
     /// Configuration file (TOML); see rampart.example.toml. Defaults apply without it.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    model: super::ModelArgs,
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.
@@ -45,7 +47,11 @@ async fn shutdown_signal() -> Result<()> {
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let config = load_config(args.config.as_ref())?;
-    let server = Server::open(config, &args.data_dir).with_context(|| {
+    let model = args.model.resolve()?.map(|(name, model)| {
+        tracing::info!(model = %name, "scoring activity windows with the detection model");
+        model
+    });
+    let server = Server::open_with_model(config, &args.data_dir, model).with_context(|| {
         format!(
             "cannot start with data directory {}",
             args.data_dir.display()

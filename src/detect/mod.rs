@@ -35,10 +35,26 @@ use std::path::PathBuf;
 
 pub use data::{read_csv, read_csvs, Dataset, BENIGN};
 pub use eval::{evaluate, EvalReport, Metrics};
-pub use live::{LiveScorer, LiveStats, OnAnomaly};
+pub use live::{LiveCounters, LiveScorer, LiveStats, OnAnomaly};
 pub use model::{Algo, Contribution, Model, Schema, Verdict};
 pub use scaler::{slog1p, Scaler};
 pub use train::{train, TrainParams, TrainSpec, Trained};
+
+/// Where the default model came from, for messages and reports.
+pub const DEFAULT_MODEL_NAME: &str = "datasets/model.json";
+
+/// The default model file, built into the binary: `rampart model train datasets/train.csv`
+/// with every setting at its default (datasets/README.md regenerates it; a test checks it is
+/// exactly what that command writes).
+pub const DEFAULT_MODEL_JSON: &str = include_str!("../../datasets/model.json");
+
+/// The default model, read from [`DEFAULT_MODEL_JSON`].
+pub fn default_model() -> Result<Model, DetectError> {
+    Model::from_json(
+        DEFAULT_MODEL_JSON.as_bytes(),
+        std::path::Path::new(DEFAULT_MODEL_NAME),
+    )
+}
 
 /// Everything that can go wrong while reading data, training, loading a model or scoring.
 /// Variants say which file, row and column; messages are lower case, without a period.

@@ -449,7 +449,12 @@ impl Model {
             path: path.to_owned(),
             source,
         })?;
-        serde_json::from_slice::<ModelFile>(&bytes)
+        Model::from_json(&bytes, path)
+    }
+
+    /// Reads a model from the bytes of a model file; `path` names it in errors.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Model, DetectError> {
+        serde_json::from_slice::<ModelFile>(bytes)
             .map_err(|source| DetectError::ModelJson {
                 path: path.to_owned(),
                 source,

@@ -137,6 +137,10 @@ pub struct Decision {
     pub score: f64,
     /// Why: the signal that tipped the score and the signals seen, by name.
     pub reason: String,
+    /// The signal that tipped the score (`None` for an operator's unblock).
+    pub trigger: Option<Signal>,
+    /// The signals that added up to the score, by kind, with how often each came.
+    pub signals: Vec<(Signal, u32)>,
 }
 
 #[derive(Debug)]
@@ -202,8 +206,13 @@ impl Firewall {
     }
 
     /// Reports a model verdict: an anomalous window of `ip`'s activity, with the model's
-    /// explanation.
+    /// explanation. A source that is blocked already is left alone: its windows while
+    /// blocked hold little but refused connections, which would otherwise keep re-blocking
+    /// it for ever longer.
     pub fn model_anomaly(&self, ip: IpAddr, explanation: &str) -> Option<Decision> {
+        if self.guard.is_blocked(ip) {
+            return None;
+        }
         self.signal_with(ip, Signal::ModelAnomaly, Some(explanation))
     }
 
@@ -217,6 +226,8 @@ impl Firewall {
             duration_s: 0,
             score: 0.0,
             reason: "unblocked by an operator".into(),
+            trigger: None,
+            signals: Vec::new(),
         };
         self.log(decision);
         lifted
@@ -258,7 +269,7 @@ impl Firewall {
         }
         let source = SourceKey::from_ip(ip, self.ipv6_prefix);
         let now = Instant::now();
-        let (score, blocks, reason) = {
+        let (score, blocks, reason, signals) = {
             let mut scores = lock(&self.scores);
             if !scores.contains_key(&source) && scores.len() >= self.max_sources {
                 // Full: forget what has decayed before admitting a newcomer; if nothing has,
@@ -306,9 +317,9 @@ impl Firewall {
             let blocks = s.blocks;
             // A decision resets the score, so one burst yields one decision.
             s.points = 0.0;
-            s.recent.clear();
+            let signals = std::mem::take(&mut s.recent);
             s.blocks = s.blocks.saturating_add(1);
-            (score, blocks, reason)
+            (score, blocks, reason, signals)
         };
         let factor = u64::from(self.cfg.escalation).saturating_pow(blocks);
         let duration_s = self
@@ -332,6 +343,8 @@ impl Firewall {
             duration_s,
             score,
             reason,
+            trigger: Some(signal),
+            signals,
         };
         // Info, not warn: under attack there is one per attacking source, and every
         // decision is stored in the activity database for `rampart firewall list`.
@@ -402,6 +415,30 @@ mod tests {
         assert!(d.reason.contains("fatal_frame"));
         assert!(guard.is_blocked(ip("127.0.9.1")));
         assert!(!guard.is_blocked(ip("127.0.9.2")));
+    }
+
+    #[test]
+    fn model_anomalies_add_up_and_name_themselves() {
+        let (fw, guard) = firewall(|_| {});
+        let who = ip("127.0.9.4");
+        assert!(fw.signal(who, Signal::PermissionDenied).is_none());
+        assert!(fw.model_anomaly(who, "anomalous score 3.1").is_none());
+        let d = fw
+            .model_anomaly(who, "anomalous score 2.5")
+            .expect("25 + 50 + 50 points block");
+        assert_eq!(d.action, Action::Block);
+        assert_eq!(d.trigger, Some(Signal::ModelAnomaly));
+        assert_eq!(
+            d.signals,
+            vec![(Signal::PermissionDenied, 1), (Signal::ModelAnomaly, 2)]
+        );
+        assert!(d.reason.ends_with("; anomalous score 2.5"), "{}", d.reason);
+        assert!(guard.is_blocked(who));
+        // While blocked, further anomalies decide nothing (no ever-longer re-blocks).
+        for _ in 0..4 {
+            assert!(fw.model_anomaly(who, "anomalous").is_none());
+        }
+        assert_eq!(fw.decisions().len(), 1);
     }
 
     #[test]

@@ -261,6 +261,22 @@ pub struct ScenarioMetrics {
     pub connections_accepted: Option<u64>,
     /// Why the server-alive check failed, if it did.
     pub server_alive_error: Option<String>,
+    /// The detection model the server scored windows with (`default` for the one built
+    /// from datasets/, a file name, `none`, or `external` for a server the runner did not
+    /// start).
+    pub model: String,
+    /// Activity windows the model scored; `null` without an in-process model.
+    pub model_windows: Option<u64>,
+    /// Of those, windows it found anomalous.
+    pub model_anomalies: Option<u64>,
+    /// Blocks whose score included model anomalies (the model contributed to the decision);
+    /// `null` without an in-process model.
+    pub model_blocks: Option<u64>,
+    /// Activity events the recorder committed; `null` for an external server.
+    pub recorder_recorded: Option<u64>,
+    /// Activity events the recorder shed because its channel was full; `null` for an
+    /// external server.
+    pub recorder_shed: Option<u64>,
     /// Per attack.
     pub attacks: Vec<AttackMetrics>,
 }

@@ -43,6 +43,6 @@ pub use metrics::{ScenarioMetrics, Timeline};
 pub use report::{ScenarioReport, SuiteReport};
 pub use runner::{
     collect_files, judge, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
-    RunError, RunOptions, Silent,
+    RunError, RunModel, RunOptions, Silent,
 };
 pub use spec::{Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec};

@@ -128,9 +128,9 @@ impl SuiteReport {
     pub fn summary_table(&self) -> String {
         let header = [
             "SCENARIO", "ATTACKS", "GOODPUT", "P50 MS", "P99 MS", "LOST", "BLOCK S", "BLOCKED",
-            "FALSE", "RSS MIB", "VERDICT",
+            "FALSE", "MODEL", "SHED", "RSS MIB", "VERDICT",
         ];
-        let mut rows: Vec<[String; 11]> = vec![header.map(String::from)];
+        let mut rows: Vec<[String; 13]> = vec![header.map(String::from)];
         for s in &self.scenarios {
             let m = &s.metrics;
             rows.push([
@@ -151,6 +151,9 @@ impl SuiteReport {
                     format!("{}/{}", m.blocked_sources, m.attack_sources)
                 },
                 m.false_blocks.to_string(),
+                // Blocks the model contributed to, or `-` without an in-process model.
+                m.model_blocks.map_or("-".into(), |n| n.to_string()),
+                m.recorder_shed.map_or("-".into(), |n| n.to_string()),
                 m.peak_rss_mb.map_or("-".into(), |r| format!("{r:.0}")),
                 if s.passed {
                     "pass".into()
@@ -159,7 +162,7 @@ impl SuiteReport {
                 },
             ]);
         }
-        let mut widths = [0usize; 11];
+        let mut widths = [0usize; 13];
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
@@ -170,7 +173,7 @@ impl SuiteReport {
             let mut line = String::new();
             for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
                 // Text columns left-aligned, numbers right-aligned.
-                if i < 2 || i == 10 {
+                if i < 2 || i == 12 {
                     let _ = write!(line, "{cell:<w$}  ");
                 } else {
                     let _ = write!(line, "{cell:>w$}  ");
@@ -178,6 +181,13 @@ impl SuiteReport {
             }
             out.push_str(line.trim_end());
             out.push('\n');
+        }
+        if let Some(first) = self.scenarios.first() {
+            let _ = writeln!(
+                out,
+                "\ndetection model: {} (MODEL: blocks it had a hand in; SHED: activity events the recorder shed)",
+                first.metrics.model
+            );
         }
         let failed: Vec<&ScenarioReport> = self.scenarios.iter().filter(|s| !s.passed).collect();
         let _ = writeln!(

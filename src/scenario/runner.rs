@@ -39,11 +39,14 @@ use super::metrics::{
 };
 use super::report::ScenarioReport;
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
+use crate::activity::RecorderStats;
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
 use crate::config::AuthConfig;
+use crate::detect::Model;
+use crate::firewall::{Action, Signal};
 use crate::guard::Guard;
 use crate::server::auth::hash_password;
-use crate::server::{MetricsSnapshot, Server, ServerHandle};
+use crate::server::{DetectionStats, MetricsSnapshot, Server, ServerHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 
 /// The planted victim.
@@ -85,6 +88,17 @@ pub struct RunOptions {
     pub record_dir: Option<PathBuf>,
     /// Run only scenarios whose name contains this.
     pub filter: Option<String>,
+    /// The detection model the in-process server scores windows with (none: rules only).
+    pub model: Option<RunModel>,
+}
+
+/// A detection model for the in-process server, with the name reports give it.
+#[derive(Debug, Clone)]
+pub struct RunModel {
+    /// `default` for the built-in model, or the file it was read from.
+    pub name: String,
+    /// The model.
+    pub model: Arc<Model>,
 }
 
 impl RunOptions {
@@ -107,6 +121,14 @@ impl RunOptions {
     /// Sets [`RunOptions::filter`].
     pub fn filter(mut self, name: impl Into<String>) -> Self {
         self.filter = Some(name.into());
+        self
+    }
+    /// Sets [`RunOptions::model`].
+    pub fn model(mut self, name: impl Into<String>, model: Arc<Model>) -> Self {
+        self.model = Some(RunModel {
+            name: name.into(),
+            model,
+        });
         self
     }
 
@@ -520,7 +542,8 @@ async fn run_inner(
             if tmp.is_none() {
                 kept_dir = Some(dir.display().to_string());
             }
-            let server = Server::open(scenario.config().clone(), &dir)?;
+            let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
+            let server = Server::open_with_model(scenario.config().clone(), &dir, model)?;
             label_attack_sources(scenario, &dir)?;
             provision(server.store(), &scenario.config().auth, &accounts).await?;
             let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -689,7 +712,7 @@ async fn run_inner(
     phase("alive check done");
     let (snapshot, pid) = match server {
         Target::InProcess { handle, tmp } => {
-            let snap = handle.metrics().snapshot();
+            let snap = ServerStats::of(&handle);
             handle.shutdown().await;
             phase("server shut down");
             // Removing a data directory can take a second on a slow disk; keep it off the
@@ -716,6 +739,7 @@ async fn run_inner(
         in_process,
         pid,
         refused_legit,
+        model: opts.model.as_ref().map(|m| m.name.clone()),
     };
     let (metrics, timeline) = measure(input);
     let failures = judge(scenario, &metrics);
@@ -730,6 +754,34 @@ async fn run_inner(
     Ok(report)
 }
 
+/// What an in-process server counted, taken just before it shuts down.
+struct ServerStats {
+    metrics: MetricsSnapshot,
+    detection: Option<DetectionStats>,
+    /// Block decisions the model's anomalies contributed to.
+    model_blocks: u64,
+    recorder: RecorderStats,
+}
+
+impl ServerStats {
+    fn of(handle: &ServerHandle) -> ServerStats {
+        let server = handle.server();
+        let model_blocks = handle
+            .firewall()
+            .decisions()
+            .iter()
+            .filter(|d| matches!(d.action, Action::Block | Action::ShadowBlock))
+            .filter(|d| d.signals.iter().any(|(s, _)| *s == Signal::ModelAnomaly))
+            .count() as u64;
+        ServerStats {
+            metrics: handle.metrics().snapshot(),
+            detection: server.detection(),
+            model_blocks,
+            recorder: server.recorder().stats(),
+        }
+    }
+}
+
 /// Everything measured, before it is summed up.
 struct Judged<'a> {
     scenario: &'a Scenario,
@@ -740,10 +792,12 @@ struct Judged<'a> {
     sampled: Sampled,
     verification: legit::Verification,
     alive: Result<(), String>,
-    snapshot: Option<MetricsSnapshot>,
+    snapshot: Option<ServerStats>,
     in_process: bool,
     pid: Option<u32>,
     refused_legit: BTreeSet<Ipv4Addr>,
+    /// The in-process server's model, by name.
+    model: Option<String>,
 }
 
 fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
@@ -885,7 +939,19 @@ fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
         (false, None) => "unavailable: the external server's process was not found".into(),
     };
 
-    if let Some(snap) = &j.snapshot {
+    m.model = match (&j.snapshot, &j.model) {
+        (None, _) => "external".into(),
+        (Some(_), None) => "none".into(),
+        (Some(_), Some(name)) => name.clone(),
+    };
+    if let Some(stats) = &j.snapshot {
+        m.model_windows = stats.detection.map(|d| d.windows);
+        m.model_anomalies = stats.detection.map(|d| d.anomalies);
+        m.model_blocks = stats.detection.map(|_| stats.model_blocks);
+        m.recorder_recorded = Some(stats.recorder.recorded);
+        m.recorder_shed = Some(stats.recorder.shed);
+    }
+    if let Some(snap) = j.snapshot.as_ref().map(|s| &s.metrics) {
         let mut rejected: BTreeMap<String, u64> = snap
             .decode_errors
             .iter()
@@ -1031,6 +1097,19 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
             "panics_contained {p} > max_panics {}",
             e.max_panics
         ));
+    }
+    if e.model_blocks_min > 0 {
+        match m.model_blocks {
+            Some(n) if n >= e.model_blocks_min => {}
+            Some(n) => f.push(format!(
+                "model_blocks {n} < model_blocks_min {}",
+                e.model_blocks_min
+            )),
+            None => f.push(format!(
+                "model_blocks cannot be judged: the server ran no detection model (model {}; model_blocks_min {})",
+                m.model, e.model_blocks_min
+            )),
+        }
     }
     if m.canary_leaks > e.canary_leaks_max {
         f.push(format!(

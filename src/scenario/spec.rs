@@ -277,6 +277,10 @@ pub struct ExpectSpec {
     /// Most canary leaks (any byte of a planted secret reaching an attacker).
     #[serde(default)]
     pub canary_leaks_max: u64,
+    /// Fewest blocks the detection model must have contributed to (in-process server with a
+    /// model only): proves that behaviour analysis, not the rules alone, made the block.
+    #[serde(default)]
+    pub model_blocks_min: u64,
 }
 
 fn yes() -> bool {
@@ -301,6 +305,7 @@ impl Default for ExpectSpec {
             rss_growth_mb_max: None,
             max_panics: 0,
             canary_leaks_max: 0,
+            model_blocks_min: 0,
         }
     }
 }
@@ -355,6 +360,8 @@ pub struct Expect {
     pub max_panics: u64,
     /// See [`ExpectSpec::canary_leaks_max`].
     pub canary_leaks_max: u64,
+    /// See [`ExpectSpec::model_blocks_min`].
+    pub model_blocks_min: u64,
 }
 
 /// A checked scenario, ready to run. Only [`ScenarioSpec::check`] makes one.
@@ -791,6 +798,7 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
         rss_growth_mb_max: spec.rss_growth_mb_max,
         max_panics: spec.max_panics,
         canary_leaks_max: spec.canary_leaks_max,
+        model_blocks_min: spec.model_blocks_min,
     })
 }
 

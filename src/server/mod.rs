@@ -25,6 +25,7 @@
 
 pub mod auth;
 mod connection;
+mod detector;
 pub mod metrics;
 pub mod session;
 
@@ -43,11 +44,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Event, EventKind, Recorder};
 use crate::config::Config;
+use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal};
 use crate::protocol::{self, ErrorCode, Limits, Reply};
 use crate::store::{BlobStore, SqliteStore, Store, StoreError};
 
+pub use detector::DetectionStats;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use session::CloseReason;
 
@@ -71,6 +74,21 @@ pub enum ServerError {
     /// Password hashing could not be set up.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// The detection model cannot score this server's windows.
+    #[error("cannot use the detection model: {0}")]
+    Detect(#[from] crate::detect::DetectError),
+    /// The detection model was given but activity recording is off, so it would see
+    /// nothing.
+    #[error("the detection model needs activity recording: set activity.enabled = true")]
+    DetectWithoutActivity,
+    /// A server thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -92,6 +110,7 @@ pub(crate) struct Shared {
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) verifier: auth::Verifier,
+    pub(crate) detection: Option<detector::Detection>,
     pub(crate) shutdown: CancellationToken,
     #[cfg(feature = "fault-injection")]
     pub(crate) fault_hook: Option<FaultHook>,
@@ -147,7 +166,24 @@ impl Server {
     /// `data_dir`, removes half-finished uploads left by a crash, and sweeps blobs no item
     /// references.
     pub fn open(config: Config, data_dir: &Path) -> Result<Server, ServerError> {
+        Server::open_with_model(config, data_dir, None)
+    }
+
+    /// [`Server::open`], with the detection model scoring every source's activity windows
+    /// live: anomalous windows feed the firewall (`firewall.weight_model_anomaly` points
+    /// each). Fails if the model was trained on another feature schema, or if activity
+    /// recording is off.
+    pub fn open_with_model(
+        config: Config,
+        data_dir: &Path,
+        model: Option<Arc<Model>>,
+    ) -> Result<Server, ServerError> {
         config.check()?;
+        let detection = match model {
+            Some(_) if !config.activity.enabled => return Err(ServerError::DetectWithoutActivity),
+            Some(m) => Some(detector::scorer(m, &config)?),
+            None => None,
+        };
         let store = SqliteStore::open(data_dir)?;
         let blobs = BlobStore::open(data_dir)?;
         let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
@@ -157,17 +193,21 @@ impl Server {
         }
         // Blocks survive a restart: decisions are stored, and those still in force return.
         let restored = restore_blocks(data_dir)?;
+        let (sink, relay) = match detection {
+            Some((sink, pending, counters)) => (Some(sink), Some((pending, counters))),
+            None => (None, None),
+        };
         let recorder = if config.activity.enabled {
             Recorder::start(
                 data_dir,
                 config.activity.channel_capacity as usize,
                 config.activity.flush(),
-                None,
+                sink,
             )?
         } else {
             Recorder::disabled()
         };
-        let server = Server::with_parts(config, Arc::new(store), blobs, recorder)?;
+        let server = Server::assemble(config, Arc::new(store), blobs, recorder, relay)?;
         for (source, left, reason) in restored {
             if let Ok(ip) = source.parse() {
                 server
@@ -196,6 +236,18 @@ impl Server {
         blobs: BlobStore,
         recorder: Recorder,
     ) -> Result<Server, ServerError> {
+        Server::assemble(config, store, blobs, recorder, None)
+    }
+
+    /// Builds the shared state; with `detection`, starts the relay from the live scorer
+    /// (already installed in `recorder`) to the firewall.
+    fn assemble(
+        config: Config,
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        recorder: Recorder,
+        detection: Option<(detector::Pending, detector::Detection)>,
+    ) -> Result<Server, ServerError> {
         config.check()?;
         let guard = Arc::new(Guard::new(&config));
         let firewall =
@@ -208,6 +260,18 @@ impl Server {
             }
         }));
         let verifier = auth::Verifier::new(&config.auth)?;
+        let detection = match detection {
+            Some((pending, counters)) => {
+                pending
+                    .start(Arc::downgrade(&firewall))
+                    .map_err(|source| ServerError::Thread {
+                        what: "detection relay",
+                        source,
+                    })?;
+                Some(counters)
+            }
+            None => None,
+        };
         Ok(Server {
             shared: Arc::new(Shared {
                 limits: config.limits.protocol(),
@@ -219,6 +283,7 @@ impl Server {
                 recorder,
                 metrics: Arc::new(Metrics::default()),
                 verifier,
+                detection,
                 shutdown: CancellationToken::new(),
                 #[cfg(feature = "fault-injection")]
                 fault_hook: None,
@@ -249,6 +314,14 @@ impl Server {
     /// The firewall (rule signals, decisions).
     pub fn firewall(&self) -> Arc<Firewall> {
         Arc::clone(&self.shared.firewall)
+    }
+
+    /// What the live detection model has scored, if the server runs one.
+    pub fn detection(&self) -> Option<DetectionStats> {
+        self.shared
+            .detection
+            .as_ref()
+            .map(detector::Detection::stats)
     }
 
     /// The activity recorder.

@@ -1,0 +1,123 @@
+//! Live detection: the model scores every source's activity windows and its anomalies feed
+//! the firewall.
+//!
+//! ```text
+//! recorder writer thread                       relay thread
+//!   batch ─▶ LiveScorer ─▶ anomaly ─try_send─▶ [bounded queue] ─▶ Firewall::model_anomaly
+//! ```
+//!
+//! The scorer runs on the recorder's writer thread (a [`WindowSink`]), with the same
+//! `Extractor` that `rampart activity export` runs. Anomalies do not reach the firewall on
+//! that thread: a decision is stored through the recorder's own channel, and the writer
+//! waiting for room in the channel it alone drains would never wake. So anomalies go
+//! through a small bounded queue to a relay thread; a full queue sheds and counts.
+//!
+//! Invariant: the relay holds the firewall weakly. The firewall holds the recorder, whose
+//! writer thread holds the scorer, which holds the queue: a strong reference would keep the
+//! whole chain alive forever. When the server is dropped the firewall goes, the recorder's
+//! last sender with it, the writer thread ends, the queue disconnects and the relay ends.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::activity::WindowSink;
+use crate::config::Config;
+use crate::detect::{DetectError, LiveCounters, LiveScorer, Model};
+use crate::firewall::Firewall;
+
+/// Anomalies waiting for the firewall. Each anomalous window is one entry; a source is
+/// blocked after a few, so this holds the verdicts of hundreds of sources at once.
+const QUEUE: usize = 1024;
+
+/// Windows close this many recorder flush intervals after their end, so that events
+/// committed a little late still count in their own window.
+const LAG_FLUSHES: u32 = 4;
+
+/// What the live detector has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DetectionStats {
+    /// Activity windows scored.
+    pub windows: u64,
+    /// Windows the model found anomalous.
+    pub anomalies: u64,
+    /// Anomalies shed because the relay's queue was full.
+    pub shed: u64,
+}
+
+/// The counters of a running detector.
+#[derive(Debug)]
+pub(crate) struct Detection {
+    scorer: Arc<LiveCounters>,
+    shed: Arc<AtomicU64>,
+}
+
+impl Detection {
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> DetectionStats {
+        let s = self.scorer.snapshot();
+        DetectionStats {
+            windows: s.windows,
+            anomalies: s.anomalies,
+            shed: self.shed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The relay's end of the queue, waiting for the firewall to exist.
+pub(crate) struct Pending {
+    rx: Receiver<(IpAddr, String)>,
+}
+
+/// Builds the scorer for the recorder (windows of the model's length; sources capped by
+/// `limits.max_tracked_sources`) and the relay's end of its queue. Fails if the model was
+/// trained on another feature schema.
+pub(crate) fn scorer(
+    model: Arc<Model>,
+    config: &Config,
+) -> Result<(Box<dyn WindowSink>, Pending, Detection), DetectError> {
+    let window = model.window().unwrap_or(Duration::from_secs(1));
+    let (tx, rx): (SyncSender<(IpAddr, String)>, _) = mpsc::sync_channel(QUEUE);
+    let shed = Arc::new(AtomicU64::new(0));
+    let sink_shed = Arc::clone(&shed);
+    let scorer = LiveScorer::new(
+        model,
+        window,
+        config.limits.max_tracked_sources as usize,
+        Box::new(move |ip, verdict| {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                tx.try_send((ip, verdict.to_string()))
+            {
+                sink_shed.fetch_add(1, Ordering::Relaxed);
+            }
+        }),
+    )?
+    .with_lag(config.activity.flush() * LAG_FLUSHES)
+    .with_ipv6_prefix(config.ip.ipv6_prefix);
+    let detection = Detection {
+        scorer: scorer.counters(),
+        shed,
+    };
+    Ok((Box::new(scorer), Pending { rx }, detection))
+}
+
+impl Pending {
+    /// Starts the relay thread, which hands every anomaly to `firewall` until the scorer is
+    /// gone.
+    pub(crate) fn start(self, firewall: Weak<Firewall>) -> std::io::Result<()> {
+        let rx = self.rx;
+        std::thread::Builder::new()
+            .name("rampart-detect".into())
+            .spawn(move || {
+                while let Ok((ip, explanation)) = rx.recv() {
+                    let Some(fw) = firewall.upgrade() else { break };
+                    fw.model_anomaly(ip, &explanation);
+                }
+            })
+            .map(drop)
+    }
+}

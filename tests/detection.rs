@@ -1,0 +1,162 @@
+//! The default detection model: it is exactly what training on datasets/train.csv gives, it
+//! meets its targets on datasets/test.csv, and a server running it blocks behaviour that no
+//! rule catches.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart::client::{Client, ClientOptions};
+use rampart::detect::{self, evaluate, read_csv, train, Model, TrainSpec};
+use rampart::server::Server;
+
+fn datasets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets")
+}
+
+#[test]
+fn the_default_model_is_what_training_on_train_csv_gives() -> Result<(), detect::DetectError> {
+    let data = read_csv(&datasets().join("train.csv"))?;
+    // The settings `rampart model train` uses without options.
+    let params = TrainSpec::default()
+        .benign_only(true)
+        .normalize(true)
+        .check()?;
+    let model = train(&data, &params)?.model;
+    let dir = tempfile::tempdir().map_err(|source| detect::DetectError::Io {
+        path: "tempdir".into(),
+        source,
+    })?;
+    let out = dir.path().join("model.json");
+    model.save(&out)?;
+    let written = std::fs::read_to_string(&out).map_err(|source| detect::DetectError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    assert!(
+        written == detect::DEFAULT_MODEL_JSON,
+        "datasets/model.json is stale: run `rampart model train datasets/train.csv --out datasets/model.json`"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::DetectError> {
+    let model = detect::default_model()?;
+    let data = read_csv(&datasets().join("test.csv"))?;
+    let r = evaluate(&model, &data)?;
+    let m = &r.metrics;
+    assert!(m.f1 >= 0.95, "F1 {} < 0.95", m.f1);
+    assert!(m.fpr <= 0.01, "false-positive rate {} > 0.01", m.fpr);
+    assert!(
+        r.per_kind.len() >= 12,
+        "attack kinds: {:?}",
+        r.per_kind.keys()
+    );
+    for (kind, rate) in &r.per_kind {
+        assert!(
+            rate.rate >= 0.9,
+            "{kind}: {} of {} windows detected",
+            rate.detected,
+            rate.rows
+        );
+    }
+    let baseline = r.baseline.as_ref().expect("labelled data has a baseline");
+    assert!(
+        m.f1 > baseline.metrics.f1,
+        "model F1 {} does not beat the baseline's {}",
+        m.f1,
+        baseline.metrics.f1
+    );
+    Ok(())
+}
+
+/// Logs in from `source` and asks for item ids that do not exist, five a second, until the
+/// source is blocked or `limit` passes. Returns whether it was blocked.
+async fn enumerate_missing_ids(
+    server: &common::TestServer,
+    source: IpAddr,
+    limit: Duration,
+) -> bool {
+    let guard = server.handle.guard();
+    let opts = ClientOptions {
+        source: Some(source),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", opts)
+        .await
+        .expect("login");
+    let start = Instant::now();
+    let mut id = 1_000_000;
+    while start.elapsed() < limit {
+        if guard.is_blocked(source) {
+            return true;
+        }
+        id += 1;
+        // NOT_FOUND: an error reply, but no rule signal.
+        if client.fetch(id).await.is_ok() {
+            panic!("item {id} exists");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    guard.is_blocked(source)
+}
+
+async fn start_with_model(model: Option<Arc<Model>>) -> common::TestServer {
+    let config = common::firewall_config();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::open_with_model(config.clone(), dir.path(), model).expect("server opens");
+    common::add_users(&*server.store(), &config);
+    let handle = server
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = handle.local_addr();
+    common::TestServer { handle, dir, addr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_blocks_an_enumeration_that_no_rule_catches() {
+    let model = Arc::new(detect::default_model().expect("default model"));
+    let server = start_with_model(Some(model)).await;
+    let source: IpAddr = "127.0.6.1".parse().expect("ip");
+    assert!(
+        enumerate_missing_ids(&server, source, Duration::from_secs(10)).await,
+        "the model did not block the enumeration within 10 s"
+    );
+    let stats = server.handle.server().detection().expect("a model runs");
+    assert!(stats.anomalies >= 2, "{stats:?}");
+    let decisions = server.handle.firewall().decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert!(
+        decisions[0].reason.starts_with("model_anomaly tipped"),
+        "{}",
+        decisions[0].reason
+    );
+    server.handle.shutdown().await;
+
+    // The same behaviour against rules only: nothing blocks it.
+    let server = start_with_model(None).await;
+    assert!(server.handle.server().detection().is_none());
+    let source: IpAddr = "127.0.6.2".parse().expect("ip");
+    assert!(
+        !enumerate_missing_ids(&server, source, Duration::from_secs(4)).await,
+        "rules alone blocked the enumeration"
+    );
+    assert!(server.handle.firewall().decisions().is_empty());
+    server.handle.shutdown().await;
+}
+
+#[test]
+fn a_model_needs_activity_recording() {
+    let mut config = common::test_config();
+    config.activity.enabled = false;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = Arc::new(detect::default_model().expect("default model"));
+    let err = Server::open_with_model(config, dir.path(), Some(model)).expect_err("refused");
+    assert!(err.to_string().contains("activity.enabled"), "{err}");
+}
