@@ -6,11 +6,15 @@
 # --no-model, so that what the data shows of an attack does not depend on an earlier model's
 # blocks; then the default model (datasets/model.json) is trained on train.csv.
 #
-#   bash datasets/generate.sh            # about ten minutes on 2 cores
+#   bash datasets/generate.sh            # about twelve minutes on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release
-bin=./target/release/rampart
+# RAMPART_BIN=path runs an already built binary instead of building one.
+bin=${RAMPART_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release
+  bin=./target/release/rampart
+fi
 work=target/datasets
 rm -rf "$work"
 mkdir -p "$work"

@@ -1257,6 +1257,24 @@ mod tests {
     }
 
     #[test]
+    fn model_blocks_are_judged_only_with_a_model() -> Result<(), ScenarioError> {
+        let s = scenario("model_blocks_min = 2\n")?;
+        let mut m = healthy();
+        m.model = "default".into();
+        m.model_blocks = Some(2);
+        assert_eq!(judge(&s, &m), Vec::<String>::new());
+        m.model_blocks = Some(1);
+        assert_eq!(judge(&s, &m), vec!["model_blocks 1 < model_blocks_min 2"]);
+        m.model = "none".into();
+        m.model_blocks = None;
+        assert_eq!(
+            judge(&s, &m),
+            vec!["model_blocks cannot be judged: the server ran no detection model (model none; model_blocks_min 2)"]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn each_broken_expectation_is_one_line() -> Result<(), ScenarioError> {
         let s =
             scenario("legit_goodput_min = 0.95\nblocked_within_s = 0.3\npeak_rss_mb_max = 50\n")?;
