@@ -7,44 +7,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 
 use rampart::client::{Client, ClientError, ClientOptions};
 use rampart::protocol::{encode_request, ErrorCode, ItemBody, ItemKind, Password, Reply, Request};
 use rampart::store::Store;
 
-use common::{drain, raw_connect, send_raw, start_server, start_server_with, test_config};
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Runs a test body with a hard 60 s limit, so nothing can hang the suite.
-async fn within(body: impl Future<Output = TestResult>) -> TestResult {
-    tokio::time::timeout(Duration::from_secs(60), body)
-        .await
-        .map_err(|_| "test did not finish within 60 s")?
-}
-
-/// A seeded RNG; the seed is printed so a failure can be replayed with RAMPART_TEST_SEED.
-fn rng(default_seed: u64) -> StdRng {
-    let seed = std::env::var("RAMPART_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_seed);
-    println!("seed = {seed} (set RAMPART_TEST_SEED to replay)");
-    StdRng::seed_from_u64(seed)
-}
-
-fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rng.fill_bytes(&mut v);
-    v
-}
+use common::{
+    drain, random_bytes, raw_connect, rng, send_raw, start_server, start_server_with, test_config,
+    within, TestResult,
+};
 
 /// The server's error code and message, or a test failure naming what happened instead.
 fn refused<T: std::fmt::Debug>(

@@ -107,16 +107,7 @@ async fn enumerate_missing_ids(
 }
 
 async fn start_with_model(model: Option<Arc<Model>>) -> common::TestServer {
-    let config = common::firewall_config();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::open_with_model(config.clone(), dir.path(), model).expect("server opens");
-    common::add_users(&*server.store(), &config);
-    let handle = server
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let addr = handle.local_addr();
-    common::TestServer { handle, dir, addr }
+    common::start_with_model(common::firewall_config(), model, |s| s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

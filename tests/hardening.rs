@@ -9,15 +9,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -29,33 +26,10 @@ use rampart::protocol::{
 };
 use rampart::server::Server;
 
-use common::{eventually, header, start, start_server_with, test_config, TestServer};
-
-type TestError = Box<dyn std::error::Error + Send + Sync>;
-type TestResult = Result<(), TestError>;
-
-/// Runs a test body with a hard 60 s limit, so nothing can hang the suite.
-async fn within(body: impl Future<Output = TestResult>) -> TestResult {
-    tokio::time::timeout(Duration::from_secs(60), body)
-        .await
-        .map_err(|_| "test did not finish within 60 s")?
-}
-
-/// A seeded RNG; the seed is printed so a failure can be replayed with RAMPART_TEST_SEED.
-fn rng(default_seed: u64) -> StdRng {
-    let seed = std::env::var("RAMPART_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_seed);
-    println!("seed = {seed} (set RAMPART_TEST_SEED to replay)");
-    StdRng::seed_from_u64(seed)
-}
-
-fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rng.fill_bytes(&mut v);
-    v
-}
+use common::{
+    eventually, header, random_bytes, rng, start, start_server_with, test_config, within,
+    TestError, TestResult, TestServer,
+};
 
 /// 127.0.a.b, a loopback source address of its own.
 fn ip(a: u8, b: u8) -> IpAddr {

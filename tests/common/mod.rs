@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -89,8 +91,17 @@ pub async fn start_server_with(config: Config) -> TestServer {
 
 /// Starts a server, letting the caller adjust it (e.g. install a fault hook) before bind.
 pub async fn start(config: Config, adjust: impl FnOnce(Server) -> Server) -> TestServer {
+    start_with_model(config, None, adjust).await
+}
+
+/// [`start`], with a detection model scoring activity windows live.
+pub async fn start_with_model(
+    config: Config,
+    model: Option<std::sync::Arc<rampart::detect::Model>>,
+    adjust: impl FnOnce(Server) -> Server,
+) -> TestServer {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::open(config.clone(), dir.path()).expect("server opens");
+    let server = Server::open_with_model(config.clone(), dir.path(), model).expect("server opens");
     add_users(&*server.store(), &config);
     let handle = adjust(server)
         .bind("127.0.0.1:0".parse().expect("addr"))
@@ -172,4 +183,33 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// A test's error: anything, sendable across tasks.
+pub type TestError = Box<dyn std::error::Error + Send + Sync>;
+/// What a test body returns.
+pub type TestResult = Result<(), TestError>;
+
+/// Runs a test body with a hard 60 s limit, so nothing can hang the suite.
+pub async fn within(body: impl std::future::Future<Output = TestResult>) -> TestResult {
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .map_err(|_| "test did not finish within 60 s")?
+}
+
+/// A seeded RNG; the seed is printed so a failure can be replayed with RAMPART_TEST_SEED.
+pub fn rng(default_seed: u64) -> StdRng {
+    let seed = std::env::var("RAMPART_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_seed);
+    println!("seed = {seed} (set RAMPART_TEST_SEED to replay)");
+    StdRng::seed_from_u64(seed)
+}
+
+/// `len` bytes from `rng`.
+pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
 }
