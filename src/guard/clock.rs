@@ -3,6 +3,7 @@
 //! Production uses the monotonic clock. Tests use a frozen clock and move it by hand with
 //! [`GuardClock::advance`], so limiter and expiry tests are deterministic and never sleep.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,11 +97,46 @@ impl fmt::Debug for GuardClock {
     }
 }
 
+thread_local! {
+    /// One reading of a clock, pinned on this thread by [`GuardClock::pinned`]: the clock's
+    /// identity (its shared offset's address) and the reading in nanoseconds.
+    static PINNED: Cell<Option<(usize, u64)>> = const { Cell::new(None) };
+}
+
+/// Puts the previous pin back when a [`GuardClock::pinned`] scope ends, panics included.
+struct Unpin(Option<(usize, u64)>);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        PINNED.with(|p| p.set(self.0));
+    }
+}
+
+impl GuardClock {
+    /// Identifies this clock and its clones (they share `offset`).
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.offset) as usize
+    }
+
+    /// Runs `f` with this clock (and its clones) reading one fixed instant on this thread,
+    /// taken once on entry. A frame's admission passes several limiters; they all judge it at
+    /// the same instant, and the clock, which costs as much as a limiter check, is read once
+    /// instead of once per limiter. Other clocks, and other threads, are unaffected.
+    pub(crate) fn pinned<R>(&self, f: impl FnOnce() -> R) -> R {
+        let now = self.elapsed_nanos();
+        let _unpin = Unpin(PINNED.with(|p| p.replace(Some((self.id(), now)))));
+        f()
+    }
+}
+
 impl Clock for GuardClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.elapsed_nanos())
+        match PINNED.with(Cell::get) {
+            Some((id, at)) if id == self.id() => Nanos::from(at),
+            _ => Nanos::from(self.elapsed_nanos()),
+        }
     }
 }
 
@@ -118,6 +154,23 @@ mod tests {
         assert_eq!(c.now(), Nanos::from(3_000_000_000u64));
         c.advance(Duration::MAX);
         assert_eq!(d.elapsed(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn pinned_reading_holds_for_clones_only_and_ends_with_the_scope() {
+        let c = GuardClock::manual();
+        let d = c.clone();
+        let other = GuardClock::manual();
+        c.advance(Duration::from_secs(1));
+        let inside = c.pinned(|| {
+            // The pin holds even when the clock moves; another clock is not pinned.
+            d.advance(Duration::from_secs(5));
+            other.advance(Duration::from_secs(2));
+            (c.now(), d.now(), other.now())
+        });
+        let one = Nanos::from(1_000_000_000u64);
+        assert_eq!(inside, (one, one, Nanos::from(2_000_000_000u64)));
+        assert_eq!(c.now(), Nanos::from(6_000_000_000u64));
     }
 
     #[test]

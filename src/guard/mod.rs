@@ -271,6 +271,20 @@ impl Guard {
         Ok(())
     }
 
+    /// The whole per-frame admission, in the server's order: the connection's own limiter,
+    /// then [`Guard::check_frame`]. Every limiter judges the frame at one instant, read from
+    /// the clock once (see [`GuardClock`]); the result is the same as calling
+    /// [`ConnLimiter::check`] and then [`Guard::check_frame`].
+    pub fn admit_frame(
+        &self,
+        conn: &ConnLimiter,
+        source: SourceKey,
+        user: Option<i64>,
+    ) -> Result<(), Limited> {
+        self.clock
+            .pinned(|| conn.check().and_then(|()| self.check_frame(source, user)))
+    }
+
     /// A fresh frame limiter for one connection (`rates.frames_per_s_per_conn`).
     pub fn connection_limiter(&self) -> ConnLimiter {
         ConnLimiter::new(self.conn_quota, &self.clock)

@@ -302,6 +302,33 @@ fn frame_limits_admit_no_more_than_the_burst_at_once() {
     assert_eq!(g.check_frame(a, None), Ok(()));
 }
 
+/// `admit_frame` decides exactly as the connection limiter followed by `check_frame`.
+#[test]
+fn admit_frame_decides_like_the_separate_checks() {
+    {
+        let mut cfg = Config::default();
+        cfg.rates.frames_burst_per_conn = 30;
+        cfg.rates.frames_burst_per_ip = 50;
+        cfg.rates.frames_burst_per_user = 70;
+        let one = Guard::with_clock(&cfg, GuardClock::manual());
+        let two = Guard::with_clock(&cfg, GuardClock::manual());
+        let a = one.source_of(ip("127.0.1.1"));
+        let (c1, c2) = (one.connection_limiter(), two.connection_limiter());
+        // Within one burst, the time read cannot change the outcome.
+        let got: Vec<_> = (0..100).map(|_| one.admit_frame(&c1, a, Some(3))).collect();
+        let want: Vec<_> = (0..100)
+            .map(|_| c2.check().and_then(|()| two.check_frame(a, Some(3))))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 30);
+        // A fresh connection from the same source: the source's allowance has 20 left.
+        let c3 = one.connection_limiter();
+        let more: Vec<_> = (0..25).map(|_| one.admit_frame(&c3, a, None)).collect();
+        assert!(more[..20].iter().all(|r| r.is_ok()));
+        assert!(more[20..].iter().all(|r| *r == Err(Limited::Ip)));
+    }
+}
+
 #[test]
 fn connection_limiters_are_independent() {
     let g = guard(|c| c.rates.frames_burst_per_conn = 10);

@@ -242,10 +242,9 @@ impl Session {
     pub(crate) async fn handle(&mut self, frame: Frame) -> (Reply, Next) {
         let shared = Arc::clone(&self.shared);
         let user_id = self.user.as_ref().map(|(id, _)| *id);
-        let limited = self
-            .limiter
-            .check()
-            .and_then(|()| shared.guard.check_frame(self.source, user_id));
+        let limited = shared
+            .guard
+            .admit_frame(&self.limiter, self.source, user_id);
         if let Err(limit) = limited {
             Metrics::bump(&shared.metrics.rate_limited);
             shared.signal(self.peer, Signal::RateLimited);
