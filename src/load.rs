@@ -4,6 +4,10 @@
 //! Every operation counted was acknowledged by the server (an ACCEPTED reply, which the
 //! server sends only after a durable commit). Latency is measured per operation from the
 //! moment its request (or, pipelined, its batch) is written to the moment its reply arrives.
+//!
+//! [`hold_idle`] is the other mode: it opens many authenticated connections from several
+//! source addresses and keeps them open and silent (one PING per keep-alive interval, so the
+//! server's idle timeout does not end them), to measure what an idle session costs the server.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,6 +244,170 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
         kind: spec.kind,
         first_error,
     }
+}
+
+/// A checked idle run: authenticated connections opened and then held silent.
+#[derive(Debug, Clone)]
+pub struct IdleSpec {
+    /// Server address.
+    pub server: String,
+    /// User every connection logs in as.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Connections to open and hold.
+    pub connections: usize,
+    /// Source addresses the connections bind, round-robin (empty = the system's choice).
+    pub sources: Vec<IpAddr>,
+    /// Logins in progress at once (each costs the server one password verification).
+    pub concurrency: usize,
+    /// How long to hold the connections once every one is open (or has failed).
+    pub hold: Duration,
+    /// Each held connection sends one PING this often; must be below the server's idle
+    /// timeout for the connections to survive the hold.
+    pub keepalive: Duration,
+}
+
+/// The result of an idle run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    /// Connections asked for.
+    pub requested: usize,
+    /// Connections that logged in and were held.
+    pub open: usize,
+    /// Connections that could not connect or log in.
+    pub failed: usize,
+    /// Held connections that broke during the hold (a failed keep-alive PING).
+    pub lost: usize,
+    /// Distinct source addresses used.
+    pub sources: usize,
+    /// Seconds from the first connect until every connection was open or had failed.
+    pub open_s: f64,
+    /// Seconds the connections were held.
+    pub held_s: f64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+/// What one idle connection did.
+enum IdleEnd {
+    /// It could not log in.
+    Failed(String),
+    /// It was held to the end (`Ok`) or broke during the hold.
+    Held(Result<(), String>),
+}
+
+async fn one_idle(
+    spec: Arc<IdleSpec>,
+    index: usize,
+    logins: Arc<tokio::sync::Semaphore>,
+    opened: Arc<AtomicU64>,
+    release: tokio_util::sync::CancellationToken,
+) -> IdleEnd {
+    let opts = ClientOptions {
+        source: spec.sources.get(index % spec.sources.len().max(1)).copied(),
+        ..ClientOptions::default()
+    };
+    let login = {
+        // The semaphore is never closed, so acquiring only fails if it were; then go ahead.
+        let _permit = logins.acquire().await.ok();
+        Client::login(
+            spec.server.as_str(),
+            &spec.user,
+            spec.password.as_bytes(),
+            opts,
+        )
+        .await
+    };
+    opened.fetch_add(1, Ordering::Relaxed);
+    let mut client = match login {
+        Ok(c) => c,
+        Err(e) => return IdleEnd::Failed(e.to_string()),
+    };
+    let keepalive = spec.keepalive.max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = release.cancelled() => break,
+            _ = tokio::time::sleep(keepalive) => {
+                if let Err(e) = client.ping().await {
+                    return IdleEnd::Held(Err(e.to_string()));
+                }
+            }
+        }
+    }
+    let _ = client.bye().await;
+    IdleEnd::Held(Ok(()))
+}
+
+/// Opens `spec.connections` authenticated connections, calls `progress` about ten times a
+/// second with how many have finished trying, calls `held` once with the number open when
+/// every connection is open or has failed, holds them for `spec.hold`, then closes them.
+pub async fn hold_idle(
+    spec: IdleSpec,
+    mut progress: impl FnMut(u64),
+    held: impl FnOnce(usize),
+) -> IdleReport {
+    let spec = Arc::new(spec);
+    let logins = Arc::new(tokio::sync::Semaphore::new(spec.concurrency.max(1)));
+    let opened = Arc::new(AtomicU64::new(0));
+    let release = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..spec.connections)
+        .map(|i| {
+            tokio::spawn(one_idle(
+                Arc::clone(&spec),
+                i,
+                Arc::clone(&logins),
+                Arc::clone(&opened),
+                release.clone(),
+            ))
+        })
+        .collect();
+    let target = spec.connections as u64;
+    while opened.load(Ordering::Relaxed) < target {
+        progress(opened.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(target);
+    let open_s = started.elapsed().as_secs_f64();
+    // Connections that failed have already returned; the rest are held.
+    let failed_so_far = tasks.iter().filter(|t| t.is_finished()).count();
+    held(spec.connections.saturating_sub(failed_so_far));
+    let hold_started = Instant::now();
+    tokio::time::sleep(spec.hold).await;
+    let held_s = hold_started.elapsed().as_secs_f64();
+    release.cancel();
+    let mut report = IdleReport {
+        requested: spec.connections,
+        open: 0,
+        failed: 0,
+        lost: 0,
+        sources: spec.sources.len().min(spec.connections).max(1),
+        open_s,
+        held_s,
+        first_error: None,
+    };
+    for r in futures::future::join_all(tasks).await {
+        match r {
+            Ok(IdleEnd::Failed(e)) => {
+                report.failed += 1;
+                report.first_error.get_or_insert(e);
+            }
+            Ok(IdleEnd::Held(Ok(()))) => report.open += 1,
+            Ok(IdleEnd::Held(Err(e))) => {
+                report.open += 1;
+                report.lost += 1;
+                report.first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                report.failed += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("connection task failed: {e}"));
+            }
+        }
+    }
+    report
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! `rampart load`: a load generator whose every counted operation was acknowledged.
+//! `rampart load`: a load generator whose every counted operation was acknowledged, and an
+//! idle mode that holds many authenticated, silent connections.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use rampart::load::{self, LoadKind, LoadSpec};
+use rampart::load::{self, IdleSpec, LoadKind, LoadSpec};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Kind {
@@ -20,7 +23,15 @@ enum Kind {
     after_help = "The password comes from RAMPART_PASSWORD. Every operation counted was \
 acknowledged by the server after a durable commit.\n\nExamples:\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 200000 --size 64\n  \
-RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 500000 --pipeline 16 --json"
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 500000 --pipeline 16 --json\n  \
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --kind file --size 1073741824 --clients 1 --ops 1\n\n\
+Idle mode (--idle N) opens N authenticated connections instead, spread round-robin over \
+--source-count addresses of --sources, holds them for --hold seconds (each sends one PING \
+per --keepalive seconds, below the server's idle timeout) and closes them. Once every \
+connection is open or has failed it prints \"holding N idle connections from M sources\" \
+on stderr, so a script can measure the server while they are held. Every connection \
+logs in, so the server's login rate limits must allow N logins of one user:\n  \
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --idle 10000 --sources 127.0.2.0/24 --source-count 40 --hold 20"
 )]
 pub struct LoadArgs {
     /// Server address.
@@ -58,6 +69,22 @@ pub struct LoadArgs {
     /// Source addresses to spread clients over, e.g. 127.0.0.0/28 (loopback only).
     #[arg(long)]
     sources: Option<ipnet::Ipv4Net>,
+    /// Use only the first M host addresses of --sources.
+    #[arg(long, value_name = "M")]
+    source_count: Option<usize>,
+    /// Idle mode: open and hold N authenticated connections instead of sending operations.
+    #[arg(long, value_name = "N")]
+    idle: Option<usize>,
+    /// Idle mode: seconds to hold the connections once all are open.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    hold: u64,
+    /// Idle mode: seconds between each held connection's PINGs (below the server's
+    /// timeouts.idle_ms).
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    keepalive: u64,
+    /// Idle mode: logins in progress at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    login_concurrency: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -75,10 +102,27 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             if !net.network().is_loopback() {
                 bail!("--sources must lie inside 127.0.0.0/8, got {net}");
             }
-            net.hosts().take(4096).map(IpAddr::V4).collect()
+            let take = args.source_count.unwrap_or(4096).min(4096);
+            net.hosts().take(take).map(IpAddr::V4).collect()
         }
         None => Vec::new(),
     };
+    if let Some(connections) = args.idle {
+        if connections == 0 {
+            bail!("--idle must be at least 1");
+        }
+        let spec = IdleSpec {
+            server: args.server,
+            user: args.user,
+            password,
+            connections,
+            sources,
+            concurrency: args.login_concurrency.max(1),
+            hold: Duration::from_secs(args.hold),
+            keepalive: Duration::from_secs(args.keepalive.max(1)),
+        };
+        return run_idle(spec, args.json).await;
+    }
     let spec = LoadSpec {
         to: args.to.unwrap_or_else(|| args.user.clone()),
         server: args.server,
@@ -122,6 +166,47 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
         }
     }
     Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Idle mode: opens, holds and closes the connections, then prints the report.
+async fn run_idle(spec: IdleSpec, json: bool) -> Result<ExitCode> {
+    let sources = spec.sources.len().max(1);
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(spec.connections as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} connections  {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let report = load::hold_idle(
+        spec,
+        |done| bar.set_position(done),
+        |open| {
+            bar.finish_and_clear();
+            eprintln!("holding {open} idle connections from {sources} sources");
+            let _ = std::io::stderr().flush();
+        },
+    )
+    .await;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} of {} connections held for {:.1} s ({} failed to open, {} lost), opened in {:.1} s",
+            report.open, report.requested, report.held_s, report.failed, report.lost, report.open_s
+        );
+        if let Some(e) = &report.first_error {
+            println!("first error: {e}");
+        }
+    }
+    Ok(if report.failed == 0 && report.lost == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of rampart with the tools a user would otherwise pick (issue 6's
+# targets 1 to 8), on loopback only (127.0.0.0/8). Installs nothing: a missing peer is named
+# and its comparison skipped.
+#
+# Usage: benches/compare.sh [ITEM...]      items 1 to 8, default all
+#   env: RUNS (3)         runs per side for items 1 to 3; the median is reported
+#        OPS (200000)     operations per run for items 1 and 2
+#        IDLE (10000)     idle connections for item 4, from IDLE_SOURCES (40) addresses
+#        ROWS (1000000)   rows of the synthetic training CSV for item 8
+#        RAMPART          the rampart binary (default: target/release/rampart, built if absent)
+#        KEEP=1           keep the work directory
+#
+# rampart runs with every defence and the activity recorder on, from its defaults, except for
+# one config file (printed below) that raises the per-connection/user/source frame rates and
+# the login rates: the benchmark is one user on one address logging in thousands of times and
+# sending far more than a single real user may. Every limiter still runs on every frame and
+# login. Acknowledgements still wait for a durable commit (WAL, synchronous=FULL).
+#
+# Peers: redis-server and redis-benchmark (items 1, 2, 4), iperf3 (item 3), python3 with
+# scikit-learn (item 8). Items 5 to 7 are rampart's criterion benches (cargo).
+
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+RUNS=${RUNS:-3}
+OPS=${OPS:-200000}
+IDLE=${IDLE:-10000}
+IDLE_SOURCES=${IDLE_SOURCES:-40}
+ROWS=${ROWS:-1000000}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+RAMPART=${RAMPART:-$TARGET_DIR/release/rampart}
+ITEMS=${*:-1 2 3 4 5 6 7 8}
+PASSWORD=bench-pw
+export RAMPART_PASSWORD=$PASSWORD
+
+WORK=$(mktemp -d /tmp/rampart-compare.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 10,000 idle connections need 10,000 descriptors on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+have() { command -v "$1" >/dev/null 2>&1; }
+want() { case " $ITEMS " in *" $1 "*) return 0 ;; esac; return 1; }
+load() { echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) ($1)"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) printf "%.1f\n", a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0 == 0) print "nan"; else printf "%.2f", a/b}'; }
+# A number field of a one-line JSON object: jnum KEY < file
+jnum() { grep -o "\"$1\":[[:space:]]*[-0-9.e+]*" | tail -1 | sed 's/.*:[[:space:]]*//'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+free_port() {
+    # A port nothing listens on: ask the kernel by binding port 0, if python3 is here;
+    # otherwise pick from a quiet range.
+    if have python3; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    else
+        echo $((20000 + RANDOM % 20000))
+    fi
+}
+wait_for() { # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
+    local deadline=$((SECONDS + $1)); shift
+    until "$@"; do
+        [ $SECONDS -ge $deadline ] && return 1
+        sleep 0.2
+    done
+}
+
+summary=()
+record() { summary+=("$1"); echo ">> $1"; }
+
+if [ ! -x "$RAMPART" ]; then
+    echo "building rampart (cargo build --release)"
+    cargo build --release --quiet || exit 1
+fi
+
+cat > "$WORK/bench.toml" <<'EOF'
+# Every defence on; only the rates one benchmark user on one address needs are raised.
+[rates]
+frames_per_s_per_conn = 1_000_000
+frames_burst_per_conn = 100_000
+frames_per_s_per_user = 10_000_000
+frames_burst_per_user = 1_000_000
+frames_per_s_per_ip = 10_000_000
+frames_burst_per_ip = 1_000_000
+logins_per_min_per_ip = 1_000_000
+logins_burst_per_ip = 20_000
+logins_per_min_per_user = 1_000_000
+logins_burst_per_user = 20_000
+EOF
+"$RAMPART" config check "$WORK/bench.toml" >/dev/null || exit 1
+
+# start_rampart NAME: a fresh data directory with user "bench" and a server on a kernel-chosen
+# port; sets RAMPART_PID and RAMPART_ADDR.
+start_rampart() {
+    local dir=$WORK/$1
+    mkdir -p "$dir"
+    echo "$PASSWORD" | "$RAMPART" user add bench --data-dir "$dir/data" >/dev/null || exit 1
+    "$RAMPART" serve --data-dir "$dir/data" --listen 127.0.0.1:0 --config "$WORK/bench.toml" \
+        >"$dir/serve.out" 2>"$dir/serve.err" &
+    RAMPART_PID=$!
+    PIDS+=("$RAMPART_PID")
+    wait_for 30 grep -q '^listening on ' "$dir/serve.out" || { echo "rampart did not start:"; cat "$dir/serve.err"; exit 1; }
+    RAMPART_ADDR=$(sed -n 's/^listening on //p' "$dir/serve.out" | head -1)
+}
+stop() { kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
+
+# start_redis NAME [ARGS...]: sets REDIS_PID and REDIS_PORT. No snapshots, so a background
+# save never lands inside a measurement; redis does not fsync writes either way by default.
+start_redis() {
+    local name=$1; shift
+    REDIS_PORT=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$WORK" --daemonize no "$@" >"$WORK/$name.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_for 10 redis_up || { echo "redis-server did not start:"; cat "$WORK/$name.log"; exit 1; }
+}
+redis_up() {
+    if have redis-cli; then redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1
+    else (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; fi
+}
+
+echo "rampart compare: items $ITEMS, $RUNS runs per side, $(nproc) cores, $(date -u +%FT%TZ)"
+echo "rampart $("$RAMPART" --version 2>/dev/null) at $(git rev-parse --short HEAD 2>/dev/null)"
+load start
+
+# ---- 1 and 2: small messages, no pipelining and pipelined, vs redis SET -------------------
+msg_item() { # msg_item ITEM PIPELINE TARGET
+    local item=$1 p=$2 target=$3 r=() x=() i out
+    if ! have redis-server || ! have redis-benchmark; then
+        record "item $item: skipped, redis-server or redis-benchmark is not installed"; return
+    fi
+    start_rampart "msg$item"
+    start_redis "redis$item"
+    load "item $item before"
+    for i in $(seq "$RUNS"); do
+        out=$("$RAMPART" load --server "$RAMPART_ADDR" --user bench --clients 64 --ops "$OPS" \
+            --size 64 --pipeline "$p" --json)
+        r+=("$(echo "$out" | jnum ops_per_s)")
+        echo "  rampart run $i: $out"
+        out=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set -c 64 -d 64 -n "$OPS" \
+            -P "$p" -q --csv 2>/dev/null | grep -i '"SET"')
+        x+=("$(echo "$out" | cut -d, -f2 | tr -d '"')")
+        echo "  redis   run $i: $out"
+    done
+    load "item $item after"
+    local mr mx
+    mr=$(median "${r[@]}"); mx=$(median "${x[@]}")
+    record "item $item: 64 B, 64 clients, pipeline $p: rampart $mr ops/s, redis $mx ops/s, ratio $(ratio "$mr" "$mx") (target >= $target)"
+    stop "$RAMPART_PID"; stop "$REDIS_PID"
+}
+want 1 && msg_item 1 1 1.0
+want 2 && msg_item 2 16 0.5
+
+# ---- 3: 1 GiB upload vs min(iperf3 loopback, dd conv=fsync) -----------------------------
+if want 3; then
+    if ! have iperf3; then
+        record "item 3: skipped, iperf3 is not installed"
+    else
+        start_rampart upload
+        load "item 3 before"
+        r=(); t=(); d=()
+        for i in $(seq "$RUNS"); do
+            out=$("$RAMPART" load --server "$RAMPART_ADDR" --user bench --clients 1 --ops 1 \
+                --kind file --size 1073741824 --json)
+            r+=("$(echo "$out" | jnum mb_per_s)")
+            echo "  rampart run $i: $out"
+            port=$(free_port)
+            iperf3 -s -1 -B 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+            ip=$!
+            wait_for 5 bash -c "(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null"
+            bps=$(iperf3 -c 127.0.0.1 -p "$port" -n 1G -J 2>/dev/null | jnum bits_per_second)
+            wait "$ip" 2>/dev/null
+            t+=("$(awk -v b="$bps" 'BEGIN {printf "%.1f", b/8/1e6}')")
+            echo "  iperf3  run $i: ${t[-1]} MB/s"
+            start=$(date +%s.%N)
+            dd if=/dev/zero of="$WORK/upload/dd.bin" bs=1M count=1024 conv=fsync status=none
+            end=$(date +%s.%N)
+            rm -f "$WORK/upload/dd.bin"
+            d+=("$(awk -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", 1073.741824/(e-s)}')")
+            echo "  dd      run $i: ${d[-1]} MB/s (bs=1M count=1024 conv=fsync, same disk as the data directory)"
+        done
+        load "item 3 after"
+        mr=$(median "${r[@]}"); mt=$(median "${t[@]}"); md=$(median "${d[@]}")
+        floor=$(awk -v a="$mt" -v b="$md" 'BEGIN {print (a<b)?a:b}')
+        record "item 3: 1 GiB upload: rampart $mr MB/s, iperf3 $mt MB/s, dd conv=fsync $md MB/s, ratio to the slower $(ratio "$mr" "$floor") (target >= 0.8)"
+        stop "$RAMPART_PID"
+    fi
+fi
+
+# ---- 4: idle authenticated connections, memory per connection, vs redis ------------------
+if want 4; then
+    start_rampart idle
+    # Warm up: a few logins and messages, so the argon2 workers' buffers and the runtime's
+    # threads exist before the baseline.
+    "$RAMPART" load --server "$RAMPART_ADDR" --user bench --clients 4 --ops 400 --json >/dev/null
+    sleep 1
+    load "item 4 before"
+    before=$(rss_kib "$RAMPART_PID")
+    "$RAMPART" load --server "$RAMPART_ADDR" --user bench --idle "$IDLE" \
+        --sources 127.0.2.0/24 --source-count "$IDLE_SOURCES" --hold 10 --json \
+        >"$WORK/idle.json" 2>"$WORK/idle.err" &
+    lp=$!
+    if wait_for 1800 grep -q '^holding ' "$WORK/idle.err"; then
+        sleep 2
+        during=$(rss_kib "$RAMPART_PID")
+        held=$(sed -n 's/^holding \([0-9]*\) .*/\1/p' "$WORK/idle.err" | head -1)
+    else
+        during=$before; held=0
+    fi
+    wait "$lp"
+    echo "  rampart: $(cat "$WORK/idle.json")"
+    load "item 4 after"
+    per=$(awk -v a="$before" -v b="$during" -v n="$held" 'BEGIN {if (n>0) printf "%.0f", (b-a)*1024/n; else print "nan"}')
+    line="item 4: $held idle authenticated connections from $IDLE_SOURCES sources: rampart RSS $before -> $during KiB, $per B per connection (target <= 8192)"
+    stop "$RAMPART_PID"
+    if have redis-server && have redis-benchmark; then
+        start_redis idle --maxclients $((IDLE + 100))
+        rb=$(rss_kib "$REDIS_PID")
+        redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -I -c "$IDLE" >/dev/null 2>&1 &
+        bp=$!
+        PIDS+=("$bp")
+        if have redis-cli; then
+            wait_for 120 bash -c "[ \$(redis-cli -h 127.0.0.1 -p $REDIS_PORT info clients | sed -n 's/^connected_clients:\([0-9]*\).*/\1/p') -ge $IDLE ]"
+        else
+            sleep 20
+        fi
+        sleep 2
+        rd=$(rss_kib "$REDIS_PID")
+        rper=$(awk -v a="$rb" -v b="$rd" -v n="$IDLE" 'BEGIN {printf "%.0f", (b-a)*1024/n}')
+        stop "$bp"; stop "$REDIS_PID"
+        line="$line; redis RSS $rb -> $rd KiB, $rper B per connection; redis/rampart bytes per connection $(ratio "$rper" "$per")"
+    else
+        line="$line; redis comparison skipped, redis-server or redis-benchmark is not installed"
+    fi
+    record "$line"
+fi
+
+# ---- 5 to 7: criterion benches (medians from target/criterion) ---------------------------
+est() { # est GROUP/FUNCTION/...: criterion's median in ns
+    grep -oE '"median":\{"confidence_interval":\{[^}]*\},"point_estimate":[-0-9.e+]+' \
+        "$TARGET_DIR/criterion/$1/new/estimates.json" 2>/dev/null | sed 's/.*://'
+}
+bench() { cargo bench --quiet --bench "$1" -- --warm-up-time 1 --measurement-time 3 >"$WORK/bench-$1.log" 2>&1; }
+if want 5; then
+    load "item 5 before"
+    if bench decoder; then
+        line="item 5: decoder vs LengthDelimitedCodec (LDC time / rampart time, target >= 1.0):"
+        for s in 64 1024 65536; do
+            a=$(est "decode/rampart/$s"); b=$(est "decode/length_delimited/$s")
+            line="$line $s B $(ratio "$b" "$a");"
+        done
+        m=$(est decode/memcpy/65536); a=$(est decode/rampart/65536)
+        record "$line 64 KiB rampart/memcpy time $(ratio "$a" "$m") (target <= 2)"
+    else record "item 5: cargo bench --bench decoder failed (see $WORK/bench-decoder.log)"; fi
+    load "item 5 after"
+fi
+if want 6; then
+    load "item 6 before"
+    if bench guard; then
+        record "item 6: guard per frame with 100,000 tracked sources: limiters $(est guard/check_frame) ns, limiters + blocklist $(est guard/frame_admission) ns (target <= 100)"
+    else record "item 6: cargo bench --bench guard failed (see $WORK/bench-guard.log)"; fi
+    load "item 6 after"
+fi
+if want 7; then
+    load "item 7 before"
+    if bench recorder; then
+        ns=$(est recorder/record_and_commit)
+        n=65536
+        record "item 7: recorder $(awk -v ns="$ns" -v n=$n 'BEGIN {printf "%.0f", n/(ns/1e9)}') events/s through Recorder::record + commit (target >= 500000)"
+    else record "item 7: cargo bench --bench recorder failed (see $WORK/bench-recorder.log)"; fi
+    load "item 7 after"
+fi
+
+# ---- 8: training vs scikit-learn KMeans ---------------------------------------------------
+if want 8; then
+    if ! have python3 || ! python3 -c 'import sklearn' 2>/dev/null; then
+        record "item 8: skipped, python3 with scikit-learn is not installed"
+    else
+        cargo build --release --quiet --example model_train || exit 1
+        ex=$TARGET_DIR/release/examples/model_train
+        "$ex" --synth "$ROWS" --write "$WORK/synth.csv" >/dev/null || exit 1
+        load "item 8 before"
+        ro=$("$ex" --csv "$WORK/synth.csv" --k 8 --seed 42 --repeat 3 | grep '^rampart kmeans')
+        so=$(python3 benches/sklearn_kmeans.py "$WORK/synth.csv" --k 8 --seed 42 --repeat 3 | grep '^sklearn kmeans')
+        load "item 8 after"
+        echo "  $ro"; echo "  $so"
+        rt=$(echo "$ro" | sed 's/.*fit \([0-9.]*\) s.*/\1/'); st=$(echo "$so" | sed 's/.*fit \([0-9.]*\) s.*/\1/')
+        record "item 8: k-means k=8 on $ROWS rows: rampart $rt s, scikit-learn $st s, speed ratio $(ratio "$st" "$rt") (target >= 1.0)"
+    fi
+fi
+
+load end
+echo
+echo "summary"
+for s in "${summary[@]}"; do echo "  $s"; done
