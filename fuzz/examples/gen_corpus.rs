@@ -632,6 +632,102 @@ fn main() -> Result<()> {
     }
     println!("parse_config: {} seeds", s.count);
 
+    // parse_scenario: every committed scenario file, and small valid and invalid ones.
+    let mut s = Seeds::new(&root, "parse_scenario")?;
+    let mut files: Vec<PathBuf> = fs::read_dir(Path::new("..").join("scenarios"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::result::Result<_, _>>()?;
+    files.sort();
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+    {
+        let stem = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or("scenario");
+        s.put(&format!("scenario-{stem}"), &fs::read(path)?)?;
+    }
+    s.put(
+        "minimal",
+        b"name = \"m\"\nduration_s = 1\n[[legit]]\nclients = 1\n",
+    )?;
+    s.put(
+        "server-overrides",
+        b"name = \"s\"\nduration_s = 2.5\n[server.limits]\nmax_chunk_bytes = 4096\n[server.rates]\nstrikes_to_close = 4\n[[attack]]\nkind = \"oversized\"\nsources = \"127.0.9.9\"\nstop_s = 2\n[expect]\nblocked_within_s = 1\nblocked_kinds = [\"oversized\"]\n",
+    )?;
+    for (i, bad) in [
+        "name = \"x y\"\nduration_s = 1",
+        "name = \"x\"\nduration_s = 0",
+        "name = \"x\"\nduration_s = nan",
+        "name = \"x\"\nduration_s = 5\n[[legit]]\nclients = 1001",
+        "name = \"x\"\nduration_s = 5\n[[legit]]\nsources = \"10.0.0.0/8\"",
+        "name = \"x\"\nduration_s = 5\n[[legit]]\nmix = { message = 0, mail = 0, file = 0 }",
+        "name = \"x\"\nduration_s = 5\n[[legit]]\nstart_s = 4\nstop_s = 3",
+        "name = \"x\"\nduration_s = 5\n[[legit]]\nsources = \"127.0.1.0/30\"\n[[attack]]\nkind = \"flood\"\nsources = \"127.0.1.0/30\"",
+        "name = \"x\"\nduration_s = 5\n[[attack]]\nkind = \"probe\"\nsources = \"127.0.0.100\"",
+        "name = \"x\"\nduration_s = 5\n[[attack]]\nkind = \"nope\"",
+        "name = \"x\"\nduration_s = 5\n[server.limits]\nmax_frame_bytes = 100",
+        "name = \"x\"\nduration_s = 5\n[server.nope]\nx = 1",
+        "name = \"x\"\nduration_s = 5\n[expect]\nlatency_slo_ms = 0",
+        "name = \"x\"\nduration_s = 5\n[expect]\nblocked_kinds = [\"flood\"]",
+        "name = \"x\"\nduration_s = 5\nbogus = 1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.put(&format!("invalid-{i}"), bad.as_bytes())?;
+    }
+    println!("parse_scenario: {} seeds", s.count);
+
+    // parse_activity_csv: the header and first rows of the committed test set, and small
+    // valid and invalid files.
+    let mut s = Seeds::new(&root, "parse_activity_csv")?;
+    let test_csv = fs::read_to_string(Path::new("..").join("datasets").join("test.csv"))?;
+    let head: Vec<&str> = test_csv.lines().take(4).collect();
+    s.put("test-head", format!("{}\n", head.join("\n")).as_bytes())?;
+    let attack_rows: Vec<&str> = test_csv
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with(",benign"))
+        .take(2)
+        .collect();
+    if let Some(header) = head.first() {
+        s.put(
+            "test-attacks",
+            format!("{header}\n{}\n", attack_rows.join("\n")).as_bytes(),
+        )?;
+    }
+    s.put(
+        "unlabelled",
+        b"source,window_start_ms,window_ms,a,b\n127.0.0.1,0,1000,1,2.5\n127.0.0.2,1000,1000,0,-3e2\n",
+    )?;
+    s.put(
+        "quoted",
+        b"source,window_start_ms,window_ms,\"a,b\",label\n\" 127.0.0.1 \",+5,1000,1e3,\"raw flood\"\r\n",
+    )?;
+    for (i, bad) in [
+        "source,window_start_ms,window_ms,a,label\n127.0.0.1,0,1000,NaN,benign\n",
+        "source,window_start_ms,window_ms,a,label\n127.0.0.1,0,1000,inf,benign\n",
+        "source,window_start_ms,window_ms,a,label\n127.0.0.1,0,1000,1,\n",
+        "source,window_start_ms,window_ms,a,a\n127.0.0.1,0,1000,1,2\n",
+        "source,window_start_ms,window_ms,label\n",
+        "window_start_ms,source,window_ms,a\n",
+        "source,window_start_ms,window_ms,a\n127.0.0.1,0,1000\n",
+        "source,window_start_ms,window_ms,a\n127.0.0.1,-1,-1,1\n",
+        "source,window_start_ms,window_ms,a\n127.0.0.1,0,1000,\"1\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.put(&format!("invalid-{i}"), bad.as_bytes())?;
+    }
+    s.put(
+        "invalid-utf8",
+        b"source,window_start_ms,window_ms,a\n127.0.0.1,0,1000,\xff\n\xfe,0,1,2\n",
+    )?;
+    println!("parse_activity_csv: {} seeds", s.count);
+
     // The scrubber the session target applies to mallory's bytes.
     let mut probe = b"$argon2".to_vec();
     scrub(&mut probe);

@@ -1,9 +1,10 @@
 //! Invariant checks shared by the fuzz targets and by `tests/fuzz_regressions.rs`.
 //!
-//! Everything here is a pure function over bytes that depends only on rampart, `bytes` and
-//! `toml`, so the main crate's regression tests include this very file with `#[path]` and
-//! replay crashes and the seed corpus through exactly the checks the fuzzers run, without
-//! cargo-fuzz. Each check panics with a message that names the broken invariant.
+//! Everything here is a function over bytes that depends only on rampart, `bytes`, `toml`
+//! and `tempfile` (the CSV round trip writes one scratch file), so the main crate's
+//! regression tests include this very file with `#[path]` and replay crashes and the seed
+//! corpus through exactly the checks the fuzzers run, without cargo-fuzz. Each check panics
+//! with a message that names the broken invariant.
 //!
 //! Input formats are plain bytes (no `arbitrary`), so a corpus file means the same thing to
 //! a fuzz target and to `cargo test`:
@@ -13,6 +14,8 @@
 //!   sizes (one byte each, 0 counts as 1), then the stream.
 //! - [`check_body_input`]: one kind byte, then the payload.
 //! - [`check_config_input`]: TOML text (UTF-8; anything else is skipped).
+//! - [`check_scenario_input`]: scenario TOML text (UTF-8; anything else is skipped).
+//! - [`check_csv_input`]: the bytes of a feature CSV file.
 
 use bytes::BytesMut;
 use rampart::config::Config;
@@ -93,6 +96,45 @@ pub fn decode_stream(stream: &[u8], role: Role, limits: &Limits) -> Decoded {
     decode_stream_around(stream, role, limits, &Plain)
 }
 
+/// What one call of the frame decoder gave, after the checks every call must pass.
+enum Step {
+    /// A complete frame and the bytes it took.
+    Frame(Frame, usize),
+    /// More bytes are needed; nothing was consumed.
+    More,
+    /// A fatal header error; nothing was consumed.
+    Error(DecodeError),
+}
+
+/// Calls the frame decoder once on `buf` through `around` and checks the result: a frame is
+/// within its limits and took exactly its header and payload, and "need more" and errors
+/// consume nothing, errors being fatal header errors.
+fn step(buf: &mut BytesMut, role: Role, limits: &Limits, around: &impl Around) -> Step {
+    let before = buf.len();
+    match around.call(|| decode_frame(buf, limits, role)) {
+        Ok(Some(f)) => {
+            let used = before - buf.len();
+            check_frame(&f, used, role, limits);
+            Step::Frame(f, used)
+        }
+        Ok(None) => {
+            assert_eq!(buf.len(), before, "\"need more bytes\" consumed bytes");
+            if let Some(wanted) = bytes_wanted(buf) {
+                assert!(wanted > 0, "a complete frame was left undecoded");
+            }
+            Step::More
+        }
+        Err(e) => {
+            assert_eq!(buf.len(), before, "a rejected header consumed bytes");
+            assert!(
+                e.is_fatal(),
+                "the frame decoder returned a body error: {e:?}"
+            );
+            Step::Error(e)
+        }
+    }
+}
+
 /// [`decode_stream`], with every decoder call made through `around`.
 pub fn decode_stream_around(
     stream: &[u8],
@@ -104,29 +146,13 @@ pub fn decode_stream_around(
     let mut frames = Vec::new();
     let mut consumed = 0usize;
     let error = loop {
-        let before = buf.len();
-        match around.call(|| decode_frame(&mut buf, limits, role)) {
-            Ok(Some(f)) => {
-                let used = before - buf.len();
-                check_frame(&f, used, role, limits);
+        match step(&mut buf, role, limits, around) {
+            Step::Frame(f, used) => {
                 consumed += used;
                 frames.push(f);
             }
-            Ok(None) => {
-                assert_eq!(buf.len(), before, "\"need more bytes\" consumed bytes");
-                if let Some(wanted) = bytes_wanted(&buf) {
-                    assert!(wanted > 0, "a complete frame was left undecoded");
-                }
-                break None;
-            }
-            Err(e) => {
-                assert_eq!(buf.len(), before, "a rejected header consumed bytes");
-                assert!(
-                    e.is_fatal(),
-                    "the frame decoder returned a body error: {e:?}"
-                );
-                break Some(e);
-            }
+            Step::More => break None,
+            Step::Error(e) => break Some(e),
         }
     };
     assert_eq!(
@@ -136,6 +162,98 @@ pub fn decode_stream_around(
     );
     Decoded {
         frames,
+        error,
+        remainder: buf.len(),
+    }
+}
+
+/// One request frame as the server's connection loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A frame within its kind's limit, handed to the session.
+    Frame(Frame),
+    /// A frame whose length is over its kind's limit but within the frame ceiling: its
+    /// boundary is trusted, so the server skips its payload and answers ERROR `too_large`
+    /// with this request id (docs/PROTOCOL.md, 2.2).
+    Oversized {
+        /// The frame's kind.
+        kind: Kind,
+        /// Its request id, which the ERROR reply carries.
+        request_id: u32,
+        /// Its declared payload length.
+        len: u32,
+    },
+}
+
+/// A request stream as the server reads it: every frame it handles or skips, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStream {
+    /// Handled and skipped frames, in order; each gets exactly one reply.
+    pub incoming: Vec<Incoming>,
+    /// The fatal header error that ended the stream, if any (the server closes there).
+    pub error: Option<DecodeError>,
+    /// Bytes left undecoded: a partial frame, or the bytes at and after the error. A
+    /// skipped frame's payload that never fully arrived counts as consumed.
+    pub remainder: usize,
+}
+
+/// Models how the server reads a request stream: like [`decode_stream`] as the server, but
+/// a `frame_too_large` whose length is within `limits.frame_ceiling()` does not end it; the
+/// frame (header and payload, as far as they arrived) is skipped and decoding goes on.
+pub fn server_stream(stream: &[u8], limits: &Limits) -> ServerStream {
+    let mut buf = BytesMut::from(stream);
+    let mut incoming = Vec::new();
+    let mut consumed = 0usize;
+    let error = loop {
+        match step(&mut buf, Role::Server, limits, &Plain) {
+            Step::Frame(f, used) => {
+                consumed += used;
+                incoming.push(Incoming::Frame(f));
+            }
+            Step::More => break None,
+            Step::Error(DecodeError::FrameTooLarge { kind, len, max })
+                if len <= limits.frame_ceiling() =>
+            {
+                assert_eq!(
+                    max,
+                    max_payload(kind, limits),
+                    "frame_too_large names another limit"
+                );
+                assert!(
+                    len > max,
+                    "{kind:?} length {len} within {max} refused as too large"
+                );
+                assert!(
+                    kind.is_request(),
+                    "{kind:?} length checked before its direction"
+                );
+                let id: [u8; 4] = buf
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .expect("frame_too_large before the header arrived");
+                assert!(
+                    buf.len() >= HEADER_LEN,
+                    "frame_too_large before the header arrived"
+                );
+                let skip = (HEADER_LEN + len as usize).min(buf.len());
+                bytes::Buf::advance(&mut buf, skip);
+                consumed += skip;
+                incoming.push(Incoming::Oversized {
+                    kind,
+                    request_id: u32::from_be_bytes(id),
+                    len,
+                });
+            }
+            Step::Error(e) => break Some(e),
+        }
+    };
+    assert_eq!(
+        consumed + buf.len(),
+        stream.len(),
+        "consumed bytes and the remainder add up to the input"
+    );
+    ServerStream {
+        incoming,
         error,
         remainder: buf.len(),
     }
@@ -392,6 +510,270 @@ pub fn check_config_text(text: &str) -> bool {
         .unwrap_or_else(|e| panic!("a serialized config does not parse back: {e}\n{text2}"));
     assert_eq!(again, cfg, "config changed through serialize and parse");
     true
+}
+
+/// The file name scenario and CSV errors must name (the parsers take it only for messages).
+pub const FUZZ_SCENARIO_PATH: &str = "fuzz-scenario.toml";
+/// See [`FUZZ_SCENARIO_PATH`].
+pub const FUZZ_CSV_PATH: &str = "fuzz-features.csv";
+
+/// The parse_scenario target: UTF-8 text through `ScenarioSpec::from_toml_str` and
+/// `check()`. Errors name the file (and a parse error stays on one line); a spec that parses
+/// serializes and parses back to the same serialization and the same check outcome; a
+/// scenario that checks keeps every documented limit. Returns whether the text was a valid
+/// scenario.
+pub fn check_scenario_input(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    check_scenario_text(text)
+}
+
+/// [`check_scenario_input`] on text.
+pub fn check_scenario_text(text: &str) -> bool {
+    use rampart::scenario::ScenarioSpec;
+    let path = std::path::Path::new(FUZZ_SCENARIO_PATH);
+    let spec = match ScenarioSpec::from_toml_str(text, path) {
+        Ok(spec) => spec,
+        Err(e) => {
+            check_scenario_error(&e);
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "a parse error spans lines: {msg:?}");
+            return false;
+        }
+    };
+    let text2 = toml::to_string(&spec)
+        .unwrap_or_else(|e| panic!("a parsed scenario does not serialize: {e}\n{spec:?}"));
+    let again = ScenarioSpec::from_toml_str(&text2, path)
+        .unwrap_or_else(|e| panic!("a serialized scenario does not parse back: {e}\n{text2}"));
+    let text3 = toml::to_string(&again)
+        .unwrap_or_else(|e| panic!("a re-parsed scenario does not serialize: {e}"));
+    assert_eq!(text2, text3, "scenario changed through serialize and parse");
+    let first = spec.check(path);
+    let second = again.check(path);
+    match (&first, &second) {
+        (Ok(_), Ok(_)) => {}
+        (Err(a), Err(b)) => assert_eq!(
+            a.to_string(),
+            b.to_string(),
+            "check differs after a round trip"
+        ),
+        _ => panic!("check differs after a round trip: {first:?} / {second:?}"),
+    }
+    match first {
+        Ok(scenario) => {
+            check_scenario_limits(&scenario);
+            true
+        }
+        Err(e) => {
+            check_scenario_error(&e);
+            let key = e
+                .key()
+                .unwrap_or_else(|| panic!("check() error names no key: {e}"));
+            assert!(!key.is_empty(), "check() error with an empty key: {e}");
+            false
+        }
+    }
+}
+
+fn check_scenario_error(e: &rampart::scenario::ScenarioError) {
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("{FUZZ_SCENARIO_PATH}: "))
+            && msg.len() > FUZZ_SCENARIO_PATH.len() + 2,
+        "a scenario error that does not name the file: {msg:?}"
+    );
+}
+
+/// Every limit docs/SCENARIOS.md and `scenario::spec` promise of a checked scenario.
+fn check_scenario_limits(s: &rampart::scenario::Scenario) {
+    use rampart::scenario::spec::{
+        CONTROL_SOURCE, MAX_DURATION_S, MAX_LATENCY_SLO_MS, MAX_LEGIT_CLIENTS,
+        MAX_LEGIT_FILE_BYTES, MAX_LEGIT_RATE_PER_S, MAX_SOURCES_PER_NET,
+    };
+    use std::time::Duration;
+    let name = s.name();
+    assert!(
+        (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+        "scenario name {name:?} accepted"
+    );
+    let d = s.duration();
+    assert!(
+        d > Duration::ZERO && d <= Duration::from_secs_f64(MAX_DURATION_S),
+        "duration {d:?} accepted"
+    );
+    if let Err(e) = s.config().check() {
+        panic!("a checked scenario's server config fails check: {e}");
+    }
+    let mut clients = 0u32;
+    for g in s.legit() {
+        assert!((1..=MAX_LEGIT_CLIENTS).contains(&g.clients), "{g:?}");
+        clients = clients.saturating_add(g.clients);
+        assert!(
+            g.rate_per_s.is_finite() && g.rate_per_s > 0.0 && g.rate_per_s <= MAX_LEGIT_RATE_PER_S,
+            "legit rate {} accepted",
+            g.rate_per_s
+        );
+        let sum: f64 = g.mix.iter().sum();
+        assert!(
+            g.mix.iter().all(|w| w.is_finite() && *w >= 0.0) && (sum - 1.0).abs() < 1e-9,
+            "legit mix {:?} is not normalized",
+            g.mix
+        );
+        assert!(
+            !g.sources.is_empty() && g.sources.len() <= MAX_SOURCES_PER_NET,
+            "{} legit sources",
+            g.sources.len()
+        );
+        assert!(
+            g.sources
+                .iter()
+                .all(|ip| ip.is_loopback() && *ip != CONTROL_SOURCE),
+            "legit sources outside loopback or on the control address"
+        );
+        let max_text = s
+            .config()
+            .limits
+            .max_message_bytes
+            .min(s.config().limits.max_mail_body_bytes / 4);
+        assert!((16..=max_text).contains(&g.message_bytes), "{g:?}");
+        let max_file = s.config().limits.max_file_bytes.min(MAX_LEGIT_FILE_BYTES);
+        assert!((1..=max_file).contains(&g.file_bytes), "{g:?}");
+        assert!(g.start <= g.stop && g.stop <= d, "legit window {g:?}");
+        for a in s.attacks() {
+            assert!(
+                !g.sources.iter().any(|ip| a.sources().contains(ip)),
+                "legit and attack sources overlap"
+            );
+        }
+    }
+    assert!(
+        clients <= MAX_LEGIT_CLIENTS,
+        "{clients} legit clients accepted"
+    );
+    for a in s.attacks() {
+        assert!(
+            !a.sources().contains(&CONTROL_SOURCE),
+            "an attack binds the control address"
+        );
+        assert!(
+            a.start() <= a.stop() && a.stop() <= d,
+            "attack window {:?}..{:?} in {d:?}",
+            a.start(),
+            a.stop()
+        );
+    }
+    let e = s.expect();
+    assert!(
+        e.latency_slo >= Duration::from_millis(1)
+            && e.latency_slo <= Duration::from_millis(MAX_LATENCY_SLO_MS),
+        "latency_slo {:?} accepted",
+        e.latency_slo
+    );
+    if let Some(g) = e.legit_goodput_min {
+        assert!((0.0..=1.0).contains(&g), "legit_goodput_min {g} accepted");
+    }
+    for v in [
+        e.latency_p99_ms_max,
+        e.blocked_within_s,
+        e.peak_rss_mb_max,
+        e.rss_growth_mb_max,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(v.is_finite() && v > 0.0, "expectation {v} accepted");
+    }
+    let kinds = s.attack_kinds();
+    assert!(
+        e.blocked_kinds.iter().all(|k| kinds.contains(k)),
+        "blocked_kinds names an attack the scenario lacks"
+    );
+}
+
+/// The parse_activity_csv target: bytes through the feature CSV reader
+/// (`detect::data::read_from`). An error names the file; a dataset that reads has at least
+/// one feature, unique feature names, a `rows × features` matrix of finite values, a
+/// source and window for every row, a non-empty label for every row if it is labelled,
+/// and writes back (`write_csv`) to a file that reads back equal. Returns whether it read.
+pub fn check_csv_input(data: &[u8]) -> bool {
+    use rampart::detect::data::read_from;
+    let path = std::path::Path::new(FUZZ_CSV_PATH);
+    let ds = match read_from(data, path) {
+        Ok(ds) => ds,
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("{FUZZ_CSV_PATH}: "))
+                    && msg.len() > FUZZ_CSV_PATH.len() + 2,
+                "a CSV error that does not name the file: {msg:?}"
+            );
+            return false;
+        }
+    };
+    let d = ds.features().len();
+    assert!(d >= 1, "a dataset without features");
+    let unique: std::collections::HashSet<&String> = ds.features().iter().collect();
+    assert_eq!(unique.len(), d, "duplicate feature names accepted");
+    let n = ds.rows();
+    assert_eq!(
+        ds.values().dim(),
+        (n, d),
+        "matrix shape is not rows × features"
+    );
+    assert!(
+        ds.values().iter().all(|v| v.is_finite()),
+        "a non-finite feature value accepted"
+    );
+    for i in 0..n {
+        let _ = (ds.source(i), ds.window_start_ms(i), ds.window_ms(i));
+        assert_eq!(ds.row(i).len(), d, "row {i} length");
+        match ds.label(i) {
+            Some(l) => {
+                assert!(ds.is_labelled(), "a label in an unlabelled dataset");
+                assert!(!l.is_empty(), "an empty label accepted");
+                assert_eq!(ds.is_benign(i), l == rampart::detect::BENIGN);
+            }
+            None => {
+                assert!(!ds.is_labelled(), "a labelled row without a label");
+                assert!(ds.is_benign(i), "an unlabelled row that is not benign");
+            }
+        }
+    }
+    // Written in the export's format, it reads back to the same dataset.
+    let dir = scratch_csv_dir();
+    let file = dir.join(FUZZ_CSV_PATH);
+    ds.write_csv(&file)
+        .unwrap_or_else(|e| panic!("a dataset that read does not write: {e}"));
+    let back = std::fs::read(&file).unwrap_or_else(|e| panic!("reading back: {e}"));
+    let again = read_from(&back[..], path).unwrap_or_else(|e| {
+        panic!(
+            "a written dataset does not read back: {e}\n{}",
+            String::from_utf8_lossy(&back)
+        )
+    });
+    assert_eq!(again, ds, "dataset changed through write_csv and read");
+    true
+}
+
+/// A directory for [`check_csv_input`]'s round-trip file, one per thread (tests run the
+/// check on several threads), on tmpfs when there is one. It lives as long as the process.
+fn scratch_csv_dir() -> std::path::PathBuf {
+    thread_local! {
+        static DIR: tempfile::TempDir = {
+            let shm = std::path::Path::new("/dev/shm");
+            let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+            tempfile::Builder::new()
+                .prefix("rampart-fuzz-csv-")
+                .tempdir_in(base)
+                .or_else(|_| tempfile::tempdir())
+                .unwrap_or_else(|e| panic!("scratch dir: {e}"))
+        };
+    }
+    DIR.with(|d| d.path().to_path_buf())
 }
 
 /// Encodes a request, checks the predicted length, decodes it back and compares.
