@@ -1452,3 +1452,65 @@ fn demo_passes() {
     );
     assert!(!stdout.contains("[FAIL]"), "{stdout}");
 }
+
+#[test]
+fn model_options_fail_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let missing = dir.path().join("no-such-model.json");
+    let out = rampart(&[
+        "serve",
+        "--data-dir",
+        path_str(&data),
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        path_str(&missing),
+    ]);
+    expect_error(&out, "cannot load the model");
+
+    let bad = dir.path().join("bad.json");
+    write_file(&bad, b"{\"format\": 1}");
+    let out = rampart(&[
+        "scenario",
+        "run",
+        "scenarios/baseline.toml",
+        "--model",
+        path_str(&bad),
+    ]);
+    expect_error(&out, "not a rampart model file");
+
+    let out = rampart(&[
+        "scenario",
+        "run",
+        "scenarios/baseline.toml",
+        "--model",
+        path_str(&bad),
+        "--no-model",
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+
+    let out = rampart(&[
+        "scenario",
+        "run",
+        "scenarios/baseline.toml",
+        "--target",
+        "127.0.0.1:9",
+        "--target-data-dir",
+        path_str(&data),
+        "--model",
+        path_str(&bad),
+    ]);
+    expect_error(&out, "--model applies to the in-process server");
+
+    let help = expect_ok(&rampart(&["scenario", "run", "--help"]));
+    assert!(
+        help.contains("--no-model") && help.contains("--model"),
+        "{help}"
+    );
+    let help = expect_ok(&rampart(&["serve", "--help"]));
+    assert!(
+        help.contains("--no-model") && help.contains("--model"),
+        "{help}"
+    );
+}

@@ -184,6 +184,11 @@ impl Progress for Bars {
 /// Runs `rampart scenario ...`.
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     let ScenarioCommand::Run(args) = cmd;
+    if args.target.is_some() && args.model.model.is_some() {
+        anyhow::bail!(
+            "--model applies to the in-process server; an external server runs the model it was started with (`rampart serve --model FILE`)"
+        );
+    }
     let opts = RunOptions {
         target: args.target,
         target_data_dir: args.target_data_dir.clone(),
