@@ -788,7 +788,8 @@ pub struct FirewallConfig {
     pub weight_write_timeout: u32,
     /// Points for a connection refused at accept by a per-source cap or the accept rate.
     pub weight_refused: u32,
-    /// Points for an activity window the detection model finds anomalous.
+    /// Points for an activity window the detection model scores at twice its threshold or
+    /// more; a window between the threshold and twice it earns a proportional share.
     pub weight_model_anomaly: u32,
 }
 
@@ -811,7 +812,8 @@ impl Default for FirewallConfig {
             weight_auth_timeout: 25,
             weight_write_timeout: 100,
             weight_refused: 10,
-            // Two anomalous windows within a half-life block: one may be a false positive.
+            // Two clearly anomalous windows within a half-life block: one may be a false
+            // positive, and windows just past the threshold earn only a share.
             weight_model_anomaly: 50,
         }
     }

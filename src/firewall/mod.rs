@@ -33,6 +33,19 @@ const THRESHOLD_TOLERANCE: f64 = 0.05;
 /// A score below this, in points, is forgotten at the next purge.
 const FORGET_BELOW: f64 = 0.5;
 
+/// How much of `weight_model_anomaly` a window scoring `score` against `threshold` earns:
+/// 0 at or below the threshold, rising linearly to 1 at twice the threshold, 1 beyond.
+/// A threshold that is not positive gives every anomalous window the full weight.
+pub fn anomaly_strength(score: f64, threshold: f64) -> f64 {
+    if !(score > threshold) {
+        return 0.0;
+    }
+    if !(threshold > 0.0) {
+        return 1.0;
+    }
+    ((score - threshold) / threshold).clamp(0.0, 1.0)
+}
+
 /// A suspicious event attributed to one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -205,15 +218,31 @@ impl Firewall {
         self
     }
 
-    /// Reports a model verdict: an anomalous window of `ip`'s activity, with the model's
-    /// explanation. A source that is blocked already is left alone: its windows while
-    /// blocked hold little but refused connections, which would otherwise keep re-blocking
-    /// it for ever longer.
-    pub fn model_anomaly(&self, ip: IpAddr, explanation: &str) -> Option<Decision> {
+    /// Reports a model verdict: an anomalous window of `ip`'s activity, its score, the
+    /// model's threshold, and the model's explanation.
+    ///
+    /// The window adds `weight_model_anomaly` points in proportion to how far past the
+    /// threshold it scored, the full weight from twice the threshold on: a window just past
+    /// it is weak evidence (the benign windows nearest the threshold are the model's false
+    /// positives), one far past it is not. A source that is blocked already is left alone:
+    /// its windows while blocked hold little but refused connections, which would otherwise
+    /// keep re-blocking it for ever longer.
+    pub fn model_anomaly(
+        &self,
+        ip: IpAddr,
+        score: f64,
+        threshold: f64,
+        explanation: &str,
+    ) -> Option<Decision> {
         if self.guard.is_blocked(ip) {
             return None;
         }
-        self.signal_with(ip, Signal::ModelAnomaly, Some(explanation))
+        let strength = anomaly_strength(score, threshold);
+        if strength <= 0.0 {
+            return None;
+        }
+        let points = f64::from(self.cfg.weight_model_anomaly) * strength;
+        self.signal_with(ip, Signal::ModelAnomaly, points, Some(explanation))
     }
 
     /// Lifts a block (operator action) and records it.
@@ -256,15 +285,17 @@ impl Firewall {
     /// Reports a signal from `ip`. Returns the decision if this signal tipped the source over
     /// the threshold.
     pub fn signal(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
-        self.signal_with(ip, signal, None)
+        self.signal_with(ip, signal, f64::from(signal.weight(&self.cfg)), None)
     }
 
-    fn signal_with(&self, ip: IpAddr, signal: Signal, detail: Option<&str>) -> Option<Decision> {
-        if !self.cfg.enabled {
-            return None;
-        }
-        let weight = signal.weight(&self.cfg);
-        if weight == 0 {
+    fn signal_with(
+        &self,
+        ip: IpAddr,
+        signal: Signal,
+        points: f64,
+        detail: Option<&str>,
+    ) -> Option<Decision> {
+        if !self.cfg.enabled || points <= 0.0 {
             return None;
         }
         let source = SourceKey::from_ip(ip, self.ipv6_prefix);
@@ -286,7 +317,7 @@ impl Firewall {
                 blocks: 0,
                 recent: Vec::new(),
             });
-            s.points = s.decayed(now, self.half_life()) + f64::from(weight);
+            s.points = s.decayed(now, self.half_life()) + points;
             s.updated = now;
             match s.recent.iter_mut().find(|(k, _)| *k == signal) {
                 Some((_, n)) => *n = n.saturating_add(1),
@@ -422,9 +453,11 @@ mod tests {
         let (fw, guard) = firewall(|_| {});
         let who = ip("127.0.9.4");
         assert!(fw.signal(who, Signal::PermissionDenied).is_none());
-        assert!(fw.model_anomaly(who, "anomalous score 3.1").is_none());
+        assert!(fw
+            .model_anomaly(who, 3.1, 1.0, "anomalous score 3.1")
+            .is_none());
         let d = fw
-            .model_anomaly(who, "anomalous score 2.5")
+            .model_anomaly(who, 2.5, 1.0, "anomalous score 2.5")
             .expect("25 + 50 + 50 points block");
         assert_eq!(d.action, Action::Block);
         assert_eq!(d.trigger, Some(Signal::ModelAnomaly));
@@ -436,9 +469,33 @@ mod tests {
         assert!(guard.is_blocked(who));
         // While blocked, further anomalies decide nothing (no ever-longer re-blocks).
         for _ in 0..4 {
-            assert!(fw.model_anomaly(who, "anomalous").is_none());
+            assert!(fw.model_anomaly(who, 9.0, 1.0, "anomalous").is_none());
         }
         assert_eq!(fw.decisions().len(), 1);
+    }
+
+    #[test]
+    fn anomalies_just_past_the_threshold_weigh_little() {
+        assert_eq!(anomaly_strength(0.9, 1.0), 0.0);
+        assert_eq!(anomaly_strength(1.0, 1.0), 0.0);
+        assert!((anomaly_strength(1.1, 1.0) - 0.1).abs() < 1e-12);
+        assert!((anomaly_strength(1.5, 1.0) - 0.5).abs() < 1e-12);
+        assert_eq!(anomaly_strength(2.0, 1.0), 1.0);
+        assert_eq!(anomaly_strength(40.0, 1.0), 1.0);
+        assert_eq!(anomaly_strength(f64::NAN, 1.0), 0.0);
+        assert_eq!(anomaly_strength(1.0, 0.0), 1.0);
+
+        let (fw, guard) = firewall(|_| {});
+        let who = ip("127.0.9.5");
+        // Ten windows barely past the threshold: 5 points each, 50 in all, no block.
+        for _ in 0..10 {
+            assert!(fw.model_anomaly(who, 1.1, 1.0, "borderline").is_none());
+        }
+        assert!(!guard.is_blocked(who));
+        assert!((fw.score(who) - 50.0).abs() < 1.0, "{}", fw.score(who));
+        // A window scored below the threshold adds nothing.
+        assert!(fw.model_anomaly(who, 0.5, 1.0, "normal").is_none());
+        assert!(fw.score(who) < 51.0);
     }
 
     #[test]

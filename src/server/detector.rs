@@ -34,6 +34,9 @@ use crate::firewall::Firewall;
 /// blocked after a few, so this holds the verdicts of hundreds of sources at once.
 const QUEUE: usize = 1024;
 
+/// One anomalous window on its way to the firewall: source, score, threshold, explanation.
+type Anomaly = (IpAddr, f64, f64, String);
+
 /// Windows close this many recorder flush intervals after their end, so that events
 /// committed a little late still count in their own window.
 const LAG_FLUSHES: u32 = 4;
@@ -70,7 +73,7 @@ impl Detection {
 
 /// The relay's end of the queue, waiting for the firewall to exist.
 pub(crate) struct Pending {
-    rx: Receiver<(IpAddr, String)>,
+    rx: Receiver<Anomaly>,
 }
 
 /// Builds the scorer for the recorder (windows of the model's length; sources capped by
@@ -81,7 +84,7 @@ pub(crate) fn scorer(
     config: &Config,
 ) -> Result<(Box<dyn WindowSink>, Pending, Detection), DetectError> {
     let window = model.window().unwrap_or(Duration::from_secs(1));
-    let (tx, rx): (SyncSender<(IpAddr, String)>, _) = mpsc::sync_channel(QUEUE);
+    let (tx, rx): (SyncSender<Anomaly>, _) = mpsc::sync_channel(QUEUE);
     let shed = Arc::new(AtomicU64::new(0));
     let sink_shed = Arc::clone(&shed);
     let scorer = LiveScorer::new(
@@ -90,7 +93,7 @@ pub(crate) fn scorer(
         config.limits.max_tracked_sources as usize,
         Box::new(move |ip, verdict| {
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                tx.try_send((ip, verdict.to_string()))
+                tx.try_send((ip, verdict.score, verdict.threshold, verdict.to_string()))
             {
                 sink_shed.fetch_add(1, Ordering::Relaxed);
             }
@@ -113,9 +116,9 @@ impl Pending {
         std::thread::Builder::new()
             .name("rampart-detect".into())
             .spawn(move || {
-                while let Ok((ip, explanation)) = rx.recv() {
+                while let Ok((ip, score, threshold, explanation)) = rx.recv() {
                     let Some(fw) = firewall.upgrade() else { break };
-                    fw.model_anomaly(ip, &explanation);
+                    fw.model_anomaly(ip, score, threshold, &explanation);
                 }
             })
             .map(drop)
