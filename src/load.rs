@@ -4,6 +4,8 @@
 //! Every operation counted was acknowledged by the server (an ACCEPTED reply, which the
 //! server sends only after a durable commit). Latency is measured per operation from the
 //! moment its request (or, pipelined, its batch) is written to the moment its reply arrives.
+//! The run's clock starts once every client has logged in and built its payload, so
+//! operations per second and MB/s count operations only.
 //!
 //! [`hold_idle`] is the other mode: it opens many authenticated connections from several
 //! source addresses and keeps them open and silent (one PING per keep-alive interval, so the
@@ -62,7 +64,7 @@ pub struct LoadReport {
     pub ops: u64,
     /// Operations that failed (an error reply or a broken connection).
     pub errors: u64,
-    /// Wall time in seconds.
+    /// Wall time in seconds, from the moment every client had logged in to the last reply.
     pub elapsed_s: f64,
     /// Acknowledged operations per second.
     pub ops_per_s: f64,
@@ -103,11 +105,28 @@ struct ClientResult {
     first_error: Option<String>,
 }
 
+/// The start line: every client logs in and prepares its payload, says so, and waits for the
+/// go, so the measured time covers operations only, not logins (each costs the server a
+/// password verification) or building a large payload.
+#[derive(Default)]
+struct StartLine {
+    ready: AtomicU64,
+    go: tokio_util::sync::CancellationToken,
+}
+
+impl StartLine {
+    async fn wait(&self) {
+        self.ready.fetch_add(1, Ordering::Relaxed);
+        self.go.cancelled().await;
+    }
+}
+
 async fn one_client(
     spec: Arc<LoadSpec>,
     index: usize,
     ops: u64,
     done: Arc<AtomicU64>,
+    start: Arc<StartLine>,
 ) -> ClientResult {
     let mut out = ClientResult {
         latencies: Vec::with_capacity(usize::try_from(ops).unwrap_or(0)),
@@ -118,14 +137,20 @@ async fn one_client(
         source: spec.sources.get(index % spec.sources.len().max(1)).copied(),
         ..ClientOptions::default()
     };
-    let mut client = match Client::login(
+    let login = Client::login(
         spec.server.as_str(),
         &spec.user,
         spec.password.as_bytes(),
         opts,
     )
-    .await
-    {
+    .await;
+    // Only the payload this kind sends.
+    let (payload, data) = match spec.kind {
+        LoadKind::Message => ("x".repeat(spec.size), Bytes::new()),
+        LoadKind::File => (String::new(), Bytes::from(vec![0x5Au8; spec.size])),
+    };
+    start.wait().await;
+    let mut client = match login {
         Ok(c) => c,
         Err(e) => {
             out.errors = ops;
@@ -133,8 +158,6 @@ async fn one_client(
             return out;
         }
     };
-    let payload = "x".repeat(spec.size);
-    let data = Bytes::from(vec![0x5Au8; spec.size]);
     let mut remaining = ops;
     while remaining > 0 {
         let batch = remaining.min(spec.pipeline.max(1) as u64);
@@ -190,7 +213,7 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
     let spec = Arc::new(spec);
     let done = Arc::new(AtomicU64::new(0));
     let clients = spec.clients.max(1);
-    let started = Instant::now();
+    let start = Arc::new(StartLine::default());
     let mut tasks = Vec::with_capacity(clients);
     for i in 0..clients {
         // Spread the operations evenly; the first clients take the remainder.
@@ -200,8 +223,20 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
             i,
             share,
             Arc::clone(&done),
+            Arc::clone(&start),
         )));
     }
+    // Every client waits at the start line until the go, so a task that finished before it
+    // can only have panicked; do not wait for those.
+    loop {
+        let finished = tasks.iter().filter(|t| t.is_finished()).count() as u64;
+        if start.ready.load(Ordering::Relaxed) + finished >= clients as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    start.go.cancel();
     let mut all = Box::pin(futures::future::join_all(tasks));
     let results = loop {
         tokio::select! {

@@ -28,8 +28,12 @@ use crate::server::metrics::Metrics;
 use crate::server::session::{CloseReason, Next, Session};
 use crate::server::Shared;
 
-/// Smallest read we ask the kernel for; also the initial buffer size of a connection.
+/// Smallest read we ask the kernel for while a frame is in progress.
 const MIN_READ: usize = 4 * 1024;
+/// The read asked for between frames, when the receive buffer is empty: what an idle
+/// connection holds (it is most of an idle session's memory), yet enough for 16 pipelined
+/// small messages in one read.
+const IDLE_READ: usize = 2 * 1024;
 /// Largest single reservation for a read, whatever the frame header declares.
 const MAX_READ: usize = 64 * 1024;
 /// Above this, an empty receive buffer is released instead of kept for reuse.
@@ -210,7 +214,9 @@ impl Conn<'_> {
         }
         if self.inbuf.is_empty() && self.skip == 0 {
             self.frame_started = None;
-            if self.inbuf.capacity() > KEEP_BUFFER {
+            // Between frames, hold only an idle-sized buffer (a fresh one: the old one's
+            // memory is shared with the frames split off it and cannot shrink).
+            if self.inbuf.capacity() > IDLE_READ {
                 self.inbuf = BytesMut::new();
             }
         }
@@ -292,7 +298,11 @@ impl Conn<'_> {
     /// Makes room for the next read: enough for the frame in progress, within bounds.
     fn reserve_for_read(&mut self) {
         let spare = self.inbuf.capacity() - self.inbuf.len();
-        if spare < MIN_READ {
+        if self.inbuf.is_empty() {
+            if spare < IDLE_READ {
+                self.inbuf.reserve(IDLE_READ);
+            }
+        } else if spare < MIN_READ {
             let want = bytes_wanted(&self.inbuf)
                 .unwrap_or(MIN_READ)
                 .clamp(MIN_READ, MAX_READ);
