@@ -28,8 +28,9 @@
 //! accepting path, the common and more expensive one; the bench counts refusals and fails if
 //! there was any.
 //!
-//! Time is the bench thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on a shared machine the wall time of a
-//! 100 ns operation mostly measures how often other work preempts the bench.
+//! Time is the bench thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on a
+//! shared machine the wall time of a 100 ns operation mostly measures how often other work
+//! preempts the bench.
 //!
 //! `separate_checks` is the same work as `admit_frame` done the way the server did it before
 //! (`ConnLimiter::check`, then `Guard::check_frame`, each limiter reading the clock itself),

@@ -2,25 +2,25 @@
 //!
 //! A keyed limiter grows one entry per key it has seen. [`KeyedLimiter::purge`] drops the
 //! entries that no longer matter (governor's `retain_recent`) and, if an attacker rotating
-//! through sources left more than the cap, clears the limiter. Clearing only forgives: every
+//! through sources left more than the cap, clears the limiter's map. Clearing only forgives: every
 //! key starts again with a full burst. It never lets memory grow past the cap for longer than
 //! one purge interval.
 
 use std::fmt;
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::{PoisonError, RwLock};
+use std::sync::Arc;
 
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
 use super::clock::GuardClock;
 use super::Limited;
 
-type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, GuardClock, NoOpMiddleware<Nanos>>;
+type Keyed<K> = RateLimiter<K, SharedStore<K>, GuardClock, NoOpMiddleware<Nanos>>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, GuardClock, NoOpMiddleware<Nanos>>;
 
 /// A governor quota of `rate` cells per second with a burst of `burst`. Zero counts as one:
@@ -38,53 +38,79 @@ fn non_zero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
+/// governor's DashMap store behind an `Arc`: the limiter uses it through this handle, and
+/// [`KeyedLimiter`] keeps a second handle to clear the same map in place.
+pub(crate) struct SharedStore<K: Hash + Eq + Clone>(Arc<DashMapStateStore<K>>);
+
+impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for SharedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
 /// A keyed limiter that can be purged and, past its cap, cleared.
 pub(crate) struct KeyedLimiter<K: Hash + Eq + Clone> {
     quota: Quota,
-    clock: GuardClock,
-    /// Replaced wholesale to clear it: governor offers no `clear`. Checks take the read
-    /// side, so they never wait on each other.
-    inner: RwLock<Keyed<K>>,
+    inner: Keyed<K>,
+    /// The same map the limiter uses, to clear it: governor offers no `clear`. Clearing the
+    /// map in place (rather than replacing the limiter behind a lock) keeps every check free
+    /// of a lock of our own; the map's shards are locked by the map itself.
+    map: Arc<DashMapStateStore<K>>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     pub(crate) fn new(quota: Quota, clock: &GuardClock) -> Self {
+        let map = Arc::new(DashMapStateStore::<K>::default());
         KeyedLimiter {
             quota,
-            clock: clock.clone(),
-            inner: RwLock::new(RateLimiter::dashmap_with_clock(quota, clock.clone())),
+            inner: RateLimiter::new(quota, SharedStore(Arc::clone(&map)), clock.clone()),
+            map,
         }
     }
 
     /// Whether one more cell for `key` conforms now (and takes it if so).
     pub(crate) fn check(&self, key: &K) -> bool {
-        // A poisoned lock only means another thread panicked mid-check; the limiter state
-        // is still a valid map, so keep using it.
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        inner.check_key(key).is_ok()
+        self.inner.check_key(key).is_ok()
     }
 
     /// Keys currently held.
     pub(crate) fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.inner.len()
     }
 
     /// Drops keys whose state is back to "fresh", releases spare capacity, and clears the
     /// limiter if it still holds more than `cap` keys. Returns the keys left.
     pub(crate) fn purge(&self, cap: usize) -> usize {
-        {
-            let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-            inner.retain_recent();
-            inner.shrink_to_fit();
-            if inner.len() <= cap {
-                return inner.len();
-            }
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
+        if self.inner.len() <= cap {
+            return self.inner.len();
         }
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        *inner = RateLimiter::dashmap_with_clock(self.quota, self.clock.clone());
+        self.map.clear();
+        self.map.shrink_to_fit();
         tracing::warn!(cap, "keyed rate limiter over its key cap, cleared");
         0
     }
