@@ -10,11 +10,14 @@
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::BytesMut;
 
 use libfuzzer_sys::fuzz_target;
 use rampart::protocol::{Attachment, InboxEntry, Limits};
-use rampart_fuzz::checks::{check_decode_input_around, Around};
+use rampart_fuzz::checks::{check_decode_input_in, Around};
 
 /// Records the largest single allocation requested while `ARMED` is set.
 struct Counting;
@@ -68,11 +71,17 @@ impl Around for Armed {
     }
 }
 
+thread_local! {
+    /// The stream buffer, reused: a frame holds a share of it only until its body is checked.
+    static BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 fuzz_target!(|data: &[u8]| {
     // Every invariant on frames and bodies (see rampart_fuzz::checks), with the decoders'
-    // own allocations recorded (not the harness's buffers and lists).
+    // own allocations recorded (not the harness's buffers), each frame dropped once its
+    // body is checked.
     PEAK.store(0, Ordering::Relaxed);
-    check_decode_input_around(data, &Armed);
+    BUF.with_borrow_mut(|buf| check_decode_input_in(buf, data, &Armed, drop));
     let peak = PEAK.load(Ordering::Relaxed);
     let limits = Limits::default();
     let stream = data.len().saturating_sub(1);
