@@ -37,10 +37,11 @@ const FORGET_BELOW: f64 = 0.5;
 /// 0 at or below the threshold, rising linearly to 1 at twice the threshold, 1 beyond.
 /// A threshold that is not positive gives every anomalous window the full weight.
 pub fn anomaly_strength(score: f64, threshold: f64) -> f64 {
-    if !(score > threshold) {
+    // NaN compares false everywhere: a NaN score earns nothing.
+    if score.is_nan() || score <= threshold {
         return 0.0;
     }
-    if !(threshold > 0.0) {
+    if threshold.is_nan() || threshold <= 0.0 {
         return 1.0;
     }
     ((score - threshold) / threshold).clamp(0.0, 1.0)
