@@ -201,7 +201,7 @@ pub struct AttackMetrics {
 }
 
 /// The numbers of one scenario run. The first fourteen fields are the JSON report's
-/// contract (issue 3); the rest are extras.
+/// contract that reports promise; the rest are extras.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct ScenarioMetrics {
     /// Legit operations scheduled during the run.
