@@ -201,7 +201,7 @@ pub struct AttackMetrics {
 }
 
 /// The numbers of one scenario run. The first fourteen fields are the JSON report's
-/// contract that reports promise; the rest are extras.
+/// contract, the keys every report carries; the rest are extras.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct ScenarioMetrics {
     /// Legit operations scheduled during the run.
