@@ -170,9 +170,9 @@ impl Server {
     }
 
     /// [`Server::open`], with the detection model scoring every source's activity windows
-    /// live: anomalous windows feed the firewall (`firewall.weight_model_anomaly` points
-    /// each). Fails if the model was trained on another feature schema, or if activity
-    /// recording is off.
+    /// live: each anomalous window feeds the firewall up to `firewall.weight_model_anomaly`
+    /// points, by how far past the model's threshold it scored. Fails if the model was
+    /// trained on another feature schema, or if activity recording is off.
     pub fn open_with_model(
         config: Config,
         data_dir: &Path,
