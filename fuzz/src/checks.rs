@@ -25,7 +25,7 @@ use rampart::protocol::{
 };
 
 /// Wraps every call into rampart's decoders, so a fuzz target can watch exactly what the
-/// decoders do (the decode_frame target records their allocations) and nothing the checks
+/// decoders do (the decoder targets record their allocations) and nothing the checks
 /// themselves do.
 pub trait Around {
     /// Runs `f`.
@@ -392,34 +392,9 @@ pub fn check_body_around(frame: &Frame, limits: &Limits, around: &impl Around) -
     }
 }
 
-/// Decodes a frame's body (without re-encoding it, unlike [`check_body`]): a body that
-/// decodes has the frame's kind, and one that fails does so with a body error. Returns
-/// whether it decoded.
-pub fn check_body_decodes(frame: &Frame, limits: &Limits, around: &impl Around) -> bool {
-    let decoded = if frame.kind.is_request() {
-        around
-            .call(|| Request::decode(frame, limits))
-            .map(|r| r.kind())
-    } else {
-        around
-            .call(|| Reply::decode(frame, limits))
-            .map(|r| r.kind())
-    };
-    match decoded {
-        Ok(kind) => {
-            assert_eq!(kind, frame.kind, "body decoded as another kind");
-            true
-        }
-        Err(e) => {
-            assert!(!e.is_fatal(), "a body error is classed as fatal: {e:?}");
-            false
-        }
-    }
-}
-
 /// The decode_frame checks: decode the stream after the role byte under the default
-/// limits, check every frame, and decode every body. (Re-encoding bodies is the
-/// decode_bodies target's job; this one stays lean so it runs fast.) Returns the frames.
+/// limits and check every frame. (Bodies are the decode_bodies target's job; this one
+/// stays lean so it runs fast.) Returns the frames.
 pub fn check_decode_input(data: &[u8]) -> Decoded {
     check_decode_input_around(data, &Plain)
 }
@@ -438,13 +413,13 @@ pub fn check_decode_input_around(data: &[u8], around: &impl Around) -> Decoded {
 
 /// What the decode_frame target runs: exactly the checks of [`check_decode_input_around`],
 /// with the stream copied into `buf` (a buffer the caller reuses, so an execution
-/// allocates no buffer once the frames of the last one are gone) and each frame dropped
-/// once its body is checked. Returns the error and the remainder.
+/// allocates no buffer once the frames of the last one are gone) and each checked frame
+/// handed to `on_frame`. Returns the error and the remainder.
 pub fn check_decode_input_in(
     buf: &mut BytesMut,
     data: &[u8],
     around: &impl Around,
-    mut on_frame: impl FnMut(Frame),
+    on_frame: impl FnMut(Frame),
 ) -> (Option<DecodeError>, usize) {
     let Some((&selector, stream)) = data.split_first() else {
         return (None, 0);
@@ -452,10 +427,7 @@ pub fn check_decode_input_in(
     let limits = Limits::default();
     buf.clear();
     buf.extend_from_slice(stream);
-    visit_stream(buf, role_of(selector), &limits, around, |f| {
-        check_body_decodes(&f, &limits, around);
-        on_frame(f);
-    })
+    visit_stream(buf, role_of(selector), &limits, around, on_frame)
 }
 
 /// Splits a decode_chunked input into (role, cut sizes, stream).
@@ -498,22 +470,27 @@ pub fn check_chunked_input(data: &[u8]) -> Decoded {
 /// and the other direction's decoder must refuse the kind.
 /// Returns whether the body decoded (None for an undefined kind byte).
 pub fn check_body_input(data: &[u8]) -> Option<bool> {
+    check_body_input_around(data, &Plain)
+}
+
+/// [`check_body_input`], with every body decoder call made through `around`.
+pub fn check_body_input_around(data: &[u8], around: &impl Around) -> Option<bool> {
     let (&k, payload) = data.split_first()?;
     let kind = Kind::from_u8(k)?;
     let frame = Frame::new(kind, 0x0102_0304, bytes::Bytes::copy_from_slice(payload));
     let limits = Limits::default();
     // The other direction's decoder refuses the kind outright, whatever the payload.
     let wrong_way = if kind.is_request() {
-        Reply::decode(&frame, &limits).err()
+        around.call(|| Reply::decode(&frame, &limits)).err()
     } else {
-        Request::decode(&frame, &limits).err()
+        around.call(|| Request::decode(&frame, &limits)).err()
     };
     assert_eq!(
         wrong_way,
         Some(DecodeError::UnexpectedKind { kind }),
         "a {kind:?} body decoded in the wrong direction"
     );
-    Some(check_body(&frame, &limits))
+    Some(check_body_around(&frame, &limits, around))
 }
 
 /// The parse_config target: a config that parses has passed `check`, serializes, and

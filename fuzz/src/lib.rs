@@ -1,5 +1,7 @@
 //! Shared code of rampart's fuzz targets.
 //!
+//! - [`alloc`]: a counting global allocator, so decoder targets can bound what a declared
+//!   length makes the decoders allocate.
 //! - [`checks`]: pure invariant checks over bytes; `tests/fuzz_regressions.rs` includes the
 //!   same file, so `cargo test` replays crashes and the seed corpus through them.
 //! - [`arb`]: `arbitrary` builders for requests and replies within limits.
@@ -8,6 +10,7 @@
 //!
 //! One target per file under `fuzz_targets/`; docs/FUZZING.md says how to run them.
 
+pub mod alloc;
 pub mod arb;
 pub mod checks;
 pub mod session;
