@@ -433,6 +433,85 @@ async fn the_quota_is_enforced_and_nothing_over_it_is_stored() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_messages_are_answered_in_order_each_as_if_sent_alone() -> TestResult {
+    within(async {
+        // 30 bytes of quota: the messages below use 10, then 10 more, then 20 would pass it.
+        let mut cfg = config();
+        cfg.limits.user_quota_bytes = 30;
+        cfg.limits.max_file_bytes = 30;
+        let server = start_server_with(cfg).await;
+        let alice_id = user_id(&server, "alice")?;
+        let mut alice = Raw::connect(server.addr, ip(10, 35)).await?;
+        alice.login("alice", "alice-pw").await?;
+        let send = |to: &str, text: &str| Request::SendMessage {
+            to: to.into(),
+            text: text.into(),
+        };
+        // One write: the server finds every frame in its buffer at once and batches the
+        // messages between the other requests.
+        let mut burst = Vec::new();
+        burst.extend(frame(2, &send("bob", "aaaaaaaaaa"))?);
+        burst.extend(frame(3, &send("nobody", "x"))?);
+        burst.extend(frame(4, &Request::Ping)?);
+        burst.extend(frame(5, &send("bob", "bbbbbbbbbb"))?);
+        burst.extend(frame(6, &send("bob", "cccccccccccccccccccc"))?);
+        burst.extend(raw_frame(Kind::SendMessage, 7, &[0xff]));
+        burst.extend(frame(8, &send("bob", "dddddddddd"))?);
+        alice.send(&burst).await;
+        let replies = alice.replies(7, Duration::from_secs(10)).await?;
+        let ids: Vec<u32> = replies.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2, 3, 4, 5, 6, 7, 8], "{replies:?}");
+        let accepted: Vec<u64> = replies
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Reply::Accepted { item_id } => Some(*item_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(accepted.len(), 3, "{replies:?}");
+        assert!(accepted.windows(2).all(|w| w[0] < w[1]), "{accepted:?}");
+        assert!(
+            matches!(replies[0].1, Reply::Accepted { .. }),
+            "{replies:?}"
+        );
+        assert!(
+            is_error(&replies[1].1, ErrorCode::UnknownRecipient),
+            "{replies:?}"
+        );
+        assert_eq!(replies[2].1, Reply::Pong);
+        assert!(
+            matches!(replies[3].1, Reply::Accepted { .. }),
+            "{replies:?}"
+        );
+        assert!(
+            is_error(&replies[4].1, ErrorCode::QuotaExceeded),
+            "{replies:?}"
+        );
+        assert!(is_error(&replies[5].1, ErrorCode::BadFrame), "{replies:?}");
+        assert!(
+            matches!(replies[6].1, Reply::Accepted { .. }),
+            "{replies:?}"
+        );
+
+        let store = server.handle.server().store();
+        assert_eq!(store.usage(alice_id)?, 30);
+        let mut bob = server.login_from("bob", Some(ip(10, 36))).await;
+        let inbox = bob.inbox().await?;
+        assert_eq!(inbox.iter().map(|e| e.id).collect::<Vec<_>>(), accepted);
+        let mut texts = Vec::new();
+        for id in accepted {
+            match bob.fetch(id).await?.body {
+                ItemBody::Message { text } => texts.push(text),
+                other => return Err(format!("item {id} is {other:?}").into()),
+            }
+        }
+        assert_eq!(texts, ["aaaaaaaaaa", "bbbbbbbbbb", "dddddddddd"]);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_uploads_per_session_are_capped() -> TestResult {
     within(async {
         let mut cfg = config();

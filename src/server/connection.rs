@@ -25,7 +25,7 @@ use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::protocol::{self, bytes_wanted, decode_frame, DecodeError, ErrorCode, Reply, Role};
 use crate::server::metrics::Metrics;
-use crate::server::session::{CloseReason, Next, Session};
+use crate::server::session::{Admitted, CloseReason, Next, Session};
 use crate::server::Shared;
 
 /// Smallest read we ask the kernel for while a frame is in progress.
@@ -38,6 +38,9 @@ const IDLE_READ: usize = 2 * 1024;
 const MAX_READ: usize = 64 * 1024;
 /// Above this, an empty receive buffer is released instead of kept for reuse.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// Most messages delivered together from one connection's buffer (their texts are copies
+/// of bytes already read, so the batch is bounded by the receive buffer as well).
+const MAX_BATCH: usize = 64;
 /// How often a frame in progress is checked against the minimum rate.
 const RATE_CHECK: Duration = Duration::from_millis(250);
 /// How long the final error frame of a closing connection may take to write.
@@ -164,10 +167,41 @@ impl Conn<'_> {
         }
     }
 
+    /// Queues a request's reply and acts on what the session says comes next.
+    fn answer(&mut self, request_id: u32, reply: &Reply, next: Next) {
+        self.queue(request_id, reply);
+        if let Next::Close(reason) = next {
+            self.close(reason, None);
+        }
+    }
+
+    /// Delivers the batched messages (one store call, so one group commit) and queues their
+    /// replies in request order.
+    async fn deliver(&mut self, session: &mut Session, batch: &mut Vec<(u32, String, String)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let (ids, messages): (Vec<u32>, Vec<(String, String)>) = batch
+            .drain(..)
+            .map(|(id, to, text)| (id, (to, text)))
+            .unzip();
+        let replies = session.deliver_messages(messages).await;
+        for (id, reply) in ids.into_iter().zip(&replies) {
+            self.queue(id, reply);
+        }
+    }
+
     /// Decodes and handles every complete frame in the buffer while the outbound queue has
     /// room.
+    ///
+    /// Consecutive messages that are already in the buffer are delivered together, up to
+    /// [`MAX_BATCH`]: each is admitted (rate limits, body, authentication) as it is decoded,
+    /// and the batch is delivered before any other request is handled, before a refusal is
+    /// answered, and before this returns, so replies keep request order and none waits for
+    /// more input. A pipelining client's messages thus share one durable commit.
     async fn process(&mut self, session: &mut Session) {
         self.skip_input();
+        let mut batch = Vec::new();
         while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
             match decode_frame(&mut self.inbuf, &self.shared.limits, Role::Server) {
                 Ok(Some(frame)) => {
@@ -185,22 +219,36 @@ impl Conn<'_> {
                     // Whatever remains arrived with the last read: a new frame starts now.
                     self.frame_started = (!self.inbuf.is_empty()).then_some(now);
                     let id = frame.request_id;
-                    let (reply, next) = session.handle(frame).await;
-                    self.queue(id, &reply);
-                    if let Next::Close(reason) = next {
-                        self.close(reason, None);
+                    match session.admit(&frame) {
+                        Ok(Admitted::Message { to, text }) => {
+                            batch.push((id, to, text));
+                            if batch.len() >= MAX_BATCH {
+                                self.deliver(session, &mut batch).await;
+                            }
+                        }
+                        Ok(Admitted::Other(req)) => {
+                            self.deliver(session, &mut batch).await;
+                            let (reply, next) = session.run(req).await;
+                            self.answer(id, &reply, next);
+                        }
+                        Err((reply, next)) => {
+                            self.deliver(session, &mut batch).await;
+                            self.answer(id, &reply, next);
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(e @ DecodeError::FrameTooLarge { len, .. })
                     if len <= self.shared.limits.frame_ceiling() =>
                 {
+                    self.deliver(session, &mut batch).await;
                     self.reject_oversized(session, &e, len);
                     self.skip_input();
                     self.frame_started =
                         (self.skip > 0 || !self.inbuf.is_empty()).then(Instant::now);
                 }
                 Err(e) => {
+                    self.deliver(session, &mut batch).await;
                     self.shared.metrics.decode_error(&e);
                     self.shared.signal(self.peer, Signal::FatalFrame);
                     self.record(EventKind::DecodeError { reason: e.reason() });
@@ -212,6 +260,7 @@ impl Conn<'_> {
                 }
             }
         }
+        self.deliver(session, &mut batch).await;
         if self.inbuf.is_empty() && self.skip == 0 {
             self.frame_started = None;
             // Between frames, hold only an idle-sized buffer (a fresh one: the old one's

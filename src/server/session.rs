@@ -175,6 +175,82 @@ fn to_attachment(b: &BlobRef) -> Attachment {
     }
 }
 
+/// A request that passed admission, decoding and the authentication check.
+pub(crate) enum Admitted {
+    /// A message for `to`. The connection may deliver it together with the messages
+    /// right after it ([`Session::deliver_messages`]).
+    Message {
+        /// The recipient's name.
+        to: String,
+        /// The message text.
+        text: String,
+    },
+    /// Any other request, handled on its own ([`Session::run`]) after everything before it.
+    Other(Request),
+}
+
+/// Resolves each message's recipient (each distinct name once) and delivers the messages
+/// of `from` in order through one [`store::Store::deliver_all`]. `Ok(None)`: no such
+/// recipient.
+fn deliver_all(
+    store: &dyn store::Store,
+    from: UserId,
+    messages: Vec<(String, String)>,
+    quota: u64,
+) -> Vec<Result<Option<u64>, StoreError>> {
+    let mut known: Vec<(String, Option<UserId>)> = Vec::new();
+    // Per message: its recipient's id, or the answer it already has.
+    let mut plan: Vec<Result<UserId, Result<Option<u64>, StoreError>>> =
+        Vec::with_capacity(messages.len());
+    let mut items = Vec::with_capacity(messages.len());
+    for (to, text) in messages {
+        let id = match known.iter().find(|(name, _)| *name == to) {
+            Some((_, id)) => Ok(*id),
+            None => store.user_id(&to).inspect(|id| known.push((to, *id))),
+        };
+        match id {
+            Ok(Some(id)) => {
+                plan.push(Ok(id));
+                items.push((id, NewItem::Message { text }));
+            }
+            Ok(None) => plan.push(Err(Ok(None))),
+            Err(e) => plan.push(Err(Err(e))),
+        }
+    }
+    let mut results = store.deliver_all(from, items, quota).into_iter();
+    plan.into_iter()
+        .map(|p| match p {
+            Ok(_) => results
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
+                .map(Some),
+            Err(answer) => answer,
+        })
+        .collect()
+}
+
+/// The reply to one delivery's outcome (`Ok(None)`: no such recipient).
+fn delivered(shared: &Shared, result: Result<Option<u64>, StoreError>) -> Handled {
+    match result {
+        Ok(Some(item_id)) => {
+            Metrics::bump(&shared.metrics.items_delivered);
+            Ok(Reply::Accepted { item_id })
+        }
+        Ok(None) => Err(err(ErrorCode::UnknownRecipient, "no such recipient")),
+        Err(StoreError::QuotaExceeded {
+            used,
+            requested,
+            quota,
+        }) => Err(err(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "storage quota exceeded: {used} bytes used, {requested} more requested, quota {quota}"
+            ),
+        )),
+        Err(e) => Err(internal(shared, e)),
+    }
+}
+
 /// One connection's session state.
 pub(crate) struct Session {
     shared: Arc<Shared>,
@@ -238,8 +314,9 @@ impl Session {
         }
     }
 
-    /// Admits, decodes and handles one frame, returning its single reply.
-    pub(crate) async fn handle(&mut self, frame: Frame) -> (Reply, Next) {
+    /// Admits and decodes one frame: the rate limiters first, then the body, then the
+    /// authentication requirement. A refused frame gets its reply (and maybe a strike) here.
+    pub(crate) fn admit(&mut self, frame: &Frame) -> Result<Admitted, (Reply, Next)> {
         let shared = Arc::clone(&self.shared);
         let user_id = self.user.as_ref().map(|(id, _)| *id);
         let limited = shared
@@ -258,15 +335,15 @@ impl Session {
                     limit.reason()
                 ),
             );
-            return (reply, self.strike());
+            return Err((reply, self.strike()));
         }
-        let req = match Request::decode(&frame, &shared.limits) {
+        let req = match Request::decode(frame, &shared.limits) {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.decode_error(&e);
                 shared.signal(self.peer, Signal::BadBody);
                 self.record(EventKind::DecodeError { reason: e.reason() });
-                return (err(ErrorCode::BadFrame, e.to_string()), self.strike());
+                return Err((err(ErrorCode::BadFrame, e.to_string()), self.strike()));
             }
         };
         #[cfg(feature = "fault-injection")]
@@ -276,11 +353,19 @@ impl Session {
         if !self.authenticated()
             && !matches!(req, Request::Auth { .. } | Request::Ping | Request::Bye)
         {
-            return (
+            return Err((
                 err(ErrorCode::NotAuthenticated, "authenticate first"),
                 Next::Continue,
-            );
+            ));
         }
+        Ok(match req {
+            Request::SendMessage { to, text } => Admitted::Message { to, text },
+            other => Admitted::Other(other),
+        })
+    }
+
+    /// Handles an admitted request other than a message, returning its single reply.
+    pub(crate) async fn run(&mut self, req: Request) -> (Reply, Next) {
         let next = if matches!(req, Request::Bye) {
             Next::Close(CloseReason::Bye)
         } else {
@@ -292,15 +377,37 @@ impl Session {
         (reply, next)
     }
 
+    /// Delivers admitted messages `(to, text)` in order, in one store call (so one group
+    /// commit), and returns one reply per message in the same order. Each is delivered,
+    /// charged and answered exactly as if it had been sent on its own after the ones
+    /// before it.
+    pub(crate) async fn deliver_messages(&mut self, messages: Vec<(String, String)>) -> Vec<Reply> {
+        let shared = Arc::clone(&self.shared);
+        let me = match self.user_id() {
+            Ok(me) => me,
+            Err(e) => return vec![e; messages.len()],
+        };
+        let store = Arc::clone(&shared.store);
+        let quota = shared.config.limits.user_quota_bytes;
+        let results = blocking(move || deliver_all(&*store, me, messages, quota)).await;
+        results
+            .into_iter()
+            .map(|r| match delivered(&shared, r) {
+                Ok(r) | Err(r) => r,
+            })
+            .collect()
+    }
+
     async fn dispatch(&mut self, req: Request) -> Handled {
         match req {
             Request::Auth { user, password } => self.auth(user, password.0.to_vec()).await,
             Request::Ping => Ok(Reply::Pong),
             Request::Bye => Ok(Reply::Ok),
-            Request::SendMessage { to, text } => {
-                self.deliver(to, NewItem::Message { text }, Vec::new())
-                    .await
-            }
+            Request::SendMessage { to, text } => self
+                .deliver_messages(vec![(to, text)])
+                .await
+                .pop()
+                .ok_or_else(|| internal(&self.shared, "a delivery lost its reply")),
             Request::UploadBegin { name, size } => self.upload_begin(name, size).await,
             Request::UploadChunk {
                 upload_id,
@@ -619,31 +726,11 @@ impl Session {
             store.deliver(me, to_id, item, quota).map(Some)
         })
         .await;
-        match result {
-            Ok(Some(item_id)) => {
-                Metrics::bump(&shared.metrics.items_delivered);
-                Ok(Reply::Accepted { item_id })
-            }
-            Ok(None) => {
-                restore(self, uploads);
-                Err(err(ErrorCode::UnknownRecipient, "no such recipient"))
-            }
-            Err(StoreError::QuotaExceeded {
-                used,
-                requested,
-                quota,
-            }) => {
-                restore(self, uploads);
-                Err(err(
-                    ErrorCode::QuotaExceeded,
-                    format!("storage quota exceeded: {used} bytes used, {requested} more requested, quota {quota}"),
-                ))
-            }
-            Err(e) => {
-                restore(self, uploads);
-                Err(internal(&shared, e))
-            }
+        let handled = delivered(&shared, result);
+        if handled.is_err() {
+            restore(self, uploads);
         }
+        handled
     }
 
     async fn list(&mut self, after: u64, limit: u16) -> Handled {

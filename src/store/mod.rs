@@ -288,6 +288,23 @@ pub trait Store: Send + Sync + 'static {
         quota: u64,
     ) -> Result<ItemId, StoreError>;
 
+    /// Commits several items sent by `from`, in order, exactly as if [`Store::deliver`] were
+    /// called for each in turn (each is charged against the quota after the ones before it),
+    /// and returns each one's result in the same order. One failing leaves the others. A
+    /// store may make them durable with a single commit; it returns only after every
+    /// successful one is durable.
+    fn deliver_all(
+        &self,
+        from: UserId,
+        items: Vec<(UserId, NewItem)>,
+        quota: u64,
+    ) -> Vec<Result<ItemId, StoreError>> {
+        items
+            .into_iter()
+            .map(|(to, item)| self.deliver(from, to, item, quota))
+            .collect()
+    }
+
     /// Up to `limit` of the owner's items with an id greater than `after`, in ascending id order.
     fn inbox(
         &self,

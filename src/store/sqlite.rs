@@ -136,57 +136,62 @@ impl SqliteStore {
         &self,
         job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, StoreError>>(1);
-        let wrapped: Job = Box::new(move |batch: Option<&mut Transaction<'_>>| -> Finish {
-            let Some(batch) = batch else {
-                let _ = tx.send(Err(StoreError::Corrupt(
-                    "the batch transaction could not start".into(),
-                )));
-                return Box::new(|_| {});
-            };
-            // A savepoint per delivery: one failing (quota, unknown user) leaves the others.
-            let result = match batch.savepoint() {
-                Ok(mut sp) => match job(&sp) {
-                    Ok(v) => sp.commit().map(|()| v).map_err(StoreError::from),
-                    Err(e) => {
-                        let _ = sp.rollback();
-                        Err(e)
+        self.group_commit_all(vec![job])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
+    }
+
+    /// Queues `jobs` together (so they run in this order, in the same batch) for the next
+    /// group commit and waits for all their results, leading batches itself while any is
+    /// missing and nobody else is leading.
+    fn group_commit_all<T, J>(&self, jobs: Vec<J>) -> Vec<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        J: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let n = jobs.len();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<T, StoreError>)>(n);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, job) in jobs.into_iter().enumerate() {
+                pending.push(wrap_job(i, job, tx.clone()));
+            }
+        }
+        drop(tx);
+        let mut results: Vec<Option<Result<T, StoreError>>> = (0..n).map(|_| None).collect();
+        let mut missing = n;
+        let mut collect = |results: &mut Vec<Option<Result<T, StoreError>>>| {
+            while let Ok((i, r)) = rx.try_recv() {
+                if let Some(slot) = results.get_mut(i) {
+                    if slot.replace(r).is_none() {
+                        missing -= 1;
                     }
-                },
-                Err(e) => Err(e.into()),
-            };
-            Box::new(move |committed| {
-                let _ = tx.send(match result {
-                    Ok(_) if !committed => Err(StoreError::Corrupt(
-                        "the batch commit failed; nothing was stored".into(),
-                    )),
-                    other => other,
-                });
-            })
-        });
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(wrapped);
-        loop {
-            if let Ok(r) = rx.try_recv() {
-                return r;
+                }
             }
+            missing
+        };
+        while collect(&mut results) > 0 {
             let mut conn = self.write();
-            // A leader may have run our job while we waited for the connection.
-            if let Ok(r) = rx.try_recv() {
-                return r;
+            // A leader may have run our jobs while we waited for the connection.
+            if collect(&mut results) == 0 {
+                break;
             }
-            let jobs =
+            let batch =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-            if jobs.is_empty() {
-                // Our job is in a batch whose results are being handed out right now.
+            if batch.is_empty() {
+                // Our jobs are in a batch whose results are being handed out right now.
                 drop(conn);
                 std::thread::yield_now();
                 continue;
             }
-            run_batch(&mut conn, jobs);
+            run_batch(&mut conn, batch);
         }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
+            })
+            .collect()
     }
 
     /// The path of the database file.
@@ -210,6 +215,115 @@ impl SqliteStore {
     fn write(&self) -> MutexGuard<'_, Connection> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Checks a delivery's blobs and returns the work it does inside the batch transaction:
+/// the sender's quota check, the insert and the usage update. The batch transaction is
+/// IMMEDIATE: it holds the write lock before any quota is read, so no other writer can
+/// charge the same sender between check and insert.
+fn delivery_job(
+    from: UserId,
+    to: UserId,
+    item: NewItem,
+    quota: u64,
+) -> Result<impl FnOnce(&Connection) -> Result<ItemId, StoreError> + Send + 'static, StoreError> {
+    let kind = item.kind();
+    let requested = item.size();
+    let (title, body, blobs) = match item {
+        NewItem::Message { text } => (String::new(), text, Vec::new()),
+        NewItem::Mail {
+            subject,
+            body,
+            attachments,
+        } => (subject, body, attachments),
+        NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
+    };
+    for blob in &blobs {
+        check_blob(blob)?;
+    }
+    Ok(move |tx: &Connection| {
+        let used: Option<i64> = tx
+            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+            .query_row(params![from], |row| row.get(0))
+            .optional()?;
+        let used = match used {
+            Some(used) => sql_to_u64(used, "usage")?,
+            None => return Err(StoreError::UnknownUserId(from)),
+        };
+        let recipient_exists = tx
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .exists(params![to])?;
+        if !recipient_exists {
+            return Err(StoreError::UnknownUserId(to));
+        }
+        let new_usage = used
+            .checked_add(requested)
+            .filter(|&total| total <= quota)
+            .ok_or(StoreError::QuotaExceeded {
+                used,
+                requested,
+                quota,
+            })?;
+        let size = size_to_sql(requested)?;
+        tx.prepare_cached(
+            "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
+        let item_id = tx.last_insert_rowid();
+        for (idx, blob) in (0i64..).zip(&blobs) {
+            insert_blob(tx, item_id, idx, blob)?;
+        }
+        tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
+            .execute(params![from, size_to_sql(new_usage)?])?;
+        sql_to_u64(item_id, "item id")
+    })
+}
+
+/// Wraps one caller's job for the batch: it runs in its own savepoint (one failing, for
+/// quota or an unknown user, leaves the others) and reports `(index, result)` on `tx` once
+/// the batch's fate is known, or at once if the batch could not start.
+fn wrap_job<T, J>(
+    index: usize,
+    job: J,
+    tx: std::sync::mpsc::SyncSender<(usize, Result<T, StoreError>)>,
+) -> Job
+where
+    T: Send + 'static,
+    J: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    Box::new(move |batch: Option<&mut Transaction<'_>>| -> Finish {
+        let Some(batch) = batch else {
+            let _ = tx.send((
+                index,
+                Err(StoreError::Corrupt(
+                    "the batch transaction could not start".into(),
+                )),
+            ));
+            return Box::new(|_| {});
+        };
+        let result = match batch.savepoint() {
+            Ok(mut sp) => match job(&sp) {
+                Ok(v) => sp.commit().map(|()| v).map_err(StoreError::from),
+                Err(e) => {
+                    let _ = sp.rollback();
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e.into()),
+        };
+        Box::new(move |committed| {
+            let _ = tx.send((
+                index,
+                match result {
+                    Ok(_) if !committed => Err(StoreError::Corrupt(
+                        "the batch commit failed; nothing was stored".into(),
+                    )),
+                    other => other,
+                },
+            ));
+        })
+    })
 }
 
 /// Runs queued deliveries in one transaction and commits once.
@@ -501,62 +615,38 @@ impl Store for SqliteStore {
         item: NewItem,
         quota: u64,
     ) -> Result<ItemId, StoreError> {
-        let kind = item.kind();
-        let requested = item.size();
-        let (title, body, blobs): (&str, &str, &[BlobRef]) = match &item {
-            NewItem::Message { text } => ("", text, &[]),
-            NewItem::Mail {
-                subject,
-                body,
-                attachments,
-            } => (subject, body, attachments),
-            NewItem::File(blob) => (&blob.name, "", std::slice::from_ref(blob)),
-        };
-        for blob in blobs {
-            check_blob(blob)?;
-        }
+        self.group_commit(delivery_job(from, to, item, quota)?)
+    }
 
-        let (title, body) = (title.to_owned(), body.to_owned());
-        let blobs = blobs.to_vec();
-        // The batch transaction is IMMEDIATE: it holds the write lock before any quota is
-        // read, so no other writer can charge the same sender between check and insert.
-        self.group_commit(move |tx| {
-            let used: Option<i64> = tx
-                .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
-                .query_row(params![from], |row| row.get(0))
-                .optional()?;
-            let used = match used {
-                Some(used) => sql_to_u64(used, "usage")?,
-                None => return Err(StoreError::UnknownUserId(from)),
-            };
-            let recipient_exists = tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .exists(params![to])?;
-            if !recipient_exists {
-                return Err(StoreError::UnknownUserId(to));
+    /// One group commit for the whole list: the items join the batch together, in order.
+    fn deliver_all(
+        &self,
+        from: UserId,
+        items: Vec<(UserId, NewItem)>,
+        quota: u64,
+    ) -> Vec<Result<ItemId, StoreError>> {
+        // Items refused before touching the database keep their place in the answer.
+        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(items.len());
+        let mut jobs = Vec::with_capacity(items.len());
+        for (to, item) in items {
+            match delivery_job(from, to, item, quota) {
+                Ok(job) => {
+                    refused.push(None);
+                    jobs.push(job);
+                }
+                Err(e) => refused.push(Some(e)),
             }
-            let new_usage = used
-                .checked_add(requested)
-                .filter(|&total| total <= quota)
-                .ok_or(StoreError::QuotaExceeded {
-                    used,
-                    requested,
-                    quota,
-                })?;
-            let size = size_to_sql(requested)?;
-            tx.prepare_cached(
-                "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
-            let item_id = tx.last_insert_rowid();
-            for (idx, blob) in (0i64..).zip(&blobs) {
-                insert_blob(tx, item_id, idx, blob)?;
-            }
-            tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
-                .execute(params![from, size_to_sql(new_usage)?])?;
-            sql_to_u64(item_id, "item id")
-        })
+        }
+        let mut committed = self.group_commit_all(jobs).into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => committed.next().unwrap_or_else(|| {
+                    Err(StoreError::Corrupt("a delivery lost its result".into()))
+                }),
+            })
+            .collect()
     }
 
     fn inbox(
@@ -1116,31 +1206,98 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_delivers_respect_quota() -> TestResult {
+    fn deliver_all_is_deliver_in_turn() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let carol = store.add_user("carol", "h")?;
+        let bad = BlobRef {
+            blob_id: "../escape".into(),
+            name: "x".into(),
+            size: 1,
+            digest: [0; 32],
+        };
+        // Quota 25: the 20-byte message fits, the next 10 do not, the 5 after them do.
+        let items = vec![
+            (bob, message("01234567890123456789")),
+            (carol, message("0123456789")),
+            (bob, NewItem::File(bad)),
+            (UserId::MAX, message("x")),
+            (carol, message("01234")),
+        ];
+        let results = store.deliver_all(alice, items, 25);
+        assert_eq!(results.len(), 5);
+        let first = *results[0].as_ref().map_err(|e| e.to_string())?;
+        assert!(matches!(
+            results[1],
+            Err(StoreError::QuotaExceeded {
+                used: 20,
+                requested: 10,
+                quota: 25
+            })
+        ));
+        assert!(
+            matches!(results[2], Err(StoreError::InvalidBlobId(_))),
+            "{:?}",
+            results[2]
+        );
+        assert!(
+            matches!(results[3], Err(StoreError::UnknownUserId(_))),
+            "{:?}",
+            results[3]
+        );
+        let last = *results[4].as_ref().map_err(|e| e.to_string())?;
+        assert!(last > first, "ids follow the order of the list");
+        assert_eq!(store.usage(alice)?, 25);
+        assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
+        assert_eq!(store.inbox(carol, 0, 10)?.len(), 1);
+        assert!(store.deliver_all(alice, Vec::new(), 25).is_empty());
+        assert_usage_consistent(&store)?;
+        Ok(())
+    }
+
+    /// Eight threads each try ten 10-byte messages from alice under a 250-byte quota, each
+    /// thread with `send`, which returns the ids it got accepted: exactly 25 get in, and
+    /// each thread's ids ascend.
+    fn concurrent_deliveries(send: fn(&SqliteStore, UserId, UserId) -> Vec<ItemId>) -> TestResult {
         let (_dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
         let store = std::sync::Arc::new(store);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let store = std::sync::Arc::clone(&store);
-                std::thread::spawn(move || {
-                    (0..10)
-                        .filter(|_| {
-                            store
-                                .deliver(alice, bob, message("0123456789"), 250)
-                                .is_ok()
-                        })
-                        .count()
-                })
+                std::thread::spawn(move || send(&store, alice, bob))
             })
             .collect();
         let mut accepted = 0;
         for t in threads {
-            accepted += t.join().map_err(|_| "delivery thread panicked")?;
+            let ids = t.join().map_err(|_| "delivery thread panicked")?;
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            accepted += ids.len();
         }
         assert_eq!(accepted, 25);
         assert_eq!(store.usage(alice)?, 250);
         assert_usage_consistent(&store)?;
         Ok(())
+    }
+
+    #[test]
+    fn concurrent_delivers_respect_quota() -> TestResult {
+        concurrent_deliveries(|store, alice, bob| {
+            (0..10)
+                .filter_map(|_| store.deliver(alice, bob, message("0123456789"), 250).ok())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_batches_respect_quota_and_order() -> TestResult {
+        concurrent_deliveries(|store, alice, bob| {
+            let batch = (0..10).map(|_| (bob, message("0123456789"))).collect();
+            store
+                .deliver_all(alice, batch, 250)
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect()
+        })
     }
 }
