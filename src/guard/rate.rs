@@ -269,13 +269,16 @@ mod tests {
     enum Step {
         Check(u8),
         Advance(u64),
+        /// Advance by this many emission intervals exactly, to hit the boundaries.
+        AdvanceIntervals(u32),
         Purge,
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         let step = prop_oneof![
             8 => (0u8..6).prop_map(Step::Check),
-            3 => (0u64..3_000_000).prop_map(Step::Advance),
+            2 => (0u64..3_000_000).prop_map(Step::Advance),
+            2 => (0u32..4).prop_map(Step::AdvanceIntervals),
             1 => Just(Step::Purge),
         ];
         proptest::collection::vec(step, 0..400)
@@ -299,6 +302,9 @@ mod tests {
                 match step {
                     Step::Check(k) => prop_assert_eq!(ours.check(k), theirs.check_key(k).is_ok()),
                     Step::Advance(ns) => clock.advance(Duration::from_nanos(*ns)),
+                    Step::AdvanceIntervals(n) => {
+                        clock.advance(quota.replenish_interval() * *n);
+                    }
                     Step::Purge => {
                         theirs.retain_recent();
                         prop_assert_eq!(ours.purge(usize::MAX), theirs.len());
