@@ -8,12 +8,15 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
@@ -38,9 +41,42 @@ fn non_zero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-/// governor's DashMap store behind an `Arc`: the limiter uses it through this handle, and
-/// [`KeyedLimiter`] keeps a second handle to clear the same map in place.
-pub(crate) struct SharedStore<K: Hash + Eq + Clone>(Arc<DashMapStateStore<K>>);
+/// The hasher of every keyed limiter's map: aHash keyed with a random seed drawn from the
+/// operating system when the map is made. A source cannot pick addresses that collide in
+/// one bucket without knowing the seed, and hashing an 8- or 17-byte key costs a few
+/// nanoseconds (SipHash, std's default, cost several times that).
+type KeyHasher = ahash::RandomState;
+
+/// The keyed state store of every keyed limiter: a sharded concurrent map from key to
+/// governor's GCRA state (the theoretical arrival time in nanoseconds since the limiter's
+/// start, 0 meaning none yet), with a keyed fast hasher.
+///
+/// It is governor's `DashMapStateStore` with two changes, neither of which changes a
+/// decision: the map's hasher (see [`KeyHasher`]), and the state is a bare `AtomicU64`
+/// updated exactly as governor's `InMemoryState` is (`InMemoryState` cannot be read from
+/// outside governor, which purging needs). Held behind an `Arc`: the limiter uses it
+/// through one handle and [`KeyedLimiter`] keeps a second one to clear the same map in place.
+pub(crate) struct SharedStore<K: Hash + Eq + Clone>(Arc<KeyedMap<K>>);
+
+type KeyedMap<K> = DashMap<K, AtomicU64, KeyHasher>;
+
+/// Runs governor's decision `f` on one state and stores its new value, retrying if another
+/// thread changed the state meanwhile: governor's `InMemoryState::measure_and_replace_one`.
+fn measure_and_replace_one<T, E>(
+    state: &AtomicU64,
+    f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+) -> Result<T, E> {
+    let mut prev = state.load(Ordering::Acquire);
+    let mut decision = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())));
+    while let Ok((result, next)) = decision {
+        match state.compare_exchange_weak(prev, next.into(), Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return Ok(result),
+            Err(now) => prev = now,
+        }
+        decision = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())));
+    }
+    decision.map(|(result, _)| result)
+}
 
 impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
     type Key = K;
@@ -49,25 +85,32 @@ impl<K: Hash + Eq + Clone> StateStore for SharedStore<K> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        self.0.measure_and_replace(key, f)
+        // One hash and a shared shard lock for a known key; a new key takes the write lock.
+        if let Some(state) = self.0.get(key) {
+            return measure_and_replace_one(&state, f);
+        }
+        let state = self.0.entry(key.clone()).or_default();
+        measure_and_replace_one(&state, f)
     }
 }
 
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for SharedStore<K> {
     fn retain_recent(&self, drop_below: Nanos) {
-        self.0.retain_recent(drop_below);
+        let drop_below = u64::from(drop_below);
+        self.0
+            .retain(|_, state| state.load(Ordering::Relaxed) > drop_below);
     }
 
     fn shrink_to_fit(&self) {
-        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+        self.0.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
-        ShrinkableKeyedStateStore::len(&*self.0)
+        self.0.len()
     }
 
     fn is_empty(&self) -> bool {
-        ShrinkableKeyedStateStore::is_empty(&*self.0)
+        self.0.is_empty()
     }
 }
 
@@ -78,12 +121,12 @@ pub(crate) struct KeyedLimiter<K: Hash + Eq + Clone> {
     /// The same map the limiter uses, to clear it: governor offers no `clear`. Clearing the
     /// map in place (rather than replacing the limiter behind a lock) keeps every check free
     /// of a lock of our own; the map's shards are locked by the map itself.
-    map: Arc<DashMapStateStore<K>>,
+    map: Arc<KeyedMap<K>>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     pub(crate) fn new(quota: Quota, clock: &GuardClock) -> Self {
-        let map = Arc::new(DashMapStateStore::<K>::default());
+        let map = Arc::new(KeyedMap::<K>::with_hasher(KeyHasher::new()));
         KeyedLimiter {
             quota,
             inner: RateLimiter::new(quota, SharedStore(Arc::clone(&map)), clock.clone()),
@@ -154,8 +197,10 @@ impl fmt::Debug for ConnLimiter {
 mod tests {
     use std::time::Duration;
 
+    use governor::state::keyed::DefaultKeyedStateStore;
     use proptest::prelude::*;
 
+    use super::super::SourceKey;
     use super::*;
 
     #[test]
@@ -198,6 +243,19 @@ mod tests {
     }
 
     #[test]
+    fn key_hasher_is_seeded_per_map() {
+        // Two maps hash the same keys differently, so no fixed set of addresses lands in one
+        // bucket of every map.
+        let (a, b) = (KeyHasher::new(), KeyHasher::new());
+        let differ = (0..8u32)
+            .filter(|k| {
+                a.hash_one(SourceKey::V4((*k).into())) != b.hash_one(SourceKey::V4((*k).into()))
+            })
+            .count();
+        assert_eq!(differ, 8);
+    }
+
+    #[test]
     fn conn_limiter_admits_no_more_than_burst_at_once() {
         let clock = GuardClock::manual();
         let l = ConnLimiter::new(per_second(2_000, 500), &clock);
@@ -206,7 +264,60 @@ mod tests {
         assert_eq!(l.check(), Err(Limited::Connection));
     }
 
+    /// One step of a schedule run on two keyed limiters at once.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Check(u8),
+        Advance(u64),
+        /// Advance by this many emission intervals exactly, to hit the boundaries.
+        AdvanceIntervals(u32),
+        Purge,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            8 => (0u8..6).prop_map(Step::Check),
+            2 => (0u64..3_000_000).prop_map(Step::Advance),
+            2 => (0u32..4).prop_map(Step::AdvanceIntervals),
+            1 => Just(Step::Purge),
+        ];
+        proptest::collection::vec(step, 0..400)
+    }
+
     proptest! {
+        /// Our store decides exactly as governor's default keyed store (a DashMap of
+        /// `InMemoryState`s) on the same clock and schedule, and purging keeps the same keys.
+        #[test]
+        fn store_decides_as_governors_default_store(
+            rate in 1u32..2_000,
+            burst in 1u32..20,
+            schedule in steps(),
+        ) {
+            let clock = GuardClock::manual();
+            let quota = per_second(rate, burst);
+            let ours = KeyedLimiter::new(quota, &clock);
+            let theirs: RateLimiter<u8, DefaultKeyedStateStore<u8>, GuardClock, NoOpMiddleware<Nanos>> =
+                RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
+            for step in &schedule {
+                match step {
+                    Step::Check(k) => prop_assert_eq!(ours.check(k), theirs.check_key(k).is_ok()),
+                    Step::Advance(ns) => clock.advance(Duration::from_nanos(*ns)),
+                    Step::AdvanceIntervals(n) => {
+                        clock.advance(quota.replenish_interval() * *n);
+                    }
+                    Step::Purge => {
+                        theirs.retain_recent();
+                        prop_assert_eq!(ours.purge(usize::MAX), theirs.len());
+                    }
+                }
+            }
+            // The same decisions at one pinned instant too, as the guard takes them.
+            for k in 0..6u8 {
+                let (a, b) = clock.pinned(|| (ours.check(&k), theirs.check_key(&k).is_ok()));
+                prop_assert_eq!(a, b);
+            }
+        }
+
         /// At one instant, no schedule of checks gets more than the burst through, and the
         /// first `burst` checks on a fresh limiter all pass.
         #[test]

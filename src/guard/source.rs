@@ -5,6 +5,7 @@
 //! through 2^64 addresses to escape every per-address limit and grow our keyed state.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -14,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Where a connection comes from, for accounting: an IPv4 address, or an IPv6 network of a
 /// fixed prefix length. Displays as `127.0.1.5` or `2001:db8::/64`, and serializes as that
 /// string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SourceKey {
     /// One IPv4 address (IPv4-mapped IPv6 addresses land here too).
     V4(Ipv4Addr),
@@ -65,6 +66,21 @@ impl SourceKey {
             SourceKey::V6 { prefix, .. } => *prefix,
         };
         SourceKey::from_ip(ip, prefix) == *self
+    }
+}
+
+impl Hash for SourceKey {
+    /// The fields as one integer each (an IPv4 address as a `u32`, a network as a `u128` and
+    /// its prefix), which a hasher takes in one or two steps; the derived hash wrote the
+    /// variant, a length and the bytes. Equal keys hash equally, as `Eq` requires.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match *self {
+            SourceKey::V4(v4) => state.write_u32(u32::from(v4)),
+            SourceKey::V6 { net, prefix } => {
+                state.write_u128(u128::from(net));
+                state.write_u8(prefix);
+            }
+        }
     }
 }
 
