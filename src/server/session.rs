@@ -189,21 +189,21 @@ pub(crate) enum Admitted {
     Other(Request),
 }
 
-/// Resolves each message's recipient (each distinct name once) and delivers the messages
+/// Resolves each item's recipient by name (each distinct name once) and delivers the items
 /// of `from` in order through one [`store::Store::deliver_all`]. `Ok(None)`: no such
 /// recipient.
 fn deliver_all(
     store: &dyn store::Store,
     from: UserId,
-    messages: Vec<(String, String)>,
+    items_for: Vec<(String, NewItem)>,
     quota: u64,
 ) -> Vec<Result<Option<u64>, StoreError>> {
     let mut known: Vec<(String, Option<UserId>)> = Vec::new();
-    // Per message: its recipient's id, or the answer it already has.
+    // Per item: its recipient's id, or the answer it already has.
     let mut plan: Vec<Result<UserId, Result<Option<u64>, StoreError>>> =
-        Vec::with_capacity(messages.len());
-    let mut items = Vec::with_capacity(messages.len());
-    for (to, text) in messages {
+        Vec::with_capacity(items_for.len());
+    let mut items = Vec::with_capacity(items_for.len());
+    for (to, item) in items_for {
         let id = match known.iter().find(|(name, _)| *name == to) {
             Some((_, id)) => Ok(*id),
             None => store.user_id(&to).inspect(|id| known.push((to, *id))),
@@ -211,7 +211,7 @@ fn deliver_all(
         match id {
             Ok(Some(id)) => {
                 plan.push(Ok(id));
-                items.push((id, NewItem::Message { text }));
+                items.push((id, item));
             }
             Ok(None) => plan.push(Err(Ok(None))),
             Err(e) => plan.push(Err(Err(e))),
@@ -389,7 +389,11 @@ impl Session {
         };
         let store = Arc::clone(&shared.store);
         let quota = shared.config.limits.user_quota_bytes;
-        let results = blocking(move || deliver_all(&*store, me, messages, quota)).await;
+        let items = messages
+            .into_iter()
+            .map(|(to, text)| (to, NewItem::Message { text }))
+            .collect();
+        let results = blocking(move || deliver_all(&*store, me, items, quota)).await;
         results
             .into_iter()
             .map(|r| match delivered(&shared, r) {
@@ -403,11 +407,10 @@ impl Session {
             Request::Auth { user, password } => self.auth(user, password.0.to_vec()).await,
             Request::Ping => Ok(Reply::Pong),
             Request::Bye => Ok(Reply::Ok),
-            Request::SendMessage { to, text } => self
-                .deliver_messages(vec![(to, text)])
-                .await
-                .pop()
-                .ok_or_else(|| internal(&self.shared, "a delivery lost its reply")),
+            Request::SendMessage { to, text } => {
+                self.deliver(to, NewItem::Message { text }, Vec::new())
+                    .await
+            }
             Request::UploadBegin { name, size } => self.upload_begin(name, size).await,
             Request::UploadChunk {
                 upload_id,
@@ -719,13 +722,10 @@ impl Session {
         };
         let store = Arc::clone(&shared.store);
         let quota = shared.config.limits.user_quota_bytes;
-        let result = blocking(move || -> Result<Option<u64>, StoreError> {
-            let Some(to_id) = store.user_id(&to)? else {
-                return Ok(None);
-            };
-            store.deliver(me, to_id, item, quota).map(Some)
-        })
-        .await;
+        let result = blocking(move || deliver_all(&*store, me, vec![(to, item)], quota))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())));
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);
