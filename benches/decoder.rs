@@ -2,7 +2,10 @@
 //!
 //! Three ways of walking the same bytes are compared, for payloads of 64 B, 1 KiB and 64 KiB:
 //!
-//! - `rampart`: [`decode_frame`] in a loop until the buffer is empty, as the server does;
+//! - `rampart`: [`FrameDecoder::decode`] in a loop until the buffer is empty, as the server
+//!   does;
+//! - `decode_frame`: the free function [`decode_frame`], which clients and tools call, with the
+//!   same results;
 //! - `length_delimited`: tokio-util's `LengthDelimitedCodec` configured for the rampart
 //!   header (a big-endian u32 length at offset 10, counting the bytes after the header), so
 //!   it yields whole frames (header and payload) and checks nothing but the length;
@@ -23,7 +26,9 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
-use rampart::protocol::{decode_frame, encode_request, Kind, Limits, Request, Role, HEADER_LEN};
+use rampart::protocol::{
+    decode_frame, encode_request, FrameDecoder, Kind, Limits, Request, Role, HEADER_LEN,
+};
 
 /// Payload sizes in bytes: the whole UPLOAD_CHUNK body (12 bytes of ids and offset plus data).
 const PAYLOADS: [usize; 3] = [64, 1024, 64 * 1024];
@@ -84,8 +89,19 @@ fn length_delimited(limits: &Limits) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Decodes every frame with rampart; returns the emptied buffer so its drop is not timed.
-fn run_rampart(mut buf: BytesMut, limits: &Limits) -> (BytesMut, usize) {
+/// Decodes every frame as the server does; returns the emptied buffer so its drop is not
+/// timed.
+fn run_rampart(mut buf: BytesMut, decoder: &FrameDecoder) -> (BytesMut, usize) {
+    let mut frames = 0;
+    while let Some(frame) = decoder.decode(&mut buf).expect("valid input") {
+        black_box(&frame);
+        frames += 1;
+    }
+    (buf, frames)
+}
+
+/// Decodes every frame with [`decode_frame`]; returns the emptied buffer.
+fn run_decode_frame(mut buf: BytesMut, limits: &Limits) -> (BytesMut, usize) {
     let mut frames = 0;
     while let Some(frame) = decode_frame(&mut buf, limits, Role::Server).expect("valid input") {
         black_box(&frame);
@@ -109,11 +125,18 @@ fn run_length_delimited(mut buf: BytesMut, codec: &mut LengthDelimitedCodec) -> 
 fn check_equivalent(input: &BytesMut, limits: &Limits, n: usize, payload: usize) {
     let mut a = input.clone();
     let mut b = input.clone();
+    let mut c = input.clone();
     let mut codec = length_delimited(limits);
+    let decoder = FrameDecoder::new(*limits, Role::Server);
     for _ in 0..n {
-        let frame = decode_frame(&mut a, limits, Role::Server)
+        let frame = decoder
+            .decode(&mut a)
             .expect("valid input")
             .expect("whole frame");
+        let same = decode_frame(&mut c, limits, Role::Server)
+            .expect("valid input")
+            .expect("whole frame");
+        assert_eq!(frame, same);
         let whole = codec
             .decode(&mut b)
             .expect("valid input")
@@ -123,7 +146,7 @@ fn check_equivalent(input: &BytesMut, limits: &Limits, n: usize, payload: usize)
         assert_eq!(whole.len(), HEADER_LEN + payload);
         assert_eq!(&whole[HEADER_LEN..], &frame.payload[..]);
     }
-    assert!(a.is_empty() && b.is_empty());
+    assert!(a.is_empty() && b.is_empty() && c.is_empty());
 }
 
 fn decode(c: &mut Criterion) {
@@ -136,12 +159,25 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(input.len() as u64));
 
         group.bench_with_input(BenchmarkId::new("rampart", payload), &input, |b, input| {
+            let decoder = FrameDecoder::new(limits, Role::Server);
             b.iter_batched(
                 || input.clone(),
-                |buf| run_rampart(black_box(buf), &limits),
+                |buf| run_rampart(black_box(buf), &decoder),
                 BatchSize::LargeInput,
             )
         });
+
+        group.bench_with_input(
+            BenchmarkId::new("decode_frame", payload),
+            &input,
+            |b, input| {
+                b.iter_batched(
+                    || input.clone(),
+                    |buf| run_decode_frame(black_box(buf), &limits),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
 
         group.bench_with_input(
             BenchmarkId::new("length_delimited", payload),

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use rampart::config::Config;
 use rampart::protocol::{
     bytes_wanted, decode_frame, encode_reply, encode_request, max_payload, DecodeError, Frame,
-    Kind, Limits, Reply, Request, Role, HEADER_LEN, MAGIC, VERSION,
+    FrameDecoder, Kind, Limits, Reply, Request, Role, HEADER_LEN, MAGIC, VERSION,
 };
 
 /// Wraps every call into rampart's decoders, so a fuzz target can watch exactly what the
@@ -109,9 +109,13 @@ enum Step {
 /// Calls the frame decoder once on `buf` through `around` and checks the result: a frame is
 /// within its limits and took exactly its header and payload, and "need more" and errors
 /// consume nothing, errors being fatal header errors.
-fn step(buf: &mut BytesMut, role: Role, limits: &Limits, around: &impl Around) -> Step {
+///
+/// `decoder` is the server's [`FrameDecoder`]; [`decode_in_pieces`] uses the free function
+/// [`decode_frame`], so the decode_chunked target also checks that the two agree.
+fn step(buf: &mut BytesMut, decoder: &FrameDecoder, around: &impl Around) -> Step {
+    let (role, limits) = (decoder.role(), decoder.limits());
     let before = buf.len();
-    match around.call(|| decode_frame(buf, limits, role)) {
+    match around.call(|| decoder.decode(buf)) {
         Ok(Some(f)) => {
             let used = before - buf.len();
             check_frame(&f, used, role, limits);
@@ -165,8 +169,9 @@ pub fn visit_stream(
 ) -> (Option<DecodeError>, usize) {
     let len = buf.len();
     let mut consumed = 0usize;
+    let decoder = FrameDecoder::new(*limits, role);
     let error = loop {
-        match step(buf, role, limits, around) {
+        match step(buf, &decoder, around) {
             Step::Frame(f, used) => {
                 consumed += used;
                 on_frame(f);
@@ -220,8 +225,9 @@ pub fn server_stream(stream: &[u8], limits: &Limits) -> ServerStream {
     let mut buf = BytesMut::from(stream);
     let mut incoming = Vec::new();
     let mut consumed = 0usize;
+    let decoder = FrameDecoder::new(*limits, Role::Server);
     let error = loop {
-        match step(&mut buf, Role::Server, limits, &Plain) {
+        match step(&mut buf, &decoder, &Plain) {
             Step::Frame(f, used) => {
                 consumed += used;
                 incoming.push(Incoming::Frame(f));
@@ -276,7 +282,9 @@ pub fn server_stream(stream: &[u8], limits: &Limits) -> ServerStream {
 }
 
 /// Decodes `stream` fed in pieces of the given sizes (cycled; 0 counts as 1), stopping at
-/// the first error as a connection would.
+/// the first error as a connection would. It calls the free function [`decode_frame`],
+/// while [`decode_stream`] runs the server's [`FrameDecoder`], so comparing the two also
+/// compares the decoders.
 pub fn decode_in_pieces(stream: &[u8], cuts: &[usize], role: Role, limits: &Limits) -> Decoded {
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
@@ -446,7 +454,8 @@ pub fn parse_chunked_input(data: &[u8]) -> (Role, Vec<usize>, &[u8]) {
 }
 
 /// The decode_chunked target: the stream fed in the given pieces must give exactly the
-/// frames, the error and the remainder that the whole stream gives.
+/// frames, the error and the remainder that the whole stream gives (pieces through
+/// [`decode_frame`], the whole stream through the server's [`FrameDecoder`]).
 pub fn check_chunked_input(data: &[u8]) -> Decoded {
     let (role, cuts, stream) = parse_chunked_input(data);
     let limits = Limits::default();

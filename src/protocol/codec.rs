@@ -4,7 +4,8 @@
 //! as early as the offending byte is visible, returns `Ok(None)` while a frame is incomplete,
 //! and splits a complete frame off the buffer without copying its payload. It never reserves
 //! buffer space for a declared length: the caller's buffer only grows as bytes really arrive.
-//! [`FrameCodec`] wraps it for tokio-util's `Framed`.
+//! [`FrameDecoder`] is the same decoder with its per-kind checks worked out once, as the server
+//! uses it; [`FrameCodec`] wraps that for tokio-util's `Framed`.
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -113,16 +114,95 @@ pub fn decode_frame(
     if buf.len() < total {
         return Ok(None);
     }
+    Ok(Some(split_frame(buf, total, kind, request_id)))
+}
+
+/// Splits the first `total` bytes, a checked header and its whole payload, off `buf` as a
+/// frame with flags 0, without copying the payload.
+#[inline]
+fn split_frame(buf: &mut BytesMut, total: usize, kind: Kind, request_id: u32) -> Frame {
     // Freeze first: moving the start of a `Bytes` is two field updates, while a `BytesMut`
     // also has to keep its spare capacity consistent (measured: about 40 instructions less).
     let mut payload = buf.split_to(total).freeze();
     payload.advance(HEADER_LEN);
-    Ok(Some(Frame {
+    Frame {
         kind,
         request_id,
-        flags,
+        flags: 0,
         payload,
-    }))
+    }
+}
+
+/// [`decode_frame`] for one role under fixed limits, with the per-kind checks worked out once.
+///
+/// The server decodes every frame with one of these. A header's kind, role and length cap are
+/// one table lookup instead of a match per frame, and a header that passes every check takes a
+/// short path; anything else (a partial header, any invalid field) is handed to
+/// [`decode_frame`] itself, so results and errors are exactly [`decode_frame`]'s.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    limits: Limits,
+    role: Role,
+    /// For every kind byte: the kind and its largest payload, if `role` accepts that kind.
+    accepts: [Option<(Kind, u32)>; 256],
+}
+
+impl FrameDecoder {
+    /// A decoder for what `role` receives, under `limits`.
+    pub fn new(limits: Limits, role: Role) -> FrameDecoder {
+        let mut accepts = [None; 256];
+        for &kind in Kind::ALL {
+            if kind.is_request() == (role == Role::Server) {
+                accepts[kind as usize] = Some((kind, max_payload(kind, &limits)));
+            }
+        }
+        FrameDecoder {
+            limits,
+            role,
+            accepts,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The role this decoder decodes for.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Decodes one frame from the front of `buf`, exactly as [`decode_frame`] does.
+    #[inline]
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+            return self.decode_checked(buf);
+        };
+        let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
+        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        match self.accepts[usize::from(kind_byte)] {
+            Some((kind, max))
+                if [m0, m1] == MAGIC && version == VERSION && [f0, f1] == [0, 0] && len <= max =>
+            {
+                // len <= max <= HARD_MAX_FRAME: no overflow on any target rampart builds for.
+                let total = HEADER_LEN + len as usize;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                let request_id = u32::from_be_bytes([r0, r1, r2, r3]);
+                Ok(Some(split_frame(buf, total, kind, request_id)))
+            }
+            _ => self.decode_checked(buf),
+        }
+    }
+
+    /// Everything but a whole, valid header: [`decode_frame`] decides and names the error.
+    #[cold]
+    #[inline(never)]
+    fn decode_checked(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        decode_frame(buf, &self.limits, self.role)
+    }
 }
 
 /// How many more bytes the frame at the front of `buf` needs, if its header is complete and
@@ -215,21 +295,22 @@ pub enum CodecError {
 }
 
 /// tokio-util codec for rampart frames, for one side of a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FrameCodec {
-    limits: Limits,
-    role: Role,
+    decoder: FrameDecoder,
 }
 
 impl FrameCodec {
     /// A codec that decodes what `role` receives, under `limits`.
     pub fn new(limits: Limits, role: Role) -> FrameCodec {
-        FrameCodec { limits, role }
+        FrameCodec {
+            decoder: FrameDecoder::new(limits, role),
+        }
     }
 
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        self.decoder.limits()
     }
 }
 
@@ -238,7 +319,7 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        Ok(decode_frame(src, &self.limits, self.role)?)
+        Ok(self.decoder.decode(src)?)
     }
 }
 

@@ -25,7 +25,7 @@ mod wire;
 
 pub use codec::{
     bytes_wanted, decode_frame, encode_frame, encode_reply, encode_request, max_payload,
-    CodecError, FrameCodec, Role,
+    CodecError, FrameCodec, FrameDecoder, Role,
 };
 pub use error::{DecodeError, EncodeError, ErrorCode};
 pub use frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};

@@ -411,6 +411,44 @@ pub(crate) fn decode_chunked(
     (frames, None)
 }
 
+/// Decodes `input` step by step with a [`FrameDecoder`] and with [`decode_frame`], checking
+/// after every step that both gave the same result and left the same bytes.
+fn check_decoder_matches(input: &[u8], limits: Limits, role: Role) {
+    let decoder = FrameDecoder::new(limits, role);
+    let mut a = BytesMut::from(input);
+    let mut b = BytesMut::from(input);
+    loop {
+        let fast = decoder.decode(&mut a);
+        let reference = decode_frame(&mut b, &limits, role);
+        assert_eq!(fast, reference, "input {input:02x?}");
+        assert_eq!(a, b);
+        if !matches!(fast, Ok(Some(_))) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn frame_decoder_agrees_at_every_kinds_length_cap() {
+    let limits = Limits {
+        max_frame_bytes: 70_000,
+        ..Limits::default()
+    };
+    for role in [SERVER, CLIENT] {
+        for byte in 0..=255u8 {
+            let max = Kind::from_u8(byte).map_or(0, |k| max_payload(k, &limits));
+            for len in [0, max.saturating_sub(1), max, max + 1, u32::MAX] {
+                let mut frame = vec![MAGIC[0], MAGIC[1], VERSION, byte, 0, 0, 0, 9, 0, 0];
+                frame.extend_from_slice(&len.to_be_bytes());
+                frame.resize(frame.len() + (len.min(max + 1) as usize), 0x5a);
+                for end in [HEADER_LEN - 1, HEADER_LEN, frame.len() - 1, frame.len()] {
+                    check_decoder_matches(&frame[..end.min(frame.len())], limits, role);
+                }
+            }
+        }
+    }
+}
+
 fn arb_name() -> impl Strategy<Value = String> {
     "[a-z0-9]{0,32}"
 }
@@ -503,6 +541,37 @@ proptest! {
         let whole = decode_all(&input, SERVER);
         let chunked = decode_chunked(&input, &cuts, SERVER);
         prop_assert_eq!(whole, chunked);
+    }
+
+    #[test]
+    fn frame_decoder_decides_as_decode_frame(
+        reqs in proptest::collection::vec(arb_request(), 0..6),
+        edits in proptest::collection::vec((0usize..256, any::<u8>()), 0..4),
+        garbage in proptest::collection::vec(any::<u8>(), 0..32),
+        max_frame in prop_oneof![Just(Limits::default().max_frame_bytes), 0u32..200],
+        max_text in prop_oneof![Just(Limits::default().max_text_bytes), 0u32..64],
+    ) {
+        let mut input = BytesMut::new();
+        for (i, r) in reqs.iter().enumerate() {
+            encode_request(i as u32, r, &mut input).expect("encodable");
+        }
+        input.extend_from_slice(&garbage);
+        // Overwrite a few bytes, most often in the first header, where every check lives.
+        for (at, value) in edits {
+            if !input.is_empty() {
+                let i = if at < 128 { at % HEADER_LEN } else { at };
+                let i = i % input.len();
+                input[i] = value;
+            }
+        }
+        let limits = Limits {
+            max_frame_bytes: max_frame,
+            max_text_bytes: max_text,
+            ..Limits::default()
+        };
+        for role in [SERVER, CLIENT] {
+            check_decoder_matches(&input, limits, role);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::protocol::{self, bytes_wanted, decode_frame, DecodeError, ErrorCode, Reply, Role};
+use crate::protocol::{self, bytes_wanted, DecodeError, ErrorCode, Reply};
 use crate::server::metrics::Metrics;
 use crate::server::session::{Admitted, CloseReason, Next, Session};
 use crate::server::Shared;
@@ -203,7 +203,7 @@ impl Conn<'_> {
         self.skip_input();
         let mut batch = Vec::new();
         while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
-            match decode_frame(&mut self.inbuf, &self.shared.limits, Role::Server) {
+            match self.shared.decoder.decode(&mut self.inbuf) {
                 Ok(Some(frame)) => {
                     Metrics::bump(&self.shared.metrics.frames_in);
                     let now = Instant::now();

@@ -47,7 +47,7 @@ use crate::config::Config;
 use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal};
-use crate::protocol::{self, ErrorCode, Limits, Reply};
+use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Role};
 use crate::store::{BlobStore, SqliteStore, Store, StoreError};
 
 pub use detector::DetectionStats;
@@ -103,6 +103,8 @@ pub enum ServerError {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) limits: Limits,
+    /// Decodes every connection's requests under `limits`.
+    pub(crate) decoder: FrameDecoder,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) blobs: BlobStore,
     pub(crate) guard: Arc<Guard>,
@@ -275,6 +277,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 limits: config.limits.protocol(),
+                decoder: FrameDecoder::new(config.limits.protocol(), Role::Server),
                 config,
                 store,
                 blobs,
