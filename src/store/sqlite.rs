@@ -81,15 +81,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
 ];
 
-/// What a delivery reports once its batch's fate is known.
-type Finish = Box<dyn FnOnce(bool) + Send>;
+/// Where a queued delivery's result goes: its place in its caller's list, and the caller's
+/// channel.
+type ResultTo = (
+    usize,
+    std::sync::mpsc::SyncSender<(usize, Result<ItemId, StoreError>)>,
+);
 
-/// One delivery waiting for a group commit. It runs inside the batch's transaction (or is
-/// told, with `None`, that the batch could not start) and returns what to do once the batch
-/// commits (`true`) or fails to (`false`).
-/// Besides the `Finish`, a job says whether the transaction is still sound; if any job says
-/// it is not, the batch rolls back instead of committing.
-type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> (Finish, bool) + Send>;
+/// The answer for a delivery that ran in a batch which did not commit.
+fn not_committed() -> StoreError {
+    StoreError::Corrupt("the batch commit failed; nothing was stored".into())
+}
+
+/// The answer for a delivery whose result never arrived (a bug, reported rather than hidden).
+fn lost() -> StoreError {
+    StoreError::Corrupt("a delivery lost its result".into())
+}
 
 /// The SQLite-backed [`Store`].
 ///
@@ -103,7 +110,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-    pending: Mutex<Vec<Job>>,
+    pending: Mutex<Vec<(Delivery, ResultTo)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -132,37 +139,22 @@ impl SqliteStore {
         })
     }
 
-    /// Queues `job` for the next group commit and waits for its result, leading a batch
-    /// itself if nobody else is.
-    fn group_commit<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.group_commit_all(vec![job])
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
-    }
-
-    /// Queues `jobs` together (so they run in this order, in the same batch) for the next
-    /// group commit and waits for all their results, leading batches itself while any is
-    /// missing and nobody else is leading.
-    fn group_commit_all<T, J>(&self, jobs: Vec<J>) -> Vec<Result<T, StoreError>>
-    where
-        T: Send + 'static,
-        J: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let n = jobs.len();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<T, StoreError>)>(n);
+    /// Queues `deliveries` together (so they run in this order, in the same batch) for the
+    /// next group commit and waits for all their results, leading batches itself while any
+    /// is missing and nobody else is leading.
+    fn group_commit(&self, deliveries: Vec<Delivery>) -> Vec<Result<ItemId, StoreError>> {
+        let n = deliveries.len();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<ItemId, StoreError>)>(n);
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for (i, job) in jobs.into_iter().enumerate() {
-                pending.push(wrap_job(i, job, tx.clone()));
+            for (i, delivery) in deliveries.into_iter().enumerate() {
+                pending.push((delivery, (i, tx.clone())));
             }
         }
         drop(tx);
-        let mut results: Vec<Option<Result<T, StoreError>>> = (0..n).map(|_| None).collect();
+        let mut results: Vec<Option<Result<ItemId, StoreError>>> = (0..n).map(|_| None).collect();
         let mut missing = n;
-        let mut collect = |results: &mut Vec<Option<Result<T, StoreError>>>| {
+        let mut collect = |results: &mut Vec<Option<Result<ItemId, StoreError>>>| {
             while let Ok((i, r)) = rx.try_recv() {
                 if let Some(slot) = results.get_mut(i) {
                     if slot.replace(r).is_none() {
@@ -174,14 +166,14 @@ impl SqliteStore {
         };
         while collect(&mut results) > 0 {
             let mut conn = self.write();
-            // A leader may have run our jobs while we waited for the connection.
+            // A leader may have run our deliveries while we waited for the connection.
             if collect(&mut results) == 0 {
                 break;
             }
             let batch =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
             if batch.is_empty() {
-                // Our jobs are in a batch whose results are being handed out right now.
+                // Our deliveries are in a batch whose results are being handed out right now.
                 drop(conn);
                 std::thread::yield_now();
                 continue;
@@ -190,9 +182,7 @@ impl SqliteStore {
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
-            })
+            .map(|r| r.unwrap_or_else(|| Err(lost())))
             .collect()
     }
 
@@ -219,111 +209,191 @@ impl SqliteStore {
     }
 }
 
-/// Checks a delivery's blobs and returns the work it does inside the batch transaction:
-/// the sender's quota check, the insert and the usage update. The batch transaction is
-/// IMMEDIATE: it holds the write lock before any quota is read, so no other writer can
-/// charge the same sender between check and insert.
-fn delivery_job(
+/// One delivery, checked as far as it can be without the database, waiting for a batch.
+struct Delivery {
     from: UserId,
     to: UserId,
-    item: NewItem,
+    kind: ItemKind,
+    requested: u64,
+    title: String,
+    body: String,
+    blobs: Vec<BlobRef>,
     quota: u64,
-) -> Result<impl FnOnce(&Connection) -> Result<ItemId, StoreError> + Send + 'static, StoreError> {
-    let kind = item.kind();
-    let requested = item.size();
-    let (title, body, blobs) = match item {
-        NewItem::Message { text } => (String::new(), text, Vec::new()),
-        NewItem::Mail {
-            subject,
-            body,
-            attachments,
-        } => (subject, body, attachments),
-        NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
-    };
-    for blob in &blobs {
-        check_blob(blob)?;
-    }
-    Ok(move |tx: &Connection| {
-        let used: Option<i64> = tx
-            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
-            .query_row(params![from], |row| row.get(0))
-            .optional()?;
-        let used = match used {
-            Some(used) => sql_to_u64(used, "usage")?,
-            None => return Err(StoreError::UnknownUserId(from)),
+}
+
+impl Delivery {
+    /// Splits `item` into its columns and checks its blob references.
+    fn new(from: UserId, to: UserId, item: NewItem, quota: u64) -> Result<Delivery, StoreError> {
+        let kind = item.kind();
+        let requested = item.size();
+        let (title, body, blobs) = match item {
+            NewItem::Message { text } => (String::new(), text, Vec::new()),
+            NewItem::Mail {
+                subject,
+                body,
+                attachments,
+            } => (subject, body, attachments),
+            NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
         };
-        let recipient_exists = tx
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-            .exists(params![to])?;
-        if !recipient_exists {
-            return Err(StoreError::UnknownUserId(to));
+        for blob in &blobs {
+            check_blob(blob)?;
         }
-        let new_usage = used
-            .checked_add(requested)
-            .filter(|&total| total <= quota)
-            .ok_or(StoreError::QuotaExceeded {
-                used,
-                requested,
-                quota,
-            })?;
-        let size = size_to_sql(requested)?;
+        Ok(Delivery {
+            from,
+            to,
+            kind,
+            requested,
+            title,
+            body,
+            blobs,
+            quota,
+        })
+    }
+
+    /// Inserts the item and its blob rows; returns the item's id.
+    fn insert(&self, tx: &Connection) -> Result<i64, StoreError> {
+        let size = size_to_sql(self.requested)?;
         tx.prepare_cached(
             "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![to, from, kind as u8, size, now_ms(), title, body])?;
+        .execute(params![
+            self.to,
+            self.from,
+            self.kind as u8,
+            size,
+            now_ms(),
+            self.title,
+            self.body
+        ])?;
         let item_id = tx.last_insert_rowid();
-        for (idx, blob) in (0i64..).zip(&blobs) {
+        for (idx, blob) in (0i64..).zip(&self.blobs) {
             insert_blob(tx, item_id, idx, blob)?;
         }
-        tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
-            .execute(params![from, size_to_sql(new_usage)?])?;
-        sql_to_u64(item_id, "item id")
-    })
+        Ok(item_id)
+    }
 }
 
-/// Wraps one caller's job for the batch: it runs in its own savepoint (one failing, for
-/// quota or an unknown user, leaves the others) and reports `(index, result)` on `tx` once
-/// the batch's fate is known, or at once if the batch could not start.
-fn wrap_job<T, J>(
-    index: usize,
-    job: J,
-    tx: std::sync::mpsc::SyncSender<(usize, Result<T, StoreError>)>,
-) -> Job
-where
-    T: Send + 'static,
-    J: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-{
-    Box::new(
-        move |batch: Option<&mut Transaction<'_>>| -> (Finish, bool) {
-            let Some(batch) = batch else {
-                let _ = tx.send((
-                    index,
-                    Err(StoreError::Corrupt(
-                        "the batch transaction could not start".into(),
-                    )),
-                ));
-                return (Box::new(|_| {}), true);
-            };
-            let (result, sound) = in_savepoint(batch, job);
-            let finish: Finish = Box::new(move |committed| {
-                let _ = tx.send((
-                    index,
-                    match result {
-                        Ok(_) if !committed => Err(StoreError::Corrupt(
-                            "the batch commit failed; nothing was stored".into(),
-                        )),
-                        other => other,
+/// What a batch has learnt from the database so far: each sender's usage (as the batch's
+/// deliveries have charged it) and which recipients exist. Usage is read once per sender and
+/// written back once, before the commit, so a batch of N messages from one sender costs N
+/// inserts, not N reads, inserts and updates.
+#[derive(Default)]
+struct Ledger {
+    /// Sender, usage now, and whether it changed since it was read.
+    usage: Vec<(UserId, u64, bool)>,
+    /// Recipient and whether it exists.
+    users: Vec<(UserId, bool)>,
+}
+
+impl Ledger {
+    /// The slot of `user`'s usage, read from the database the first time.
+    fn usage(
+        &mut self,
+        tx: &Connection,
+        user: UserId,
+    ) -> Result<&mut (UserId, u64, bool), StoreError> {
+        let at = match self.usage.iter().position(|e| e.0 == user) {
+            Some(at) => at,
+            None => {
+                let used: Option<i64> = tx
+                    .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+                    .query_row(params![user], |row| row.get(0))
+                    .optional()?;
+                let used = match used {
+                    Some(used) => sql_to_u64(used, "usage")?,
+                    None => return Err(StoreError::UnknownUserId(user)),
+                };
+                self.usage.push((user, used, false));
+                self.usage.len() - 1
+            }
+        };
+        Ok(&mut self.usage[at])
+    }
+
+    /// Whether `user` exists, asked of the database the first time.
+    fn exists(&mut self, tx: &Connection, user: UserId) -> Result<bool, StoreError> {
+        if let Some(&(_, known)) = self.users.iter().find(|e| e.0 == user) {
+            return Ok(known);
+        }
+        let known = tx
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .exists(params![user])?;
+        self.users.push((user, known));
+        Ok(known)
+    }
+
+    /// Writes every changed usage back.
+    fn write_back(&self, tx: &Connection) -> Result<(), StoreError> {
+        for &(user, used, _) in self.usage.iter().filter(|e| e.2) {
+            tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
+                .execute(params![user, size_to_sql(used)?])?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one delivery inside the batch transaction: the sender's quota check (the batch
+/// transaction is IMMEDIATE, so it holds the write lock before any quota is read and no other
+/// writer can charge the same sender between check and insert), the recipient check and the
+/// insert. Returns the result and whether the transaction is still sound (see
+/// [`in_savepoint`]); a refused or failed delivery leaves no trace.
+fn run_delivery(
+    tx: &Connection,
+    ledger: &mut Ledger,
+    d: &Delivery,
+) -> (Result<ItemId, StoreError>, bool) {
+    let checked = (|| {
+        let used = ledger.usage(tx, d.from)?.1;
+        if !ledger.exists(tx, d.to)? {
+            return Err(StoreError::UnknownUserId(d.to));
+        }
+        used.checked_add(d.requested)
+            .filter(|&total| total <= d.quota)
+            .ok_or(StoreError::QuotaExceeded {
+                used,
+                requested: d.requested,
+                quota: d.quota,
+            })
+    })();
+    let new_usage = match checked {
+        Ok(total) => total,
+        Err(e) => return (Err(e), true),
+    };
+    let (inserted, sound) = if d.blobs.is_empty() {
+        // One statement: SQLite undoes a statement that fails a constraint by itself. Any
+        // other failure may have ended the transaction or left it in doubt.
+        match d.insert(tx) {
+            Ok(id) => (Ok(id), true),
+            Err(
+                e @ StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error {
+                        code: rusqlite::ErrorCode::ConstraintViolation,
+                        ..
                     },
-                ));
-            });
-            (finish, sound)
-        },
-    )
+                    _,
+                )),
+            ) => (Err(e), true),
+            Err(e) => (Err(e), false),
+        }
+    } else {
+        // Several rows: a savepoint undoes them together.
+        in_savepoint(tx, |tx| d.insert(tx))
+    };
+    match inserted.and_then(|id| sql_to_u64(id, "item id")) {
+        Ok(id) => {
+            if let Ok(slot) = ledger.usage(tx, d.from) {
+                slot.1 = new_usage;
+                slot.2 = true;
+            }
+            (Ok(id), sound)
+        }
+        Err(e) => (Err(e), sound),
+    }
 }
 
 /// Runs `job` in a savepoint: released if it succeeds, rolled back if it fails, so a failed
-/// delivery leaves no trace in the batch. The savepoint statements are cached (rusqlite's
+/// job leaves no trace in the batch. The savepoint statements are cached (rusqlite's
 /// `Savepoint` parses its SQL on every use, which was a measurable share of each delivery).
 /// Returns the job's result and whether the transaction is still sound: `false` if the
 /// savepoint could not be closed, and the batch must then roll back rather than commit
@@ -352,35 +422,53 @@ fn in_savepoint<T>(
     (result, undone.is_ok())
 }
 
-/// Runs queued deliveries in one transaction and commits once.
-fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
-    match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(mut tx) => {
-            let mut sound = true;
-            let finishes: Vec<Finish> = jobs
-                .into_iter()
-                .map(|job| {
-                    let (finish, ok) = job(Some(&mut tx));
-                    sound &= ok;
-                    finish
-                })
-                .collect();
-            // With synchronous=FULL the WAL is fsynced when commit returns. A transaction
-            // that is no longer sound rolls back when dropped.
-            let committed = sound && tx.commit().is_ok();
-            if !sound {
-                tracing::error!("a delivery could not be undone; the whole batch was rolled back");
-            }
-            for finish in finishes {
-                finish(committed);
-            }
-        }
+/// Runs queued deliveries in one transaction, in order, and commits once; then tells every
+/// caller its delivery's fate.
+///
+/// Once the transaction is unsound (a failure it could not undo, or SQLite ended it under
+/// us), no further delivery runs, since it would run outside any transaction, and the
+/// batch rolls back: every delivery in it is answered with an error.
+fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a batch transaction");
-            for job in jobs {
-                job(None).0(false);
+            for (_, (i, to)) in batch {
+                let _ = to.send((
+                    i,
+                    Err(StoreError::Corrupt(
+                        "the batch transaction could not start".into(),
+                    )),
+                ));
             }
+            return;
         }
+    };
+    let mut ledger = Ledger::default();
+    let mut sound = true;
+    let mut results = Vec::with_capacity(batch.len());
+    for (delivery, _) in &batch {
+        if !sound {
+            results.push(Err(not_committed()));
+            continue;
+        }
+        let (result, ok) = run_delivery(&tx, &mut ledger, delivery);
+        sound = ok && !tx.is_autocommit();
+        results.push(result);
+    }
+    sound = sound && ledger.write_back(&tx).is_ok() && !tx.is_autocommit();
+    // With synchronous=FULL the WAL is fsynced when commit returns. A transaction that is
+    // no longer sound rolls back when dropped.
+    let committed = sound && tx.commit().is_ok();
+    if !sound {
+        tracing::error!("a delivery could not be undone; the whole batch was rolled back");
+    }
+    for ((_, (i, to)), result) in batch.into_iter().zip(results) {
+        let result = match result {
+            Ok(_) if !committed => Err(not_committed()),
+            other => other,
+        };
+        let _ = to.send((i, result));
     }
 }
 
@@ -653,7 +741,10 @@ impl Store for SqliteStore {
         item: NewItem,
         quota: u64,
     ) -> Result<ItemId, StoreError> {
-        self.group_commit(delivery_job(from, to, item, quota)?)
+        let delivery = Delivery::new(from, to, item, quota)?;
+        self.group_commit(vec![delivery])
+            .pop()
+            .unwrap_or_else(|| Err(lost()))
     }
 
     /// One group commit for the whole list: the items join the batch together, in order.
@@ -665,24 +756,22 @@ impl Store for SqliteStore {
     ) -> Vec<Result<ItemId, StoreError>> {
         // Items refused before touching the database keep their place in the answer.
         let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(items.len());
-        let mut jobs = Vec::with_capacity(items.len());
+        let mut deliveries = Vec::with_capacity(items.len());
         for (to, item) in items {
-            match delivery_job(from, to, item, quota) {
-                Ok(job) => {
+            match Delivery::new(from, to, item, quota) {
+                Ok(delivery) => {
                     refused.push(None);
-                    jobs.push(job);
+                    deliveries.push(delivery);
                 }
                 Err(e) => refused.push(Some(e)),
             }
         }
-        let mut committed = self.group_commit_all(jobs).into_iter();
+        let mut committed = self.group_commit(deliveries).into_iter();
         refused
             .into_iter()
             .map(|r| match r {
                 Some(e) => Err(e),
-                None => committed.next().unwrap_or_else(|| {
-                    Err(StoreError::Corrupt("a delivery lost its result".into()))
-                }),
+                None => committed.next().unwrap_or_else(|| Err(lost())),
             })
             .collect()
     }
@@ -1343,30 +1432,78 @@ mod tests {
     fn a_job_that_fails_after_writing_leaves_no_trace() -> TestResult {
         let (_dir, store) = store()?;
         let (alice, _) = two_users(&store)?;
-        type TestJob = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
-        let charge = move |fail: bool| -> TestJob {
-            Box::new(move |c: &Connection| {
-                c.execute(
-                    "UPDATE users SET usage_bytes = usage_bytes + 5 WHERE id = ?1",
-                    params![alice],
-                )?;
-                if fail {
-                    return Err(StoreError::Corrupt("refused after writing".into()));
-                }
-                Ok(())
-            })
+        let charge = |c: &Connection, fail: bool| -> Result<(), StoreError> {
+            c.execute(
+                "UPDATE users SET usage_bytes = usage_bytes + 5 WHERE id = ?1",
+                params![alice],
+            )?;
+            if fail {
+                return Err(StoreError::Corrupt("refused after writing".into()));
+            }
+            Ok(())
         };
-        let results = store.group_commit_all(vec![charge(false), charge(true), charge(false)]);
-        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let mut conn = store.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let results: Vec<_> = [false, true, false]
+            .into_iter()
+            .map(|fail| in_savepoint(&tx, |c| charge(c, fail)))
+            .collect();
+        assert!(results.iter().all(|(_, sound)| *sound), "{results:?}");
+        assert!(results[0].0.is_ok() && results[2].0.is_ok(), "{results:?}");
         assert!(
-            matches!(results[1], Err(StoreError::Corrupt(_))),
+            matches!(results[1].0, Err(StoreError::Corrupt(_))),
             "{results:?}"
         );
+        tx.commit()?;
+        drop(conn);
         assert_eq!(
             store.usage(alice)?,
             10,
             "only the two that succeeded were applied"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_charges_each_sender_in_turn_and_writes_usage_once() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let carol = store.add_user("carol", "h")?;
+        let blob = blob(&BlobStore::open(_dir.path())?, b"0123456789", "f.txt")?;
+        // One batch, senders interleaved: alice (quota 25) sends 20, then 10 (refused), then
+        // a 10-byte file (refused), then 5; bob sends 7 and 30 (refused under 25); carol
+        // sends to nobody (refused) and then 3.
+        let d = |from, to, item, quota| Delivery::new(from, to, item, quota);
+        let batch = vec![
+            d(alice, bob, message("01234567890123456789"), 25)?,
+            d(bob, alice, message("0123456"), 25)?,
+            d(alice, carol, message("0123456789"), 25)?,
+            d(alice, bob, NewItem::File(blob), 25)?,
+            d(carol, UserId::MAX, message("x"), 25)?,
+            d(bob, carol, message("012345678901234567890123456789"), 25)?,
+            d(alice, carol, message("01234"), 25)?,
+            d(carol, bob, message("012"), 25)?,
+        ];
+        let results = store.group_commit(batch);
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(
+            ok,
+            [true, true, false, false, false, false, true, true],
+            "{results:?}"
+        );
+        assert!(matches!(
+            results[3],
+            Err(StoreError::QuotaExceeded {
+                used: 20,
+                requested: 10,
+                quota: 25
+            })
+        ));
+        assert!(matches!(results[4], Err(StoreError::UnknownUserId(_))));
+        assert_eq!(store.usage(alice)?, 25);
+        assert_eq!(store.usage(bob)?, 7);
+        assert_eq!(store.usage(carol)?, 3);
+        assert_usage_consistent(&store)?;
         Ok(())
     }
 }
