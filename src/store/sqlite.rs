@@ -101,8 +101,9 @@ fn lost() -> StoreError {
 /// The SQLite-backed [`Store`].
 ///
 /// Deliveries use group commit: each caller queues its work, and whichever caller holds the
-/// writer connection next runs every queued delivery in one IMMEDIATE transaction, each in its
-/// own savepoint, and commits once. With `synchronous=FULL` that one commit is one fsync for
+/// writer connection next runs every queued delivery in one IMMEDIATE transaction, in queue
+/// order, and commits once (a delivery of several rows runs in its own savepoint; a message is
+/// one insert, and each sender's usage is read and written once per batch). With `synchronous=FULL` that one commit is one fsync for
 /// the whole batch, and nobody is acknowledged before it returns. Under load the batch grows
 /// to the number of waiting callers, so throughput scales with concurrency instead of being
 /// capped at one fsync per message.
@@ -1426,6 +1427,51 @@ mod tests {
                 .filter_map(Result::ok)
                 .collect()
         })
+    }
+
+    #[test]
+    fn many_callers_each_get_every_answer_once() -> TestResult {
+        // 16 threads, each 20 calls of one to four messages, single and batched mixed, under
+        // a quota that admits exactly 300 of the 8,000 bytes offered: every call returns, with
+        // one answer per message, and the accepted ones add up.
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let mut accepted = 0;
+                    for call in 0..20usize {
+                        let n = 1 + (t + call) % 4;
+                        let results = if n == 1 {
+                            vec![store.deliver(alice, bob, message("0123456789"), 300)]
+                        } else {
+                            let batch = (0..n).map(|_| (bob, message("0123456789"))).collect();
+                            store.deliver_all(alice, batch, 300)
+                        };
+                        assert_eq!(results.len(), n);
+                        for r in results {
+                            match r {
+                                Ok(_) => accepted += 1,
+                                Err(StoreError::QuotaExceeded { .. }) => {}
+                                Err(e) => panic!("unexpected error: {e}"),
+                            }
+                        }
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in threads {
+            accepted += t.join().map_err(|_| "delivery thread panicked")?;
+        }
+        assert_eq!(accepted, 30);
+        assert_eq!(store.usage(alice)?, 300);
+        assert_eq!(store.inbox(bob, 0, 100)?.len(), 30);
+        assert_usage_consistent(&store)?;
+        Ok(())
     }
 
     #[test]
