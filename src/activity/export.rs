@@ -602,26 +602,7 @@ mod tests {
 
     #[test]
     fn event_names_cover_every_kind() {
-        let kinds = [
-            EventKind::Accept,
-            EventKind::Refused { reason: "" },
-            EventKind::FrameIn {
-                kind: 0,
-                size: 0,
-                assemble_ms: 0,
-            },
-            EventKind::FrameOut { kind: 0, size: 0 },
-            EventKind::DecodeError { reason: "" },
-            EventKind::AuthOk,
-            EventKind::AuthFailed,
-            EventKind::RateLimited { reason: "" },
-            EventKind::PermissionDenied,
-            EventKind::Timeout { reason: "" },
-            EventKind::Close {
-                reason: "",
-                unread_bytes: 0,
-            },
-        ];
+        let kinds = crate::activity::one_of_each_kind();
         let names: Vec<&str> = kinds.iter().map(EventKind::name).collect();
         assert_eq!(names, EVENT_NAMES);
     }

@@ -160,3 +160,35 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// One event of every kind, in declaration order, with reasons a server records (tests).
+#[cfg(test)]
+pub(crate) fn one_of_each_kind() -> [EventKind; 11] {
+    [
+        EventKind::Accept,
+        EventKind::Refused { reason: "blocked" },
+        EventKind::FrameIn {
+            kind: 3,
+            size: 70_000,
+            assemble_ms: 12,
+        },
+        EventKind::FrameOut {
+            kind: 0x82,
+            size: 8,
+        },
+        EventKind::DecodeError {
+            reason: crate::protocol::DecodeError::REASONS[0],
+        },
+        EventKind::AuthOk,
+        EventKind::AuthFailed,
+        EventKind::RateLimited {
+            reason: "login_rate_ip",
+        },
+        EventKind::PermissionDenied,
+        EventKind::Timeout { reason: "idle" },
+        EventKind::Close {
+            reason: "eof",
+            unread_bytes: 9,
+        },
+    ]
+}
