@@ -169,9 +169,8 @@ pub fn visit_stream(
 ) -> (Option<DecodeError>, usize) {
     let len = buf.len();
     let mut consumed = 0usize;
-    let decoder = FrameDecoder::new(*limits, role);
-    let error = loop {
-        match step(buf, &decoder, around) {
+    let error = with_decoder(limits, role, |decoder| loop {
+        match step(buf, decoder, around) {
             Step::Frame(f, used) => {
                 consumed += used;
                 on_frame(f);
@@ -179,13 +178,32 @@ pub fn visit_stream(
             Step::More => break None,
             Step::Error(e) => break Some(e),
         }
-    };
+    });
     assert_eq!(
         consumed + buf.len(),
         len,
         "consumed bytes and the remainder add up to the input"
     );
     (error, buf.len())
+}
+
+thread_local! {
+    /// The server's and the client's decoder under the default limits, built once per
+    /// thread: most targets decode under those, and building a decoder's table per input
+    /// was a measurable share of a short execution.
+    static DEFAULT_DECODERS: [FrameDecoder; 2] = [
+        FrameDecoder::new(Limits::default(), Role::Server),
+        FrameDecoder::new(Limits::default(), Role::Client),
+    ];
+}
+
+/// Runs `f` with a decoder for `role` under `limits`.
+fn with_decoder<T>(limits: &Limits, role: Role, f: impl FnOnce(&FrameDecoder) -> T) -> T {
+    if *limits == Limits::default() {
+        DEFAULT_DECODERS.with(|d| f(&d[usize::from(role == Role::Client)]))
+    } else {
+        f(&FrameDecoder::new(*limits, role))
+    }
 }
 
 /// One request frame as the server's connection loop sees it.
