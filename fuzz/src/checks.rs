@@ -243,9 +243,8 @@ pub fn server_stream(stream: &[u8], limits: &Limits) -> ServerStream {
     let mut buf = BytesMut::from(stream);
     let mut incoming = Vec::new();
     let mut consumed = 0usize;
-    let decoder = FrameDecoder::new(*limits, Role::Server);
-    let error = loop {
-        match step(&mut buf, &decoder, &Plain) {
+    let error = with_decoder(limits, Role::Server, |decoder| loop {
+        match step(&mut buf, decoder, &Plain) {
             Step::Frame(f, used) => {
                 consumed += used;
                 incoming.push(Incoming::Frame(f));
@@ -286,7 +285,7 @@ pub fn server_stream(stream: &[u8], limits: &Limits) -> ServerStream {
             }
             Step::Error(e) => break Some(e),
         }
-    };
+    });
     assert_eq!(
         consumed + buf.len(),
         stream.len(),

@@ -222,7 +222,7 @@ fn deliver_all(
         .map(|p| match p {
             Ok(_) => results
                 .next()
-                .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())))
+                .unwrap_or_else(|| Err(StoreError::lost_result()))
                 .map(Some),
             Err(answer) => answer,
         })
@@ -725,7 +725,7 @@ impl Session {
         let result = blocking(move || deliver_all(&*store, me, vec![(to, item)], quota))
             .await
             .pop()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("a delivery lost its result".into())));
+            .unwrap_or_else(|| Err(StoreError::lost_result()));
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);

@@ -253,6 +253,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The answer for a delivery whose result never came back from a batch: a bug, reported
+    /// rather than hidden.
+    pub fn lost_result() -> StoreError {
+        StoreError::Corrupt("a delivery lost its result".into())
+    }
+}
+
 /// Persistence for users and their items.
 ///
 /// Every method is synchronous and may block on disk; the server calls them inside

@@ -28,6 +28,7 @@
 //! means no `SQLITE_BUSY` between our own writes. Writes that check and then change (quota,
 //! ownership) run in `BEGIN IMMEDIATE` transactions so the check and the change are atomic.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,18 +94,14 @@ fn not_committed() -> StoreError {
     StoreError::Corrupt("the batch commit failed; nothing was stored".into())
 }
 
-/// The answer for a delivery whose result never arrived (a bug, reported rather than hidden).
-fn lost() -> StoreError {
-    StoreError::Corrupt("a delivery lost its result".into())
-}
-
 /// The SQLite-backed [`Store`].
 ///
 /// Deliveries use group commit: each caller queues its work, and whichever caller holds the
 /// writer connection next runs every queued delivery in one IMMEDIATE transaction, in queue
-/// order, and commits once (a delivery of several rows runs in its own savepoint; a message is
-/// one insert, and each sender's usage is read and written once per batch). With `synchronous=FULL` that one commit is one fsync for
-/// the whole batch, and nobody is acknowledged before it returns. Under load the batch grows
+/// order, and commits once (a delivery of several rows runs in its own savepoint; a message
+/// is one insert, and each sender's usage is read and written once per batch). With
+/// `synchronous=FULL` that one commit is one fsync for the whole batch, and nobody is
+/// acknowledged before it returns. Under load the batch grows
 /// to the number of waiting callers, so throughput scales with concurrency instead of being
 /// capped at one fsync per message.
 pub struct SqliteStore {
@@ -183,7 +180,7 @@ impl SqliteStore {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(lost())))
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::lost_result())))
             .collect()
     }
 
@@ -278,57 +275,65 @@ impl Delivery {
 /// What a batch has learnt from the database so far: each sender's usage (as the batch's
 /// deliveries have charged it) and which recipients exist. Usage is read once per sender and
 /// written back once, before the commit, so a batch of N messages from one sender costs N
-/// inserts, not N reads, inserts and updates.
+/// inserts, not N reads, inserts and updates. A batch can hold deliveries from as many
+/// senders as there are connections, hence maps rather than lists.
 #[derive(Default)]
 struct Ledger {
-    /// Sender, usage now, and whether it changed since it was read.
-    usage: Vec<(UserId, u64, bool)>,
-    /// Recipient and whether it exists.
-    users: Vec<(UserId, bool)>,
+    /// Sender, and its usage as read and as charged since.
+    usage: HashMap<UserId, Usage>,
+    /// Recipient, and whether it exists.
+    users: HashMap<UserId, bool>,
+}
+
+/// One sender's usage within a batch.
+#[derive(Clone, Copy)]
+struct Usage {
+    read: u64,
+    now: u64,
 }
 
 impl Ledger {
-    /// The slot of `user`'s usage, read from the database the first time.
-    fn usage(
-        &mut self,
-        tx: &Connection,
-        user: UserId,
-    ) -> Result<&mut (UserId, u64, bool), StoreError> {
-        let at = match self.usage.iter().position(|e| e.0 == user) {
-            Some(at) => at,
-            None => {
-                let used: Option<i64> = tx
-                    .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
-                    .query_row(params![user], |row| row.get(0))
-                    .optional()?;
-                let used = match used {
-                    Some(used) => sql_to_u64(used, "usage")?,
-                    None => return Err(StoreError::UnknownUserId(user)),
-                };
-                self.usage.push((user, used, false));
-                self.usage.len() - 1
-            }
+    /// `user`'s usage as charged so far in this batch, read from the database the first
+    /// time.
+    fn usage(&mut self, tx: &Connection, user: UserId) -> Result<u64, StoreError> {
+        if let Some(u) = self.usage.get(&user) {
+            return Ok(u.now);
+        }
+        let used: Option<i64> = tx
+            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
+            .query_row(params![user], |row| row.get(0))
+            .optional()?;
+        let used = match used {
+            Some(used) => sql_to_u64(used, "usage")?,
+            None => return Err(StoreError::UnknownUserId(user)),
         };
-        Ok(&mut self.usage[at])
+        self.usage.insert(
+            user,
+            Usage {
+                read: used,
+                now: used,
+            },
+        );
+        Ok(used)
     }
 
     /// Whether `user` exists, asked of the database the first time.
     fn exists(&mut self, tx: &Connection, user: UserId) -> Result<bool, StoreError> {
-        if let Some(&(_, known)) = self.users.iter().find(|e| e.0 == user) {
+        if let Some(&known) = self.users.get(&user) {
             return Ok(known);
         }
         let known = tx
             .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
             .exists(params![user])?;
-        self.users.push((user, known));
+        self.users.insert(user, known);
         Ok(known)
     }
 
     /// Writes every changed usage back.
     fn write_back(&self, tx: &Connection) -> Result<(), StoreError> {
-        for &(user, used, _) in self.usage.iter().filter(|e| e.2) {
+        for (&user, u) in self.usage.iter().filter(|(_, u)| u.now != u.read) {
             tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
-                .execute(params![user, size_to_sql(used)?])?;
+                .execute(params![user, size_to_sql(u.now)?])?;
         }
         Ok(())
     }
@@ -345,7 +350,7 @@ fn run_delivery(
     d: &Delivery,
 ) -> (Result<ItemId, StoreError>, bool) {
     let checked = (|| {
-        let used = ledger.usage(tx, d.from)?.1;
+        let used = ledger.usage(tx, d.from)?;
         if !ledger.exists(tx, d.to)? {
             return Err(StoreError::UnknownUserId(d.to));
         }
@@ -361,21 +366,20 @@ fn run_delivery(
         Ok(total) => total,
         Err(e) => return (Err(e), true),
     };
+    // Read by the check above; without it the charge could not be recorded, so refuse.
+    let Some(charged) = ledger.usage.get_mut(&d.from) else {
+        return (Err(StoreError::lost_result()), true);
+    };
     let (inserted, sound) = if d.blobs.is_empty() {
         // One statement: SQLite undoes a statement that fails a constraint by itself. Any
         // other failure may have ended the transaction or left it in doubt.
         match d.insert(tx) {
             Ok(id) => (Ok(id), true),
-            Err(
-                e @ StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error {
-                        code: rusqlite::ErrorCode::ConstraintViolation,
-                        ..
-                    },
-                    _,
-                )),
-            ) => (Err(e), true),
-            Err(e) => (Err(e), false),
+            Err(e) => {
+                let undone = matches!(&e, StoreError::Sqlite(s)
+                    if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation));
+                (Err(e), undone)
+            }
         }
     } else {
         // Several rows: a savepoint undoes them together.
@@ -383,10 +387,7 @@ fn run_delivery(
     };
     match inserted.and_then(|id| sql_to_u64(id, "item id")) {
         Ok(id) => {
-            if let Ok(slot) = ledger.usage(tx, d.from) {
-                slot.1 = new_usage;
-                slot.2 = true;
-            }
+            charged.now = new_usage;
             (Ok(id), sound)
         }
         Err(e) => (Err(e), sound),
@@ -745,7 +746,7 @@ impl Store for SqliteStore {
         let delivery = Delivery::new(from, to, item, quota)?;
         self.group_commit(vec![delivery])
             .pop()
-            .unwrap_or_else(|| Err(lost()))
+            .unwrap_or_else(|| Err(StoreError::lost_result()))
     }
 
     /// One group commit for the whole list: the items join the batch together, in order.
@@ -772,7 +773,9 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|r| match r {
                 Some(e) => Err(e),
-                None => committed.next().unwrap_or_else(|| Err(lost())),
+                None => committed
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::lost_result())),
             })
             .collect()
     }
