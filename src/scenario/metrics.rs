@@ -115,6 +115,22 @@ pub struct Timeline {
     pub attack_windows: Vec<AttackWindow>,
     /// Attack sources blocked so far, sampled: (seconds, count).
     pub blocked_sources: Vec<(f64, u64)>,
+    /// The stall detector, once a second (in-process servers only; empty otherwise).
+    pub stalls: Vec<StallPoint>,
+}
+
+/// The longest waits inside the server during the second before `t_s`: where a latency
+/// spike came from (a starved event loop, a slow store commit, a slow activity commit).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct StallPoint {
+    /// Seconds from the scenario start at which the sample was taken.
+    pub t_s: f64,
+    /// Longest event-loop lag past a 10 ms timer, ms.
+    pub loop_lag_ms: f64,
+    /// Longest store delivery a session waited for (group commit and fsync included), ms.
+    pub delivery_ms: f64,
+    /// Longest activity-database commit (with any checkpoint it ran), ms.
+    pub activity_commit_ms: f64,
 }
 
 impl Timeline {
@@ -156,6 +172,7 @@ impl Timeline {
             rss_mb: Vec::new(),
             attack_windows: Vec::new(),
             blocked_sources: Vec::new(),
+            stalls: Vec::new(),
         }
     }
 }

@@ -35,18 +35,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::legit::{self, ClientRun, LoadContext};
 use super::metrics::{
-    self, percentile, round, AttackMetrics, AttackWindow, LiveCounters, ScenarioMetrics, Timeline,
+    self, ms, percentile, round, AttackMetrics, AttackWindow, LiveCounters, ScenarioMetrics,
+    StallPoint, Timeline,
 };
 use super::report::ScenarioReport;
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
-use crate::activity::RecorderStats;
+use crate::activity::{Recorder, RecorderStats};
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
 use crate::config::AuthConfig;
 use crate::detect::Model;
 use crate::firewall::{Action, Signal};
 use crate::guard::Guard;
 use crate::server::auth::hash_password;
-use crate::server::{DetectionStats, MetricsSnapshot, Server, ServerHandle};
+use crate::server::{DetectionStats, Metrics, MetricsSnapshot, Server, ServerHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 
 /// The planted victim.
@@ -64,6 +65,8 @@ const START_DELAY: Duration = Duration::from_millis(200);
 const BLOCK_POLL: Duration = Duration::from_millis(100);
 /// How often memory is sampled.
 const RSS_SAMPLE: Duration = Duration::from_millis(250);
+/// How often the stall detector's maxima are taken (one point per timeline bucket).
+const STALL_SAMPLE: Duration = Duration::from_secs(1);
 /// Time attacks get to return after being cancelled, before they are aborted.
 const ATTACK_GRACE: Duration = Duration::from_secs(10);
 /// Extra time legit operations in flight at the end get, beyond the latency SLO.
@@ -232,6 +235,16 @@ impl Target {
             Target::External { .. } => None,
         }
     }
+
+    /// What the stall detector reads: the server's counters and its recorder.
+    fn stall_probes(&self) -> Option<(Arc<Metrics>, Recorder)> {
+        match self {
+            Target::InProcess { handle, .. } => {
+                Some((handle.metrics(), handle.server().recorder().clone()))
+            }
+            Target::External { .. } => None,
+        }
+    }
 }
 
 /// Runs one scenario. Never fails: a setup error becomes a failed report.
@@ -360,10 +373,12 @@ struct Sampled {
     false_blocked: BTreeSet<Ipv4Addr>,
     rss: Vec<(f64, f64)>,
     blocked_series: Vec<(f64, u64)>,
+    stalls: Vec<StallPoint>,
 }
 
 struct SamplerInput {
     guard: Option<Arc<Guard>>,
+    stall_probes: Option<(Arc<Metrics>, Recorder)>,
     pid: Option<u32>,
     in_process: bool,
     attack_sources: Vec<Ipv4Addr>,
@@ -397,6 +412,12 @@ async fn sample(input: SamplerInput, stop: CancellationToken, progress: &dyn Pro
     let mut tick = tokio::time::interval(BLOCK_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rss: Option<Instant> = None;
+    let mut last_stall = input.t0;
+    if let Some((metrics, recorder)) = &input.stall_probes {
+        // What happened before the scenario started is not the scenario's.
+        metrics.stalls.take();
+        recorder.take_longest_commit();
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -414,6 +435,18 @@ async fn sample(input: SamplerInput, stop: CancellationToken, progress: &dyn Pro
                 if guard.is_blocked(IpAddr::V4(*ip)) {
                     s.false_blocked.insert(*ip);
                 }
+            }
+        }
+        if let Some((metrics, recorder)) = &input.stall_probes {
+            if now.saturating_duration_since(last_stall) >= STALL_SAMPLE {
+                last_stall = now;
+                let taken = metrics.stalls.take();
+                s.stalls.push(StallPoint {
+                    t_s: round(since.as_secs_f64(), 3),
+                    loop_lag_ms: round(taken.loop_lag_us as f64 / 1000.0, 3),
+                    delivery_ms: round(taken.delivery_us as f64 / 1000.0, 3),
+                    activity_commit_ms: round(ms(recorder.take_longest_commit()), 3),
+                });
             }
         }
         if last_rss.is_none_or_elapsed(now, RSS_SAMPLE) {
@@ -644,6 +677,7 @@ async fn run_inner(
     let sampler_stop = CancellationToken::new();
     let input = SamplerInput {
         guard: server.guard(),
+        stall_probes: server.stall_probes(),
         pid: match &server {
             Target::External { pid } => *pid,
             Target::InProcess { .. } => None,
@@ -977,6 +1011,7 @@ fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
     let mut timeline = Timeline::from_records(&j.records, s.duration(), slo);
     timeline.rss_mb = rss;
     timeline.blocked_sources = j.sampled.blocked_series;
+    timeline.stalls = j.sampled.stalls;
     timeline.attack_windows = s
         .attacks()
         .iter()

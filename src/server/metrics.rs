@@ -14,6 +14,8 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: AtomicU64, )*
             /// Decode errors by reason, indexed like [`DecodeError::REASONS`].
             pub decode_errors: [AtomicU64; DecodeError::REASONS.len()],
+            /// The longest waits since a stall detector last took them.
+            pub stalls: Stalls,
         }
 
         /// A point-in-time copy of [`Metrics`].
@@ -95,5 +97,69 @@ impl MetricsSnapshot {
     /// All decode errors, whatever the reason.
     pub fn decode_errors_total(&self) -> u64 {
         self.decode_errors.values().sum()
+    }
+}
+
+/// The longest waits seen since they were last taken: what a stall detector samples once
+/// per interval (the scenario runner, once a second). Each is a maximum in microseconds,
+/// reset by [`Stalls::take`].
+#[derive(Debug, Default)]
+pub struct Stalls {
+    /// How late the event loop ran a timer that should have fired every
+    /// [`LAG_PROBE_EVERY`]: a worker thread that is blocked or starved shows here.
+    pub loop_lag_us: AtomicU64,
+    /// The longest store delivery as a session waited for it (blocking-pool hand-off, group
+    /// commit and its fsync): a slow disk shows here.
+    pub delivery_us: AtomicU64,
+}
+
+/// How often the server's event-loop lag probe wakes.
+pub const LAG_PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// One sample of [`Stalls`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StallSample {
+    /// Longest event-loop lag, microseconds.
+    pub loop_lag_us: u64,
+    /// Longest store delivery, microseconds.
+    pub delivery_us: u64,
+}
+
+impl Stalls {
+    /// Raises `counter` to `d` if `d` is longer.
+    pub fn note(counter: &AtomicU64, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        counter.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The maxima since the last call, resetting them.
+    pub fn take(&self) -> StallSample {
+        StallSample {
+            loop_lag_us: self.loop_lag_us.swap(0, Ordering::Relaxed),
+            delivery_us: self.delivery_us.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stalls_keep_the_maximum_until_taken() {
+        let m = Metrics::default();
+        Stalls::note(&m.stalls.delivery_us, Duration::from_millis(3));
+        Stalls::note(&m.stalls.delivery_us, Duration::from_millis(40));
+        Stalls::note(&m.stalls.delivery_us, Duration::from_millis(5));
+        Stalls::note(&m.stalls.loop_lag_us, Duration::from_micros(700));
+        assert_eq!(
+            m.stalls.take(),
+            StallSample {
+                loop_lag_us: 700,
+                delivery_us: 40_000
+            }
+        );
+        assert_eq!(m.stalls.take(), StallSample::default());
     }
 }

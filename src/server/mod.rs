@@ -51,7 +51,7 @@ use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Role};
 use crate::store::{BlobStore, SqliteStore, Store, StoreError};
 
 pub use detector::DetectionStats;
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot, StallSample, Stalls};
 pub use session::CloseReason;
 
 /// A test-only hook run on every decoded request before it is handled; a hook that panics
@@ -352,6 +352,7 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let tracker = TaskTracker::new();
         let purge = tokio::spawn(purge_loop(Arc::clone(&self.shared)));
+        tracker.spawn(lag_probe(Arc::downgrade(&self.shared)));
         let accept = tokio::spawn(accept_loop(self.clone(), listener, tracker.clone()));
         Ok(ServerHandle {
             server: self,
@@ -437,6 +438,30 @@ async fn purge_loop(shared: Arc<Shared>) {
                 shared.firewall.purge();
             }
         }
+    }
+}
+
+/// Measures event-loop lag: wakes every [`metrics::LAG_PROBE_EVERY`] and notes how late it
+/// woke in [`metrics::Stalls::loop_lag_us`]. It holds the server weakly, so a server dropped
+/// without a shutdown does not keep it (or itself) alive.
+async fn lag_probe(shared: std::sync::Weak<Shared>) {
+    let shutdown = match shared.upgrade() {
+        Some(s) => s.shutdown.clone(),
+        None => return,
+    };
+    let mut due = tokio::time::Instant::now() + metrics::LAG_PROBE_EVERY;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let now = tokio::time::Instant::now();
+        let Some(s) = shared.upgrade() else { return };
+        metrics::Stalls::note(
+            &s.metrics.stalls.loop_lag_us,
+            now.saturating_duration_since(due),
+        );
+        due = now + metrics::LAG_PROBE_EVERY;
     }
 }
 

@@ -159,6 +159,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+/// Runs a store delivery on the blocking pool and notes how long the session waited for it
+/// (the stall detector's view of the disk).
+async fn timed_delivery<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let started = std::time::Instant::now();
+    let out = blocking(f).await;
+    crate::server::metrics::Stalls::note(&shared.metrics.stalls.delivery_us, started.elapsed());
+    out
+}
+
 fn to_wire_kind(k: store::ItemKind) -> ItemKind {
     match k {
         store::ItemKind::Message => ItemKind::Message,
@@ -393,7 +405,7 @@ impl Session {
             .into_iter()
             .map(|(to, text)| (to, NewItem::Message { text }))
             .collect();
-        let results = blocking(move || deliver_all(&*store, me, items, quota)).await;
+        let results = timed_delivery(&shared, move || deliver_all(&*store, me, items, quota)).await;
         results
             .into_iter()
             .map(|r| match delivered(&shared, r) {
@@ -722,10 +734,12 @@ impl Session {
         };
         let store = Arc::clone(&shared.store);
         let quota = shared.config.limits.user_quota_bytes;
-        let result = blocking(move || deliver_all(&*store, me, vec![(to, item)], quota))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::lost_result()));
+        let result = timed_delivery(&shared, move || {
+            deliver_all(&*store, me, vec![(to, item)], quota)
+        })
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::lost_result()));
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);
