@@ -136,7 +136,7 @@ pub fn open(data_dir: &Path) -> Result<Connection, ActivityError> {
     // many. A 32 MiB page cache keeps the pages a batch touches across commits.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
-         PRAGMA wal_autocheckpoint = 8192; PRAGMA cache_size = -32768;",
+         PRAGMA wal_autocheckpoint = 1024; PRAGMA cache_size = -32768;",
     )?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
