@@ -1123,6 +1123,29 @@ fn unreachable_server_is_a_one_line_error() {
     expect_error(&out, "cannot reach server");
 }
 
+/// Runs `rampart serve` with `config`, which must refuse to start without ever listening.
+#[track_caller]
+fn serve_refused(data: &Path, config: &Path) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--data-dir",
+        path_str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path_str(config),
+    ]);
+    let out = spawn(cmd, b"").finish(Duration::from_secs(20));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !text(&out.stdout).contains("listening on"),
+        "{}",
+        describe(&out)
+    );
+    out
+}
+
 #[test]
 fn config_check_and_serve_with_a_bad_config() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1164,24 +1187,7 @@ fn config_check_and_serve_with_a_bad_config() {
 
     // The server refuses to start on either, without ever listening.
     for bad in [&typo, &zero] {
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--data-dir",
-            path_str(&data),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path_str(bad),
-        ]);
-        let out = spawn(cmd, b"").finish(Duration::from_secs(20));
-        assert!(!out.status.success(), "{}", describe(&out));
-        assert!(
-            !text(&out.stdout).contains("listening on"),
-            "{}",
-            describe(&out)
-        );
+        let out = serve_refused(&dir.path().join("data"), bad);
         assert!(text(&out.stderr).contains("max_me"), "{}", describe(&out));
     }
 }
@@ -1577,5 +1583,28 @@ fn a_sender_cannot_drive_the_recipients_terminal() {
         let v: Value = serde_json::from_str(json.trim()).expect("fetch --json");
         let field = if v["kind"] == "mail" { "body" } else { "text" };
         assert_eq!(v[field], Value::from(text.as_str()), "JSON stays exact");
+    }
+}
+
+#[test]
+fn config_check_and_serve_refuse_values_that_would_kill_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Each parsed and passed `config check` before, then aborted on allocation, hung
+    // start-up, or spawned thousands of threads.
+    for (toml, key) in [
+        (
+            "[auth]\nargon2_memory_kib = 4294967295\n",
+            "auth.argon2_memory_kib",
+        ),
+        (
+            "[auth]\nargon2_iterations = 1000000\n",
+            "auth.argon2_iterations",
+        ),
+        ("[auth]\nlogin_workers = 20000\n", "auth.login_workers"),
+    ] {
+        let file = dir.path().join("bad.toml");
+        write_file(&file, toml.as_bytes());
+        expect_error(&rampart(&["config", "check", path_str(&file)]), key);
+        expect_error(&serve_refused(&dir.path().join("data"), &file), key);
     }
 }

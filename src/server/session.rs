@@ -497,15 +497,18 @@ impl Session {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
         };
-        let Ok(ok) = shared.verifier.verify(hash, password).await else {
+        let Ok(verified) = shared.verifier.verify(hash.clone(), password).await else {
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,
                 "too many logins waiting for verification; try again later",
             ));
         };
-        match (ok, id) {
+        match (verified.matches, id) {
             (true, Some(id)) => {
+                if let (Some(old), Some(new)) = (hash, verified.rehashed) {
+                    self.upgrade_hash(id, old, new).await;
+                }
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
@@ -519,6 +522,21 @@ impl Session {
                 tracing::info!(peer = %self.peer, user = %user, "failed login");
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
+        }
+    }
+
+    /// Stores `new`, the session user's password hashed with the current argon2 parameters,
+    /// in place of `old`. A failure only delays the upgrade to the next login, so it is
+    /// logged, not answered.
+    async fn upgrade_hash(&self, id: UserId, old: String, new: String) {
+        let store = Arc::clone(&self.shared.store);
+        match blocking(move || store.upgrade_password_hash(id, &old, &new)).await {
+            Ok(true) => tracing::info!(
+                peer = %self.peer,
+                "password hash moved to the current argon2 parameters"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot store the re-hashed password"),
         }
     }
 
