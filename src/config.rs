@@ -37,10 +37,62 @@ pub const MAX_BLOCK_SECS: u64 = 365 * 24 * 3600;
 /// Largest `limits.max_inbox_page`: the protocol carries the page size as a u16.
 pub const MAX_INBOX_PAGE: u32 = u16::MAX as u32;
 
-/// argon2's own bounds (RFC 9106, section 3.1): at least 8 KiB of memory per lane, and at
-/// most 2^24 - 1 lanes.
+/// argon2's own bound (RFC 9106, section 3.1): at least 8 KiB of memory per lane.
 const ARGON2_MIN_KIB_PER_LANE: u32 = 8;
-const ARGON2_MAX_PARALLELISM: u32 = (1 << 24) - 1;
+
+// Upper bounds. Each keeps a value that parses from being one that kills or stalls the
+// server (an allocation that aborts, a start-up that hashes for hours, a thread per login),
+// and sits far above any sensible setting so that no real deployment meets it.
+
+/// Largest `limits.max_file_bytes`, 16 TiB: the largest file ext4 can hold.
+pub const MAX_FILE_BYTES: u64 = 1 << 44;
+
+/// Largest `limits.user_quota_bytes`, 1 PiB: usage is kept as a signed 64-bit number in
+/// SQLite, so the quota must stay far below `i64::MAX`.
+pub const MAX_USER_QUOTA_BYTES: u64 = 1 << 50;
+
+/// Largest `limits.max_open_uploads`: each staged upload holds an open file.
+pub const MAX_OPEN_UPLOADS: u16 = 64;
+
+/// Largest `limits.max_connections`, Linux's default `fs.nr_open`: no process can hold more
+/// descriptors than this anyway.
+pub const MAX_CONNECTIONS: u32 = 1 << 20;
+
+/// Largest `limits.outbound_queue_bytes`, four maximum frames per connection.
+pub const MAX_OUTBOUND_QUEUE_BYTES: u32 = 4 * HARD_MAX_FRAME;
+
+/// Largest `limits.max_tracked_sources`: about 1 GB of limiter state at ~100 bytes a key.
+pub const MAX_TRACKED_SOURCES: u32 = 10_000_000;
+
+/// Largest `timeouts.frame_min_rate_bytes_per_s`, 10 Gbit/s: a higher minimum would cut
+/// clients on any real link.
+pub const MAX_FRAME_MIN_RATE_BYTES_PER_S: u64 = 1_250_000_000;
+
+/// Largest rate, burst, strike count, firewall threshold or weight: a billion per second is
+/// already "no limit", and the cap keeps quota and score arithmetic far from overflow.
+pub const MAX_RATE: u32 = 1_000_000_000;
+
+/// Largest `auth.argon2_memory_kib`, 1 GiB: a verifier refuses stored hashes asking for
+/// more, so a larger cost would lock every user out (and 4 GiB aborted on allocation).
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 20;
+
+/// Largest `auth.argon2_iterations`. RFC 9106 recommends 1 to 3 passes, OWASP up to 5.
+pub const MAX_ARGON2_ITERATIONS: u32 = 64;
+
+/// Largest `auth.argon2_memory_kib` x `auth.argon2_iterations`, in KiB passes (4 GiB):
+/// a few seconds of one core per login. The server hashes once at start-up and per login, so
+/// a million passes hung start-up.
+pub const MAX_ARGON2_WORK_KIB: u64 = 1 << 22;
+
+/// Largest `auth.argon2_parallelism`: lanes beyond the cores only cost memory.
+pub const MAX_ARGON2_PARALLELISM: u32 = 64;
+
+/// Largest `auth.login_workers`: each is a thread holding its own argon2 buffer.
+pub const MAX_LOGIN_WORKERS: u32 = 256;
+
+/// Largest `auth.login_workers` x `auth.argon2_memory_kib`, in KiB (8 GiB): the memory the
+/// verification threads hold between them.
+pub const MAX_LOGIN_MEMORY_KIB: u64 = 8 << 20;
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +140,28 @@ fn in_range<T: PartialOrd + fmt::Display>(
         ));
     }
     Ok(())
+}
+
+/// Fails unless `value <= hi`, naming the key and the value.
+fn at_most<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if value > hi {
+        return Err(invalid(key, format!("must be at most {hi}, got {value}")));
+    }
+    Ok(())
+}
+
+/// Fails unless `1 <= value <= hi`, naming the key and the value.
+fn one_to<T: PartialOrd + From<u8> + fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    at_least_one(key, value)?;
+    at_most(key, value, hi)
 }
 
 /// Fails unless `value >= 1`, naming the key.
@@ -323,7 +397,12 @@ impl LimitsConfig {
                 ),
             ));
         }
-        at_least_one("limits.max_file_bytes", self.max_file_bytes)?;
+        one_to("limits.max_file_bytes", self.max_file_bytes, MAX_FILE_BYTES)?;
+        one_to(
+            "limits.user_quota_bytes",
+            self.user_quota_bytes,
+            MAX_USER_QUOTA_BYTES,
+        )?;
         if self.user_quota_bytes < self.max_file_bytes {
             return Err(invalid(
                 "limits.user_quota_bytes",
@@ -333,7 +412,11 @@ impl LimitsConfig {
                 ),
             ));
         }
-        at_least_one("limits.max_open_uploads", self.max_open_uploads)?;
+        one_to(
+            "limits.max_open_uploads",
+            self.max_open_uploads,
+            MAX_OPEN_UPLOADS,
+        )?;
         in_range(
             "limits.max_inbox_page",
             self.max_inbox_page,
@@ -354,7 +437,11 @@ impl LimitsConfig {
                 ),
             ));
         }
-        at_least_one("limits.max_connections", self.max_connections)?;
+        one_to(
+            "limits.max_connections",
+            self.max_connections,
+            MAX_CONNECTIONS,
+        )?;
         at_least_one("limits.max_connections_per_ip", self.max_connections_per_ip)?;
         if self.max_connections_per_ip > self.max_connections {
             return Err(invalid(
@@ -368,6 +455,11 @@ impl LimitsConfig {
         // One download reply (a chunk and its fields) must fit, or every download would
         // look like a client that does not read.
         let chunk_reply = u64::from(self.max_chunk_bytes) + u64::from(CHUNK_HEADROOM_BYTES);
+        at_most(
+            "limits.outbound_queue_bytes",
+            self.outbound_queue_bytes,
+            MAX_OUTBOUND_QUEUE_BYTES,
+        )?;
         if u64::from(self.outbound_queue_bytes) < chunk_reply {
             return Err(invalid(
                 "limits.outbound_queue_bytes",
@@ -380,6 +472,11 @@ impl LimitsConfig {
         }
         // Every connected source needs its limiter state kept; a smaller cap would clear
         // the limiters on every purge and forgive everyone.
+        at_most(
+            "limits.max_tracked_sources",
+            self.max_tracked_sources,
+            MAX_TRACKED_SOURCES,
+        )?;
         if self.max_tracked_sources < self.max_connections {
             return Err(invalid(
                 "limits.max_tracked_sources",
@@ -458,9 +555,10 @@ impl TimeoutsConfig {
         ] {
             in_range(key, value, 1, MAX_TIMEOUT_MS)?;
         }
-        at_least_one(
+        one_to(
             "timeouts.frame_min_rate_bytes_per_s",
             self.frame_min_rate_bytes_per_s,
+            MAX_FRAME_MIN_RATE_BYTES_PER_S,
         )?;
         // A grace period as long as the budget would mean the rate is never judged.
         if self.frame_grace_ms >= self.frame_budget_ms {
@@ -584,8 +682,8 @@ impl Default for RatesConfig {
 }
 
 impl RatesConfig {
-    /// Checks that every rate, burst and the strike count is at least 1 (governor quotas
-    /// cannot be zero; "off" is a large number).
+    /// Checks that every rate, burst and the strike count is between 1 (governor quotas
+    /// cannot be zero; "off" is a large number) and [`MAX_RATE`].
     pub fn check(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("rates.frames_per_s_per_conn", self.frames_per_s_per_conn),
@@ -605,7 +703,7 @@ impl RatesConfig {
             ("rates.accepts_burst_per_ip", self.accepts_burst_per_ip),
             ("rates.strikes_to_close", self.strikes_to_close),
         ] {
-            at_least_one(key, value)?;
+            one_to(key, value, MAX_RATE)?;
         }
         Ok(())
     }
@@ -714,17 +812,27 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    /// Checks argon2's own parameter bounds (not OWASP's: tests may use cheaper hashes) and
-    /// that at least one login worker exists.
+    /// Checks argon2's own lower bounds (not OWASP's: tests may use cheaper hashes), upper
+    /// bounds that keep hashing from exhausting memory or time, and the login workers.
     pub fn check(&self) -> Result<(), ConfigError> {
         in_range(
             "auth.argon2_parallelism",
             self.argon2_parallelism,
             1,
-            ARGON2_MAX_PARALLELISM,
+            MAX_ARGON2_PARALLELISM,
         )?;
-        at_least_one("auth.argon2_iterations", self.argon2_iterations)?;
-        // Cannot overflow: parallelism < 2^24, times 8 < 2^27.
+        in_range(
+            "auth.argon2_iterations",
+            self.argon2_iterations,
+            1,
+            MAX_ARGON2_ITERATIONS,
+        )?;
+        at_most(
+            "auth.argon2_memory_kib",
+            self.argon2_memory_kib,
+            MAX_ARGON2_MEMORY_KIB,
+        )?;
+        // Cannot overflow: parallelism <= 64, times 8.
         let min_memory = ARGON2_MIN_KIB_PER_LANE * self.argon2_parallelism;
         if self.argon2_memory_kib < min_memory {
             return Err(invalid(
@@ -736,7 +844,29 @@ impl AuthConfig {
                 ),
             ));
         }
-        at_least_one("auth.login_workers", self.login_workers)?;
+        let work = u64::from(self.argon2_memory_kib) * u64::from(self.argon2_iterations);
+        if work > MAX_ARGON2_WORK_KIB {
+            return Err(invalid(
+                "auth.argon2_iterations",
+                format!(
+                    "auth.argon2_memory_kib x auth.argon2_iterations must be at most \
+                     {MAX_ARGON2_WORK_KIB} (seconds of hashing per login), got {} x {} = {work}",
+                    self.argon2_memory_kib, self.argon2_iterations
+                ),
+            ));
+        }
+        one_to("auth.login_workers", self.login_workers, MAX_LOGIN_WORKERS)?;
+        let held = u64::from(self.login_workers) * u64::from(self.argon2_memory_kib);
+        if held > MAX_LOGIN_MEMORY_KIB {
+            return Err(invalid(
+                "auth.login_workers",
+                format!(
+                    "auth.login_workers x auth.argon2_memory_kib must be at most \
+                     {MAX_LOGIN_MEMORY_KIB} KiB (the memory the verifiers hold), got {} x {} = {held}",
+                    self.login_workers, self.argon2_memory_kib
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -820,9 +950,31 @@ impl Default for FirewallConfig {
 }
 
 impl FirewallConfig {
-    /// Checks that the threshold, half-life and escalation are usable.
+    /// Checks that the threshold, half-life, escalation and weights are usable.
     pub fn check(&self) -> Result<(), ConfigError> {
-        at_least_one("firewall.threshold", self.threshold)?;
+        one_to("firewall.threshold", self.threshold, MAX_RATE)?;
+        for (key, value) in [
+            ("firewall.weight_fatal_frame", self.weight_fatal_frame),
+            ("firewall.weight_bad_body", self.weight_bad_body),
+            ("firewall.weight_rate_limited", self.weight_rate_limited),
+            (
+                "firewall.weight_login_rate_limited",
+                self.weight_login_rate_limited,
+            ),
+            ("firewall.weight_auth_failed", self.weight_auth_failed),
+            (
+                "firewall.weight_permission_denied",
+                self.weight_permission_denied,
+            ),
+            ("firewall.weight_slow_frame", self.weight_slow_frame),
+            ("firewall.weight_auth_timeout", self.weight_auth_timeout),
+            ("firewall.weight_write_timeout", self.weight_write_timeout),
+            ("firewall.weight_refused", self.weight_refused),
+            ("firewall.weight_model_anomaly", self.weight_model_anomaly),
+        ] {
+            // Zero switches a signal off.
+            at_most(key, value, MAX_RATE)?;
+        }
         in_range(
             "firewall.half_life_s",
             self.half_life_s,
@@ -1132,6 +1284,63 @@ mod tests {
                 "auth.argon2_memory_kib",
             ),
             ("[auth]\nlogin_workers = 0", "auth.login_workers"),
+            // Values that parsed before and then killed or stalled the server.
+            (
+                "[auth]\nargon2_memory_kib = 4294967295",
+                "auth.argon2_memory_kib",
+            ),
+            (
+                "[auth]\nargon2_iterations = 1000000",
+                "auth.argon2_iterations",
+            ),
+            ("[auth]\nlogin_workers = 20000", "auth.login_workers"),
+            ("[auth]\nargon2_parallelism = 65", "auth.argon2_parallelism"),
+            (
+                "[auth]\nargon2_memory_kib = 1048576\nargon2_iterations = 5",
+                "auth.argon2_iterations",
+            ),
+            (
+                "[auth]\nargon2_memory_kib = 1048576\nlogin_workers = 9",
+                "auth.login_workers",
+            ),
+            (
+                "[limits]\nmax_file_bytes = 17592186044417\nuser_quota_bytes = 17592186044417",
+                "limits.max_file_bytes",
+            ),
+            (
+                "[limits]\nuser_quota_bytes = 9223372036854775807",
+                "limits.user_quota_bytes",
+            ),
+            ("[limits]\nmax_open_uploads = 65", "limits.max_open_uploads"),
+            (
+                "[limits]\nmax_connections = 4294967295",
+                "limits.max_connections",
+            ),
+            (
+                "[limits]\noutbound_queue_bytes = 4294967295",
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                "[limits]\nmax_tracked_sources = 4294967295",
+                "limits.max_tracked_sources",
+            ),
+            (
+                "[timeouts]\nframe_min_rate_bytes_per_s = 9223372036854775807",
+                "timeouts.frame_min_rate_bytes_per_s",
+            ),
+            (
+                "[rates]\nframes_per_s_per_conn = 4294967295",
+                "rates.frames_per_s_per_conn",
+            ),
+            (
+                "[rates]\nstrikes_to_close = 4294967295",
+                "rates.strikes_to_close",
+            ),
+            ("[firewall]\nthreshold = 4294967295", "firewall.threshold"),
+            (
+                "[firewall]\nweight_refused = 4294967295",
+                "firewall.weight_refused",
+            ),
         ];
         for (toml, key) in cases {
             invalid_key(toml, key);
@@ -1145,6 +1354,23 @@ mod tests {
         Config::from_toml_str("[ip]\nipv6_prefix = 128\n")?;
         Config::from_toml_str("[timeouts]\nframe_grace_ms = 9999\n")?;
         Config::from_toml_str("[auth]\nargon2_memory_kib = 8\n")?;
+        // Every upper bound is itself accepted.
+        Config::from_toml_str(&format!(
+            "[auth]\nargon2_memory_kib = {MAX_ARGON2_MEMORY_KIB}\nargon2_iterations = 4\nlogin_workers = 8\n"
+        ))?;
+        Config::from_toml_str(&format!(
+            "[auth]\nargon2_memory_kib = 32768\nargon2_iterations = {MAX_ARGON2_ITERATIONS}\n\
+             argon2_parallelism = {MAX_ARGON2_PARALLELISM}\nlogin_workers = {MAX_LOGIN_WORKERS}\n"
+        ))?;
+        Config::from_toml_str(&format!(
+            "[limits]\nmax_file_bytes = {MAX_FILE_BYTES}\nuser_quota_bytes = {MAX_USER_QUOTA_BYTES}\n\
+             max_open_uploads = {MAX_OPEN_UPLOADS}\nmax_connections = {MAX_CONNECTIONS}\n\
+             max_connections_per_ip = {MAX_CONNECTIONS}\nmax_tracked_sources = {MAX_TRACKED_SOURCES}\n\
+             outbound_queue_bytes = {MAX_OUTBOUND_QUEUE_BYTES}\n\
+             [timeouts]\nframe_min_rate_bytes_per_s = {MAX_FRAME_MIN_RATE_BYTES_PER_S}\n\
+             [rates]\nframes_per_s_per_conn = {MAX_RATE}\nstrikes_to_close = {MAX_RATE}\n\
+             [firewall]\nthreshold = {MAX_RATE}\nweight_refused = 0\n"
+        ))?;
         Ok(())
     }
 

@@ -40,9 +40,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One clear line: the error and its causes, joined, with any line breaks a
-            // dependency's message carries folded.
+            // dependency's message carries folded. The text may quote the server (or a
+            // sender, through it), so control characters are shown escaped, never obeyed.
             let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {line}");
+            eprintln!(
+                "error: {}",
+                cli::terminal::visible(&line, cli::terminal::Shape::Line)
+            );
             ExitCode::FAILURE
         }
     }

@@ -1123,6 +1123,29 @@ fn unreachable_server_is_a_one_line_error() {
     expect_error(&out, "cannot reach server");
 }
 
+/// Runs `rampart serve` with `config`, which must refuse to start without ever listening.
+#[track_caller]
+fn serve_refused(data: &Path, config: &Path) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--data-dir",
+        path_str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path_str(config),
+    ]);
+    let out = spawn(cmd, b"").finish(Duration::from_secs(20));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !text(&out.stdout).contains("listening on"),
+        "{}",
+        describe(&out)
+    );
+    out
+}
+
 #[test]
 fn config_check_and_serve_with_a_bad_config() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1164,24 +1187,7 @@ fn config_check_and_serve_with_a_bad_config() {
 
     // The server refuses to start on either, without ever listening.
     for bad in [&typo, &zero] {
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--data-dir",
-            path_str(&data),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            path_str(bad),
-        ]);
-        let out = spawn(cmd, b"").finish(Duration::from_secs(20));
-        assert!(!out.status.success(), "{}", describe(&out));
-        assert!(
-            !text(&out.stdout).contains("listening on"),
-            "{}",
-            describe(&out)
-        );
+        let out = serve_refused(&dir.path().join("data"), bad);
         assert!(text(&out.stderr).contains("max_me"), "{}", describe(&out));
     }
 }
@@ -1513,4 +1519,92 @@ fn model_options_fail_clearly() {
         help.contains("--no-model") && help.contains("--model"),
         "{help}"
     );
+}
+
+/// Fails if `out` holds a raw control character (other than a line break) or a bidi control.
+#[track_caller]
+fn assert_terminal_safe(out: &str) {
+    for c in out.chars() {
+        let bidi = matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        assert!(
+            c == '\n' || !(c.is_control() || bidi),
+            "raw {c:?} reached the terminal: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sender_cannot_drive_the_recipients_terminal() {
+    let srv = Server::new("");
+    let work = srv.scratch();
+    // A window title and screen clear, an OSC 8 fake link, C1 CSI and a right-to-left
+    // override, in a message text, a mail subject, a mail body and an attachment name.
+    let title = "\x1b]0;pwned\x07\x1b[2J";
+    let link = "\x1b]8;;https://evil.example/\x1b\\your bank\x1b]8;;\x1b\\";
+    let text = format!("{title}hi\u{9b}31m\n{link}\u{202e}");
+    let id_message = sent_id(&expect_ok(&srv.client("alice", &["message", "bob", &text])));
+    let attach = work.path().join("invoice\u{202e}fdp.exe");
+    write_file(&attach, b"MZ");
+    let out = srv.client(
+        "alice",
+        &[
+            "mail",
+            "bob",
+            "--subject",
+            title,
+            "--body",
+            &text,
+            "--attach",
+            path_str(&attach),
+        ],
+    );
+    let id_mail = sent_id(&expect_ok(&out));
+
+    let inbox = expect_ok(&srv.client("bob", &["inbox"]));
+    assert_terminal_safe(&inbox);
+    assert!(inbox.contains("\\x1b]0;pwned\\x07\\x1b[2J"), "{inbox}");
+
+    let inbox_json = expect_ok(&srv.client("bob", &["inbox", "--json"]));
+    assert_terminal_safe(&inbox_json);
+    let subjects: Vec<Value> = inbox_json
+        .lines()
+        .map(check_inbox_line)
+        .filter_map(|v| v.get("subject").cloned())
+        .collect();
+    assert_eq!(subjects, [Value::from(title)], "JSON stays exact");
+
+    for id in [id_message, id_mail] {
+        let id = id.to_string();
+        let shown = expect_ok(&srv.client("bob", &["fetch", &id]));
+        assert_terminal_safe(&shown);
+        assert!(shown.contains("hi\\u{9b}31m\n\\x1b]8;;"), "{shown}");
+        let json = expect_ok(&srv.client("bob", &["fetch", &id, "--json"]));
+        assert_terminal_safe(&json);
+        let v: Value = serde_json::from_str(json.trim()).expect("fetch --json");
+        let field = if v["kind"] == "mail" { "body" } else { "text" };
+        assert_eq!(v[field], Value::from(text.as_str()), "JSON stays exact");
+    }
+}
+
+#[test]
+fn config_check_and_serve_refuse_values_that_would_kill_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Each parsed and passed `config check` before, then aborted on allocation, hung
+    // start-up, or spawned thousands of threads.
+    for (toml, key) in [
+        (
+            "[auth]\nargon2_memory_kib = 4294967295\n",
+            "auth.argon2_memory_kib",
+        ),
+        (
+            "[auth]\nargon2_iterations = 1000000\n",
+            "auth.argon2_iterations",
+        ),
+        ("[auth]\nlogin_workers = 20000\n", "auth.login_workers"),
+    ] {
+        let file = dir.path().join("bad.toml");
+        write_file(&file, toml.as_bytes());
+        expect_error(&rampart(&["config", "check", path_str(&file)]), key);
+        expect_error(&serve_refused(&dir.path().join("data"), &file), key);
+    }
 }

@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use rampart::client::{hex, Client, ClientOptions};
-use rampart::protocol::{ItemBody, ItemView};
+use rampart::protocol::{InboxEntry, ItemBody, ItemKind, ItemView};
 use rampart::store::sanitize_file_name;
 
+use super::terminal::{json_line, visible, Shape};
 use super::time::rfc3339_ms;
 
 #[derive(Debug, Args)]
@@ -105,40 +106,84 @@ enum ClientCommand {
     Ping,
 }
 
-fn print_item(item: &ItemView) {
-    println!("From: {}", item.from);
-    println!("Date: {}", rfc3339_ms(item.received_at_ms));
+/// An item as a person reads it. Everything the sender chose (and the server relayed) goes
+/// through [`visible`], so it cannot drive the reader's terminal.
+fn item_text(item: &ItemView) -> String {
+    let line = |s: &str| visible(s, Shape::Line).into_owned();
+    let mut out = format!(
+        "From: {}\nDate: {}\n",
+        line(&item.from),
+        rfc3339_ms(item.received_at_ms)
+    );
     match &item.body {
         ItemBody::Message { text } => {
-            println!();
-            println!("{text}");
+            out += &format!("\n{}\n", visible(text, Shape::Block));
         }
         ItemBody::Mail {
             subject,
             body,
             attachments,
         } => {
-            println!("Subject: {subject}");
+            out += &format!("Subject: {}\n", line(subject));
             for (i, a) in attachments.iter().enumerate() {
-                println!(
-                    "Attachment {i}: {} ({} bytes, blake3 {})",
-                    a.name,
+                out += &format!(
+                    "Attachment {i}: {} ({} bytes, blake3 {})\n",
+                    line(&a.name),
                     a.size,
                     hex(&a.digest)
                 );
             }
-            println!();
-            println!("{body}");
+            out += &format!("\n{}\n", visible(body, Shape::Block));
         }
         ItemBody::File(a) => {
-            println!(
-                "File: {} ({} bytes, blake3 {})",
-                a.name,
+            out += &format!(
+                "File: {} ({} bytes, blake3 {})\n",
+                line(&a.name),
                 a.size,
                 hex(&a.digest)
             );
         }
     }
+    out
+}
+
+/// The header line of the human-readable inbox listing.
+fn inbox_header() -> String {
+    format!(
+        "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  SUBJECT/NAME",
+        "ID", "KIND", "FROM", "SIZE", "RECEIVED"
+    )
+}
+
+/// One inbox entry as a line of the listing, the sender's name and the title escaped.
+fn inbox_line(e: &InboxEntry) -> String {
+    format!(
+        "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  {}",
+        e.id,
+        e.kind.as_str(),
+        visible(&e.from, Shape::Line),
+        e.size,
+        rfc3339_ms(e.received_at_ms),
+        visible(&e.title, Shape::Line)
+    )
+}
+
+/// One inbox entry as JSON (one line, hazardous characters as `\uXXXX`).
+fn inbox_json(e: &InboxEntry) -> String {
+    let mut v = serde_json::json!({
+        "id": e.id,
+        "kind": e.kind.as_str(),
+        "from": e.from,
+        "size": e.size,
+        "received_at": rfc3339_ms(e.received_at_ms),
+        "received_at_ms": e.received_at_ms,
+    });
+    match e.kind {
+        ItemKind::Mail => v["subject"] = e.title.clone().into(),
+        ItemKind::File => v["name"] = e.title.clone().into(),
+        ItemKind::Message => {}
+    }
+    json_line(&v)
 }
 
 fn item_json(item: &ItemView) -> serde_json::Value {
@@ -231,7 +276,7 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         ClientCommand::Ping => {}
         ClientCommand::Message { to, text } => {
             let id = c.send_message(&to, &text).await?;
-            println!("sent message {id} to {to}");
+            println!("sent message {id} to {}", visible(&to, Shape::Line));
         }
         ClientCommand::Mail {
             to,
@@ -242,47 +287,24 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         } => {
             let body = read_body(body, body_file.as_deref()).await?;
             let id = c.send_mail(&to, &subject, &body, &attach).await?;
-            println!("sent mail {id} to {to} with {} attachment(s)", attach.len());
+            println!(
+                "sent mail {id} to {} with {} attachment(s)",
+                visible(&to, Shape::Line),
+                attach.len()
+            );
         }
         ClientCommand::SendFile { to, path } => {
             let id = c.send_file(&to, &path).await?;
-            println!("sent file {id} to {to}");
+            println!("sent file {id} to {}", visible(&to, Shape::Line));
         }
         ClientCommand::Inbox { json } => {
             let entries = c.inbox().await?;
             if !json {
-                println!(
-                    "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  SUBJECT/NAME",
-                    "ID", "KIND", "FROM", "SIZE", "RECEIVED"
-                );
+                println!("{}", inbox_header());
             }
             for e in &entries {
-                if json {
-                    let mut v = serde_json::json!({
-                        "id": e.id,
-                        "kind": e.kind.as_str(),
-                        "from": e.from,
-                        "size": e.size,
-                        "received_at": rfc3339_ms(e.received_at_ms),
-                        "received_at_ms": e.received_at_ms,
-                    });
-                    match e.kind {
-                        rampart::protocol::ItemKind::Mail => v["subject"] = e.title.clone().into(),
-                        rampart::protocol::ItemKind::File => v["name"] = e.title.clone().into(),
-                        rampart::protocol::ItemKind::Message => {}
-                    }
-                    println!("{v}");
-                } else {
-                    println!(
-                        "{:>8}  {:<7}  {:<16}  {:>12}  {:<24}  {}",
-                        e.id,
-                        e.kind.as_str(),
-                        e.from,
-                        e.size,
-                        rfc3339_ms(e.received_at_ms),
-                        e.title
-                    );
-                }
+                let line = if json { inbox_json(e) } else { inbox_line(e) };
+                println!("{line}");
             }
         }
         ClientCommand::Fetch {
@@ -293,14 +315,17 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         } => {
             let item = c.fetch(id).await?;
             if json {
-                println!("{}", item_json(&item));
+                println!("{}", json_line(&item_json(&item)));
             }
             match &item.body {
                 ItemBody::File(_) => {
                     let path = write_file_item(&mut c, &item, out).await?;
                     if !json {
-                        print_item(&item);
-                        println!("saved to {}", path.display());
+                        print!("{}", item_text(&item));
+                        println!(
+                            "saved to {}",
+                            visible(&path.display().to_string(), Shape::Line)
+                        );
                     }
                 }
                 _ => {
@@ -311,7 +336,7 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
                         );
                     }
                     if !json {
-                        print_item(&item);
+                        print!("{}", item_text(&item));
                     }
                     if let Some(dir) = attachments {
                         tokio::fs::create_dir_all(&dir)
@@ -319,7 +344,10 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
                             .with_context(|| format!("cannot create {}", dir.display()))?;
                         for p in c.save_attachments(id, &dir).await? {
                             if !json {
-                                println!("saved {}", p.display());
+                                println!(
+                                    "saved {}",
+                                    visible(&p.display().to_string(), Shape::Line)
+                                );
                             }
                         }
                     }
@@ -333,4 +361,126 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
     }
     let _ = c.bye().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::terminal::hazardous;
+
+    /// A window-title change and a screen clear, an OSC 8 fake hyperlink, the C1 form of CSI
+    /// and a right-to-left override: what a hostile sender (or server) puts in every field.
+    const TITLE: &str = "\x1b]0;pwned\x07\x1b[2J";
+    const LINK: &str = "\x1b]8;;https://evil.example/\x1b\\bank\x1b]8;;\x1b\\";
+    const CSI: &str = "red\u{9b}31m";
+    const RLO: &str = "invoice\u{202e}fdp.exe";
+
+    /// Fails if `out` holds any raw control or bidi character other than line breaks.
+    #[track_caller]
+    fn assert_inert(out: &str) {
+        if let Some(c) = out.chars().find(|&c| c != '\n' && hazardous(c)) {
+            panic!("raw {c:?} in {out:?}");
+        }
+    }
+
+    fn attachment(name: &str) -> rampart::protocol::Attachment {
+        rampart::protocol::Attachment {
+            name: name.into(),
+            size: 3,
+            digest: [7; 32],
+        }
+    }
+
+    fn hostile_items() -> Vec<ItemView> {
+        let bodies = [
+            ItemBody::Message {
+                text: format!("{TITLE}\n{LINK}\n{CSI}\r{RLO}"),
+            },
+            ItemBody::Mail {
+                subject: TITLE.into(),
+                body: format!("{LINK}\n{CSI}\n{RLO}"),
+                attachments: vec![attachment(RLO), attachment(TITLE), attachment(CSI)],
+            },
+            ItemBody::File(attachment(LINK)),
+        ];
+        bodies
+            .into_iter()
+            .map(|body| ItemView {
+                id: 1,
+                from: RLO.into(),
+                received_at_ms: 0,
+                body,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fetch_output_escapes_every_field() {
+        for item in hostile_items() {
+            let out = item_text(&item);
+            assert_inert(&out);
+            assert!(out.contains("From: invoice\\u{202e}fdp.exe\n"), "{out}");
+        }
+        let mail = item_text(&hostile_items()[1]);
+        assert!(
+            mail.contains("Subject: \\x1b]0;pwned\\x07\\x1b[2J\n"),
+            "{mail}"
+        );
+        assert!(
+            mail.contains("Attachment 2: red\\u{9b}31m (3 bytes"),
+            "{mail}"
+        );
+        // The body keeps its own line breaks.
+        assert!(
+            mail.contains("\\x1b\\\\bank\\x1b]8;;\\x1b\\\\\nred\\u{9b}31m\n"),
+            "{mail}"
+        );
+    }
+
+    #[test]
+    fn fetch_json_is_exact_and_inert() -> Result<(), serde_json::Error> {
+        for item in hostile_items() {
+            let line = json_line(&item_json(&item));
+            assert_inert(&line);
+            let back: serde_json::Value = serde_json::from_str(&line)?;
+            assert_eq!(back, item_json(&item));
+            assert_eq!(back["from"], RLO);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn inbox_lines_escape_sender_and_title() -> Result<(), serde_json::Error> {
+        for (kind, title) in [
+            (ItemKind::Mail, TITLE),
+            (ItemKind::File, RLO),
+            (ItemKind::Mail, LINK),
+            (ItemKind::Message, CSI),
+        ] {
+            let e = InboxEntry {
+                id: 9,
+                kind,
+                from: CSI.into(),
+                size: 1,
+                received_at_ms: 0,
+                title: title.into(),
+            };
+            let line = inbox_line(&e);
+            assert_inert(&line);
+            assert!(!line.contains('\n'), "{line}");
+            let json = inbox_json(&e);
+            assert_inert(&json);
+            let back: serde_json::Value = serde_json::from_str(&json)?;
+            assert_eq!(back["from"], CSI);
+            if kind != ItemKind::Message {
+                let key = if kind == ItemKind::Mail {
+                    "subject"
+                } else {
+                    "name"
+                };
+                assert_eq!(back[key], title);
+            }
+        }
+        Ok(())
+    }
 }

@@ -12,6 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use rampart::load::{self, IdleSpec, LoadKind, LoadSpec};
 
+use super::terminal::{visible, Shape};
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Kind {
     Message,
@@ -162,7 +164,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             report.ops_per_s, report.mb_per_s, report.p50_ms, report.p99_ms, report.p999_ms
         );
         if let Some(e) = &report.first_error {
-            println!("first error: {e}");
+            println!("first error: {}", visible(e, Shape::Line));
         }
     }
     Ok(if report.errors == 0 {
@@ -203,7 +205,7 @@ async fn run_idle(spec: IdleSpec, json: bool) -> Result<ExitCode> {
             report.open, report.requested, report.held_s, report.failed, report.lost, report.open_s
         );
         if let Some(e) = &report.first_error {
-            println!("first error: {e}");
+            println!("first error: {}", visible(e, Shape::Line));
         }
     }
     Ok(if report.failed == 0 && report.lost == 0 {

@@ -8,6 +8,7 @@ mod load;
 mod model;
 mod scenario;
 mod serve;
+pub(crate) mod terminal;
 mod time;
 mod user;
 

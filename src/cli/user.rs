@@ -11,6 +11,7 @@ use rampart::server::auth::hash_password;
 use rampart::store::{SqliteStore, Store};
 
 use super::load_config;
+use super::terminal::{visible, Shape};
 use super::time::rfc3339_ms;
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +121,7 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
                 for u in &users {
                     println!(
                         "{:<32}  {:>14}  {}",
-                        u.name,
+                        visible(&u.name, Shape::Line),
                         u.usage_bytes,
                         rfc3339_ms(u.created_at_ms)
                     );

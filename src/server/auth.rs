@@ -4,7 +4,11 @@
 //! runs on a small bounded pool (a semaphore of `auth.login_workers` permits in front of
 //! `spawn_blocking`), and only after the per-source and per-user login limits admitted it.
 //! Unknown users are verified against a dummy hash so that timing does not reveal which
-//! names exist.
+//! names exist. A stored hash carries its own argon2 parameters, so after the settings change
+//! a known user would still cost the old parameters while the dummy costs the new ones: the
+//! difference tells names apart. The dummy therefore uses the current parameters, and a
+//! successful login whose stored hash has other parameters re-hashes the password with the
+//! current ones, so every active account converges on the dummy's cost.
 
 use std::sync::Arc;
 
@@ -54,9 +58,10 @@ pub fn verify_password(stored: &str, password: &[u8]) -> bool {
     }
 }
 
-/// The most argon2 memory a stored hash may ask a verifier for (1 GiB in 1 KiB blocks): the
-/// hashes are the server's own, but a corrupt one must not make it allocate without bound.
-const MAX_VERIFY_BLOCKS: usize = 1 << 20;
+/// The most argon2 memory a stored hash may ask a verifier for, in 1 KiB blocks: the
+/// largest memory cost the configuration accepts. The hashes are the server's own, but a
+/// corrupt one must not make it allocate without bound.
+const MAX_VERIFY_BLOCKS: usize = crate::config::MAX_ARGON2_MEMORY_KIB as usize;
 
 /// Like [`verify_password`], but hashing in `memory`, which is grown as needed and kept, so
 /// a verification thread allocates its argon2 memory once instead of once per login.
@@ -108,11 +113,39 @@ fn verify_in(stored: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
             == 0
 }
 
+/// Whether `stored` was hashed with exactly the parameters `cfg` now asks for (argon2id,
+/// version 0x13, the same memory, passes and lanes).
+fn current_parameters(stored: &str, cfg: &AuthConfig) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    Algorithm::try_from(parsed.algorithm) == Ok(Algorithm::Argon2id)
+        && parsed.version == Some(Version::V0x13.into())
+        && params.m_cost() == cfg.argon2_memory_kib
+        && params.t_cost() == cfg.argon2_iterations
+        && params.p_cost() == cfg.argon2_parallelism
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The password is right (never for an unknown user).
+    pub matches: bool,
+    /// For a right password whose stored hash used other argon2 parameters than the current
+    /// ones: the password hashed with the current parameters, to replace the stored hash.
+    pub rehashed: Option<String>,
+}
+
 /// One verification for the pool.
 struct Job {
     hash: Arc<str>,
     password: Vec<u8>,
-    reply: std::sync::mpsc::SyncSender<bool>,
+    /// A real user's hash (not the dummy), which may be re-hashed on a match.
+    known: bool,
+    reply: std::sync::mpsc::SyncSender<Verified>,
 }
 
 /// Logins that may wait for a verifier before new ones are turned away.
@@ -152,6 +185,7 @@ impl Verifier {
         let rx = Arc::new(std::sync::Mutex::new(rx));
         for i in 0..cfg.login_workers.max(1) {
             let rx = Arc::clone(&rx);
+            let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name(format!("rampart-argon2-{i}"))
                 .spawn(move || {
@@ -164,8 +198,17 @@ impl Verifier {
                             guard.recv()
                         };
                         let Ok(job) = job else { return };
-                        let ok = verify_in(&job.hash, &job.password, &mut memory);
-                        let _ = job.reply.send(ok);
+                        let matches = verify_in(&job.hash, &job.password, &mut memory);
+                        // Only after a match: the password is known to be right, and the
+                        // extra hash costs the user, once, not a guesser.
+                        let rehashed =
+                            (matches && job.known && !current_parameters(&job.hash, &cfg))
+                                .then(|| hash_password(&cfg, &job.password).ok())
+                                .flatten();
+                        let _ = job.reply.send(Verified {
+                            matches: matches && job.known,
+                            rehashed,
+                        });
                     }
                 })
                 .map_err(|e| AuthError::Hash(format!("cannot start a verification thread: {e}")))?;
@@ -177,13 +220,13 @@ impl Verifier {
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when the user does not
-    /// exist (the answer is then always false). Waits for a worker; fails with
-    /// [`VerifyError::Busy`] if the queue of waiting logins is full.
+    /// exist (it then never matches). Waits for a worker; fails with [`VerifyError::Busy`]
+    /// if the queue of waiting logins is full.
     pub async fn verify(
         &self,
         stored: Option<String>,
         password: Vec<u8>,
-    ) -> Result<bool, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         let known = stored.is_some();
         let hash: Arc<str> = match stored {
             Some(h) => h.into(),
@@ -194,16 +237,24 @@ impl Verifier {
             .try_send(Job {
                 hash,
                 password,
+                known,
                 reply,
             })
             .map_err(|_| VerifyError::Busy)?;
         // Waiting on the blocking pool (a parked thread, no allocation) rather than on an
         // async channel: tokio then knows work is in progress, so a runtime with a paused
         // clock (tests, the session fuzz target) does not jump its timers while argon2 runs.
-        let ok = tokio::task::spawn_blocking(move || answer.recv().unwrap_or(false))
+        let refused = Verified {
+            matches: false,
+            rehashed: None,
+        };
+        let verified = tokio::task::spawn_blocking(move || answer.recv().unwrap_or(refused))
             .await
-            .unwrap_or(false);
-        Ok(ok && known)
+            .unwrap_or(Verified {
+                matches: false,
+                rehashed: None,
+            });
+        Ok(verified)
     }
 }
 
@@ -246,13 +297,50 @@ mod tests {
         let cfg = cheap();
         let pool = Verifier::new(&cfg)?;
         let hash = hash_password(&cfg, b"pw")?;
+        let right = |rehashed| {
+            Ok(Verified {
+                matches: true,
+                rehashed,
+            })
+        };
+        let wrong = Ok(Verified {
+            matches: false,
+            rehashed: None,
+        });
         assert_eq!(
             pool.verify(Some(hash.clone()), b"pw".to_vec()).await,
-            Ok(true)
+            right(None)
         );
-        assert_eq!(pool.verify(Some(hash), b"no".to_vec()).await, Ok(false));
+        assert_eq!(pool.verify(Some(hash), b"no".to_vec()).await, wrong);
         let dummy_pw = b"rampart dummy password for unknown users".to_vec();
-        assert_eq!(pool.verify(None, dummy_pw).await, Ok(false));
+        assert_eq!(pool.verify(None, dummy_pw).await, wrong);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_right_password_under_old_parameters_is_rehashed_with_the_current_ones(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let old = AuthConfig {
+            argon2_memory_kib: 256,
+            argon2_iterations: 2,
+            ..AuthConfig::default()
+        };
+        let cfg = cheap();
+        let pool = Verifier::new(&cfg)?;
+        let stale = hash_password(&old, b"pw")?;
+        assert!(!current_parameters(&stale, &cfg));
+        // A wrong password changes nothing: a guesser must not get to rewrite the hash.
+        let wrong = pool.verify(Some(stale.clone()), b"no".to_vec()).await;
+        assert_eq!(wrong.map(|v| v.rehashed), Ok(None));
+        let right = pool
+            .verify(Some(stale), b"pw".to_vec())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert!(right.matches);
+        let fresh = right.rehashed.ok_or("no rehash for a stale hash")?;
+        assert!(current_parameters(&fresh, &cfg), "{fresh}");
+        assert!(current_parameters(&pool.dummy_hash, &cfg));
+        assert!(verify_password(&fresh, b"pw"));
         Ok(())
     }
 }

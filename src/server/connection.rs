@@ -135,7 +135,13 @@ impl Conn<'_> {
     /// Rejects a frame whose declared length is over its kind's limit but within the frame
     /// ceiling: the boundary is still trustworthy, so its payload is skipped as it arrives
     /// (never buffered) and the request gets TOO_LARGE instead of the connection closing.
-    fn reject_oversized(&mut self, session: &mut Session, e: &DecodeError, len: u32) {
+    fn reject_oversized(
+        &mut self,
+        session: &mut Session,
+        e: &DecodeError,
+        len: u32,
+        upload_aborted: bool,
+    ) {
         let request_id = self
             .inbuf
             .get(4..8)
@@ -149,7 +155,12 @@ impl Conn<'_> {
         self.shared.metrics.decode_error(e);
         self.shared.signal(self.peer, Signal::BadBody);
         self.record(EventKind::DecodeError { reason: e.reason() });
-        let reply = Reply::error(ErrorCode::TooLarge, format!("{e}; frame discarded"));
+        let note = if upload_aborted {
+            "frame discarded, upload aborted"
+        } else {
+            "frame discarded"
+        };
+        let reply = Reply::error(ErrorCode::TooLarge, format!("{e}; {note}"));
         self.queue(request_id, &reply);
         if let Next::Close(reason) = session.strike() {
             self.close(reason, None);
@@ -238,11 +249,25 @@ impl Conn<'_> {
                     }
                 }
                 Ok(None) => break,
-                Err(e @ DecodeError::FrameTooLarge { len, .. })
+                Err(e @ DecodeError::FrameTooLarge { kind, len, .. })
                     if len <= self.shared.limits.frame_ceiling() =>
                 {
+                    // An oversized chunk ends the upload it names, like any refused chunk
+                    // (PROTOCOL.md §10.3); its first four payload bytes name it, so wait for
+                    // those four bytes (and no more) before skipping the rest.
+                    let upload = match kind {
+                        protocol::Kind::UploadChunk => match self
+                            .inbuf
+                            .get(protocol::HEADER_LEN..protocol::HEADER_LEN + 4)
+                        {
+                            Some(b) => b.try_into().ok().map(u32::from_be_bytes),
+                            None => break,
+                        },
+                        _ => None,
+                    };
                     self.deliver(session, &mut batch).await;
-                    self.reject_oversized(session, &e, len);
+                    let aborted = upload.is_some_and(|id| session.abort_upload(id));
+                    self.reject_oversized(session, &e, len, aborted);
                     self.skip_input();
                     self.frame_started =
                         (self.skip > 0 || !self.inbuf.is_empty()).then(Instant::now);

@@ -1,6 +1,7 @@
 //! The hardened server: accept loop, connection tasks, session handlers.
 //!
-//! - [`Server`] opens the data directory and holds everything connections share.
+//! - [`Server`] opens the data directory and holds everything connections share; opening
+//!   it raises the file descriptor limit and fits `max_connections` to it ([`fds`]).
 //! - [`Server::bind`] starts the accept loop on a TCP address and returns a [`ServerHandle`].
 //! - [`Server::serve_connection`] drives one connection over any transport (tests, fuzzing).
 //!
@@ -26,6 +27,7 @@
 pub mod auth;
 mod connection;
 mod detector;
+pub mod fds;
 pub mod metrics;
 pub mod session;
 
@@ -181,6 +183,7 @@ impl Server {
         model: Option<Arc<Model>>,
     ) -> Result<Server, ServerError> {
         config.check()?;
+        let config = fit_to_descriptors(config)?;
         let detection = match model {
             Some(_) if !config.activity.enabled => return Err(ServerError::DetectWithoutActivity),
             Some(m) => Some(detector::scorer(m, &config)?),
@@ -415,6 +418,48 @@ impl Server {
         tracing::debug!(peer = %peer, reason = reason.as_str(), "connection closed");
         reason
     }
+}
+
+/// Raises the file descriptor limit to the hard limit and lowers `limits.max_connections`
+/// (and the per-source cap with it) to what the limit can serve ([`fds::connection_cap`]),
+/// logging the outcome: lowered, at warning level, since the operator asked for more.
+fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
+    let limit = fds::raise_limit();
+    let shown = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    let Some(cap) = fds::connection_cap(limit.soft, config.limits.max_open_uploads) else {
+        return Err(crate::config::ConfigError::Invalid {
+            key: "limits.max_connections",
+            reason: format!(
+                "the file descriptor limit ({}) leaves room for no connection after the {} \
+                 descriptors the server reserves; raise it (ulimit -n)",
+                shown(limit.soft),
+                fds::RESERVED_FDS
+            ),
+        }
+        .into());
+    };
+    let wanted = config.limits.max_connections;
+    if cap < wanted {
+        config.limits.max_connections = cap;
+        config.limits.max_connections_per_ip = config.limits.max_connections_per_ip.min(cap);
+        tracing::warn!(
+            "max_connections lowered from {wanted} to {cap} to fit the file descriptor limit \
+             of {} (hard {}, {} reserved, {} per connection)",
+            shown(limit.soft),
+            shown(limit.hard),
+            fds::RESERVED_FDS,
+            2 + u64::from(config.limits.max_open_uploads)
+        );
+    } else {
+        tracing::info!(
+            soft = %shown(limit.soft),
+            hard = %shown(limit.hard),
+            raised_from = %shown(limit.before),
+            max_connections = wanted,
+            "file descriptor limit fits max_connections"
+        );
+    }
+    Ok(config)
 }
 
 /// Blocks recorded in the activity database that are still in force.

@@ -509,15 +509,18 @@ impl Session {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
         };
-        let Ok(ok) = shared.verifier.verify(hash, password).await else {
+        let Ok(verified) = shared.verifier.verify(hash.clone(), password).await else {
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,
                 "too many logins waiting for verification; try again later",
             ));
         };
-        match (ok, id) {
+        match (verified.matches, id) {
             (true, Some(id)) => {
+                if let (Some(old), Some(new)) = (hash, verified.rehashed) {
+                    self.upgrade_hash(id, old, new).await;
+                }
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
@@ -531,6 +534,21 @@ impl Session {
                 tracing::info!(peer = %self.peer, user = %user, "failed login");
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
+        }
+    }
+
+    /// Stores `new`, the session user's password hashed with the current argon2 parameters,
+    /// in place of `old`. A failure only delays the upgrade to the next login, so it is
+    /// logged, not answered.
+    async fn upgrade_hash(&self, id: UserId, old: String, new: String) {
+        let store = Arc::clone(&self.shared.store);
+        match blocking(move || store.upgrade_password_hash(id, &old, &new)).await {
+            Ok(true) => tracing::info!(
+                peer = %self.peer,
+                "password hash moved to the current argon2 parameters"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot store the re-hashed password"),
         }
     }
 
@@ -606,6 +624,15 @@ impl Session {
             upload_id: id,
             max_chunk: limits.max_chunk_bytes,
         })
+    }
+
+    /// Ends staging upload `id` (its staged file is deleted as the blob drops), after a chunk
+    /// for it was refused before reaching [`Session::run`]; returns whether one was open.
+    pub(crate) fn abort_upload(&mut self, id: u32) -> bool {
+        match self.uploads.get(&id) {
+            Some(Upload::Staging { .. }) => self.uploads.remove(&id).is_some(),
+            _ => false,
+        }
     }
 
     /// Removes a staging upload from the table so it can be moved onto the blocking pool.
@@ -850,12 +877,32 @@ impl Session {
                 format!("offset {offset} is past the end ({} bytes)", blob.size),
             ));
         }
+        // An empty DATA marks the end of a part (PROTOCOL.md §11.3); answering a request for
+        // no bytes with one would tell the client a non-empty part had ended.
+        if max_len == 0 {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "max_len must be at least 1 (an empty DATA only marks the end of a part)",
+            ));
+        }
         let want = max_len.min(shared.limits.max_chunk_bytes) as usize;
         let blobs = shared.blobs.clone();
         let blob_id = blob.blob_id.clone();
-        let data = blocking(move || blobs.read_at(&blob_id, offset, want))
-            .await
-            .map_err(|e| internal(&shared, e))?;
+        let data = match blocking(move || blobs.read_at(&blob_id, offset, want)).await {
+            Ok(data) => data,
+            // A DELETE on another connection can remove the item, and then its blob, between
+            // the lookup above and this read. Look again: a deleted item is `not_found`, as
+            // if this DOWNLOAD had come after the DELETE; only a live item without its blob
+            // is a fault of the server.
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.own_item(id).await?;
+                return Err(internal(
+                    &shared,
+                    format!("item {id} part {part} has no blob file: {e}"),
+                ));
+            }
+            Err(e) => return Err(internal(&shared, e)),
+        };
         Ok(Reply::Data {
             item_id: id,
             part,

@@ -274,6 +274,12 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a user's password hash; [`StoreError::UnknownUser`] if there is no such user.
     fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
 
+    /// Replaces user `id`'s password hash with `new` only while it is still `old`, so a
+    /// password changed in the meantime (`rampart user passwd`) is never overwritten;
+    /// returns whether it was replaced. The server uses it to move a hash to the current
+    /// argon2 parameters after a successful login.
+    fn upgrade_password_hash(&self, id: UserId, old: &str, new: &str) -> Result<bool, StoreError>;
+
     /// Every user, sorted by name.
     fn list_users(&self) -> Result<Vec<UserSummary>, StoreError>;
 

@@ -683,6 +683,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn upgrade_password_hash(&self, id: UserId, old: &str, new: &str) -> Result<bool, StoreError> {
+        check_password_hash(new)?;
+        let conn = self.write();
+        let changed = conn
+            .prepare_cached(
+                "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+            )?
+            .execute(params![id, old, new])?;
+        Ok(changed == 1)
+    }
+
     fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
         let conn = self.read();
         let mut stmt = conn
@@ -1006,6 +1017,29 @@ mod tests {
         );
         assert!(matches!(
             store.set_password("alice", ""),
+            Err(StoreError::EmptyPasswordHash)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_hash_upgrade_never_overwrites_a_changed_password() -> TestResult {
+        let (_dir, store) = store()?;
+        let id = store.add_user("alice", "$argon2id$old")?;
+        assert!(store.upgrade_password_hash(id, "$argon2id$old", "$argon2id$new")?);
+        assert_eq!(
+            store.credentials("alice")?.map(|c| c.1).as_deref(),
+            Some("$argon2id$new")
+        );
+        // An operator changed the password between the login and its upgrade: kept.
+        store.set_password("alice", "$argon2id$operator")?;
+        assert!(!store.upgrade_password_hash(id, "$argon2id$new", "$argon2id$newer")?);
+        assert_eq!(
+            store.credentials("alice")?.map(|c| c.1).as_deref(),
+            Some("$argon2id$operator")
+        );
+        assert!(matches!(
+            store.upgrade_password_hash(id, "$argon2id$operator", ""),
             Err(StoreError::EmptyPasswordHash)
         ));
         Ok(())
