@@ -289,6 +289,15 @@ const DEFAULT_MAX_INBOX_PAGE: u32 = 256;
 const DEFAULT_MAX_CONNECTIONS: u32 = 16_384;
 // A NAT'd office fits; one host can hold at most 1/64 of all slots.
 const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+// An AUTH with the longest name (32 bytes) and password (1,024 bytes) has a 1,059-byte
+// body; nothing else a stranger may send is larger.
+const DEFAULT_PREAUTH_FRAME_BYTES: u32 = 1_088;
+// Connections that have not logged in yet: a login takes about 0.1 s, so even a large office
+// behind one address rarely has more than a handful in flight. 64 x 16 KiB (the measured
+// bound on one such connection, docs/PERFORMANCE.md) is 1 MiB per source.
+const DEFAULT_PREAUTH_CONNECTIONS_PER_IP: u32 = 64;
+// 2,048 x 16 KiB: 32 MiB for every stranger together.
+const DEFAULT_PREAUTH_CONNECTIONS: u32 = 2_048;
 // Four download chunks; a client this far behind is not reading its replies.
 const DEFAULT_OUTBOUND_QUEUE_BYTES: u32 = 1_048_576;
 // About 100 bytes of limiter state per key: at most ~10 MB per keyed limiter.
@@ -321,6 +330,16 @@ pub struct LimitsConfig {
     pub max_connections: u32,
     /// Open connections from one source (an IPv4 address or an IPv6 prefix).
     pub max_connections_per_ip: u32,
+    /// Largest frame payload accepted before login. A larger header is refused from its
+    /// header alone, before any of its body is buffered, and the connection is closed:
+    /// memory for large frames is granted only to authenticated sessions.
+    pub preauth_frame_bytes: u32,
+    /// Connections that have not logged in yet, from one source. With the receive buffer
+    /// bounded by `preauth_frame_bytes`, this is the per-source pre-login memory budget.
+    pub preauth_connections_per_ip: u32,
+    /// Connections that have not logged in yet, in total: the server's pre-login memory
+    /// budget.
+    pub preauth_connections: u32,
     /// Reply bytes buffered for one connection before the server stops reading from it.
     pub outbound_queue_bytes: u32,
     /// Most keys one keyed rate limiter may hold after a purge; beyond that it is cleared.
@@ -341,6 +360,9 @@ impl Default for LimitsConfig {
             max_inbox_page: DEFAULT_MAX_INBOX_PAGE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            preauth_frame_bytes: DEFAULT_PREAUTH_FRAME_BYTES,
+            preauth_connections_per_ip: DEFAULT_PREAUTH_CONNECTIONS_PER_IP,
+            preauth_connections: DEFAULT_PREAUTH_CONNECTIONS,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
         }
@@ -452,6 +474,22 @@ impl LimitsConfig {
                 ),
             ));
         }
+        in_range(
+            "limits.preauth_frame_bytes",
+            self.preauth_frame_bytes,
+            64,
+            65_536,
+        )?;
+        one_to(
+            "limits.preauth_connections_per_ip",
+            self.preauth_connections_per_ip,
+            MAX_CONNECTIONS,
+        )?;
+        one_to(
+            "limits.preauth_connections",
+            self.preauth_connections,
+            MAX_CONNECTIONS,
+        )?;
         // One download reply (a chunk and its fields) must fit, or every download would
         // look like a client that does not read.
         let chunk_reply = u64::from(self.max_chunk_bytes) + u64::from(CHUNK_HEADROOM_BYTES);

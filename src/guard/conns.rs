@@ -20,18 +20,44 @@ pub(crate) struct OpenConn {
     pub(crate) ip: IpAddr,
     /// Cancelled to cut the connection.
     pub(crate) cut: CancellationToken,
+    /// Whether the session has logged in; until then it counts against the pre-login caps.
+    pub(crate) authenticated: bool,
 }
 
 /// Every admitted connection that has not been dropped yet.
 #[derive(Debug, Default)]
 pub(crate) struct ConnTable {
     total: u32,
+    /// Connections that have not logged in yet.
+    unauthenticated: u32,
     by_source: BTreeMap<SourceKey, BTreeMap<u64, OpenConn>>,
 }
 
 impl ConnTable {
     pub(crate) fn total(&self) -> u32 {
         self.total
+    }
+
+    /// Open connections that have not logged in yet.
+    pub(crate) fn unauthenticated(&self) -> u32 {
+        self.unauthenticated
+    }
+
+    /// Open connections from `source` that have not logged in yet.
+    pub(crate) fn unauthenticated_of(&self, source: &SourceKey) -> u32 {
+        let n = self.of_source(source).filter(|c| !c.authenticated).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Marks a connection as logged in, so it no longer counts against the pre-login caps.
+    fn authenticate(&mut self, source: &SourceKey, id: u64) {
+        let Some(conn) = self.by_source.get_mut(source).and_then(|c| c.get_mut(&id)) else {
+            return;
+        };
+        if !conn.authenticated {
+            conn.authenticated = true;
+            self.unauthenticated = self.unauthenticated.saturating_sub(1);
+        }
     }
 
     /// Open connections from `source`.
@@ -47,6 +73,9 @@ impl ConnTable {
     }
 
     pub(crate) fn insert(&mut self, source: SourceKey, id: u64, conn: OpenConn) {
+        if !conn.authenticated {
+            self.unauthenticated = self.unauthenticated.saturating_add(1);
+        }
         self.by_source.entry(source).or_default().insert(id, conn);
         self.total = self.total.saturating_add(1);
     }
@@ -55,8 +84,11 @@ impl ConnTable {
         let Some(conns) = self.by_source.get_mut(source) else {
             return;
         };
-        if conns.remove(&id).is_some() {
+        if let Some(conn) = conns.remove(&id) {
             self.total = self.total.saturating_sub(1);
+            if !conn.authenticated {
+                self.unauthenticated = self.unauthenticated.saturating_sub(1);
+            }
         }
         if conns.is_empty() {
             self.by_source.remove(source);
@@ -103,6 +135,12 @@ impl ConnTicket {
     /// The connection task selects on it next to its reads and writes.
     pub fn cut_token(&self) -> CancellationToken {
         self.cut.clone()
+    }
+
+    /// Records that the session logged in: from now on the connection no longer counts
+    /// against the pre-login caps (`limits.preauth_connections*`).
+    pub fn authenticated(&self) {
+        lock(&self.table).authenticate(&self.source, self.id);
     }
 }
 

@@ -126,6 +126,8 @@ impl Limited {
 pub struct GuardStats {
     /// Open connections.
     pub connections: u32,
+    /// Of those, connections that have not logged in yet.
+    pub unauthenticated: u32,
     /// Sources with at least one open connection.
     pub sources_connected: u32,
     /// Keys held by all keyed rate limiters together.
@@ -142,6 +144,8 @@ pub struct Guard {
     deny: Vec<IpNet>,
     max_connections: u32,
     max_connections_per_ip: u32,
+    max_unauthenticated: u32,
+    max_unauthenticated_per_ip: u32,
     max_tracked: usize,
     conn_quota: Quota,
     accepts: KeyedLimiter<SourceKey>,
@@ -173,6 +177,8 @@ impl Guard {
             deny: cfg.ip.deny.clone(),
             max_connections: cfg.limits.max_connections,
             max_connections_per_ip: cfg.limits.max_connections_per_ip,
+            max_unauthenticated: cfg.limits.preauth_connections,
+            max_unauthenticated_per_ip: cfg.limits.preauth_connections_per_ip,
             max_tracked,
             conn_quota: rate::per_second(r.frames_per_s_per_conn, r.frames_burst_per_conn),
             accepts: KeyedLimiter::new(
@@ -215,7 +221,9 @@ impl Guard {
     /// Decides whether a just-accepted connection from `peer` may proceed, and if so counts
     /// it until the returned ticket is dropped. Checks, in order: static deny list, runtime
     /// blocklist (skipped for allow-listed addresses), per-source accept rate, total cap,
-    /// per-source cap.
+    /// per-source cap, then the same two caps for connections that have not logged in yet
+    /// (`limits.preauth_connections*`, refused with the same reasons): a new connection has
+    /// not logged in, and strangers get only their own, smaller share of the server.
     pub fn admit(&self, peer: IpAddr) -> Result<ConnTicket, Refusal> {
         if listed(&self.deny, peer) {
             return Err(Refusal::Denied);
@@ -239,6 +247,12 @@ impl Guard {
         if conns.count_of(&source) >= self.max_connections_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
+        if conns.unauthenticated() >= self.max_unauthenticated {
+            return Err(Refusal::TooManyConnections);
+        }
+        if conns.unauthenticated_of(&source) >= self.max_unauthenticated_per_ip {
+            return Err(Refusal::TooManyFromSource);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cut = CancellationToken::new();
         conns.insert(
@@ -247,6 +261,7 @@ impl Guard {
             OpenConn {
                 ip: peer,
                 cut: cut.clone(),
+                authenticated: false,
             },
         );
         Ok(ConnTicket {
@@ -377,12 +392,13 @@ impl Guard {
     /// A snapshot of connection counts, tracked keys and blocks.
     pub fn stats(&self) -> GuardStats {
         let blocked = self.lock_blocks().len();
-        let (connections, sources_connected) = {
+        let (connections, unauthenticated, sources_connected) = {
             let conns = conns::lock(&self.conns);
-            (conns.total(), conns.sources())
+            (conns.total(), conns.unauthenticated(), conns.sources())
         };
         GuardStats {
             connections,
+            unauthenticated,
             sources_connected,
             tracked_keys: self.accepts.len()
                 + self.frames_ip.len()

@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::protocol::{self, bytes_wanted, DecodeError, ErrorCode, Reply};
+use crate::guard::ConnTicket;
+use crate::protocol::{
+    self, bytes_wanted, DecodeError, ErrorCode, Kind, Reply, HEADER_LEN, MAGIC, VERSION,
+};
 use crate::server::metrics::Metrics;
 use crate::server::session::{Admitted, CloseReason, Next, Session};
 use crate::server::Shared;
@@ -48,6 +51,10 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 struct Conn<'a> {
     shared: &'a Shared,
+    /// The guard's ticket, told once the session logs in.
+    ticket: &'a ConnTicket,
+    /// Whether the ticket was told.
+    login_noted: bool,
     peer: std::net::SocketAddr,
     conn: u64,
     inbuf: BytesMut,
@@ -167,6 +174,45 @@ impl Conn<'_> {
         }
     }
 
+    /// Before login, refuses a frame whose header declares more than
+    /// `limits.preauth_frame_bytes`, from its header alone: none of its body is buffered for
+    /// a stranger, and the connection is closed. Headers that are invalid in any other way
+    /// are left to the decoder, which names the fault.
+    fn refuse_before_login(&mut self) -> bool {
+        let Some(header) = self.inbuf.first_chunk::<HEADER_LEN>() else {
+            return false;
+        };
+        let [m0, m1, version, kind_byte, r0, r1, r2, r3, _, _, l0, l1, l2, l3] = *header;
+        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        let max = self.shared.config.limits.preauth_frame_bytes;
+        let kind = match Kind::from_u8(kind_byte) {
+            Some(kind) if [m0, m1] == MAGIC && version == VERSION && kind.is_request() => kind,
+            _ => return false,
+        };
+        if len <= max {
+            return false;
+        }
+        let e = DecodeError::FrameTooLarge { kind, len, max };
+        self.shared.metrics.decode_error(&e);
+        self.shared.signal(self.peer, Signal::BadBody);
+        self.record(EventKind::DecodeError { reason: e.reason() });
+        let code = match kind {
+            Kind::Auth | Kind::Ping | Kind::Bye => ErrorCode::TooLarge,
+            _ => ErrorCode::NotAuthenticated,
+        };
+        let reply = Reply::error(
+            code,
+            format!(
+                "a {} frame of {len} bytes before login; until AUTH_OK at most {max} bytes \
+                 per frame are accepted",
+                kind.wire_name()
+            ),
+        );
+        self.queue(u32::from_be_bytes([r0, r1, r2, r3]), &reply);
+        self.close(CloseReason::BadFrame, None);
+        true
+    }
+
     /// Drops skipped payload bytes from the front of the buffer.
     fn skip_input(&mut self) {
         let n = self.skip.min(self.inbuf.len());
@@ -214,6 +260,15 @@ impl Conn<'_> {
         self.skip_input();
         let mut batch = Vec::new();
         while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
+            if !session.authenticated() {
+                self.deliver(session, &mut batch).await;
+                if self.refuse_before_login() {
+                    break;
+                }
+            } else if !self.login_noted {
+                self.login_noted = true;
+                self.ticket.authenticated();
+            }
             match self.shared.decoder.decode(&mut self.inbuf) {
                 Ok(Some(frame)) => {
                     Metrics::bump(&self.shared.metrics.frames_in);
@@ -389,6 +444,7 @@ impl Conn<'_> {
 /// client had not read by then.
 pub(crate) async fn run<T>(
     shared: Arc<Shared>,
+    ticket: &ConnTicket,
     io: T,
     mut session: Session,
     cut: CancellationToken,
@@ -400,6 +456,8 @@ where
     let now = Instant::now();
     let mut c = Conn {
         shared: &shared,
+        ticket,
+        login_noted: false,
         peer: session.peer(),
         conn: session.conn(),
         inbuf: BytesMut::new(),

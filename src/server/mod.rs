@@ -390,7 +390,7 @@ impl Server {
         shared.record(conn, peer, EventKind::Accept);
         let session = session::Session::new(Arc::clone(&shared), peer, ticket.source(), conn);
         let cut = ticket.cut_token();
-        let task = connection::run(Arc::clone(&shared), io, session, cut);
+        let task = connection::run(Arc::clone(&shared), &ticket, io, session, cut);
         // The ticket lives until the task ends or unwinds, so its slot is always released.
         let (reason, unread_bytes) = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
             Ok(ended) => ended,
