@@ -9,7 +9,7 @@
 //! - [`spec`]: the table, its checking and [`AttackKind`].
 //! - [`util`]: connecting from a source address, spotting a refusal at accept, reading
 //!   replies while scanning them for the canary, and the per-run bookkeeping.
-//! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`,
+//! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`, `preauth_buffer`,
 //!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
 //!   `low_and_slow`.
 //!
@@ -32,6 +32,7 @@ mod flood;
 mod low_and_slow;
 mod malformed;
 mod oversized;
+mod preauth_buffer;
 mod probe;
 mod raw_flood;
 mod slow_read;
@@ -290,6 +291,11 @@ async fn run_params(env: Arc<Env>, params: Params) {
             interval,
             declared_len,
         } => slowloris::run(env, interval, declared_len).await,
+        Params::PreauthBuffer {
+            kind,
+            declared_len,
+            body_bytes,
+        } => preauth_buffer::run(env, kind, declared_len, body_bytes).await,
         Params::SlowRead {
             file_bytes,
             requests_per_conn,

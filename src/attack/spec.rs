@@ -48,6 +48,8 @@ const DEFAULT_INTERVAL_MS: u64 = 1000;
 /// slowloris: a SEND_MAIL that declares about 1 MB, under the default frame limit, so the
 /// server must wait for it rather than reject the header.
 const DEFAULT_SLOWLORIS_DECLARED: u32 = 1_000_000;
+/// preauth-buffer: 1 MiB - 1, the red team's SEND_MAIL, under the default frame limit.
+const DEFAULT_PREAUTH_DECLARED: u32 = 1024 * 1024 - 1;
 /// slow-read: a 4 MiB file, sixteen default chunks, far below the default quota.
 const DEFAULT_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// slow-read: DOWNLOAD requests pipelined per connection: 256 x 256 KiB = 64 MiB of replies,
@@ -212,6 +214,17 @@ attack_specs! {
         /// Payload length the dripped SEND_MAIL header declares (default 1 000 000).
         declared_len: u32,
     }
+    /// Many connections that never log in, each starting a frame and stalling, so that the
+    /// server would hold whatever it buffered for a stranger.
+    PreauthBuffer {
+        /// The frame started: `send-mail` (default) or `auth`.
+        frame: String,
+        /// Payload length its header declares (default 1 048 575).
+        declared_len: u32,
+        /// Body bytes sent before the stall (default: all but the last byte of the declared
+        /// payload, at most 16 MiB).
+        body_bytes: u32,
+    }
     /// Uploads a big file to itself, then pipelines DOWNLOADs of it and never reads.
     SlowRead {
         /// Size of the file uploaded first (default 4 MiB, 1 byte to 1 GiB).
@@ -279,6 +292,8 @@ pub enum AttackKind {
     Oversized,
     /// One byte at a time on many connections.
     Slowloris,
+    /// Strangers starting large frames and stalling before login.
+    PreauthBuffer,
     /// Big downloads that are never read.
     SlowRead,
     /// A connect/disconnect storm.
@@ -299,11 +314,12 @@ pub enum AttackKind {
 
 impl AttackKind {
     /// Every kind.
-    pub const ALL: [AttackKind; 12] = [
+    pub const ALL: [AttackKind; 13] = [
         AttackKind::Flood,
         AttackKind::RawFlood,
         AttackKind::Oversized,
         AttackKind::Slowloris,
+        AttackKind::PreauthBuffer,
         AttackKind::SlowRead,
         AttackKind::ConnChurn,
         AttackKind::ConnExhaust,
@@ -321,6 +337,7 @@ impl AttackKind {
             AttackKind::RawFlood => "raw-flood",
             AttackKind::Oversized => "oversized",
             AttackKind::Slowloris => "slowloris",
+            AttackKind::PreauthBuffer => "preauth-buffer",
             AttackKind::SlowRead => "slow-read",
             AttackKind::ConnChurn => "conn-churn",
             AttackKind::ConnExhaust => "conn-exhaust",
@@ -370,6 +387,12 @@ pub(crate) enum Params {
     Slowloris {
         interval: Duration,
         declared_len: u32,
+    },
+    PreauthBuffer {
+        /// The frame's kind byte (SEND_MAIL or AUTH).
+        kind: u8,
+        declared_len: u32,
+        body_bytes: u32,
     },
     SlowRead {
         file_bytes: u64,
@@ -643,6 +666,34 @@ impl AttackSpec {
                 )?),
                 declared_len: declared_len.unwrap_or(DEFAULT_SLOWLORIS_DECLARED),
             },
+            AttackSpec::PreauthBuffer {
+                frame,
+                declared_len,
+                body_bytes,
+                ..
+            } => {
+                let kind = match frame.as_deref().unwrap_or("send-mail") {
+                    "send-mail" => crate::protocol::Kind::SendMail,
+                    "auth" => crate::protocol::Kind::Auth,
+                    other => {
+                        return Err(c.err(
+                            "frame",
+                            format!("unknown frame {other:?}; known: send-mail, auth"),
+                        ))
+                    }
+                };
+                let declared_len = declared_len.unwrap_or(DEFAULT_PREAUTH_DECLARED);
+                Params::PreauthBuffer {
+                    kind: kind as u8,
+                    declared_len,
+                    body_bytes: c.range_u64(
+                        "body_bytes",
+                        u64::from(body_bytes.unwrap_or(declared_len.saturating_sub(1))),
+                        0,
+                        1 << 24,
+                    )? as u32,
+                }
+            }
             AttackSpec::SlowRead {
                 file_bytes,
                 requests_per_conn,

@@ -176,8 +176,9 @@ impl Conn<'_> {
 
     /// Before login, refuses a frame whose header declares more than
     /// `limits.preauth_frame_bytes`, from its header alone: none of its body is buffered for
-    /// a stranger, and the connection is closed. Headers that are invalid in any other way
-    /// are left to the decoder, which names the fault.
+    /// a stranger, and the connection is closed. Headers that are invalid in any other way,
+    /// or over the frame ceiling (fatal for everyone), are left to the decoder, which names
+    /// the fault.
     fn refuse_before_login(&mut self) -> bool {
         let Some(header) = self.inbuf.first_chunk::<HEADER_LEN>() else {
             return false;
@@ -189,7 +190,8 @@ impl Conn<'_> {
             Some(kind) if [m0, m1] == MAGIC && version == VERSION && kind.is_request() => kind,
             _ => return false,
         };
-        if len <= max {
+        // Past the frame ceiling the decoder refuses the header for everyone (bad_frame).
+        if len <= max || len > self.shared.limits.frame_ceiling() {
             return false;
         }
         let e = DecodeError::FrameTooLarge { kind, len, max };
