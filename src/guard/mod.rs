@@ -8,24 +8,29 @@
 //!   [`ConnTicket`] that holds the slot until it is dropped.
 //! - [`Guard::check_frame`] and a per-connection [`ConnLimiter`] for every frame;
 //!   [`Guard::check_login`] before any password is verified (argon2 is slow on purpose, so a
-//!   login flood must be refused before it costs CPU).
+//!   login flood must be refused before it costs CPU), and [`Guard::login_failed`] /
+//!   [`Guard::login_succeeded`] after: an account's failure backoff counts failures only and
+//!   holds back only sources that have failed themselves (see `login`).
 //! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
 //!   its open connections through their tickets' cancellation tokens.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
 //!
 //! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
-//! `conns` (connection table, [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
+//! [`login`] (account failure backoff and sources' standing), `conns` (connection table,
+//! [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
 //!
 //! Invariant: no decision here depends on hash-map iteration order, and no keyed state grows
 //! past `limits.max_tracked_sources` for longer than one purge interval.
 //!
 //! Lock order: the blocklist mutex before the connection table mutex. `admit` holds both
 //! while it checks and inserts, and `block` holds both while it blocks and cuts, so a
-//! connection cannot be admitted between a block and its cut and escape it.
+//! connection cannot be admitted between a block and its cut and escape it. The login
+//! history's mutex is never held together with either.
 
 mod blocklist;
 pub mod clock;
 mod conns;
+pub mod login;
 mod rate;
 pub mod source;
 
@@ -50,6 +55,7 @@ pub use source::{ParseSourceError, SourceKey};
 
 use blocklist::Blocklist;
 use conns::{ConnTable, OpenConn};
+use login::LoginHistory;
 use rate::KeyedLimiter;
 
 /// Why a new connection was refused at accept.
@@ -103,8 +109,11 @@ pub enum Limited {
     /// The source tries to log in more often than `rates.logins_per_min_per_ip`.
     #[error("source tries to log in too often")]
     LoginIp,
-    /// The user name is tried more often than `rates.logins_per_min_per_user`.
-    #[error("user name is tried too often")]
+    /// The account has failed more often than `rates.logins_per_min_per_user` allows (its
+    /// failure backoff), and this source has failed logins of its own and has not logged in
+    /// to the account recently. An account-wide refusal: it never refuses a source without
+    /// failures, and says nothing about the source to the firewall.
+    #[error("too many failed logins for this user name")]
     LoginUser,
 }
 
@@ -119,6 +128,13 @@ impl Limited {
             Limited::LoginUser => "login_rate_user",
         }
     }
+
+    /// Whether the refusal is the source's own doing and may count against it in the
+    /// firewall. An account-wide refusal is not: others' guesses brought it about, and
+    /// scoring it would let guessers get an account's owner blocked.
+    pub fn blames_source(&self) -> bool {
+        !matches!(self, Limited::LoginUser)
+    }
 }
 
 /// A snapshot of the guard's state, for reports and scenario expectations.
@@ -128,7 +144,7 @@ pub struct GuardStats {
     pub connections: u32,
     /// Sources with at least one open connection.
     pub sources_connected: u32,
-    /// Keys held by all keyed rate limiters together.
+    /// Keys held by all keyed rate limiters and the login history together.
     pub tracked_keys: usize,
     /// Runtime blocks held (expired ones are dropped by the next purge).
     pub blocked: usize,
@@ -148,8 +164,9 @@ pub struct Guard {
     frames_ip: KeyedLimiter<SourceKey>,
     frames_user: KeyedLimiter<i64>,
     logins_ip: KeyedLimiter<SourceKey>,
-    /// Keyed by a hash of the name, so a key costs 8 bytes however long the name is.
-    logins_user: KeyedLimiter<u64>,
+    /// Accounts are keyed by a hash of the name, so a key costs 8 bytes however long the
+    /// name is. Never held with `blocks` or `conns`.
+    logins: Mutex<LoginHistory>,
     next_id: AtomicU64,
     /// Taken before `conns` (see the module docs).
     blocks: Mutex<Blocklist>,
@@ -191,10 +208,10 @@ impl Guard {
                 rate::per_minute(r.logins_per_min_per_ip, r.logins_burst_per_ip),
                 &clock,
             ),
-            logins_user: KeyedLimiter::new(
-                rate::per_minute(r.logins_per_min_per_user, r.logins_burst_per_user),
-                &clock,
-            ),
+            logins: Mutex::new(LoginHistory::new(
+                r.logins_per_min_per_user,
+                r.logins_burst_per_user,
+            )),
             next_id: AtomicU64::new(1),
             blocks: Mutex::new(Blocklist::new(max_tracked)),
             conns: Arc::new(Mutex::new(ConnTable::default())),
@@ -290,17 +307,40 @@ impl Guard {
         ConnLimiter::new(self.conn_quota, &self.clock)
     }
 
-    /// Takes one login attempt from the source's and the user name's allowances. Call it
-    /// before verifying any password; the name need not exist (attempts on unknown names
-    /// count too, so probing for names costs the same).
+    /// Decides whether a login to `user_name` from `source` may be verified. Call it before
+    /// verifying any password, and report the outcome with [`Guard::login_failed`] or
+    /// [`Guard::login_succeeded`]; the name need not exist (unknown names are tracked the
+    /// same way, so probing for names costs the same).
+    ///
+    /// It takes one attempt from the source's allowance (`rates.logins_per_min_per_ip`:
+    /// every attempt costs an argon2 verification), then asks the account's failure backoff,
+    /// which refuses only a source that has failed logins of its own and has not logged in to
+    /// this account recently. A source without failures is always verified, so the right
+    /// password is never refused because others guessed wrong.
     pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<(), Limited> {
         if !self.logins_ip.check(&source) {
             return Err(Limited::LoginIp);
         }
-        if !self.logins_user.check(&name_key(user_name)) {
+        let now = self.clock.elapsed();
+        if !self.lock_logins().admits(name_key(user_name), source, now) {
             return Err(Limited::LoginUser);
         }
         Ok(())
+    }
+
+    /// Records a failed login to `user_name` from `source`: it counts against the account's
+    /// failure backoff, and the source now has a failure of its own.
+    pub fn login_failed(&self, source: SourceKey, user_name: &str) {
+        let now = self.clock.elapsed();
+        self.lock_logins().failed(name_key(user_name), source, now);
+    }
+
+    /// Records a successful login to `user_name` from `source`: the source is in good
+    /// standing for that account, so the account's failure backoff never holds it back.
+    pub fn login_succeeded(&self, source: SourceKey, user_name: &str) {
+        let now = self.clock.elapsed();
+        self.lock_logins()
+            .succeeded(name_key(user_name), source, now);
     }
 
     /// Blocks the source of `ip` for `for_` (at most a year) and cuts every open connection
@@ -362,7 +402,8 @@ impl Guard {
     /// Keeps keyed state bounded; the server calls it every second. Each keyed limiter
     /// drops the keys that are back to a fresh state and releases spare capacity; one that
     /// still holds more than `limits.max_tracked_sources` keys is cleared. Clearing only
-    /// forgives (every source gets its full burst again), it never lets memory grow. Expired
+    /// forgives (every source gets its full burst again), it never lets memory grow. The
+    /// login history drops what is past its memory and is capped the same way. Expired
     /// blocks are dropped.
     pub fn purge(&self) {
         let cap = self.max_tracked;
@@ -370,7 +411,7 @@ impl Guard {
         self.frames_ip.purge(cap);
         self.frames_user.purge(cap);
         self.logins_ip.purge(cap);
-        self.logins_user.purge(cap);
+        self.lock_logins().purge(self.clock.elapsed(), cap);
         self.lock_blocks().expire(self.clock.elapsed());
     }
 
@@ -388,7 +429,7 @@ impl Guard {
                 + self.frames_ip.len()
                 + self.frames_user.len()
                 + self.logins_ip.len()
-                + self.logins_user.len(),
+                + self.lock_logins().len(),
             blocked,
         }
     }
@@ -397,6 +438,12 @@ impl Guard {
     /// the map valid, so a panic elsewhere cannot have left it half-changed.
     fn lock_blocks(&self) -> MutexGuard<'_, Blocklist> {
         self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the login history, recovering a poisoned lock for the same reason: each of its
+    /// operations leaves every map valid.
+    fn lock_logins(&self) -> MutexGuard<'_, LoginHistory> {
+        self.logins.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

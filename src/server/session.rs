@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::guard::{ConnLimiter, SourceKey};
+use crate::guard::{ConnLimiter, Limited, SourceKey};
 use crate::protocol::{
     Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
 };
@@ -476,17 +476,25 @@ impl Session {
         }
         if let Err(limit) = shared.guard.check_login(self.source, &user) {
             Metrics::bump(&shared.metrics.rate_limited);
-            shared.signal(self.peer, Signal::LoginRateLimited);
+            // Only the source's own excess counts against it: an account's failure backoff
+            // is others' doing too, and scoring it would let guessers get the owner blocked.
+            if limit.blames_source() {
+                shared.signal(self.peer, Signal::LoginRateLimited);
+            }
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
             });
-            return Err(err(
-                ErrorCode::RateLimited,
-                format!(
+            let message = match limit {
+                Limited::LoginUser => format!(
+                    "too many failed logins for this user name from addresses that failed before ({}); try again later",
+                    limit.reason()
+                ),
+                _ => format!(
                     "too many login attempts ({}); try again later",
                     limit.reason()
                 ),
-            ));
+            };
+            return Err(err(ErrorCode::RateLimited, message));
         }
         let store = Arc::clone(&shared.store);
         let name = user.clone();
@@ -506,6 +514,7 @@ impl Session {
         };
         match (ok, id) {
             (true, Some(id)) => {
+                shared.guard.login_succeeded(self.source, &user);
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
@@ -513,6 +522,7 @@ impl Session {
                 Ok(Reply::AuthOk { user })
             }
             _ => {
+                shared.guard.login_failed(self.source, &user);
                 Metrics::bump(&shared.metrics.auth_failed);
                 shared.signal(self.peer, Signal::AuthFailed);
                 self.record(EventKind::AuthFailed);
