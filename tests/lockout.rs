@@ -15,7 +15,8 @@ use rampart::protocol::ErrorCode;
 use rampart::server::auth::hash_password;
 
 use common::{
-    firewall_config, refused, start_server_with, within, TestError, TestResult, TestServer,
+    firewall_config, refused, start_server_with, test_config, within, TestError, TestResult,
+    TestServer,
 };
 
 /// The account under attack and its password.
@@ -103,23 +104,32 @@ async fn distributed_guessing_does_not_lock_out_the_real_user() -> TestResult {
     .await
 }
 
-/// A source whose login is refused by the account's failure backoff is not scored for it:
-/// only its own failure counts against it, however often it is refused.
+/// A source whose login is refused by the account's failure backoff is not scored for the
+/// refusal: only its own failures count against it, however often it is refused. (A source
+/// is held back only once its own failures are as many as the firewall blocks for; here
+/// they come far enough apart to decay below the threshold, as a slow typist's would.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_wide_refusals_never_block_the_refused_source() -> TestResult {
     within(async {
         let mut cfg = firewall_config();
         // One failure a minute after the burst: the backoff cannot end during the test.
         cfg.rates.logins_per_min_per_user = 1;
+        // Two failures reach the threshold, and a score halves every second.
+        cfg.firewall.weight_auth_failed = cfg.firewall.threshold / 2;
+        cfg.firewall.half_life_s = 1;
         let server = server_with_victim(cfg).await?;
         for a in 1..=5 {
             assert_eq!(guess(&server, ip(21, a), 1).await?, [ErrorCode::AuthFailed]);
         }
-        // A new address mistypes once (it is verified: it had no failures), then keeps
-        // trying and is held back by the account's backoff.
+        // A new address mistypes twice, 1.5 s apart (it is verified both times: it had
+        // fewer failures than the firewall blocks for), then keeps trying and is held back
+        // by the account's backoff.
         let typo = ip(21, 10);
         let mut c = Client::connect(server.target(), from(typo)).await?;
         refused(c.auth(VICTIM.0, b"wrong").await, ErrorCode::AuthFailed)?;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        refused(c.auth(VICTIM.0, b"wronger").await, ErrorCode::AuthFailed)?;
+        let own = server.handle.firewall().score(typo);
         for _ in 0..6 {
             let message = refused(
                 c.auth(VICTIM.0, VICTIM.1.as_bytes()).await,
@@ -128,11 +138,10 @@ async fn account_wide_refusals_never_block_the_refused_source() -> TestResult {
             assert!(message.contains("login_rate_user"), "{message}");
         }
         assert!(!server.handle.guard().is_blocked(typo));
-        let weight = f64::from(server.handle.server().config().firewall.weight_auth_failed);
         let score = server.handle.firewall().score(typo);
         assert!(
-            score <= weight,
-            "score {score}: more than its own failure ({weight})"
+            score <= own,
+            "score {score}: more than its own failures left ({own})"
         );
         // Everyone else still gets in: another clean address, and the other users.
         let mut victim = Client::login(
@@ -154,8 +163,11 @@ async fn account_wide_refusals_never_block_the_refused_source() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proven_address_gets_in_after_its_own_typo_during_an_attack() -> TestResult {
     within(async {
-        let mut cfg = firewall_config();
+        // The firewall off, so that only the backoff can hold anyone back; two failures of
+        // its own (what the firewall would block for) hold a source back.
+        let mut cfg = test_config();
         cfg.rates.logins_per_min_per_user = 1;
+        cfg.firewall.weight_auth_failed = cfg.firewall.threshold / 2;
         let server = server_with_victim(cfg).await?;
         let home = ip(22, 1);
         let victim =
@@ -164,7 +176,7 @@ async fn a_proven_address_gets_in_after_its_own_typo_during_an_attack() -> TestR
         for a in 2..=7 {
             guess(&server, ip(22, a), 2).await?;
         }
-        // A guesser that already failed is held back.
+        // A guesser that failed twice is held back.
         let message = refused(
             Client::login(server.target(), VICTIM.0, b"guess-x", from(ip(22, 2))).await,
             ErrorCode::RateLimited,

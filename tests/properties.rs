@@ -88,6 +88,9 @@ fn config_for(limiter: Limiter, rate: u32, burst: u32) -> Config {
     };
     *per = rate;
     *b = burst;
+    // One failure of its own holds a source back from an account in backoff (the firewall
+    // blocks for one), so the per-user limit is exactly a quota of failures.
+    c.firewall.weight_auth_failed = c.firewall.threshold;
     c
 }
 

@@ -7,17 +7,20 @@
 //! - per account name, a failure backoff: a GCRA state (as governor keeps it) that only
 //!   failed logins advance, `rates.logins_per_min_per_user` a minute with a burst of
 //!   `rates.logins_burst_per_user`. Successes never count.
-//! - per source, when it last failed a login, on any account. A source without one within
-//!   [`FAILURE_MEMORY`] has no failures of its own.
+//! - per source, its own failed logins on any account, counted until [`FAILURE_MEMORY`]
+//!   passes without one.
 //! - per (account, source), when that source last logged in to that account. Such a source
 //!   is in good standing for [`TRUST_FOR`].
 //!
-//! The backoff refuses a login only from a source that is neither in good standing for the
-//! account nor free of failures of its own: a guesser who has guessed wrong. A source
-//! without failures is always verified, so a correct password from it gets in however many
-//! others guessed wrong; a wrong one marks it, and its next guess waits for the backoff.
-//! Guessers therefore get one guess per address while the account is under attack, and the
-//! firewall counts each of those failures against its source.
+//! The backoff refuses a login only from a source that is not in good standing for the
+//! account and has failed as many logins of its own as the firewall needs to block a source
+//! (`firewall.threshold / firewall.weight_auth_failed`, rounded up: 4 by default). Every
+//! other login is verified, so a correct password gets in however many others guessed
+//! wrong, and each wrong guess counts against its own source in the firewall. The backoff
+//! thus never holds back an address that its own failures would not already have got
+//! blocked, while a guesser whose failures decay out of the firewall's score (one guess a
+//! minute from each of many addresses) still gets no more than that many guesses per
+//! address per quarter hour against an account under attack.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -25,10 +28,10 @@ use std::time::Duration;
 
 use super::source::SourceKey;
 
-/// How long a failed login marks its source as having failures of its own. A quarter of an
-/// hour: a guessing address gets one more verified guess per quarter hour against an account
-/// in backoff, while the firewall blocks it after a few failures anyway; an owner who typed
-/// a wrong password from a new address is held back only while the account is under attack.
+/// How long a source's own failed logins are remembered after its last one. A quarter of an
+/// hour, fifteen firewall half-lives: long past the point where the firewall has forgotten
+/// them, so guessing slowly enough to stay under the firewall's threshold does not buy more
+/// guesses against an account in backoff.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// How long a successful login keeps its source in good standing for that account: a week,
@@ -79,27 +82,31 @@ pub(crate) struct LoginHistory {
     backoff: Backoff,
     /// Account name key to its backoff state (theoretical arrival time, in nanoseconds).
     accounts: HashMap<u64, u64>,
-    /// Source to the time of its last failed login.
-    failed: HashMap<SourceKey, u64>,
+    /// Source to its own recent failed logins.
+    failed: HashMap<SourceKey, Failures>,
+    /// Failures of its own that hold a source back from an account in backoff.
+    source_failures: u32,
     /// (account name key, source) to the time of that source's last login to it.
     proven: HashMap<(u64, SourceKey), u64>,
 }
 
 impl LoginHistory {
     /// An empty history with the per-account failure allowance of `per_minute` a minute and
-    /// a burst of `burst`.
-    pub(crate) fn new(per_minute: u32, burst: u32) -> LoginHistory {
+    /// a burst of `burst`, holding back sources with `source_failures` failures of their own
+    /// (at least 1).
+    pub(crate) fn new(per_minute: u32, burst: u32, source_failures: u32) -> LoginHistory {
         LoginHistory {
             backoff: Backoff::new(per_minute, burst),
             accounts: HashMap::new(),
             failed: HashMap::new(),
+            source_failures: source_failures.max(1),
             proven: HashMap::new(),
         }
     }
 
     /// Whether a login to `account` from `source` may be verified at `now`: true unless the
     /// account's failure backoff is active and the source has neither proven itself on this
-    /// account nor a clean record of its own.
+    /// account nor fewer than `source_failures` recent failures of its own.
     pub(crate) fn admits(&self, account: u64, source: SourceKey, now: Duration) -> bool {
         let now = nanos(now);
         let in_backoff = self
@@ -113,11 +120,11 @@ impl LoginHistory {
             .proven
             .get(&(account, source))
             .is_some_and(|&at| within(at, TRUST_FOR, now));
-        let has_failed = self
+        let failed_enough = self
             .failed
             .get(&source)
-            .is_some_and(|&at| within(at, FAILURE_MEMORY, now));
-        proven || !has_failed
+            .is_some_and(|f| f.recent(now) >= self.source_failures);
+        proven || !failed_enough
     }
 
     /// Records a failed login to `account` from `source` at `now`: it advances the account's
@@ -127,7 +134,12 @@ impl LoginHistory {
         let tat = self.accounts.get(&account).copied().unwrap_or(now);
         let next = self.backoff.after_failure(tat, now);
         self.accounts.insert(account, next);
-        self.failed.insert(source, now);
+        let f = self.failed.entry(source).or_insert(Failures {
+            last: now,
+            count: 0,
+        });
+        f.count = f.recent(now).saturating_add(1);
+        f.last = now;
     }
 
     /// Records a successful login to `account` from `source` at `now`: the source is in good
@@ -149,13 +161,32 @@ impl LoginHistory {
     pub(crate) fn purge(&mut self, now: Duration, cap: usize) {
         let now = nanos(now);
         self.accounts.retain(|_, tat| *tat > now);
-        self.failed.retain(|_, at| within(*at, FAILURE_MEMORY, now));
+        self.failed.retain(|_, f| f.recent(now) > 0);
         self.proven.retain(|_, at| within(*at, TRUST_FOR, now));
         let dropped = cap_map(&mut self.accounts, cap)
             + cap_map(&mut self.failed, cap)
             + cap_map(&mut self.proven, cap);
         if dropped > 0 {
             tracing::warn!(cap, dropped, "login history over its key cap, cleared");
+        }
+    }
+}
+
+/// A source's own failed logins: how many, and when the last one was.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    last: u64,
+    count: u32,
+}
+
+impl Failures {
+    /// The failures still remembered at `now`: all of them until [`FAILURE_MEMORY`] passes
+    /// after the last one, then none.
+    fn recent(&self, now: u64) -> u32 {
+        if within(self.last, FAILURE_MEMORY, now) {
+            self.count
+        } else {
+            0
         }
     }
 }
@@ -211,24 +242,29 @@ mod tests {
     }
 
     #[test]
-    fn only_sources_with_failures_of_their_own_wait() {
-        let mut h = LoginHistory::new(10, 5);
+    fn only_sources_that_failed_enough_themselves_wait() {
+        let mut h = LoginHistory::new(10, 5, 2);
         let now = MIN;
         for n in 0..5 {
             h.failed(1, src(n), now);
         }
-        // The account is in backoff: a guesser waits, a clean source is verified, other
-        // accounts are untouched.
+        // The account is in backoff, but one failure of its own does not hold a source back.
+        assert!(h.admits(1, src(0), now));
+        h.failed(1, src(0), now);
+        // Two do; a clean source is verified, and other accounts are untouched.
         assert!(!h.admits(1, src(0), now));
         assert!(h.admits(1, src(9), now));
         assert!(h.admits(2, src(0), now));
         // The backoff ends at the sustained rate.
         assert!(h.admits(1, src(0), now + Duration::from_secs(6)));
+        // A source's failures are forgotten a quarter hour after its last one.
+        h.failed(1, src(9), now);
+        assert!(h.admits(1, src(0), now + FAILURE_MEMORY));
     }
 
     #[test]
-    fn good_standing_outlasts_a_typo_and_failures_outlast_success() {
-        let mut h = LoginHistory::new(10, 5);
+    fn good_standing_outlasts_typos_and_failures_outlast_success() {
+        let mut h = LoginHistory::new(10, 5, 1);
         let now = MIN;
         h.succeeded(1, src(1), now);
         for n in 1..=5 {
@@ -242,7 +278,7 @@ mod tests {
 
     #[test]
     fn purge_forgets_and_caps() {
-        let mut h = LoginHistory::new(10, 5);
+        let mut h = LoginHistory::new(10, 5, 1);
         h.failed(1, src(1), MIN);
         h.succeeded(1, src(2), MIN);
         assert_eq!(h.len(), 3);

@@ -10,7 +10,7 @@
 //!   [`Guard::check_login`] before any password is verified (argon2 is slow on purpose, so a
 //!   login flood must be refused before it costs CPU), and [`Guard::login_failed`] /
 //!   [`Guard::login_succeeded`] after: an account's failure backoff counts failures only and
-//!   holds back only sources that have failed themselves (see `login`).
+//!   holds back only sources whose own failures would get them blocked (see [`login`]).
 //! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
 //!   its open connections through their tickets' cancellation tokens.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
@@ -45,7 +45,7 @@ use governor::Quota;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MAX_BLOCK_SECS};
+use crate::config::{Config, FirewallConfig, MAX_BLOCK_SECS};
 
 pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
@@ -110,9 +110,10 @@ pub enum Limited {
     #[error("source tries to log in too often")]
     LoginIp,
     /// The account has failed more often than `rates.logins_per_min_per_user` allows (its
-    /// failure backoff), and this source has failed logins of its own and has not logged in
-    /// to the account recently. An account-wide refusal: it never refuses a source without
-    /// failures, and says nothing about the source to the firewall.
+    /// failure backoff), and this source has not logged in to the account recently and has
+    /// failed as many logins of its own as the firewall needs to block a source. An
+    /// account-wide refusal: it never refuses a source with fewer failures, and says nothing
+    /// about the source to the firewall.
     #[error("too many failed logins for this user name")]
     LoginUser,
 }
@@ -211,6 +212,7 @@ impl Guard {
             logins: Mutex::new(LoginHistory::new(
                 r.logins_per_min_per_user,
                 r.logins_burst_per_user,
+                failures_to_block(&cfg.firewall),
             )),
             next_id: AtomicU64::new(1),
             blocks: Mutex::new(Blocklist::new(max_tracked)),
@@ -314,9 +316,9 @@ impl Guard {
     ///
     /// It takes one attempt from the source's allowance (`rates.logins_per_min_per_ip`:
     /// every attempt costs an argon2 verification), then asks the account's failure backoff,
-    /// which refuses only a source that has failed logins of its own and has not logged in to
-    /// this account recently. A source without failures is always verified, so the right
-    /// password is never refused because others guessed wrong.
+    /// which refuses only a source that has not logged in to this account recently and has
+    /// failed as many logins of its own as the firewall needs to block it. Any other source
+    /// is verified, so the right password is never refused because others guessed wrong.
     pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<(), Limited> {
         if !self.logins_ip.check(&source) {
             return Err(Limited::LoginIp);
@@ -461,6 +463,25 @@ fn listed(nets: &[IpNet], ip: IpAddr) -> bool {
     let canonical = ip.to_canonical();
     nets.iter()
         .any(|n| n.contains(&ip) || n.contains(&canonical))
+}
+
+/// Most failed logins of its own a source may have and still be verified while an
+/// account is in backoff, whatever the firewall's weights: a firewall that never blocks for
+/// failures must not turn the backoff off.
+const MAX_SOURCE_FAILURES: u32 = 16;
+
+/// The failed logins after which the firewall blocks a source (`threshold` over
+/// `weight_auth_failed`, rounded up; 4 by default), at most [`MAX_SOURCE_FAILURES`]. An
+/// account's backoff holds back only sources with this many failures of their own, so it
+/// never refuses an address that its own failures would not already have got blocked, and
+/// the firewall still sees every guess a guesser makes until it blocks.
+fn failures_to_block(fw: &FirewallConfig) -> u32 {
+    if fw.weight_auth_failed == 0 {
+        return MAX_SOURCE_FAILURES;
+    }
+    fw.threshold
+        .div_ceil(fw.weight_auth_failed)
+        .clamp(1, MAX_SOURCE_FAILURES)
 }
 
 /// The login limiter's key for a user name: SipHash with fixed keys, so keys are the same on

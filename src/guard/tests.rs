@@ -349,10 +349,16 @@ fn login_limits_per_source_and_per_account_failures() {
         assert_eq!(g.check_login(src, "alice"), Ok(()));
         g.login_failed(src, "alice");
     }
-    // The account is in backoff: a source that failed waits, one without failures is
-    // verified (its right password gets in, its wrong one is a failure like any other).
+    // The account is in backoff, but a source is verified until its own failures are as
+    // many as the firewall blocks for (4 by default: threshold 100, 25 points each).
     let guesser = g.source_of(ip("127.0.2.0"));
+    for _ in 1..4 {
+        assert_eq!(g.check_login(guesser, "alice"), Ok(()));
+        g.login_failed(guesser, "alice");
+    }
     assert_eq!(g.check_login(guesser, "alice"), Err(Limited::LoginUser));
+    // A source without failures is verified (its right password gets in, its wrong one is
+    // a failure like any other).
     assert_eq!(g.check_login(a, "alice"), Ok(()));
     // Default per-source burst is 10; one was spent on "alice" above.
     let ok = (0..20)
@@ -384,7 +390,8 @@ fn successful_logins_never_count_against_the_account() {
 
 #[test]
 fn a_proven_source_is_never_held_back_by_the_account() {
-    let g = guard(|_| {});
+    // One failure of its own is as many as the firewall blocks for.
+    let g = guard(|c| c.firewall.weight_auth_failed = c.firewall.threshold);
     let home = g.source_of(ip("127.0.4.1"));
     g.login_succeeded(home, "erin");
     // The owner mistypes at home, then others guess: the backoff is on.
@@ -402,6 +409,24 @@ fn a_proven_source_is_never_held_back_by_the_account() {
         g.login_failed(g.source_of(ip(&format!("127.0.4.{n}"))), "frank");
     }
     assert_eq!(g.check_login(home, "frank"), Err(Limited::LoginUser));
+}
+
+#[test]
+fn sources_wait_after_as_many_failures_as_the_firewall_blocks_for() {
+    let check = |threshold: u32, weight: u32, want: u32| {
+        let fw = FirewallConfig {
+            threshold,
+            weight_auth_failed: weight,
+            ..FirewallConfig::default()
+        };
+        assert_eq!(failures_to_block(&fw), want, "{threshold} / {weight}");
+    };
+    check(100, 25, 4);
+    check(100, 30, 4);
+    check(100, 100, 1);
+    check(100, 500, 1);
+    check(100_000, 1, MAX_SOURCE_FAILURES);
+    check(100, 0, MAX_SOURCE_FAILURES);
 }
 
 #[test]
