@@ -523,7 +523,7 @@ const DEFAULT_LOGINS_PER_MIN_PER_IP: u32 = 30;
 const DEFAULT_LOGINS_BURST_PER_IP: u32 = 10;
 // Failures for one user name: one person retyping a password makes a handful, 10 a minute
 // and 5 at once (OWASP: slow down after a handful of failures rather than lock out). Only
-// sources that failed themselves are held back (`guard::login`).
+// sources whose own failures reach the firewall's threshold are held back (`guard::login`).
 const DEFAULT_LOGINS_PER_MIN_PER_USER: u32 = 10;
 const DEFAULT_LOGINS_BURST_PER_USER: u32 = 5;
 // Reconnect storms after a restart: 100 at once from one host, then 50 a second.
@@ -553,7 +553,7 @@ pub struct RatesConfig {
     /// Login attempts one source may make at once.
     pub logins_burst_per_ip: u32,
     /// Failed logins per minute for one user name before its failure backoff holds back
-    /// sources that failed themselves (successes never count).
+    /// sources whose own failures reach the firewall's threshold (successes never count).
     pub logins_per_min_per_user: u32,
     /// Failed logins for one user name at once before its failure backoff starts.
     pub logins_burst_per_user: u32,
