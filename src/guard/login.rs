@@ -39,6 +39,18 @@ pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 /// restart forgets it, which merely treats those sources as new ones.
 pub const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
+/// Where a source stands with one account, for a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// It logged in to the account within [`TRUST_FOR`]: verified first, never held back.
+    Proven,
+    /// Not proven and not held back: verified like any login.
+    New,
+    /// Not proven, the account's failure backoff is active, and the source has failed as
+    /// many logins of its own as the firewall blocks for: refused without verification.
+    HeldBack,
+}
+
 /// An account's failure backoff: governor's GCRA on nanoseconds of the guard's clock, with
 /// a test that does not take a cell, which governor does not offer.
 #[derive(Debug, Clone, Copy)]
@@ -104,27 +116,31 @@ impl LoginHistory {
         }
     }
 
-    /// Whether a login to `account` from `source` may be verified at `now`: true unless the
-    /// account's failure backoff is active and the source has neither proven itself on this
-    /// account nor fewer than `source_failures` recent failures of its own.
-    pub(crate) fn admits(&self, account: u64, source: SourceKey, now: Duration) -> bool {
+    /// The standing of `source` for `account` at `now`: proven if it logged in to the
+    /// account recently; held back if the account's failure backoff is active and the source
+    /// has `source_failures` recent failures of its own; new otherwise.
+    pub(crate) fn standing(&self, account: u64, source: SourceKey, now: Duration) -> Standing {
         let now = nanos(now);
-        let in_backoff = self
-            .accounts
-            .get(&account)
-            .is_some_and(|&tat| self.backoff.active(tat, now));
-        if !in_backoff {
-            return true;
-        }
         let proven = self
             .proven
             .get(&(account, source))
             .is_some_and(|&at| within(at, TRUST_FOR, now));
+        if proven {
+            return Standing::Proven;
+        }
+        let in_backoff = self
+            .accounts
+            .get(&account)
+            .is_some_and(|&tat| self.backoff.active(tat, now));
         let failed_enough = self
             .failed
             .get(&source)
             .is_some_and(|f| f.recent(now) >= self.source_failures);
-        proven || !failed_enough
+        if in_backoff && failed_enough {
+            Standing::HeldBack
+        } else {
+            Standing::New
+        }
     }
 
     /// Records a failed login to `account` from `source` at `now`: it advances the account's
@@ -249,17 +265,23 @@ mod tests {
             h.failed(1, src(n), now);
         }
         // The account is in backoff, but one failure of its own does not hold a source back.
-        assert!(h.admits(1, src(0), now));
+        assert_ne!(h.standing(1, src(0), now), Standing::HeldBack);
         h.failed(1, src(0), now);
         // Two do; a clean source is verified, and other accounts are untouched.
-        assert!(!h.admits(1, src(0), now));
-        assert!(h.admits(1, src(9), now));
-        assert!(h.admits(2, src(0), now));
+        assert_eq!(h.standing(1, src(0), now), Standing::HeldBack);
+        assert_ne!(h.standing(1, src(9), now), Standing::HeldBack);
+        assert_ne!(h.standing(2, src(0), now), Standing::HeldBack);
         // The backoff ends at the sustained rate.
-        assert!(h.admits(1, src(0), now + Duration::from_secs(6)));
+        assert_ne!(
+            h.standing(1, src(0), now + Duration::from_secs(6)),
+            Standing::HeldBack
+        );
         // A source's failures are forgotten a quarter hour after its last one.
         h.failed(1, src(9), now);
-        assert!(h.admits(1, src(0), now + FAILURE_MEMORY));
+        assert_ne!(
+            h.standing(1, src(0), now + FAILURE_MEMORY),
+            Standing::HeldBack
+        );
     }
 
     #[test]
@@ -270,10 +292,10 @@ mod tests {
         for n in 1..=5 {
             h.failed(1, src(n), now);
         }
-        assert!(h.admits(1, src(1), now), "proven on account 1");
+        assert_eq!(h.standing(1, src(1), now), Standing::Proven);
         // A success on another account does not clear the source's failures.
         h.succeeded(2, src(2), now);
-        assert!(!h.admits(1, src(2), now));
+        assert_eq!(h.standing(1, src(2), now), Standing::HeldBack);
     }
 
     #[test]

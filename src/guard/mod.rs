@@ -56,6 +56,7 @@ pub use source::{ParseSourceError, SourceKey};
 use blocklist::Blocklist;
 use conns::{ConnTable, OpenConn};
 use login::LoginHistory;
+pub use login::Standing;
 use rate::KeyedLimiter;
 
 /// Why a new connection was refused at accept.
@@ -319,15 +320,21 @@ impl Guard {
     /// which refuses only a source that has not logged in to this account recently and has
     /// failed as many logins of its own as the firewall needs to block it. Any other source
     /// is verified, so the right password is never refused because others guessed wrong.
-    pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<(), Limited> {
+    ///
+    /// On success it returns the source's standing for the account: a proven source's
+    /// verification goes first (`server::auth::Lane`).
+    pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<Standing, Limited> {
         if !self.logins_ip.check(&source) {
             return Err(Limited::LoginIp);
         }
         let now = self.clock.elapsed();
-        if !self.lock_logins().admits(name_key(user_name), source, now) {
-            return Err(Limited::LoginUser);
+        match self
+            .lock_logins()
+            .standing(name_key(user_name), source, now)
+        {
+            Standing::HeldBack => Err(Limited::LoginUser),
+            standing => Ok(standing),
         }
-        Ok(())
     }
 
     /// Records a failed login to `user_name` from `source`: it counts against the account's

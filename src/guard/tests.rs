@@ -346,20 +346,20 @@ fn login_limits_per_source_and_per_account_failures() {
     // Default per-account burst is 5 failures: five addresses fail once each on "alice".
     for n in 0..5 {
         let src = g.source_of(ip(&format!("127.0.2.{n}")));
-        assert_eq!(g.check_login(src, "alice"), Ok(()));
+        assert_eq!(g.check_login(src, "alice"), Ok(Standing::New));
         g.login_failed(src, "alice");
     }
     // The account is in backoff, but a source is verified until its own failures are as
     // many as the firewall blocks for (4 by default: threshold 100, 25 points each).
     let guesser = g.source_of(ip("127.0.2.0"));
     for _ in 1..4 {
-        assert_eq!(g.check_login(guesser, "alice"), Ok(()));
+        assert_eq!(g.check_login(guesser, "alice"), Ok(Standing::New));
         g.login_failed(guesser, "alice");
     }
     assert_eq!(g.check_login(guesser, "alice"), Err(Limited::LoginUser));
     // A source without failures is verified (its right password gets in, its wrong one is
     // a failure like any other).
-    assert_eq!(g.check_login(a, "alice"), Ok(()));
+    assert_eq!(g.check_login(a, "alice"), Ok(Standing::New));
     // Default per-source burst is 10; one was spent on "alice" above.
     let ok = (0..20)
         .filter(|n| g.check_login(a, &format!("user{n}")).is_ok())
@@ -368,10 +368,10 @@ fn login_limits_per_source_and_per_account_failures() {
     assert_eq!(g.check_login(a, "bob"), Err(Limited::LoginIp));
     // 30 a minute: one comes back every 2 s.
     g.clock().advance(Duration::from_secs(2));
-    assert_eq!(g.check_login(a, "bob"), Ok(()));
+    assert_eq!(g.check_login(a, "bob"), Ok(Standing::New));
     // 10 failures a minute: the account's backoff ends 6 s after the burst.
     g.clock().advance(Duration::from_secs(4));
-    assert_eq!(g.check_login(guesser, "alice"), Ok(()));
+    assert_eq!(g.check_login(guesser, "alice"), Ok(Standing::New));
 }
 
 #[test]
@@ -379,13 +379,13 @@ fn successful_logins_never_count_against_the_account() {
     let g = guard(|_| {});
     for n in 0..50 {
         let src = g.source_of(ip(&format!("127.0.3.{n}")));
-        assert_eq!(g.check_login(src, "carol"), Ok(()));
+        assert_eq!(g.check_login(src, "carol"), Ok(Standing::New));
         g.login_succeeded(src, "carol");
     }
     // A source with a failure elsewhere is still admitted: carol has no failures at all.
     let other = g.source_of(ip("127.0.3.200"));
     g.login_failed(other, "dave");
-    assert_eq!(g.check_login(other, "carol"), Ok(()));
+    assert_eq!(g.check_login(other, "carol"), Ok(Standing::New));
 }
 
 #[test]
@@ -403,7 +403,7 @@ fn a_proven_source_is_never_held_back_by_the_account() {
         g.check_login(g.source_of(ip("127.0.4.2")), "erin"),
         Err(Limited::LoginUser)
     );
-    assert_eq!(g.check_login(home, "erin"), Ok(()));
+    assert_eq!(g.check_login(home, "erin"), Ok(Standing::Proven));
     // Proven for erin only.
     for n in 2..10 {
         g.login_failed(g.source_of(ip(&format!("127.0.4.{n}"))), "frank");

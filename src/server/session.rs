@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::guard::{ConnLimiter, Limited, SourceKey};
+use crate::guard::{ConnLimiter, Limited, SourceKey, Standing};
 use crate::protocol::{
     Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
 };
+use crate::server::auth::Lane;
 use crate::server::metrics::Metrics;
 use crate::server::Shared;
 use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
@@ -474,7 +475,8 @@ impl Session {
                 "session is already authenticated",
             ));
         }
-        if let Err(limit) = shared.guard.check_login(self.source, &user) {
+        let standing = shared.guard.check_login(self.source, &user);
+        if let Err(limit) = standing {
             Metrics::bump(&shared.metrics.rate_limited);
             // Only the source's own excess counts against it: an account's failure backoff
             // is others' doing too, and scoring it would let guessers get the owner blocked.
@@ -505,7 +507,13 @@ impl Session {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
         };
-        let Ok(ok) = shared.verifier.verify(hash, password).await else {
+        // A source that logged in to this account recently is verified first, so guessers
+        // keeping the pool busy cannot make the owner wait behind them.
+        let lane = match standing {
+            Ok(Standing::Proven) => Lane::Proven,
+            _ => Lane::Other,
+        };
+        let Ok(ok) = shared.verifier.verify(hash, password, lane).await else {
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,
