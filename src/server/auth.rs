@@ -1,8 +1,9 @@
 //! Password hashing and verification.
 //!
 //! argon2 is slow on purpose, which makes a login flood a CPU attack. Verification therefore
-//! runs on a small bounded pool (a semaphore of `auth.login_workers` permits in front of
-//! `spawn_blocking`), and only after the per-source and per-user login limits admitted it.
+//! runs on a small bounded pool (`auth.login_workers` threads fed by two bounded queues, the
+//! [`Lane`] of logins from sources in good standing for the account first), and only after
+//! the per-source login limit and the account's failure backoff admitted it.
 //! Unknown users are verified against a dummy hash so that timing does not reveal which
 //! names exist.
 
