@@ -1,4 +1,4 @@
-//! [`LoginHistory`]: what the guard remembers of recent logins, to slow password guessing
+//! `LoginHistory`: what the guard remembers of recent logins, to slow password guessing
 //! against one account without locking its owner out.
 //!
 //! Three bounded maps, all read and written under one lock (logins are rare next to frames:
