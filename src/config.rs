@@ -657,8 +657,9 @@ const DEFAULT_FRAMES_BURST_PER_IP: u32 = 1_000;
 // A NAT'd office logging in after lunch: 30 a minute, 10 at once.
 const DEFAULT_LOGINS_PER_MIN_PER_IP: u32 = 30;
 const DEFAULT_LOGINS_BURST_PER_IP: u32 = 10;
-// One person retyping a password: 10 a minute, 5 at once (OWASP: slow down after a handful
-// of failures rather than lock out).
+// Failures for one user name: one person retyping a password makes a handful, 10 a minute
+// and 5 at once (OWASP: slow down after a handful of failures rather than lock out). Only
+// sources whose own failures reach the firewall's threshold are held back (`guard::login`).
 const DEFAULT_LOGINS_PER_MIN_PER_USER: u32 = 10;
 const DEFAULT_LOGINS_BURST_PER_USER: u32 = 5;
 // Reconnect storms after a restart: 100 at once from one host, then 50 a second.
@@ -687,9 +688,10 @@ pub struct RatesConfig {
     pub logins_per_min_per_ip: u32,
     /// Login attempts one source may make at once.
     pub logins_burst_per_ip: u32,
-    /// Login attempts per minute for one user name.
+    /// Failed logins per minute for one user name before its failure backoff holds back
+    /// sources whose own failures reach the firewall's threshold (successes never count).
     pub logins_per_min_per_user: u32,
-    /// Login attempts for one user name at once.
+    /// Failed logins for one user name at once before its failure backoff starts.
     pub logins_burst_per_user: u32,
     /// Accepted connections per second from one source.
     pub accepts_per_s_per_ip: u32,

@@ -3,7 +3,9 @@
 //! never-panic, live in `src/protocol/tests.rs`.)
 //!
 //! - The rate limiters never admit more than their quota over any schedule of checks,
-//!   clock advances and purges, for every limiter the guard has.
+//!   clock advances and purges, for every limiter the guard has (for the per-user login
+//!   limit, a quota of failures), and a source without failures is never held back by an
+//!   account's failure backoff.
 //! - A sanitized file name joined onto a directory always names a direct child of it.
 //! - The store never lets a user read, list or delete another user's items, whatever
 //!   sequence of deliveries, reads and deletes three users perform.
@@ -86,6 +88,9 @@ fn config_for(limiter: Limiter, rate: u32, burst: u32) -> Config {
     };
     *per = rate;
     *b = burst;
+    // One failure of its own holds a source back from an account in backoff (the firewall
+    // blocks for one), so the per-user limit is exactly a quota of failures.
+    c.firewall.weight_auth_failed = c.firewall.threshold;
     c
 }
 
@@ -151,7 +156,17 @@ fn check_limiter(
                 Limiter::FramesPerUser => guard.check_frame(sources[0], Some(key as i64)).is_ok(),
                 Limiter::FramesPerConnection => conns[key].check().is_ok(),
                 Limiter::LoginsPerIp => guard.check_login(sources[key], "alice").is_ok(),
-                Limiter::LoginsPerUser => guard.check_login(sources[0], names[key]).is_ok(),
+                // Every attempt from one source, and every admitted attempt fails: the
+                // per-user limit is a failure backoff, and successes never count.
+                Limiter::LoginsPerUser => {
+                    let ok = guard.check_login(sources[0], names[key]).is_ok();
+                    if ok {
+                        guard.login_failed(sources[0], names[key]);
+                    }
+                    // A source without failures of its own is never held back by it.
+                    prop_assert!(guard.check_login(sources[2], names[key]).is_ok());
+                    ok
+                }
             };
             if ok {
                 admitted[key].push(clock.elapsed().as_nanos() as u64);

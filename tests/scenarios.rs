@@ -202,6 +202,34 @@ async fn baseline_run_reports_every_contract_key() -> TestResult {
     Ok(())
 }
 
+/// A legit user whose account is guessed from many addresses keeps logging in: each of its
+/// logins during the attack gets in, and its address is never blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guessed_account_keeps_logging_in() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let text = format!(
+        "name = \"guessed\"\nduration_s = 4\nseed = 5\n{CHEAP_AUTH}\
+         [[legit]]\nclients = 1\nrate_per_s = 5\nsources = \"127.0.0.16\"\nrelogin_every_s = 1\n\
+         [[legit]]\nclients = 2\nrate_per_s = 5\n\
+         [[attack]]\nkind = \"brute-force\"\nconnections = 8\nsources = \"127.0.13.0/28\"\n\
+         start_s = 0.5\nguesses = 200\ntarget_user = \"legit0\"\n\
+         [expect]\nlegit_goodput_min = 0.9\nlegit_login_refusals_max = 0\nfalse_blocks_max = 0\n"
+    );
+    let path = write(dir.path(), "guessed.toml", &text)?;
+    let report = run_files(&[path], &RunOptions::default(), &Silent).await?;
+    let json: serde_json::Value = serde_json::from_str(&report.to_json())?;
+    let m = &json["scenarios"][0]["metrics"];
+    assert_eq!(
+        json["passed"],
+        serde_json::Value::Bool(true),
+        "{}\n{m}",
+        report.summary_table()
+    );
+    assert!(m["legit_logins"].as_u64().is_some_and(|n| n >= 2), "{m}");
+    assert_eq!(m["legit_login_refusals"], 0);
+    Ok(())
+}
+
 /// The read-back counts an acknowledged item as lost when it is gone or differs, and only
 /// then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,6 +310,8 @@ async fn read_back_finds_lost_and_altered_items() -> TestResult {
         ],
         client: Some(sender),
         refused_at_accept: false,
+        logins: 0,
+        login_refusals: 0,
     };
     let recipient_run = ClientRun {
         index: 1,
@@ -289,6 +319,8 @@ async fn read_back_finds_lost_and_altered_items() -> TestResult {
         acked: Vec::new(),
         client: Some(recipient),
         refused_at_accept: false,
+        logins: 0,
+        login_refusals: 0,
     };
     let v = legit::verify(&plans, vec![run, recipient_run], target).await;
     assert_eq!(v.verified, 1);

@@ -8,24 +8,29 @@
 //!   [`ConnTicket`] that holds the slot until it is dropped.
 //! - [`Guard::check_frame`] and a per-connection [`ConnLimiter`] for every frame;
 //!   [`Guard::check_login`] before any password is verified (argon2 is slow on purpose, so a
-//!   login flood must be refused before it costs CPU).
+//!   login flood must be refused before it costs CPU), and [`Guard::login_failed`] /
+//!   [`Guard::login_succeeded`] after: an account's failure backoff counts failures only and
+//!   holds back only sources whose own failures would get them blocked (see [`login`]).
 //! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
 //!   its open connections through their tickets' cancellation tokens.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
 //!
 //! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
-//! `conns` (connection table, [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
+//! [`login`] (account failure backoff and sources' standing), `conns` (connection table,
+//! [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
 //!
 //! Invariant: no decision here depends on hash-map iteration order, and no keyed state grows
 //! past `limits.max_tracked_sources` for longer than one purge interval.
 //!
 //! Lock order: the blocklist mutex before the connection table mutex. `admit` holds both
 //! while it checks and inserts, and `block` holds both while it blocks and cuts, so a
-//! connection cannot be admitted between a block and its cut and escape it.
+//! connection cannot be admitted between a block and its cut and escape it. The login
+//! history's mutex is never held together with either.
 
 mod blocklist;
 pub mod clock;
 mod conns;
+pub mod login;
 mod rate;
 pub mod source;
 
@@ -40,7 +45,7 @@ use governor::Quota;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MAX_BLOCK_SECS};
+use crate::config::{Config, FirewallConfig, MAX_BLOCK_SECS};
 
 pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
@@ -50,6 +55,8 @@ pub use source::{ParseSourceError, SourceKey};
 
 use blocklist::Blocklist;
 use conns::{ConnTable, OpenConn};
+use login::LoginHistory;
+pub use login::Standing;
 use rate::KeyedLimiter;
 
 /// Why a new connection was refused at accept.
@@ -103,8 +110,12 @@ pub enum Limited {
     /// The source tries to log in more often than `rates.logins_per_min_per_ip`.
     #[error("source tries to log in too often")]
     LoginIp,
-    /// The user name is tried more often than `rates.logins_per_min_per_user`.
-    #[error("user name is tried too often")]
+    /// The account has failed more often than `rates.logins_per_min_per_user` allows (its
+    /// failure backoff), and this source has not logged in to the account recently and has
+    /// failed as many logins of its own as the firewall needs to block a source. An
+    /// account-wide refusal: it never refuses a source with fewer failures, and says nothing
+    /// about the source to the firewall.
+    #[error("too many failed logins for this user name")]
     LoginUser,
 }
 
@@ -119,6 +130,13 @@ impl Limited {
             Limited::LoginUser => "login_rate_user",
         }
     }
+
+    /// Whether the refusal is the source's own doing and may count against it in the
+    /// firewall. An account-wide refusal is not: others' guesses brought it about, and
+    /// scoring it would let guessers get an account's owner blocked.
+    pub fn blames_source(&self) -> bool {
+        !matches!(self, Limited::LoginUser)
+    }
 }
 
 /// A snapshot of the guard's state, for reports and scenario expectations.
@@ -130,7 +148,7 @@ pub struct GuardStats {
     pub unauthenticated: u32,
     /// Sources with at least one open connection.
     pub sources_connected: u32,
-    /// Keys held by all keyed rate limiters together.
+    /// Keys held by all keyed rate limiters and the login history together.
     pub tracked_keys: usize,
     /// Runtime blocks held (expired ones are dropped by the next purge).
     pub blocked: usize,
@@ -152,8 +170,9 @@ pub struct Guard {
     frames_ip: KeyedLimiter<SourceKey>,
     frames_user: KeyedLimiter<i64>,
     logins_ip: KeyedLimiter<SourceKey>,
-    /// Keyed by a hash of the name, so a key costs 8 bytes however long the name is.
-    logins_user: KeyedLimiter<u64>,
+    /// Accounts are keyed by a hash of the name, so a key costs 8 bytes however long the
+    /// name is. Never held with `blocks` or `conns`.
+    logins: Mutex<LoginHistory>,
     next_id: AtomicU64,
     /// Taken before `conns` (see the module docs).
     blocks: Mutex<Blocklist>,
@@ -197,10 +216,11 @@ impl Guard {
                 rate::per_minute(r.logins_per_min_per_ip, r.logins_burst_per_ip),
                 &clock,
             ),
-            logins_user: KeyedLimiter::new(
-                rate::per_minute(r.logins_per_min_per_user, r.logins_burst_per_user),
-                &clock,
-            ),
+            logins: Mutex::new(LoginHistory::new(
+                r.logins_per_min_per_user,
+                r.logins_burst_per_user,
+                failures_to_block(&cfg.firewall),
+            )),
             next_id: AtomicU64::new(1),
             blocks: Mutex::new(Blocklist::new(max_tracked)),
             conns: Arc::new(Mutex::new(ConnTable::default())),
@@ -305,17 +325,46 @@ impl Guard {
         ConnLimiter::new(self.conn_quota, &self.clock)
     }
 
-    /// Takes one login attempt from the source's and the user name's allowances. Call it
-    /// before verifying any password; the name need not exist (attempts on unknown names
-    /// count too, so probing for names costs the same).
-    pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<(), Limited> {
+    /// Decides whether a login to `user_name` from `source` may be verified. Call it before
+    /// verifying any password, and report the outcome with [`Guard::login_failed`] or
+    /// [`Guard::login_succeeded`]; the name need not exist (unknown names are tracked the
+    /// same way, so probing for names costs the same).
+    ///
+    /// It takes one attempt from the source's allowance (`rates.logins_per_min_per_ip`:
+    /// every attempt costs an argon2 verification), then asks the account's failure backoff,
+    /// which refuses only a source that has not logged in to this account recently and has
+    /// failed as many logins of its own as the firewall needs to block it. Any other source
+    /// is verified, so the right password is never refused because others guessed wrong.
+    ///
+    /// On success it returns the source's standing for the account: a proven source's
+    /// verification goes first (`server::auth::Lane`).
+    pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<Standing, Limited> {
         if !self.logins_ip.check(&source) {
             return Err(Limited::LoginIp);
         }
-        if !self.logins_user.check(&name_key(user_name)) {
-            return Err(Limited::LoginUser);
+        let now = self.clock.elapsed();
+        match self
+            .lock_logins()
+            .standing(name_key(user_name), source, now)
+        {
+            Standing::HeldBack => Err(Limited::LoginUser),
+            standing => Ok(standing),
         }
-        Ok(())
+    }
+
+    /// Records a failed login to `user_name` from `source`: it counts against the account's
+    /// failure backoff, and the source now has a failure of its own.
+    pub fn login_failed(&self, source: SourceKey, user_name: &str) {
+        let now = self.clock.elapsed();
+        self.lock_logins().failed(name_key(user_name), source, now);
+    }
+
+    /// Records a successful login to `user_name` from `source`: the source is in good
+    /// standing for that account, so the account's failure backoff never holds it back.
+    pub fn login_succeeded(&self, source: SourceKey, user_name: &str) {
+        let now = self.clock.elapsed();
+        self.lock_logins()
+            .succeeded(name_key(user_name), source, now);
     }
 
     /// Blocks the source of `ip` for `for_` (at most a year) and cuts every open connection
@@ -377,7 +426,8 @@ impl Guard {
     /// Keeps keyed state bounded; the server calls it every second. Each keyed limiter
     /// drops the keys that are back to a fresh state and releases spare capacity; one that
     /// still holds more than `limits.max_tracked_sources` keys is cleared. Clearing only
-    /// forgives (every source gets its full burst again), it never lets memory grow. Expired
+    /// forgives (every source gets its full burst again), it never lets memory grow. The
+    /// login history drops what is past its memory and is capped the same way. Expired
     /// blocks are dropped.
     pub fn purge(&self) {
         let cap = self.max_tracked;
@@ -385,7 +435,7 @@ impl Guard {
         self.frames_ip.purge(cap);
         self.frames_user.purge(cap);
         self.logins_ip.purge(cap);
-        self.logins_user.purge(cap);
+        self.lock_logins().purge(self.clock.elapsed(), cap);
         self.lock_blocks().expire(self.clock.elapsed());
     }
 
@@ -404,7 +454,7 @@ impl Guard {
                 + self.frames_ip.len()
                 + self.frames_user.len()
                 + self.logins_ip.len()
-                + self.logins_user.len(),
+                + self.lock_logins().len(),
             blocked,
         }
     }
@@ -413,6 +463,12 @@ impl Guard {
     /// the map valid, so a panic elsewhere cannot have left it half-changed.
     fn lock_blocks(&self) -> MutexGuard<'_, Blocklist> {
         self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the login history, recovering a poisoned lock for the same reason: each of its
+    /// operations leaves every map valid.
+    fn lock_logins(&self) -> MutexGuard<'_, LoginHistory> {
+        self.logins.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -430,6 +486,25 @@ fn listed(nets: &[IpNet], ip: IpAddr) -> bool {
     let canonical = ip.to_canonical();
     nets.iter()
         .any(|n| n.contains(&ip) || n.contains(&canonical))
+}
+
+/// Most failed logins of its own a source may have and still be verified while an
+/// account is in backoff, whatever the firewall's weights: a firewall that never blocks for
+/// failures must not turn the backoff off.
+const MAX_SOURCE_FAILURES: u32 = 16;
+
+/// The failed logins after which the firewall blocks a source (`threshold` over
+/// `weight_auth_failed`, rounded up; 4 by default), at most [`MAX_SOURCE_FAILURES`]. An
+/// account's backoff holds back only sources with this many failures of their own, so it
+/// never refuses an address that its own failures would not already have got blocked, and
+/// the firewall still sees every guess a guesser makes until it blocks.
+fn failures_to_block(fw: &FirewallConfig) -> u32 {
+    if fw.weight_auth_failed == 0 {
+        return MAX_SOURCE_FAILURES;
+    }
+    fw.threshold
+        .div_ceil(fw.weight_auth_failed)
+        .clamp(1, MAX_SOURCE_FAILURES)
 }
 
 /// The login limiter's key for a user name: SipHash with fixed keys, so keys are the same on

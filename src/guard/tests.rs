@@ -340,16 +340,27 @@ fn connection_limiters_are_independent() {
 }
 
 #[test]
-fn login_limits_per_source_and_per_name() {
+fn login_limits_per_source_and_per_account_failures() {
     let g = guard(|_| {});
     let a = g.source_of(ip("127.0.1.1"));
-    // Default per-name burst is 5: the sixth try on "alice" is refused from any source.
+    // Default per-account burst is 5 failures: five addresses fail once each on "alice".
     for n in 0..5 {
         let src = g.source_of(ip(&format!("127.0.2.{n}")));
-        assert_eq!(g.check_login(src, "alice"), Ok(()));
+        assert_eq!(g.check_login(src, "alice"), Ok(Standing::New));
+        g.login_failed(src, "alice");
     }
-    assert_eq!(g.check_login(a, "alice"), Err(Limited::LoginUser));
-    // Default per-source burst is 10; one was spent on the refused "alice" above.
+    // The account is in backoff, but a source is verified until its own failures are as
+    // many as the firewall blocks for (4 by default: threshold 100, 25 points each).
+    let guesser = g.source_of(ip("127.0.2.0"));
+    for _ in 1..4 {
+        assert_eq!(g.check_login(guesser, "alice"), Ok(Standing::New));
+        g.login_failed(guesser, "alice");
+    }
+    assert_eq!(g.check_login(guesser, "alice"), Err(Limited::LoginUser));
+    // A source without failures is verified (its right password gets in, its wrong one is
+    // a failure like any other).
+    assert_eq!(g.check_login(a, "alice"), Ok(Standing::New));
+    // Default per-source burst is 10; one was spent on "alice" above.
     let ok = (0..20)
         .filter(|n| g.check_login(a, &format!("user{n}")).is_ok())
         .count();
@@ -357,7 +368,78 @@ fn login_limits_per_source_and_per_name() {
     assert_eq!(g.check_login(a, "bob"), Err(Limited::LoginIp));
     // 30 a minute: one comes back every 2 s.
     g.clock().advance(Duration::from_secs(2));
-    assert_eq!(g.check_login(a, "bob"), Ok(()));
+    assert_eq!(g.check_login(a, "bob"), Ok(Standing::New));
+    // 10 failures a minute: the account's backoff ends 6 s after the burst.
+    g.clock().advance(Duration::from_secs(4));
+    assert_eq!(g.check_login(guesser, "alice"), Ok(Standing::New));
+}
+
+#[test]
+fn successful_logins_never_count_against_the_account() {
+    let g = guard(|_| {});
+    for n in 0..50 {
+        let src = g.source_of(ip(&format!("127.0.3.{n}")));
+        assert_eq!(g.check_login(src, "carol"), Ok(Standing::New));
+        g.login_succeeded(src, "carol");
+    }
+    // A source with a failure elsewhere is still admitted: carol has no failures at all.
+    let other = g.source_of(ip("127.0.3.200"));
+    g.login_failed(other, "dave");
+    assert_eq!(g.check_login(other, "carol"), Ok(Standing::New));
+}
+
+#[test]
+fn a_proven_source_is_never_held_back_by_the_account() {
+    // One failure of its own is as many as the firewall blocks for.
+    let g = guard(|c| c.firewall.weight_auth_failed = c.firewall.threshold);
+    let home = g.source_of(ip("127.0.4.1"));
+    g.login_succeeded(home, "erin");
+    // The owner mistypes at home, then others guess: the backoff is on.
+    g.login_failed(home, "erin");
+    for n in 2..10 {
+        g.login_failed(g.source_of(ip(&format!("127.0.4.{n}"))), "erin");
+    }
+    assert_eq!(
+        g.check_login(g.source_of(ip("127.0.4.2")), "erin"),
+        Err(Limited::LoginUser)
+    );
+    assert_eq!(g.check_login(home, "erin"), Ok(Standing::Proven));
+    // Proven for erin only.
+    for n in 2..10 {
+        g.login_failed(g.source_of(ip(&format!("127.0.4.{n}"))), "frank");
+    }
+    assert_eq!(g.check_login(home, "frank"), Err(Limited::LoginUser));
+}
+
+#[test]
+fn sources_wait_after_as_many_failures_as_the_firewall_blocks_for() {
+    let check = |threshold: u32, weight: u32, want: u32| {
+        let fw = FirewallConfig {
+            threshold,
+            weight_auth_failed: weight,
+            ..FirewallConfig::default()
+        };
+        assert_eq!(failures_to_block(&fw), want, "{threshold} / {weight}");
+    };
+    check(100, 25, 4);
+    check(100, 30, 4);
+    check(100, 100, 1);
+    check(100, 500, 1);
+    check(100_000, 1, MAX_SOURCE_FAILURES);
+    check(100, 0, MAX_SOURCE_FAILURES);
+}
+
+#[test]
+fn only_account_wide_refusals_spare_the_source() {
+    for l in [
+        Limited::Ip,
+        Limited::User,
+        Limited::Connection,
+        Limited::LoginIp,
+    ] {
+        assert!(l.blames_source(), "{l:?}");
+    }
+    assert!(!Limited::LoginUser.blames_source());
 }
 
 #[test]

@@ -306,6 +306,10 @@ pub struct ClientRun {
     pub client: Option<Client>,
     /// A connection of this client was refused at accept (closed with no reply, or BUSY).
     pub refused_at_accept: bool,
+    /// Logins during the run (reconnections and `relogin_every_s`).
+    pub logins: u64,
+    /// Of those, the ones that did not end in AUTH_OK.
+    pub login_refusals: u64,
 }
 
 fn record(live: &LiveCounters, slo: Duration, r: &OpRecord) {
@@ -333,8 +337,12 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
         acked: Vec::new(),
         client,
         refused_at_accept: false,
+        logins: 0,
+        login_refusals: 0,
     };
     let mut next_login = Instant::now();
+    // When the client's connection logged in, for `relogin_every`.
+    let mut logged_in_at = Instant::now();
     let mut k: u64 = 0;
     loop {
         let due = first + interval.mul_f64(k as f64);
@@ -357,6 +365,16 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
             run.records.push(rec);
             continue;
         }
+        if load
+            .relogin_every
+            .is_some_and(|every| logged_in_at.elapsed() >= every)
+        {
+            // A new login on a new connection, as a script running the command line client
+            // once per command does; a failed BYE only means the connection was gone.
+            if let Some(client) = run.client.take() {
+                let _ = tokio::time::timeout_at(ctx.hard_end, client.bye()).await;
+            }
+        }
         if run.client.as_ref().map_or(true, Client::is_closed) {
             run.client = None;
             if Instant::now() < next_login {
@@ -373,15 +391,23 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                 ),
             )
             .await;
+            run.logins += 1;
             match attempt {
-                Ok(Ok(c)) => run.client = Some(c),
+                Ok(Ok(c)) => {
+                    run.client = Some(c);
+                    logged_in_at = Instant::now();
+                }
                 Ok(Err(e)) => {
+                    run.login_refusals += 1;
                     if matches!(e, ClientError::Closed) || e.code() == Some(ErrorCode::Busy) {
                         run.refused_at_accept = true;
                     }
                     rec.error = Some(error_label(&e));
                 }
-                Err(_) => rec.error = Some("timeout".into()),
+                Err(_) => {
+                    run.login_refusals += 1;
+                    rec.error = Some("timeout".into());
+                }
             }
         }
         if let Some(client) = run.client.as_mut() {
@@ -637,6 +663,7 @@ mod tests {
             file_bytes: 1000,
             start: Duration::ZERO,
             stop: Duration::from_secs(1),
+            relogin_every: None,
         }
     }
 

@@ -259,6 +259,11 @@ pub struct ScenarioMetrics {
     pub rss_growth_mb: Option<f64>,
     /// Legit operations acknowledged at all (late ones included).
     pub legit_acknowledged: u64,
+    /// Logins of legit clients during the run (reconnections and `relogin_every_s`; the
+    /// logins before the load starts are not counted).
+    pub legit_logins: u64,
+    /// Of those, the ones that did not end in AUTH_OK (refused, failed or cut).
+    pub legit_login_refusals: u64,
     /// Legit failures by reason (server error code, `timeout`, `closed`, `late`, `missed`).
     pub legit_errors: BTreeMap<String, u64>,
     /// Legit operations per kind: (attempted, delivered).

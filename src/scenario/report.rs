@@ -363,6 +363,10 @@ fn scenario_html(h: &mut String, s: &ScenarioReport) {
         ),
         ("lost", m.legit_lost.to_string()),
         (
+            "legit logins",
+            format!("{} refused of {}", m.legit_login_refusals, m.legit_logins),
+        ),
+        (
             "blocked",
             format!(
                 "{}/{} sources, slowest {}",

@@ -724,6 +724,10 @@ async fn run_inner(
         .flat_map(|r| r.records.iter().cloned())
         .collect();
     let acknowledged: u64 = runs.iter().map(|r| r.acked.len() as u64).sum();
+    let logins = (
+        runs.iter().map(|r| r.logins).sum(),
+        runs.iter().map(|r| r.login_refusals).sum(),
+    );
     let refused_legit: BTreeSet<Ipv4Addr> = runs
         .iter()
         .filter(|r| r.refused_at_accept)
@@ -764,6 +768,7 @@ async fn run_inner(
         scenario,
         records,
         acknowledged,
+        logins,
         attack_reports,
         observations: &observations,
         sampled,
@@ -821,6 +826,8 @@ struct Judged<'a> {
     scenario: &'a Scenario,
     records: Vec<metrics::OpRecord>,
     acknowledged: u64,
+    /// Legit logins during the run, and how many of them were refused.
+    logins: (u64, u64),
     attack_reports: Vec<Option<AttackReport>>,
     observations: &'a [Arc<Observations>],
     sampled: Sampled,
@@ -841,6 +848,8 @@ fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
         legit_attempted: j.records.len() as u64,
         legit_delivered: j.records.iter().filter(|r| r.delivered(slo)).count() as u64,
         legit_acknowledged: j.acknowledged,
+        legit_logins: j.logins.0,
+        legit_login_refusals: j.logins.1,
         ..ScenarioMetrics::default()
     };
     m.legit_goodput = if m.legit_attempted == 0 {
@@ -1097,6 +1106,14 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
             }
         }
     }
+    if let Some(max) = e.legit_login_refusals_max {
+        if m.legit_login_refusals > max {
+            f.push(format!(
+                "legit_login_refusals {} > legit_login_refusals_max {max} (of {} logins)",
+                m.legit_login_refusals, m.legit_logins
+            ));
+        }
+    }
     if m.false_blocks > e.false_blocks_max {
         f.push(format!(
             "false_blocks {} > false_blocks_max {} ({})",
@@ -1306,6 +1323,22 @@ mod tests {
             judge(&s, &m),
             vec!["model_blocks cannot be judged: the server ran no detection model (model none; model_blocks_min 2)"]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn legit_login_refusals_are_judged_only_when_asked() -> Result<(), ScenarioError> {
+        let mut m = healthy();
+        m.legit_logins = 8;
+        m.legit_login_refusals = 1;
+        assert_eq!(judge(&scenario("")?, &m), Vec::<String>::new());
+        let s = scenario("legit_login_refusals_max = 0\n")?;
+        assert_eq!(
+            judge(&s, &m),
+            vec!["legit_login_refusals 1 > legit_login_refusals_max 0 (of 8 logins)"]
+        );
+        m.legit_login_refusals = 0;
+        assert_eq!(judge(&s, &m), Vec::<String>::new());
         Ok(())
     }
 

@@ -35,6 +35,10 @@ pub const MAX_LEGIT_CLIENTS: u32 = 1000;
 /// Highest open-loop rate of one legit client, operations per second.
 pub const MAX_LEGIT_RATE_PER_S: f64 = 1000.0;
 
+/// Shortest `relogin_every_s`: legit clients pause a second between reconnections anyway
+/// (`legit::RECONNECT_PAUSE`), and faster logins would be a login flood, not legit load.
+pub const MIN_RELOGIN_S: f64 = 1.0;
+
 /// Most addresses taken from one source network (a /20), so a `/8` cannot make a huge list.
 pub const MAX_SOURCES_PER_NET: usize = 4096;
 
@@ -163,6 +167,11 @@ pub struct LegitSpec {
     /// When the group stops; the scenario's end by default.
     #[serde(default)]
     pub stop_s: Option<f64>,
+    /// Each client closes its connection and logs in again on a new one this often, in
+    /// seconds (a script running the command line client once per command); by default a
+    /// client keeps one connection.
+    #[serde(default)]
+    pub relogin_every_s: Option<f64>,
 }
 
 fn default_clients() -> u32 {
@@ -277,6 +286,10 @@ pub struct ExpectSpec {
     /// Most canary leaks (any byte of a planted secret reaching an attacker).
     #[serde(default)]
     pub canary_leaks_max: u64,
+    /// Most logins of legit clients during the run that did not end in AUTH_OK (refused,
+    /// failed or cut); not checked by default.
+    #[serde(default)]
+    pub legit_login_refusals_max: Option<u64>,
     /// Fewest blocks the detection model must have contributed to (in-process server with a
     /// model only): proves that behaviour analysis, not the rules alone, made the block.
     #[serde(default)]
@@ -305,6 +318,7 @@ impl Default for ExpectSpec {
             rss_growth_mb_max: None,
             max_panics: 0,
             canary_leaks_max: 0,
+            legit_login_refusals_max: None,
             model_blocks_min: 0,
         }
     }
@@ -331,6 +345,8 @@ pub struct Legit {
     pub start: Duration,
     /// Stop, from the scenario start.
     pub stop: Duration,
+    /// See [`LegitSpec::relogin_every_s`].
+    pub relogin_every: Option<Duration>,
 }
 
 /// The checked `[expect]` table (see [`ExpectSpec`] for the meaning of each field).
@@ -360,6 +376,8 @@ pub struct Expect {
     pub max_panics: u64,
     /// See [`ExpectSpec::canary_leaks_max`].
     pub canary_leaks_max: u64,
+    /// See [`ExpectSpec::legit_login_refusals_max`].
+    pub legit_login_refusals_max: Option<u64>,
     /// See [`ExpectSpec::model_blocks_min`].
     pub model_blocks_min: u64,
 }
@@ -710,6 +728,18 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
             format!("must be more than start_s ({start}) and at most duration_s ({d}), got {stop}"),
         ));
     }
+    let relogin_every = match spec.relogin_every_s {
+        None => None,
+        Some(r) if r.is_finite() && r >= MIN_RELOGIN_S && r <= d => {
+            Some(Duration::from_secs_f64(r))
+        }
+        Some(r) => {
+            return Err(err(
+                "relogin_every_s",
+                format!("must be at least {MIN_RELOGIN_S} and at most duration_s ({d}), got {r}"),
+            ))
+        }
+    };
     Ok(Legit {
         clients: spec.clients,
         rate_per_s: r,
@@ -720,6 +750,7 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
         file_bytes: spec.file_bytes,
         start: Duration::from_secs_f64(start),
         stop: Duration::from_secs_f64(stop),
+        relogin_every,
     })
 }
 
@@ -798,6 +829,7 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
         rss_growth_mb_max: spec.rss_growth_mb_max,
         max_panics: spec.max_panics,
         canary_leaks_max: spec.canary_leaks_max,
+        legit_login_refusals_max: spec.legit_login_refusals_max,
         model_blocks_min: spec.model_blocks_min,
     })
 }
@@ -832,6 +864,7 @@ mod tests {
         assert_eq!(s.seed(), 1);
         assert_eq!(s.legit()[0].clients, 4);
         assert_eq!(s.legit()[0].sources.len(), 6);
+        assert_eq!(s.legit()[0].relogin_every, None);
         assert_eq!(s.expect().latency_slo, Duration::from_millis(1000));
         assert_eq!(*s.config(), Config::default());
         Ok(())
@@ -901,6 +934,14 @@ mod tests {
                 "legit[0].start_s",
             ),
             (&format!("{BASE}[[legit]]\nstop_s = 4\n"), "legit[0].stop_s"),
+            (
+                &format!("{BASE}[[legit]]\nrelogin_every_s = 0.5\n"),
+                "legit[0].relogin_every_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nrelogin_every_s = 4\n"),
+                "legit[0].relogin_every_s",
+            ),
             (
                 &format!("{BASE}[expect]\nlegit_goodput_min = 1.5\n"),
                 "expect.legit_goodput_min",

@@ -1,8 +1,9 @@
 //! Password hashing and verification.
 //!
 //! argon2 is slow on purpose, which makes a login flood a CPU attack. Verification therefore
-//! runs on a small bounded pool (a semaphore of `auth.login_workers` permits in front of
-//! `spawn_blocking`), and only after the per-source and per-user login limits admitted it.
+//! runs on a small bounded pool (`auth.login_workers` threads fed by two bounded queues, the
+//! [`Lane`] of logins from sources in good standing for the account first), and only after
+//! the per-source login limit and the account's failure backoff admitted it.
 //! Unknown users are verified against a dummy hash so that timing does not reveal which
 //! names exist. A stored hash carries its own argon2 parameters, so after the settings change
 //! a known user would still cost the old parameters while the dummy costs the new ones: the
@@ -148,8 +149,74 @@ struct Job {
     reply: std::sync::mpsc::SyncSender<Verified>,
 }
 
-/// Logins that may wait for a verifier before new ones are turned away.
+/// Logins that may wait for a verifier in each lane before new ones are turned away.
 const QUEUE: usize = 1024;
+
+/// Which queue a verification waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A login from a source that logged in to the account recently
+    /// ([`crate::guard::Standing::Proven`]): served before the other lane, and with a queue
+    /// of its own, so guessers keeping the pool busy delay the account's owner by at most
+    /// one verification and never turn them away.
+    Proven,
+    /// Every other login.
+    Other,
+}
+
+/// The two queues of waiting verifications, and whether the pool is shutting down.
+#[derive(Default)]
+struct Lanes {
+    proven: std::collections::VecDeque<Job>,
+    other: std::collections::VecDeque<Job>,
+    closed: bool,
+}
+
+/// What the pool's threads share: the lanes, and a condition variable they wait on.
+#[derive(Default)]
+struct Queue {
+    lanes: std::sync::Mutex<Lanes>,
+    ready: std::sync::Condvar,
+}
+
+impl Queue {
+    /// Locks the lanes. A poisoned lock is recovered: pushing and popping leave the queues
+    /// valid, and a verification itself runs outside the lock.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next job, proven lane first, waiting while both are empty; `None` once the pool
+    /// is closed and drained.
+    fn next(&self) -> Option<Job> {
+        let mut lanes = self.lock();
+        loop {
+            if let Some(job) = lanes.proven.pop_front().or_else(|| lanes.other.pop_front()) {
+                return Some(job);
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self
+                .ready
+                .wait(lanes)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Closes the queue when the last [`Verifier`] clone is dropped, so its threads finish the
+/// jobs already queued and exit.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
 
 /// The bounded verification pool: `auth.login_workers` dedicated threads.
 ///
@@ -158,10 +225,18 @@ const QUEUE: usize = 1024;
 /// and allocating it per login left freed 19 MiB blocks in many allocator arenas (measured:
 /// about 1 GB resident after 64 concurrent logins, 350 MB even on two plain threads). With a
 /// reused buffer the pool holds exactly `login_workers` times the memory cost.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Verifier {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    queue: Arc<Queue>,
+    /// Shared by every clone; the last one dropped closes the queue.
+    _closer: Arc<Closer>,
     dummy_hash: Arc<str>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -181,23 +256,17 @@ impl Verifier {
     /// A pool of `cfg.login_workers` verification threads.
     pub fn new(cfg: &AuthConfig) -> Result<Verifier, AuthError> {
         let dummy = hash_password(cfg, b"rampart dummy password for unknown users")?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
-        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let queue = Arc::new(Queue::default());
+        // Made before the threads: if one cannot start, dropping it lets the others exit.
+        let closer = Arc::new(Closer(Arc::clone(&queue)));
         for i in 0..cfg.login_workers.max(1) {
-            let rx = Arc::clone(&rx);
+            let queue = Arc::clone(&queue);
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name(format!("rampart-argon2-{i}"))
                 .spawn(move || {
                     let mut memory = Vec::new();
-                    loop {
-                        // The lock is held only while waiting for the next job.
-                        let job = {
-                            let guard =
-                                rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            guard.recv()
-                        };
-                        let Ok(job) = job else { return };
+                    while let Some(job) = queue.next() {
                         let matches = verify_in(&job.hash, &job.password, &mut memory);
                         // Only after a match: the password is known to be right, and the
                         // extra hash costs the user, once, not a guesser.
@@ -214,18 +283,20 @@ impl Verifier {
                 .map_err(|e| AuthError::Hash(format!("cannot start a verification thread: {e}")))?;
         }
         Ok(Verifier {
-            jobs: tx,
+            queue,
+            _closer: closer,
             dummy_hash: dummy.into(),
         })
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when the user does not
-    /// exist (it then never matches). Waits for a worker; fails with [`VerifyError::Busy`]
-    /// if the queue of waiting logins is full.
+    /// exist (it then never matches). Waits for a worker in `lane`; fails with
+    /// [`VerifyError::Busy`] if that lane's queue of waiting logins is full.
     pub async fn verify(
         &self,
         stored: Option<String>,
         password: Vec<u8>,
+        lane: Lane,
     ) -> Result<Verified, VerifyError> {
         let known = stored.is_some();
         let hash: Arc<str> = match stored {
@@ -233,14 +304,23 @@ impl Verifier {
             None => Arc::clone(&self.dummy_hash),
         };
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        self.jobs
-            .try_send(Job {
+        {
+            let mut lanes = self.queue.lock();
+            let queue = match lane {
+                Lane::Proven => &mut lanes.proven,
+                Lane::Other => &mut lanes.other,
+            };
+            if queue.len() >= QUEUE {
+                return Err(VerifyError::Busy);
+            }
+            queue.push_back(Job {
                 hash,
                 password,
                 known,
                 reply,
-            })
-            .map_err(|_| VerifyError::Busy)?;
+            });
+        }
+        self.queue.ready.notify_one();
         // Waiting on the blocking pool (a parked thread, no allocation) rather than on an
         // async channel: tokio then knows work is in progress, so a runtime with a paused
         // clock (tests, the session fuzz target) does not jump its timers while argon2 runs.
@@ -308,12 +388,16 @@ mod tests {
             rehashed: None,
         });
         assert_eq!(
-            pool.verify(Some(hash.clone()), b"pw".to_vec()).await,
+            pool.verify(Some(hash.clone()), b"pw".to_vec(), Lane::Proven)
+                .await,
             right(None)
         );
-        assert_eq!(pool.verify(Some(hash), b"no".to_vec()).await, wrong);
+        assert_eq!(
+            pool.verify(Some(hash), b"no".to_vec(), Lane::Other).await,
+            wrong
+        );
         let dummy_pw = b"rampart dummy password for unknown users".to_vec();
-        assert_eq!(pool.verify(None, dummy_pw).await, wrong);
+        assert_eq!(pool.verify(None, dummy_pw, Lane::Other).await, wrong);
         Ok(())
     }
 
@@ -330,10 +414,12 @@ mod tests {
         let stale = hash_password(&old, b"pw")?;
         assert!(!current_parameters(&stale, &cfg));
         // A wrong password changes nothing: a guesser must not get to rewrite the hash.
-        let wrong = pool.verify(Some(stale.clone()), b"no".to_vec()).await;
+        let wrong = pool
+            .verify(Some(stale.clone()), b"no".to_vec(), Lane::Other)
+            .await;
         assert_eq!(wrong.map(|v| v.rehashed), Ok(None));
         let right = pool
-            .verify(Some(stale), b"pw".to_vec())
+            .verify(Some(stale), b"pw".to_vec(), Lane::Proven)
             .await
             .map_err(|e| format!("{e:?}"))?;
         assert!(right.matches);
@@ -342,5 +428,30 @@ mod tests {
         assert!(current_parameters(&pool.dummy_hash, &cfg));
         assert!(verify_password(&fresh, b"pw"));
         Ok(())
+    }
+
+    fn job(tag: &str) -> Job {
+        let (reply, _) = std::sync::mpsc::sync_channel(1);
+        Job {
+            hash: tag.into(),
+            password: Vec::new(),
+            known: false,
+            reply,
+        }
+    }
+
+    #[test]
+    fn the_proven_lane_goes_first_and_a_closed_queue_drains() {
+        let queue = Queue::default();
+        {
+            let mut lanes = queue.lock();
+            lanes.other.extend([job("other 1"), job("other 2")]);
+            lanes.proven.push_back(job("proven"));
+            lanes.closed = true;
+        }
+        let order: Vec<String> = std::iter::from_fn(|| queue.next())
+            .map(|j| j.hash.to_string())
+            .collect();
+        assert_eq!(order, ["proven", "other 1", "other 2"]);
     }
 }

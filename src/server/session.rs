@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use crate::activity::EventKind;
 use crate::firewall::Signal;
-use crate::guard::{ConnLimiter, SourceKey};
+use crate::guard::{ConnLimiter, Limited, SourceKey, Standing};
 use crate::protocol::{
     Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
 };
+use crate::server::auth::Lane;
 use crate::server::metrics::Metrics;
 use crate::server::Shared;
 use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
@@ -486,19 +487,28 @@ impl Session {
                 "session is already authenticated",
             ));
         }
-        if let Err(limit) = shared.guard.check_login(self.source, &user) {
+        let standing = shared.guard.check_login(self.source, &user);
+        if let Err(limit) = standing {
             Metrics::bump(&shared.metrics.rate_limited);
-            shared.signal(self.peer, Signal::LoginRateLimited);
+            // Only the source's own excess counts against it: an account's failure backoff
+            // is others' doing too, and scoring it would let guessers get the owner blocked.
+            if limit.blames_source() {
+                shared.signal(self.peer, Signal::LoginRateLimited);
+            }
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
             });
-            return Err(err(
-                ErrorCode::RateLimited,
-                format!(
+            let message = match limit {
+                Limited::LoginUser => format!(
+                    "too many failed logins for this user name from addresses that failed before ({}); try again later",
+                    limit.reason()
+                ),
+                _ => format!(
                     "too many login attempts ({}); try again later",
                     limit.reason()
                 ),
-            ));
+            };
+            return Err(err(ErrorCode::RateLimited, message));
         }
         let store = Arc::clone(&shared.store);
         let name = user.clone();
@@ -509,7 +519,13 @@ impl Session {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
         };
-        let Ok(verified) = shared.verifier.verify(hash.clone(), password).await else {
+        // A source that logged in to this account recently is verified first, so guessers
+        // keeping the pool busy cannot make the owner wait behind them.
+        let lane = match standing {
+            Ok(Standing::Proven) => Lane::Proven,
+            _ => Lane::Other,
+        };
+        let Ok(verified) = shared.verifier.verify(hash.clone(), password, lane).await else {
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,
@@ -521,6 +537,7 @@ impl Session {
                 if let (Some(old), Some(new)) = (hash, verified.rehashed) {
                     self.upgrade_hash(id, old, new).await;
                 }
+                shared.guard.login_succeeded(self.source, &user);
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
@@ -528,6 +545,7 @@ impl Session {
                 Ok(Reply::AuthOk { user })
             }
             _ => {
+                shared.guard.login_failed(self.source, &user);
                 Metrics::bump(&shared.metrics.auth_failed);
                 shared.signal(self.peer, Signal::AuthFailed);
                 self.record(EventKind::AuthFailed);

@@ -11,9 +11,9 @@ use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use rampart::client::{Client, ClientOptions};
+use rampart::client::{Client, ClientError, ClientOptions};
 use rampart::config::Config;
-use rampart::protocol::{decode_frame, Limits, Reply, Role};
+use rampart::protocol::{decode_frame, ErrorCode, Limits, Reply, Role};
 use rampart::server::auth::hash_password;
 use rampart::server::{Server, ServerHandle};
 use rampart::store::Store;
@@ -212,4 +212,15 @@ pub fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill_bytes(&mut v);
     v
+}
+
+/// The server's error code and message, or a test failure naming what happened instead.
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    want: ErrorCode,
+) -> Result<String, TestError> {
+    match result {
+        Err(ClientError::Server { code, message }) if code == want => Ok(message),
+        other => Err(format!("expected {}, got {other:?}", want.name()).into()),
+    }
 }
