@@ -1044,6 +1044,12 @@ pub struct ActivityConfig {
     /// are committed together once per interval (or sooner, in batches of 8,192), so the
     /// activity database is written in a few large transactions rather than many small ones.
     pub flush_ms: u64,
+    /// Events older than this many days are deleted, a few thousand at a time between
+    /// commits (0: kept forever).
+    pub retain_days: u32,
+    /// Past this many bytes in use, the oldest events are deleted the same way (0: no cap).
+    /// The file then stops growing: freed pages are reused.
+    pub max_bytes: u64,
 }
 
 impl Default for ActivityConfig {
@@ -1056,6 +1062,10 @@ impl Default for ActivityConfig {
             // many events: at 20 ms a lightly loaded server committed almost every event on
             // its own, rewriting the same pages into the WAL (docs/PERFORMANCE.md, item 9).
             flush_ms: 100,
+            // A month of history for `activity export` and retraining.
+            retain_days: 30,
+            // 1 GiB: about 30 million events (schema 2 rows are about 35 bytes).
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -1070,12 +1080,25 @@ impl ActivityConfig {
             16_777_216,
         )?;
         in_range("activity.flush_ms", self.flush_ms, 1, 60_000)?;
+        in_range("activity.retain_days", self.retain_days, 0, 36_500)?;
+        if self.max_bytes != 0 {
+            in_range("activity.max_bytes", self.max_bytes, 1 << 20, 1 << 50)?;
+        }
         Ok(())
     }
 
     /// The flush interval.
     pub fn flush(&self) -> Duration {
         Duration::from_millis(self.flush_ms)
+    }
+
+    /// How much activity the database keeps.
+    pub fn retention(&self) -> crate::activity::Retention {
+        crate::activity::Retention {
+            max_age: (self.retain_days > 0)
+                .then(|| Duration::from_secs(u64::from(self.retain_days) * 86_400)),
+            max_bytes: (self.max_bytes > 0).then_some(self.max_bytes),
+        }
     }
 }
 

@@ -615,8 +615,10 @@ async fn a_frame_that_keeps_the_rate_but_not_the_budget_is_cut() -> TestResult {
         let (reader, writer) = stream.into_split();
 
         // A 60,000-byte frame at 4,000 B/s: four times the minimum rate, but it would need
-        // 15 s, ten times the budget.
-        let mut first = header(Kind::SendMessage as u8, 9, 0, 60_000);
+        // 15 s, ten times the budget. Logged in first: before login a frame this large is
+        // refused from its header (tests/preauth.rs).
+        let mut first = frame(1, &auth("alice", "alice-pw"))?;
+        first.extend_from_slice(&header(Kind::SendMessage as u8, 9, 0, 60_000));
         first.extend_from_slice(&[b'a'; 400]);
         let started = Instant::now();
         let writer = drip(
@@ -630,8 +632,12 @@ async fn a_frame_that_keeps_the_rate_but_not_the_budget_is_cut() -> TestResult {
         writer.abort();
         let took = at.duration_since(started);
         assert!(closed, "the server must cut the frame");
-        assert_eq!(replies.len(), 1, "{replies:?}");
-        let message = error_message(&replies[0], 0, ErrorCode::Timeout)?;
+        assert_eq!(replies.len(), 2, "{replies:?}");
+        assert!(
+            matches!(replies[0], (1, Reply::AuthOk { .. })),
+            "{replies:?}"
+        );
+        let message = error_message(&replies[1], 0, ErrorCode::Timeout)?;
         assert!(message.contains("budget"), "{message}");
         assert!(
             took >= Duration::from_millis(1400) && took < Duration::from_millis(4000),
@@ -875,6 +881,9 @@ async fn two_thousand_idle_connections_stop_at_the_per_source_cap() -> TestResul
         cfg.rates.accepts_per_s_per_ip = 10_000;
         let cap = cfg.limits.max_connections_per_ip;
         assert_eq!(cap, 256, "the default per-source cap");
+        // These connections never log in; the smaller pre-login cap has its own test
+        // (tests/preauth.rs), so here it is raised to the cap under test.
+        cfg.limits.preauth_connections_per_ip = cap;
         let server = start_server_with(cfg).await;
         let attacker = ip(3, 1);
 
@@ -1541,17 +1550,18 @@ async fn an_oversized_frame_within_the_frame_limit_is_skipped_and_refused() -> T
         );
 
         // Skipping is still a frame in progress: a declared payload that never comes is cut
-        // by the minimum rate like any other.
+        // by the minimum rate like any other (in a logged-in session: before login such a
+        // header is refused outright, tests/preauth.rs).
         let mut stalled = Raw::connect(server.addr, ip(15, 161)).await?;
         let since = Instant::now();
-        stalled
-            .send(&header(
-                Kind::SendMessage as u8,
-                20,
-                0,
-                limits.max_frame_bytes,
-            ))
-            .await;
+        let mut bytes = frame(1, &auth("bob", "bob-pw"))?;
+        bytes.extend_from_slice(&header(
+            Kind::SendMessage as u8,
+            20,
+            0,
+            limits.max_frame_bytes,
+        ));
+        stalled.send(&bytes).await;
         let (replies, closed) = stalled.until_closed(Duration::from_secs(8)).await?;
         assert!(closed, "{replies:?}");
         assert!(
@@ -1559,9 +1569,13 @@ async fn an_oversized_frame_within_the_frame_limit_is_skipped_and_refused() -> T
             "{:?}",
             since.elapsed()
         );
-        assert_eq!(replies.len(), 2, "{replies:?}");
-        error_message(&replies[0], 20, ErrorCode::TooLarge)?;
-        error_message(&replies[1], 0, ErrorCode::Timeout)?;
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert!(
+            matches!(replies[0], (1, Reply::AuthOk { .. })),
+            "{replies:?}"
+        );
+        error_message(&replies[1], 20, ErrorCode::TooLarge)?;
+        error_message(&replies[2], 0, ErrorCode::Timeout)?;
 
         // Nothing inside the skipped payloads was applied.
         let mut bob = server.login_from("bob", Some(ip(15, 162))).await;

@@ -508,6 +508,45 @@ pub fn decisions(conn: &Connection) -> Result<Vec<StoredDecision>, ActivityError
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Deletes at most `max_rows` events, oldest first, that are older than `before_ms`, or,
+/// when the database holds more than `max_bytes` in use, the oldest `max_rows` events
+/// whatever their age. Returns how many rows went. One bounded step, so a caller on the
+/// recorder's thread never stalls on a large backlog; freed pages are reused, so the file
+/// stops growing rather than shrinks.
+pub fn prune_step(
+    conn: &Connection,
+    before_ms: Option<i64>,
+    max_bytes: Option<u64>,
+    max_rows: u32,
+) -> Result<u64, ActivityError> {
+    let mut deleted = 0;
+    if let Some(before) = before_ms {
+        deleted += conn.execute(
+            "DELETE FROM activity WHERE id IN
+                 (SELECT id FROM activity WHERE t_ms < ?1 ORDER BY t_ms LIMIT ?2)",
+            params![before, max_rows],
+        )? as u64;
+    }
+    if let Some(cap) = max_bytes {
+        if deleted == 0 && bytes_in_use(conn)? > cap {
+            deleted += conn.execute(
+                "DELETE FROM activity WHERE id IN
+                     (SELECT id FROM activity ORDER BY id LIMIT ?1)",
+                params![max_rows],
+            )? as u64;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Bytes of the database file in use (pages that are not on the free list).
+pub fn bytes_in_use(conn: &Connection) -> Result<u64, ActivityError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+}
+
 /// The number of stored events.
 pub fn count(conn: &Connection) -> Result<u64, ActivityError> {
     let n: Option<i64> = conn

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use recorder::{DecisionRecord, Recorder, RecorderStats, UnblockHook, WindowSink};
+pub use recorder::{DecisionRecord, Recorder, RecorderStats, Retention, UnblockHook, WindowSink};
 
 /// What happened. Sizes are bytes; kinds and reasons are the protocol's stable names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

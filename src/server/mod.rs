@@ -208,7 +208,8 @@ impl Server {
                 config.activity.channel_capacity as usize,
                 config.activity.flush(),
                 sink,
-            )?
+            )
+            .inspect(|r| r.retain(config.activity.retention()))?
         } else {
             Recorder::disabled()
         };
