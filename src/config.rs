@@ -298,6 +298,9 @@ const DEFAULT_PREAUTH_FRAME_BYTES: u32 = 1_088;
 const DEFAULT_PREAUTH_CONNECTIONS_PER_IP: u32 = 64;
 // 2,048 x 16 KiB: 32 MiB for every stranger together.
 const DEFAULT_PREAUTH_CONNECTIONS: u32 = 2_048;
+// A person's devices and scripts, with room for parallel transfers; 32 sessions each holding
+// at most a frame (1.06 MiB) and an outbound queue (1 MiB) is about 70 MiB for one account.
+const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 32;
 // Four download chunks; a client this far behind is not reading its replies.
 const DEFAULT_OUTBOUND_QUEUE_BYTES: u32 = 1_048_576;
 // About 100 bytes of limiter state per key: at most ~10 MB per keyed limiter.
@@ -340,6 +343,10 @@ pub struct LimitsConfig {
     /// Connections that have not logged in yet, in total: the server's pre-login memory
     /// budget.
     pub preauth_connections: u32,
+    /// Sessions one user may have logged in at once. Each may buffer up to one frame, so
+    /// this is the user's memory budget for large frames; a login past it is refused
+    /// (`busy`) and does not count as a failure.
+    pub max_sessions_per_user: u32,
     /// Reply bytes buffered for one connection before the server stops reading from it.
     pub outbound_queue_bytes: u32,
     /// Most keys one keyed rate limiter may hold after a purge; beyond that it is cleared.
@@ -363,6 +370,7 @@ impl Default for LimitsConfig {
             preauth_frame_bytes: DEFAULT_PREAUTH_FRAME_BYTES,
             preauth_connections_per_ip: DEFAULT_PREAUTH_CONNECTIONS_PER_IP,
             preauth_connections: DEFAULT_PREAUTH_CONNECTIONS,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
         }
@@ -488,6 +496,11 @@ impl LimitsConfig {
         one_to(
             "limits.preauth_connections",
             self.preauth_connections,
+            MAX_CONNECTIONS,
+        )?;
+        one_to(
+            "limits.max_sessions_per_user",
+            self.max_sessions_per_user,
             MAX_CONNECTIONS,
         )?;
         // One download reply (a chunk and its fields) must fit, or every download would

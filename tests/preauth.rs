@@ -133,3 +133,36 @@ async fn eventually_refused(
             .first()
             .is_some_and(|r| is_error(&r.1, ErrorCode::Busy)))
 }
+
+/// A user's sessions are capped (`limits.max_sessions_per_user`), the user's budget for
+/// large frames: a login past the cap is answered `busy`, is not a failure, and a place
+/// frees when a session ends. Other users are unaffected.
+#[tokio::test]
+async fn a_users_sessions_are_capped() -> TestResult {
+    within(async {
+        let mut config = test_config();
+        config.limits.max_sessions_per_user = 2;
+        let srv = start_server_with(config).await;
+        let first = srv.login_from("alice", source(20)).await;
+        let _second = srv.login_from("alice", source(21)).await;
+        let opts = rampart::client::ClientOptions {
+            source: source(22),
+            ..rampart::client::ClientOptions::default()
+        };
+        let third = rampart::client::Client::login(&srv.target(), "alice", b"alice-pw", opts).await;
+        let Err(e) = third else {
+            return Err("a third session of alice must be refused".into());
+        };
+        assert!(e.to_string().contains("busy"), "{e}");
+        assert_eq!(srv.handle.metrics().snapshot().auth_failed, 0);
+        let mut bob = srv.login_from("bob", source(22)).await;
+        bob.ping().await?;
+        drop(first);
+        let guard = srv.handle.guard();
+        assert!(eventually(Duration::from_secs(5), || guard.stats().connections == 2).await);
+        let mut again = srv.login_from("alice", source(22)).await;
+        again.ping().await?;
+        Ok(())
+    })
+    .await
+}

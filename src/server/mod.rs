@@ -30,6 +30,7 @@ mod detector;
 pub mod fds;
 pub mod metrics;
 pub mod session;
+mod sessions;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) verifier: auth::Verifier,
+    /// Open sessions per user (`limits.max_sessions_per_user`).
+    pub(crate) user_sessions: Arc<sessions::UserSessions>,
     pub(crate) detection: Option<detector::Detection>,
     pub(crate) shutdown: CancellationToken,
     #[cfg(feature = "fault-injection")]
@@ -278,6 +281,7 @@ impl Server {
             }
             None => None,
         };
+        let user_sessions = sessions::UserSessions::new(config.limits.max_sessions_per_user);
         Ok(Server {
             shared: Arc::new(Shared {
                 limits: config.limits.protocol(),
@@ -290,6 +294,7 @@ impl Server {
                 recorder,
                 metrics: Arc::new(Metrics::default()),
                 verifier,
+                user_sessions,
                 detection,
                 shutdown: CancellationToken::new(),
                 #[cfg(feature = "fault-injection")]

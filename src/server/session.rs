@@ -270,6 +270,8 @@ pub(crate) struct Session {
     peer: SocketAddr,
     source: SourceKey,
     user: Option<(UserId, String)>,
+    /// The session's place among its user's open sessions, held while logged in.
+    user_slot: Option<crate::server::sessions::UserSlot>,
     uploads: BTreeMap<u32, Upload>,
     next_upload: u32,
     limiter: ConnLimiter,
@@ -290,6 +292,7 @@ impl Session {
             peer,
             source,
             user: None,
+            user_slot: None,
             uploads: BTreeMap::new(),
             next_upload: 1,
             limiter,
@@ -538,6 +541,20 @@ impl Session {
                     self.upgrade_hash(id, old, new).await;
                 }
                 shared.guard.login_succeeded(self.source, &user);
+                // A session already logged in as this user keeps its place.
+                if !matches!(&self.user, Some((old, _)) if *old == id) {
+                    let Some(slot) = shared.user_sessions.take(id) else {
+                        return Err(err(
+                            ErrorCode::Busy,
+                            format!(
+                                "{user} already has {} sessions open, the most allowed; \
+                                 close one and log in again",
+                                shared.user_sessions.max()
+                            ),
+                        ));
+                    };
+                    self.user_slot = Some(slot);
+                }
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
