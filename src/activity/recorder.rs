@@ -69,6 +69,7 @@ enum Msg {
     Flush(mpsc::Sender<()>),
     Decision(DecisionRecord),
     OnUnblock(UnblockHook),
+    ShedBelow(crate::store::FreeSpace),
 }
 
 /// Sends events to the writer thread. Cheap to clone; the thread stops when every clone is
@@ -157,6 +158,16 @@ impl Recorder {
         }
     }
 
+    /// Sheds (and counts as shed) every batch that finds the disk below `space`'s floor,
+    /// so activity never takes the last bytes the store needs (see
+    /// [`FreeSpace::room_for_activity`](crate::store::FreeSpace::room_for_activity)).
+    pub fn shed_below(self, space: crate::store::FreeSpace) -> Recorder {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::ShedBelow(space));
+        }
+        self
+    }
+
     /// Waits until everything recorded so far is committed (tests, exports, shutdown).
     pub fn flush(&self) {
         let Some(tx) = &self.tx else { return };
@@ -211,6 +222,7 @@ fn writer(
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut decisions: Vec<DecisionRecord> = Vec::new();
     let mut unblock_hook: Option<UnblockHook> = None;
+    let mut floor: Option<crate::store::FreeSpace> = None;
     // Unblock rows older than the start are history, not commands.
     let mut last_unblock = db::last_decision_id(&conn).unwrap_or(0);
     let mut last_tick = Instant::now();
@@ -226,6 +238,7 @@ fn writer(
                         Msg::Flush(w) => waiters.push(w),
                         Msg::Decision(d) => decisions.push(d),
                         Msg::OnUnblock(h) => unblock_hook = Some(h),
+                        Msg::ShedBelow(space) => floor = Some(space),
                     }
                     if batch.len() < BATCH_MAX {
                         next = rx.try_recv().ok();
@@ -236,6 +249,12 @@ fn writer(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
+        if !batch.is_empty() && floor.as_ref().is_some_and(|f| !f.room_for_activity()) {
+            counters
+                .shed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+        }
         if !batch.is_empty() {
             match db::insert(&mut conn, &batch) {
                 Ok(()) => {
