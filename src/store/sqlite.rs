@@ -1022,7 +1022,9 @@ impl Store for SqliteStore {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        match delete_item(&mut self.write(), owner, id) {
+        // Its own statement: the writer lock is released before a retry takes it again.
+        let first = delete_item(&mut self.write(), owner, id);
+        match first {
             Err(StoreError::StorageFull) if self.reserve.as_ref().is_some_and(Reserve::release) => {
                 delete_item(&mut self.write(), owner, id)
             }
