@@ -512,7 +512,11 @@ async fn unknown_recipient_is_refused_and_nothing_is_applied() -> TestResult {
                 .await,
             ErrorCode::NotFound,
         )?;
-        assert_eq!(store.usage(alice_id)?, 10);
+        // The file's 10 bytes and the item's overhead.
+        assert_eq!(
+            store.usage(alice_id)?,
+            10 + rampart::store::ITEM_OVERHEAD_BYTES
+        );
         Ok(())
     })
     .await
