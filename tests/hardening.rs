@@ -1719,7 +1719,8 @@ async fn hostile_file_names_are_sanitized_and_never_reach_a_path() -> TestResult
             [PathBuf::from("attachments/evil.sh")]
         );
 
-        // The data directory holds only the databases and blobs named by random ids.
+        // The data directory holds only the databases, the server's own fixed-name lock and
+        // free-space reserve, and blobs named by random ids.
         drop(alice);
         drop(bob);
         let guard = server.handle.guard();
@@ -1734,6 +1735,9 @@ async fn hostile_file_names_are_sanitized_and_never_reach_a_path() -> TestResult
             };
             match parts.as_slice() {
                 [db] if db.starts_with("rampart.db") || db.starts_with("activity.db") => {}
+                [own]
+                    if *own == rampart::store::LOCK_FILE
+                        || *own == rampart::store::RESERVE_FILE => {}
                 ["blobs", shard, id] if hex(shard, 2) && hex(id, 32) && id.starts_with(shard) => {
                     blobs += 1
                 }
