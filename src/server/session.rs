@@ -248,7 +248,7 @@ fn store_failure(shared: &Shared, e: StoreError) -> Reply {
         ),
         StoreError::StorageFull => err(
             ErrorCode::StorageFull,
-            "the server's storage is full; nothing was stored. Delete items or retry later",
+            "the server's storage is full and nothing was stored: delete items or retry later",
         ),
         e => internal(shared, e),
     }
