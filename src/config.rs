@@ -228,6 +228,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// Activity recording.
     pub activity: ActivityConfig,
+    /// Disk space.
+    pub storage: StorageConfig,
 }
 
 impl Config {
@@ -260,6 +262,7 @@ impl Config {
         self.auth.check()?;
         self.firewall.check()?;
         self.activity.check()?;
+        self.storage.check()?;
         Ok(())
     }
 }
@@ -1112,6 +1115,44 @@ impl ActivityConfig {
                 .then(|| Duration::from_secs(u64::from(self.retain_days) * 86_400)),
             max_bytes: (self.max_bytes > 0).then_some(self.max_bytes),
         }
+    }
+}
+
+// 64 MiB: room for a few hundred deletes, the activity recorder's next checkpoint and the
+// WAL, on any disk big enough to run a server; small next to the disks it protects.
+const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest accepted `storage.min_free_bytes`, 1 TiB: beyond any sane floor, and a floor
+/// larger than the disk would refuse every upload.
+pub const MAX_MIN_FREE_BYTES: u64 = 1 << 40;
+
+/// `[storage]`: the disk under the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Free bytes the server keeps on the data directory's file system: below this, new
+    /// uploads, chunks and deliveries are refused with `storage_full` and the activity
+    /// recorder sheds, while reads and deletes go on. 0 turns the floor off (only a really
+    /// full disk refuses).
+    pub min_free_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks that the floor is at most [`MAX_MIN_FREE_BYTES`].
+    pub fn check(&self) -> Result<(), ConfigError> {
+        in_range(
+            "storage.min_free_bytes",
+            self.min_free_bytes,
+            0,
+            MAX_MIN_FREE_BYTES,
+        )
     }
 }
 

@@ -368,7 +368,9 @@ async fn delete_removes_the_item_and_frees_the_senders_quota() -> TestResult {
         let data = random_bytes(&mut rng, 100_000);
         let file = alice.send_file_bytes("bob", "doc.bin", &data).await?;
         let msg = alice.send_message("bob", "0123456789").await?;
-        assert_eq!(store.usage(alice_id)?, 100_010);
+        // Each item costs its size plus ITEM_OVERHEAD_BYTES.
+        let overhead = rampart::store::ITEM_OVERHEAD_BYTES;
+        assert_eq!(store.usage(alice_id)?, 100_010 + 2 * overhead);
         assert_eq!(committed_blobs(server.dir.path())?, 1);
 
         bob.delete(file).await?;
@@ -384,7 +386,11 @@ async fn delete_removes_the_item_and_frees_the_senders_quota() -> TestResult {
             ErrorCode::NotFound,
         )?;
         refused(bob.delete(file).await, ErrorCode::NotFound)?;
-        assert_eq!(store.usage(alice_id)?, 10, "the file's bytes are freed");
+        assert_eq!(
+            store.usage(alice_id)?,
+            10 + overhead,
+            "the file's bytes are freed"
+        );
         assert_eq!(
             committed_blobs(server.dir.path())?,
             0,
@@ -506,7 +512,11 @@ async fn unknown_recipient_is_refused_and_nothing_is_applied() -> TestResult {
                 .await,
             ErrorCode::NotFound,
         )?;
-        assert_eq!(store.usage(alice_id)?, 10);
+        // The file's 10 bytes and the item's overhead.
+        assert_eq!(
+            store.usage(alice_id)?,
+            10 + rampart::store::ITEM_OVERHEAD_BYTES
+        );
         Ok(())
     })
     .await

@@ -363,7 +363,9 @@ async fn the_quota_is_enforced_and_nothing_over_it_is_stored() -> TestResult {
         let mut alice = server.login_from("alice", Some(ip(10, 30))).await;
         let mut bob = server.login_from("bob", Some(ip(10, 31))).await;
 
-        let file = random_bytes(&mut rng, usize::try_from(quota)? - 10);
+        // Each item costs its size plus ITEM_OVERHEAD_BYTES: the file and one message.
+        let overhead = rampart::store::ITEM_OVERHEAD_BYTES;
+        let file = random_bytes(&mut rng, usize::try_from(quota - 10 - 2 * overhead)?);
         alice.send_file_bytes("bob", "most.bin", &file).await?;
         // 11 more bytes would pass the quota; 10 reach it exactly.
         refused(
@@ -424,9 +426,11 @@ async fn the_quota_is_enforced_and_nothing_over_it_is_stored() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_messages_are_answered_in_order_each_as_if_sent_alone() -> TestResult {
     within(async {
-        // 30 bytes of quota: the messages below use 10, then 10 more, then 20 would pass it.
+        // 30 bytes of quota and three items' overhead: the messages below use 10, then 10
+        // more, then 20 would pass it.
+        let quota = 30 + 3 * rampart::store::ITEM_OVERHEAD_BYTES;
         let mut cfg = config();
-        cfg.limits.user_quota_bytes = 30;
+        cfg.limits.user_quota_bytes = quota;
         cfg.limits.max_file_bytes = 30;
         let server = start_server_with(cfg).await;
         let alice_id = user_id(&server, "alice")?;
@@ -483,7 +487,7 @@ async fn pipelined_messages_are_answered_in_order_each_as_if_sent_alone() -> Tes
         );
 
         let store = server.handle.server().store();
-        assert_eq!(store.usage(alice_id)?, 30);
+        assert_eq!(store.usage(alice_id)?, quota);
         let mut bob = server.login_from("bob", Some(ip(10, 36))).await;
         let inbox = bob.inbox().await?;
         assert_eq!(inbox.iter().map(|e| e.id).collect::<Vec<_>>(), accepted);
@@ -1718,7 +1722,8 @@ async fn hostile_file_names_are_sanitized_and_never_reach_a_path() -> TestResult
             [PathBuf::from("attachments/evil.sh")]
         );
 
-        // The data directory holds only the databases and blobs named by random ids.
+        // The data directory holds only the databases, the server's own fixed-name lock and
+        // free-space reserve, and blobs named by random ids.
         drop(alice);
         drop(bob);
         let guard = server.handle.guard();
@@ -1733,6 +1738,9 @@ async fn hostile_file_names_are_sanitized_and_never_reach_a_path() -> TestResult
             };
             match parts.as_slice() {
                 [db] if db.starts_with("rampart.db") || db.starts_with("activity.db") => {}
+                [own]
+                    if *own == rampart::store::LOCK_FILE
+                        || *own == rampart::store::RESERVE_FILE => {}
                 ["blobs", shard, id] if hex(shard, 2) && hex(id, 32) && id.starts_with(shard) => {
                     blobs += 1
                 }

@@ -75,6 +75,7 @@ enum Msg {
     Decision(DecisionRecord),
     OnUnblock(UnblockHook),
     Retain(Retention),
+    ShedBelow(crate::store::FreeSpace),
 }
 
 /// How much activity the database keeps. Old events are deleted in small steps on the
@@ -186,6 +187,22 @@ impl Recorder {
         }
     }
 
+    /// [`Recorder::retain`], by value, for building a recorder in one expression.
+    pub fn retaining(self, retention: Retention) -> Recorder {
+        self.retain(retention);
+        self
+    }
+
+    /// Sheds (and counts as shed) every batch that finds the disk below `space`'s floor,
+    /// so activity never takes the last bytes the store needs (see
+    /// [`FreeSpace::room_for_activity`](crate::store::FreeSpace::room_for_activity)).
+    pub fn shed_below(self, space: crate::store::FreeSpace) -> Recorder {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::ShedBelow(space));
+        }
+        self
+    }
+
     /// Waits until everything recorded so far is committed (tests, exports, shutdown).
     pub fn flush(&self) {
         let Some(tx) = &self.tx else { return };
@@ -247,6 +264,7 @@ fn writer(
     let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
     let mut decisions: Vec<DecisionRecord> = Vec::new();
     let mut unblock_hook: Option<UnblockHook> = None;
+    let mut floor: Option<crate::store::FreeSpace> = None;
     // Unblock rows older than the start are history, not commands.
     let mut last_unblock = db::last_decision_id(&conn).unwrap_or(0);
     let mut last_tick = Instant::now();
@@ -275,6 +293,7 @@ fn writer(
                             retention = Some(r);
                             last_prune = None;
                         }
+                        Msg::ShedBelow(space) => floor = Some(space),
                     }
                     if batch.len() < BATCH_MAX {
                         next = rx.try_recv().ok();
@@ -294,6 +313,12 @@ fn writer(
             || pending_since.is_some_and(|t| t.elapsed() >= flush);
         if due {
             pending_since = None;
+            if !batch.is_empty() && floor.as_ref().is_some_and(|f| !f.room_for_activity()) {
+                counters
+                    .shed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+            }
             commit_pending(&mut conn, &counters, &mut batch, &mut decisions, &mut sink);
         }
         if last_tick.elapsed() >= flush || disconnected {

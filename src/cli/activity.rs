@@ -1,4 +1,7 @@
 //! `rampart activity ...`: export recorded activity as feature CSVs, or summarize it.
+//!
+//! Safe next to a running server: reads see a consistent snapshot of `activity.db` (WAL)
+//! while the recorder keeps writing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
+use rampart::client::download::Placement;
 use rampart::client::{hex, Client, ClientOptions};
 use rampart::protocol::{InboxEntry, ItemBody, ItemKind, ItemView};
 use rampart::store::sanitize_file_name;
@@ -223,30 +224,26 @@ async fn write_file_item(
     let ItemBody::File(a) = &item.body else {
         bail!("item {} is not a file; --out applies to files", item.id);
     };
-    let (path, file) = match out {
+    // The file takes its name only once its digest matched: a failed download leaves
+    // nothing at the path (and an existing --out file untouched).
+    match out {
         Some(p) => {
-            let f = tokio::fs::File::create(&p)
-                .await
-                .with_context(|| format!("cannot create {}", p.display()))?;
-            (p, f)
+            client
+                .download_to_file(item.id, 0, &p, Placement::Replace)
+                .await?;
+            Ok(p)
         }
         None => {
             let p = PathBuf::from(sanitize_file_name(&a.name));
-            let f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
+            client
+                .download_to_file(item.id, 0, &p, Placement::NoClobber)
                 .await
                 .with_context(|| {
                     format!("cannot create {} (use --out to choose a path)", p.display())
                 })?;
-            (p, f)
+            Ok(p)
         }
-    };
-    let mut file = file;
-    client.download(item.id, 0, &mut file).await?;
-    file.sync_all().await?;
-    Ok(path)
+    }
 }
 
 async fn read_body(body: Option<String>, body_file: Option<&Path>) -> Result<String> {

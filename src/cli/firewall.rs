@@ -1,4 +1,7 @@
 //! `rampart firewall ...`: the firewall's stored decisions, and lifting a block.
+//!
+//! Meant to run next to a running server: both go through `activity.db` (SQLite, WAL),
+//! which the server polls for unblock rows.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

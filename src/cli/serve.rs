@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use rampart::server::Server;
+use rampart::server::{Server, ServerError};
+use rampart::store::StoreError;
 
 use super::load_config;
 
@@ -51,12 +52,17 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         tracing::info!(model = %name, "scoring activity windows with the detection model");
         model
     });
-    let server = Server::open_with_model(config, &args.data_dir, model).with_context(|| {
-        format!(
-            "cannot start with data directory {}",
-            args.data_dir.display()
-        )
-    })?;
+    let server = match Server::open_with_model(config, &args.data_dir, model) {
+        Ok(server) => server,
+        // The lock's message already names the directory and its owner's pid.
+        Err(ServerError::Store(e @ StoreError::InUse { .. })) => return Err(e.into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot start with data directory {}",
+                args.data_dir.display()
+            )))
+        }
+    };
     let handle = server.bind(args.listen).await?;
     {
         let mut out = std::io::stdout().lock();

@@ -1,4 +1,8 @@
 //! `rampart user ...`: manage accounts directly in a data directory.
+//!
+//! Safe next to a running server: these commands only touch `rampart.db`, whose SQLite
+//! locking (WAL, busy timeout) serializes them with the server's writes, and never the
+//! blobs or the data-directory lock.
 
 use std::io::BufRead;
 use std::path::PathBuf;

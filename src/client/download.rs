@@ -7,6 +7,11 @@
 //! still in flight, and carries on from the first missing byte. Every byte is checked to land
 //! exactly where the last one ended, so a reordered or overlapping reply cannot corrupt the
 //! output, and the digest check at the end catches anything else.
+//!
+//! Downloads to files ([`Client::download_to_file`], [`Client::save_attachments`]) write to
+//! a hidden temporary file next to the destination and give it its name only after the
+//! digest matched and the bytes were fsynced, as the server does with blobs: a file under
+//! the destination's name is always a whole, verified copy, even after a crash.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,6 +26,15 @@ use crate::store::{sanitize_file_name, MAX_FILE_NAME_BYTES};
 
 /// How many numbered variants (`name (1).ext`, ...) to try before giving up on a name.
 const MAX_NAME_ATTEMPTS: u32 = 10_000;
+
+/// How a verified download takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Replace whatever file has the name (an explicit `--out`).
+    Replace,
+    /// Never replace an existing file: fail if the name is taken.
+    NoClobber,
+}
 
 /// The stored name when a sanitized name is somehow not a single plain path component.
 const FALLBACK_NAME: &str = "unnamed";
@@ -53,14 +67,49 @@ impl Client {
     /// reported by FETCH at the end ([`ClientError::DigestMismatch`] otherwise). Returns the
     /// number of bytes written.
     ///
-    /// On a digest mismatch the bytes have already been written to `out`; callers that save
-    /// to a file should discard it (as [`Client::save_attachments`] does).
+    /// On a digest mismatch the bytes have already been written to `out`; to save to a file,
+    /// use [`Client::download_to_file`], which never leaves an unverified file behind.
     pub async fn download<W: AsyncWrite + Unpin>(
         &mut self,
         id: u64,
         part: u16,
         out: W,
     ) -> Result<u64, ClientError> {
+        let expected = self.expected_part(id, part).await?;
+        self.download_part(id, part, &expected, out, None).await
+    }
+
+    /// Downloads part `part` of item `id` (see [`Client::download`]) to the file `dest`:
+    /// into a hidden temporary file in the same directory, fsynced, which takes the name
+    /// `dest` only once the digest matched. On any failure (digest mismatch included) the
+    /// temporary file is removed and `dest` is left as it was. Returns the bytes written.
+    pub async fn download_to_file(
+        &mut self,
+        id: u64,
+        part: u16,
+        dest: &Path,
+        placement: Placement,
+    ) -> Result<u64, ClientError> {
+        let expected = self.expected_part(id, part).await?;
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let (tmp, written) = self.download_to_temp(id, part, &expected, dir).await?;
+        let placed = match placement {
+            Placement::Replace => tokio::fs::rename(&tmp, dest).await,
+            Placement::NoClobber => link_new(&tmp, dest).await,
+        };
+        if let Err(e) = placed {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(ClientError::file(dest, e));
+        }
+        sync_dir(dir).await;
+        Ok(written)
+    }
+
+    /// The size and digest of part `part` of item `id`, from FETCH.
+    async fn expected_part(&mut self, id: u64, part: u16) -> Result<Attachment, ClientError> {
         let view = self.fetch(id).await?;
         let Some(expected) = part_of(&view.body, part).cloned() else {
             // The item has no such part: ask anyway, so the refusal is the server's own.
@@ -73,7 +122,35 @@ impl Client {
             let reply = self.call(req).await?;
             return Err(unexpected("ERROR", &reply));
         };
-        self.download_part(id, part, &expected, out, None).await
+        Ok(expected)
+    }
+
+    /// Downloads a part into a new hidden file in `dir`, verified and fsynced; removes the
+    /// file on any failure. Returns its path and the bytes written.
+    async fn download_to_temp(
+        &mut self,
+        id: u64,
+        part: u16,
+        expected: &Attachment,
+        dir: &Path,
+    ) -> Result<(PathBuf, u64), ClientError> {
+        let (tmp, file) = create_temp(dir).await?;
+        let mut out = BufWriter::new(file);
+        let mut result = self
+            .download_part(id, part, expected, &mut out, Some(&tmp))
+            .await;
+        if result.is_ok() {
+            if let Err(e) = out.into_inner().sync_all().await {
+                result = Err(ClientError::file(&tmp, e));
+            }
+        }
+        match result {
+            Ok(written) => Ok((tmp, written)),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
     }
 
     /// Downloads part `part` of item `id` into memory (see [`Client::download`]).
@@ -189,8 +266,10 @@ impl Client {
     /// overwritten and nothing is written outside `dir`. Returns the paths written, in
     /// attachment order.
     ///
-    /// A download that fails (including a digest mismatch) removes its partial file and stops;
-    /// attachments saved before it stay.
+    /// Each attachment is downloaded to a hidden temporary file and takes its name only once
+    /// its digest matched (see [`Client::download_to_file`]). A download that fails
+    /// (including a digest mismatch) leaves no file and stops; attachments saved before it
+    /// stay.
     pub async fn save_attachments(
         &mut self,
         id: u64,
@@ -204,16 +283,13 @@ impl Client {
         };
         let mut saved = Vec::with_capacity(parts.len());
         for (part, attachment) in parts {
-            let (path, file) = create_unique(dir, &sanitize_file_name(&attachment.name)).await?;
-            let result = self
-                .download_part(id, part, &attachment, BufWriter::new(file), Some(&path))
-                .await;
-            if let Err(e) = result {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(e);
-            }
-            saved.push(path);
+            let name = sanitize_file_name(&attachment.name);
+            let (tmp, _) = self.download_to_temp(id, part, &attachment, dir).await?;
+            let placed = place_unique(dir, &name, &tmp).await;
+            let _ = tokio::fs::remove_file(&tmp).await;
+            saved.push(placed?);
         }
+        sync_dir(dir).await;
         Ok(saved)
     }
 }
@@ -243,10 +319,10 @@ fn numbered(name: &str, n: u32) -> String {
     format!("{}{suffix}{ext}", &stem[..cut])
 }
 
-/// Creates a new file in `dir` named `name`, or the first free numbered variant. Creation is
-/// exclusive (`O_EXCL`), so an existing file, or a symlink planted under the name, is never
-/// opened.
-async fn create_unique(dir: &Path, name: &str) -> Result<(PathBuf, tokio::fs::File), ClientError> {
+/// Gives the verified file `tmp` the name `name` in `dir`, or the first free numbered
+/// variant, by hard-linking it there. A link never replaces an existing file or follows a
+/// symlink planted under the name (like `O_EXCL`), so nothing is ever overwritten.
+async fn place_unique(dir: &Path, name: &str, tmp: &Path) -> Result<PathBuf, ClientError> {
     let name = if is_plain_component(name) {
         name
     } else {
@@ -259,6 +335,36 @@ async fn create_unique(dir: &Path, name: &str) -> Result<(PathBuf, tokio::fs::Fi
             numbered(name, n)
         };
         let path = dir.join(candidate);
+        match link_new(tmp, &path).await {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(ClientError::file(&path, e)),
+        }
+    }
+    Err(ClientError::file(
+        &dir.join(name),
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "every numbered variant of the name is taken",
+        ),
+    ))
+}
+
+/// Names `tmp` `dest` too, failing with `AlreadyExists` if `dest` exists, then drops the
+/// temporary name.
+async fn link_new(tmp: &Path, dest: &Path) -> io::Result<()> {
+    tokio::fs::hard_link(tmp, dest).await?;
+    let _ = tokio::fs::remove_file(tmp).await;
+    Ok(())
+}
+
+/// Creates a new hidden file `.rampart-PID-N.part` in `dir` (exclusively, so nothing
+/// existing is ever opened) for a download in progress. The name is short and fixed so it
+/// always fits, whatever the destination's name.
+async fn create_temp(dir: &Path) -> Result<(PathBuf, tokio::fs::File), ClientError> {
+    let pid = std::process::id();
+    for n in 0..MAX_NAME_ATTEMPTS {
+        let path = dir.join(format!(".rampart-{pid}-{n}.part"));
         let opened = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -271,12 +377,20 @@ async fn create_unique(dir: &Path, name: &str) -> Result<(PathBuf, tokio::fs::Fi
         }
     }
     Err(ClientError::file(
-        &dir.join(name),
+        dir,
         io::Error::new(
             io::ErrorKind::AlreadyExists,
-            "every numbered variant of the name is taken",
+            "no free temporary name for the download",
         ),
     ))
+}
+
+/// Makes a rename or link in `dir` durable; best effort (a directory cannot be opened as a
+/// file everywhere), since the file's own bytes are already fsynced.
+async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
+    }
 }
 
 #[cfg(test)]

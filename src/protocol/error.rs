@@ -218,11 +218,14 @@ pub enum ErrorCode {
     Timeout = 14,
     /// The server refuses new connections (a connection cap was reached).
     Busy = 15,
+    /// The server's disk is full (or below its free-space floor): nothing new was stored.
+    /// Reading and deleting still work; retry after deleting items or later.
+    StorageFull = 16,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadFrame,
         ErrorCode::NotAuthenticated,
         ErrorCode::AuthFailed,
@@ -238,6 +241,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Timeout,
         ErrorCode::Busy,
+        ErrorCode::StorageFull,
     ];
 
     /// The code for a wire value, if it is defined.
@@ -263,6 +267,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Busy => "busy",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 }

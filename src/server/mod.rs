@@ -51,7 +51,7 @@ use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal};
 use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Role};
-use crate::store::{BlobStore, SqliteStore, Store, StoreError};
+use crate::store::{BlobStore, FreeSpace, SqliteStore, Store, StoreError};
 
 pub use detector::DetectionStats;
 pub use metrics::{Metrics, MetricsSnapshot, StallSample, Stalls};
@@ -169,9 +169,11 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Checks `config`, opens (creating on first start) the SQLite store and blob store in
-    /// `data_dir`, removes half-finished uploads left by a crash, and sweeps blobs no item
-    /// references.
+    /// Checks `config`, takes the data directory's lock (refused with
+    /// [`StoreError::InUse`] while another server holds it; released when the server is
+    /// dropped), opens (creating on first start) and checks the SQLite store and blob store
+    /// in `data_dir`, removes half-finished uploads left by a crash, and moves blobs no item
+    /// references to `DATA/lost+found`.
     pub fn open(config: Config, data_dir: &Path) -> Result<Server, ServerError> {
         Server::open_with_model(config, data_dir, None)
     }
@@ -192,13 +194,12 @@ impl Server {
             Some(m) => Some(detector::scorer(m, &config)?),
             None => None,
         };
-        let store = SqliteStore::open(data_dir)?;
-        let blobs = BlobStore::open(data_dir)?;
+        // The lock comes first: nothing below may touch a directory another server owns.
+        let min_free = config.storage.min_free_bytes;
+        let blobs = BlobStore::open_exclusive(data_dir)?.with_min_free_bytes(min_free);
+        let store = SqliteStore::open(data_dir)?.with_min_free_bytes(min_free);
         let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
-        let swept = blobs.sweep_orphans(&referenced)?;
-        if swept > 0 {
-            tracing::info!(swept, "removed unreferenced blobs");
-        }
+        blobs.sweep_orphans(&referenced)?;
         // Blocks survive a restart: decisions are stored, and those still in force return.
         let restored = restore_blocks(data_dir)?;
         let (sink, relay) = match detection {
@@ -211,8 +212,9 @@ impl Server {
                 config.activity.channel_capacity as usize,
                 config.activity.flush(),
                 sink,
-            )
-            .inspect(|r| r.retain(config.activity.retention()))?
+            )?
+            .shed_below(FreeSpace::new(data_dir, min_free))
+            .retaining(config.activity.retention())
         } else {
             Recorder::disabled()
         };

@@ -102,15 +102,6 @@ enum Upload {
     Done(BlobRef),
 }
 
-impl Upload {
-    fn declared_size(&self) -> u64 {
-        match self {
-            Upload::Staging { size, .. } => *size,
-            Upload::Done(b) => b.size,
-        }
-    }
-}
-
 impl Drop for Session {
     /// Finished uploads that were never sent are deleted with their session (staging ones
     /// delete themselves when their `StagedBlob` drops).
@@ -250,17 +241,29 @@ fn delivered(shared: &Shared, result: Result<Option<u64>, StoreError>) -> Handle
             Ok(Reply::Accepted { item_id })
         }
         Ok(None) => Err(err(ErrorCode::UnknownRecipient, "no such recipient")),
-        Err(StoreError::QuotaExceeded {
+        Err(e) => Err(store_failure(shared, e)),
+    }
+}
+
+/// The reply to a store error: the ones a user can act on (quota, full disk) by their own
+/// code, anything else as internal.
+fn store_failure(shared: &Shared, e: StoreError) -> Reply {
+    match e {
+        StoreError::QuotaExceeded {
             used,
             requested,
             quota,
-        }) => Err(err(
+        } => err(
             ErrorCode::QuotaExceeded,
             format!(
                 "storage quota exceeded: {used} bytes used, {requested} more requested, quota {quota}"
             ),
-        )),
-        Err(e) => Err(internal(shared, e)),
+        ),
+        StoreError::StorageFull => err(
+            ErrorCode::StorageFull,
+            "the server's storage is full and nothing was stored: delete items or retry later",
+        ),
+        e => internal(shared, e),
     }
 }
 
@@ -587,14 +590,6 @@ impl Session {
         }
     }
 
-    /// Sizes of everything this session has staged or finished but not yet sent.
-    fn staged_bytes(&self) -> u64 {
-        self.uploads
-            .values()
-            .map(Upload::declared_size)
-            .fold(0u64, u64::saturating_add)
-    }
-
     async fn upload_begin(&mut self, name: String, size: u64) -> Handled {
         let shared = Arc::clone(&self.shared);
         let me = self.user_id()?;
@@ -626,25 +621,13 @@ impl Session {
             ));
         }
         let store = Arc::clone(&shared.store);
-        let used = blocking(move || store.usage(me))
-            .await
-            .map_err(|e| internal(&shared, e))?;
-        let needed = used
-            .saturating_add(self.staged_bytes())
-            .saturating_add(size);
-        if needed > limits.user_quota_bytes {
-            return Err(err(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "storage quota exceeded: {used} bytes used, {size} more requested, quota {}",
-                    limits.user_quota_bytes
-                ),
-            ));
-        }
         let blobs = shared.blobs.clone();
-        let blob = blocking(move || blobs.stage())
+        let quota = limits.user_quota_bytes;
+        // The upload is charged from here on, across all of the user's sessions (see
+        // `store::Pending`), until it is delivered or dropped.
+        let blob = blocking(move || blobs.stage_for(me, size, store.usage(me)?, quota))
             .await
-            .map_err(|e| internal(&shared, e))?;
+            .map_err(|e| store_failure(&shared, e))?;
         let id = self.next_upload;
         self.next_upload = self.next_upload.wrapping_add(1).max(1);
         self.uploads.insert(
@@ -710,7 +693,7 @@ impl Session {
             (blob, res)
         })
         .await;
-        res.map_err(|e| internal(&shared, e))?;
+        res.map_err(|e| store_failure(&shared, e))?;
         let received = blob.written();
         self.uploads
             .insert(id, Upload::Staging { blob, size, name });
@@ -741,7 +724,7 @@ impl Session {
         }
         let committed = blocking(move || blob.commit(&name))
             .await
-            .map_err(|e| internal(&shared, e))?;
+            .map_err(|e| store_failure(&shared, e))?;
         self.uploads.insert(id, Upload::Done(committed));
         Ok(Reply::UploadDone {
             upload_id: id,
@@ -805,6 +788,11 @@ impl Session {
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);
+        } else {
+            // The item's charge in the database now covers these blobs.
+            for (_, b) in &uploads {
+                shared.blobs.delivered(&b.blob_id);
+            }
         }
         handled
     }

@@ -7,8 +7,10 @@
 //!   crash and is deleted by [`BlobStore::open`].
 //! - `<first two hex digits of id>/<id>`: committed blobs, fsynced before and after the
 //!   rename that moved them here. A committed blob that no item references (the server
-//!   crashed between commit and delivery, or the item was deleted) is an orphan, and
-//!   [`BlobStore::sweep_orphans`] removes it at start-up.
+//!   crashed between commit and delivery, a removal failed, or the database lost the item)
+//!   is an orphan, and [`BlobStore::sweep_orphans`] moves it to `DATA/lost+found/` at
+//!   start-up. Orphans are never deleted: the database cannot tell a leftover from a file
+//!   it lost, and a lost or rolled-back database must not take every file with it.
 //!
 //! Every path is built from a blob id, 128 random bits in lower-case hex, and every id
 //! that comes back from outside is checked by [`is_valid_blob_id`] before it is used. A
@@ -18,10 +20,14 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::RngCore;
 
-use super::{is_valid_blob_id, sanitize_file_name, BlobRef, StoreError};
+use super::lock::DataDirLock;
+use super::pending::Pending;
+use super::space::FreeSpace;
+use super::{is_valid_blob_id, sanitize_file_name, BlobRef, StoreError, UserId};
 
 /// The directory under the data directory that holds all blobs.
 const BLOBS_DIR: &str = "blobs";
@@ -29,17 +35,43 @@ const BLOBS_DIR: &str = "blobs";
 const TMP_DIR: &str = "tmp";
 /// The extension of an upload in progress.
 const PART_EXT: &str = "part";
+/// The directory under the data directory that unreferenced blobs are moved to.
+pub const LOST_FOUND_DIR: &str = "lost+found";
 
-/// The blob files under `DATA_DIR/blobs`.
+/// The blob files under `DATA_DIR/blobs`. Clones share the quota reservations of uploads
+/// in progress and, for a server's store, the data-directory lock.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    space: FreeSpace,
+    pending: Arc<Pending>,
+    /// Held for as long as any clone lives (see [`BlobStore::open_exclusive`]).
+    _lock: Option<Arc<DataDirLock>>,
 }
 
 impl BlobStore {
     /// Opens (creating if needed) `DATA_DIR/blobs` and `DATA_DIR/blobs/tmp`, and deletes
     /// whatever is left in `tmp`: half uploads from before a crash or restart.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        BlobStore::open_with(data_dir, None)
+    }
+
+    /// [`BlobStore::open`] for a server: first takes the data directory's lock
+    /// ([`DataDirLock`]), so the start-up sweeps can never touch another server's uploads,
+    /// and holds it for as long as this store or a clone of it lives.
+    pub fn open_exclusive(data_dir: &Path) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(data_dir)?;
+        BlobStore::open_with(data_dir, Some(Arc::new(lock)))
+    }
+
+    /// Refuses new uploads and chunks that would leave less than `min_free_bytes` free on
+    /// the blob store's file system, with [`StoreError::StorageFull`].
+    pub fn with_min_free_bytes(mut self, min_free_bytes: u64) -> Self {
+        self.space = FreeSpace::new(&self.root, min_free_bytes);
+        self
+    }
+
+    fn open_with(data_dir: &Path, lock: Option<Arc<DataDirLock>>) -> Result<Self, StoreError> {
         let root = data_dir.join(BLOBS_DIR);
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp)?;
@@ -57,12 +89,64 @@ impl BlobStore {
         if cleared > 0 {
             tracing::info!(cleared, "removed unfinished uploads from blobs/tmp");
         }
-        Ok(BlobStore { root })
+        Ok(BlobStore {
+            space: FreeSpace::unlimited(&root),
+            root,
+            pending: Arc::default(),
+            _lock: lock,
+        })
     }
 
-    /// Starts a new blob under a fresh random id, as `blobs/tmp/<id>.part`.
+    /// Starts a new blob under a fresh random id, as `blobs/tmp/<id>.part`, charged to no
+    /// one (tools and tests; the server uses [`BlobStore::stage_for`]).
     pub fn stage(&self) -> Result<StagedBlob, StoreError> {
+        self.stage_with(None)
+    }
+
+    /// Starts `user`'s upload of `size` bytes: refused with [`StoreError::StorageFull`] if
+    /// it would not fit above the free-space floor, and with [`StoreError::QuotaExceeded`]
+    /// unless `used` (the user's charge in the database), plus what the user's other
+    /// uploads hold, plus `size` and [`ITEM_OVERHEAD_BYTES`](super::ITEM_OVERHEAD_BYTES)
+    /// fits in `quota`. The reservation holds until the upload is dropped, removed, or
+    /// [`BlobStore::delivered`].
+    pub fn stage_for(
+        &self,
+        user: UserId,
+        size: u64,
+        used: u64,
+        quota: u64,
+    ) -> Result<StagedBlob, StoreError> {
+        self.space.check(size)?;
+        self.stage_with(Some((user, size, used, quota)))
+    }
+
+    /// Bytes reserved right now by `user`'s uploads that are not items yet.
+    pub fn pending_bytes(&self, user: UserId) -> u64 {
+        self.pending.of(user)
+    }
+
+    /// Ends the quota reservation of a blob that is now part of a delivered item, whose
+    /// own charge in the database has replaced it.
+    pub fn delivered(&self, blob_id: &str) {
+        self.pending.release(blob_id);
+    }
+
+    fn stage_with(
+        &self,
+        charge: Option<(UserId, u64, u64, u64)>,
+    ) -> Result<StagedBlob, StoreError> {
         let id = new_blob_id();
+        if let Some((user, size, used, quota)) = charge {
+            self.pending.reserve(user, &id, size, used, quota)?;
+        }
+        let staged = self.create_staged(id.clone());
+        if staged.is_err() {
+            self.pending.release(&id);
+        }
+        staged
+    }
+
+    fn create_staged(&self, id: String) -> Result<StagedBlob, StoreError> {
         let tmp_path = self.tmp_dir().join(format!("{id}.{PART_EXT}"));
         // create_new makes an (astronomically unlikely) id collision an error instead of
         // two uploads silently sharing one file.
@@ -78,6 +162,9 @@ impl BlobStore {
             written: 0,
             hasher: blake3::Hasher::new(),
             finished: false,
+            committed: false,
+            space: self.space.clone(),
+            pending: Arc::clone(&self.pending),
         })
     }
 
@@ -110,24 +197,29 @@ impl BlobStore {
         Ok(buf)
     }
 
-    /// Removes a committed blob; removing one that is already gone is not an error, so a
-    /// retried cleanup is harmless.
+    /// Removes a committed blob (and any quota its upload still held); removing one that is
+    /// already gone is not an error, so a retried cleanup is harmless.
     pub fn remove(&self, blob_id: &str) -> Result<(), StoreError> {
-        match fs::remove_file(self.blob_path(blob_id)?) {
+        let path = self.blob_path(blob_id)?;
+        self.pending.release(blob_id);
+        match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Deletes every committed blob whose id is not in `referenced`, and returns how many
-    /// were deleted.
+    /// Moves every committed blob whose id is not in `referenced` to `DATA/lost+found/`,
+    /// and returns how many were moved; a warning gives the count.
     ///
+    /// Nothing is deleted: an unreferenced blob may be a leftover, or a file the database
+    /// lost (deleted, emptied, or rolled back with its WAL), and only an operator can tell.
     /// Run this only at start-up, before the server accepts uploads: a blob committed but
-    /// not yet delivered is unreferenced too, and would be swept. Files whose names are not
-    /// blob ids are left alone and logged, since the store did not create them.
+    /// not yet delivered is unreferenced too. Files whose names are not blob ids are left
+    /// alone and logged, since the store did not create them.
     pub fn sweep_orphans(&self, referenced: &HashSet<String>) -> Result<usize, StoreError> {
-        let mut removed = 0usize;
+        let lost_found = self.lost_found_dir();
+        let mut moved = 0usize;
         for shard in fs::read_dir(&self.root)? {
             let shard = shard?;
             let shard_name = shard.file_name();
@@ -148,15 +240,35 @@ impl BlobStore {
                     }
                 };
                 if !referenced.contains(id) {
-                    fs::remove_file(entry.path())?;
-                    removed += 1;
+                    if moved == 0 {
+                        fs::create_dir_all(&lost_found)?;
+                    }
+                    // A rename within one file system: the bytes are never copied, and a
+                    // crash leaves the blob in one place or the other.
+                    fs::rename(entry.path(), lost_found.join(id))?;
+                    moved += 1;
                 }
             }
         }
-        if removed > 0 {
-            tracing::info!(removed, "removed unreferenced blobs");
+        if moved > 0 {
+            sync_dir(&lost_found)?;
+            tracing::warn!(
+                moved,
+                dir = %lost_found.display(),
+                "moved blobs that no item references to lost+found; nothing was deleted. \
+                 They are leftovers of a crash, or files the database lost: restore the \
+                 database from a backup if items are missing, else delete them"
+            );
         }
-        Ok(removed)
+        Ok(moved)
+    }
+
+    /// `DATA/lost+found`, where unreferenced blobs are moved.
+    pub fn lost_found_dir(&self) -> PathBuf {
+        match self.root.parent() {
+            Some(data_dir) => data_dir.join(LOST_FOUND_DIR),
+            None => self.root.join(LOST_FOUND_DIR),
+        }
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -180,6 +292,11 @@ pub struct StagedBlob {
     hasher: blake3::Hasher,
     /// Set once the staging file no longer needs removing (it was renamed into place).
     finished: bool,
+    /// Set once the blob is committed: its quota reservation then lives on until the blob is
+    /// delivered or removed.
+    committed: bool,
+    space: FreeSpace,
+    pending: Arc<Pending>,
 }
 
 impl StagedBlob {
@@ -193,13 +310,15 @@ impl StagedBlob {
         self.written
     }
 
-    /// Appends `data` to the staging file and the running digest.
+    /// Appends `data` to the staging file and the running digest. Refused with
+    /// [`StoreError::StorageFull`] if it would leave less than the free-space floor.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let added = u64::try_from(data.len()).unwrap_or(u64::MAX);
         let total = self
             .written
             .checked_add(added)
             .ok_or_else(|| StoreError::InvalidItem("blob size overflows".into()))?;
+        self.space.check(added)?;
         self.file.write_all(data)?;
         self.hasher.update(data);
         self.written = total;
@@ -247,6 +366,7 @@ impl StagedBlob {
             let _ = fs::remove_file(&final_path);
             return Err(e.into());
         }
+        self.committed = true;
         Ok(BlobRef {
             blob_id: self.id.clone(),
             name: sanitize_file_name(name),
@@ -258,6 +378,9 @@ impl StagedBlob {
 
 impl Drop for StagedBlob {
     fn drop(&mut self) {
+        if !self.committed {
+            self.pending.release(&self.id);
+        }
         if !self.finished {
             if let Err(e) = fs::remove_file(&self.tmp_path) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -445,10 +568,83 @@ mod tests {
         assert_eq!(store.sweep_orphans(&referenced)?, 1);
         assert!(store.open_blob(&keep.blob_id).is_ok());
         assert!(store.open_blob(&orphan.blob_id).is_err());
+        // Moved, not deleted.
+        let found = dir.path().join(LOST_FOUND_DIR).join(&orphan.blob_id);
+        assert!(found.is_file(), "{} missing", found.display());
         assert!(stray.is_file());
         assert_eq!(tmp_entries(&store)?, 1);
         assert_eq!(store.sweep_orphans(&referenced)?, 0);
         drop(in_progress);
+        Ok(())
+    }
+
+    #[test]
+    fn with_no_database_every_blob_goes_to_lost_and_found_intact() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = BlobStore::open(dir.path())?;
+        let mut ids = Vec::new();
+        for i in 0..3u8 {
+            let mut staged = store.stage()?;
+            staged.append(&[i; 100])?;
+            ids.push(staged.commit("f")?.blob_id);
+        }
+        // What a lost or emptied database looks like: it references nothing.
+        assert_eq!(store.sweep_orphans(&HashSet::new())?, 3);
+        for (i, id) in (0u8..).zip(&ids) {
+            let moved = fs::read(store.lost_found_dir().join(id))?;
+            assert_eq!(moved, [i; 100]);
+        }
+        assert_eq!(store.sweep_orphans(&HashSet::new())?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn uploads_hold_quota_across_stores_until_dropped_removed_or_delivered() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = BlobStore::open(dir.path())?;
+        let other_session = store.clone();
+        let overhead = crate::store::ITEM_OVERHEAD_BYTES;
+        let quota = 16 * 1024 + overhead;
+        // One 12 KiB upload fits a 16 KiB quota; a second, from another session, does not.
+        let first = store.stage_for(1, 12 * 1024, 0, quota)?;
+        assert_eq!(store.pending_bytes(1), 12 * 1024 + overhead);
+        assert!(matches!(
+            other_session.stage_for(1, 12 * 1024, 0, quota),
+            Err(StoreError::QuotaExceeded { .. })
+        ));
+        assert_eq!(tmp_entries(&store)?, 1, "a refused upload stages nothing");
+        // Dropped unfinished: released.
+        drop(first);
+        assert_eq!(store.pending_bytes(1), 0);
+        // Finished but undelivered still counts; removing it releases.
+        let mut second = other_session.stage_for(1, 10, 0, quota)?;
+        second.append(b"0123456789")?;
+        let done = second.commit("a")?;
+        assert_eq!(store.pending_bytes(1), 10 + overhead);
+        assert!(store.stage_for(1, 16 * 1024, 0, quota).is_err());
+        store.remove(&done.blob_id)?;
+        assert_eq!(store.pending_bytes(1), 0);
+        // Delivered: the item's own charge takes over.
+        let third = store.stage_for(1, 0, 0, quota)?.commit("b")?;
+        assert_eq!(store.pending_bytes(1), overhead);
+        store.delivered(&third.blob_id);
+        assert_eq!(store.pending_bytes(1), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn below_the_floor_uploads_and_chunks_are_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let open = BlobStore::open(dir.path())?;
+        let mut staged = open.stage_for(1, 10, 0, u64::MAX)?;
+        let full = open.clone().with_min_free_bytes(u64::MAX / 2);
+        assert!(matches!(
+            full.stage_for(1, 10, 0, u64::MAX),
+            Err(StoreError::StorageFull)
+        ));
+        let mut starved = full.stage()?;
+        assert!(matches!(starved.append(b"x"), Err(StoreError::StorageFull)));
+        staged.append(b"fine")?;
         Ok(())
     }
 }

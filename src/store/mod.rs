@@ -9,14 +9,30 @@
 //!
 //! The trait is synchronous on purpose: SQLite calls block, and the server runs them
 //! inside `spawn_blocking` rather than pretending they are asynchronous.
+//!
+//! Around the data: [`DataDirLock`] keeps a second server off a data directory,
+//! [`FreeSpace`] and [`Reserve`] keep a full disk from breaking reads and deletes, and
+//! [`Pending`] charges uploads to their sender's quota before they are items.
 
 mod blobs;
+mod lock;
 mod names;
+mod pending;
+mod space;
 mod sqlite;
 
-pub use blobs::{BlobStore, StagedBlob};
+pub use blobs::{BlobStore, StagedBlob, LOST_FOUND_DIR};
+pub use lock::{DataDirLock, LOCK_FILE};
 pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
+pub use pending::Pending;
+pub use space::{is_out_of_space, FreeSpace, Reserve, RESERVE_BYTES, RESERVE_FILE};
 pub use sqlite::SqliteStore;
+
+/// What every item costs against its sender's quota on top of its content. Without it an
+/// empty item costs nothing, yet 14,000 empty messages and 200 empty files grew the
+/// database by 4.9 MB (about 345 bytes per row with its index entries); 256 bytes makes
+/// flooding with empty items run into the quota at roughly the rate it fills the disk.
+pub const ITEM_OVERHEAD_BYTES: u64 = 256;
 
 use serde::Serialize;
 
@@ -77,7 +93,8 @@ pub struct UserSummary {
     pub name: String,
     /// When the account was created, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
-    /// Bytes currently charged to this user's quota (items they sent that still exist).
+    /// Bytes currently charged to this user's quota: each item they sent that still exists
+    /// costs its size plus [`ITEM_OVERHEAD_BYTES`].
     pub usage_bytes: u64,
 }
 
@@ -125,9 +142,15 @@ impl NewItem {
         }
     }
 
-    /// The bytes this item is charged: message text; mail subject, body and attachment
-    /// sizes; or the file's size. Saturates instead of overflowing, so an absurd size is
-    /// refused by the quota check rather than wrapping around to a small one.
+    /// What this item costs against its sender's quota: its [`NewItem::size`] plus
+    /// [`ITEM_OVERHEAD_BYTES`], saturating.
+    pub fn charge(&self) -> u64 {
+        self.size().saturating_add(ITEM_OVERHEAD_BYTES)
+    }
+
+    /// The item's content bytes: message text; mail subject, body and attachment sizes; or
+    /// the file's size. Saturates instead of overflowing, so an absurd size is refused by
+    /// the quota check rather than wrapping around to a small one.
     pub fn size(&self) -> u64 {
         match self {
             NewItem::Message { text } => len_u64(text),
@@ -159,7 +182,7 @@ pub struct InboxEntry {
     pub kind: ItemKind,
     /// The sender's user name.
     pub from: String,
-    /// The bytes charged for this item (see [`NewItem::size`]).
+    /// The item's content bytes (see [`NewItem::size`]).
     pub size: u64,
     /// When the item was committed, in milliseconds since the Unix epoch.
     pub received_at_ms: i64,
@@ -242,15 +265,63 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// The disk holding the data directory is full, or below `storage.min_free_bytes`:
+    /// nothing new was stored, and reading and deleting still work. Transient: it clears
+    /// when space is freed.
+    #[error("storage is full: delete items to free space, or retry later")]
+    StorageFull,
+    /// Another process (or another server in this process) holds the data directory's lock.
+    #[error("data directory {} is in use by another rampart (pid {})", dir.display(), pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()))]
+    InUse {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The owner's pid as it wrote it into the lock file, if readable.
+        pid: Option<u32>,
+    },
+    /// The database failed its integrity check (`PRAGMA quick_check`) or is not a database.
+    #[error("database {} is damaged ({detail}); restore it from a backup, or move it aside to start with an empty one (unreferenced blobs then go to lost+found)", path.display())]
+    Damaged {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// SQLite's first complaint.
+        detail: String,
+    },
+    /// A batch of deliveries could not be committed and was rolled back; nothing in it was
+    /// stored. A failure of the moment (an IO error, a lock), not damage to stored data.
+    #[error("the delivery batch was not committed, nothing was stored: {0}")]
+    NotCommitted(String),
     /// A file system error.
     #[error("io error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A database error.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// Stored data that violates the store's own invariants.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+}
+
+impl From<std::io::Error> for StoreError {
+    /// Out of space is [`StoreError::StorageFull`], never a generic IO failure.
+    fn from(e: std::io::Error) -> StoreError {
+        if is_out_of_space(&e) {
+            StoreError::StorageFull
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// SQLITE_FULL (and an IO error that is ENOSPC underneath) is
+    /// [`StoreError::StorageFull`].
+    fn from(e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::StorageFull
+        } else {
+            StoreError::Sqlite(e)
+        }
+    }
 }
 
 impl StoreError {

@@ -3,9 +3,9 @@
 //! # Tables
 //!
 //! - `users(id, name UNIQUE, password_hash, created_at_ms, usage_bytes)`: accounts.
-//!   `usage_bytes` is the sum of the sizes of the items the user sent that still exist;
-//!   [`Store::deliver`] and [`Store::delete`] update it in the same transaction as the item,
-//!   so it can never drift from `items`.
+//!   `usage_bytes` is the sum, over the items the user sent that still exist, of each
+//!   item's size plus [`ITEM_OVERHEAD_BYTES`]; [`Store::deliver`] and [`Store::delete`]
+//!   update it in the same transaction as the item, so it can never drift from `items`.
 //! - `items(id AUTOINCREMENT, owner, sender, kind, size, received_at_ms, title, body)`: one
 //!   row per message, mail or file. `title` is the mail subject or the file name ("" for
 //!   messages); `body` is the message text or mail body ("" for files). `AUTOINCREMENT`
@@ -20,6 +20,14 @@
 //! migration `i` moves the database from version `i` to `i + 1`, each in its own
 //! transaction together with the version bump, so a crash mid-migration leaves the old
 //! version intact. To change the schema, append a new string; never edit an old one.
+//!
+//! # Integrity and a full disk
+//!
+//! [`SqliteStore::open`] runs `PRAGMA quick_check` and refuses a damaged database
+//! ([`StoreError::Damaged`]) instead of serving errors for every request. A server's store
+//! ([`SqliteStore::with_min_free_bytes`]) refuses deliveries below the free-space floor and
+//! keeps a [`Reserve`] that a delete failing for lack of space releases before it retries,
+//! so users can always free space.
 //!
 //! # Concurrency
 //!
@@ -37,9 +45,10 @@ use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
 
+use super::space::{FreeSpace, Reserve};
 use super::{
     is_valid_blob_id, validate_user_name, BlobRef, InboxEntry, Item, ItemContent, ItemId, ItemKind,
-    NewItem, Store, StoreError, UserId, UserSummary,
+    NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
 };
 
 /// The database file's name inside the data directory.
@@ -80,6 +89,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (item_id, idx)
     ) WITHOUT ROWID;
     CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
+    // 2: every item costs ITEM_OVERHEAD_BYTES (256) on top of its size; charge the items
+    // that already exist, so deleting one later frees exactly what it costs.
+    "UPDATE users SET usage_bytes = usage_bytes +
+        256 * (SELECT COUNT(*) FROM items WHERE items.sender = users.id);",
 ];
 
 /// Where a queued delivery's result goes: its place in its caller's list, and the caller's
@@ -89,9 +102,30 @@ type ResultTo = (
     std::sync::mpsc::SyncSender<(usize, Result<ItemId, StoreError>)>,
 );
 
-/// The answer for a delivery that ran in a batch which did not commit.
-fn not_committed() -> StoreError {
-    StoreError::Corrupt("the batch commit failed; nothing was stored".into())
+/// Why a batch did not commit, kept so that each of its deliveries gets its own error.
+#[derive(Clone)]
+enum BatchFailure {
+    /// The disk is full: each delivery is told [`StoreError::StorageFull`].
+    Full,
+    /// Anything else, described.
+    Other(String),
+}
+
+impl BatchFailure {
+    fn of(e: &rusqlite::Error) -> BatchFailure {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            BatchFailure::Full
+        } else {
+            BatchFailure::Other(e.to_string())
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        match self {
+            BatchFailure::Full => StoreError::StorageFull,
+            BatchFailure::Other(why) => StoreError::NotCommitted(why.clone()),
+        }
+    }
 }
 
 /// The SQLite-backed [`Store`].
@@ -109,6 +143,9 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     pending: Mutex<Vec<(Delivery, ResultTo)>>,
+    space: FreeSpace,
+    /// Only a server's store keeps one ([`SqliteStore::with_min_free_bytes`]).
+    reserve: Option<Reserve>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -121,20 +158,58 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens `data_dir/rampart.db`, creating the directory and the database on first start,
-    /// and brings the schema up to date.
+    /// checks it (`PRAGMA quick_check`; [`StoreError::Damaged`] if it fails or the file is not
+    /// a database), and brings the schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let mut writer = open_connection(&path)?;
-        migrate(&mut writer)?;
+        let damaged = |e: StoreError| match e {
+            StoreError::Sqlite(s)
+                if matches!(
+                    s.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+                ) =>
+            {
+                StoreError::Damaged {
+                    path: path.clone(),
+                    detail: s.to_string(),
+                }
+            }
+            other => other,
+        };
+        let mut writer = open_connection(&path).map_err(damaged)?;
+        quick_check(&writer, &path).map_err(damaged)?;
+        migrate(&mut writer).map_err(damaged)?;
         // The reader is opened after the migrations so it never sees a half-built schema.
-        let reader = open_connection(&path)?;
+        let reader = open_connection(&path).map_err(damaged)?;
         Ok(SqliteStore {
             path,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             pending: Mutex::new(Vec::new()),
+            space: FreeSpace::unlimited(data_dir),
+            reserve: None,
         })
+    }
+
+    /// Refuses deliveries with [`StoreError::StorageFull`] while less than
+    /// `min_free_bytes` is free, and keeps the free-space [`Reserve`] in the data directory
+    /// for deletes on a full disk. For the server, which owns the data directory; offline
+    /// tools open the store without either.
+    pub fn with_min_free_bytes(mut self, min_free_bytes: u64) -> Self {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.space = FreeSpace::new(&dir, min_free_bytes);
+        self.reserve = Some(Reserve::open(&dir));
+        self
+    }
+
+    /// Whether a delivery may be stored: the disk is above the floor. A reserve released
+    /// for deletes is taken back here once there is room for it.
+    fn has_room(&self) -> bool {
+        if let Some(reserve) = &self.reserve {
+            reserve.restore(&self.space);
+        }
+        !matches!(self.space.check(0), Err(StoreError::StorageFull))
     }
 
     /// Queues `deliveries` together (so they run in this order, in the same batch) for the
@@ -212,6 +287,9 @@ struct Delivery {
     from: UserId,
     to: UserId,
     kind: ItemKind,
+    /// The content size, stored in `items.size`.
+    size: u64,
+    /// What the item costs against the quota ([`NewItem::charge`]).
     requested: u64,
     title: String,
     body: String,
@@ -223,7 +301,8 @@ impl Delivery {
     /// Splits `item` into its columns and checks its blob references.
     fn new(from: UserId, to: UserId, item: NewItem, quota: u64) -> Result<Delivery, StoreError> {
         let kind = item.kind();
-        let requested = item.size();
+        let size = item.size();
+        let requested = item.charge();
         let (title, body, blobs) = match item {
             NewItem::Message { text } => (String::new(), text, Vec::new()),
             NewItem::Mail {
@@ -240,6 +319,7 @@ impl Delivery {
             from,
             to,
             kind,
+            size,
             requested,
             title,
             body,
@@ -250,7 +330,9 @@ impl Delivery {
 
     /// Inserts the item and its blob rows; returns the item's id.
     fn insert(&self, tx: &Connection) -> Result<i64, StoreError> {
-        let size = size_to_sql(self.requested)?;
+        // The charge must be storable too: it is added to the sender's usage.
+        size_to_sql(self.requested)?;
+        let size = size_to_sql(self.size)?;
         tx.prepare_cached(
             "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -435,13 +517,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a batch transaction");
+            let failure = BatchFailure::of(&e);
             for (_, (i, to)) in batch {
-                let _ = to.send((
-                    i,
-                    Err(StoreError::Corrupt(
-                        "the batch transaction could not start".into(),
-                    )),
-                ));
+                let _ = to.send((i, Err(failure.error())));
             }
             return;
         }
@@ -449,9 +527,10 @@ fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
     let mut ledger = Ledger::default();
     let mut sound = true;
     let mut results = Vec::with_capacity(batch.len());
+    let unsound = || BatchFailure::Other("a delivery could not be undone".into());
     for (delivery, _) in &batch {
         if !sound {
-            results.push(Err(not_committed()));
+            results.push(Err(unsound().error()));
             continue;
         }
         let (result, ok) = run_delivery(&tx, &mut ledger, delivery);
@@ -461,14 +540,19 @@ fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
     sound = sound && ledger.write_back(&tx).is_ok() && !tx.is_autocommit();
     // With synchronous=FULL the WAL is fsynced when commit returns. A transaction that is
     // no longer sound rolls back when dropped.
-    let committed = sound && tx.commit().is_ok();
-    if !sound {
+    let committed = if sound {
+        tx.commit().map_err(|e| {
+            tracing::warn!(error = %e, "a delivery batch did not commit");
+            BatchFailure::of(&e)
+        })
+    } else {
         tracing::error!("a delivery could not be undone; the whole batch was rolled back");
-    }
+        Err(unsound())
+    };
     for ((_, (i, to)), result) in batch.into_iter().zip(results) {
-        let result = match result {
-            Ok(_) if !committed => Err(not_committed()),
-            other => other,
+        let result = match (result, &committed) {
+            (Ok(_), Err(failure)) => Err(failure.error()),
+            (other, _) => other,
         };
         let _ = to.send((i, result));
     }
@@ -494,6 +578,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
+}
+
+/// `PRAGMA quick_check`: "ok", or the first of its complaints as [`StoreError::Damaged`].
+/// O(database size), run once at open; it reads every page but skips the index-content
+/// cross-checks of `integrity_check`, which cost several times more.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let first: String = conn.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
+    if first == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Damaged {
+        path: path.to_path_buf(),
+        detail: first,
+    })
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -650,6 +748,61 @@ fn insert_blob(tx: &Connection, item_id: i64, idx: i64, blob: &BlobRef) -> Resul
     Ok(())
 }
 
+/// Deletes the owner's item and frees its charge in one IMMEDIATE transaction; see
+/// [`Store::delete`].
+fn delete_item(
+    conn: &mut Connection,
+    owner: UserId,
+    id: i64,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT sender, size FROM items WHERE id = ?1 AND owner = ?2")?
+        .query_row(params![id, owner], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((sender, size)) = found else {
+        return Ok(None);
+    };
+    let charge = size.saturating_add(ITEM_OVERHEAD_BYTES as i64);
+    let blob_ids: Vec<String> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT blob_id FROM item_blobs WHERE item_id = ?1 ORDER BY idx")?;
+        let rows = stmt.query_map(params![id], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    // Deleting the blob rows explicitly rather than through the cascade keeps this
+    // correct even on a connection where foreign keys were left off.
+    tx.prepare_cached("DELETE FROM item_blobs WHERE item_id = ?1")?
+        .execute(params![id])?;
+    tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
+        .execute(params![id])?;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE users SET usage_bytes = usage_bytes - ?2 WHERE id = ?1 AND usage_bytes >= ?2",
+        )?
+        .execute(params![sender, charge])?;
+    if changed != 1 {
+        // Rolling back (by dropping tx) leaves the item in place rather than making the
+        // usage column negative or silently wrong.
+        return Err(StoreError::Corrupt(format!(
+            "usage of user {sender} is smaller than the charge of item {id}"
+        )));
+    }
+    let mut unreferenced = Vec::new();
+    {
+        let mut still_used =
+            tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM item_blobs WHERE blob_id = ?1)")?;
+        for blob_id in blob_ids {
+            let used: bool = still_used.query_row(params![blob_id], |row| row.get(0))?;
+            if !used && !unreferenced.contains(&blob_id) {
+                unreferenced.push(blob_id);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(Some(unreferenced))
+}
+
 impl Store for SqliteStore {
     fn add_user(&self, name: &str, password_hash: &str) -> Result<UserId, StoreError> {
         validate_user_name(name)?;
@@ -755,6 +908,9 @@ impl Store for SqliteStore {
         quota: u64,
     ) -> Result<ItemId, StoreError> {
         let delivery = Delivery::new(from, to, item, quota)?;
+        if !self.has_room() {
+            return Err(StoreError::StorageFull);
+        }
         self.group_commit(vec![delivery])
             .pop()
             .unwrap_or_else(|| Err(StoreError::lost_result()))
@@ -767,6 +923,9 @@ impl Store for SqliteStore {
         items: Vec<(UserId, NewItem)>,
         quota: u64,
     ) -> Vec<Result<ItemId, StoreError>> {
+        if !items.is_empty() && !self.has_room() {
+            return items.iter().map(|_| Err(StoreError::StorageFull)).collect();
+        }
         // Items refused before touching the database keep their place in the answer.
         let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(items.len());
         let mut deliveries = Vec::with_capacity(items.len());
@@ -868,56 +1027,20 @@ impl Store for SqliteStore {
         Ok(Some(Item { entry, content }))
     }
 
+    /// A delete that fails for lack of space releases the free-space reserve and tries
+    /// once more, so a user can always free space on a full disk.
     fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError> {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        let mut conn = self.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found: Option<(i64, i64)> = tx
-            .prepare_cached("SELECT sender, size FROM items WHERE id = ?1 AND owner = ?2")?
-            .query_row(params![id, owner], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let Some((sender, size)) = found else {
-            return Ok(None);
-        };
-        let blob_ids: Vec<String> = {
-            let mut stmt = tx
-                .prepare_cached("SELECT blob_id FROM item_blobs WHERE item_id = ?1 ORDER BY idx")?;
-            let rows = stmt.query_map(params![id], |row| row.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        // Deleting the blob rows explicitly rather than through the cascade keeps this
-        // correct even on a connection where foreign keys were left off.
-        tx.prepare_cached("DELETE FROM item_blobs WHERE item_id = ?1")?
-            .execute(params![id])?;
-        tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
-            .execute(params![id])?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE users SET usage_bytes = usage_bytes - ?2 WHERE id = ?1 AND usage_bytes >= ?2",
-            )?
-            .execute(params![sender, size])?;
-        if changed != 1 {
-            // Rolling back (by dropping tx) leaves the item in place rather than making the
-            // usage column negative or silently wrong.
-            return Err(StoreError::Corrupt(format!(
-                "usage of user {sender} is smaller than the size of item {id}"
-            )));
-        }
-        let mut unreferenced = Vec::new();
-        {
-            let mut still_used =
-                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM item_blobs WHERE blob_id = ?1)")?;
-            for blob_id in blob_ids {
-                let used: bool = still_used.query_row(params![blob_id], |row| row.get(0))?;
-                if !used && !unreferenced.contains(&blob_id) {
-                    unreferenced.push(blob_id);
-                }
+        // Its own statement: the writer lock is released before a retry takes it again.
+        let first = delete_item(&mut self.write(), owner, id);
+        match first {
+            Err(StoreError::StorageFull) if self.reserve.as_ref().is_some_and(Reserve::release) => {
+                delete_item(&mut self.write(), owner, id)
             }
+            other => other,
         }
-        tx.commit()?;
-        Ok(Some(unreferenced))
     }
 
     fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
@@ -939,6 +1062,8 @@ mod tests {
 
     const BIG: u64 = 1 << 30;
     const EVIL: &str = "x'); DROP TABLE users;--";
+    /// What each item costs on top of its size.
+    const O: u64 = ITEM_OVERHEAD_BYTES;
 
     fn store() -> Result<(tempfile::TempDir, SqliteStore), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -968,7 +1093,7 @@ mod tests {
         let conn = store.read();
         let mismatched: i64 = conn.query_row(
             "SELECT COUNT(*) FROM users u WHERE u.usage_bytes <>
-               (SELECT COALESCE(SUM(size), 0) FROM items i WHERE i.sender = u.id)",
+               (SELECT COALESCE(SUM(size + 256), 0) FROM items i WHERE i.sender = u.id)",
             [],
             |row| row.get(0),
         )?;
@@ -1055,7 +1180,7 @@ mod tests {
         let users = store.list_users()?;
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["alice", "bob", "carol"]);
-        assert_eq!(users[2].usage_bytes, 3);
+        assert_eq!(users[2].usage_bytes, 3 + O);
         assert_eq!(users[0].usage_bytes, 0);
         assert!(users[0].created_at_ms > 0);
         Ok(())
@@ -1112,8 +1237,8 @@ mod tests {
         let item = store.item(bob, f)?.ok_or("file missing")?;
         assert_eq!(item.content, ItemContent::File(file));
 
-        assert_eq!(store.usage(alice)?, EVIL.len() as u64 + mail_size);
-        assert_eq!(store.usage(bob)?, 12);
+        assert_eq!(store.usage(alice)?, EVIL.len() as u64 + mail_size + 2 * O);
+        assert_eq!(store.usage(bob)?, 12 + O);
         assert_usage_consistent(&store)?;
         // The evil strings did nothing to the schema.
         assert_eq!(store.list_users()?.len(), 2);
@@ -1149,7 +1274,7 @@ mod tests {
         assert_eq!(store.delete(alice, id)?, None);
         assert_eq!(store.delete(alice, u64::MAX)?, None);
         assert!(store.item(bob, id)?.is_some());
-        assert_eq!(store.usage(alice)?, 12);
+        assert_eq!(store.usage(alice)?, 12 + O);
         Ok(())
     }
 
@@ -1158,16 +1283,21 @@ mod tests {
         let (dir, store) = store()?;
         let blobs = BlobStore::open(dir.path())?;
         let (alice, bob) = two_users(&store)?;
-        store.deliver(alice, bob, message("12345"), 10)?;
-        let err = store.deliver(alice, bob, message("123456"), 10);
-        assert!(matches!(
-            err,
-            Err(StoreError::QuotaExceeded {
-                used: 5,
-                requested: 6,
-                quota: 10
-            })
-        ));
+        // Room for two 5-byte messages with their overhead.
+        let quota = 10 + 2 * O;
+        store.deliver(alice, bob, message("12345"), quota)?;
+        let err = store.deliver(alice, bob, message("123456"), quota);
+        assert!(
+            matches!(
+                err,
+                Err(StoreError::QuotaExceeded {
+                    used,
+                    requested,
+                    quota: q,
+                }) if used == 5 + O && requested == 6 + O && q == quota
+            ),
+            "{err:?}"
+        );
         let att = blob(&blobs, b"123", "a")?;
         let mail = NewItem::Mail {
             subject: "s".into(),
@@ -1175,15 +1305,15 @@ mod tests {
             attachments: vec![att],
         };
         assert!(matches!(
-            store.deliver(alice, bob, mail, 9),
+            store.deliver(alice, bob, mail, quota - 1),
             Err(StoreError::QuotaExceeded { .. })
         ));
         assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
         assert!(store.referenced_blobs()?.is_empty());
-        assert_eq!(store.usage(alice)?, 5);
+        assert_eq!(store.usage(alice)?, 5 + O);
         // Exactly filling the quota is allowed.
-        store.deliver(alice, bob, message("12345"), 10)?;
-        assert_eq!(store.usage(alice)?, 10);
+        store.deliver(alice, bob, message("12345"), quota)?;
+        assert_eq!(store.usage(alice)?, quota);
         // Sizes that would overflow are refused, not wrapped.
         let big = BlobRef {
             size: i64::MAX as u64,
@@ -1197,9 +1327,9 @@ mod tests {
         assert!(matches!(
             store.deliver(alice, bob, huge, u64::MAX),
             Err(StoreError::QuotaExceeded {
-                used: 10,
                 requested: u64::MAX,
-                quota: u64::MAX
+                quota: u64::MAX,
+                ..
             })
         ));
         let unstorable = NewItem::File(BlobRef {
@@ -1266,7 +1396,7 @@ mod tests {
         expected.sort();
         assert_eq!(referenced, expected);
 
-        assert_eq!(store.usage(alice)?, 2 + 6 + 3 + 3);
+        assert_eq!(store.usage(alice)?, 2 + 6 + 3 + 3 + O);
         assert_eq!(store.delete(bob, m)?, Some(vec![own.blob_id.clone()]));
         assert_eq!(store.usage(alice)?, 0);
         assert_eq!(store.item(bob, m)?, None);
@@ -1319,9 +1449,123 @@ mod tests {
             assert_eq!(store.credentials("bob")?, Some((bob, "h-b".to_owned())));
             let item = store.item(bob, id)?.ok_or("item lost on reopen")?;
             assert_eq!(item.content, ItemContent::Message { text: EVIL.into() });
-            assert_eq!(store.usage(alice)?, EVIL.len() as u64);
+            assert_eq!(store.usage(alice)?, EVIL.len() as u64 + O);
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_at_open_with_a_clear_error() -> TestResult {
+        // Garbage where the header should be: not a database at all.
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 64 * 1024])?;
+        let err = SqliteStore::open(dir.path())
+            .err()
+            .ok_or("garbage opened")?;
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("database "), "{text}");
+        assert!(text.contains("is damaged"), "{text}");
+
+        // A real database with one garbled page in the middle: opens fine without the
+        // check, and answers errors later; with it, open refuses.
+        let dir = tempfile::tempdir()?;
+        {
+            let store = SqliteStore::open(dir.path())?;
+            let (alice, bob) = two_users(&store)?;
+            for i in 0..400 {
+                store.deliver(alice, bob, message(&format!("{i:0>200}")), BIG)?;
+            }
+        }
+        let path = dir.path().join(DB_FILE);
+        let mut bytes = std::fs::read(&path)?;
+        assert!(bytes.len() > 12 * 4096, "{} bytes", bytes.len());
+        for b in bytes.iter_mut().skip(8 * 4096).take(4096) {
+            *b = 0xa5;
+        }
+        std::fs::write(&path, &bytes)?;
+        let err = SqliteStore::open(dir.path())
+            .err()
+            .ok_or("damaged opened")?;
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn migration_2_charges_existing_items_their_overhead() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            // A version-1 database with two items from alice and one from bob.
+            let mut conn = Connection::open(dir.path().join(DB_FILE))?;
+            let tx = conn.transaction()?;
+            tx.execute_batch(MIGRATIONS[0])?;
+            tx.pragma_update(None, "user_version", 1)?;
+            tx.execute_batch(
+                "INSERT INTO users (id, name, password_hash, created_at_ms, usage_bytes)
+                     VALUES (1, 'alice', 'h', 0, 7), (2, 'bob', 'h', 0, 0), (3, 'carol', 'h', 0, 2);
+                 INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
+                     VALUES (2, 1, 1, 3, 0, '', 'abc'), (2, 1, 1, 4, 0, '', 'abcd'),
+                            (1, 3, 1, 2, 0, '', 'ab');",
+            )?;
+            tx.commit()?;
+        }
+        let store = SqliteStore::open(dir.path())?;
+        assert_eq!(store.schema_version()?, 2);
+        assert_eq!(store.usage(1)?, 7 + 2 * O);
+        assert_eq!(store.usage(2)?, 0);
+        assert_eq!(store.usage(3)?, 2 + O);
+        assert_usage_consistent(&store)?;
+        // Deleting an old item frees exactly what it now costs.
+        let first = store.inbox(2, 0, 1)?[0].id;
+        store.delete(2, first)?;
+        assert_eq!(store.usage(1)?, 4 + O);
+        assert_usage_consistent(&store)?;
+        Ok(())
+    }
+
+    #[test]
+    fn below_the_floor_deliveries_are_refused_and_reads_and_deletes_work() -> TestResult {
+        let (dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let kept = store.deliver(alice, bob, message("kept"), BIG)?;
+        // A floor no disk can meet: the disk is "full" for new data.
+        let store = store.with_min_free_bytes(u64::MAX / 2);
+        assert!(dir.path().join(crate::store::RESERVE_FILE).is_file());
+        assert!(matches!(
+            store.deliver(alice, bob, message("refused"), BIG),
+            Err(StoreError::StorageFull)
+        ));
+        let results = store.deliver_all(alice, vec![(bob, message("a")), (bob, message("b"))], BIG);
+        assert_eq!(results.len(), 2);
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::StorageFull))));
+        assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
+        assert!(store.item(bob, kept)?.is_some());
+        assert_eq!(store.delete(bob, kept)?, Some(Vec::new()));
+        assert_eq!(store.usage(alice)?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn disk_full_is_storage_full_not_corruption() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        assert!(matches!(
+            BatchFailure::of(&full).error(),
+            StoreError::StorageFull
+        ));
+        assert!(matches!(StoreError::from(full), StoreError::StorageFull));
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
+        );
+        assert!(matches!(
+            BatchFailure::of(&busy).error(),
+            StoreError::NotCommitted(_)
+        ));
     }
 
     #[test]
@@ -1381,7 +1625,9 @@ mod tests {
             size: 1,
             digest: [0; 32],
         };
-        // Quota 25: the 20-byte message fits, the next 10 do not, the 5 after them do.
+        // Quota 25 and two items' overhead: the 20-byte message fits, the next 10 do not,
+        // the 5 after them do.
+        let quota = 25 + 2 * O;
         let items = vec![
             (bob, message("01234567890123456789")),
             (carol, message("0123456789")),
@@ -1389,17 +1635,18 @@ mod tests {
             (UserId::MAX, message("x")),
             (carol, message("01234")),
         ];
-        let results = store.deliver_all(alice, items, 25);
+        let results = store.deliver_all(alice, items, quota);
         assert_eq!(results.len(), 5);
         let first = *results[0].as_ref().map_err(|e| e.to_string())?;
-        assert!(matches!(
-            results[1],
-            Err(StoreError::QuotaExceeded {
-                used: 20,
-                requested: 10,
-                quota: 25
-            })
-        ));
+        assert!(
+            matches!(
+                results[1],
+                Err(StoreError::QuotaExceeded { used, requested, quota: q })
+                    if used == 20 + O && requested == 10 + O && q == quota
+            ),
+            "{:?}",
+            results[1]
+        );
         assert!(
             matches!(results[2], Err(StoreError::InvalidBlobId(_))),
             "{:?}",
@@ -1412,17 +1659,20 @@ mod tests {
         );
         let last = *results[4].as_ref().map_err(|e| e.to_string())?;
         assert!(last > first, "ids follow the order of the list");
-        assert_eq!(store.usage(alice)?, 25);
+        assert_eq!(store.usage(alice)?, quota);
         assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
         assert_eq!(store.inbox(carol, 0, 10)?.len(), 1);
-        assert!(store.deliver_all(alice, Vec::new(), 25).is_empty());
+        assert!(store.deliver_all(alice, Vec::new(), quota).is_empty());
         assert_usage_consistent(&store)?;
         Ok(())
     }
 
-    /// Eight threads each try ten 10-byte messages from alice under a 250-byte quota, each
-    /// thread with `send`, which returns the ids it got accepted: exactly 25 get in, and
-    /// each thread's ids ascend.
+    /// Room for 25 ten-byte messages with their overhead.
+    const Q25: u64 = 25 * (10 + O);
+
+    /// Eight threads each try ten 10-byte messages from alice under a quota of [`Q25`],
+    /// each thread with `send`, which returns the ids it got accepted: exactly 25 get in,
+    /// and each thread's ids ascend.
     fn concurrent_deliveries(send: fn(&SqliteStore, UserId, UserId) -> Vec<ItemId>) -> TestResult {
         let (_dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
@@ -1440,7 +1690,7 @@ mod tests {
             accepted += ids.len();
         }
         assert_eq!(accepted, 25);
-        assert_eq!(store.usage(alice)?, 250);
+        assert_eq!(store.usage(alice)?, Q25);
         assert_usage_consistent(&store)?;
         Ok(())
     }
@@ -1449,7 +1699,7 @@ mod tests {
     fn concurrent_delivers_respect_quota() -> TestResult {
         concurrent_deliveries(|store, alice, bob| {
             (0..10)
-                .filter_map(|_| store.deliver(alice, bob, message("0123456789"), 250).ok())
+                .filter_map(|_| store.deliver(alice, bob, message("0123456789"), Q25).ok())
                 .collect()
         })
     }
@@ -1459,17 +1709,20 @@ mod tests {
         concurrent_deliveries(|store, alice, bob| {
             let batch = (0..10).map(|_| (bob, message("0123456789"))).collect();
             store
-                .deliver_all(alice, batch, 250)
+                .deliver_all(alice, batch, Q25)
                 .into_iter()
                 .filter_map(Result::ok)
                 .collect()
         })
     }
 
+    /// Room for 30 ten-byte messages with their overhead.
+    const Q30: u64 = 30 * (10 + O);
+
     #[test]
     fn many_callers_each_get_every_answer_once() -> TestResult {
         // 16 threads, each 20 calls of one to four messages, single and batched mixed, under
-        // a quota that admits exactly 300 of the 8,000 bytes offered: every call returns, with
+        // a quota that admits exactly 30 of the 800 messages offered: every call returns, with
         // one answer per message, and the accepted ones add up.
         let (_dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
@@ -1482,10 +1735,10 @@ mod tests {
                     for call in 0..20usize {
                         let n = 1 + (t + call) % 4;
                         let results = if n == 1 {
-                            vec![store.deliver(alice, bob, message("0123456789"), 300)]
+                            vec![store.deliver(alice, bob, message("0123456789"), Q30)]
                         } else {
                             let batch = (0..n).map(|_| (bob, message("0123456789"))).collect();
-                            store.deliver_all(alice, batch, 300)
+                            store.deliver_all(alice, batch, Q30)
                         };
                         assert_eq!(results.len(), n);
                         for r in results {
@@ -1505,7 +1758,7 @@ mod tests {
             accepted += t.join().map_err(|_| "delivery thread panicked")?;
         }
         assert_eq!(accepted, 30);
-        assert_eq!(store.usage(alice)?, 300);
+        assert_eq!(store.usage(alice)?, Q30);
         assert_eq!(store.inbox(bob, 0, 100)?.len(), 30);
         assert_usage_consistent(&store)?;
         Ok(())
@@ -1553,19 +1806,21 @@ mod tests {
         let (alice, bob) = two_users(&store)?;
         let carol = store.add_user("carol", "h")?;
         let blob = blob(&BlobStore::open(_dir.path())?, b"0123456789", "f.txt")?;
+        // Every quota is 25 bytes plus two items' overhead.
+        let q = 25 + 2 * O;
         // One batch, senders interleaved: alice (quota 25) sends 20, then 10 (refused), then
         // a 10-byte file (refused), then 5; bob sends 7 and 30 (refused under 25); carol
         // sends to nobody (refused) and then 3.
         let d = |from, to, item, quota| Delivery::new(from, to, item, quota);
         let batch = vec![
-            d(alice, bob, message("01234567890123456789"), 25)?,
-            d(bob, alice, message("0123456"), 25)?,
-            d(alice, carol, message("0123456789"), 25)?,
-            d(alice, bob, NewItem::File(blob), 25)?,
-            d(carol, UserId::MAX, message("x"), 25)?,
-            d(bob, carol, message("012345678901234567890123456789"), 25)?,
-            d(alice, carol, message("01234"), 25)?,
-            d(carol, bob, message("012"), 25)?,
+            d(alice, bob, message("01234567890123456789"), q)?,
+            d(bob, alice, message("0123456"), q)?,
+            d(alice, carol, message("0123456789"), q)?,
+            d(alice, bob, NewItem::File(blob), q)?,
+            d(carol, UserId::MAX, message("x"), q)?,
+            d(bob, carol, message("012345678901234567890123456789"), q)?,
+            d(alice, carol, message("01234"), q)?,
+            d(carol, bob, message("012"), q)?,
         ];
         let results = store.group_commit(batch);
         let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
@@ -1574,18 +1829,19 @@ mod tests {
             [true, true, false, false, false, false, true, true],
             "{results:?}"
         );
-        assert!(matches!(
-            results[3],
-            Err(StoreError::QuotaExceeded {
-                used: 20,
-                requested: 10,
-                quota: 25
-            })
-        ));
+        assert!(
+            matches!(
+                results[3],
+                Err(StoreError::QuotaExceeded { used, requested, quota })
+                    if used == 20 + O && requested == 10 + O && quota == q
+            ),
+            "{:?}",
+            results[3]
+        );
         assert!(matches!(results[4], Err(StoreError::UnknownUserId(_))));
-        assert_eq!(store.usage(alice)?, 25);
-        assert_eq!(store.usage(bob)?, 7);
-        assert_eq!(store.usage(carol)?, 3);
+        assert_eq!(store.usage(alice)?, q);
+        assert_eq!(store.usage(bob)?, 7 + O);
+        assert_eq!(store.usage(carol)?, 3 + O);
         assert_usage_consistent(&store)?;
         Ok(())
     }
