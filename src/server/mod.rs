@@ -68,9 +68,10 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The data directory could not be opened.
+    /// The data directory could not be opened. The store's error is part of this message,
+    /// not a separate source, so a chain printed with `{:#}` says it once.
     #[error("cannot open data directory: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The activity database could not be opened.
     #[error(transparent)]
     Activity(#[from] crate::activity::db::ActivityError),
@@ -428,9 +429,14 @@ impl Server {
     }
 }
 
+/// Below this many connections, a `max_connections` lowered to fit the descriptor limit is
+/// worth a warning even when it was the default.
+const SMALL_SERVER_CONNECTIONS: u32 = 1024;
+
 /// Raises the file descriptor limit to the hard limit and lowers `limits.max_connections`
 /// (and the per-source cap with it) to what the limit can serve ([`fds::connection_cap`]),
-/// logging the outcome: lowered, at warning level, since the operator asked for more.
+/// logging the outcome: lowered, at warning level when the operator chose the value or the
+/// server is left small, at info level otherwise.
 fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
     let limit = fds::raise_limit();
     let shown = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
@@ -450,7 +456,7 @@ fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
     if cap < wanted {
         config.limits.max_connections = cap;
         config.limits.max_connections_per_ip = config.limits.max_connections_per_ip.min(cap);
-        tracing::warn!(
+        let message = format!(
             "max_connections lowered from {wanted} to {cap} to fit the file descriptor limit \
              of {} (hard {}, {} reserved, {} per connection)",
             shown(limit.soft),
@@ -458,6 +464,15 @@ fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
             fds::RESERVED_FDS,
             2 + u64::from(config.limits.max_open_uploads)
         );
+        // Fitting the default to a machine that still leaves room for thousands of
+        // connections is ordinary, not a warning on every start; lowering a value the
+        // operator chose, or leaving a small server, is.
+        let chosen = wanted != crate::config::LimitsConfig::default().max_connections;
+        if chosen || cap < SMALL_SERVER_CONNECTIONS {
+            tracing::warn!("{message}");
+        } else {
+            tracing::info!("{message}");
+        }
     } else {
         tracing::info!(
             soft = %shown(limit.soft),
@@ -515,6 +530,12 @@ async fn lag_probe(shared: std::sync::Weak<Shared>) {
             now.saturating_duration_since(due),
         );
         due = now + metrics::LAG_PROBE_EVERY;
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        ServerError::Store(e)
     }
 }
 
