@@ -1228,6 +1228,87 @@ fn an_oversized_message_does_not_get_the_sender_blocked() {
     assert_eq!(srv.inbox_ids("bob"), [id]);
 }
 
+#[test]
+fn client_bind_chooses_the_source_and_a_blocked_one_is_told_why() {
+    let mut srv = Server::new("");
+    let bound = ["--bind", "127.0.0.77"];
+    let id = sent_id(&expect_ok(&srv.client(
+        "alice",
+        &[&bound[..], &["message", "bob", "from .77"]].concat(),
+    )));
+    assert_eq!(srv.inbox_ids("bob"), [id]);
+
+    // Block 127.0.0.77 as the firewall does: a stored decision, restored at start.
+    let (status, stderr) = srv.stop_with("TERM");
+    assert!(status.success(), "{status:?}: {stderr}");
+    let conn = rampart::activity::db::open(&srv.data).expect("activity database");
+    rampart::activity::db::insert_decision(
+        &conn,
+        rampart::activity::now_ms(),
+        "127.0.0.77",
+        "block",
+        300,
+        120.0,
+        "auth_failed x4",
+    )
+    .expect("block row");
+    drop(conn);
+    srv.start();
+
+    // The server saw 127.0.0.77 (the CLI bound it), and the user is told why and how long.
+    for command in [&["inbox"][..], &["ping"]] {
+        let out = srv.client("alice", &[&bound[..], command].concat());
+        let line = expect_error(&out, "your address is blocked for ");
+        let secs = line
+            .strip_prefix("error: your address is blocked for ")
+            .and_then(|rest| rest.strip_suffix(" s (auth_failed x4)"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("unexpected message: {line}"));
+        assert!((1..=300).contains(&secs), "{line}");
+    }
+    // Without --bind the same user is served, and `firewall list` names the offence.
+    expect_ok(&srv.client("alice", &["inbox"]));
+    let listed = expect_ok(&rampart(&[
+        "firewall",
+        "list",
+        "--data-dir",
+        path_str(&srv.data),
+    ]));
+    assert!(
+        listed.contains("127.0.0.77") && listed.contains("auth_failed x4"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn load_bind_conflicts_with_sources() {
+    let out = rampart(&[
+        "load",
+        "--server",
+        "127.0.0.1:1",
+        "--user",
+        "a",
+        "--bind",
+        "127.0.0.77",
+        "--sources",
+        "127.0.0.0/28",
+    ]);
+    // A usage error from the argument parser (with its usage lines), before any connect.
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        describe(&out)
+    );
+    let help = expect_ok(&rampart(&["load", "--help"]));
+    assert!(
+        help.contains("--bind") && help.contains("--bind 127.0.0.77"),
+        "{help}"
+    );
+    let help = expect_ok(&rampart(&["client", "--help"]));
+    assert!(help.contains("--bind 127.0.0.77"), "{help}");
+}
+
 /// Stops the server with `signal` while a connection is open; it must exit 0 promptly, tell
 /// the open connection, and keep what it acknowledged.
 fn stops_cleanly_on(signal: &str) {

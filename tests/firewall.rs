@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{drain, eventually, firewall_config, raw_connect, send_raw, start_server_with};
 use rampart::activity::{db, now_ms};
+use rampart::protocol::{BlockedNotice, ErrorCode, Reply};
 use rampart::server::Server;
 
 fn ip(s: &str) -> IpAddr {
@@ -26,12 +27,20 @@ async fn a_broken_header_blocks_its_source_and_only_it() {
     assert!(seen.closed, "the probe's connection is closed");
     assert!(server.handle.guard().is_blocked(attacker));
 
-    // Refused at accept: the server closes without sending a byte.
+    // Refused at accept: the server says why (the offence) and closes.
     let mut again = raw_connect(server.addr, Some(attacker))
         .await
         .expect("connect");
     let seen = drain(&mut again, Duration::from_secs(2)).await;
-    assert!(seen.closed && seen.replies.is_empty());
+    assert!(seen.closed);
+    match seen.replies.as_slice() {
+        [(0, Reply::Error { code, message })] => {
+            assert_eq!(*code, ErrorCode::Blocked);
+            let notice = BlockedNotice::parse(message).expect("a blocked notice");
+            assert!(notice.reason.contains("fatal_frame"), "{message}");
+        }
+        other => panic!("expected one ERROR blocked, got {other:?}"),
+    }
 
     // Everyone else is served.
     let mut bob = server.login_from("bob", Some(ip("127.0.5.2"))).await;

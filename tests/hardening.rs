@@ -2071,7 +2071,15 @@ async fn a_runtime_block_cuts_open_sessions_and_refuses_new_ones() -> TestResult
         let mut raw = Raw::connect(server.addr, blocked).await?;
         raw.request(1, &Request::Ping).await?;
         let (replies, closed) = raw.until_closed(Duration::from_secs(5)).await?;
-        assert!(closed && replies.is_empty() && raw.seen.is_empty());
+        // Told why, once, and closed: ERROR blocked with the seconds left and the reason.
+        assert!(closed);
+        match replies.as_slice() {
+            [(0, Reply::Error { code, message })] => {
+                assert_eq!(*code, ErrorCode::Blocked);
+                assert_eq!(message, "your address is blocked for 5 s (test)");
+            }
+            other => panic!("expected one ERROR blocked, got {other:?}"),
+        }
         assert_eq!(
             server.handle.metrics().snapshot().connections_refused,
             refused_before + 1

@@ -116,7 +116,7 @@ impl Canary {
 pub struct Observations {
     /// TCP connections established (including ones the server then refused at accept).
     pub connects: AtomicU64,
-    /// Refusals at accept: closed with no bytes, one ERROR BUSY, or the connect itself
+    /// Refusals at accept: closed with no bytes, one ERROR BUSY or BLOCKED, or the connect itself
     /// refused or reset.
     pub refused: AtomicU64,
     /// Frames written (well-formed or deliberately broken; raw bytes count none).

@@ -4,8 +4,8 @@
 //!
 //! A refusal at accept is one of: the connect itself refused or reset; the server closing
 //! the connection before we sent anything without sending a byte (a blocked or denied
-//! source); or exactly one ERROR BUSY frame with request id 0 (a connection cap or the accept
-//! rate). A fatal ERROR BAD_FRAME after our garbage is not a refusal: attackers probe for
+//! source past its share of notices); or exactly one ERROR BUSY or BLOCKED frame with
+//! request id 0 (a connection cap or the accept rate; a blocked source). A fatal ERROR BAD_FRAME after our garbage is not a refusal: attackers probe for
 //! refusal right after connecting, before they misbehave.
 
 use std::collections::BTreeMap;
@@ -90,7 +90,7 @@ pub enum Admission {
     Admitted,
     /// Refused at accept.
     Refused(RefusalSign),
-    /// Bytes other than a BUSY refusal arrived before we sent anything (a misconfigured or
+    /// Bytes other than a BUSY or BLOCKED refusal arrived before we sent anything (a misconfigured or
     /// foreign server); the connection should be dropped.
     Unexpected,
     /// Reading failed for another reason.
@@ -102,7 +102,9 @@ pub enum Admission {
 pub enum RefusalSign {
     /// One ERROR BUSY frame with request id 0 (a connection cap or the accept rate).
     Busy,
-    /// Closed without a byte (a blocked or denied source).
+    /// One ERROR BLOCKED frame with request id 0 (a blocked source, within its notices).
+    Blocked,
+    /// Closed without a byte (a denied source, or a blocked one past its notices).
     Silent,
     /// Reset, or the connect itself was refused or reset.
     Reset,
@@ -112,6 +114,7 @@ impl RefusalSign {
     fn label(self) -> &'static str {
         match self {
             RefusalSign::Busy => "refused busy",
+            RefusalSign::Blocked => "refused blocked",
             RefusalSign::Silent => "refused silently",
             RefusalSign::Reset => "refused by reset",
         }
@@ -142,7 +145,10 @@ pub async fn probe_admission(stream: &mut TcpStream, wait: Duration) -> Admissio
             Ok(Ok(0)) => return Admission::Unexpected,
             Ok(Ok(_)) => match decode_frame(&mut buf, &REPLY_LIMITS, Role::Client) {
                 Ok(None) if buf.len() < 2048 => continue,
-                Ok(Some(frame)) if is_busy(&frame) => return Admission::Refused(RefusalSign::Busy),
+                Ok(Some(frame)) => match refusal_sign(&frame) {
+                    Some(sign) => return Admission::Refused(sign),
+                    None => return Admission::Unexpected,
+                },
                 _ => return Admission::Unexpected,
             },
             Ok(Err(e)) if is_reset(e.kind()) && buf.is_empty() => {
@@ -162,8 +168,16 @@ pub async fn probe_refused(stream: &mut TcpStream) -> bool {
     )
 }
 
-fn is_busy(frame: &Frame) -> bool {
-    frame.request_id == 0 && error_code(frame) == Some(ErrorCode::Busy)
+/// The refusal an ERROR frame with request id 0 announces at accept, if it is one.
+fn refusal_sign(frame: &Frame) -> Option<RefusalSign> {
+    if frame.request_id != 0 {
+        return None;
+    }
+    match error_code(frame)? {
+        ErrorCode::Busy => Some(RefusalSign::Busy),
+        ErrorCode::Blocked => Some(RefusalSign::Blocked),
+        _ => None,
+    }
 }
 
 /// The error code of an ERROR frame.
@@ -378,6 +392,7 @@ impl Inbox {
             (_, Some(ErrorCode::BadFrame)) => "conn cut: bad_frame",
             (_, Some(ErrorCode::ShuttingDown)) => "conn cut: shutting_down",
             (_, Some(ErrorCode::Busy)) => "conn cut: busy",
+            (_, Some(ErrorCode::Blocked)) => "conn cut: blocked",
             (Got::Closed, _) => "conn cut: closed without reason",
             (Got::Reset, _) => "conn cut: reset",
             (Got::Garbage, _) => "conn ended: undecodable reply",

@@ -1,5 +1,6 @@
 //! `rampart client ...`: one request (or a short exchange) as a logged-in user.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,7 +21,10 @@ use super::time::rfc3339_ms;
 Examples:\n  \
 RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice message bob 'hola'\n  \
 RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice mail bob --subject Minutes --body-file notes.txt --attach report.pdf\n  \
-RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user bob fetch 3 --attachments ./saved"
+RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user bob fetch 3 --attachments ./saved\n  \
+RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice --bind 127.0.0.77 inbox\n\n\
+A source address that the server has blocked is refused with \"error: your address is blocked \
+for N s (REASON)\"."
 )]
 pub struct ClientArgs {
     /// Server address, e.g. 127.0.0.1:7878.
@@ -29,6 +33,10 @@ pub struct ClientArgs {
     /// User name to log in as.
     #[arg(long)]
     user: String,
+    /// Local address to connect from, e.g. 127.0.0.77: see the server as a user at that
+    /// address does (its blocks, its limits). Default: the operating system chooses.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
     /// Password (read from the environment only, never from the command line).
     #[arg(
         long = "password-from-env",
@@ -257,7 +265,10 @@ async fn read_body(body: Option<String>, body_file: Option<&Path>) -> Result<Str
 }
 
 pub async fn run(args: ClientArgs) -> Result<ExitCode> {
-    let opts = ClientOptions::default();
+    let opts = ClientOptions {
+        source: args.bind,
+        ..ClientOptions::default()
+    };
     if let ClientCommand::Ping = args.command {
         let mut c = Client::connect(&args.server, opts).await?;
         c.ping().await?;

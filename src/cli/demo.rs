@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::BytesMut;
 use clap::Args;
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,9 +15,11 @@ use tokio::net::TcpStream;
 
 use rampart::client::{Client, ClientOptions};
 use rampart::config::Config;
-use rampart::protocol::{ErrorCode, ItemBody};
+use rampart::protocol::{decode_frame, BlockedNotice, ErrorCode, ItemBody, Limits, Reply, Role};
 use rampart::server::auth::hash_password;
 use rampart::server::Server;
+
+use super::terminal::{visible, Shape};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -74,6 +77,16 @@ fn error_code_of(bytes: &[u8]) -> Option<u16> {
         return Some(u16::from_be_bytes([bytes[14], bytes[15]]));
     }
     None
+}
+
+/// The message of the one ERROR frame in `bytes`, if it is a `blocked` notice.
+fn blocked_message(bytes: &[u8]) -> Option<String> {
+    let limits = Limits::default();
+    let frame = decode_frame(&mut BytesMut::from(bytes), &limits, Role::Client).ok()??;
+    match Reply::decode(&frame, &limits).ok()? {
+        Reply::Error { message, .. } => BlockedNotice::parse(&message).map(|n| n.to_string()),
+        _ => None,
+    }
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -273,14 +286,23 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         handle.firewall().score(attacker(5)),
         config.firewall.threshold
     );
-    let refused = match connect_from(attacker(3), addr).await {
-        Ok(mut s) => drain(&mut s, Duration::from_secs(1)).await == (Vec::new(), true),
-        Err(_) => true,
+    // Refused at accept with one ERROR blocked that says for how long and why, then closed.
+    let told = match connect_from(attacker(3), addr).await {
+        Ok(mut s) => match drain(&mut s, Duration::from_secs(1)).await {
+            (got, true) if error_code_of(&got) == Some(ErrorCode::Blocked as u16) => {
+                blocked_message(&got)
+            }
+            _ => None,
+        },
+        Err(_) => None,
     };
     r.check(
-        refused,
-        "a blocked source that reconnects is refused at accept, with no bytes sent",
+        told.is_some(),
+        "a blocked source that reconnects is refused at accept and told why",
     );
+    if let Some(message) = told {
+        println!("       ({})", visible(&message, Shape::Line));
+    }
     let m = handle.metrics().snapshot();
     println!(
         "metrics: {}",

@@ -26,7 +26,9 @@ enum Kind {
 acknowledged by the server after a durable commit.\n\nExamples:\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 200000 --size 64\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 500000 --pipeline 16 --json\n  \
-RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --kind file --size 1073741824 --clients 1 --ops 1\n\n\
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --kind file --size 1073741824 --clients 1 --ops 1\n  \
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 8 --ops 1000 --sources 127.0.0.0/28\n  \
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 8 --ops 1000 --bind 127.0.0.77\n\n\
 Idle mode (--idle N) opens N authenticated connections instead, spread round-robin over \
 --source-count addresses of --sources, holds them for --hold seconds (each sends one PING \
 per --keepalive seconds, below the server's idle timeout) and closes them. Once every \
@@ -69,8 +71,12 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Source addresses to spread clients over, e.g. 127.0.0.0/28 (loopback only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bind")]
     sources: Option<ipnet::Ipv4Net>,
+    /// One local address every client connects from, e.g. 127.0.0.77 (any address this
+    /// host owns). Default: the operating system chooses.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
     /// Use only the first M host addresses of --sources.
     #[arg(long, value_name = "M")]
     source_count: Option<usize>,
@@ -107,7 +113,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             let take = args.source_count.unwrap_or(4096).min(4096);
             net.hosts().take(take).map(IpAddr::V4).collect()
         }
-        None => Vec::new(),
+        None => args.bind.into_iter().collect(),
     };
     if let Some(connections) = args.idle {
         if connections == 0 {

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::protocol::{DecodeError, EncodeError, ErrorCode, Kind};
+use crate::protocol::{BlockedNotice, DecodeError, EncodeError, ErrorCode, Kind};
 
 /// Why a client operation failed.
 #[derive(thiserror::Error, Debug)]
@@ -28,8 +28,9 @@ pub enum ClientError {
     /// The request cannot be put on the wire (a field is too long for its length prefix).
     #[error("cannot encode request: {0}")]
     Encode(#[source] EncodeError),
-    /// The server answered with an ERROR reply; the request was not applied.
-    #[error("server refused: {message} ({})", code.name())]
+    /// The server answered with an ERROR reply; the request was not applied. A `blocked`
+    /// refusal reads `your address is blocked for N s (REASON)`; see [`ClientError::blocked`].
+    #[error("{}", describe_server_error(*.code, .message))]
     Server {
         /// The error code.
         code: ErrorCode,
@@ -86,12 +87,34 @@ impl ClientError {
         }
     }
 
+    /// How long the source stays blocked and why, if the server refused the connection
+    /// because the source address is blocked (ERROR `blocked` with a message of the
+    /// documented form).
+    pub fn blocked(&self) -> Option<BlockedNotice> {
+        match self {
+            ClientError::Server {
+                code: ErrorCode::Blocked,
+                message,
+            } => BlockedNotice::parse(message),
+            _ => None,
+        }
+    }
+
     /// A [`ClientError::File`] for `path`.
     pub(crate) fn file(path: &Path, source: io::Error) -> ClientError {
         ClientError::File {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+fn describe_server_error(code: ErrorCode, message: &str) -> String {
+    // A blocked user is told plainly what happened and for how long, in the notice's own
+    // words; a message of another form (a foreign server) falls back to the generic text.
+    match (code, BlockedNotice::parse(message)) {
+        (ErrorCode::Blocked, Some(notice)) => notice.to_string(),
+        _ => format!("server refused: {message} ({})", code.name()),
     }
 }
 
@@ -135,6 +158,20 @@ mod tests {
         );
         check(ClientError::Closed, "connection closed");
         check(
+            ClientError::Server {
+                code: ErrorCode::Blocked,
+                message: "your address is blocked for 287 s (auth_failed x4)".into(),
+            },
+            "your address is blocked for 287 s (auth_failed x4)",
+        );
+        check(
+            ClientError::Server {
+                code: ErrorCode::Blocked,
+                message: "go away".into(),
+            },
+            "server refused: go away (blocked)",
+        );
+        check(
             ClientError::Connect {
                 addr: "127.0.0.1:1".into(),
                 source: io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"),
@@ -151,5 +188,23 @@ mod tests {
         };
         assert_eq!(refused.code(), Some(ErrorCode::Busy));
         assert_eq!(ClientError::Timeout.code(), None);
+    }
+
+    #[test]
+    fn blocked_reads_the_notice_only_from_a_blocked_error() {
+        let blocked = ClientError::Server {
+            code: ErrorCode::Blocked,
+            message: BlockedNotice::new(42, "fatal_frame x3").to_string(),
+        };
+        assert_eq!(
+            blocked.blocked(),
+            Some(BlockedNotice::new(42, "fatal_frame x3"))
+        );
+        let busy = ClientError::Server {
+            code: ErrorCode::Busy,
+            message: BlockedNotice::new(42, "x").to_string(),
+        };
+        assert_eq!(busy.blocked(), None);
+        assert_eq!(ClientError::Closed.blocked(), None);
     }
 }

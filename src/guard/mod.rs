@@ -46,6 +46,7 @@ use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FirewallConfig, MAX_BLOCK_SECS};
+use crate::protocol::BlockedNotice;
 
 pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
@@ -58,6 +59,16 @@ use conns::{ConnTable, OpenConn};
 use login::LoginHistory;
 pub use login::Standing;
 use rate::KeyedLimiter;
+
+/// How many `blocked` notices a blocked source gets per second, after a burst of
+/// [`NOTICES_BURST_PER_SOURCE`]. A person retrying by hand sees why every time; a flood from
+/// the source gets a bare close past this share, so telling costs it nothing more than not
+/// telling did (one non-blocking write of a frame under 300 bytes, a few times a second).
+pub const NOTICES_PER_S_PER_SOURCE: u32 = 1;
+
+/// The burst of `blocked` notices a source may get at once (see
+/// [`NOTICES_PER_S_PER_SOURCE`]): enough for a client that retries a couple of times.
+pub const NOTICES_BURST_PER_SOURCE: u32 = 3;
 
 /// Why a new connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +181,8 @@ pub struct Guard {
     frames_ip: KeyedLimiter<SourceKey>,
     frames_user: KeyedLimiter<i64>,
     logins_ip: KeyedLimiter<SourceKey>,
+    /// `blocked` notices written at accept, per source ([`Guard::blocked_notice`]).
+    notices: KeyedLimiter<SourceKey>,
     /// Accounts are keyed by a hash of the name, so a key costs 8 bytes however long the
     /// name is. Never held with `blocks` or `conns`.
     logins: Mutex<LoginHistory>,
@@ -214,6 +227,10 @@ impl Guard {
             ),
             logins_ip: KeyedLimiter::new(
                 rate::per_minute(r.logins_per_min_per_ip, r.logins_burst_per_ip),
+                &clock,
+            ),
+            notices: KeyedLimiter::new(
+                rate::per_second(NOTICES_PER_S_PER_SOURCE, NOTICES_BURST_PER_SOURCE),
                 &clock,
             ),
             logins: Mutex::new(LoginHistory::new(
@@ -393,6 +410,26 @@ impl Guard {
         true
     }
 
+    /// What to tell a connection from `ip` that [`Guard::admit`] refused as
+    /// [`Refusal::Blocked`]: the seconds left (rounded up) and the block's reason, or `None`
+    /// when the source has had its share of notices (`NOTICES_PER_S_PER_SOURCE`, burst
+    /// `NOTICES_BURST_PER_SOURCE`) or the block has ended meanwhile. The limiter is asked
+    /// first, so a flood from a blocked source costs one limiter check per connection beyond
+    /// its share, and gets the bare close it got before notices existed.
+    pub fn blocked_notice(&self, ip: IpAddr) -> Option<BlockedNotice> {
+        let source = self.source_of(ip);
+        if !self.notices.check(&source) {
+            return None;
+        }
+        let now = self.clock.elapsed();
+        let blocks = self.lock_blocks();
+        let block = blocks.active(&source, now)?;
+        let left = block.until.saturating_sub(now);
+        // Rounded up: a block in force never reads as 0 s.
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(BlockedNotice::new(secs, &block.reason))
+    }
+
     /// Lifts the runtime block on the source of `ip`; true if one was in force.
     pub fn unblock(&self, ip: IpAddr) -> bool {
         let source = self.source_of(ip);
@@ -435,6 +472,7 @@ impl Guard {
         self.frames_ip.purge(cap);
         self.frames_user.purge(cap);
         self.logins_ip.purge(cap);
+        self.notices.purge(cap);
         self.lock_logins().purge(self.clock.elapsed(), cap);
         self.lock_blocks().expire(self.clock.elapsed());
     }
@@ -454,6 +492,7 @@ impl Guard {
                 + self.frames_ip.len()
                 + self.frames_user.len()
                 + self.logins_ip.len()
+                + self.notices.len()
                 + self.lock_logins().len(),
             blocked,
         }

@@ -191,6 +191,47 @@ fn block_cuts_open_connections_and_refuses_new_ones() -> TestResult {
 }
 
 #[test]
+fn blocked_notice_says_seconds_left_and_offence() {
+    let g = guard(|_| {});
+    let a = ip("127.0.1.1");
+    assert_eq!(g.blocked_notice(a), None, "not blocked: nothing to tell");
+    assert!(g.block(a, Duration::from_secs(300), "auth_failed x4"));
+    g.clock().advance(Duration::from_millis(12_500));
+    // 287.5 s left reads as 288: rounded up, never 0 while in force.
+    assert_eq!(
+        g.blocked_notice(a),
+        Some(BlockedNotice::new(288, "auth_failed x4"))
+    );
+    // Another address of the same IPv6 prefix is the same source, with the same block.
+    assert!(g.block(ip("2001:db8::1"), Duration::from_secs(60), "fatal_frame x3"));
+    assert_eq!(
+        g.blocked_notice(ip("2001:db8::2"))
+            .map(|n| (n.secs_left, n.reason)),
+        Some((60, "fatal_frame x3".to_string()))
+    );
+    g.clock().advance(Duration::from_secs(288));
+    assert_eq!(g.blocked_notice(a), None, "the block ended");
+}
+
+#[test]
+fn blocked_notices_are_rate_limited_per_source() {
+    let g = guard(|_| {});
+    let (a, b) = (ip("127.0.1.1"), ip("127.0.1.2"));
+    assert!(g.block(a, Duration::from_secs(300), "flood"));
+    assert!(g.block(b, Duration::from_secs(300), "flood"));
+    let told = |ip| (0..100).filter(|_| g.blocked_notice(ip).is_some()).count();
+    // A flood of 100 refused connections in one instant: the burst, then bare closes.
+    assert_eq!(told(a), NOTICES_BURST_PER_SOURCE as usize);
+    // Another source has its own share.
+    assert_eq!(told(b), NOTICES_BURST_PER_SOURCE as usize);
+    // One more per second after that.
+    g.clock().advance(Duration::from_secs(1));
+    assert_eq!(told(a), NOTICES_PER_S_PER_SOURCE as usize);
+    // The notice limiter's keys are tracked and purged like every other limiter's.
+    assert!(g.stats().tracked_keys >= 2);
+}
+
+#[test]
 fn allow_listed_is_never_blocked() -> TestResult {
     let g = guard(|c| {
         c.ip.allow = vec![

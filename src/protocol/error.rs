@@ -221,11 +221,14 @@ pub enum ErrorCode {
     /// The server's disk is full (or below its free-space floor): nothing new was stored.
     /// Reading and deleting still work; retry after deleting items or later.
     StorageFull = 16,
+    /// The source address is blocked: sent once at accept, then the connection is closed.
+    /// The message has the exact form of [`BlockedNotice`] (seconds left and the offence).
+    Blocked = 17,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
         ErrorCode::NotAuthenticated,
         ErrorCode::AuthFailed,
@@ -242,6 +245,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Busy,
         ErrorCode::StorageFull,
+        ErrorCode::Blocked,
     ];
 
     /// The code for a wire value, if it is defined.
@@ -268,6 +272,121 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Busy => "busy",
             ErrorCode::StorageFull => "storage_full",
+            ErrorCode::Blocked => "blocked",
+        }
+    }
+}
+
+/// The message of an ERROR `blocked`: how long the source stays blocked and why. Its text
+/// form is fixed (docs/PROTOCOL.md, "The `blocked` message"), so clients can read the
+/// seconds left without a new body layout: `your address is blocked for N s (REASON)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedNotice {
+    /// Whole seconds until the block ends, rounded up (at least 1 while it is in force).
+    pub secs_left: u64,
+    /// The offence, as recorded with the block; at most [`MAX_BLOCKED_REASON`] bytes.
+    pub reason: String,
+}
+
+/// Longest reason carried in a `blocked` message, in bytes. A firewall reason lists the
+/// signals behind a block and can run long; 200 bytes keep the one frame written at accept
+/// small (well under one TCP segment) and far below `MAX_ERROR_MESSAGE`.
+pub const MAX_BLOCKED_REASON: usize = 200;
+
+const BLOCKED_PREFIX: &str = "your address is blocked for ";
+const BLOCKED_UNIT: &str = " s (";
+
+impl BlockedNotice {
+    /// A notice for `secs_left` seconds and `reason`, the reason cut to
+    /// [`MAX_BLOCKED_REASON`] bytes at a character boundary (an empty one reads
+    /// "no reason given").
+    pub fn new(secs_left: u64, reason: &str) -> BlockedNotice {
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let mut end = reason.len().min(MAX_BLOCKED_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        BlockedNotice {
+            secs_left,
+            reason: reason.get(..end).unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Reads a `blocked` message back; `None` if it does not have the documented form.
+    pub fn parse(message: &str) -> Option<BlockedNotice> {
+        let rest = message.strip_prefix(BLOCKED_PREFIX)?;
+        let (secs, rest) = rest.split_once(BLOCKED_UNIT)?;
+        if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let reason = rest.strip_suffix(')')?;
+        Some(BlockedNotice {
+            secs_left: secs.parse().ok()?,
+            reason: reason.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for BlockedNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{BLOCKED_PREFIX}{}{BLOCKED_UNIT}{})",
+            self.secs_left, self.reason
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(secs: u64, reason: &str, text: &str) {
+        let notice = BlockedNotice::new(secs, reason);
+        assert_eq!(notice.to_string(), text);
+        assert_eq!(BlockedNotice::parse(text), Some(notice));
+    }
+
+    #[test]
+    fn blocked_message_has_the_documented_form_and_parses_back() {
+        check(
+            287,
+            "auth_failed x4",
+            "your address is blocked for 287 s (auth_failed x4)",
+        );
+        check(1, "", "your address is blocked for 1 s (no reason given)");
+        check(9, "a (b) c)", "your address is blocked for 9 s (a (b) c))");
+        check(
+            u64::MAX,
+            "x",
+            &format!("your address is blocked for {} s (x)", u64::MAX),
+        );
+    }
+
+    #[test]
+    fn blocked_reason_is_capped_at_a_char_boundary() {
+        let long = "é".repeat(MAX_BLOCKED_REASON);
+        let notice = BlockedNotice::new(5, &long);
+        assert_eq!(notice.reason.len(), MAX_BLOCKED_REASON);
+        assert!(notice.to_string().len() < super::super::limits::MAX_ERROR_MESSAGE);
+    }
+
+    #[test]
+    fn other_messages_are_not_blocked_notices() {
+        for text in [
+            "",
+            "connection refused: blocked",
+            "your address is blocked for  s (x)",
+            "your address is blocked for -1 s (x)",
+            "your address is blocked for 1e3 s (x)",
+            "your address is blocked for 5 s x",
+            "your address is blocked for 99999999999999999999999 s (x)",
+        ] {
+            assert_eq!(BlockedNotice::parse(text), None, "{text:?}");
         }
     }
 }

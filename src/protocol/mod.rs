@@ -27,7 +27,7 @@ pub use codec::{
     bytes_wanted, decode_frame, encode_frame, encode_reply, encode_request, max_payload,
     CodecError, FrameCodec, FrameDecoder, Role,
 };
-pub use error::{DecodeError, EncodeError, ErrorCode};
+pub use error::{BlockedNotice, DecodeError, EncodeError, ErrorCode, MAX_BLOCKED_REASON};
 pub use frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};
 pub use limits::Limits;
 pub use msg::{

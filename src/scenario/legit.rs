@@ -399,7 +399,9 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                 }
                 Ok(Err(e)) => {
                     run.login_refusals += 1;
-                    if matches!(e, ClientError::Closed) || e.code() == Some(ErrorCode::Busy) {
+                    if matches!(e, ClientError::Closed)
+                        || matches!(e.code(), Some(ErrorCode::Busy | ErrorCode::Blocked))
+                    {
                         run.refused_at_accept = true;
                     }
                     rec.error = Some(error_label(&e));

@@ -539,15 +539,26 @@ impl From<StoreError> for ServerError {
     }
 }
 
-/// Tells a refused peer why, without waiting: one non-blocking write, then close.
-fn refuse(stream: &TcpStream, refusal: &Refusal) {
-    let message = match refusal {
-        // Blocked and denied sources get nothing at all.
-        Refusal::Denied | Refusal::Blocked { .. } => return,
-        other => format!("connection refused: {}", other.reason()),
+/// Tells a refused peer why, without waiting: at most one non-blocking write, then close.
+/// Nothing is read. A blocked source gets ERROR `blocked` with the seconds left and the
+/// offence, within its share of notices (`guard::NOTICES_PER_S_PER_SOURCE`), and a bare
+/// close past it, so a flood from it costs what it cost before. A source on the static deny
+/// list gets a bare close: the operator listed it for good, and there is nothing it can wait
+/// out.
+fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: &Refusal, guard: &Guard) {
+    let reply = match refusal {
+        Refusal::Denied => return,
+        Refusal::Blocked { .. } => match guard.blocked_notice(peer.ip()) {
+            Some(notice) => Reply::error(ErrorCode::Blocked, notice.to_string()),
+            None => return,
+        },
+        other => Reply::error(
+            ErrorCode::Busy,
+            format!("connection refused: {}", other.reason()),
+        ),
     };
     let mut buf = bytes::BytesMut::new();
-    if protocol::encode_reply(0, &Reply::error(ErrorCode::Busy, message), &mut buf).is_ok() {
+    if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
         let _ = stream.try_write(&buf);
     }
 }
@@ -579,7 +590,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
             Ok(t) => t,
             Err(refusal) => {
                 shared.refused(peer, &refusal);
-                refuse(&stream, &refusal);
+                refuse(&stream, peer, &refusal, &shared.guard);
                 continue;
             }
         };
