@@ -5,7 +5,9 @@
 //! score reaches `firewall.threshold` the firewall blocks the source in the [`Guard`], which
 //! refuses it at accept and cuts its open sessions. Repeat offenders are blocked for longer
 //! (`ip.block_secs` times `firewall.escalation` per earlier block, up to
-//! `firewall.max_block_secs`). Allow-listed sources are never blocked (the guard refuses),
+//! `firewall.max_block_secs`). One offence makes one decision: signals that arrive while the
+//! source is blocked belong to the burst already decided, so only a new offence after the
+//! block ended escalates. Allow-listed sources are never blocked (the guard refuses),
 //! and in shadow mode decisions are logged and recorded but not enforced.
 //!
 //! Invariant: per-source state is bounded by `limits.max_tracked_sources`; [`Firewall::purge`]
@@ -165,6 +167,9 @@ struct Score {
     blocks: u32,
     /// Signals counted since the last decision, by kind, in first-seen order.
     recent: Vec<(Signal, u32)>,
+    /// Until when the last decision stands where the guard does not hold it (shadow mode, an
+    /// allow-listed source): signals until then belong to the offence already decided.
+    decided_until: Option<Instant>,
 }
 
 impl Score {
@@ -301,7 +306,7 @@ impl Firewall {
         }
         let source = SourceKey::from_ip(ip, self.ipv6_prefix);
         let now = Instant::now();
-        let (score, blocks, reason, signals) = {
+        let (score, reason, signals, duration_s, action) = {
             let mut scores = lock(&self.scores);
             if !scores.contains_key(&source) && scores.len() >= self.max_sources {
                 // Full: forget what has decayed before admitting a newcomer; if nothing has,
@@ -312,12 +317,25 @@ impl Firewall {
                     return None;
                 }
             }
+            // One offence, one decision: while the source is blocked (or, in shadow mode
+            // and for allow-listed sources, while the last decision stands), further signals
+            // are the same burst arriving, not a new offence, and neither decide again nor
+            // escalate. A new offence after the block ends escalates. The guard's state is
+            // read under this lock, and a decision's block is applied under it too, so
+            // signals racing on other connections cannot slip in between.
+            if self.guard.is_blocked(ip) {
+                return None;
+            }
             let s = scores.entry(source).or_insert(Score {
                 points: 0.0,
                 updated: now,
                 blocks: 0,
                 recent: Vec::new(),
+                decided_until: None,
             });
+            if s.decided_until.is_some_and(|t| now < t) {
+                return None;
+            }
             s.points = s.decayed(now, self.half_life()) + points;
             s.updated = now;
             match s.recent.iter_mut().find(|(k, _)| *k == signal) {
@@ -330,11 +348,25 @@ impl Firewall {
             if s.points < threshold * (1.0 - THRESHOLD_TOLERANCE) {
                 return None;
             }
+            // Within the tolerance a score may sit just under the threshold; say so rather
+            // than print a score below the threshold as if it had reached it.
+            let reached = if s.points >= threshold {
+                format!(
+                    "tipped the score to {:.0} (threshold {})",
+                    s.points, threshold
+                )
+            } else {
+                format!(
+                    "tipped the score to {:.1}, within the {:.0}% decay tolerance of the \
+                     threshold {}",
+                    s.points,
+                    THRESHOLD_TOLERANCE * 100.0,
+                    threshold
+                )
+            };
             let mut reason = format!(
-                "{} tipped the score to {:.0} (threshold {}): {}",
+                "{} {reached}: {}",
                 signal.as_str(),
-                s.points,
-                self.cfg.threshold,
                 s.recent
                     .iter()
                     .map(|(k, n)| format!("{} x{n}", k.as_str()))
@@ -347,26 +379,31 @@ impl Firewall {
             }
             let score = s.points;
             let blocks = s.blocks;
-            // A decision resets the score, so one burst yields one decision.
             s.points = 0.0;
             let signals = std::mem::take(&mut s.recent);
-            s.blocks = s.blocks.saturating_add(1);
-            (score, blocks, reason, signals)
-        };
-        let factor = u64::from(self.cfg.escalation).saturating_pow(blocks);
-        let duration_s = self
-            .block_secs
-            .saturating_mul(factor)
-            .min(self.cfg.max_block_secs);
-        let action = if self.cfg.shadow {
-            Action::ShadowBlock
-        } else if self
-            .guard
-            .block(ip, Duration::from_secs(duration_s), &reason)
-        {
-            Action::Block
-        } else {
-            Action::Allowed
+            let factor = u64::from(self.cfg.escalation).saturating_pow(blocks);
+            let duration_s = self
+                .block_secs
+                .saturating_mul(factor)
+                .min(self.cfg.max_block_secs);
+            let action = if self.cfg.shadow {
+                Action::ShadowBlock
+            } else if self
+                .guard
+                .block(ip, Duration::from_secs(duration_s), &reason)
+            {
+                Action::Block
+            } else {
+                Action::Allowed
+            };
+            // An allow-listed source is never blocked, so its offences do not escalate; it
+            // is decided on (and logged) once per block length, not at every burst.
+            if action != Action::Allowed {
+                s.blocks = s.blocks.saturating_add(1);
+            }
+            s.decided_until =
+                (action != Action::Block).then(|| now + Duration::from_secs(duration_s));
+            (score, reason, signals, duration_s, action)
         };
         let decision = Decision {
             at: SystemTime::now(),
@@ -533,15 +570,61 @@ mod tests {
 
     #[test]
     fn repeat_offenders_are_blocked_longer_up_to_the_cap() {
-        let (fw, _) = firewall(|c| {
-            c.ip.block_secs = 10;
-            c.firewall.max_block_secs = 35;
-        });
-        let durations: Vec<u64> = (0..4)
-            .filter_map(|_| fw.signal(ip("127.0.9.1"), Signal::FatalFrame))
-            .map(|d| d.duration_s)
-            .collect();
+        let mut cfg = Config::default();
+        cfg.ip.block_secs = 10;
+        cfg.firewall.max_block_secs = 35;
+        let guard = Arc::new(Guard::with_clock(&cfg, crate::guard::GuardClock::manual()));
+        let fw = Firewall::new(&cfg, Arc::clone(&guard));
+        let mut durations = Vec::new();
+        for _ in 0..4 {
+            // A new offence once the last block has run out.
+            let d = fw
+                .signal(ip("127.0.9.1"), Signal::FatalFrame)
+                .expect("a new offence after the block ended is decided");
+            durations.push(d.duration_s);
+            guard.clock().advance(Duration::from_secs(d.duration_s + 1));
+        }
         assert_eq!(durations, vec![10, 20, 35, 35]);
+    }
+
+    #[test]
+    fn one_burst_makes_one_decision() {
+        // 70 bad frames at once (the collateral-damage issue's burst) used to give 12
+        // decisions in the same millisecond and escalate the block to the cap.
+        for shadow in [false, true] {
+            let (fw, _) = firewall(|c| c.firewall.shadow = shadow);
+            let decided: Vec<Decision> = (0..70)
+                .filter_map(|_| fw.signal(ip("127.0.9.1"), Signal::FatalFrame))
+                .collect();
+            assert_eq!(decided.len(), 1, "shadow {shadow}: {decided:?}");
+            assert_eq!(decided[0].duration_s, Config::default().ip.block_secs);
+        }
+        let (fw, _) = firewall(|c| c.ip.allow = vec!["127.0.9.0/24".parse().expect("net")]);
+        let decided = (0..70)
+            .filter_map(|_| fw.signal(ip("127.0.9.1"), Signal::FatalFrame))
+            .count();
+        assert_eq!(
+            decided, 1,
+            "an allow-listed source is logged once per block length"
+        );
+    }
+
+    #[test]
+    fn a_score_within_the_tolerance_is_not_shown_as_reaching_the_threshold() {
+        let (fw, _) = firewall(|_| {});
+        let threshold = f64::from(Config::default().firewall.threshold);
+        let d = fw
+            .signal_with(ip("127.0.9.2"), Signal::AuthFailed, threshold * 0.97, None)
+            .expect("within the tolerance, a decision");
+        assert!(
+            d.reason.contains("within the 5% decay tolerance"),
+            "{}",
+            d.reason
+        );
+        let d = fw
+            .signal_with(ip("127.0.9.3"), Signal::AuthFailed, threshold, None)
+            .expect("a decision");
+        assert!(d.reason.contains("(threshold "), "{}", d.reason);
     }
 
     #[test]
