@@ -58,6 +58,15 @@ async fn a_large_frame_before_login_is_refused_from_its_header() -> TestResult {
         assert!(seen.closed);
         let first = seen.replies.first().ok_or("no reply")?;
         assert!(is_error(&first.1, ErrorCode::TooLarge), "{first:?}");
+        // A header that is invalid in another way keeps the decoder's answer: reserved flags
+        // are a bad_frame with id 0, whatever length the header declares.
+        let mut s = raw_connect(srv.addr, source(4)).await?;
+        send_raw(&mut s, &header(Kind::Fetch as u8, 255, 0xff00, 2048)).await;
+        let seen = drain(&mut s, Duration::from_secs(5)).await;
+        assert!(seen.closed);
+        let first = seen.replies.first().ok_or("no reply")?;
+        assert_eq!(first.0, 0, "{first:?}");
+        assert!(is_error(&first.1, ErrorCode::BadFrame), "{first:?}");
         // Small requests before login are still answered and the session stays open.
         let mut s = raw_connect(srv.addr, source(3)).await?;
         send_raw(&mut s, &header(Kind::Ping as u8, 4, 0, 0)).await;

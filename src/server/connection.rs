@@ -183,11 +183,18 @@ impl Conn<'_> {
         let Some(header) = self.inbuf.first_chunk::<HEADER_LEN>() else {
             return false;
         };
-        let [m0, m1, version, kind_byte, r0, r1, r2, r3, _, _, l0, l1, l2, l3] = *header;
+        let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
         let len = u32::from_be_bytes([l0, l1, l2, l3]);
         let max = self.shared.config.limits.preauth_frame_bytes;
         let kind = match Kind::from_u8(kind_byte) {
-            Some(kind) if [m0, m1] == MAGIC && version == VERSION && kind.is_request() => kind,
+            Some(kind)
+                if [m0, m1] == MAGIC
+                    && version == VERSION
+                    && [f0, f1] == [0, 0]
+                    && kind.is_request() =>
+            {
+                kind
+            }
             _ => return false,
         };
         // Past the frame ceiling the decoder refuses the header for everyone (bad_frame).
