@@ -7,6 +7,8 @@
 //!   (prepared statements, WAL). It never blocks the server: when the channel is full the
 //!   event is shed and counted, and the count is reported.
 //! - [`db`]: the activity database (`DATA/activity.db`): schema, batch inserts, queries.
+//! - `fold`: frame events of anonymous connections past 256 per second are counted, not
+//!   stored, before both the database and the live sink see them.
 //!
 //! Invariant: recording never slows the hot path by more than one non-blocking channel send,
 //! and nothing is dropped silently.
@@ -14,6 +16,7 @@
 pub mod db;
 pub mod export;
 pub mod features;
+mod fold;
 mod recorder;
 
 use std::net::IpAddr;

@@ -35,6 +35,9 @@ pub struct RecorderStats {
     pub failed_batches: u64,
     /// Events deleted by retention (`activity.retain_days`, `activity.max_bytes`).
     pub pruned: u64,
+    /// Frame events of anonymous connections past their per-second allowance, counted
+    /// instead of stored ([`super::fold`]).
+    pub folded: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +47,7 @@ struct Counters {
     batches: AtomicU64,
     failed_batches: AtomicU64,
     pruned: AtomicU64,
+    folded: AtomicU64,
     /// The longest commit (with any checkpoint it ran) since last taken, microseconds.
     longest_commit_us: AtomicU64,
 }
@@ -220,6 +224,7 @@ impl Recorder {
             batches: self.counters.batches.load(Ordering::Relaxed),
             failed_batches: self.counters.failed_batches.load(Ordering::Relaxed),
             pruned: self.counters.pruned.load(Ordering::Relaxed),
+            folded: self.counters.folded.load(Ordering::Relaxed),
         }
     }
 
@@ -269,6 +274,7 @@ fn writer(
     let mut last_unblock = db::last_decision_id(&conn).unwrap_or(0);
     let mut last_tick = Instant::now();
     let mut retention: Option<Retention> = None;
+    let mut folder = super::fold::Folder::default();
     // None: prune at the next tick (just configured, or the last step was full).
     let mut last_prune: Option<Instant> = None;
     // When the oldest event or decision not yet committed arrived. Commits wait for a whole
@@ -319,6 +325,8 @@ fn writer(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
             }
+            let folded = folder.fold(&mut batch);
+            counters.folded.fetch_add(folded, Ordering::Relaxed);
             commit_pending(&mut conn, &counters, &mut batch, &mut decisions, &mut sink);
         }
         if last_tick.elapsed() >= flush || disconnected {
