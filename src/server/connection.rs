@@ -269,8 +269,8 @@ impl Conn<'_> {
         self.skip_input();
         let mut batch = Vec::new();
         while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
+            // Messages need a login, so before one the batch is empty and nothing is owed.
             if !session.authenticated() {
-                self.deliver(session, &mut batch).await;
                 if self.refuse_before_login() {
                     break;
                 }

@@ -544,20 +544,19 @@ impl Session {
                     self.upgrade_hash(id, old, new).await;
                 }
                 shared.guard.login_succeeded(self.source, &user);
-                // A session already logged in as this user keeps its place.
-                if !matches!(&self.user, Some((old, _)) if *old == id) {
-                    let Some(slot) = shared.user_sessions.take(id) else {
-                        return Err(err(
-                            ErrorCode::Busy,
-                            format!(
-                                "{user} already has {} sessions open, the most allowed; \
-                                 close one and log in again",
-                                shared.user_sessions.max()
-                            ),
-                        ));
-                    };
-                    self.user_slot = Some(slot);
-                }
+                // A session logs in once (a second AUTH is refused above), so this is the
+                // session's first place among its user's sessions.
+                let Some(slot) = shared.user_sessions.take(id) else {
+                    return Err(err(
+                        ErrorCode::Busy,
+                        format!(
+                            "{user} already has {} sessions open, the most allowed; \
+                             close one and log in again",
+                            shared.user_sessions.max()
+                        ),
+                    ));
+                };
+                self.user_slot = Some(slot);
                 Metrics::bump(&shared.metrics.auth_ok);
                 self.record(EventKind::AuthOk);
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
