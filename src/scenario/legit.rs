@@ -517,8 +517,11 @@ async fn verify_recipient(
     let mut lost = Vec::new();
     for item in &items {
         let mut outcome = Err("no connection".to_string());
-        // One retry on a fresh connection if the transport failed.
-        for _ in 0..2 {
+        // One retry on a fresh connection if the transport failed; a few, after a pause, if
+        // the server rate-limited the read (the read-back of many recipients sharing one
+        // address is a burst of its own, and a refused read is not a lost item).
+        let mut transport_failures = 0;
+        for _ in 0..READ_BACK_ATTEMPTS {
             if client.is_none() {
                 match reconnect(plan, target).await {
                     Ok(c) => client = Some(c),
@@ -541,6 +544,14 @@ async fn verify_recipient(
                 Err(Failure::Transport(e)) => {
                     outcome = Err(e.to_string());
                     client = None;
+                    transport_failures += 1;
+                    if transport_failures == 2 {
+                        break;
+                    }
+                }
+                Err(Failure::Limited(e)) => {
+                    outcome = Err(e.to_string());
+                    tokio::time::sleep(READ_BACK_PAUSE).await;
                 }
             }
         }
@@ -563,10 +574,21 @@ enum Failure {
     Content(String),
     /// The connection failed: retry.
     Transport(ClientError),
+    /// The server rate-limited the read (nothing was applied): retry after a pause.
+    Limited(ClientError),
 }
+
+/// Attempts to read back one item before it counts as lost.
+const READ_BACK_ATTEMPTS: usize = 4;
+/// The pause after a rate-limited read: a second refills any per-second limit.
+const READ_BACK_PAUSE: Duration = Duration::from_secs(1);
 
 fn classify(e: ClientError) -> Failure {
     match e {
+        ClientError::Server {
+            code: ErrorCode::RateLimited,
+            ..
+        } => Failure::Limited(e),
         ClientError::Server { .. } | ClientError::DigestMismatch { .. } => {
             Failure::Content(e.to_string())
         }
