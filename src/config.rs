@@ -670,9 +670,17 @@ const DEFAULT_FRAMES_BURST_PER_USER: u32 = 1_000;
 // The same for a source: two busy connections behind one address.
 const DEFAULT_FRAMES_PER_S_PER_IP: u32 = 4_000;
 const DEFAULT_FRAMES_BURST_PER_IP: u32 = 1_000;
-// A NAT'd office logging in after lunch: 30 a minute, 10 at once.
+// Failed logins from one source: a NAT'd office mistyping after lunch, 30 a minute, 10 at
+// once. An attempt holds one of these while it is verified, so at most 10 verifications per
+// source are in flight however many connections it opens.
 const DEFAULT_LOGINS_PER_MIN_PER_IP: u32 = 30;
 const DEFAULT_LOGINS_BURST_PER_IP: u32 = 10;
+// Successful logins from one source: a script that runs the command-line client once per
+// command logs in every time, a few a second at most; 300 a minute (five a second, a tenth
+// of a core of argon2 at the default cost) with 60 at once never stops it, and still bounds
+// what a stolen password can make the server hash.
+const DEFAULT_LOGINS_OK_PER_MIN_PER_IP: u32 = 300;
+const DEFAULT_LOGINS_OK_BURST_PER_IP: u32 = 60;
 // Failures for one user name: one person retyping a password makes a handful, 10 a minute
 // and 5 at once (OWASP: slow down after a handful of failures rather than lock out). Only
 // sources whose own failures reach the firewall's threshold are held back (`guard::login`).
@@ -700,10 +708,16 @@ pub struct RatesConfig {
     pub frames_per_s_per_ip: u32,
     /// Frames one source may send at once.
     pub frames_burst_per_ip: u32,
-    /// Login attempts per minute from one source.
+    /// Failed logins per minute from one source (a repeat of the same wrong password counts
+    /// once; successes count against `logins_ok_per_min_per_ip` instead).
     pub logins_per_min_per_ip: u32,
-    /// Login attempts one source may make at once.
+    /// Failed logins one source may make at once; also the most logins from one source
+    /// being verified at once.
     pub logins_burst_per_ip: u32,
+    /// Successful logins per minute from one source.
+    pub logins_ok_per_min_per_ip: u32,
+    /// Successful logins one source may make at once.
+    pub logins_ok_burst_per_ip: u32,
     /// Failed logins per minute for one user name before its failure backoff holds back
     /// sources whose own failures reach the firewall's threshold (successes never count).
     pub logins_per_min_per_user: u32,
@@ -728,6 +742,8 @@ impl Default for RatesConfig {
             frames_burst_per_ip: DEFAULT_FRAMES_BURST_PER_IP,
             logins_per_min_per_ip: DEFAULT_LOGINS_PER_MIN_PER_IP,
             logins_burst_per_ip: DEFAULT_LOGINS_BURST_PER_IP,
+            logins_ok_per_min_per_ip: DEFAULT_LOGINS_OK_PER_MIN_PER_IP,
+            logins_ok_burst_per_ip: DEFAULT_LOGINS_OK_BURST_PER_IP,
             logins_per_min_per_user: DEFAULT_LOGINS_PER_MIN_PER_USER,
             logins_burst_per_user: DEFAULT_LOGINS_BURST_PER_USER,
             accepts_per_s_per_ip: DEFAULT_ACCEPTS_PER_S_PER_IP,
@@ -750,6 +766,11 @@ impl RatesConfig {
             ("rates.frames_burst_per_ip", self.frames_burst_per_ip),
             ("rates.logins_per_min_per_ip", self.logins_per_min_per_ip),
             ("rates.logins_burst_per_ip", self.logins_burst_per_ip),
+            (
+                "rates.logins_ok_per_min_per_ip",
+                self.logins_ok_per_min_per_ip,
+            ),
+            ("rates.logins_ok_burst_per_ip", self.logins_ok_burst_per_ip),
             (
                 "rates.logins_per_min_per_user",
                 self.logins_per_min_per_user,
@@ -928,8 +949,13 @@ impl AuthConfig {
 }
 
 // Defaults for [firewall]. Scores are in points; a source whose decayed score reaches the
-// threshold is blocked. The weights encode how sure one event makes us: a legit client never
-// sends a broken frame header, so one is enough; a typo'd password is common, so four.
+// threshold is blocked. The weights encode how sure one event makes us, and no single event
+// is sure enough: a client of another protocol version sends a broken frame header once, a
+// laptop that sleeps mid-download stops reading once, so the heaviest weights are half the
+// threshold and a block needs two such events (two connections' worth). A typo'd password is
+// common, so four failures; a mistyped item id weighs less than a typo, so that a typo, a
+// wrong id and any one other event together stay under the threshold (see
+// `FirewallConfig::check`).
 const DEFAULT_FW_THRESHOLD: u32 = 100;
 // A minute: a scanner that pauses a minute still carries half its score.
 const DEFAULT_FW_HALF_LIFE_S: u64 = 60;
@@ -988,15 +1014,18 @@ impl Default for FirewallConfig {
             half_life_s: DEFAULT_FW_HALF_LIFE_S,
             escalation: DEFAULT_FW_ESCALATION,
             max_block_secs: DEFAULT_FW_MAX_BLOCK_SECS,
-            weight_fatal_frame: 100,
+            weight_fatal_frame: 50,
             weight_bad_body: 20,
             weight_rate_limited: 5,
             weight_login_rate_limited: 50,
             weight_auth_failed: 25,
-            weight_permission_denied: 25,
+            // 19, not 25: a typo (25), a wrong id and any one other event (at most 50) add
+            // up to 94, under the 95 points that the firewall's 5% decay tolerance counts as
+            // reaching the threshold. A tamperer asking for others' ids still needs only six.
+            weight_permission_denied: 19,
             weight_slow_frame: 50,
             weight_auth_timeout: 25,
-            weight_write_timeout: 100,
+            weight_write_timeout: 50,
             weight_refused: 10,
             // Two clearly anomalous windows within a half-life block: one may be a false
             // positive, and windows just past the threshold earn only a share.
@@ -1006,10 +1035,47 @@ impl Default for FirewallConfig {
 }
 
 impl FirewallConfig {
-    /// Checks that the threshold, half-life, escalation and weights are usable.
+    /// Checks that the threshold, half-life, escalation and weights are usable, and that no
+    /// weight is more than half the threshold: one event, however suspicious, never blocks a
+    /// source on its own, so a block always rests on at least two (two connections' broken
+    /// headers, a pattern sustained over time). A weight that would let one event block is
+    /// refused rather than quietly capped, so the operator sees the config does not mean
+    /// what it says.
     pub fn check(&self) -> Result<(), ConfigError> {
         one_to("firewall.threshold", self.threshold, MAX_RATE)?;
-        for (key, value) in [
+        for (key, value) in self.weights() {
+            // Zero switches a signal off.
+            at_most(key, value, MAX_RATE)?;
+            let half = self.threshold / 2;
+            if value > half {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most half of firewall.threshold ({half}), so that no \
+                         single event blocks a source; got {value}"
+                    ),
+                ));
+            }
+        }
+        in_range(
+            "firewall.half_life_s",
+            self.half_life_s,
+            1,
+            MAX_TIMEOUT_MS / 1000,
+        )?;
+        in_range("firewall.escalation", self.escalation, 1, 16)?;
+        in_range(
+            "firewall.max_block_secs",
+            self.max_block_secs,
+            1,
+            MAX_BLOCK_SECS,
+        )?;
+        Ok(())
+    }
+
+    /// Every weight with its dotted key.
+    fn weights(&self) -> [(&'static str, u32); 11] {
+        [
             ("firewall.weight_fatal_frame", self.weight_fatal_frame),
             ("firewall.weight_bad_body", self.weight_bad_body),
             ("firewall.weight_rate_limited", self.weight_rate_limited),
@@ -1027,24 +1093,7 @@ impl FirewallConfig {
             ("firewall.weight_write_timeout", self.weight_write_timeout),
             ("firewall.weight_refused", self.weight_refused),
             ("firewall.weight_model_anomaly", self.weight_model_anomaly),
-        ] {
-            // Zero switches a signal off.
-            at_most(key, value, MAX_RATE)?;
-        }
-        in_range(
-            "firewall.half_life_s",
-            self.half_life_s,
-            1,
-            MAX_TIMEOUT_MS / 1000,
-        )?;
-        in_range("firewall.escalation", self.escalation, 1, 16)?;
-        in_range(
-            "firewall.max_block_secs",
-            self.max_block_secs,
-            1,
-            MAX_BLOCK_SECS,
-        )?;
-        Ok(())
+        ]
     }
 }
 
@@ -1454,6 +1503,20 @@ mod tests {
                 "rates.strikes_to_close",
             ),
             ("[firewall]\nthreshold = 4294967295", "firewall.threshold"),
+            // No single event may block: a weight over half the threshold is refused.
+            (
+                "[firewall]\nweight_fatal_frame = 100",
+                "firewall.weight_fatal_frame",
+            ),
+            (
+                "[firewall]\nthreshold = 200\nweight_write_timeout = 101",
+                "firewall.weight_write_timeout",
+            ),
+            ("[firewall]\nthreshold = 60", "firewall.weight_fatal_frame"),
+            (
+                "[rates]\nlogins_ok_per_min_per_ip = 0",
+                "rates.logins_ok_per_min_per_ip",
+            ),
             (
                 "[firewall]\nweight_refused = 4294967295",
                 "firewall.weight_refused",

@@ -22,6 +22,9 @@ pub(crate) struct OpenConn {
     pub(crate) cut: CancellationToken,
     /// Whether the session has logged in; until then it counts against the pre-login caps.
     pub(crate) authenticated: bool,
+    /// Whether the connection did something the firewall counts against its source: such a
+    /// session is cut when its source is blocked even if it has logged in.
+    pub(crate) offended: bool,
 }
 
 /// Every admitted connection that has not been dropped yet.
@@ -58,6 +61,13 @@ impl ConnTable {
             conn.authenticated = true;
             self.unauthenticated = self.unauthenticated.saturating_sub(1);
         }
+    }
+
+    /// Marks a connection as having offended; returns it, if it is still open.
+    pub(crate) fn offend(&mut self, source: &SourceKey, id: u64) -> Option<&OpenConn> {
+        let conn = self.by_source.get_mut(source)?.get_mut(&id)?;
+        conn.offended = true;
+        Some(conn)
     }
 
     /// Open connections from `source`.

@@ -52,9 +52,10 @@ pub enum Standing {
 }
 
 /// An account's failure backoff: governor's GCRA on nanoseconds of the guard's clock, with
-/// a test that does not take a cell, which governor does not offer.
+/// a test that does not take a cell and a way to give one back, which governor does not
+/// offer. The per-source login budgets (`budget`) use it too.
 #[derive(Debug, Clone, Copy)]
-struct Backoff {
+pub(super) struct Backoff {
     /// Nanoseconds between two failures at the sustained rate.
     t: u64,
     /// Tolerance: `t` times one less than the burst (governor's `tau`).
@@ -62,7 +63,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(per_minute: u32, burst: u32) -> Backoff {
+    pub(super) fn new(per_minute: u32, burst: u32) -> Backoff {
         // As governor's `Quota::per_minute`: the period divided by the rate, rounded down;
         // zero counts as one, as in `rate::per_minute`.
         let t = (60_000_000_000 / u64::from(per_minute.max(1))).max(1);
@@ -74,16 +75,22 @@ impl Backoff {
 
     /// Whether one more failure would exceed the allowance at `now`, given the theoretical
     /// arrival time `tat` (governor: conforming iff `now >= tat - tau`).
-    fn active(&self, tat: u64, now: u64) -> bool {
+    pub(super) fn active(&self, tat: u64, now: u64) -> bool {
         now < tat.saturating_sub(self.tau)
     }
 
     /// The state after one more failure at `now`. Capped at a full bucket, so failures that
     /// arrive while the backoff is active (from sources without failures, which are still
     /// verified) do not lengthen it without end.
-    fn after_failure(&self, tat: u64, now: u64) -> u64 {
+    pub(super) fn after_failure(&self, tat: u64, now: u64) -> u64 {
         let full = now.saturating_add(self.tau).saturating_add(self.t);
         tat.max(now).saturating_add(self.t).min(full)
+    }
+
+    /// The state with one cell given back: a theoretical arrival time at or before `now`
+    /// already means a full bucket, so going lower changes nothing.
+    pub(super) fn give_back(&self, tat: u64) -> u64 {
+        tat.saturating_sub(self.t)
     }
 }
 
@@ -208,7 +215,7 @@ impl Failures {
 }
 
 /// Clears `map` if it holds more than `cap` entries; returns how many it dropped.
-fn cap_map<K: Hash + Eq, V>(map: &mut HashMap<K, V>, cap: usize) -> usize {
+pub(super) fn cap_map<K: Hash + Eq, V>(map: &mut HashMap<K, V>, cap: usize) -> usize {
     if map.len() <= cap {
         return 0;
     }
@@ -219,12 +226,12 @@ fn cap_map<K: Hash + Eq, V>(map: &mut HashMap<K, V>, cap: usize) -> usize {
 }
 
 /// Whether something at `at` is less than `memory` before `now` (all in nanoseconds).
-fn within(at: u64, memory: Duration, now: u64) -> bool {
+pub(super) fn within(at: u64, memory: Duration, now: u64) -> bool {
     now.saturating_sub(at) < nanos(memory)
 }
 
 /// A clock reading in nanoseconds, saturating at about 584 years.
-fn nanos(d: Duration) -> u64 {
+pub(super) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

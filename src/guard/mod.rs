@@ -11,13 +11,18 @@
 //!   login flood must be refused before it costs CPU), and [`Guard::login_failed`] /
 //!   [`Guard::login_succeeded`] after: an account's failure backoff counts failures only and
 //!   holds back only sources whose own failures would get them blocked (see [`login`]).
+//!   A source's failed and successful logins have separate allowances (`budget`), and a
+//!   wrong password retried from the same source counts once (`retries`).
 //! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
-//!   its open connections through their tickets' cancellation tokens.
+//!   its open connections that have not logged in or have offended ([`Guard::offended`])
+//!   through their tickets' cancellation tokens: a session in good standing outlives the
+//!   block of its address.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
 //!
 //! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
-//! [`login`] (account failure backoff and sources' standing), `conns` (connection table,
-//! [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
+//! [`login`] (account failure backoff and sources' standing), `budget` (per-source login
+//! allowances), `retries` (recent failed passwords, [`PasswordDigest`]), `conns` (connection
+//! table, [`ConnTicket`]), `blocklist` ([`BlockEntry`]).
 //!
 //! Invariant: no decision here depends on hash-map iteration order, and no keyed state grows
 //! past `limits.max_tracked_sources` for longer than one purge interval.
@@ -28,10 +33,12 @@
 //! history's mutex is never held together with either.
 
 mod blocklist;
+mod budget;
 pub mod clock;
 mod conns;
 pub mod login;
 mod rate;
+pub mod retries;
 pub mod source;
 
 use std::fmt;
@@ -52,13 +59,16 @@ pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
 pub use conns::ConnTicket;
 pub use rate::ConnLimiter;
+pub use retries::PasswordDigest;
 pub use source::{ParseSourceError, SourceKey};
 
 use blocklist::Blocklist;
+use budget::{LoginBudgets, Outcome};
 use conns::{ConnTable, OpenConn};
 use login::LoginHistory;
 pub use login::Standing;
 use rate::KeyedLimiter;
+use retries::Retries;
 
 /// How many `blocked` notices a blocked source gets per second, after a burst of
 /// [`NOTICES_BURST_PER_SOURCE`]. A person retrying by hand sees why every time; a flood from
@@ -118,7 +128,8 @@ pub enum Limited {
     /// The connection sends frames faster than `rates.frames_per_s_per_conn`.
     #[error("connection sends frames too fast")]
     Connection,
-    /// The source tries to log in more often than `rates.logins_per_min_per_ip`.
+    /// The source has failed more logins than `rates.logins_per_min_per_ip` allows, or
+    /// logged in more often than `rates.logins_ok_per_min_per_ip` allows.
     #[error("source tries to log in too often")]
     LoginIp,
     /// The account has failed more often than `rates.logins_per_min_per_user` allows (its
@@ -180,12 +191,11 @@ pub struct Guard {
     accepts: KeyedLimiter<SourceKey>,
     frames_ip: KeyedLimiter<SourceKey>,
     frames_user: KeyedLimiter<i64>,
-    logins_ip: KeyedLimiter<SourceKey>,
     /// `blocked` notices written at accept, per source ([`Guard::blocked_notice`]).
     notices: KeyedLimiter<SourceKey>,
     /// Accounts are keyed by a hash of the name, so a key costs 8 bytes however long the
     /// name is. Never held with `blocks` or `conns`.
-    logins: Mutex<LoginHistory>,
+    logins: Mutex<Logins>,
     next_id: AtomicU64,
     /// Taken before `conns` (see the module docs).
     blocks: Mutex<Blocklist>,
@@ -225,19 +235,22 @@ impl Guard {
                 rate::per_second(r.frames_per_s_per_user, r.frames_burst_per_user),
                 &clock,
             ),
-            logins_ip: KeyedLimiter::new(
-                rate::per_minute(r.logins_per_min_per_ip, r.logins_burst_per_ip),
-                &clock,
-            ),
             notices: KeyedLimiter::new(
                 rate::per_second(NOTICES_PER_S_PER_SOURCE, NOTICES_BURST_PER_SOURCE),
                 &clock,
             ),
-            logins: Mutex::new(LoginHistory::new(
-                r.logins_per_min_per_user,
-                r.logins_burst_per_user,
-                failures_to_block(&cfg.firewall),
-            )),
+            logins: Mutex::new(Logins {
+                history: LoginHistory::new(
+                    r.logins_per_min_per_user,
+                    r.logins_burst_per_user,
+                    failures_to_block(&cfg.firewall),
+                ),
+                budgets: LoginBudgets::new(
+                    (r.logins_per_min_per_ip, r.logins_burst_per_ip),
+                    (r.logins_ok_per_min_per_ip, r.logins_ok_burst_per_ip),
+                ),
+                retries: Retries::new(),
+            }),
             next_id: AtomicU64::new(1),
             blocks: Mutex::new(Blocklist::new(max_tracked)),
             conns: Arc::new(Mutex::new(ConnTable::default())),
@@ -299,6 +312,7 @@ impl Guard {
                 ip: peer,
                 cut: cut.clone(),
                 authenticated: false,
+                offended: false,
             },
         );
         Ok(ConnTicket {
@@ -343,51 +357,94 @@ impl Guard {
     }
 
     /// Decides whether a login to `user_name` from `source` may be verified. Call it before
-    /// verifying any password, and report the outcome with [`Guard::login_failed`] or
-    /// [`Guard::login_succeeded`]; the name need not exist (unknown names are tracked the
-    /// same way, so probing for names costs the same).
+    /// verifying any password, and report the outcome with [`Guard::login_failed`] (or
+    /// [`Guard::login_failed_with`]) or [`Guard::login_succeeded`]; the name need not exist
+    /// (unknown names are tracked the same way, so probing for names costs the same).
     ///
-    /// It takes one attempt from the source's allowance (`rates.logins_per_min_per_ip`:
-    /// every attempt costs an argon2 verification), then asks the account's failure backoff,
-    /// which refuses only a source that has not logged in to this account recently and has
-    /// failed as many logins of its own as the firewall needs to block it. Any other source
-    /// is verified, so the right password is never refused because others guessed wrong.
+    /// It checks that neither of the source's allowances is spent, failed logins
+    /// (`rates.logins_per_min_per_ip`) and successful ones (`rates.logins_ok_per_min_per_ip`),
+    /// and holds one failure for the attempt until its outcome is reported (see `budget`);
+    /// then asks the account's failure backoff, which refuses only a source that has not
+    /// logged in to this account recently and has failed as many logins of its own as the
+    /// firewall needs to block it. Any other source is verified, so the right password is
+    /// never refused because others guessed wrong.
     ///
     /// On success it returns the source's standing for the account: a proven source's
     /// verification goes first (`server::auth::Lane`).
     pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<Standing, Limited> {
-        if !self.logins_ip.check(&source) {
+        let now = self.clock.elapsed();
+        let mut logins = self.lock_logins();
+        if !logins.budgets.reserve(source, now) {
             return Err(Limited::LoginIp);
         }
-        let now = self.clock.elapsed();
-        match self
-            .lock_logins()
-            .standing(name_key(user_name), source, now)
-        {
+        match logins.history.standing(name_key(user_name), source, now) {
             Standing::HeldBack => Err(Limited::LoginUser),
             standing => Ok(standing),
         }
     }
 
-    /// Records a failed login to `user_name` from `source`: it counts against the account's
-    /// failure backoff, and the source now has a failure of its own.
+    /// The keyed hash of a password being tried, for [`Guard::login_failed_with`]. Take it
+    /// before the password goes to verification, so no copy of the password is kept.
+    pub fn password_digest(&self, password: &[u8]) -> PasswordDigest {
+        self.lock_logins().retries.digest(password)
+    }
+
+    /// Records a failed login to `user_name` from `source` with a password not tried before:
+    /// it counts against the account's failure backoff and the source's failure allowance,
+    /// and the source now has a failure of its own.
     pub fn login_failed(&self, source: SourceKey, user_name: &str) {
         let now = self.clock.elapsed();
-        self.lock_logins().failed(name_key(user_name), source, now);
+        let mut logins = self.lock_logins();
+        logins.history.failed(name_key(user_name), source, now);
+        logins.budgets.settle(source, Outcome::Failed, now);
+    }
+
+    /// Records a failed login to `user_name` from `source` with the password whose digest is
+    /// `digest`. Returns true if it counted, as [`Guard::login_failed`]; false if the same
+    /// password failed from this source for this name within `retries::RETRY_MEMORY` (a
+    /// client retrying a stale password), which counts for nothing: it was counted once
+    /// already, and the caller should not report it to the firewall either.
+    pub fn login_failed_with(
+        &self,
+        source: SourceKey,
+        user_name: &str,
+        digest: PasswordDigest,
+    ) -> bool {
+        let now = self.clock.elapsed();
+        let account = name_key(user_name);
+        let mut logins = self.lock_logins();
+        if !logins.retries.failed(account, source, digest, now) {
+            logins.budgets.settle(source, Outcome::Repeated, now);
+            return false;
+        }
+        logins.history.failed(account, source, now);
+        logins.budgets.settle(source, Outcome::Failed, now);
+        true
     }
 
     /// Records a successful login to `user_name` from `source`: the source is in good
-    /// standing for that account, so the account's failure backoff never holds it back.
-    pub fn login_succeeded(&self, source: SourceKey, user_name: &str) {
+    /// standing for that account, so the account's failure backoff never holds it back, and
+    /// the attempt counts against its allowance of successful logins, not of failures.
+    ///
+    /// Returns how long ago each of this source's recent failed logins to this account (the
+    /// ones reported with [`Guard::login_failed_with`]) was counted: they were typos, and the
+    /// caller forgives them in the firewall (`Firewall::forgive`).
+    pub fn login_succeeded(&self, source: SourceKey, user_name: &str) -> Vec<Duration> {
         let now = self.clock.elapsed();
-        self.lock_logins()
-            .succeeded(name_key(user_name), source, now);
+        let account = name_key(user_name);
+        let mut logins = self.lock_logins();
+        logins.history.succeeded(account, source, now);
+        logins.budgets.settle(source, Outcome::Succeeded, now);
+        logins.retries.succeeded(account, source, now)
     }
 
-    /// Blocks the source of `ip` for `for_` (at most a year) and cuts every open connection
-    /// from it, except allow-listed peers'. Returns false, and does nothing, if `ip` itself
-    /// is allow-listed. Blocking an already blocked source extends its block, never
-    /// shortens it.
+    /// Blocks the source of `ip` for `for_` (at most a year) and cuts its open connections
+    /// that have not logged in or have offended (see [`Guard::offended`]), except
+    /// allow-listed peers'. A logged-in session that has not offended stays: its user is in
+    /// good standing, and the block is about someone else behind the same address; if it
+    /// offends later, [`Guard::offended`] cuts it then. Returns false, and does nothing, if
+    /// `ip` itself is allow-listed. Blocking an already blocked source extends its block,
+    /// never shortens it.
     pub fn block(&self, ip: IpAddr, for_: Duration, reason: &str) -> bool {
         if listed(&self.allow, ip) {
             tracing::info!(%ip, reason, "not blocking an allow-listed address");
@@ -400,14 +457,41 @@ impl Guard {
         blocks.insert(source, until, reason, now);
         let conns = conns::lock(&self.conns);
         let mut cut = 0u32;
+        let mut spared = 0u32;
         for conn in conns.of_source(&source) {
-            if !listed(&self.allow, conn.ip) {
+            if listed(&self.allow, conn.ip) {
+                continue;
+            }
+            if conn.authenticated && !conn.offended {
+                spared += 1;
+            } else {
                 conn.cut.cancel();
                 cut += 1;
             }
         }
-        tracing::info!(%source, ?for_, reason, cut, "source blocked");
+        tracing::info!(%source, ?for_, reason, cut, spared, "source blocked");
         true
+    }
+
+    /// Records that connection `id` from `ip` did something the firewall counts against its
+    /// source. Call it before reporting the signal to the firewall, so that a block the
+    /// signal brings about cuts this connection too. If the source is blocked already (the
+    /// connection is a session that outlived the block), the connection is cut now. Id 0
+    /// (no connection, a refusal at accept) is ignored.
+    pub fn offended(&self, ip: IpAddr, id: u64) {
+        if id == 0 {
+            return;
+        }
+        let source = self.source_of(ip);
+        let blocks = self.lock_blocks();
+        let mut conns = conns::lock(&self.conns);
+        let blocked = blocks.active(&source, self.clock.elapsed()).is_some();
+        if let Some(conn) = conns.offend(&source, id) {
+            if blocked && !listed(&self.allow, conn.ip) {
+                conn.cut.cancel();
+                tracing::info!(%source, id, "session offended while its source is blocked, cut");
+            }
+        }
     }
 
     /// What to tell a connection from `ip` that [`Guard::admit`] refused as
@@ -471,9 +555,15 @@ impl Guard {
         self.accepts.purge(cap);
         self.frames_ip.purge(cap);
         self.frames_user.purge(cap);
-        self.logins_ip.purge(cap);
         self.notices.purge(cap);
-        self.lock_logins().purge(self.clock.elapsed(), cap);
+        let now = self.clock.elapsed();
+        let mut logins = self.lock_logins();
+        logins.history.purge(now, cap);
+        let dropped = logins.budgets.purge(now, cap) + logins.retries.purge(now, cap);
+        if dropped > 0 {
+            tracing::warn!(cap, dropped, "login allowances over their key cap, cleared");
+        }
+        drop(logins);
         self.lock_blocks().expire(self.clock.elapsed());
     }
 
@@ -491,7 +581,6 @@ impl Guard {
             tracked_keys: self.accepts.len()
                 + self.frames_ip.len()
                 + self.frames_user.len()
-                + self.logins_ip.len()
                 + self.notices.len()
                 + self.lock_logins().len(),
             blocked,
@@ -504,9 +593,9 @@ impl Guard {
         self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Locks the login history, recovering a poisoned lock for the same reason: each of its
+    /// Locks the login state, recovering a poisoned lock for the same reason: each of its
     /// operations leaves every map valid.
-    fn lock_logins(&self) -> MutexGuard<'_, LoginHistory> {
+    fn lock_logins(&self) -> MutexGuard<'_, Logins> {
         self.logins.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -517,6 +606,22 @@ impl fmt::Debug for Guard {
             .field("clock", &self.clock)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// What the guard remembers of logins, under one lock: logins are rare next to frames (each
+/// costs an argon2 verification).
+#[derive(Debug)]
+struct Logins {
+    history: LoginHistory,
+    budgets: LoginBudgets,
+    retries: Retries,
+}
+
+impl Logins {
+    /// Entries held in all of its maps.
+    fn len(&self) -> usize {
+        self.history.len() + self.budgets.len() + self.retries.len()
     }
 }
 

@@ -32,11 +32,6 @@ pub(crate) fn per_second(rate: u32, burst: u32) -> Quota {
     Quota::per_second(non_zero(rate)).allow_burst(non_zero(burst))
 }
 
-/// Like [`per_second`], per minute.
-pub(crate) fn per_minute(rate: u32, burst: u32) -> Quota {
-    Quota::per_minute(non_zero(rate)).allow_burst(non_zero(burst))
-}
-
 fn non_zero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }

@@ -191,6 +191,87 @@ fn block_cuts_open_connections_and_refuses_new_ones() -> TestResult {
 }
 
 #[test]
+fn a_block_spares_logged_in_sessions_that_did_not_offend() -> TestResult {
+    let g = guard(|_| {});
+    let a = ip("127.0.1.1");
+    let anonymous = g.admit(a)?;
+    let honest = g.admit(a)?;
+    honest.authenticated();
+    let offender = g.admit(a)?;
+    offender.authenticated();
+    g.offended(a, offender.id());
+    let late = g.admit(a)?;
+    late.authenticated();
+    assert!(g.block(a, Duration::from_secs(60), "fatal_frame x2"));
+    assert!(anonymous.cut_token().is_cancelled(), "not logged in: cut");
+    assert!(offender.cut_token().is_cancelled(), "offended: cut");
+    assert!(!honest.cut_token().is_cancelled(), "good standing: kept");
+    assert!(!late.cut_token().is_cancelled());
+    // A kept session that offends while its source is blocked is cut then.
+    g.offended(a, late.id());
+    assert!(late.cut_token().is_cancelled());
+    assert!(!honest.cut_token().is_cancelled());
+    // No connection (a refusal at accept) and unknown ids are ignored.
+    g.offended(a, 0);
+    g.offended(a, 9_999);
+    Ok(())
+}
+
+#[test]
+fn successes_and_failures_have_their_own_allowances() {
+    let g = guard(|_| {});
+    let script = g.source_of(ip("127.0.5.1"));
+    // A script logging in once per command: 60 at once, never refused for it.
+    for _ in 0..60 {
+        assert!(g.check_login(script, "alice").is_ok());
+        g.login_succeeded(script, "alice");
+    }
+    // Distinct wrong passwords from a guesser are limited to the failures' burst.
+    let guesser = g.source_of(ip("127.0.5.2"));
+    let mut admitted = 0;
+    for n in 0..20 {
+        if g.check_login(guesser, &format!("user{n}")).is_ok() {
+            admitted += 1;
+            let digest = g.password_digest(format!("guess{n}").as_bytes());
+            assert!(g.login_failed_with(guesser, &format!("user{n}"), digest));
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+#[test]
+fn a_stale_password_retried_counts_once() {
+    let g = guard(|_| {});
+    let client = g.source_of(ip("127.0.5.3"));
+    let stale = g.password_digest(b"last year's password");
+    for n in 0..30 {
+        assert!(g.check_login(client, "bob").is_ok(), "retry {n}");
+        assert_eq!(g.login_failed_with(client, "bob", stale), n == 0);
+    }
+    // One failure of its own: never held back, and it still has its whole allowance of
+    // failures but the one.
+    let fresh = (0..20)
+        .filter(|_| g.check_login(client, "bob").is_ok())
+        .count();
+    assert_eq!(fresh, 9);
+}
+
+#[test]
+fn a_success_returns_the_typos_to_forgive() {
+    let g = guard(|_| {});
+    let home = g.source_of(ip("127.0.5.4"));
+    assert!(g.check_login(home, "carol").is_ok());
+    assert!(g.login_failed_with(home, "carol", g.password_digest(b"typo")));
+    g.clock().advance(Duration::from_secs(3));
+    assert!(g.check_login(home, "carol").is_ok());
+    assert_eq!(
+        g.login_succeeded(home, "carol"),
+        vec![Duration::from_secs(3)]
+    );
+    assert!(g.login_succeeded(home, "carol").is_empty());
+}
+
+#[test]
 fn blocked_notice_says_seconds_left_and_offence() {
     let g = guard(|_| {});
     let a = ip("127.0.1.1");

@@ -120,9 +120,12 @@ impl Conn<'_> {
         });
         match reason {
             CloseReason::FrameBudget | CloseReason::SlowFrame => {
-                self.shared.signal(self.peer, Signal::SlowFrame)
+                self.shared.signal(self.peer, self.conn, Signal::SlowFrame)
             }
-            CloseReason::AuthTimeout => self.shared.signal(self.peer, Signal::AuthTimeout),
+            CloseReason::AuthTimeout => {
+                self.shared
+                    .signal(self.peer, self.conn, Signal::AuthTimeout)
+            }
             _ => {}
         }
         self.close(reason, Some(Reply::error(ErrorCode::Timeout, what)));
@@ -160,7 +163,7 @@ impl Conn<'_> {
         self.skip = total - now_have;
         self.skipped = now_have;
         self.shared.metrics.decode_error(e);
-        self.shared.signal(self.peer, Signal::BadBody);
+        self.shared.signal(self.peer, self.conn, Signal::BadBody);
         self.record(EventKind::DecodeError { reason: e.reason() });
         let note = if upload_aborted {
             "frame discarded, upload aborted"
@@ -203,7 +206,7 @@ impl Conn<'_> {
         }
         let e = DecodeError::FrameTooLarge { kind, len, max };
         self.shared.metrics.decode_error(&e);
-        self.shared.signal(self.peer, Signal::BadBody);
+        self.shared.signal(self.peer, self.conn, Signal::BadBody);
         self.record(EventKind::DecodeError { reason: e.reason() });
         let code = match kind {
             Kind::Auth | Kind::Ping | Kind::Bye => ErrorCode::TooLarge,
@@ -339,7 +342,7 @@ impl Conn<'_> {
                 Err(e) => {
                     self.deliver(session, &mut batch).await;
                     self.shared.metrics.decode_error(&e);
-                    self.shared.signal(self.peer, Signal::FatalFrame);
+                    self.shared.signal(self.peer, self.conn, Signal::FatalFrame);
                     self.record(EventKind::DecodeError { reason: e.reason() });
                     tracing::debug!(error = %e, "fatal frame error");
                     self.close(
@@ -388,7 +391,8 @@ impl Conn<'_> {
         if let Some(since) = self.write_since {
             if now.duration_since(since) >= t.write() {
                 Metrics::bump(&self.shared.metrics.timeouts);
-                self.shared.signal(self.peer, Signal::WriteTimeout);
+                self.shared
+                    .signal(self.peer, self.conn, Signal::WriteTimeout);
                 self.record(EventKind::Timeout {
                     reason: CloseReason::WriteTimeout.as_str(),
                 });

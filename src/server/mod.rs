@@ -135,8 +135,16 @@ impl Shared {
         });
     }
 
-    /// Reports a signal about `peer` to the firewall.
-    pub(crate) fn signal(&self, peer: SocketAddr, signal: Signal) {
+    /// Reports a signal about `peer`, seen on connection `conn` (0 for none), to the
+    /// firewall. The connection is marked as having offended first, so that a block of its
+    /// source cuts it even if it has logged in (a session that never offended outlives the
+    /// block), and a session that offends while its source is blocked is cut. A failed login
+    /// does not mark it: a connection that has not logged in is cut anyway, and one that then
+    /// logs in had its failures forgiven as typos.
+    pub(crate) fn signal(&self, peer: SocketAddr, conn: u64, signal: Signal) {
+        if signal != Signal::AuthFailed {
+            self.guard.offended(peer.ip(), conn);
+        }
         self.firewall.signal(peer.ip(), signal);
     }
 
@@ -152,7 +160,7 @@ impl Shared {
         );
         tracing::debug!(peer = %peer, reason = refusal.reason(), "connection refused");
         if matches!(refusal, Refusal::TooManyFromSource | Refusal::AcceptRate) {
-            self.signal(peer, Signal::Refused);
+            self.signal(peer, 0, Signal::Refused);
         }
     }
 }

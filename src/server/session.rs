@@ -343,7 +343,7 @@ impl Session {
             .admit_frame(&self.limiter, self.source, user_id);
         if let Err(limit) = limited {
             Metrics::bump(&shared.metrics.rate_limited);
-            shared.signal(self.peer, Signal::RateLimited);
+            shared.signal(self.peer, self.conn, Signal::RateLimited);
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
             });
@@ -360,7 +360,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.decode_error(&e);
-                shared.signal(self.peer, Signal::BadBody);
+                shared.signal(self.peer, self.conn, Signal::BadBody);
                 self.record(EventKind::DecodeError { reason: e.reason() });
                 return Err((err(ErrorCode::BadFrame, e.to_string()), self.strike()));
             }
@@ -499,7 +499,7 @@ impl Session {
             // Only the source's own excess counts against it: an account's failure backoff
             // is others' doing too, and scoring it would let guessers get the owner blocked.
             if limit.blames_source() {
-                shared.signal(self.peer, Signal::LoginRateLimited);
+                shared.signal(self.peer, self.conn, Signal::LoginRateLimited);
             }
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
@@ -531,6 +531,9 @@ impl Session {
             Ok(Standing::Proven) => Lane::Proven,
             _ => Lane::Other,
         };
+        // Hashed (keyed, in memory only) before the password goes to verification, so that
+        // a retry of the same wrong password counts once and no copy of it is kept.
+        let digest = shared.guard.password_digest(&password);
         let Ok(verified) = shared.verifier.verify(hash.clone(), password, lane).await else {
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
@@ -543,7 +546,11 @@ impl Session {
                 if let (Some(old), Some(new)) = (hash, verified.rehashed) {
                     self.upgrade_hash(id, old, new).await;
                 }
-                shared.guard.login_succeeded(self.source, &user);
+                // The source's earlier failures on this account were typos: take them back.
+                let typos = shared.guard.login_succeeded(self.source, &user);
+                shared
+                    .firewall
+                    .forgive(self.peer.ip(), Signal::AuthFailed, &typos);
                 // A session logs in once (a second AUTH is refused above), so this is the
                 // session's first place among its user's sessions.
                 let Some(slot) = shared.user_sessions.take(id) else {
@@ -564,11 +571,15 @@ impl Session {
                 Ok(Reply::AuthOk { user })
             }
             _ => {
-                shared.guard.login_failed(self.source, &user);
                 Metrics::bump(&shared.metrics.auth_failed);
-                shared.signal(self.peer, Signal::AuthFailed);
+                // A client retrying a stale password is one mistake, not a guess per retry.
+                if shared.guard.login_failed_with(self.source, &user, digest) {
+                    shared.signal(self.peer, self.conn, Signal::AuthFailed);
+                    tracing::info!(peer = %self.peer, user = %user, "failed login");
+                } else {
+                    tracing::debug!(peer = %self.peer, user = %user, "failed login, same password again");
+                }
                 self.record(EventKind::AuthFailed);
-                tracing::info!(peer = %self.peer, user = %user, "failed login");
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
         }
@@ -841,7 +852,7 @@ impl Session {
             Ok(item) => Ok(item),
             Err(true) => {
                 Metrics::bump(&shared.metrics.permission_denied);
-                shared.signal(self.peer, Signal::PermissionDenied);
+                shared.signal(self.peer, self.conn, Signal::PermissionDenied);
                 self.record(EventKind::PermissionDenied);
                 tracing::info!(peer = %self.peer, item = id, "denied access to another user's item");
                 Err(err(
