@@ -14,6 +14,8 @@
 //! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
 //!   its open connections through their tickets' cancellation tokens.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
+//! - A blocked source may still present a resume ticket, within a [`ResumeBudget`]; a valid
+//!   one is let in by [`Guard::admit_resumed`] (see `resume`).
 //!
 //! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
 //! [`login`] (account failure backoff and sources' standing), `conns` (connection table,
@@ -32,6 +34,7 @@ pub mod clock;
 mod conns;
 pub mod login;
 mod rate;
+mod resume;
 pub mod source;
 
 use std::fmt;
@@ -52,6 +55,10 @@ pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
 pub use conns::ConnTicket;
 pub use rate::ConnLimiter;
+pub use resume::{
+    ResumeBudget, ResumePermit, RESUME_FIRST_FRAME_BYTES, RESUME_FIRST_FRAME_WAIT,
+    RESUME_PENDING_PER_SOURCE, RESUME_PENDING_TOTAL,
+};
 pub use source::{ParseSourceError, SourceKey};
 
 use blocklist::Blocklist;
