@@ -90,6 +90,10 @@ pub const MAX_ARGON2_PARALLELISM: u32 = 64;
 /// Largest `auth.login_workers`: each is a thread holding its own argon2 buffer.
 pub const MAX_LOGIN_WORKERS: u32 = 256;
 
+/// Longest `auth.ticket_ttl_s`, 30 days: a resume ticket is a bearer credential, and a
+/// stolen one should not outlive a month without a password change.
+pub const MAX_TICKET_TTL_S: u64 = 30 * 24 * 3600;
+
 /// Largest `auth.login_workers` x `auth.argon2_memory_kib`, in KiB (8 GiB): the memory the
 /// verification threads hold between them.
 pub const MAX_LOGIN_MEMORY_KIB: u64 = 8 << 20;
@@ -862,6 +866,8 @@ const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
 const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
 // Two cores of hashing: a login flood costs at most 2 x 19 MiB and two cores.
 const DEFAULT_LOGIN_WORKERS: u32 = 2;
+// A working day and a night: a user who logged in yesterday resumes without the password.
+const DEFAULT_TICKET_TTL_S: u64 = 24 * 3600;
 
 /// `[auth]`: password hashing cost and login concurrency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -875,6 +881,9 @@ pub struct AuthConfig {
     pub argon2_parallelism: u32,
     /// Password verifications that may run at once (a bounded pool).
     pub login_workers: u32,
+    /// How long a resume ticket (TICKET, RESUME) stays valid, in seconds; 0 turns tickets
+    /// off (TICKET and RESUME are then refused).
+    pub ticket_ttl_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -884,6 +893,7 @@ impl Default for AuthConfig {
             argon2_iterations: DEFAULT_ARGON2_ITERATIONS,
             argon2_parallelism: DEFAULT_ARGON2_PARALLELISM,
             login_workers: DEFAULT_LOGIN_WORKERS,
+            ticket_ttl_s: DEFAULT_TICKET_TTL_S,
         }
     }
 }
@@ -933,6 +943,7 @@ impl AuthConfig {
             ));
         }
         one_to("auth.login_workers", self.login_workers, MAX_LOGIN_WORKERS)?;
+        at_most("auth.ticket_ttl_s", self.ticket_ttl_s, MAX_TICKET_TTL_S)?;
         let held = u64::from(self.login_workers) * u64::from(self.argon2_memory_kib);
         if held > MAX_LOGIN_MEMORY_KIB {
             return Err(invalid(
@@ -1460,6 +1471,7 @@ mod tests {
                 "auth.argon2_iterations",
             ),
             ("[auth]\nlogin_workers = 20000", "auth.login_workers"),
+            ("[auth]\nticket_ttl_s = 2592001", "auth.ticket_ttl_s"),
             ("[auth]\nargon2_parallelism = 65", "auth.argon2_parallelism"),
             (
                 "[auth]\nargon2_memory_kib = 1048576\nargon2_iterations = 5",

@@ -734,6 +734,8 @@ impl Harness {
             Kind::Fetch => Kind::Item,
             Kind::Download => Kind::Data,
             Kind::Delete | Kind::Bye => Kind::Ok,
+            Kind::Ticket => Kind::TicketOk,
+            Kind::Resume => Kind::AuthOk,
             other => panic!("the server decoded a {other:?} frame"),
         };
         if let Reply::Error { .. } = reply {

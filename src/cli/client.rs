@@ -15,6 +15,8 @@ use rampart::store::sanitize_file_name;
 use super::terminal::{json_line, visible, Shape};
 use super::time::rfc3339_ms;
 
+mod tickets;
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "The password is read from the environment variable RAMPART_PASSWORD.\n\n\
@@ -24,7 +26,14 @@ RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice mail
 RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user bob fetch 3 --attachments ./saved\n  \
 RAMPART_PASSWORD=s3cret rampart client --server 127.0.0.1:7878 --user alice --bind 127.0.0.77 inbox\n\n\
 A source address that the server has blocked is refused with \"error: your address is blocked \
-for N s (REASON)\"."
+for N s (REASON)\".\n\n\
+Resume tickets: after a password login the client asks the server for a resume ticket and \
+keeps it, per server and user, in a file readable only by you ($XDG_CONFIG_HOME/rampart/tickets \
+or ~/.config/rampart/tickets; --tickets FILE or RAMPART_TICKETS overrides it). The next command \
+logs in with the ticket first, without the password (and, within a small budget, even from an \
+address the server has blocked because of someone else at it); if the server refuses the \
+ticket (expired, or revoked by `rampart user passwd`) it falls back to RAMPART_PASSWORD. Keep \
+the file like a password."
 )]
 pub struct ClientArgs {
     /// Server address, e.g. 127.0.0.1:7878.
@@ -45,6 +54,10 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Where resume tickets are kept (default: $XDG_CONFIG_HOME/rampart/tickets or
+    /// ~/.config/rampart/tickets).
+    #[arg(long, value_name = "FILE", env = "RAMPART_TICKETS")]
+    tickets: Option<PathBuf>,
     #[command(subcommand)]
     command: ClientCommand,
 }
@@ -275,10 +288,28 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         println!("pong");
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(password) = args.password else {
+    let store = tickets::TicketFile::locate(args.tickets.clone());
+    let saved = store
+        .as_ref()
+        .and_then(|f| f.get(&args.server, &args.user).ok().flatten());
+    if args.password.is_none() && saved.is_none() {
         bail!("set RAMPART_PASSWORD to the password of {}", args.user);
-    };
-    let mut c = Client::login(&args.server, &args.user, password.as_bytes(), opts).await?;
+    }
+    let logged = Client::resume_or_login(
+        args.server.clone(),
+        &args.user,
+        args.password.as_deref().map(str::as_bytes),
+        saved.as_ref(),
+        opts,
+    )
+    .await?;
+    if let (Some(file), Some(t)) = (&store, &logged.ticket) {
+        // A ticket that cannot be kept costs the next command a password, nothing more.
+        if let Err(e) = file.put(&args.server, t) {
+            eprintln!("warning: cannot keep the resume ticket: {e:#}");
+        }
+    }
+    let mut c = logged.client;
     match args.command {
         // Answered above, before logging in.
         ClientCommand::Ping => {}

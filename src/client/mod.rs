@@ -10,6 +10,7 @@
 //!   request helpers (messages, inbox, fetch, delete).
 //! - [`upload`]: staged uploads and the requests that deliver them (files and mails).
 //! - [`download`]: downloads with digest verification and saving attachments to a directory.
+//! - [`ticket`]: resume tickets: TICKET, RESUME and [`Client::resume_or_login`].
 //! - [`error`]: [`ClientError`], one variant per way a request can fail.
 //! - `transport`: the two halves of the socket, the reply decoder and the read and write
 //!   deadlines.
@@ -33,6 +34,7 @@
 pub mod download;
 pub mod error;
 pub mod session;
+pub mod ticket;
 mod transport;
 pub mod upload;
 
@@ -47,6 +49,7 @@ use crate::protocol::Limits;
 
 pub use error::ClientError;
 pub use session::Client;
+pub use ticket::{LoggedIn, LoginVia, ResumeTicket};
 
 /// Default wait for any one reply or write: generous, because an ACCEPTED is sent only after
 /// the server has committed the item durably (an fsync on a slow disk).

@@ -112,9 +112,14 @@ impl Client {
         }
     }
 
-    /// The authenticated user, if AUTH succeeded.
+    /// The authenticated user, if AUTH (or RESUME) succeeded.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Records the user the server confirmed in AUTH_OK.
+    pub(super) fn set_user(&mut self, user: String) {
+        self.user = Some(user);
     }
 
     /// The local address of the connection.

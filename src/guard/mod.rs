@@ -18,6 +18,8 @@
 //!   through their tickets' cancellation tokens: a session in good standing outlives the
 //!   block of its address.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
+//! - A blocked source may still present a resume ticket, within a [`ResumeBudget`]; a valid
+//!   one is let in by [`Guard::admit_resumed`] (see `resume`).
 //!
 //! Files: [`source`] ([`SourceKey`]), [`clock`] ([`GuardClock`]), `rate` (limiters),
 //! [`login`] (account failure backoff and sources' standing), `budget` (per-source login
@@ -38,6 +40,7 @@ pub mod clock;
 mod conns;
 pub mod login;
 mod rate;
+mod resume;
 pub mod retries;
 pub mod source;
 
@@ -59,6 +62,10 @@ pub use blocklist::BlockEntry;
 pub use clock::GuardClock;
 pub use conns::ConnTicket;
 pub use rate::ConnLimiter;
+pub use resume::{
+    ResumeBudget, ResumePermit, RESUME_FIRST_FRAME_BYTES, RESUME_FIRST_FRAME_WAIT,
+    RESUME_PENDING_PER_SOURCE, RESUME_PENDING_TOTAL,
+};
 pub use retries::PasswordDigest;
 pub use source::{ParseSourceError, SourceKey};
 

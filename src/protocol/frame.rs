@@ -72,6 +72,10 @@ kinds! {
     Delete = 0x0C;
     /// End the session politely.
     Bye = 0x0D;
+    /// Ask for a resume ticket for the session's user (authenticated sessions only).
+    Ticket = 0x0E;
+    /// Log in with a resume ticket instead of a password (no argon2).
+    Resume = 0x0F;
     /// Authentication succeeded.
     AuthOk = 0x81;
     /// Answer to PING.
@@ -92,6 +96,8 @@ kinds! {
     Data = 0x89;
     /// Success with nothing to return.
     Ok = 0x8A;
+    /// A resume ticket and when it expires.
+    TicketOk = 0x8B;
     /// The request failed; carries an error code and message.
     Error = 0xFF;
 }
@@ -118,6 +124,8 @@ impl Kind {
             Kind::Download => "DOWNLOAD",
             Kind::Delete => "DELETE",
             Kind::Bye => "BYE",
+            Kind::Ticket => "TICKET",
+            Kind::Resume => "RESUME",
             Kind::AuthOk => "AUTH_OK",
             Kind::Pong => "PONG",
             Kind::Accepted => "ACCEPTED",
@@ -128,6 +136,7 @@ impl Kind {
             Kind::Item => "ITEM",
             Kind::Data => "DATA",
             Kind::Ok => "OK",
+            Kind::TicketOk => "TICKET_OK",
             Kind::Error => "ERROR",
         }
     }

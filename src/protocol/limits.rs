@@ -23,6 +23,11 @@ pub const MAX_FILE_NAME: usize = 1024;
 /// Longest mail subject in bytes. RFC 5322 suggests 998 characters per line.
 pub const MAX_SUBJECT: usize = 1024;
 
+/// Longest resume ticket in bytes, as carried by TICKET_OK and RESUME. The server's tickets
+/// are 73 bytes (docs/PROTOCOL.md, "Resume tickets"); the cap leaves room for a later layout
+/// while keeping a RESUME far below the 512 bytes a blocked source may send.
+pub const MAX_TICKET: usize = 128;
+
 /// Longest error message text in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 

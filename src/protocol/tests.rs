@@ -84,6 +84,15 @@ fn every_request_kind_round_trips() {
     });
     check_request(Request::Ping);
     check_request(Request::Bye);
+    check_request(Request::Ticket);
+    check_request(Request::Resume {
+        user: "alice".into(),
+        ticket: Bytes::from(vec![7u8; 73]),
+    });
+    check_request(Request::Resume {
+        user: "a".repeat(32),
+        ticket: Bytes::from(vec![0u8; crate::protocol::limits::MAX_TICKET]),
+    });
     check_request(Request::SendMessage {
         to: "bob".into(),
         text: "hola, ¿qué tal?".into(),
@@ -132,6 +141,10 @@ fn every_reply_kind_round_trips() {
     });
     check_reply(Reply::Pong);
     check_reply(Reply::Ok);
+    check_reply(Reply::TicketOk {
+        expires_at_ms: 1_790_000_000_000,
+        ticket: Bytes::from(vec![0xA5u8; crate::protocol::limits::MAX_TICKET]),
+    });
     check_reply(Reply::Accepted { item_id: 5 });
     check_reply(Reply::UploadReady {
         upload_id: 1,
@@ -320,6 +333,26 @@ fn body_errors_name_their_field() {
             value: 99
         }
     );
+    // A RESUME ticket longer than MAX_TICKET is refused by its length prefix.
+    assert_eq!(
+        body_err(Kind::Resume, &[1, b'a', 0, 129]),
+        DecodeError::FieldTooLong {
+            field: "ticket",
+            len: 129,
+            max: 128
+        }
+    );
+    assert_eq!(
+        body_err(Kind::TicketOk, &[0; 9]),
+        DecodeError::Truncated { field: "ticket" }
+    );
+    assert_eq!(
+        body_err(Kind::Ticket, &[0]),
+        DecodeError::TrailingBytes {
+            kind: Kind::Ticket,
+            extra: 1
+        }
+    );
     let long_text = u32::MAX.to_be_bytes();
     let mut msg = vec![1, b'b'];
     msg.extend_from_slice(&long_text);
@@ -463,6 +496,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         Just(Request::Ping),
         Just(Request::Bye),
+        Just(Request::Ticket),
+        (arb_name(), proptest::collection::vec(any::<u8>(), 0..=128)).prop_map(|(user, t)| {
+            Request::Resume {
+                user,
+                ticket: Bytes::from(t),
+            }
+        }),
         (arb_name(), ".{0,200}").prop_map(|(to, text)| Request::SendMessage { to, text }),
         (".{0,100}", any::<u64>()).prop_map(|(name, size)| Request::UploadBegin { name, size }),
         (

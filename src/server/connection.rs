@@ -453,6 +453,16 @@ impl Conn<'_> {
     }
 }
 
+/// How a connection starts: empty for a fresh one; for one admitted from a blocked source by
+/// resume ticket, with the reply to its RESUME queued and the bytes that followed it.
+#[derive(Default)]
+pub(crate) struct Start {
+    /// A reply to queue first, with its request id.
+    pub(crate) reply: Option<(u32, Reply)>,
+    /// Bytes already read, the start of the input.
+    pub(crate) input: BytesMut,
+}
+
 /// Runs one admitted connection to its end and says why it ended, with the reply bytes the
 /// client had not read by then.
 pub(crate) async fn run<T>(
@@ -461,6 +471,7 @@ pub(crate) async fn run<T>(
     io: T,
     mut session: Session,
     cut: CancellationToken,
+    start: Start,
 ) -> (CloseReason, u32)
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -484,6 +495,11 @@ where
         skip: 0,
         skipped: 0,
     };
+    if let Some((id, reply)) = &start.reply {
+        c.queue(*id, reply);
+    }
+    c.inbuf = start.input;
+    c.frame_started = (!c.inbuf.is_empty()).then_some(now);
     let reason = run_loop(&mut c, &mut rd, &mut wr, &mut session, &cut).await;
     let unread = c.out.len().saturating_add(c.discarded);
     (reason, u32::try_from(unread).unwrap_or(u32::MAX))

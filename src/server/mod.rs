@@ -31,6 +31,7 @@ pub mod fds;
 pub mod metrics;
 pub mod session;
 mod sessions;
+pub mod tickets;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -49,8 +50,8 @@ use crate::activity::{Event, EventKind, Recorder};
 use crate::config::Config;
 use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
-use crate::guard::{ConnTicket, Guard, Refusal};
-use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Role};
+use crate::guard::{ConnTicket, Guard, Refusal, ResumeBudget, ResumePermit};
+use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Request, Role};
 use crate::store::{BlobStore, FreeSpace, SqliteStore, Store, StoreError};
 
 pub use detector::DetectionStats;
@@ -119,6 +120,10 @@ pub(crate) struct Shared {
     /// Open sessions per user (`limits.max_sessions_per_user`).
     pub(crate) user_sessions: Arc<sessions::UserSessions>,
     pub(crate) detection: Option<detector::Detection>,
+    /// Resume tickets: the key, the revoked set, sessions admitted from blocked sources.
+    pub(crate) tickets: Arc<tickets::Tickets>,
+    /// Connections from blocked sources that may still present a ticket.
+    pub(crate) resume_budget: Arc<ResumeBudget>,
     pub(crate) shutdown: CancellationToken,
     #[cfg(feature = "fault-injection")]
     pub(crate) fault_hook: Option<FaultHook>,
@@ -136,12 +141,20 @@ impl Shared {
     }
 
     /// Reports a signal about `peer`, seen on connection `conn` (0 for none), to the
-    /// firewall. The connection is marked as having offended first, so that a block of its
-    /// source cuts it even if it has logged in (a session that never offended outlives the
-    /// block), and a session that offends while its source is blocked is cut. A failed login
-    /// does not mark it: a connection that has not logged in is cut anyway, and one that then
-    /// logs in had its failures forgiven as typos.
+    /// firewall. A session admitted by resume ticket from a blocked source is not scored: it
+    /// loses its tickets and is closed instead ([`tickets::Tickets::misbehaved`]). Otherwise
+    /// the connection is marked as having offended first, so that a block of its source cuts
+    /// it even if it has logged in (a session that never offended outlives the block), and a
+    /// session that offends while its source is blocked is cut. A failed login does not mark
+    /// it: a connection that has not logged in is cut anyway, and one that then logs in had
+    /// its failures forgiven as typos.
     pub(crate) fn signal(&self, peer: SocketAddr, conn: u64, signal: Signal) {
+        if self
+            .tickets
+            .misbehaved(peer, signal, crate::activity::now_ms())
+        {
+            return;
+        }
         if signal != Signal::AuthFailed {
             self.guard.offended(peer.ip(), conn);
         }
@@ -211,6 +224,8 @@ impl Server {
         blobs.sweep_orphans(&referenced)?;
         // Blocks survive a restart: decisions are stored, and those still in force return.
         let restored = restore_blocks(data_dir)?;
+        // Tickets users hold stay valid across restarts: the key lives in the data directory.
+        let ticket_key = crate::store::load_or_create_ticket_key(data_dir)?;
         let (sink, relay) = match detection {
             Some((sink, pending, counters)) => (Some(sink), Some((pending, counters))),
             None => (None, None),
@@ -227,7 +242,14 @@ impl Server {
         } else {
             Recorder::disabled()
         };
-        let server = Server::assemble(config, Arc::new(store), blobs, recorder, relay)?;
+        let server = Server::assemble(
+            config,
+            Arc::new(store),
+            blobs,
+            recorder,
+            relay,
+            Some(ticket_key),
+        )?;
         for (source, left, reason) in restored {
             if let Ok(ip) = source.parse() {
                 server
@@ -249,24 +271,27 @@ impl Server {
         Server::with_parts(config, store, blobs, Recorder::disabled())
     }
 
-    /// A server over an opened store and a started recorder.
+    /// A server over an opened store and a started recorder. Its resume tickets are signed
+    /// with a per-process random key, so they end with the process.
     pub fn with_parts(
         config: Config,
         store: Arc<dyn Store>,
         blobs: BlobStore,
         recorder: Recorder,
     ) -> Result<Server, ServerError> {
-        Server::assemble(config, store, blobs, recorder, None)
+        Server::assemble(config, store, blobs, recorder, None, None)
     }
 
     /// Builds the shared state; with `detection`, starts the relay from the live scorer
-    /// (already installed in `recorder`) to the firewall.
+    /// (already installed in `recorder`) to the firewall. Without `ticket_key`, tickets are
+    /// signed with a per-process random key.
     fn assemble(
         config: Config,
         store: Arc<dyn Store>,
         blobs: BlobStore,
         recorder: Recorder,
         detection: Option<(detector::Pending, detector::Detection)>,
+        ticket_key: Option<[u8; crate::store::TICKET_KEY_LEN]>,
     ) -> Result<Server, ServerError> {
         config.check()?;
         let guard = Arc::new(Guard::new(&config));
@@ -293,6 +318,10 @@ impl Server {
             None => None,
         };
         let user_sessions = sessions::UserSessions::new(config.limits.max_sessions_per_user);
+        let tickets = Arc::new(tickets::Tickets::new(
+            ticket_key.unwrap_or_else(tickets::Tickets::random_key),
+            config.auth.ticket_ttl_s,
+        ));
         Ok(Server {
             shared: Arc::new(Shared {
                 limits: config.limits.protocol(),
@@ -307,6 +336,8 @@ impl Server {
                 verifier,
                 user_sessions,
                 detection,
+                tickets,
+                resume_budget: ResumeBudget::standard(),
                 shutdown: CancellationToken::new(),
                 #[cfg(feature = "fault-injection")]
                 fault_hook: None,
@@ -394,10 +425,20 @@ impl Server {
             .guard
             .admit(peer.ip())
             .inspect_err(|refusal| self.shared.refused(peer, refusal))?;
-        Ok(self.run_admitted(io, peer, ticket).await)
+        Ok(self.run_admitted(io, peer, ticket, None).await)
     }
 
-    async fn run_admitted<T>(&self, io: T, peer: SocketAddr, ticket: ConnTicket) -> CloseReason
+    /// Runs an admitted connection to its end. With `resumed`, the connection came from a
+    /// blocked source and its first frame, a RESUME, was already redeemed: the session starts
+    /// logged in, its AUTH_OK is the first reply, and the bytes read after the RESUME are the
+    /// start of its input.
+    async fn run_admitted<T>(
+        &self,
+        io: T,
+        peer: SocketAddr,
+        ticket: ConnTicket,
+        resumed: Option<ResumedStart>,
+    ) -> CloseReason
     where
         T: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -405,9 +446,34 @@ impl Server {
         Metrics::bump(&shared.metrics.connections_accepted);
         let conn = ticket.id();
         shared.record(conn, peer, EventKind::Accept);
-        let session = session::Session::new(Arc::clone(&shared), peer, ticket.source(), conn);
         let cut = ticket.cut_token();
-        let task = connection::run(Arc::clone(&shared), &ticket, io, session, cut);
+        let (session, start, _entry) = match resumed {
+            None => (
+                session::Session::new(Arc::clone(&shared), peer, ticket.source(), conn),
+                connection::Start::default(),
+                None,
+            ),
+            Some(r) => {
+                let entry =
+                    shared
+                        .tickets
+                        .register_resumed(peer, conn, &r.redeemed.claims, cut.clone());
+                let name = r.redeemed.name.clone();
+                let session = session::Session::resumed(
+                    Arc::clone(&shared),
+                    peer,
+                    ticket.source(),
+                    conn,
+                    r.redeemed,
+                );
+                let start = connection::Start {
+                    reply: Some((r.request_id, Reply::AuthOk { user: name })),
+                    input: r.input,
+                };
+                (session, start, Some(entry))
+            }
+        };
+        let task = connection::run(Arc::clone(&shared), &ticket, io, session, cut, start);
         // The ticket lives until the task ends or unwinds, so its slot is always released.
         let (reason, unread_bytes) = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
             Ok(ended) => ended,
@@ -571,6 +637,115 @@ fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: &Refusal, guard: &Guard
     }
 }
 
+/// A connection from a blocked source whose RESUME was redeemed before it was admitted.
+struct ResumedStart {
+    redeemed: tickets::Redeemed,
+    /// The RESUME's request id, echoed by the AUTH_OK.
+    request_id: u32,
+    /// Bytes that arrived after the RESUME.
+    input: bytes::BytesMut,
+}
+
+/// Reads the first frame of a connection from a blocked source: at most
+/// [`crate::guard::RESUME_FIRST_FRAME_BYTES`], and only a RESUME (any other kind is refused
+/// on its kind byte, before the rest arrives). Returns the frame and the bytes after it, or
+/// `None` for anything else. The caller bounds the wait.
+async fn read_first_frame(
+    stream: &mut TcpStream,
+    limits: &Limits,
+) -> Option<(protocol::Frame, bytes::BytesMut)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; crate::guard::RESUME_FIRST_FRAME_BYTES];
+    let mut have = 0;
+    loop {
+        let n = stream.read(buf.get_mut(have..)?).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        have += n;
+        let got = buf.get(..have)?;
+        if got
+            .get(3)
+            .is_some_and(|&k| k != protocol::Kind::Resume as u8)
+        {
+            return None;
+        }
+        let mut bytes = bytes::BytesMut::from(got);
+        match protocol::decode_frame(&mut bytes, limits, Role::Server) {
+            Ok(Some(frame)) => return Some((frame, bytes)),
+            Ok(None) if have < buf.len() => continue,
+            _ => return None,
+        }
+    }
+}
+
+impl Server {
+    /// Serves a connection from a blocked source that got a place in the resume budget:
+    /// a valid RESUME as its first frame, within the budget's size and time, logs it in as
+    /// the ticket's user; anything else gets the `blocked` refusal it would have got at
+    /// accept. The place is given back once the first frame is judged.
+    async fn admit_blocked(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        refusal: Refusal,
+        permit: ResumePermit,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let refuse_blocked = |stream: &TcpStream| {
+            shared.refused(peer, &refusal);
+            refuse(stream, peer, &refusal, &shared.guard);
+        };
+        let first = tokio::select! {
+            _ = shared.shutdown.cancelled() => None,
+            read = tokio::time::timeout(
+                crate::guard::RESUME_FIRST_FRAME_WAIT,
+                read_first_frame(&mut stream, &shared.limits),
+            ) => read.ok().flatten(),
+        };
+        let Some((frame, input)) = first else {
+            return refuse_blocked(&stream);
+        };
+        let Ok(Request::Resume { user, ticket }) = Request::decode(&frame, &shared.limits) else {
+            return refuse_blocked(&stream);
+        };
+        let source = shared.guard.source_of(peer.ip());
+        let verified = match tickets::verify(&shared, &user, &ticket).await {
+            Ok(v) => v,
+            Err(e) => {
+                tickets::refused(&shared, source, 0, peer, &user, e);
+                return refuse_blocked(&stream);
+            }
+        };
+        let admitted = match shared.guard.admit_resumed(peer.ip()) {
+            Ok(t) => t,
+            Err(other) => {
+                shared.refused(peer, &other);
+                refuse(&stream, peer, &other, &shared.guard);
+                return;
+            }
+        };
+        drop(permit);
+        let redeemed = match tickets::log_in(&shared, source, admitted.id(), peer, verified) {
+            Ok(r) => r,
+            Err(reply) => {
+                let mut buf = bytes::BytesMut::new();
+                if protocol::encode_reply(frame.request_id, &reply, &mut buf).is_ok() {
+                    let _ = stream.try_write(&buf);
+                }
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let start = ResumedStart {
+            redeemed,
+            request_id: frame.request_id,
+            input,
+        };
+        self.run_admitted(stream, peer, admitted, Some(start)).await;
+    }
+}
+
 async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker) {
     let shared = Arc::clone(&server.shared);
     let mut backoff = Duration::from_millis(5);
@@ -596,6 +771,24 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
         };
         let ticket = match shared.guard.admit(peer.ip()) {
             Ok(t) => t,
+            // A blocked source may still present a resume ticket, within the budget; past
+            // it, it is refused as before, unread.
+            Err(refusal @ Refusal::Blocked { .. }) if shared.tickets.enabled() => {
+                let source = shared.guard.source_of(peer.ip());
+                match shared.resume_budget.try_take(source) {
+                    Some(permit) => {
+                        let server = server.clone();
+                        tracker.spawn(async move {
+                            server.admit_blocked(stream, peer, refusal, permit).await;
+                        });
+                    }
+                    None => {
+                        shared.refused(peer, &refusal);
+                        refuse(&stream, peer, &refusal, &shared.guard);
+                    }
+                }
+                continue;
+            }
             Err(refusal) => {
                 shared.refused(peer, &refusal);
                 refuse(&stream, peer, &refusal, &shared.guard);
@@ -605,7 +798,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         tracker.spawn(async move {
-            server.run_admitted(stream, peer, ticket).await;
+            server.run_admitted(stream, peer, ticket, None).await;
         });
     }
 }

@@ -304,6 +304,21 @@ impl Session {
         }
     }
 
+    /// A session that starts logged in by a resume ticket redeemed before the connection
+    /// was admitted (a connection from a blocked source).
+    pub(crate) fn resumed(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        source: SourceKey,
+        conn: u64,
+        redeemed: crate::server::tickets::Redeemed,
+    ) -> Session {
+        let mut session = Session::new(shared, peer, source, conn);
+        session.user = Some((redeemed.user_id, redeemed.name));
+        session.user_slot = Some(redeemed.slot);
+        session
+    }
+
     /// The peer's address.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
@@ -370,7 +385,10 @@ impl Session {
             hook(&req);
         }
         if !self.authenticated()
-            && !matches!(req, Request::Auth { .. } | Request::Ping | Request::Bye)
+            && !matches!(
+                req,
+                Request::Auth { .. } | Request::Resume { .. } | Request::Ping | Request::Bye
+            )
         {
             return Err((
                 err(ErrorCode::NotAuthenticated, "authenticate first"),
@@ -426,6 +444,8 @@ impl Session {
             Request::Auth { user, password } => self.auth(user, password.0.to_vec()).await,
             Request::Ping => Ok(Reply::Pong),
             Request::Bye => Ok(Reply::Ok),
+            Request::Ticket => self.ticket().await,
+            Request::Resume { user, ticket } => self.resume(user, ticket).await,
             Request::SendMessage { to, text } => {
                 self.deliver(to, NewItem::Message { text }, Vec::new())
                     .await
@@ -583,6 +603,37 @@ impl Session {
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
         }
+    }
+
+    /// TICKET: a resume ticket for the session's user.
+    async fn ticket(&mut self) -> Handled {
+        let shared = Arc::clone(&self.shared);
+        let Some((id, name)) = self.user.clone() else {
+            return Err(err(ErrorCode::NotAuthenticated, "authenticate first"));
+        };
+        crate::server::tickets::issue(&shared, self.peer, id, &name).await
+    }
+
+    /// RESUME: log in with a resume ticket. Like AUTH (the user's session cap, the login
+    /// success accounting) but checked by MAC and one store lookup, without argon2.
+    async fn resume(&mut self, user: String, ticket: bytes::Bytes) -> Handled {
+        use crate::server::tickets;
+        let shared = Arc::clone(&self.shared);
+        if self.authenticated() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "session is already authenticated",
+            ));
+        }
+        let verified = tickets::verify(&shared, &user, &ticket)
+            .await
+            .map_err(|e| tickets::refused(&shared, self.source, self.conn, self.peer, &user, e))?;
+        let redeemed = tickets::log_in(&shared, self.source, self.conn, self.peer, verified)?;
+        self.user_slot = Some(redeemed.slot);
+        self.user = Some((redeemed.user_id, redeemed.name.clone()));
+        Ok(Reply::AuthOk {
+            user: redeemed.name,
+        })
     }
 
     /// Stores `new`, the session user's password hashed with the current argon2 parameters,

@@ -12,12 +12,14 @@
 //!
 //! Around the data: [`DataDirLock`] keeps a second server off a data directory,
 //! [`FreeSpace`] and [`Reserve`] keep a full disk from breaking reads and deletes, and
-//! [`Pending`] charges uploads to their sender's quota before they are items.
+//! [`Pending`] charges uploads to their sender's quota before they are items, and
+//! [`load_or_create_ticket_key`] keeps the secret that resume tickets are signed with.
 
 mod blobs;
 mod lock;
 mod names;
 mod pending;
+mod secret;
 mod space;
 mod sqlite;
 
@@ -25,6 +27,7 @@ pub use blobs::{BlobStore, StagedBlob, LOST_FOUND_DIR};
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
 pub use pending::Pending;
+pub use secret::{load_or_create_ticket_key, TICKET_KEY_FILE, TICKET_KEY_LEN};
 pub use space::{is_out_of_space, FreeSpace, Reserve, RESERVE_BYTES, RESERVE_FILE};
 pub use sqlite::SqliteStore;
 
@@ -356,6 +359,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's id and stored password hash, or `None` if there is no such user.
     fn credentials(&self, name: &str) -> Result<Option<(UserId, String)>, StoreError>;
+
+    /// User `id`'s name and ticket epoch, or `None` if there is no such user. The epoch
+    /// grows with every [`Store::set_password`] (not with [`Store::upgrade_password_hash`]):
+    /// a resume ticket names the epoch it was issued in, and is void once it moved on.
+    fn ticket_epoch(&self, id: UserId) -> Result<Option<(String, u64)>, StoreError>;
 
     /// The id of the user with this name, if any.
     fn user_id(&self, name: &str) -> Result<Option<UserId>, StoreError>;

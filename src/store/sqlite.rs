@@ -2,7 +2,10 @@
 //!
 //! # Tables
 //!
-//! - `users(id, name UNIQUE, password_hash, created_at_ms, usage_bytes)`: accounts.
+//! - `users(id, name UNIQUE, password_hash, created_at_ms, usage_bytes, ticket_epoch)`:
+//!   accounts. `ticket_epoch` grows by one with every [`Store::set_password`] (and never
+//!   with the server's own argon2 re-hash), so resume tickets bound to an older epoch are
+//!   revoked by `rampart user passwd`.
 //!   `usage_bytes` is the sum, over the items the user sent that still exist, of each
 //!   item's size plus [`ITEM_OVERHEAD_BYTES`]; [`Store::deliver`] and [`Store::delete`]
 //!   update it in the same transaction as the item, so it can never drift from `items`.
@@ -93,6 +96,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // that already exist, so deleting one later frees exactly what it costs.
     "UPDATE users SET usage_bytes = usage_bytes +
         256 * (SELECT COUNT(*) FROM items WHERE items.sender = users.id);",
+    // 3: resume tickets are bound to the user's epoch; a password change moves it on.
+    "ALTER TABLE users ADD COLUMN ticket_epoch INTEGER NOT NULL DEFAULT 0
+        CHECK (ticket_epoch >= 0);",
 ];
 
 /// Where a queued delivery's result goes: its place in its caller's list, and the caller's
@@ -828,7 +834,10 @@ impl Store for SqliteStore {
         check_password_hash(password_hash)?;
         let conn = self.write();
         let changed = conn
-            .prepare_cached("UPDATE users SET password_hash = ?2 WHERE name = ?1")?
+            .prepare_cached(
+                "UPDATE users SET password_hash = ?2, ticket_epoch = ticket_epoch + 1 \
+                 WHERE name = ?1",
+            )?
             .execute(params![name, password_hash])?;
         if changed == 0 {
             return Err(StoreError::UnknownUser(name.to_owned()));
@@ -877,6 +886,18 @@ impl Store for SqliteStore {
             .query_row(params![name], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         Ok(found)
+    }
+
+    fn ticket_epoch(&self, id: UserId) -> Result<Option<(String, u64)>, StoreError> {
+        let conn = self.read();
+        let found: Option<(String, i64)> = conn
+            .prepare_cached("SELECT name, ticket_epoch FROM users WHERE id = ?1")?
+            .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        match found {
+            Some((name, epoch)) => Ok(Some((name, sql_to_u64(epoch, "ticket_epoch")?))),
+            None => Ok(None),
+        }
     }
 
     fn user_id(&self, name: &str) -> Result<Option<UserId>, StoreError> {
@@ -1135,8 +1156,14 @@ mod tests {
             Some((id, "$argon2id$old".to_owned()))
         );
         assert_eq!(store.credentials("bob")?, None);
+        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 0)));
         store.set_password("alice", EVIL)?;
         assert_eq!(store.credentials("alice")?, Some((id, EVIL.to_owned())));
+        // A password change revokes the user's resume tickets; a re-hash does not.
+        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 1)));
+        assert!(store.upgrade_password_hash(id, EVIL, "$argon2id$rehashed")?);
+        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 1)));
+        assert_eq!(store.ticket_epoch(id + 1)?, None);
         assert!(
             matches!(store.set_password("bob", "h"), Err(StoreError::UnknownUser(n)) if n == "bob")
         );

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::error::{DecodeError, EncodeError, ErrorCode};
 use crate::protocol::frame::{Frame, Kind};
 use crate::protocol::limits::{
-    Limits, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_SUBJECT, MAX_USER_NAME,
+    Limits, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
 };
 use crate::protocol::wire::{self, Reader};
 
@@ -173,6 +173,13 @@ pub enum Reply {
     },
     /// OK: success with nothing to return.
     Ok,
+    /// TICKET_OK: a resume ticket for the session's user.
+    TicketOk {
+        /// When the ticket expires, in milliseconds since the Unix epoch.
+        expires_at_ms: i64,
+        /// The ticket bytes, to be sent back unchanged in RESUME.
+        ticket: Bytes,
+    },
     /// ERROR: the request failed and was not applied.
     Error {
         /// What went wrong.
@@ -231,6 +238,7 @@ pub(crate) fn max_body(kind: Kind, limits: &Limits) -> Option<u64> {
             8 + name + 8 + 1 + message.max(mail).max(att)
         }
         Kind::Data => 8 + 2 + 8 + 8 + u64::from(limits.max_chunk_bytes),
+        Kind::TicketOk => 8 + 2 + MAX_TICKET as u64,
         Kind::Error => 2 + 2 + MAX_ERROR_MESSAGE as u64,
         _ => return None,
     })
@@ -250,6 +258,7 @@ impl Reply {
             Reply::Item(_) => Kind::Item,
             Reply::Data { .. } => Kind::Data,
             Reply::Ok => Kind::Ok,
+            Reply::TicketOk { .. } => Kind::TicketOk,
             Reply::Error { .. } => Kind::Error,
         }
     }
@@ -300,6 +309,7 @@ impl Reply {
                 8 + 1 + v.from.len() + 8 + 1 + body
             }
             Reply::Data { data, .. } => 8 + 2 + 8 + 8 + data.len(),
+            Reply::TicketOk { ticket, .. } => 8 + 2 + ticket.len(),
             Reply::Error { message, .. } => 2 + 2 + message.len(),
         }
     }
@@ -386,6 +396,13 @@ impl Reply {
                 out.put_u64(*offset);
                 out.put_u64(*total);
                 out.put_slice(data);
+            }
+            Reply::TicketOk {
+                expires_at_ms,
+                ticket,
+            } => {
+                out.put_i64(*expires_at_ms);
+                wire::put_bytes16(out, "ticket", ticket, MAX_TICKET)?;
             }
             Reply::Error { code, message } => {
                 out.put_u16(*code as u16);
@@ -484,6 +501,10 @@ impl Reply {
                 offset: r.u64("offset")?,
                 total: r.u64("total")?,
                 data: r.rest("data", limits.max_chunk_bytes as usize)?,
+            },
+            Kind::TicketOk => Reply::TicketOk {
+                expires_at_ms: r.i64("expires_at_ms")?,
+                ticket: r.bytes16("ticket", MAX_TICKET)?,
             },
             Kind::Error => {
                 let raw = r.u16("code")?;

@@ -4,7 +4,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::error::{DecodeError, EncodeError};
 use crate::protocol::frame::{Frame, Kind};
-use crate::protocol::limits::{Limits, MAX_FILE_NAME, MAX_PASSWORD, MAX_SUBJECT, MAX_USER_NAME};
+use crate::protocol::limits::{
+    Limits, MAX_FILE_NAME, MAX_PASSWORD, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
+};
 use crate::protocol::wire::{self, Reader};
 
 /// A password as sent in AUTH. Its `Debug` output never shows the bytes.
@@ -108,6 +110,15 @@ pub enum Request {
     },
     /// BYE: the server answers OK and closes.
     Bye,
+    /// TICKET: no body; asks for a resume ticket for the session's user.
+    Ticket,
+    /// RESUME: log in with a resume ticket from TICKET_OK.
+    Resume {
+        /// The user name the ticket was issued to.
+        user: String,
+        /// The ticket bytes, opaque to the client.
+        ticket: Bytes,
+    },
 }
 
 /// The largest payload a request of `kind` can have under `limits` (None for reply kinds).
@@ -115,7 +126,8 @@ pub(crate) fn max_body(kind: Kind, limits: &Limits) -> Option<u64> {
     let name = 1 + MAX_USER_NAME as u64;
     Some(match kind {
         Kind::Auth => name + 2 + MAX_PASSWORD as u64,
-        Kind::Ping | Kind::Bye => 0,
+        Kind::Ping | Kind::Bye | Kind::Ticket => 0,
+        Kind::Resume => name + 2 + MAX_TICKET as u64,
         Kind::SendMessage => name + 4 + u64::from(limits.max_text_bytes),
         Kind::UploadBegin => 2 + MAX_FILE_NAME as u64 + 8,
         Kind::UploadChunk => 4 + 8 + u64::from(limits.max_chunk_bytes),
@@ -153,6 +165,8 @@ impl Request {
             Request::Download { .. } => Kind::Download,
             Request::Delete { .. } => Kind::Delete,
             Request::Bye => Kind::Bye,
+            Request::Ticket => Kind::Ticket,
+            Request::Resume { .. } => Kind::Resume,
         }
     }
 
@@ -161,7 +175,8 @@ impl Request {
         let name = |s: &str| 1 + s.len();
         match self {
             Request::Auth { user, password } => name(user) + 2 + password.0.len(),
-            Request::Ping | Request::Bye => 0,
+            Request::Ping | Request::Bye | Request::Ticket => 0,
+            Request::Resume { user, ticket } => name(user) + 2 + ticket.len(),
             Request::SendMessage { to, text } => name(to) + 4 + text.len(),
             Request::UploadBegin { name: n, .. } => 2 + n.len() + 8,
             Request::UploadChunk { data, .. } => 4 + 8 + data.len(),
@@ -188,7 +203,11 @@ impl Request {
                 wire::put_str8(out, "user", user, MAX_USER_NAME)?;
                 wire::put_bytes16(out, "password", &password.0, MAX_PASSWORD)?;
             }
-            Request::Ping | Request::Bye => {}
+            Request::Ping | Request::Bye | Request::Ticket => {}
+            Request::Resume { user, ticket } => {
+                wire::put_str8(out, "user", user, MAX_USER_NAME)?;
+                wire::put_bytes16(out, "ticket", ticket, MAX_TICKET)?;
+            }
             Request::SendMessage { to, text } => {
                 wire::put_str8(out, "to", to, MAX_USER_NAME)?;
                 wire::put_bytes32(out, "text", text.as_bytes(), u32::MAX as usize)?;
@@ -265,6 +284,11 @@ impl Request {
             },
             Kind::Ping => Request::Ping,
             Kind::Bye => Request::Bye,
+            Kind::Ticket => Request::Ticket,
+            Kind::Resume => Request::Resume {
+                user: r.str8("user", MAX_USER_NAME)?,
+                ticket: r.bytes16("ticket", MAX_TICKET)?,
+            },
             Kind::SendMessage => Request::SendMessage {
                 to: r.str8("to", MAX_USER_NAME)?,
                 text: r.str32("text", limits.max_text_bytes as usize)?,

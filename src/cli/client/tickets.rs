@@ -1,0 +1,176 @@
+//! The CLI's ticket file: one resume ticket per (server, user), readable by its owner only.
+//!
+//! One line per ticket, tab-separated: `server user expires_at_ms ticket-hex`. The file is
+//! rewritten whole on every change, through a temporary file created 0600 in the same
+//! directory and renamed over it, so it is never seen half-written or with wider permissions.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+
+use rampart::client::ResumeTicket;
+
+/// Most tickets kept: one per server and user a person uses; a bound on what is read.
+const MAX_ENTRIES: usize = 256;
+
+/// Largest ticket file read, in bytes (256 lines of well under 512 bytes).
+const MAX_FILE_BYTES: u64 = 128 * 1024;
+
+/// The ticket file.
+pub struct TicketFile {
+    path: PathBuf,
+}
+
+/// One line of the file.
+struct Entry {
+    server: String,
+    ticket: ResumeTicket,
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+impl TicketFile {
+    /// The file at `explicit`, else `$XDG_CONFIG_HOME/rampart/tickets`, else
+    /// `~/.config/rampart/tickets`; `None` when there is no home to put it in.
+    pub fn locate(explicit: Option<PathBuf>) -> Option<TicketFile> {
+        let path = explicit.or_else(|| {
+            let config = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(|h| PathBuf::from(h).join(".config"))
+                })?;
+            Some(config.join("rampart").join("tickets"))
+        })?;
+        Some(TicketFile { path })
+    }
+
+    fn read(&self) -> Result<Vec<Entry>> {
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", self.path.display()))
+            }
+        };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        // Lines that do not parse are dropped: the file is a cache, never a reason to fail.
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split('\t');
+                let (server, user, expires, hex) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                Some(Entry {
+                    server: server.to_string(),
+                    ticket: ResumeTicket {
+                        user: user.to_string(),
+                        ticket: Bytes::from(unhex(hex)?),
+                        expires_at_ms: expires.parse().ok()?,
+                    },
+                })
+            })
+            .take(MAX_ENTRIES)
+            .collect())
+    }
+
+    /// The ticket kept for `user` at `server`, if any and not yet expired by this clock.
+    pub fn get(&self, server: &str, user: &str) -> Result<Option<ResumeTicket>> {
+        let now = rampart::activity::now_ms();
+        Ok(self
+            .read()?
+            .into_iter()
+            .find(|e| e.server == server && e.ticket.user == user && e.ticket.expires_at_ms > now)
+            .map(|e| e.ticket))
+    }
+
+    /// Keeps `ticket` for its user at `server`, replacing the one kept before.
+    pub fn put(&self, server: &str, ticket: &ResumeTicket) -> Result<()> {
+        let mut entries = self.read().unwrap_or_default();
+        entries.retain(|e| !(e.server == server && e.ticket.user == ticket.user));
+        entries.truncate(MAX_ENTRIES - 1);
+        entries.push(Entry {
+            server: server.to_string(),
+            ticket: ticket.clone(),
+        });
+        let mut text = String::new();
+        for e in &entries {
+            let _ = write!(
+                text,
+                "{}\t{}\t{}\t",
+                e.server, e.ticket.user, e.ticket.expires_at_ms
+            );
+            for b in e.ticket.ticket.iter() {
+                let _ = write!(text, "{b:02x}");
+            }
+            text.push('\n');
+        }
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tickets.")
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        tmp.write_all(text.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_kept_per_server_and_user_in_a_0600_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file =
+            TicketFile::locate(Some(dir.path().join("sub").join("tickets"))).context("no file")?;
+        let t = |user: &str, b: u8| ResumeTicket {
+            user: user.into(),
+            ticket: Bytes::from(vec![b; 73]),
+            expires_at_ms: i64::MAX,
+        };
+        file.put("s1:1", &t("alice", 1))?;
+        file.put("s2:1", &t("alice", 2))?;
+        file.put("s1:1", &t("alice", 3))?;
+        assert_eq!(file.get("s1:1", "alice")?, Some(t("alice", 3)));
+        assert_eq!(file.get("s2:1", "alice")?, Some(t("alice", 2)));
+        assert_eq!(file.get("s1:1", "bob")?, None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("sub").join("tickets"))?
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        Ok(())
+    }
+}
