@@ -216,3 +216,63 @@ fn a_model_needs_activity_recording() {
     let err = Server::open_with_model(config, dir.path(), Some(model)).expect_err("refused");
     assert!(err.to_string().contains("activity.enabled"), "{err}");
 }
+
+/// `model train --data-dir`: the windows of a source that failed a login are left out, and
+/// so is every other window of that source; a clean source's windows are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_on_a_recording_keeps_only_clean_sources() {
+    let server = start_in_mode(None, ModelMode::Off).await;
+    let clean: IpAddr = "127.0.6.10".parse().expect("ip");
+    let guesser: IpAddr = "127.0.6.11".parse().expect("ip");
+    let opts = |source| ClientOptions {
+        source: Some(source),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    assert!(
+        Client::login(&server.target(), "mallory", b"wrong", opts(guesser))
+            .await
+            .is_err(),
+        "a wrong password logged in"
+    );
+    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", opts(clean))
+        .await
+        .expect("login");
+    // The guesser's next window is clean, but the source is not.
+    let mut other = Client::login(&server.target(), "mallory", b"mallory-pw", opts(guesser))
+        .await
+        .expect("login");
+    for _ in 0..3 {
+        let _ = client.fetch(1_000_000).await;
+        let _ = other.fetch(1_000_000).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    drop(client);
+    drop(other);
+    server.handle.shutdown().await;
+    let window = Duration::from_secs(1);
+    // The recorder commits within its flush interval.
+    let start = Instant::now();
+    let data = loop {
+        let (data, summary) =
+            detect::recorded::clean_windows(server.dir.path(), window, 1).expect("clean windows");
+        if summary.rule_sources + summary.decided_sources >= 1 && data.rows() >= 2 {
+            break data;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{summary:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!data.is_labelled());
+    for i in 0..data.rows() {
+        assert_eq!(data.source(i), "127.0.6.10", "row {i}");
+    }
+    match detect::recorded::clean_windows(server.dir.path(), window, 10_000) {
+        Err(detect::DetectError::NotEnoughRows { needed, have, .. }) => {
+            assert_eq!((needed, have), (10_000, data.rows()));
+        }
+        other => panic!("expected NotEnoughRows, got {other:?}"),
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = detect::recorded::clean_windows(empty.path(), window, 1).expect_err("no database");
+    assert!(err.to_string().contains("no activity database"), "{err}");
+}
