@@ -975,6 +975,35 @@ const DEFAULT_FW_ESCALATION: u32 = 2;
 // ...up to a day.
 const DEFAULT_FW_MAX_BLOCK_SECS: u64 = 86_400;
 
+/// `[firewall] model`: what the detection model's verdicts do.
+///
+/// A novelty model flags whatever it has not seen, and a client it was not trained on (a
+/// third-party client, a new feature) looks novel; so by default its verdicts are recorded
+/// and explained but do not block, while the rules keep enforcing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelMode {
+    /// Verdicts add points to a separate, model-only score; a source it tips is recorded
+    /// with action `shadow_block` and the model's explanation, and never blocked.
+    #[default]
+    Shadow,
+    /// Verdicts add points to the enforcing score, next to the rule signals.
+    Enforce,
+    /// No model runs, even if one is given (`--no-model` does the same).
+    Off,
+}
+
+impl ModelMode {
+    /// The configured name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelMode::Shadow => "shadow",
+            ModelMode::Enforce => "enforce",
+            ModelMode::Off => "off",
+        }
+    }
+}
+
 /// `[firewall]`: rule signals, their weights, and how blocks escalate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -983,6 +1012,9 @@ pub struct FirewallConfig {
     pub enabled: bool,
     /// Log and record decisions without enforcing them.
     pub shadow: bool,
+    /// What the detection model's verdicts do: `shadow` (the default: recorded and
+    /// explained, never blocking), `enforce` (they add to the blocking score) or `off`.
+    pub model: ModelMode,
     /// Score at which a source is blocked.
     pub threshold: u32,
     /// Scores halve after this many seconds without new signals.
@@ -1021,6 +1053,7 @@ impl Default for FirewallConfig {
         FirewallConfig {
             enabled: true,
             shadow: false,
+            model: ModelMode::Shadow,
             threshold: DEFAULT_FW_THRESHOLD,
             half_life_s: DEFAULT_FW_HALF_LIFE_S,
             escalation: DEFAULT_FW_ESCALATION,

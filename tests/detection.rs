@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rampart::client::{Client, ClientOptions};
+use rampart::config::{Config, ModelMode};
 use rampart::detect::{self, evaluate, read_csv, train, Model, TrainSpec};
+use rampart::firewall::{Action, Signal};
 use rampart::server::Server;
 
 fn datasets() -> PathBuf {
@@ -81,6 +83,16 @@ async fn enumerate_missing_ids(
     source: IpAddr,
     limit: Duration,
 ) -> bool {
+    enumerate_until(server, source, limit, || false).await
+}
+
+/// [`enumerate_missing_ids`], also stopping as soon as `done` says so.
+async fn enumerate_until(
+    server: &common::TestServer,
+    source: IpAddr,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> bool {
     let guard = server.handle.guard();
     let opts = ClientOptions {
         source: Some(source),
@@ -96,6 +108,9 @@ async fn enumerate_missing_ids(
         if guard.is_blocked(source) {
             return true;
         }
+        if done() {
+            break;
+        }
         id += 1;
         // NOT_FOUND: an error reply, but no rule signal.
         if client.fetch(id).await.is_ok() {
@@ -107,7 +122,13 @@ async fn enumerate_missing_ids(
 }
 
 async fn start_with_model(model: Option<Arc<Model>>) -> common::TestServer {
-    common::start_with_model(common::firewall_config(), model, |s| s).await
+    start_in_mode(model, ModelMode::Enforce).await
+}
+
+async fn start_in_mode(model: Option<Arc<Model>>, mode: ModelMode) -> common::TestServer {
+    let mut config = common::firewall_config();
+    config.firewall.model = mode;
+    common::start_with_model(config, model, |s| s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +164,50 @@ async fn the_model_blocks_an_enumeration_that_no_rule_catches() {
 }
 
 #[test]
+fn the_model_shadows_by_default() {
+    assert_eq!(Config::default().firewall.model, ModelMode::Shadow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_model_records_its_verdict_but_never_blocks() {
+    let model = Arc::new(detect::default_model().expect("default model"));
+    let server = start_in_mode(Some(model), ModelMode::Shadow).await;
+    let source: IpAddr = "127.0.6.3".parse().expect("ip");
+    let firewall = server.handle.firewall();
+    let decided = || !firewall.decisions().is_empty();
+    // The enforcing model blocks this within 10 s; in shadow it must only be recorded.
+    assert!(
+        !enumerate_until(&server, source, Duration::from_secs(10), decided).await,
+        "a shadow verdict blocked the source"
+    );
+    assert!(!server.handle.guard().is_blocked(source));
+    let decisions = firewall.decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let d = &decisions[0];
+    assert_eq!(d.action, Action::ShadowBlock);
+    assert_eq!(d.trigger, Some(Signal::ModelAnomaly));
+    assert!(d.reason.starts_with("model_anomaly tipped"), "{}", d.reason);
+    // The model's explanation comes with it.
+    assert!(d.reason.contains("; "), "{}", d.reason);
+    // The rules still enforce, and their score holds no model points.
+    assert!(firewall.score(source) < 1.0, "{}", firewall.score(source));
+    // Stored for `rampart firewall list` (the recorder commits within its flush interval).
+    let start = Instant::now();
+    let stored = loop {
+        let conn = rampart::activity::db::open(server.dir.path()).expect("activity database");
+        let stored = rampart::activity::db::decisions(&conn).expect("decisions");
+        if !stored.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].action, "shadow_block");
+    assert_eq!(stored[0].reason, d.reason);
+    server.handle.shutdown().await;
+}
+
+#[test]
 fn a_model_needs_activity_recording() {
     let mut config = common::test_config();
     config.activity.enabled = false;
@@ -150,4 +215,64 @@ fn a_model_needs_activity_recording() {
     let model = Arc::new(detect::default_model().expect("default model"));
     let err = Server::open_with_model(config, dir.path(), Some(model)).expect_err("refused");
     assert!(err.to_string().contains("activity.enabled"), "{err}");
+}
+
+/// `model train --data-dir`: the windows of a source that failed a login are left out, and
+/// so is every other window of that source; a clean source's windows are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_on_a_recording_keeps_only_clean_sources() {
+    let server = start_in_mode(None, ModelMode::Off).await;
+    let clean: IpAddr = "127.0.6.10".parse().expect("ip");
+    let guesser: IpAddr = "127.0.6.11".parse().expect("ip");
+    let opts = |source| ClientOptions {
+        source: Some(source),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    assert!(
+        Client::login(&server.target(), "mallory", b"wrong", opts(guesser))
+            .await
+            .is_err(),
+        "a wrong password logged in"
+    );
+    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", opts(clean))
+        .await
+        .expect("login");
+    // The guesser's next window is clean, but the source is not.
+    let mut other = Client::login(&server.target(), "mallory", b"mallory-pw", opts(guesser))
+        .await
+        .expect("login");
+    for _ in 0..3 {
+        let _ = client.fetch(1_000_000).await;
+        let _ = other.fetch(1_000_000).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    drop(client);
+    drop(other);
+    server.handle.shutdown().await;
+    let window = Duration::from_secs(1);
+    // The recorder commits within its flush interval.
+    let start = Instant::now();
+    let data = loop {
+        let (data, summary) =
+            detect::recorded::clean_windows(server.dir.path(), window, 1).expect("clean windows");
+        if summary.rule_sources + summary.decided_sources >= 1 && data.rows() >= 2 {
+            break data;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{summary:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!data.is_labelled());
+    for i in 0..data.rows() {
+        assert_eq!(data.source(i), "127.0.6.10", "row {i}");
+    }
+    match detect::recorded::clean_windows(server.dir.path(), window, 10_000) {
+        Err(detect::DetectError::NotEnoughRows { needed, have, .. }) => {
+            assert_eq!((needed, have), (10_000, data.rows()));
+        }
+        other => panic!("expected NotEnoughRows, got {other:?}"),
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = detect::recorded::clean_windows(empty.path(), window, 1).expect_err("no database");
+    assert!(err.to_string().contains("no activity database"), "{err}");
 }

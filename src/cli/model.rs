@@ -19,7 +19,12 @@ pub enum ModelCommand {
         after_help = "By default the model learns from the rows labelled benign (every \
 row when there is no label column), holds 20% of them out to check the threshold, and \
 prints the seed it used.\n\nExample:\n  rampart model train datasets/train.csv --out model.json \
---k 8 --seed 42"
+--k 8 --seed 42\n\nWith --data-dir DIR instead of files, the model learns from the server's own \
+recording (DIR/activity.db, exported in memory as `rampart activity export` does): only the \
+windows of sources that were never blocked or shadow-blocked and never hit a rule in any \
+window (decode or header errors, oversized frames, auth failures, permission denials, rate \
+limits, timeouts, refusals). Too few such windows is an error.\n  rampart model train \
+--data-dir ./data --out model.json"
     )]
     Train(TrainArgs),
     /// Evaluate a model against a labelled feature CSV.
@@ -58,8 +63,15 @@ impl From<AlgoArg> for Algo {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Feature CSVs (as written by `rampart activity export`), all with the same columns.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "data_dir", conflicts_with = "data_dir")]
     files: Vec<PathBuf>,
+    /// Train on a server's own recorded windows instead of CSVs: the activity database in
+    /// this data directory, clean sources only (see below).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: fewest clean windows to train on.
+    #[arg(long, default_value_t = 200, requires = "data_dir")]
+    min_windows: usize,
     /// Where to write the model.
     #[arg(long)]
     out: PathBuf,
@@ -133,6 +145,10 @@ pub struct ExplainArgs {
     json: bool,
 }
 
+/// Window length of the recorded windows `--data-dir` trains on: the live detector's
+/// default, and that of the datasets.
+const RECORDED_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
     match cmd {
         ModelCommand::Train(a) => train(a),
@@ -183,7 +199,28 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         spec = spec.target_fpr(v);
     }
     let params = spec.check()?;
-    let data = read_data(&a.files)?;
+    let (data, from) = match &a.data_dir {
+        Some(dir) => {
+            let (data, s) = detect::recorded::clean_windows(dir, RECORDED_WINDOW, a.min_windows)
+                .with_context(|| format!("cannot train on the recording in {}", dir.display()))?;
+            if !a.json {
+                println!(
+                    "recording {}: {} events, {} windows of {} sources; dropped {} sources \
+                     decided on by the firewall or labelled attacks, {} that hit a rule; \
+                     kept {} windows",
+                    dir.display(),
+                    s.events,
+                    s.windows,
+                    s.sources,
+                    s.decided_sources,
+                    s.rule_sources,
+                    s.kept_windows
+                );
+            }
+            (data, format!("the recording in {}", dir.display()))
+        }
+        None => (read_data(&a.files)?, format!("{} file(s)", a.files.len())),
+    };
     let trained = detect::train(&data, &params)?;
     let model = trained.model;
     model
@@ -206,10 +243,10 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "read {} rows x {} features from {} file(s){}",
+        "read {} rows x {} features from {}{}",
         data.rows(),
         data.features().len(),
-        a.files.len(),
+        from,
         label_counts(&data)
     );
     println!(

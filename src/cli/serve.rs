@@ -48,10 +48,18 @@ async fn shutdown_signal() -> Result<()> {
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let config = load_config(args.config.as_ref())?;
-    let model = args.model.resolve()?.map(|(name, model)| {
-        tracing::info!(model = %name, "scoring activity windows with the detection model");
-        model
-    });
+    // `firewall.model = "off"` is `--no-model` in the configuration file.
+    let model = match config.firewall.model {
+        rampart::config::ModelMode::Off => None,
+        mode => args.model.resolve()?.map(|(name, model)| {
+            tracing::info!(
+                model = %name,
+                mode = mode.as_str(),
+                "scoring activity windows with the detection model"
+            );
+            model
+        }),
+    };
     let server = match Server::open_with_model(config, &args.data_dir, model) {
         Ok(server) => server,
         // The lock's message already names the directory and its owner's pid.

@@ -14,6 +14,8 @@
 //! - [`eval`]: precision, recall, F1, FPR, ROC AUC, PR AUC, the confusion matrix, per-kind
 //!   detection rates, and the same figures for a plain rate-threshold baseline.
 //! - [`synth`]: synthetic rows for tests, benches and the scikit-learn comparison.
+//! - [`recorded`]: training windows from a server's own activity database, of the sources
+//!   that never hit a rule and were never decided on.
 //! - [`live`]: a [`WindowSink`](crate::activity::WindowSink) that runs the one feature
 //!   extractor on the recorder's batches and reports anomalous sources.
 //!
@@ -27,6 +29,7 @@ mod kernel;
 pub mod live;
 pub mod model;
 mod par;
+pub mod recorded;
 pub mod scaler;
 pub mod synth;
 pub mod train;
@@ -177,6 +180,14 @@ pub enum DetectError {
         needed: usize,
         /// Rows available.
         have: usize,
+    },
+    /// A server's recording could not be read for training.
+    #[error("{path}: {reason}")]
+    Recorded {
+        /// The activity database.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// A hyperparameter is out of range.
     #[error("invalid parameter: {0}")]

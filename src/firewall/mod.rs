@@ -287,6 +287,35 @@ impl Firewall {
         s.recent.retain(|(_, count)| *count > 0);
     }
 
+    /// A model-only score board beside this firewall, for `firewall.model = "shadow"`: the
+    /// same configuration and guard, but every decision it takes is `shadow_block`, so it
+    /// never blocks, and it stores nothing itself (hand its decisions to
+    /// [`Firewall::record_decision`]). Rule signals never reach it, so its score is what
+    /// the model alone would have done.
+    ///
+    /// It holds no recorder on purpose: the detector's relay thread owns it, and a
+    /// recorder there would keep the recorder's writer thread, and so the relay, alive.
+    pub fn shadow_board(&self) -> Firewall {
+        let mut cfg = self.cfg.clone();
+        cfg.shadow = true;
+        Firewall {
+            cfg,
+            block_secs: self.block_secs,
+            max_sources: self.max_sources,
+            ipv6_prefix: self.ipv6_prefix,
+            guard: Arc::clone(&self.guard),
+            scores: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(VecDeque::new()),
+            recorder: Recorder::disabled(),
+        }
+    }
+
+    /// Stores a decision taken elsewhere (a [`Firewall::shadow_board`]'s) with this
+    /// firewall's own: in the activity database and the in-memory list.
+    pub fn record_decision(&self, decision: Decision) {
+        self.log(decision);
+    }
+
     /// Lifts a block (operator action) and records it.
     pub fn unblock(&self, ip: IpAddr) -> bool {
         let lifted = self.guard.unblock(ip);

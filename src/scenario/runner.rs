@@ -576,7 +576,10 @@ async fn run_inner(
                 kept_dir = Some(dir.display().to_string());
             }
             let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
-            let server = Server::open_with_model(scenario.config().clone(), &dir, model)?;
+            // Scenarios judge what the model blocks, so its verdicts enforce here.
+            let mut config = scenario.config().clone();
+            config.firewall.model = crate::config::ModelMode::Enforce;
+            let server = Server::open_with_model(config, &dir, model)?;
             label_attack_sources(scenario, &dir)?;
             provision(server.store(), &scenario.config().auth, &accounts).await?;
             let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;

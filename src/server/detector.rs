@@ -12,6 +12,12 @@
 //! waiting for room in the channel it alone drains would never wake. So anomalies go
 //! through a small bounded queue to a relay thread; a full queue sheds and counts.
 //!
+//! What the relay does with an anomaly depends on `firewall.model`: `enforce` hands it to
+//! the firewall, whose score the rules feed too; `shadow` (the default) hands it to a
+//! model-only [`Firewall::shadow_board`], whose decisions are all `shadow_block` and are
+//! stored with the firewall's own, so the model's verdicts are recorded and explained but
+//! never block; `off` drops it (the server normally runs no model at all then).
+//!
 //! Invariant: the relay holds the firewall weakly. The firewall holds the recorder, whose
 //! writer thread holds the scorer, which holds the queue: a strong reference would keep the
 //! whole chain alive forever. When the server is dropped the firewall goes, the recorder's
@@ -26,7 +32,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::activity::WindowSink;
-use crate::config::Config;
+use crate::config::{Config, ModelMode};
 use crate::detect::{DetectError, LiveCounters, LiveScorer, Model};
 use crate::firewall::Firewall;
 
@@ -74,6 +80,7 @@ impl Detection {
 /// The relay's end of the queue, waiting for the firewall to exist.
 pub(crate) struct Pending {
     rx: Receiver<Anomaly>,
+    mode: ModelMode,
 }
 
 /// Builds the scorer for the recorder (windows of the model's length; sources capped by
@@ -105,20 +112,44 @@ pub(crate) fn scorer(
         scorer: scorer.counters(),
         shed,
     };
-    Ok((Box::new(scorer), Pending { rx }, detection))
+    Ok((
+        Box::new(scorer),
+        Pending {
+            rx,
+            mode: config.firewall.model,
+        },
+        detection,
+    ))
 }
 
 impl Pending {
-    /// Starts the relay thread, which hands every anomaly to `firewall` until the scorer is
-    /// gone.
+    /// Starts the relay thread, which hands every anomaly to `firewall` (or, in shadow
+    /// mode, to its shadow board) until the scorer is gone.
     pub(crate) fn start(self, firewall: Weak<Firewall>) -> std::io::Result<()> {
-        let rx = self.rx;
+        let Pending { rx, mode } = self;
+        // The board holds the guard, never the firewall or the recorder (see the
+        // invariant above).
+        let board = match (mode, firewall.upgrade()) {
+            (ModelMode::Shadow, Some(fw)) => Some(fw.shadow_board()),
+            _ => None,
+        };
         std::thread::Builder::new()
             .name("rampart-detect".into())
             .spawn(move || {
                 while let Ok((ip, score, threshold, explanation)) = rx.recv() {
                     let Some(fw) = firewall.upgrade() else { break };
-                    fw.model_anomaly(ip, score, threshold, &explanation);
+                    match (mode, &board) {
+                        (ModelMode::Enforce, _) => {
+                            fw.model_anomaly(ip, score, threshold, &explanation);
+                        }
+                        (ModelMode::Shadow, Some(board)) => {
+                            if let Some(d) = board.model_anomaly(ip, score, threshold, &explanation)
+                            {
+                                fw.record_decision(d);
+                            }
+                        }
+                        (ModelMode::Shadow, None) | (ModelMode::Off, _) => {}
+                    }
                 }
             })
             .map(drop)
