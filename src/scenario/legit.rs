@@ -107,10 +107,10 @@ pub fn client_options(plan: &ClientPlan) -> ClientOptions {
 }
 
 /// Mixed into a client's seed for its segmented writes.
-const SEGMENT_SEED: u64 = 0x7365_676d_656e_74;
+const SEGMENT_SEED: u64 = 0x0073_6567_6d65_6e74;
 /// Mixed into a client's seed for its mistakes (a separate generator, so a group without
 /// mistakes draws exactly the operations it always did).
-const MISTAKE_SEED: u64 = 0x6d69_7374_616b_65;
+const MISTAKE_SEED: u64 = 0x006d_6973_7461_6b65;
 /// Mixed into a client's seed for its pace and its read stalls.
 const PACE_SEED: u64 = 0x7061_6365;
 
@@ -182,7 +182,7 @@ impl LoginState {
     /// The state of `plan`'s client before its first login.
     pub fn new(plan: &ClientPlan) -> LoginState {
         LoginState {
-            rng: StdRng::seed_from_u64(plan.seed ^ MISTAKE_SEED ^ 0x6c6f_6769_6e),
+            rng: StdRng::seed_from_u64(plan.seed ^ MISTAKE_SEED ^ 0x006c_6f67_696e),
             typo_rate: plan.load.typo_rate,
             stale_left: plan.load.stale_password_retries,
             mistakes: BTreeMap::new(),
@@ -619,7 +619,7 @@ struct Stalls {
 impl Stalls {
     fn new(load: &Legit, seed: u64) -> Option<Stalls> {
         let length = load.stall_read?;
-        let mut rng = StdRng::seed_from_u64(seed ^ PACE_SEED ^ 0x7374_616c_6c);
+        let mut rng = StdRng::seed_from_u64(seed ^ PACE_SEED ^ 0x0073_7461_6c6c);
         let next = load.start + Duration::from_secs_f64(rng.gen_range(2.0..10.0));
         Some(Stalls { next, length, rng })
     }
@@ -777,13 +777,11 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
     let mut next_login = Instant::now();
     // When the client's connection logged in, for `relogin_every` and `reconnect_every`.
     let mut logged_in_at = Instant::now();
-    let mut k: u64 = 0;
     // Operations due before this are skipped: the client was not reading (a stall).
     let mut idle_until = Duration::ZERO;
-    for due in schedule {
+    for (k, due) in (0u64..).zip(schedule) {
         let (op, to) = draw(&mut rng, load, k, ctx.users.len(), me);
         let mistake = pick_mistake(&mut mistake_rng, load);
-        k += 1;
         if let Some(st) = stalls.as_mut() {
             if st.next <= due {
                 let at = ctx.t0 + st.next;
