@@ -309,18 +309,14 @@ async fn read_back_finds_lost_and_altered_items() -> TestResult {
             ),
         ],
         client: Some(sender),
-        refused_at_accept: false,
-        logins: 0,
-        login_refusals: 0,
+        ..ClientRun::default()
     };
     let recipient_run = ClientRun {
         index: 1,
         records: Vec::new(),
         acked: Vec::new(),
         client: Some(recipient),
-        refused_at_accept: false,
-        logins: 0,
-        login_refusals: 0,
+        ..ClientRun::default()
     };
     let v = legit::verify(&plans, vec![run, recipient_run], target).await;
     assert_eq!(v.verified, 1);

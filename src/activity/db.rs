@@ -90,6 +90,13 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE activity;
     ALTER TABLE activity_v2 RENAME TO activity;
     CREATE INDEX activity_by_time ON activity(t_ms);",
+    // 3: behaviour families. A source's `group` (the `[[legit]] name` of the users behind
+    // it) beside its label; a source with no row here has its label as group, so older
+    // recordings export as they did, with `group` equal to `label`.
+    "CREATE TABLE groups (
+        source TEXT    PRIMARY KEY,
+        grp    TEXT    NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Errors from the activity database.
@@ -436,6 +443,28 @@ pub fn set_labels(conn: &mut Connection, labels: &[(IpAddr, String)]) -> Result<
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Sets sources' behaviour families (the `group` export column), e.g. the `[[legit]] name`
+/// of the users behind a legit source. A source without a group exports its label as group.
+pub fn set_groups(conn: &mut Connection, groups: &[(IpAddr, String)]) -> Result<(), ActivityError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT OR REPLACE INTO groups (source, grp) VALUES (?1, ?2)")?;
+        for (ip, group) in groups {
+            stmt.execute(params![ip.to_string(), group])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every group, by source address text.
+pub fn groups(conn: &Connection) -> Result<Vec<(String, String)>, ActivityError> {
+    let mut stmt = conn.prepare("SELECT source, grp FROM groups ORDER BY source")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Every label, by source address text.

@@ -2,8 +2,11 @@
 //! [`Extractor`] the live detector runs, written as one CSV row per (source, window) with a
 //! `label` column; and `rampart activity stats`: what the database holds.
 //!
-//! CSV header: `source,window_start_ms,window_ms,<FEATURES...>,label`. `label` is the source's
-//! label from the `labels` table (the attack kind a scenario ran from it), or `benign`.
+//! CSV header: `source,window_start_ms,window_ms,<FEATURES...>,label,group`. `label` is the
+//! source's label from the `labels` table (the attack kind a scenario ran from it), or
+//! `benign`. `group` is its behaviour family from the `groups` table (the `[[legit]] name`s
+//! of the users behind a legit source, joined with `+`), or else its label: a reader that
+//! trains on `label` must find `group` by name and leave it out of the features.
 //! The file is written to a temporary file next to `out` and renamed into place only when
 //! complete, so a failed export never leaves a truncated CSV behind.
 
@@ -23,8 +26,11 @@ use crate::guard::SourceKey;
 /// The columns before the features.
 pub const KEY_COLUMNS: [&str; 3] = ["source", "window_start_ms", "window_ms"];
 
-/// The last column.
+/// The column after the features: `benign` or the attack kind.
 pub const LABEL_COLUMN: &str = "label";
+
+/// The last column: the source's behaviour family (see the module docs).
+pub const GROUP_COLUMN: &str = "group";
 
 /// The label of a source that the labels table does not name.
 pub const BENIGN: &str = "benign";
@@ -48,12 +54,12 @@ pub const EVENT_NAMES: [&str; 11] = [
     "close",
 ];
 
-/// The CSV header: [`KEY_COLUMNS`], [`FEATURES`], [`LABEL_COLUMN`].
+/// The CSV header: [`KEY_COLUMNS`], [`FEATURES`], [`LABEL_COLUMN`], [`GROUP_COLUMN`].
 pub fn csv_header() -> Vec<&'static str> {
     KEY_COLUMNS
         .iter()
         .chain(FEATURES)
-        .chain(std::iter::once(&LABEL_COLUMN))
+        .chain([&LABEL_COLUMN, &GROUP_COLUMN])
         .copied()
         .collect()
 }
@@ -131,8 +137,24 @@ fn load_labels(
     conn: &Connection,
     ipv6_prefix: u8,
 ) -> Result<BTreeMap<SourceKey, String>, ExportError> {
+    by_source(db::labels(conn)?, ipv6_prefix)
+}
+
+/// Groups by source, keyed like [`load_labels`].
+fn load_groups(
+    conn: &Connection,
+    ipv6_prefix: u8,
+) -> Result<BTreeMap<SourceKey, String>, ExportError> {
+    by_source(db::groups(conn)?, ipv6_prefix)
+}
+
+/// (address text, value) rows keyed by source; the first row of a source wins.
+fn by_source(
+    rows: Vec<(String, String)>,
+    ipv6_prefix: u8,
+) -> Result<BTreeMap<SourceKey, String>, ExportError> {
     let mut labels = BTreeMap::new();
-    for (text, label) in db::labels(conn)? {
+    for (text, label) in rows {
         let key = match text.parse::<IpAddr>() {
             Ok(ip) => SourceKey::from_ip(ip, ipv6_prefix),
             Err(_) => text
@@ -150,6 +172,7 @@ fn load_labels(
 struct RowWriter<W: std::io::Write> {
     csv: csv::Writer<W>,
     labels: BTreeMap<SourceKey, String>,
+    groups: BTreeMap<SourceKey, String>,
     path: PathBuf,
     rows: u64,
     sources: BTreeSet<SourceKey>,
@@ -179,6 +202,8 @@ impl<W: std::io::Write> RowWriter<W> {
             // `Display` for f64 prints the shortest text that parses back to the same value.
             self.fields.extend(row.values.iter().map(f64::to_string));
             self.fields.push(label.to_owned());
+            let group = self.groups.get(&row.source).map_or(label, String::as_str);
+            self.fields.push(group.to_owned());
             if let Err(e) = self.csv.write_record(&self.fields) {
                 return Err(self.err(e));
             }
@@ -200,6 +225,7 @@ pub fn export_csv(
     let conn = open_existing(data_dir)?;
     let mut extractor = Extractor::new(window, EXPORT_MAX_SOURCES);
     let labels = load_labels(&conn, extractor.ipv6_prefix())?;
+    let groups = load_groups(&conn, extractor.ipv6_prefix())?;
     let io_err = |source| ExportError::Io {
         path: out.to_path_buf(),
         source,
@@ -214,11 +240,12 @@ pub fn export_csv(
         let mut writer = RowWriter {
             csv: csv::Writer::from_writer(BufWriter::new(tmp.as_file())),
             labels,
+            groups,
             path: out.to_path_buf(),
             rows: 0,
             sources: BTreeSet::new(),
             rows_by_label: BTreeMap::new(),
-            fields: Vec::with_capacity(FEATURES.len() + KEY_COLUMNS.len() + 1),
+            fields: Vec::with_capacity(FEATURES.len() + KEY_COLUMNS.len() + 2),
         };
         writer.header()?;
         let mut failed: Option<ExportError> = None;
@@ -438,14 +465,19 @@ mod tests {
         assert_eq!(header, csv_header());
         assert_eq!(header[0], "source");
         assert_eq!(header[3], FEATURES[0]);
-        assert_eq!(header.last().map(String::as_str), Some("label"));
-        assert_eq!(header.len(), FEATURES.len() + 4);
+        assert_eq!(header[header.len() - 2], "label");
+        assert_eq!(header.last().map(String::as_str), Some("group"));
+        assert_eq!(header.len(), FEATURES.len() + 5);
 
         let records: Vec<csv::StringRecord> = reader.records().collect::<Result<_, _>>()?;
         let keys: Vec<(&str, &str, &str, &str)> = records
             .iter()
-            .map(|r| (&r[0], &r[1], &r[2], &r[header.len() - 1]))
+            .map(|r| (&r[0], &r[1], &r[2], &r[header.len() - 2]))
             .collect();
+        // Without groups, every source's group is its label.
+        for r in &records {
+            assert_eq!(&r[header.len() - 1], &r[header.len() - 2]);
+        }
         let w0 = T0.to_string();
         let w1 = (T0 + 1000).to_string();
         assert_eq!(
@@ -487,6 +519,34 @@ mod tests {
         assert_eq!(by_label, [("benign", 2), ("flood", 2)]);
         assert_eq!(summary.extractor.late_events, 0);
         assert_eq!(summary.extractor.evicted_sources, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn groups_fill_the_last_column_and_leave_labels_alone() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        record(dir.path(), &sample(), &[(ip(2), "flood".to_string())])?;
+        {
+            let mut conn = db::open(dir.path())?;
+            db::set_groups(&mut conn, &[(ip(1), "typos+nat".to_string())])?;
+        }
+        let out = dir.path().join("g.csv");
+        export_csv(dir.path(), &out, parse_window("10s")?)?;
+        let mut reader = csv::Reader::from_path(&out)?;
+        let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+        let (label, group) = (header.len() - 2, header.len() - 1);
+        let rows: Vec<(String, String, String)> = reader
+            .records()
+            .map(|r| r.map(|r| (r[0].to_owned(), r[label].to_owned(), r[group].to_owned())))
+            .collect::<Result<_, _>>()?;
+        let want = |s: &str, l: &str, g: &str| (s.to_owned(), l.to_owned(), g.to_owned());
+        assert_eq!(
+            rows,
+            [
+                want("127.0.1.1", "benign", "typos+nat"),
+                want("127.0.1.2", "flood", "flood"),
+            ]
+        );
         Ok(())
     }
 

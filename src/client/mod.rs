@@ -66,6 +66,14 @@ pub const DEFAULT_UPLOAD_WINDOW: usize = 8;
 /// `max_chunk` from UPLOAD_READY always caps it.
 pub const DEFAULT_CHUNK_SIZE: usize = 256 * 1024;
 
+/// Largest piece a [`ClientOptions::segmented`] client writes at once: small enough that
+/// most frames take several writes, as from a client that writes field by field.
+pub const SEGMENT_MAX_BYTES: usize = 64;
+
+/// Longest pause a [`ClientOptions::segmented`] client makes between two pieces of a frame:
+/// well below any server read timeout, long enough to split a frame across reads.
+pub const SEGMENT_MAX_PAUSE: Duration = Duration::from_millis(5);
+
 /// How a [`Client`] connects and behaves. Build it with `ClientOptions::default()` and the
 /// builder methods, or with struct update syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +92,10 @@ pub struct ClientOptions {
     /// Bytes per upload chunk and per download request, capped by the server's `max_chunk`
     /// (uploads) and by `limits.max_chunk_bytes` (downloads); 0 is treated as 1.
     pub chunk_size: usize,
+    /// Write every request in small pieces, the way another implementation of the protocol
+    /// might, from this seed: see [`ClientOptions::segmented`]. `None` (the default) writes
+    /// each request, or a whole pipeline, at once.
+    pub segmented: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -95,6 +107,7 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             upload_window: DEFAULT_UPLOAD_WINDOW,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            segmented: None,
         }
     }
 }
@@ -133,6 +146,15 @@ impl ClientOptions {
     /// Sets [`ClientOptions::chunk_size`].
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk_size = bytes;
+        self
+    }
+
+    /// Writes every frame in pieces of 1 to [`SEGMENT_MAX_BYTES`] bytes, now and then
+    /// pausing up to [`SEGMENT_MAX_PAUSE`] between two pieces, all drawn from `seed`: the
+    /// same bytes as the default client, cut the way a different implementation (or a
+    /// congested link) would cut them. Sets [`ClientOptions::segmented`].
+    pub fn segmented(mut self, seed: u64) -> Self {
+        self.segmented = Some(seed);
         self
     }
 }

@@ -195,6 +195,19 @@ impl Client {
         write_error
     }
 
+    /// Writes one request and returns its id without reading the reply, as a client that
+    /// stops reading for a while does; read the reply later with [`Client::read_reply`].
+    pub async fn send_request(&mut self, req: &Request) -> Result<u32, ClientError> {
+        self.send(req).await
+    }
+
+    /// Reads replies up to the one for request `id` (from [`Client::send_request`]),
+    /// discarding replies to earlier requests; an ERROR reply becomes
+    /// [`ClientError::Server`].
+    pub async fn read_reply(&mut self, id: u32) -> Result<Reply, ClientError> {
+        self.reply_to(id).await
+    }
+
     /// Sends one request and waits for its reply; an ERROR reply becomes
     /// [`ClientError::Server`].
     pub async fn call(&mut self, req: Request) -> Result<Reply, ClientError> {

@@ -815,3 +815,86 @@ fn hex_is_lower_case() {
     assert_eq!(hex(&[]), "");
     assert_eq!(hex(&[0xde, 0xad, 0x0b]), "dead0b");
 }
+
+/// Accepts one connection and returns every byte the client wrote until it closed.
+async fn raw_bytes_of(
+    drive: impl FnOnce(SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await?;
+        Ok::<_, std::io::Error>(all)
+    });
+    tokio::time::timeout(Duration::from_secs(10), drive(addr)).await?;
+    Ok(tokio::time::timeout(Duration::from_secs(10), reader).await???)
+}
+
+#[tokio::test]
+async fn segmented_writes_put_the_same_bytes_on_the_wire() -> TestResult {
+    let text = "x".repeat(700);
+    let requests = move || {
+        vec![
+            Request::Ping,
+            Request::SendMessage {
+                to: "bob".into(),
+                text: text.clone(),
+            },
+            Request::Ping,
+        ]
+    };
+    let mut wires = Vec::new();
+    for segmented in [None, Some(7), Some(8)] {
+        let reqs = requests();
+        let wire = raw_bytes_of(move |addr| {
+            Box::pin(async move {
+                let opts = ClientOptions {
+                    segmented,
+                    ..opts().request_timeout(Duration::from_millis(300))
+                };
+                let Ok(mut c) = Client::connect(addr, opts).await else {
+                    return;
+                };
+                // Nobody answers: the pipeline times out once every byte is written.
+                let _ = c.pipeline(reqs).await;
+            })
+        })
+        .await?;
+        wires.push(wire);
+    }
+    assert!(wires[0].len() > 700, "{}", wires[0].len());
+    assert_eq!(wires[1], wires[0]);
+    assert_eq!(wires[2], wires[0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_segmented_client_talks_to_a_server() -> TestResult {
+    let (addr, task) = fake(|mut peer| async move {
+        let mut texts = Vec::new();
+        for _ in 0..3 {
+            let (id, req) = peer.expect().await;
+            match req {
+                Request::SendMessage { text, .. } => {
+                    texts.push(text);
+                    peer.reply(id, Reply::Accepted { item_id: id.into() }).await;
+                }
+                _ => peer.reply(id, Reply::Pong).await,
+            }
+        }
+        peer.hold().await;
+        texts
+    })
+    .await?;
+    let mut c = Client::connect(addr, opts().segmented(3)).await?;
+    assert_eq!(c.options().segmented, Some(3));
+    c.ping().await?;
+    assert_eq!(c.send_message("bob", &"y".repeat(300)).await?, 2);
+    c.ping().await?;
+    drop(c);
+    assert_eq!(task.await?, vec!["y".repeat(300)]);
+    Ok(())
+}

@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{lookup_host, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, FramedRead};
 
-use super::{ClientError, ClientOptions};
+use super::{ClientError, ClientOptions, SEGMENT_MAX_BYTES, SEGMENT_MAX_PAUSE};
 use crate::protocol::{CodecError, Frame, FrameCodec, Kind, Limits, Reply, Role};
 
 /// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
@@ -103,6 +105,7 @@ pub(super) fn split(stream: TcpStream, opts: &ClientOptions) -> (Inbound, Outbou
         half: write,
         timeout: opts.request_timeout,
         broken: false,
+        segments: opts.segmented.map(StdRng::seed_from_u64),
     };
     (inbound, outbound)
 }
@@ -242,6 +245,8 @@ pub(super) struct Outbound {
     timeout: Duration,
     /// Set once a write failed or was abandoned part way: a partial frame may be on the wire.
     pub(super) broken: bool,
+    /// With [`ClientOptions::segmented`]: draws the size of each piece and the pauses.
+    segments: Option<StdRng>,
 }
 
 impl Outbound {
@@ -253,7 +258,19 @@ impl Outbound {
         }
         let mut rest = bytes;
         while !rest.is_empty() {
-            let step = tokio::time::timeout(self.timeout, self.half.write(rest)).await;
+            let piece = match self.segments.as_mut() {
+                None => rest,
+                Some(rng) => {
+                    // One pause in four, before a piece that is not the first.
+                    if rest.len() < bytes.len() && rng.gen_ratio(1, 4) {
+                        let pause = rng.gen_range(Duration::ZERO..=SEGMENT_MAX_PAUSE);
+                        tokio::time::sleep(pause).await;
+                    }
+                    let n = rng.gen_range(1..=SEGMENT_MAX_BYTES).min(rest.len());
+                    rest.get(..n).unwrap_or(rest)
+                }
+            };
+            let step = tokio::time::timeout(self.timeout, self.half.write(piece)).await;
             let n = match step {
                 Ok(Ok(0)) => Err(ClientError::Closed),
                 Ok(Ok(n)) => Ok(n),

@@ -12,6 +12,7 @@
 //! Every loop here ends by a deadline: the group's stop time plus the latency SLO for
 //! starting operations, and the runner's hard end for finishing them.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use tokio::time::Instant;
 
 use super::metrics::{LiveCounters, OpKind, OpRecord};
-use super::spec::{Legit, Scenario, CONTROL_SOURCE};
+use super::spec::{ClientKind, Legit, Pace, Scenario, CONTROL_SOURCE};
 use crate::client::{Client, ClientError, ClientOptions};
-use crate::protocol::{ErrorCode, ItemBody};
+use crate::protocol::{ErrorCode, ItemBody, Kind, Request};
 
 /// Wait for one reply of a legit client. Short enough that a stalled server is noticed
 /// within a scenario, long enough for an fsync on a slow disk.
@@ -73,7 +74,7 @@ pub fn plan(scenario: &Scenario) -> Vec<ClientPlan> {
                 index,
                 user: format!("legit{index}"),
                 password: format!("legit-{:016x}", rng.gen::<u64>()),
-                source: group.sources[i % group.sources.len()],
+                source: group.source_of(i),
                 load: group.clone(),
                 seed: rng.gen(),
             });
@@ -91,6 +92,182 @@ pub fn options(source: Ipv4Addr) -> ClientOptions {
         .chunk_size(64 * 1024)
 }
 
+/// Client options of one legit client: [`options`], and for a `segmented` group the
+/// segmented writes (seeded by the client) and a different pipelining: two upload chunks of
+/// 16 KiB in flight instead of eight of 64 KiB.
+pub fn client_options(plan: &ClientPlan) -> ClientOptions {
+    let opts = options(plan.source);
+    match plan.load.client {
+        ClientKind::Rampart => opts,
+        ClientKind::Segmented => opts
+            .segmented(plan.seed ^ SEGMENT_SEED)
+            .upload_window(2)
+            .chunk_size(16 * 1024),
+    }
+}
+
+/// Mixed into a client's seed for its segmented writes.
+const SEGMENT_SEED: u64 = 0x0073_6567_6d65_6e74;
+/// Mixed into a client's seed for its mistakes (a separate generator, so a group without
+/// mistakes draws exactly the operations it always did).
+const MISTAKE_SEED: u64 = 0x006d_6973_7461_6b65;
+/// Mixed into a client's seed for its pace and its read stalls.
+const PACE_SEED: u64 = 0x7061_6365;
+
+/// The kinds of honest mistake a legit client makes, as `legit_mistakes` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mistake {
+    /// A mistyped password, then the right one.
+    Typo,
+    /// One send of a stale password (a client sends it `stale_password_retries` times).
+    StalePassword,
+    /// A fetch of one of the client's own items that it deleted.
+    StaleFetch,
+    /// A fetch of a mistyped item id.
+    WrongId,
+    /// A message to a user name that does not exist.
+    UnknownRecipient,
+}
+
+impl Mistake {
+    /// Every kind, in report order.
+    pub const ALL: [Mistake; 5] = [
+        Mistake::Typo,
+        Mistake::StalePassword,
+        Mistake::StaleFetch,
+        Mistake::WrongId,
+        Mistake::UnknownRecipient,
+    ];
+
+    /// The key in `legit_mistakes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mistake::Typo => "typo",
+            Mistake::StalePassword => "stale_password",
+            Mistake::StaleFetch => "stale_fetch",
+            Mistake::WrongId => "wrong_id",
+            Mistake::UnknownRecipient => "unknown_recipient",
+        }
+    }
+
+    /// Whether `e` is the server's honest answer to this mistake.
+    fn expected(self, e: &ClientError) -> bool {
+        matches!(
+            (self, e.code()),
+            (
+                Mistake::Typo | Mistake::StalePassword,
+                Some(ErrorCode::AuthFailed)
+            ) | (Mistake::StaleFetch, Some(ErrorCode::NotFound))
+                | (
+                    Mistake::WrongId,
+                    Some(ErrorCode::NotFound | ErrorCode::PermissionDenied)
+                )
+                | (Mistake::UnknownRecipient, Some(ErrorCode::UnknownRecipient))
+        )
+    }
+}
+
+/// What the login path of one client remembers between logins: its mistake generator, the
+/// stale passwords it still has to send, and the mistakes the server answered honestly.
+#[derive(Debug)]
+pub struct LoginState {
+    rng: StdRng,
+    typo_rate: f64,
+    stale_left: u32,
+    /// Honest refusals of mistaken logins, by kind.
+    pub mistakes: BTreeMap<Mistake, u64>,
+}
+
+impl LoginState {
+    /// The state of `plan`'s client before its first login.
+    pub fn new(plan: &ClientPlan) -> LoginState {
+        LoginState {
+            rng: StdRng::seed_from_u64(plan.seed ^ MISTAKE_SEED ^ 0x006c_6f67_696e),
+            typo_rate: plan.load.typo_rate,
+            stale_left: plan.load.stale_password_retries,
+            mistakes: BTreeMap::new(),
+        }
+    }
+
+    /// The wrong passwords the next login sends before the right one: the stale password
+    /// `stale_password_retries` times on the first login only, then a typo with
+    /// probability `typo_rate` on every login (the first included).
+    fn wrong_passwords(&mut self, right: &str) -> Vec<(Mistake, String)> {
+        let mut wrong = Vec::new();
+        for _ in 0..std::mem::take(&mut self.stale_left) {
+            wrong.push((Mistake::StalePassword, format!("{right}-old")));
+        }
+        if self.typo_rate > 0.0 && self.rng.gen_bool(self.typo_rate.clamp(0.0, 1.0)) {
+            wrong.push((Mistake::Typo, typo(&mut self.rng, right)));
+        }
+        wrong
+    }
+}
+
+/// `password` with one character replaced by a different one, as a slipped finger does.
+fn typo(rng: &mut StdRng, password: &str) -> String {
+    let mut chars: Vec<char> = password.chars().collect();
+    if chars.is_empty() {
+        return "x".into();
+    }
+    let i = rng.gen_range(0..chars.len());
+    chars[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+    chars.into_iter().collect()
+}
+
+/// Every login of a legit client during the run goes through here (reconnections,
+/// `relogin_every_s`, `reconnect_every_s`, `per_command_login`, and the first login of a
+/// group that makes login mistakes), so a cheaper way back in (a resume ticket) can be
+/// added in this one place. Sends the wrong passwords `state` calls for first, each
+/// expecting AUTH_FAILED on the same connection, then the right one; retries the whole
+/// login while the server answers RATE_LIMITED, for up to 30 s (login limits are per
+/// minute).
+pub async fn login_client(
+    plan: &ClientPlan,
+    target: SocketAddr,
+    state: &mut LoginState,
+) -> Result<Client, ClientError> {
+    let give_up = Instant::now() + LOGIN_PATIENCE;
+    let mut wrong = state.wrong_passwords(&plan.password);
+    loop {
+        match login_attempt(plan, target, &mut wrong, &mut state.mistakes).await {
+            Err(e) if e.code() == Some(ErrorCode::RateLimited) && Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One connection's login: the wrong passwords still due (removed as the server refuses
+/// each), then the right one.
+async fn login_attempt(
+    plan: &ClientPlan,
+    target: SocketAddr,
+    wrong: &mut Vec<(Mistake, String)>,
+    mistakes: &mut BTreeMap<Mistake, u64>,
+) -> Result<Client, ClientError> {
+    let mut client = Client::connect(target, client_options(plan)).await?;
+    while let Some((mistake, password)) = wrong.first() {
+        match client.auth(&plan.user, password.as_bytes()).await {
+            Err(e) if mistake.expected(&e) => {
+                *mistakes.entry(*mistake).or_insert(0) += 1;
+                wrong.remove(0);
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {
+                // A wrong password was accepted: that is the server's fault, not a mistake.
+                return Err(ClientError::UnexpectedReply {
+                    expected: "ERROR auth_failed",
+                    got: Kind::AuthOk,
+                });
+            }
+        }
+    }
+    client.auth(&plan.user, plan.password.as_bytes()).await?;
+    Ok(client)
+}
+
 /// Logs in from `source`, retrying while the server answers RATE_LIMITED (for up to
 /// 30 s: login limits are per minute).
 pub async fn login(
@@ -99,9 +276,19 @@ pub async fn login(
     password: &str,
     source: Ipv4Addr,
 ) -> Result<Client, ClientError> {
+    login_with(target, user, password, options(source)).await
+}
+
+/// [`login`] with these client options.
+pub async fn login_with(
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    opts: ClientOptions,
+) -> Result<Client, ClientError> {
     let give_up = Instant::now() + LOGIN_PATIENCE;
     loop {
-        match Client::login(target, user, password.as_bytes(), options(source)).await {
+        match Client::login(target, user, password.as_bytes(), opts.clone()).await {
             Err(e) if e.code() == Some(ErrorCode::RateLimited) && Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -295,6 +482,7 @@ pub struct LoadContext {
 }
 
 /// The outcome of one client's load.
+#[derive(Default)]
 pub struct ClientRun {
     /// Its index.
     pub index: usize,
@@ -310,6 +498,244 @@ pub struct ClientRun {
     pub logins: u64,
     /// Of those, the ones that did not end in AUTH_OK.
     pub login_refusals: u64,
+    /// Honest refusals of the client's deliberate mistakes, by kind.
+    pub mistakes: BTreeMap<Mistake, u64>,
+    /// The user logged in successfully at least once (before the run or during it).
+    pub good_standing: bool,
+    /// After that, a reply or refusal said `blocked`: the user was locked out.
+    pub locked_out: bool,
+}
+
+/// Longest pause between two bursts' operations of a `bursty` client, and at most a quarter
+/// of its mean interval: the burst is a user clicking through several things at once.
+const BURST_GAP: Duration = Duration::from_millis(100);
+
+/// How far a `diurnal` rate swings around its mean: from 0.2 to 1.8 times it.
+const DIURNAL_SWING: f64 = 0.8;
+
+/// When one client's operations are due, from the scenario start, in order; every pace has
+/// the group's mean rate.
+#[derive(Debug)]
+pub struct Schedule {
+    pace: Pace,
+    interval: Duration,
+    rate: f64,
+    start: Duration,
+    stop: Duration,
+    /// The phase, as a fraction of one interval.
+    phase: f64,
+    /// The first operation's due time (steady and bursty).
+    first: Duration,
+    k: u64,
+    rng: StdRng,
+    burst_start: Duration,
+    burst_len: u32,
+    burst_pos: u32,
+}
+
+impl Schedule {
+    /// The schedule of a client of `load` with phase `phase` (0..1, drawn by the caller
+    /// from the client's own generator) and `seed` for the bursts.
+    pub fn new(load: &Legit, phase: f64, seed: u64) -> Schedule {
+        let interval = Duration::from_secs_f64(1.0 / load.rate_per_s);
+        let first = load.start + interval.mul_f64(phase);
+        let mut rng = StdRng::seed_from_u64(seed ^ PACE_SEED);
+        let burst_len = rng.gen_range(2..=6);
+        Schedule {
+            pace: load.pace,
+            interval,
+            rate: load.rate_per_s,
+            start: load.start,
+            stop: load.stop,
+            phase,
+            first,
+            k: 0,
+            rng,
+            burst_start: first,
+            burst_len,
+            burst_pos: 0,
+        }
+    }
+
+    /// The diurnal due time of operation `k`: where the expected count of operations since
+    /// the start, `rate * (t - swing * T / 2π * sin(2π t / T))`, reaches `k + phase`.
+    fn diurnal(&self, k: u64) -> Option<Duration> {
+        let span = self.stop.saturating_sub(self.start).as_secs_f64();
+        let tau = std::f64::consts::TAU;
+        let count = |t: f64| self.rate * (t - DIURNAL_SWING * span / tau * (tau * t / span).sin());
+        let want = k as f64 + self.phase;
+        if span <= 0.0 || want >= count(span) {
+            return None;
+        }
+        // The count grows strictly (the rate never drops below 0.2 times the mean).
+        let (mut lo, mut hi) = (0.0, span);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if count(mid) < want {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(self.start + Duration::from_secs_f64(hi))
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let due = match self.pace {
+            Pace::Steady => self.first + self.interval.mul_f64(self.k as f64),
+            Pace::Bursty => {
+                if self.burst_pos == self.burst_len {
+                    // The next burst starts as many intervals later as the burst had
+                    // operations: the same mean rate, in clumps.
+                    self.burst_start += self.interval.mul_f64(f64::from(self.burst_len));
+                    self.burst_len = self.rng.gen_range(2..=6);
+                    self.burst_pos = 0;
+                }
+                let gap = BURST_GAP.min(self.interval / 4);
+                let due = self.burst_start + gap * self.burst_pos;
+                self.burst_pos += 1;
+                due
+            }
+            Pace::Diurnal => self.diurnal(self.k)?,
+        };
+        self.k += 1;
+        (due < self.stop).then_some(due)
+    }
+}
+
+/// When a `stall_read_s` client stops reading: about every 10 s (7.5 to 12.5 s apart,
+/// seeded), the first 2 to 10 s after the group starts.
+#[derive(Debug)]
+struct Stalls {
+    next: Duration,
+    length: Duration,
+    rng: StdRng,
+}
+
+impl Stalls {
+    fn new(load: &Legit, seed: u64) -> Option<Stalls> {
+        let length = load.stall_read?;
+        let mut rng = StdRng::seed_from_u64(seed ^ PACE_SEED ^ 0x0073_7461_6c6c);
+        let next = load.start + Duration::from_secs_f64(rng.gen_range(2.0..10.0));
+        Some(Stalls { next, length, rng })
+    }
+
+    /// Moves to the stall after the current one.
+    fn advance(&mut self) {
+        let gap = Duration::from_secs_f64(self.rng.gen_range(7.5..12.5));
+        self.next += gap.max(self.length + Duration::from_secs(1));
+    }
+}
+
+/// Writes a PING and a page of the inbox, then does not read for `length`, then reads both
+/// replies: the server has to hold what it sent until the client reads again.
+async fn stall_reading(client: &mut Client, length: Duration) -> Result<(), ClientError> {
+    let ping = client.send_request(&Request::Ping).await?;
+    let inbox = client
+        .send_request(&Request::ListInbox {
+            after: 0,
+            limit: 50,
+        })
+        .await?;
+    tokio::time::sleep(length).await;
+    client.read_reply(ping).await?;
+    client.read_reply(inbox).await?;
+    Ok(())
+}
+
+/// Which deliberate mistake, if any, operation `k` makes instead of its drawn operation.
+/// Draws from the mistake generator only when the group makes mistakes.
+fn pick_mistake(rng: &mut StdRng, load: &Legit) -> Option<Mistake> {
+    let total = load.stale_fetch_rate + load.wrong_id_rate + load.unknown_recipient_rate;
+    if total <= 0.0 {
+        return None;
+    }
+    let x: f64 = rng.gen();
+    if x < load.stale_fetch_rate {
+        Some(Mistake::StaleFetch)
+    } else if x < load.stale_fetch_rate + load.wrong_id_rate {
+        Some(Mistake::WrongId)
+    } else if x < total {
+        Some(Mistake::UnknownRecipient)
+    } else {
+        None
+    }
+}
+
+/// What a client remembers for its mistakes: the item it deleted and will fetch again, and
+/// the last item id it saw.
+#[derive(Debug, Default)]
+struct MistakeMemory {
+    deleted: Option<u64>,
+    last_id: u64,
+}
+
+/// The record kind of a mistake operation.
+fn mistake_kind(m: Mistake) -> OpKind {
+    match m {
+        Mistake::StaleFetch | Mistake::WrongId => OpKind::Fetch,
+        _ => OpKind::Message,
+    }
+}
+
+/// Runs one mistake operation. `Ok(Some(m))`: the server gave the honest answer to mistake
+/// `m`; `Ok(None)`: only the preparation ran (the first stale fetch deletes an item to fetch
+/// later); `Err`: a failure, labelled as in `legit_errors`.
+async fn run_mistake(
+    client: &mut Client,
+    mistake: Mistake,
+    memory: &mut MistakeMemory,
+    rng: &mut StdRng,
+    me: &str,
+    users: usize,
+) -> Result<Option<Mistake>, ClientError> {
+    let honest = |r: Result<(), ClientError>, m: Mistake| match r {
+        Err(e) if m.expected(&e) => Ok(Some(m)),
+        Err(e) => Err(e),
+        Ok(()) => Err(ClientError::UnexpectedReply {
+            expected: "ERROR",
+            got: Kind::Ok,
+        }),
+    };
+    match mistake {
+        Mistake::StaleFetch => {
+            let fetched = match memory.deleted.take() {
+                Some(id) => Some(honest(client.fetch(id).await.map(drop), mistake)?),
+                None => None,
+            };
+            // A note to oneself, deleted at once: the item the next stale fetch asks for.
+            let id = client.send_message(me, "note to self").await?;
+            client.delete(id).await?;
+            memory.deleted = Some(id);
+            memory.last_id = memory.last_id.max(id);
+            Ok(fetched.flatten())
+        }
+        Mistake::WrongId => {
+            // A digit off: near an id the client has seen, never one of the user's own
+            // items for sure, so the honest answers are NOT_FOUND and PERMISSION_DENIED,
+            // and a user's own item (which it may fetch) counts as honest too.
+            let delta = rng.gen_range(1..=9u64);
+            let id = if rng.gen_bool(0.5) {
+                memory.last_id.saturating_add(delta)
+            } else {
+                memory.last_id.saturating_sub(delta).max(1)
+            };
+            match client.fetch(id).await {
+                Ok(_) => Ok(Some(mistake)),
+                Err(e) => honest(Err(e), mistake),
+            }
+        }
+        Mistake::UnknownRecipient => {
+            // A name no client has: past the last `legitN`, with a slip of the finger.
+            let to = format!("legti{}", users + rng.gen_range(0..100usize));
+            honest(client.send_message(&to, "hello?").await.map(drop), mistake)
+        }
+        Mistake::Typo | Mistake::StalePassword => Ok(None),
+    }
 }
 
 fn record(live: &LiveCounters, slo: Duration, r: &OpRecord) {
@@ -321,40 +747,71 @@ fn record(live: &LiveCounters, slo: Duration, r: &OpRecord) {
     }
 }
 
-/// Runs one client's open-loop schedule, starting with an already logged-in connection.
+/// Notes a failure: a `blocked` answer after the user was in good standing locks it out.
+fn note_failure(run: &mut ClientRun, e: &ClientError) {
+    if run.good_standing && e.code() == Some(ErrorCode::Blocked) {
+        run.locked_out = true;
+    }
+}
+
+/// Runs one client's open-loop schedule, starting with an already logged-in connection (or
+/// none: the first operation logs in).
 pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadContext) -> ClientRun {
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let load = &plan.load;
-    let interval = Duration::from_secs_f64(1.0 / load.rate_per_s);
-    let phase = interval.mul_f64(rng.gen::<f64>());
-    let first = load.start + phase;
+    let phase: f64 = rng.gen();
+    let schedule = Schedule::new(load, phase, plan.seed);
+    let mut stalls = Stalls::new(load, plan.seed);
+    let mut mistake_rng = StdRng::seed_from_u64(plan.seed ^ MISTAKE_SEED);
+    let mut memory = MistakeMemory::default();
+    let mut login_state = LoginState::new(plan);
     // Operations due before `load.stop`; none may start after `last_start`.
     let last_start = (ctx.t0 + load.stop + ctx.slo).min(ctx.hard_end);
     let me = plan.index;
     let mut run = ClientRun {
         index: me,
-        records: Vec::new(),
-        acked: Vec::new(),
+        good_standing: client.is_some(),
         client,
-        refused_at_accept: false,
-        logins: 0,
-        login_refusals: 0,
+        ..ClientRun::default()
     };
     let mut next_login = Instant::now();
-    // When the client's connection logged in, for `relogin_every`.
+    // When the client's connection logged in, for `relogin_every` and `reconnect_every`.
     let mut logged_in_at = Instant::now();
-    let mut k: u64 = 0;
-    loop {
-        let due = first + interval.mul_f64(k as f64);
-        if due >= load.stop {
-            break;
-        }
+    // Operations due before this are skipped: the client was not reading (a stall).
+    let mut idle_until = Duration::ZERO;
+    for (k, due) in (0u64..).zip(schedule) {
         let (op, to) = draw(&mut rng, load, k, ctx.users.len(), me);
-        k += 1;
+        let mistake = pick_mistake(&mut mistake_rng, load);
+        if let Some(st) = stalls.as_mut() {
+            if st.next <= due {
+                let at = ctx.t0 + st.next;
+                if at < last_start {
+                    tokio::time::sleep_until(at).await;
+                    if let Some(c) = run.client.as_mut().filter(|c| !c.is_closed()) {
+                        let stalled =
+                            tokio::time::timeout_at(ctx.hard_end, stall_reading(c, st.length))
+                                .await;
+                        match stalled {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                note_failure(&mut run, &e);
+                                run.client = None;
+                            }
+                            Err(_) => run.client = None,
+                        }
+                    }
+                }
+                idle_until = st.next + st.length;
+                st.advance();
+            }
+        }
+        if due < idle_until {
+            continue;
+        }
         let due_at = ctx.t0 + due;
         tokio::time::sleep_until(due_at).await;
         let mut rec = OpRecord {
-            kind: op.kind(),
+            kind: mistake.map_or(op.kind(), mistake_kind),
             scheduled: due,
             latency: None,
             error: None,
@@ -375,6 +832,13 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                 let _ = tokio::time::timeout_at(ctx.hard_end, client.bye()).await;
             }
         }
+        if load
+            .reconnect_every
+            .is_some_and(|every| logged_in_at.elapsed() >= every)
+        {
+            // A phone changing networks: the old connection is just gone, no BYE.
+            run.client = None;
+        }
         if run.client.as_ref().map_or(true, Client::is_closed) {
             run.client = None;
             if Instant::now() < next_login {
@@ -383,18 +847,14 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
             next_login = Instant::now() + RECONNECT_PAUSE;
             let attempt = tokio::time::timeout_at(
                 ctx.hard_end,
-                Client::login(
-                    ctx.target,
-                    &plan.user,
-                    plan.password.as_bytes(),
-                    options(plan.source),
-                ),
+                login_client(plan, ctx.target, &mut login_state),
             )
             .await;
             run.logins += 1;
             match attempt {
                 Ok(Ok(c)) => {
                     run.client = Some(c);
+                    run.good_standing = true;
                     logged_in_at = Instant::now();
                 }
                 Ok(Err(e)) => {
@@ -404,6 +864,7 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                     {
                         run.refused_at_accept = true;
                     }
+                    note_failure(&mut run, &e);
                     rec.error = Some(error_label(&e));
                 }
                 Err(_) => {
@@ -413,30 +874,76 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
             }
         }
         if let Some(client) = run.client.as_mut() {
-            let to_name = &ctx.users[to];
-            match tokio::time::timeout_at(ctx.hard_end, op.send(client, to_name)).await {
-                Ok(Ok(item_id)) => {
-                    rec.latency = Some(Instant::now().saturating_duration_since(due_at));
-                    if rec.latency.is_some_and(|l| l > ctx.slo) {
-                        rec.error = Some("late".into());
+            match mistake {
+                Some(m) => {
+                    let to_do = run_mistake(
+                        client,
+                        m,
+                        &mut memory,
+                        &mut mistake_rng,
+                        &plan.user,
+                        ctx.users.len(),
+                    );
+                    match tokio::time::timeout_at(ctx.hard_end, to_do).await {
+                        Ok(Ok(honest)) => {
+                            rec.latency = Some(Instant::now().saturating_duration_since(due_at));
+                            if rec.latency.is_some_and(|l| l > ctx.slo) {
+                                rec.error = Some("late".into());
+                            }
+                            if let Some(m) = honest {
+                                *run.mistakes.entry(m).or_insert(0) += 1;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            note_failure(&mut run, &e);
+                            rec.error = Some(error_label(&e));
+                        }
+                        Err(_) => {
+                            run.client = None;
+                            rec.error = Some("timeout".into());
+                        }
                     }
-                    run.acked.push(Acked {
-                        from: plan.user.clone(),
-                        to,
-                        item_id,
-                        expected: op.expected(),
-                    });
                 }
-                Ok(Err(e)) => rec.error = Some(error_label(&e)),
-                Err(_) => {
-                    // Cut off mid-request: the connection's state is unknown.
-                    run.client = None;
-                    rec.error = Some("timeout".into());
+                None => {
+                    let to_name = &ctx.users[to];
+                    match tokio::time::timeout_at(ctx.hard_end, op.send(client, to_name)).await {
+                        Ok(Ok(item_id)) => {
+                            rec.latency = Some(Instant::now().saturating_duration_since(due_at));
+                            if rec.latency.is_some_and(|l| l > ctx.slo) {
+                                rec.error = Some("late".into());
+                            }
+                            memory.last_id = memory.last_id.max(item_id);
+                            run.acked.push(Acked {
+                                from: plan.user.clone(),
+                                to,
+                                item_id,
+                                expected: op.expected(),
+                            });
+                        }
+                        Ok(Err(e)) => {
+                            note_failure(&mut run, &e);
+                            rec.error = Some(error_label(&e));
+                        }
+                        Err(_) => {
+                            // Cut off mid-request: the connection's state is unknown.
+                            run.client = None;
+                            rec.error = Some("timeout".into());
+                        }
+                    }
                 }
+            }
+        }
+        if load.per_command_login {
+            // The command is done: the command line client says BYE and exits.
+            if let Some(client) = run.client.take() {
+                let _ = tokio::time::timeout_at(ctx.hard_end, client.bye()).await;
             }
         }
         record(&ctx.live, ctx.slo, &rec);
         run.records.push(rec);
+    }
+    for (m, n) in login_state.mistakes {
+        *run.mistakes.entry(m).or_insert(0) += n;
     }
     run
 }
@@ -688,7 +1195,202 @@ mod tests {
             start: Duration::ZERO,
             stop: Duration::from_secs(1),
             relogin_every: None,
+            typo_rate: 0.0,
+            stale_password_retries: 0,
+            stale_fetch_rate: 0.0,
+            wrong_id_rate: 0.0,
+            unknown_recipient_rate: 0.0,
+            reconnect_every: None,
+            per_command_login: false,
+            behind_nat: 1,
+            stall_read: None,
+            pace: Pace::Steady,
+            client: ClientKind::Rampart,
+            name: "benign".into(),
         }
+    }
+
+    fn due_times(load: &Legit, phase: f64, seed: u64) -> Vec<Duration> {
+        Schedule::new(load, phase, seed).collect()
+    }
+
+    #[test]
+    fn steady_pace_is_the_old_schedule() {
+        let l = load();
+        let interval = Duration::from_secs_f64(0.1);
+        let first = interval.mul_f64(0.37);
+        let want: Vec<Duration> = (0..10)
+            .map(|k| first + interval.mul_f64(k as f64))
+            .collect();
+        assert_eq!(due_times(&l, 0.37, 1), want);
+    }
+
+    #[test]
+    fn every_pace_keeps_the_mean_rate() {
+        let mut l = load();
+        l.rate_per_s = 2.0;
+        l.stop = Duration::from_secs(100);
+        for pace in [Pace::Steady, Pace::Bursty, Pace::Diurnal] {
+            l.pace = pace;
+            let due = due_times(&l, 0.5, 9);
+            assert!(
+                (190..=210).contains(&due.len()),
+                "{pace:?}: {} operations",
+                due.len()
+            );
+            assert!(
+                due.windows(2).all(|w| w[0] <= w[1]),
+                "{pace:?} out of order"
+            );
+            assert!(due.iter().all(|d| *d < l.stop));
+            assert_eq!(due, due_times(&l, 0.5, 9), "{pace:?} is seeded");
+        }
+        // Bursty: many gaps far shorter than the mean interval.
+        l.pace = Pace::Bursty;
+        let due = due_times(&l, 0.5, 9);
+        let short = due
+            .windows(2)
+            .filter(|w| w[1] - w[0] <= Duration::from_millis(100))
+            .count();
+        assert!(short > due.len() / 2, "{short} short gaps");
+        // Diurnal: the middle fifth of the run is far busier than the first fifth.
+        l.pace = Pace::Diurnal;
+        let due = due_times(&l, 0.5, 9);
+        let within = |a: u64, b: u64| {
+            due.iter()
+                .filter(|d| **d >= Duration::from_secs(a) && **d < Duration::from_secs(b))
+                .count()
+        };
+        assert!(
+            within(40, 60) > 3 * within(0, 20),
+            "{} vs {}",
+            within(40, 60),
+            within(0, 20)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_drawn_at_their_rates_and_never_without_them() {
+        let mut l = load();
+        let mut rng = StdRng::seed_from_u64(3);
+        assert!((0..100).all(|_| pick_mistake(&mut rng, &l).is_none()));
+        l.stale_fetch_rate = 0.1;
+        l.wrong_id_rate = 0.2;
+        l.unknown_recipient_rate = 0.3;
+        let mut counts = BTreeMap::new();
+        for _ in 0..10_000 {
+            *counts.entry(pick_mistake(&mut rng, &l)).or_insert(0) += 1;
+        }
+        let share = |m| f64::from(counts.get(&m).copied().unwrap_or(0)) / 10_000.0;
+        assert!((share(Some(Mistake::StaleFetch)) - 0.1).abs() < 0.02);
+        assert!((share(Some(Mistake::WrongId)) - 0.2).abs() < 0.02);
+        assert!((share(Some(Mistake::UnknownRecipient)) - 0.3).abs() < 0.02);
+        assert!((share(None) - 0.4).abs() < 0.02);
+    }
+
+    #[test]
+    fn honest_answers_are_the_expected_error_codes() {
+        let e = |code| ClientError::Server {
+            code,
+            message: String::new(),
+        };
+        assert!(Mistake::Typo.expected(&e(ErrorCode::AuthFailed)));
+        assert!(Mistake::StalePassword.expected(&e(ErrorCode::AuthFailed)));
+        assert!(Mistake::StaleFetch.expected(&e(ErrorCode::NotFound)));
+        assert!(!Mistake::StaleFetch.expected(&e(ErrorCode::PermissionDenied)));
+        assert!(Mistake::WrongId.expected(&e(ErrorCode::PermissionDenied)));
+        assert!(Mistake::WrongId.expected(&e(ErrorCode::NotFound)));
+        assert!(Mistake::UnknownRecipient.expected(&e(ErrorCode::UnknownRecipient)));
+        for m in Mistake::ALL {
+            assert!(!m.expected(&e(ErrorCode::Blocked)), "{m:?}");
+            assert!(!m.expected(&e(ErrorCode::RateLimited)), "{m:?}");
+            assert!(!m.expected(&ClientError::Timeout), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn login_mistakes_stale_first_then_typos_at_their_rate() {
+        let scenario = |extra: &str| {
+            let text = format!("name = \"t\"\nduration_s = 3\n[[legit]]\nclients = 1\n{extra}");
+            let path = std::path::Path::new("t.toml");
+            crate::scenario::ScenarioSpec::from_toml_str(&text, path)
+                .and_then(|s| s.check(path))
+                .map(|s| plan(&s).remove(0))
+        };
+        let Ok(p) = scenario("stale_password_retries = 2\ntypo_rate = 1\n") else {
+            panic!("scenario rejected");
+        };
+        let mut state = LoginState::new(&p);
+        let first = state.wrong_passwords(&p.password);
+        let kinds: Vec<Mistake> = first.iter().map(|(m, _)| *m).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Mistake::StalePassword,
+                Mistake::StalePassword,
+                Mistake::Typo
+            ]
+        );
+        assert!(first.iter().all(|(_, pw)| *pw != p.password));
+        // Later logins: no stale password any more, a typo every time at rate 1.
+        let second = state.wrong_passwords(&p.password);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].0, Mistake::Typo);
+        let Ok(plain) = scenario("") else {
+            panic!("scenario rejected");
+        };
+        let mut state = LoginState::new(&plain);
+        assert!(state.wrong_passwords(&plain.password).is_empty());
+    }
+
+    #[test]
+    fn a_typo_differs_in_one_character() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for pw in ["legit-0123456789abcdef", "x", "xxxx"] {
+            let t = typo(&mut rng, pw);
+            assert_eq!(t.len(), pw.len());
+            assert_eq!(t.chars().zip(pw.chars()).filter(|(a, b)| a != b).count(), 1);
+        }
+    }
+
+    #[test]
+    fn stalls_come_about_every_ten_seconds() {
+        let mut l = load();
+        l.stop = Duration::from_secs(100);
+        assert!(Stalls::new(&l, 1).is_none());
+        l.stall_read = Some(Duration::from_secs(2));
+        let Some(mut st) = Stalls::new(&l, 1) else {
+            panic!("no stalls");
+        };
+        let mut times = vec![st.next];
+        for _ in 0..8 {
+            st.advance();
+            times.push(st.next);
+        }
+        assert!(times[0] >= Duration::from_secs(2) && times[0] < Duration::from_secs(10));
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= Duration::from_millis(7500) && gap < Duration::from_millis(12500));
+        }
+    }
+
+    #[test]
+    fn segmented_groups_get_segmented_options() {
+        let mut l = load();
+        let mut p = ClientPlan {
+            index: 0,
+            user: "legit0".into(),
+            password: "pw".into(),
+            source: Ipv4Addr::new(127, 0, 0, 1),
+            load: l.clone(),
+            seed: 4,
+        };
+        assert_eq!(client_options(&p), options(p.source));
+        l.client = ClientKind::Segmented;
+        p.load = l;
+        let o = client_options(&p);
+        assert_eq!(o.segmented, Some(4 ^ SEGMENT_SEED));
+        assert_eq!(o.upload_window, 2);
     }
 
     #[test]

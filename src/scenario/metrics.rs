@@ -23,6 +23,8 @@ pub enum OpKind {
     Mail,
     /// An upload and SEND_FILE.
     File,
+    /// A FETCH (the deliberate mistakes `stale_fetch_rate` and `wrong_id_rate`).
+    Fetch,
 }
 
 impl OpKind {
@@ -32,6 +34,7 @@ impl OpKind {
             OpKind::Message => "message",
             OpKind::Mail => "mail",
             OpKind::File => "file",
+            OpKind::Fetch => "fetch",
         }
     }
 }
@@ -240,7 +243,8 @@ pub struct ScenarioMetrics {
     /// Slowest time to block over the blocked attack sources, seconds after their attack's
     /// start; `null` if none was blocked.
     pub time_to_block_s: Option<f64>,
-    /// Legit sources that were ever blocked.
+    /// Legit sources that were ever blocked (those no attacker shares), plus legit users in
+    /// good standing locked out at a source an attacker shares.
     pub false_blocks: u64,
     /// A fresh client could log in and PING after the run.
     pub server_alive: bool,
@@ -270,8 +274,15 @@ pub struct ScenarioMetrics {
     pub legit_by_kind: BTreeMap<String, (u64, u64)>,
     /// The first lost items, with why.
     pub lost_items: Vec<String>,
-    /// Legit sources that were blocked.
+    /// Legit sources that were blocked (those no attacker shares).
     pub false_blocked_sources: Vec<String>,
+    /// Legit users in good standing (logged in at least once) at a source an attacker
+    /// shares, who were later told `blocked` (a reply, or a refused login).
+    pub false_blocked_users: Vec<String>,
+    /// Honest refusals of the legit clients' deliberate mistakes, by kind (`typo`,
+    /// `stale_password`, `stale_fetch`, `wrong_id`, `unknown_recipient`): counted as
+    /// delivered operations, never as errors or lost items.
+    pub legit_mistakes: BTreeMap<String, u64>,
     /// What the peak RSS covers.
     pub rss_scope: String,
     /// Frames the server rejected, by reason (decode errors, rate limits, ...); `null` for

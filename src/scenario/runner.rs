@@ -296,7 +296,8 @@ async fn provision(
 
 /// Labels every attacking source with its attack kind in the activity database, so that
 /// `rampart activity export` of a recorded run carries the ground truth (every other source,
-/// the legit clients' included, exports as `benign`).
+/// the legit clients' included, exports as `benign`), and gives every legit source its
+/// behaviour family, the `group` column (see [`legit_groups`]).
 fn label_attack_sources(scenario: &Scenario, dir: &std::path::Path) -> anyhow::Result<()> {
     let labels: Vec<(std::net::IpAddr, String)> = scenario
         .attacks()
@@ -307,12 +308,37 @@ fn label_attack_sources(scenario: &Scenario, dir: &std::path::Path) -> anyhow::R
                 .map(move |ip| (std::net::IpAddr::V4(*ip), a.kind().as_str().to_string()))
         })
         .collect();
-    if labels.is_empty() {
+    let groups = legit_groups(scenario);
+    if labels.is_empty() && groups.is_empty() {
         return Ok(());
     }
     let mut conn = crate::activity::db::open(dir)?;
     crate::activity::db::set_labels(&mut conn, &labels)?;
+    crate::activity::db::set_groups(&mut conn, &groups)?;
     Ok(())
+}
+
+/// The behaviour family of every legit source no attack uses: the `[[legit]] name`s of the
+/// clients behind it, sorted, unique, joined with `+` (an attacking source's group is its
+/// attack kind, which the labels already give).
+pub fn legit_groups(scenario: &Scenario) -> Vec<(std::net::IpAddr, String)> {
+    let mut names: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for p in legit::plan(scenario) {
+        names
+            .entry(p.source)
+            .or_default()
+            .insert(p.load.name.clone());
+    }
+    names
+        .into_iter()
+        .filter(|(ip, _)| !scenario.attacks().iter().any(|a| a.sources().contains(ip)))
+        .map(|(ip, n)| {
+            (
+                std::net::IpAddr::V4(ip),
+                n.into_iter().collect::<Vec<_>>().join("+"),
+            )
+        })
+        .collect()
 }
 
 /// A fresh, empty data directory: `record/<name>` or a temporary one.
@@ -598,9 +624,15 @@ async fn run_inner(
     };
 
     // Legit clients log in before the clock starts.
+    // A group that makes login mistakes logs in during the run instead: its wrong
+    // passwords are part of the load.
     let logins = plans.iter().map(|p| async move {
-        legit::login(target, &p.user, &p.password, p.source)
+        if p.load.makes_login_mistakes() {
+            return Ok(None);
+        }
+        legit::login_with(target, &p.user, &p.password, legit::client_options(p))
             .await
+            .map(Some)
             .map_err(|e| {
                 anyhow::anyhow!(
                     "legit client {} cannot log in from {}: {e}",
@@ -609,7 +641,7 @@ async fn run_inner(
                 )
             })
     });
-    let clients: Vec<anyhow::Result<crate::client::Client>> =
+    let clients: Vec<anyhow::Result<Option<crate::client::Client>>> =
         futures::stream::iter(logins).buffered(16).collect().await;
     let mut logged_in = Vec::with_capacity(clients.len());
     for c in clients {
@@ -659,7 +691,7 @@ async fn run_inner(
         .zip(logged_in)
         .map(|(plan, client)| {
             let ctx = Arc::clone(&ctx);
-            tokio::spawn(async move { legit::run_client(&plan, Some(client), &ctx).await })
+            tokio::spawn(async move { legit::run_client(&plan, client, &ctx).await })
         })
         .collect();
 
@@ -736,6 +768,22 @@ async fn run_inner(
         .filter(|r| r.refused_at_accept)
         .filter_map(|r| plans.get(r.index).map(|p| p.source))
         .collect();
+    let shared_sources: BTreeSet<Ipv4Addr> = legit_sources
+        .iter()
+        .copied()
+        .filter(|ip| scenario.attacks().iter().any(|a| a.sources().contains(ip)))
+        .collect();
+    let locked_out: Vec<(String, Ipv4Addr)> = runs
+        .iter()
+        .filter(|r| r.good_standing && r.locked_out)
+        .filter_map(|r| plans.get(r.index).map(|p| (p.user.clone(), p.source)))
+        .collect();
+    let mut mistakes: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &runs {
+        for (m, n) in &r.mistakes {
+            *mistakes.entry(m.as_str().to_string()).or_insert(0) += n;
+        }
+    }
     let verification =
         match tokio::time::timeout(VERIFY_BUDGET, legit::verify(&plans, runs, target)).await {
             Ok(v) => v,
@@ -781,6 +829,9 @@ async fn run_inner(
         in_process,
         pid,
         refused_legit,
+        shared_sources,
+        locked_out,
+        mistakes,
         model: opts.model.as_ref().map(|m| m.name.clone()),
     };
     let (metrics, timeline) = measure(input);
@@ -840,6 +891,12 @@ struct Judged<'a> {
     in_process: bool,
     pid: Option<u32>,
     refused_legit: BTreeSet<Ipv4Addr>,
+    /// Legit sources an attack also uses.
+    shared_sources: BTreeSet<Ipv4Addr>,
+    /// Legit users in good standing who were told `blocked`, with their source.
+    locked_out: Vec<(String, Ipv4Addr)>,
+    /// Honest refusals of deliberate mistakes, by kind.
+    mistakes: BTreeMap<String, u64>,
     /// The in-process server's model, by name.
     model: Option<String>,
 }
@@ -959,12 +1016,20 @@ fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
     m.blocked_sources = blocked_all.len() as u64;
     m.time_to_block_s = slowest.map(|t| round(t, 3));
 
-    let mut false_blocked = j.sampled.false_blocked.clone();
-    if !j.in_process {
-        false_blocked.extend(j.refused_legit.iter().copied());
-    }
-    m.false_blocks = false_blocked.len() as u64;
+    m.legit_mistakes = j.mistakes;
+    let (false_blocked, false_users) = false_blocks(
+        &j.sampled.false_blocked,
+        if j.in_process {
+            None
+        } else {
+            Some(&j.refused_legit)
+        },
+        &j.shared_sources,
+        &j.locked_out,
+    );
+    m.false_blocks = (false_blocked.len() + false_users.len()) as u64;
     m.false_blocked_sources = false_blocked.iter().map(Ipv4Addr::to_string).collect();
+    m.false_blocked_users = false_users;
 
     m.server_alive = j.alive.is_ok();
     m.server_alive_error = j.alive.err();
@@ -1034,6 +1099,32 @@ fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
         })
         .collect();
     (m, timeline)
+}
+
+/// False blocks: a blocked legit source no attacker shares (seen blocked by the guard, or,
+/// for an external server, refused at accept) is one; at a source an attacker shares, the
+/// block is earned, and each legit user in good standing who was locked out there is one
+/// instead. Returns the falsely blocked sources and users, sorted.
+fn false_blocks(
+    seen_blocked: &BTreeSet<Ipv4Addr>,
+    refused: Option<&BTreeSet<Ipv4Addr>>,
+    shared: &BTreeSet<Ipv4Addr>,
+    locked_out: &[(String, Ipv4Addr)],
+) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
+    let sources: BTreeSet<Ipv4Addr> = seen_blocked
+        .iter()
+        .chain(refused.into_iter().flatten())
+        .filter(|ip| !shared.contains(ip))
+        .copied()
+        .collect();
+    let mut users: Vec<String> = locked_out
+        .iter()
+        .filter(|(_, ip)| shared.contains(ip))
+        .map(|(user, _)| user.clone())
+        .collect();
+    users.sort();
+    users.dedup();
+    (sources, users)
 }
 
 /// Turns every broken expectation into one line, e.g.
@@ -1118,11 +1209,17 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
         }
     }
     if m.false_blocks > e.false_blocks_max {
+        let who: Vec<&str> = m
+            .false_blocked_sources
+            .iter()
+            .chain(&m.false_blocked_users)
+            .map(String::as_str)
+            .collect();
         f.push(format!(
             "false_blocks {} > false_blocks_max {} ({})",
             m.false_blocks,
             e.false_blocks_max,
-            m.false_blocked_sources.join(", ")
+            who.join(", ")
         ));
     }
     if let Some(max) = e.peak_rss_mb_max {
@@ -1389,6 +1486,65 @@ mod tests {
         assert_eq!(
             judge(&s, &m),
             vec!["flood: used no source, so blocked_within_s 2 cannot be judged"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn false_blocks_count_sources_alone_and_users_at_shared_sources() {
+        let ip = |n: u8| Ipv4Addr::new(127, 0, 0, n);
+        let seen: BTreeSet<Ipv4Addr> = [ip(1), ip(9)].into();
+        let shared: BTreeSet<Ipv4Addr> = [ip(9)].into();
+        let locked = vec![
+            ("legit3".to_string(), ip(9)),
+            ("legit2".to_string(), ip(9)),
+            // A user locked out at an unshared source is already counted by its source.
+            ("legit0".to_string(), ip(1)),
+        ];
+        let (sources, users) = false_blocks(&seen, None, &shared, &locked);
+        assert_eq!(sources, [ip(1)].into());
+        assert_eq!(users, vec!["legit2", "legit3"]);
+        // Nothing shared: exactly the blocked sources, as before.
+        let (sources, users) = false_blocks(&seen, None, &BTreeSet::new(), &[]);
+        assert_eq!(sources, seen);
+        assert!(users.is_empty());
+        // An external server: refused sources count too, unless shared.
+        let refused: BTreeSet<Ipv4Addr> = [ip(5), ip(9)].into();
+        let (sources, _) = false_blocks(&BTreeSet::new(), Some(&refused), &shared, &[]);
+        assert_eq!(sources, [ip(5)].into());
+    }
+
+    #[test]
+    fn false_blocked_users_are_named_in_the_failure() -> Result<(), ScenarioError> {
+        let s = scenario("")?;
+        let mut m = healthy();
+        m.false_blocks = 2;
+        m.false_blocked_sources = vec!["127.0.0.2".into()];
+        m.false_blocked_users = vec!["legit4".into()];
+        assert_eq!(
+            judge(&s, &m),
+            vec!["false_blocks 2 > false_blocks_max 0 (127.0.0.2, legit4)"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn legit_groups_join_names_per_source_and_skip_attack_sources() -> Result<(), ScenarioError> {
+        let text = "name = \"t\"\nduration_s = 5\n\
+            [[legit]]\nclients = 2\nsources = \"127.0.0.1\"\nname = \"typos\"\n\
+            [[legit]]\nclients = 2\nsources = \"127.0.0.1\"\nname = \"nat\"\n\
+            [[legit]]\nclients = 2\nsources = \"127.0.0.2\"\n\
+            [[legit]]\nclients = 1\nsources = \"127.0.1.1\"\nname = \"mobile\"\n\
+            [[attack]]\nkind = \"flood\"\nsources = \"127.0.1.0/30\"\n";
+        let path = Path::new("t.toml");
+        let s = ScenarioSpec::from_toml_str(text, path)?.check(path)?;
+        let v4 = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+        assert_eq!(
+            legit_groups(&s),
+            vec![
+                (v4(1), "nat+typos".to_string()),
+                (v4(2), "benign".to_string())
+            ]
         );
         Ok(())
     }

@@ -39,6 +39,20 @@ pub const MAX_LEGIT_RATE_PER_S: f64 = 1000.0;
 /// (`legit::RECONNECT_PAUSE`), and faster logins would be a login flood, not legit load.
 pub const MIN_RELOGIN_S: f64 = 1.0;
 
+/// Most wrong passwords a client sends before the right one: more is a guesser, not a user
+/// who forgot which password is current.
+pub const MAX_STALE_PASSWORD_RETRIES: u32 = 10;
+
+/// Longest `stall_read_s`: a reader that stalls longer is a slow-read attack, and the stall
+/// comes back about every 10 s.
+pub const MAX_STALL_READ_S: f64 = 30.0;
+
+/// The behaviour family of a `[[legit]]` group without a `name`.
+pub const DEFAULT_GROUP_NAME: &str = "benign";
+
+/// Longest `[[legit]] name`.
+pub const MAX_GROUP_NAME_LEN: usize = 32;
+
 /// Most addresses taken from one source network (a /20), so a `/8` cannot make a huge list.
 pub const MAX_SOURCES_PER_NET: usize = 4096;
 
@@ -172,6 +186,96 @@ pub struct LegitSpec {
     /// client keeps one connection.
     #[serde(default)]
     pub relogin_every_s: Option<f64>,
+    /// Share of logins that first send a mistyped password, then the right one (0..=1).
+    #[serde(default)]
+    pub typo_rate: f64,
+    /// The client's first login sends a stale (old, wrong) password this many times before
+    /// the user fixes it and sends the right one.
+    #[serde(default)]
+    pub stale_password_retries: u32,
+    /// Share of operations that fetch one of the client's own items it deleted earlier
+    /// (expects NOT_FOUND).
+    #[serde(default)]
+    pub stale_fetch_rate: f64,
+    /// Share of operations that fetch a mistyped item id, one that is not the user's
+    /// (expects NOT_FOUND or PERMISSION_DENIED).
+    #[serde(default)]
+    pub wrong_id_rate: f64,
+    /// Share of operations that send a message to a user name that does not exist (expects
+    /// UNKNOWN_RECIPIENT).
+    #[serde(default)]
+    pub unknown_recipient_rate: f64,
+    /// Mobile clients: the connection drops (no BYE) and the client logs in again on a new
+    /// one this often, in seconds.
+    #[serde(default)]
+    pub reconnect_every_s: Option<f64>,
+    /// Command line usage: a new connection and login for every operation, BYE after it.
+    #[serde(default)]
+    pub per_command_login: bool,
+    /// How many users share each source address: client `i` of the group binds source
+    /// `i / behind_nat` of the group's sources (wrapping).
+    #[serde(default = "default_behind_nat")]
+    pub behind_nat: u32,
+    /// Now and then (about every 10 s, seeded) the client stops reading its replies for
+    /// this many seconds.
+    #[serde(default)]
+    pub stall_read_s: Option<f64>,
+    /// When operations are due: `steady`, `bursty` or `diurnal`, all at the same mean rate.
+    #[serde(default)]
+    pub pace: Pace,
+    /// Which client implementation speaks the protocol: `rampart` or `segmented`.
+    #[serde(default)]
+    pub client: ClientKind,
+    /// The behaviour family of this group, written as the `group` column of recorded
+    /// datasets.
+    #[serde(default = "default_group_name")]
+    pub name: String,
+}
+
+/// When a legit client's operations are due; every pace has the group's mean rate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pace {
+    /// One operation every `1 / rate_per_s` seconds.
+    #[default]
+    Steady,
+    /// Bursts of two to six operations close together (think time between bursts).
+    Bursty,
+    /// The rate ramps up from a fifth of the mean to nearly twice it at mid-run and back.
+    Diurnal,
+}
+
+impl Pace {
+    /// The name used in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pace::Steady => "steady",
+            Pace::Bursty => "bursty",
+            Pace::Diurnal => "diurnal",
+        }
+    }
+}
+
+/// Which client implementation a legit group uses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    /// rampart's own client library, as it is.
+    #[default]
+    Rampart,
+    /// The same protocol written the way another implementation might: every frame in
+    /// small seeded pieces with short pauses, and a smaller upload window.
+    Segmented,
+}
+
+impl ClientKind {
+    /// The name used in scenario files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientKind::Rampart => "rampart",
+            ClientKind::Segmented => "segmented",
+        }
+    }
 }
 
 fn default_clients() -> u32 {
@@ -185,6 +289,12 @@ fn default_message_bytes() -> u32 {
 }
 fn default_file_bytes() -> u64 {
     16 * 1024
+}
+fn default_behind_nat() -> u32 {
+    1
+}
+fn default_group_name() -> String {
+    DEFAULT_GROUP_NAME.to_string()
 }
 
 /// Reads a network (`"127.0.0.0/30"`) or a bare address (`"127.0.0.9"`, one address).
@@ -347,6 +457,49 @@ pub struct Legit {
     pub stop: Duration,
     /// See [`LegitSpec::relogin_every_s`].
     pub relogin_every: Option<Duration>,
+    /// See [`LegitSpec::typo_rate`].
+    pub typo_rate: f64,
+    /// See [`LegitSpec::stale_password_retries`].
+    pub stale_password_retries: u32,
+    /// See [`LegitSpec::stale_fetch_rate`].
+    pub stale_fetch_rate: f64,
+    /// See [`LegitSpec::wrong_id_rate`].
+    pub wrong_id_rate: f64,
+    /// See [`LegitSpec::unknown_recipient_rate`].
+    pub unknown_recipient_rate: f64,
+    /// See [`LegitSpec::reconnect_every_s`].
+    pub reconnect_every: Option<Duration>,
+    /// See [`LegitSpec::per_command_login`].
+    pub per_command_login: bool,
+    /// See [`LegitSpec::behind_nat`].
+    pub behind_nat: u32,
+    /// See [`LegitSpec::stall_read_s`].
+    pub stall_read: Option<Duration>,
+    /// See [`LegitSpec::pace`].
+    pub pace: Pace,
+    /// See [`LegitSpec::client`].
+    pub client: ClientKind,
+    /// See [`LegitSpec::name`].
+    pub name: String,
+}
+
+impl Legit {
+    /// The source address client `i` of this group binds: `behind_nat` clients share each
+    /// address, wrapping around the group's sources.
+    pub fn source_of(&self, i: usize) -> Ipv4Addr {
+        let per = self.behind_nat.max(1) as usize;
+        let n = self.sources.len().max(1);
+        self.sources
+            .get((i / per) % n)
+            .copied()
+            .unwrap_or(CONTROL_SOURCE)
+    }
+
+    /// Whether this group makes login mistakes (typos or stale passwords): such clients log
+    /// in during the run, where the mistakes are part of the load, not before it.
+    pub fn makes_login_mistakes(&self) -> bool {
+        self.typo_rate > 0.0 || self.stale_password_retries > 0
+    }
 }
 
 /// The checked `[expect]` table (see [`ExpectSpec`] for the meaning of each field).
@@ -554,22 +707,9 @@ impl ScenarioSpec {
                     format!("must not contain the runner's control address {CONTROL_SOURCE}"),
                 ));
             }
-            for (j, attack) in attacks.iter().enumerate() {
-                if let Some(ip) = group
-                    .sources
-                    .iter()
-                    .find(|ip| attack.sources().contains(ip))
-                {
-                    return Err(invalid(
-                        format!("legit[{i}].sources"),
-                        format!(
-                            "{} overlaps the sources of attack[{j}] ({}) at {ip}: a block could not be told false from true",
-                            group.net,
-                            attack.kind().as_str()
-                        ),
-                    ));
-                }
-            }
+            // A legit source may also be an attack source (users behind the same address as
+            // an attacker): its block is then rightly earned, and the runner judges false
+            // blocks by the users in good standing locked out there instead.
             legit.push(group);
         }
 
@@ -740,6 +880,81 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
             ))
         }
     };
+    let reconnect_every = match spec.reconnect_every_s {
+        None => None,
+        Some(r) if r.is_finite() && r >= MIN_RELOGIN_S && r <= d => {
+            Some(Duration::from_secs_f64(r))
+        }
+        Some(r) => {
+            return Err(err(
+                "reconnect_every_s",
+                format!("must be at least {MIN_RELOGIN_S} and at most duration_s ({d}), got {r}"),
+            ))
+        }
+    };
+    for (key, v) in [
+        ("typo_rate", spec.typo_rate),
+        ("stale_fetch_rate", spec.stale_fetch_rate),
+        ("wrong_id_rate", spec.wrong_id_rate),
+        ("unknown_recipient_rate", spec.unknown_recipient_rate),
+    ] {
+        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+            return Err(err(key, format!("must be between 0 and 1, got {v}")));
+        }
+    }
+    let mistakes = spec.stale_fetch_rate + spec.wrong_id_rate + spec.unknown_recipient_rate;
+    if mistakes > 1.0 {
+        return Err(err(
+            "unknown_recipient_rate",
+            format!("stale_fetch_rate + wrong_id_rate + unknown_recipient_rate must be at most 1 (they are shares of the same operations), got {mistakes}"),
+        ));
+    }
+    if spec.stale_password_retries > MAX_STALE_PASSWORD_RETRIES {
+        return Err(err(
+            "stale_password_retries",
+            format!(
+                "must be at most {MAX_STALE_PASSWORD_RETRIES}, got {}",
+                spec.stale_password_retries
+            ),
+        ));
+    }
+    if spec.per_command_login {
+        if spec.relogin_every_s.is_some() || spec.reconnect_every_s.is_some() {
+            return Err(err(
+                "per_command_login",
+                "logs in for every operation already; it cannot be combined with relogin_every_s or reconnect_every_s".into(),
+            ));
+        }
+        // A login per operation: the rate is a login rate, held to relogin_every_s's floor.
+        if r > 1.0 / MIN_RELOGIN_S {
+            return Err(err(
+                "per_command_login",
+                format!("needs rate_per_s of at most {} (one login per operation; faster is a login flood), got {r}", 1.0 / MIN_RELOGIN_S),
+            ));
+        }
+    }
+    if spec.behind_nat < 1 || spec.behind_nat > MAX_LEGIT_CLIENTS {
+        return Err(err(
+            "behind_nat",
+            format!(
+                "must be between 1 and {MAX_LEGIT_CLIENTS}, got {}",
+                spec.behind_nat
+            ),
+        ));
+    }
+    let stall_read = match spec.stall_read_s {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_STALL_READ_S && s < d => {
+            Some(Duration::from_secs_f64(s))
+        }
+        Some(s) => {
+            return Err(err(
+                "stall_read_s",
+                format!("must be more than 0, at most {MAX_STALL_READ_S} and less than duration_s ({d}), got {s}"),
+            ))
+        }
+    };
+    check_group_name(&spec.name).map_err(|r| err("name", r))?;
     Ok(Legit {
         clients: spec.clients,
         rate_per_s: r,
@@ -751,7 +966,40 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
         start: Duration::from_secs_f64(start),
         stop: Duration::from_secs_f64(stop),
         relogin_every,
+        typo_rate: spec.typo_rate,
+        stale_password_retries: spec.stale_password_retries,
+        stale_fetch_rate: spec.stale_fetch_rate,
+        wrong_id_rate: spec.wrong_id_rate,
+        unknown_recipient_rate: spec.unknown_recipient_rate,
+        reconnect_every,
+        per_command_login: spec.per_command_login,
+        behind_nat: spec.behind_nat,
+        stall_read,
+        pace: spec.pace,
+        client: spec.client,
+        name: spec.name.clone(),
     })
+}
+
+/// A group name is a dataset's `group` value: short, plain, never `+` (which joins the names
+/// of groups sharing a source) and never an attack kind (which names attacking sources).
+fn check_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_GROUP_NAME_LEN
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+    {
+        return Err(format!(
+            "must be 1-{MAX_GROUP_NAME_LEN} characters of a-z, 0-9, '-', '_', got {name:?}"
+        ));
+    }
+    if AttackKind::ALL.iter().any(|k| k.as_str() == name) {
+        return Err(format!(
+            "`{name}` is an attack kind, which names attacking sources in datasets"
+        ));
+    }
+    Ok(())
 }
 
 fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String, String)> {
@@ -888,6 +1136,7 @@ mod tests {
             ("name = \"t\"\ndration_s = 3\n", "dration_s"),
             ("name = \"t\"\nduration_s = \"3\"\n", "duration_s"),
             ("duration_s = 3\n", "missing field `name`"),
+            (&format!("{BASE}[[legit]]\nclients = 3\nclent = 3\n"), "clent"),
             (&format!("{BASE}[[legit]]\nclient = 3\n"), "client"),
             (
                 &format!("{BASE}[[legit]]\nclients = 0\n"),
@@ -988,15 +1237,164 @@ mod tests {
                 "teleport",
             ),
             (
-                &format!(
-                    "{BASE}[[legit]]\nsources = \"127.0.1.0/30\"\n[[attack]]\nkind = \"flood\"\n"
-                ),
-                "legit[0].sources",
+                &format!("{BASE}[[legit]]\ntypo_rate = 1.5\n"),
+                "legit[0].typo_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\ntypo_rate = -0.1\n"),
+                "legit[0].typo_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstale_password_retries = 11\n"),
+                "legit[0].stale_password_retries",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstale_password_retries = -1\n"),
+                "stale_password_retries",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstale_fetch_rate = 2\n"),
+                "legit[0].stale_fetch_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nwrong_id_rate = nan\n"),
+                "legit[0].wrong_id_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nunknown_recipient_rate = 1.01\n"),
+                "legit[0].unknown_recipient_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nwrong_id_rate = 0.6\nunknown_recipient_rate = 0.6\n"),
+                "legit[0].unknown_recipient_rate",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nreconnect_every_s = 0.5\n"),
+                "legit[0].reconnect_every_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nreconnect_every_s = 4\n"),
+                "legit[0].reconnect_every_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nper_command_login = true\n"),
+                "legit[0].per_command_login",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nper_command_login = true\nrate_per_s = 1\nrelogin_every_s = 2\n"),
+                "legit[0].per_command_login",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nper_command_login = \"yes\"\n"),
+                "per_command_login",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nbehind_nat = 0\n"),
+                "legit[0].behind_nat",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstall_read_s = 0\n"),
+                "legit[0].stall_read_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nstall_read_s = 3\n"),
+                "legit[0].stall_read_s",
+            ),
+            (
+                &format!("{BASE}[[legit]]\npace = \"random\"\n"),
+                "random",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nclient = \"netcat\"\n"),
+                "netcat",
+            ),
+            (&format!("{BASE}[[legit]]\nname = \"\"\n"), "legit[0].name"),
+            (
+                &format!("{BASE}[[legit]]\nname = \"a+b\"\n"),
+                "legit[0].name",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nname = \"Typos\"\n"),
+                "legit[0].name",
+            ),
+            (
+                &format!("{BASE}[[legit]]\nname = \"flood\"\n"),
+                "legit[0].name",
             ),
         ];
         for (text, key) in cases {
             rejected(text, key);
         }
+    }
+
+    #[test]
+    fn new_legit_keys_default_to_todays_behaviour() -> Result<(), ScenarioError> {
+        let s = check(&format!("{BASE}[[legit]]\n"))?;
+        let g = &s.legit()[0];
+        assert_eq!(g.typo_rate, 0.0);
+        assert_eq!(g.stale_password_retries, 0);
+        assert_eq!(
+            (
+                g.stale_fetch_rate,
+                g.wrong_id_rate,
+                g.unknown_recipient_rate
+            ),
+            (0.0, 0.0, 0.0)
+        );
+        assert_eq!(g.reconnect_every, None);
+        assert!(!g.per_command_login);
+        assert_eq!(g.behind_nat, 1);
+        assert_eq!(g.stall_read, None);
+        assert_eq!(g.pace, Pace::Steady);
+        assert_eq!(g.client, ClientKind::Rampart);
+        assert_eq!(g.name, "benign");
+        assert!(!g.makes_login_mistakes());
+        // Client i binds source i (wrapping), as before behind_nat existed.
+        let sources: Vec<Ipv4Addr> = (0..8).map(|i| g.source_of(i)).collect();
+        assert_eq!(sources[..6], g.sources[..]);
+        assert_eq!(sources[6..], g.sources[..2]);
+        Ok(())
+    }
+
+    #[test]
+    fn new_legit_keys_are_read() -> Result<(), ScenarioError> {
+        let s = check(&format!(
+            "{BASE}[[legit]]\nclients = 6\nrate_per_s = 1\nsources = \"127.0.0.0/30\"\ntypo_rate = 0.25\nstale_password_retries = 2\nstale_fetch_rate = 0.1\nwrong_id_rate = 0.2\nunknown_recipient_rate = 0.3\nper_command_login = true\nbehind_nat = 3\nstall_read_s = 1.5\npace = \"bursty\"\nclient = \"segmented\"\nname = \"cli-typos\"\n[[legit]]\nreconnect_every_s = 2\npace = \"diurnal\"\n"
+        ))?;
+        let g = &s.legit()[0];
+        assert_eq!(g.typo_rate, 0.25);
+        assert_eq!(g.stale_password_retries, 2);
+        assert_eq!(
+            (
+                g.stale_fetch_rate,
+                g.wrong_id_rate,
+                g.unknown_recipient_rate
+            ),
+            (0.1, 0.2, 0.3)
+        );
+        assert!(g.per_command_login);
+        assert!(g.makes_login_mistakes());
+        assert_eq!(g.stall_read, Some(Duration::from_millis(1500)));
+        assert_eq!((g.pace, g.client), (Pace::Bursty, ClientKind::Segmented));
+        assert_eq!(g.name, "cli-typos");
+        // Three users per address: 0-2 on the first, 3-5 on the second.
+        let a = Ipv4Addr::new(127, 0, 0, 1);
+        let b = Ipv4Addr::new(127, 0, 0, 2);
+        let sources: Vec<Ipv4Addr> = (0..6).map(|i| g.source_of(i)).collect();
+        assert_eq!(sources, vec![a, a, a, b, b, b]);
+        let h = &s.legit()[1];
+        assert_eq!(h.reconnect_every, Some(Duration::from_secs(2)));
+        assert_eq!(h.pace, Pace::Diurnal);
+        Ok(())
+    }
+
+    #[test]
+    fn legit_users_may_share_an_attackers_address() -> Result<(), ScenarioError> {
+        let s = check(&format!(
+            "{BASE}[[legit]]\nsources = \"127.0.1.1\"\n[[attack]]\nkind = \"flood\"\nsources = \"127.0.1.0/30\"\n"
+        ))?;
+        assert_eq!(s.legit()[0].sources, vec![Ipv4Addr::new(127, 0, 1, 1)]);
+        Ok(())
     }
 
     #[test]
