@@ -142,6 +142,7 @@ impl Guard {
                 ip: peer,
                 cut: cut.clone(),
                 authenticated: true,
+                offended: false,
             },
         );
         Ok(ConnTicket {

@@ -430,7 +430,7 @@ pub(crate) fn refused(
         }
         TicketError::Forged => {
             shared.guard.login_failed(source, user);
-            shared.signal(peer, Signal::AuthFailed);
+            shared.signal(peer, conn, Signal::AuthFailed);
         }
         TicketError::Expired | TicketError::Revoked => {}
     }
