@@ -176,6 +176,8 @@ pub struct LoginState {
     stale_left: u32,
     /// Honest refusals of mistaken logins, by kind.
     pub mistakes: BTreeMap<Mistake, u64>,
+    /// The resume ticket of the last login, if the server issued one.
+    ticket: Option<Vec<u8>>,
 }
 
 impl LoginState {
@@ -186,6 +188,7 @@ impl LoginState {
             typo_rate: plan.load.typo_rate,
             stale_left: plan.load.stale_password_retries,
             mistakes: BTreeMap::new(),
+            ticket: None,
         }
     }
 
@@ -217,11 +220,16 @@ fn typo(rng: &mut StdRng, password: &str) -> String {
 
 /// Every login of a legit client during the run goes through here (reconnections,
 /// `relogin_every_s`, `reconnect_every_s`, `per_command_login`, and the first login of a
-/// group that makes login mistakes), so a cheaper way back in (a resume ticket) can be
-/// added in this one place. Sends the wrong passwords `state` calls for first, each
-/// expecting AUTH_FAILED on the same connection, then the right one; retries the whole
-/// login while the server answers RATE_LIMITED, for up to 30 s (login limits are per
-/// minute).
+/// group that makes login mistakes).
+///
+/// A client that holds a resume ticket logs back in with it, as the command line client
+/// does: no password, no argon2, and it works from an address that was blocked because of
+/// someone else behind it. A login that `state` says starts with a mistyped or stale
+/// password is typed by hand instead: the wrong passwords first, each expecting
+/// AUTH_FAILED on the same connection, then the right one, and if that login meets a
+/// blocked address the ticket is the way back in. After a password login the client asks
+/// for a ticket. The whole login is retried while the server answers RATE_LIMITED, for up
+/// to 30 s (login limits are per minute).
 pub async fn login_client(
     plan: &ClientPlan,
     target: SocketAddr,
@@ -230,12 +238,53 @@ pub async fn login_client(
     let give_up = Instant::now() + LOGIN_PATIENCE;
     let mut wrong = state.wrong_passwords(&plan.password);
     loop {
-        match login_attempt(plan, target, &mut wrong, &mut state.mistakes).await {
+        let attempt = if wrong.is_empty() {
+            match resume_attempt(plan, target, state).await {
+                Some(resumed) => resumed,
+                None => login_attempt(plan, target, &mut wrong, &mut state.mistakes).await,
+            }
+        } else {
+            match login_attempt(plan, target, &mut wrong, &mut state.mistakes).await {
+                Err(e) if e.code() == Some(ErrorCode::Blocked) => {
+                    resume_attempt(plan, target, state).await.unwrap_or(Err(e))
+                }
+                other => other,
+            }
+        };
+        match attempt {
             Err(e) if e.code() == Some(ErrorCode::RateLimited) && Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            Ok(mut client) => {
+                if state.ticket.is_none() {
+                    // A server with tickets off answers with an error: the client then
+                    // keeps logging in with its password, as before tickets.
+                    if let Ok(t) = client.request_ticket().await {
+                        state.ticket = Some(t.ticket.to_vec());
+                    }
+                }
+                return Ok(client);
+            }
             other => return other,
         }
+    }
+}
+
+/// A login with the client's resume ticket, if it holds one: `None` when it holds none or
+/// the server refused it as invalid, expired or revoked (the ticket is then dropped and the
+/// caller logs in with the password).
+async fn resume_attempt(
+    plan: &ClientPlan,
+    target: SocketAddr,
+    state: &mut LoginState,
+) -> Option<Result<Client, ClientError>> {
+    let ticket = state.ticket.as_ref()?;
+    match Client::resume(target, &plan.user, ticket, client_options(plan)).await {
+        Err(e) if e.code() == Some(ErrorCode::AuthFailed) => {
+            state.ticket = None;
+            None
+        }
+        other => Some(other),
     }
 }
 
