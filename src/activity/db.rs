@@ -850,6 +850,26 @@ mod tests {
     /// Batches below, at and around the multi-row statement's size come back whole and in
     /// order.
     #[test]
+    fn groups_sit_beside_labels_and_start_empty() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut conn = open(dir.path())?;
+        assert!(groups(&conn)?.is_empty());
+        let a: IpAddr = "127.0.0.1".parse()?;
+        set_labels(&mut conn, &[(a, "flood".to_string())])?;
+        set_groups(&mut conn, &[(a, "nat+typos".to_string())])?;
+        set_groups(&mut conn, &[(a, "mobile".to_string())])?;
+        assert_eq!(
+            groups(&conn)?,
+            vec![("127.0.0.1".to_string(), "mobile".to_string())]
+        );
+        assert_eq!(
+            labels(&conn)?,
+            vec![("127.0.0.1".to_string(), "flood".to_string())]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn batches_of_every_shape_round_trip_in_order() -> Result<(), ActivityError> {
         let dir = tempfile::tempdir().map_err(|e| ActivityError::Corrupt {
             id: 0,
