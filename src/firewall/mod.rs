@@ -3,7 +3,8 @@
 //! The server reports suspicious events as [`Signal`]s. Each signal adds its configured weight
 //! to the source's score, which decays exponentially (half-life `firewall.half_life_s`); when a
 //! score reaches `firewall.threshold` the firewall blocks the source in the [`Guard`], which
-//! refuses it at accept and cuts its open sessions. Repeat offenders are blocked for longer
+//! refuses it at accept and cuts its open sessions, except logged-in ones that did not
+//! offend (`Guard::block_offence`). Repeat offenders are blocked for longer
 //! (`ip.block_secs` times `firewall.escalation` per earlier block, up to
 //! `firewall.max_block_secs`). One offence makes one decision: signals that arrive while the
 //! source is blocked belong to the burst already decided, so only a new offence after the
@@ -426,7 +427,7 @@ impl Firewall {
                 Action::ShadowBlock
             } else if self
                 .guard
-                .block(ip, Duration::from_secs(duration_s), &reason)
+                .block_offence(ip, Duration::from_secs(duration_s), &reason)
             {
                 Action::Block
             } else {

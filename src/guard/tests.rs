@@ -202,7 +202,7 @@ fn a_block_spares_logged_in_sessions_that_did_not_offend() -> TestResult {
     g.offended(a, offender.id());
     let late = g.admit(a)?;
     late.authenticated();
-    assert!(g.block(a, Duration::from_secs(60), "fatal_frame x2"));
+    assert!(g.block_offence(a, Duration::from_secs(60), "fatal_frame x2"));
     assert!(anonymous.cut_token().is_cancelled(), "not logged in: cut");
     assert!(offender.cut_token().is_cancelled(), "offended: cut");
     assert!(!honest.cut_token().is_cancelled(), "good standing: kept");
