@@ -245,9 +245,15 @@ impl Guard {
                     r.logins_burst_per_user,
                     failures_to_block(&cfg.firewall),
                 ),
+                // Successes are never allowed less than failures: a config that raises the
+                // failures' allowance (a benchmark, a test logging in thousands of times)
+                // raises the successes' with it.
                 budgets: LoginBudgets::new(
                     (r.logins_per_min_per_ip, r.logins_burst_per_ip),
-                    (r.logins_ok_per_min_per_ip, r.logins_ok_burst_per_ip),
+                    (
+                        r.logins_ok_per_min_per_ip.max(r.logins_per_min_per_ip),
+                        r.logins_ok_burst_per_ip.max(r.logins_burst_per_ip),
+                    ),
                 ),
                 retries: Retries::new(),
             }),

@@ -240,6 +240,19 @@ fn successes_and_failures_have_their_own_allowances() {
 }
 
 #[test]
+fn successes_are_never_allowed_less_than_failures() {
+    let g = guard(|c| {
+        c.rates.logins_per_min_per_ip = 100_000;
+        c.rates.logins_burst_per_ip = 100_000;
+    });
+    let cli = g.source_of(ip("127.0.5.5"));
+    for n in 0..1_000 {
+        assert!(g.check_login(cli, "alice").is_ok(), "login {n}");
+        g.login_succeeded(cli, "alice");
+    }
+}
+
+#[test]
 fn a_stale_password_retried_counts_once() {
     let g = guard(|_| {});
     let client = g.source_of(ip("127.0.5.3"));
