@@ -718,9 +718,11 @@ pub struct RatesConfig {
     /// Failed logins one source may make at once; also the most logins from one source
     /// being verified at once.
     pub logins_burst_per_ip: u32,
-    /// Successful logins per minute from one source.
+    /// Successful logins per minute from one source (never fewer than
+    /// `logins_per_min_per_ip`: a larger failures' allowance raises this one with it).
     pub logins_ok_per_min_per_ip: u32,
-    /// Successful logins one source may make at once.
+    /// Successful logins one source may make at once (never fewer than
+    /// `logins_burst_per_ip`).
     pub logins_ok_burst_per_ip: u32,
     /// Failed logins per minute for one user name before its failure backoff holds back
     /// sources whose own failures reach the firewall's threshold (successes never count).

@@ -1936,10 +1936,11 @@ async fn failed_logins_back_off_per_user_for_addresses_that_failed() -> TestResu
             refused(attempt, ErrorCode::AuthFailed)?;
         }
         // The account is in backoff. An address is still verified until its own failures
-        // are as many as the firewall blocks for (4 by default)...
-        for _ in 1..4 {
+        // are as many as the firewall blocks for (4 by default)... (distinct guesses: the
+        // same wrong password retried from one address counts once)
+        for n in 1..4 {
             refused(
-                Client::login(&target, "bob", b"guess", from(1)).await,
+                Client::login(&target, "bob", format!("guess-{n}").as_bytes(), from(1)).await,
                 ErrorCode::AuthFailed,
             )?;
         }

@@ -3,7 +3,8 @@
 //! The server reports suspicious events as [`Signal`]s. Each signal adds its configured weight
 //! to the source's score, which decays exponentially (half-life `firewall.half_life_s`); when a
 //! score reaches `firewall.threshold` the firewall blocks the source in the [`Guard`], which
-//! refuses it at accept and cuts its open sessions. Repeat offenders are blocked for longer
+//! refuses it at accept and cuts its open sessions, except, when rule signals tipped it,
+//! logged-in ones that did not offend (`Guard::block_offence`). Repeat offenders are blocked for longer
 //! (`ip.block_secs` times `firewall.escalation` per earlier block, up to
 //! `firewall.max_block_secs`). One offence makes one decision: signals that arrive while the
 //! source is blocked belong to the burst already decided, so only a new offence after the
@@ -451,12 +452,20 @@ impl Firewall {
                 .block_secs
                 .saturating_mul(factor)
                 .min(self.cfg.max_block_secs);
+            // Rule signals name their connection, so a block they tip spares logged-in
+            // sessions that sent none; the model judges the source's whole window and cannot
+            // tell its sessions apart, so a block it tips cuts them all.
+            let for_ = Duration::from_secs(duration_s);
+            let blocked = || {
+                if signal == Signal::ModelAnomaly {
+                    self.guard.block(ip, for_, &reason)
+                } else {
+                    self.guard.block_offence(ip, for_, &reason)
+                }
+            };
             let action = if self.cfg.shadow {
                 Action::ShadowBlock
-            } else if self
-                .guard
-                .block(ip, Duration::from_secs(duration_s), &reason)
-            {
+            } else if blocked() {
                 Action::Block
             } else {
                 Action::Allowed

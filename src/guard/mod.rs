@@ -13,10 +13,10 @@
 //!   holds back only sources whose own failures would get them blocked (see [`login`]).
 //!   A source's failed and successful logins have separate allowances (`budget`), and a
 //!   wrong password retried from the same source counts once (`retries`).
-//! - [`Guard::block`] (from the firewall or an operator) refuses a source at accept and cuts
-//!   its open connections that have not logged in or have offended ([`Guard::offended`])
-//!   through their tickets' cancellation tokens: a session in good standing outlives the
-//!   block of its address.
+//! - [`Guard::block`] (an operator) refuses a source at accept and cuts its open connections
+//!   through their tickets' cancellation tokens; [`Guard::block_offence`] (the firewall) cuts
+//!   only those that have not logged in or have offended ([`Guard::offended`]): a session in
+//!   good standing outlives a block brought about by someone else behind its address.
 //! - [`Guard::purge`], every second, keeps keyed state bounded.
 //! - A blocked source may still present a resume ticket, within a [`ResumeBudget`]; a valid
 //!   one is let in by [`Guard::admit_resumed`] (see `resume`).
@@ -252,9 +252,15 @@ impl Guard {
                     r.logins_burst_per_user,
                     failures_to_block(&cfg.firewall),
                 ),
+                // Successes are never allowed less than failures: a config that raises the
+                // failures' allowance (a benchmark, a test logging in thousands of times)
+                // raises the successes' with it.
                 budgets: LoginBudgets::new(
                     (r.logins_per_min_per_ip, r.logins_burst_per_ip),
-                    (r.logins_ok_per_min_per_ip, r.logins_ok_burst_per_ip),
+                    (
+                        r.logins_ok_per_min_per_ip.max(r.logins_per_min_per_ip),
+                        r.logins_ok_burst_per_ip.max(r.logins_burst_per_ip),
+                    ),
                 ),
                 retries: Retries::new(),
             }),
@@ -445,14 +451,24 @@ impl Guard {
         logins.retries.succeeded(account, source, now)
     }
 
-    /// Blocks the source of `ip` for `for_` (at most a year) and cuts its open connections
-    /// that have not logged in or have offended (see [`Guard::offended`]), except
-    /// allow-listed peers'. A logged-in session that has not offended stays: its user is in
-    /// good standing, and the block is about someone else behind the same address; if it
-    /// offends later, [`Guard::offended`] cuts it then. Returns false, and does nothing, if
-    /// `ip` itself is allow-listed. Blocking an already blocked source extends its block,
-    /// never shortens it.
+    /// Blocks the source of `ip` for `for_` (at most a year) and cuts every open connection
+    /// from it, except allow-listed peers': an operator's block. Returns false, and does
+    /// nothing, if `ip` itself is allow-listed. Blocking an already blocked source extends
+    /// its block, never shortens it.
     pub fn block(&self, ip: IpAddr, for_: Duration, reason: &str) -> bool {
+        self.block_cutting(ip, for_, reason, false)
+    }
+
+    /// Blocks the source of `ip` as [`Guard::block`] does, for an offence the firewall
+    /// scored, and cuts only its open connections that have not logged in or have offended
+    /// (see [`Guard::offended`]). A logged-in session that has not offended stays: its user
+    /// is in good standing, and the offence is someone else's behind the same address; if
+    /// it offends later, [`Guard::offended`] cuts it then.
+    pub fn block_offence(&self, ip: IpAddr, for_: Duration, reason: &str) -> bool {
+        self.block_cutting(ip, for_, reason, true)
+    }
+
+    fn block_cutting(&self, ip: IpAddr, for_: Duration, reason: &str, spare: bool) -> bool {
         if listed(&self.allow, ip) {
             tracing::info!(%ip, reason, "not blocking an allow-listed address");
             return false;
@@ -469,7 +485,7 @@ impl Guard {
             if listed(&self.allow, conn.ip) {
                 continue;
             }
-            if conn.authenticated && !conn.offended {
+            if spare && conn.authenticated && !conn.offended {
                 spared += 1;
             } else {
                 conn.cut.cancel();

@@ -202,7 +202,7 @@ fn a_block_spares_logged_in_sessions_that_did_not_offend() -> TestResult {
     g.offended(a, offender.id());
     let late = g.admit(a)?;
     late.authenticated();
-    assert!(g.block(a, Duration::from_secs(60), "fatal_frame x2"));
+    assert!(g.block_offence(a, Duration::from_secs(60), "fatal_frame x2"));
     assert!(anonymous.cut_token().is_cancelled(), "not logged in: cut");
     assert!(offender.cut_token().is_cancelled(), "offended: cut");
     assert!(!honest.cut_token().is_cancelled(), "good standing: kept");
@@ -237,6 +237,19 @@ fn successes_and_failures_have_their_own_allowances() {
         }
     }
     assert_eq!(admitted, 10);
+}
+
+#[test]
+fn successes_are_never_allowed_less_than_failures() {
+    let g = guard(|c| {
+        c.rates.logins_per_min_per_ip = 100_000;
+        c.rates.logins_burst_per_ip = 100_000;
+    });
+    let cli = g.source_of(ip("127.0.5.5"));
+    for n in 0..1_000 {
+        assert!(g.check_login(cli, "alice").is_ok(), "login {n}");
+        g.login_succeeded(cli, "alice");
+    }
 }
 
 #[test]
