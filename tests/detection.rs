@@ -276,3 +276,48 @@ async fn training_on_a_recording_keeps_only_clean_sources() {
     let err = detect::recorded::clean_windows(empty.path(), window, 1).expect_err("no database");
     assert!(err.to_string().contains("no activity database"), "{err}");
 }
+
+/// `model eval --by-group`: a trailing `group` column is not a feature, and the per-group
+/// figures add up to the whole report's.
+#[test]
+fn per_group_figures_add_up() -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(datasets().join("test.csv"))?;
+    let mut grouped = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let group = match (n, line.rsplit(',').next()) {
+            (0, _) => "group",
+            (_, Some("benign")) if n % 2 == 0 => "typos",
+            (_, Some("benign")) => "nat",
+            (_, Some(kind)) => kind,
+            (_, None) => "",
+        };
+        grouped.push_str(line);
+        grouped.push(',');
+        grouped.push_str(group);
+        grouped.push('\n');
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("grouped.csv");
+    std::fs::write(&path, grouped)?;
+    let model = detect::default_model()?;
+    let data = read_csv(&path)?;
+    assert!(data.has_groups());
+    let whole = evaluate(&model, &data)?;
+    let groups = detect::eval::by_group(&model, &data, |i| data.group(i))?;
+    assert_eq!(groups.len(), whole.per_kind.len() + 2);
+    for (kind, rate) in &whole.per_kind {
+        assert_eq!(groups[kind].detected, rate.detected, "{kind}");
+        assert_eq!(groups[kind].benign, 0, "{kind}");
+    }
+    let fp: u64 = ["typos", "nat"]
+        .iter()
+        .map(|g| groups[*g].false_positives)
+        .sum();
+    let benign: u64 = ["typos", "nat"].iter().map(|g| groups[*g].benign).sum();
+    assert_eq!((fp, benign), (whole.metrics.confusion.fp, whole.negatives));
+    // Without the group column, the same model reads the same features.
+    let plain = read_csv(&datasets().join("test.csv"))?;
+    assert_eq!(plain.features(), data.features());
+    assert!(!plain.has_groups());
+    Ok(())
+}

@@ -31,7 +31,8 @@ limits, timeouts, refusals). Too few such windows is an error.\n  rampart model 
     #[command(
         after_help = "Positive class: every label other than benign. With --json, \
 prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, per_kind, \
-rows, threshold and baseline (the same figures for the rate-threshold baseline).\n\n\
+rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
+by_group with --by-group.\n\n\
 Example:\n  rampart model eval --model model.json datasets/test.csv --json"
     )]
     Eval(EvalArgs),
@@ -69,6 +70,10 @@ pub struct TrainArgs {
     /// this data directory, clean sources only (see below).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Leave out the rows whose `group` column is NAME (repeatable): train without one
+    /// behaviour family, then evaluate on it (datasets/README.md).
+    #[arg(long, value_name = "NAME")]
+    exclude_group: Vec<String>,
     /// With --data-dir: fewest clean windows to train on.
     #[arg(long, default_value_t = 200, requires = "data_dir")]
     min_windows: usize,
@@ -125,6 +130,11 @@ pub struct EvalArgs {
     model: PathBuf,
     /// A labelled feature CSV with the model's feature columns.
     file: PathBuf,
+    /// Also report the model's false-positive rate and recall per value of this column:
+    /// `group` (the behaviour family or attack kind, when the CSV has it), `label` or
+    /// `source`. JSON: an extra `by_group` object, keyed by value.
+    #[arg(long, value_name = "COLUMN")]
+    by_group: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -221,6 +231,23 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         }
         None => (read_data(&a.files)?, format!("{} file(s)", a.files.len())),
     };
+    let data = if a.exclude_group.is_empty() {
+        data
+    } else {
+        if !data.has_groups() {
+            anyhow::bail!("--exclude-group needs data with a `group` column");
+        }
+        let before = data.rows();
+        let kept =
+            data.filter_rows(|i| !a.exclude_group.iter().any(|g| data.group(i) == Some(g)))?;
+        if kept.rows() == before {
+            anyhow::bail!(
+                "--exclude-group {}: no row has that group",
+                a.exclude_group.join(",")
+            );
+        }
+        kept
+    };
     let trained = detect::train(&data, &params)?;
     let model = trained.model;
     model
@@ -310,13 +337,39 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let model = load_model(&a.model)?;
     let data = detect::read_csv(&a.file)?;
     let report = detect::evaluate(&model, &data)?;
-    let json = serde_json::to_string(&report)?;
+    let groups = match a.by_group.as_deref() {
+        None => None,
+        Some(column) => {
+            let groups = match column {
+                "group" if data.has_groups() => {
+                    detect::eval::by_group(&model, &data, |i| data.group(i))?
+                }
+                "group" => anyhow::bail!(
+                    "--by-group group: {} has no `group` column",
+                    a.file.display()
+                ),
+                "label" => detect::eval::by_group(&model, &data, |i| data.label(i))?,
+                "source" => detect::eval::by_group(&model, &data, |i| Some(data.source(i)))?,
+                other => anyhow::bail!(
+                    "--by-group {other}: not a column to group by (group, label or source)"
+                ),
+            };
+            Some((column, groups))
+        }
+    };
+    let mut json = serde_json::to_value(&report)?;
+    if let (Some((_, g)), Some(obj)) = (&groups, json.as_object_mut()) {
+        obj.insert("by_group".into(), serde_json::to_value(g)?);
+    }
     with_stdout(|out| {
         if a.json {
-            writeln!(out, "{json}")
-        } else {
-            print_report(out, &report)
+            return writeln!(out, "{json}");
         }
+        print_report(out, &report)?;
+        if let Some((column, groups)) = &groups {
+            print_groups(out, column, groups)?;
+        }
+        Ok(())
     })
 }
 
@@ -417,6 +470,45 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
             } else {
                 "does NOT beat"
             }
+        )?;
+    }
+    Ok(())
+}
+
+/// The per-group table: FPR for groups of benign rows, recall for groups of attack rows.
+fn print_groups(
+    out: &mut dyn Write,
+    column: &str,
+    groups: &BTreeMap<String, detect::eval::GroupRate>,
+) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        format!("by {column}"),
+        "rows",
+        "benign",
+        "fpr",
+        "attack",
+        "recall"
+    )?;
+    let rate = |n: u64, r: f64| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            format!("{r:.4}")
+        }
+    };
+    for (name, g) in groups {
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            if name.is_empty() { "(none)" } else { name },
+            g.rows,
+            g.benign,
+            rate(g.benign, g.fpr),
+            g.attacks,
+            rate(g.attacks, g.recall)
         )?;
     }
     Ok(())
