@@ -321,3 +321,35 @@ fn per_group_figures_add_up() -> Result<(), Box<dyn std::error::Error>> {
     assert!(!plain.has_groups());
     Ok(())
 }
+
+/// `model eval --train`: the rule baseline is tuned on train.csv only, stays within its
+/// false-positive target there, and is a far stronger opponent than the rate threshold.
+#[test]
+fn the_rule_baseline_is_tuned_on_the_training_file() -> Result<(), detect::DetectError> {
+    let train_data = read_csv(&datasets().join("train.csv"))?;
+    let rules = detect::rules::RuleBaseline::fit(&train_data, 0.01)?;
+    let on_train = detect::eval::rule_report(&rules, &train_data)?;
+    assert!(on_train.metrics.fpr <= 0.01, "{:?}", on_train.metrics);
+    let test_data = read_csv(&datasets().join("test.csv"))?;
+    let model = detect::default_model()?;
+    let mut r = evaluate(&model, &test_data)?;
+    assert!(r.rule_baseline.is_none());
+    r.rule_baseline = Some(detect::eval::rule_report(&rules, &test_data)?);
+    let rules_report = r.rule_baseline.as_ref().expect("set above");
+    let rate = r.baseline.as_ref().expect("a rate baseline");
+    assert!(
+        rules_report.metrics.f1 > rate.metrics.f1,
+        "rules {} vs rate threshold {}",
+        rules_report.metrics.f1,
+        rate.metrics.f1
+    );
+    // A broken frame is flagged whatever the tuning.
+    for kind in ["malformed", "oversized"] {
+        assert_eq!(rules_report.per_kind[kind].rate, 1.0, "{kind}");
+    }
+    let json =
+        serde_json::to_value(&r).map_err(|e| detect::DetectError::BadModel(e.to_string()))?;
+    assert!(json["rule_baseline"]["thresholds"]["auth_failures_min"].is_number());
+    assert!(json["baseline"]["f1"].is_number(), "the old key stays");
+    Ok(())
+}

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::rules::{RuleBaseline, RuleThresholds};
 use super::train::score_raw_rows;
 use super::{Dataset, DetectError, Model, BENIGN};
 
@@ -89,6 +90,42 @@ pub struct EvalReport {
     pub per_kind: BTreeMap<String, KindRate>,
     /// The rate-threshold baseline's figures (absent if the model has no baseline).
     pub baseline: Option<BaselineReport>,
+    /// The rule baseline's figures, tuned on a training file (`model eval --train FILE`;
+    /// absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_baseline: Option<RuleBaselineReport>,
+}
+
+/// The rule baseline's figures ([`RuleBaseline`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleBaselineReport {
+    /// The thresholds tuned on the training file.
+    pub thresholds: RuleThresholds,
+    /// The figures.
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// Detection rate per attack kind.
+    pub per_kind: BTreeMap<String, KindRate>,
+}
+
+/// The figures of `rules` (tuned elsewhere) on labelled `data`.
+pub fn rule_report(
+    rules: &RuleBaseline,
+    data: &Dataset,
+) -> Result<RuleBaselineReport, DetectError> {
+    if !data.is_labelled() {
+        return Err(DetectError::NoLabels);
+    }
+    let flags = rules.for_data(data).flags(data);
+    let positive: Vec<bool> = (0..data.rows()).map(|i| !data.is_benign(i)).collect();
+    let labels: Vec<&str> = (0..data.rows())
+        .map(|i| data.label(i).unwrap_or(BENIGN))
+        .collect();
+    Ok(RuleBaselineReport {
+        thresholds: rules.thresholds,
+        metrics: metrics(&flags, &positive, 0.5),
+        per_kind: per_kind(&flags, &labels, 0.5),
+    })
 }
 
 impl EvalReport {
@@ -144,6 +181,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
         metrics: model_metrics,
         per_kind: model_per_kind,
         baseline,
+        rule_baseline: None,
     })
 }
 
