@@ -276,3 +276,80 @@ async fn training_on_a_recording_keeps_only_clean_sources() {
     let err = detect::recorded::clean_windows(empty.path(), window, 1).expect_err("no database");
     assert!(err.to_string().contains("no activity database"), "{err}");
 }
+
+/// `model eval --by-group`: a trailing `group` column is not a feature, and the per-group
+/// figures add up to the whole report's.
+#[test]
+fn per_group_figures_add_up() -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(datasets().join("test.csv"))?;
+    let mut grouped = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let group = match (n, line.rsplit(',').next()) {
+            (0, _) => "group",
+            (_, Some("benign")) if n % 2 == 0 => "typos",
+            (_, Some("benign")) => "nat",
+            (_, Some(kind)) => kind,
+            (_, None) => "",
+        };
+        grouped.push_str(line);
+        grouped.push(',');
+        grouped.push_str(group);
+        grouped.push('\n');
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("grouped.csv");
+    std::fs::write(&path, grouped)?;
+    let model = detect::default_model()?;
+    let data = read_csv(&path)?;
+    assert!(data.has_groups());
+    let whole = evaluate(&model, &data)?;
+    let groups = detect::eval::by_group(&model, &data, |i| data.group(i))?;
+    assert_eq!(groups.len(), whole.per_kind.len() + 2);
+    for (kind, rate) in &whole.per_kind {
+        assert_eq!(groups[kind].detected, rate.detected, "{kind}");
+        assert_eq!(groups[kind].benign, 0, "{kind}");
+    }
+    let fp: u64 = ["typos", "nat"]
+        .iter()
+        .map(|g| groups[*g].false_positives)
+        .sum();
+    let benign: u64 = ["typos", "nat"].iter().map(|g| groups[*g].benign).sum();
+    assert_eq!((fp, benign), (whole.metrics.confusion.fp, whole.negatives));
+    // Without the group column, the same model reads the same features.
+    let plain = read_csv(&datasets().join("test.csv"))?;
+    assert_eq!(plain.features(), data.features());
+    assert!(!plain.has_groups());
+    Ok(())
+}
+
+/// `model eval --train`: the rule baseline is tuned on train.csv only, stays within its
+/// false-positive target there, and is a far stronger opponent than the rate threshold.
+#[test]
+fn the_rule_baseline_is_tuned_on_the_training_file() -> Result<(), detect::DetectError> {
+    let train_data = read_csv(&datasets().join("train.csv"))?;
+    let rules = detect::rules::RuleBaseline::fit(&train_data, 0.01)?;
+    let on_train = detect::eval::rule_report(&rules, &train_data)?;
+    assert!(on_train.metrics.fpr <= 0.01, "{:?}", on_train.metrics);
+    let test_data = read_csv(&datasets().join("test.csv"))?;
+    let model = detect::default_model()?;
+    let mut r = evaluate(&model, &test_data)?;
+    assert!(r.rule_baseline.is_none());
+    r.rule_baseline = Some(detect::eval::rule_report(&rules, &test_data)?);
+    let rules_report = r.rule_baseline.as_ref().expect("set above");
+    let rate = r.baseline.as_ref().expect("a rate baseline");
+    assert!(
+        rules_report.metrics.f1 > rate.metrics.f1,
+        "rules {} vs rate threshold {}",
+        rules_report.metrics.f1,
+        rate.metrics.f1
+    );
+    // A broken frame is flagged whatever the tuning.
+    for kind in ["malformed", "oversized"] {
+        assert_eq!(rules_report.per_kind[kind].rate, 1.0, "{kind}");
+    }
+    let json =
+        serde_json::to_value(&r).map_err(|e| detect::DetectError::BadModel(e.to_string()))?;
+    assert!(json["rule_baseline"]["thresholds"]["auth_failures_min"].is_number());
+    assert!(json["baseline"]["f1"].is_number(), "the old key stays");
+    Ok(())
+}

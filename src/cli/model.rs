@@ -31,7 +31,9 @@ limits, timeouts, refusals). Too few such windows is an error.\n  rampart model 
     #[command(
         after_help = "Positive class: every label other than benign. With --json, \
 prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, per_kind, \
-rows, threshold and baseline (the same figures for the rate-threshold baseline).\n\n\
+rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
+by_group with --by-group, and rule_baseline (thresholds and the same figures) with \
+--train.\n\n\
 Example:\n  rampart model eval --model model.json datasets/test.csv --json"
     )]
     Eval(EvalArgs),
@@ -69,6 +71,10 @@ pub struct TrainArgs {
     /// this data directory, clean sources only (see below).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Leave out the rows whose `group` column is NAME (repeatable): train without one
+    /// behaviour family, then evaluate on it (datasets/README.md).
+    #[arg(long, value_name = "NAME")]
+    exclude_group: Vec<String>,
     /// With --data-dir: fewest clean windows to train on.
     #[arg(long, default_value_t = 200, requires = "data_dir")]
     min_windows: usize,
@@ -125,6 +131,19 @@ pub struct EvalArgs {
     model: PathBuf,
     /// A labelled feature CSV with the model's feature columns.
     file: PathBuf,
+    /// A labelled training CSV (the model's, never the evaluated file) to tune the rule
+    /// baseline on: any decode or header error, oversized frame, permission denial,
+    /// timeout, rate-limit hit or refusal, N or more auth failures, a partial frame held
+    /// over T ms, more than C connections opened; N, T and C are chosen on this file for
+    /// the best F1 at a false-positive rate of at most 1%. Reported beside the model
+    /// (JSON: `rule_baseline`).
+    #[arg(long, value_name = "FILE")]
+    train: Option<PathBuf>,
+    /// Also report the model's false-positive rate and recall per value of this column:
+    /// `group` (the behaviour family or attack kind, when the CSV has it), `label` or
+    /// `source`. JSON: an extra `by_group` object, keyed by value.
+    #[arg(long, value_name = "COLUMN")]
+    by_group: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -144,6 +163,10 @@ pub struct ExplainArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// The false-positive rate the rule baseline is tuned to stay within: the model's default
+/// target.
+const RULE_TARGET_FPR: f64 = 0.01;
 
 /// Window length of the recorded windows `--data-dir` trains on: the live detector's
 /// default, and that of the datasets.
@@ -220,6 +243,23 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
             (data, format!("the recording in {}", dir.display()))
         }
         None => (read_data(&a.files)?, format!("{} file(s)", a.files.len())),
+    };
+    let data = if a.exclude_group.is_empty() {
+        data
+    } else {
+        if !data.has_groups() {
+            anyhow::bail!("--exclude-group needs data with a `group` column");
+        }
+        let before = data.rows();
+        let kept =
+            data.filter_rows(|i| !a.exclude_group.iter().any(|g| data.group(i) == Some(g)))?;
+        if kept.rows() == before {
+            anyhow::bail!(
+                "--exclude-group {}: no row has that group",
+                a.exclude_group.join(",")
+            );
+        }
+        kept
     };
     let trained = detect::train(&data, &params)?;
     let model = trained.model;
@@ -309,14 +349,46 @@ fn label_counts(data: &Dataset) -> String {
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     let model = load_model(&a.model)?;
     let data = detect::read_csv(&a.file)?;
-    let report = detect::evaluate(&model, &data)?;
-    let json = serde_json::to_string(&report)?;
+    let mut report = detect::evaluate(&model, &data)?;
+    if let Some(train) = &a.train {
+        let train_data = detect::read_csv(train)?;
+        let rules = detect::rules::RuleBaseline::fit(&train_data, RULE_TARGET_FPR)
+            .with_context(|| format!("cannot tune the rule baseline on {}", train.display()))?;
+        report.rule_baseline = Some(detect::eval::rule_report(&rules, &data)?);
+    }
+    let groups = match a.by_group.as_deref() {
+        None => None,
+        Some(column) => {
+            let groups = match column {
+                "group" if data.has_groups() => {
+                    detect::eval::by_group(&model, &data, |i| data.group(i))?
+                }
+                "group" => anyhow::bail!(
+                    "--by-group group: {} has no `group` column",
+                    a.file.display()
+                ),
+                "label" => detect::eval::by_group(&model, &data, |i| data.label(i))?,
+                "source" => detect::eval::by_group(&model, &data, |i| Some(data.source(i)))?,
+                other => anyhow::bail!(
+                    "--by-group {other}: not a column to group by (group, label or source)"
+                ),
+            };
+            Some((column, groups))
+        }
+    };
+    let mut json = serde_json::to_value(&report)?;
+    if let (Some((_, g)), Some(obj)) = (&groups, json.as_object_mut()) {
+        obj.insert("by_group".into(), serde_json::to_value(g)?);
+    }
     with_stdout(|out| {
         if a.json {
-            writeln!(out, "{json}")
-        } else {
-            print_report(out, &report)
+            return writeln!(out, "{json}");
         }
+        print_report(out, &report)?;
+        if let Some((column, groups)) = &groups {
+            print_groups(out, column, groups)?;
+        }
+        Ok(())
     })
 }
 
@@ -375,6 +447,9 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
     if let Some(b) = &r.baseline {
         metrics_line(out, "baseline", &b.metrics)?;
     }
+    if let Some(b) = &r.rule_baseline {
+        metrics_line(out, "rules", &b.metrics)?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -385,12 +460,15 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
     if let Some(b) = &r.baseline {
         confusion_line(out, "baseline", &b.metrics)?;
     }
+    if let Some(b) = &r.rule_baseline {
+        confusion_line(out, "rules", &b.metrics)?;
+    }
     if !r.per_kind.is_empty() {
         writeln!(out)?;
         writeln!(
             out,
-            "{:<24} {:>9} {:>9} {:>9} {:>14}",
-            "attack kind", "rows", "detected", "rate", "baseline rate"
+            "{:<24} {:>9} {:>9} {:>9} {:>14} {:>11}",
+            "attack kind", "rows", "detected", "rate", "baseline rate", "rules rate"
         )?;
         for (kind, k) in &r.per_kind {
             let base = r
@@ -398,10 +476,15 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
                 .as_ref()
                 .and_then(|b: &BaselineReport| b.per_kind.get(kind))
                 .map_or_else(|| "-".to_owned(), |b: &KindRate| format!("{:.4}", b.rate));
+            let rules = r
+                .rule_baseline
+                .as_ref()
+                .and_then(|b| b.per_kind.get(kind))
+                .map_or_else(|| "-".to_owned(), |b: &KindRate| format!("{:.4}", b.rate));
             writeln!(
                 out,
-                "{:<24} {:>9} {:>9} {:>9.4} {:>14}",
-                kind, k.rows, k.detected, k.rate, base
+                "{:<24} {:>9} {:>9} {:>9.4} {:>14} {:>11}",
+                kind, k.rows, k.detected, k.rate, base, rules
             )?;
         }
     }
@@ -409,7 +492,7 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "baseline: {} > {:.2}/s; the model {} the baseline on F1",
+            "baseline (rate-threshold baseline): {} > {:.2}/s; the model {} the baseline on F1",
             b.features.join("+"),
             b.threshold,
             if r.beats_baseline() {
@@ -417,6 +500,62 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
             } else {
                 "does NOT beat"
             }
+        )?;
+    }
+    if let Some(b) = &r.rule_baseline {
+        let t = b.thresholds;
+        writeln!(
+            out,
+            "rules: any decode/header error, oversized frame, permission denial, timeout, \
+             rate limit or refusal; auth_failures >= {}; partial_frame_ms_max > {}; \
+             connections_opened > {} (tuned on the training file); the model {} the rules on F1",
+            t.auth_failures_min,
+            t.partial_frame_ms_over,
+            t.connections_opened_over,
+            if r.metrics.f1 >= b.metrics.f1 {
+                "beats or ties"
+            } else {
+                "does NOT beat"
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// The per-group table: FPR for groups of benign rows, recall for groups of attack rows.
+fn print_groups(
+    out: &mut dyn Write,
+    column: &str,
+    groups: &BTreeMap<String, detect::eval::GroupRate>,
+) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        format!("by {column}"),
+        "rows",
+        "benign",
+        "fpr",
+        "attack",
+        "recall"
+    )?;
+    let rate = |n: u64, r: f64| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            format!("{r:.4}")
+        }
+    };
+    for (name, g) in groups {
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            if name.is_empty() { "(none)" } else { name },
+            g.rows,
+            g.benign,
+            rate(g.benign, g.fpr),
+            g.attacks,
+            rate(g.attacks, g.recall)
         )?;
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! Feature CSVs into one matrix.
 //!
 //! The header is read generically: `source,window_start_ms,window_ms`, then one column per
-//! feature (any names, in the extractor's order), then optionally `label`. Every feature value
+//! feature (any names, in the extractor's order), with the optional `label` and `group`
+//! columns found by name wherever they are (export writes them last, `label` first) and
+//! never taken as features. Every feature value
 //! must parse as a finite `f64`; the first bad field is reported with its line and column name,
 //! so a broken export is found at once instead of poisoning a model with NaN.
 
@@ -18,8 +20,13 @@ pub const BENIGN: &str = "benign";
 /// The fixed leading columns, in order.
 pub const LEADING: [&str; 3] = ["source", "window_start_ms", "window_ms"];
 
-/// The optional last column.
+/// The optional label column (`benign` or an attack kind), found by name.
 pub const LABEL: &str = "label";
+
+/// The optional group column (the behaviour family of a benign row, e.g. `typos`, or the
+/// attack kind), found by name. Never a feature: it names where a row came from, for
+/// per-group reports and leave-one-group-out runs.
+pub const GROUP: &str = "group";
 
 /// Strings that repeat across rows (sources, labels), stored once each.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -56,6 +63,9 @@ pub struct Dataset {
     labels: Interner,
     /// `None` when no input file had a `label` column.
     label_ids: Option<Vec<u32>>,
+    groups: Interner,
+    /// `None` when no input file had a `group` column.
+    group_ids: Option<Vec<u32>>,
 }
 
 /// One row to build a [`Dataset`] from in memory (tests, benches, synthetic data).
@@ -87,6 +97,8 @@ impl Dataset {
             window_ms: Vec::new(),
             labels: Interner::default(),
             label_ids: labelled.then(Vec::new),
+            groups: Interner::default(),
+            group_ids: None,
         }
     }
 
@@ -189,6 +201,42 @@ impl Dataset {
         !matches!(self.label(i), Some(l) if l != BENIGN)
     }
 
+    /// Row `i`'s group, or `None` when the data has no `group` column.
+    pub fn group(&self, i: usize) -> Option<&str> {
+        self.group_ids
+            .as_ref()
+            .map(|ids| self.groups.names[ids[i] as usize].as_str())
+    }
+
+    /// Whether the data has a `group` column.
+    pub fn has_groups(&self) -> bool {
+        self.group_ids.is_some()
+    }
+
+    /// The rows whose `keep(i)` is true, in order (e.g. all but one group).
+    pub fn filter_rows(&self, keep: impl Fn(usize) -> bool) -> Result<Dataset, DetectError> {
+        let mut out = Dataset::new(self.features.clone(), self.is_labelled());
+        out.origin = self.origin.clone();
+        if self.has_groups() {
+            out.group_ids = Some(Vec::new());
+        }
+        let mut flat = Vec::new();
+        for i in (0..self.rows()).filter(|&i| keep(i)) {
+            flat.extend(self.values.row(i).iter());
+            out.push_meta(
+                self.source(i),
+                self.window_start_ms(i),
+                self.window_ms(i),
+                self.label(i),
+            );
+            if let (Some(ids), Some(g)) = (out.group_ids.as_mut(), self.group(i)) {
+                ids.push(out.groups.id(g));
+            }
+        }
+        out.values = matrix(flat, self.features.len())?;
+        Ok(out)
+    }
+
     /// Distinct labels, in order of first appearance.
     pub fn label_names(&self) -> &[String] {
         &self.labels.names
@@ -227,6 +275,10 @@ impl Dataset {
         if other.is_labelled() && !self.is_labelled() {
             self.label_ids = Some(vec![self.labels.id(BENIGN); self.rows()]);
         }
+        // Rows of a file without groups join grouped ones with an empty group.
+        if other.has_groups() && !self.has_groups() {
+            self.group_ids = Some(vec![self.groups.id(""); self.rows()]);
+        }
         let d = self.features.len();
         let mut flat = std::mem::take(&mut self.values).into_raw_vec();
         flat.extend(other.values.iter());
@@ -238,6 +290,9 @@ impl Dataset {
                 other.window_ms(i),
                 other.label(i),
             );
+            if let Some(ids) = self.group_ids.as_mut() {
+                ids.push(self.groups.id(other.group(i).unwrap_or("")));
+            }
         }
         Ok(())
     }
@@ -254,6 +309,9 @@ impl Dataset {
         if self.is_labelled() {
             header.push(LABEL);
         }
+        if self.has_groups() {
+            header.push(GROUP);
+        }
         w.write_record(&header).map_err(csv_err)?;
         let mut rec: Vec<String> = Vec::with_capacity(header.len());
         for i in 0..self.rows() {
@@ -264,6 +322,9 @@ impl Dataset {
             rec.extend(self.values.row(i).iter().map(|v| v.to_string()));
             if let Some(l) = self.label(i) {
                 rec.push(l.to_owned());
+            }
+            if let Some(g) = self.group(i) {
+                rec.push(g.to_owned());
             }
             w.write_record(&rec).map_err(csv_err)?;
         }
@@ -334,9 +395,23 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
             });
         }
     }
-    let labelled = header.last().is_some_and(|h| h == LABEL) && header.len() > LEADING.len();
-    let end = header.len() - usize::from(labelled);
-    let features: Vec<String> = header[LEADING.len()..end].to_vec();
+    // `label` and `group` are found by name, after the leading columns; every other
+    // column is a feature, in file order.
+    let label_col = header
+        .iter()
+        .skip(LEADING.len())
+        .position(|h| h == LABEL)
+        .map(|p| p + LEADING.len());
+    let group_col = header
+        .iter()
+        .skip(LEADING.len())
+        .position(|h| h == GROUP)
+        .map(|p| p + LEADING.len());
+    let labelled = label_col.is_some();
+    let feature_cols: Vec<usize> = (LEADING.len()..header.len())
+        .filter(|&c| Some(c) != label_col && Some(c) != group_col)
+        .collect();
+    let features: Vec<String> = feature_cols.iter().map(|&c| header[c].clone()).collect();
     if features.is_empty() {
         return Err(DetectError::NoFeatures {
             path: path.to_owned(),
@@ -354,6 +429,9 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
     let d = features.len();
     let mut ds = Dataset::new(features, labelled);
     ds.origin = path.to_owned();
+    if group_col.is_some() {
+        ds.group_ids = Some(Vec::new());
+    }
     let mut flat: Vec<f64> = Vec::new();
     let mut rec = csv::ByteRecord::new();
     loop {
@@ -378,8 +456,7 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
         let source = field(0);
         let start: i64 = field(1).parse().map_err(|_| bad(1, "an integer"))?;
         let window: u64 = field(2).parse().map_err(|_| bad(2, "an integer"))?;
-        for j in 0..d {
-            let col = LEADING.len() + j;
+        for &col in &feature_cols {
             let text = field(col);
             let v: f64 = text.parse().map_err(|_| bad(col, "a number"))?;
             if !v.is_finite() {
@@ -392,7 +469,7 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
             }
             flat.push(v);
         }
-        let label = if labelled {
+        let label = if let Some(end) = label_col {
             let l = field(end);
             if l.is_empty() {
                 return Err(DetectError::EmptyLabel {
@@ -406,7 +483,11 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
         };
         let source = source.to_owned();
         let label = label.map(str::to_owned);
+        let group = group_col.map(|c| field(c).to_owned());
         ds.push_meta(&source, start, window, label.as_deref());
+        if let (Some(ids), Some(g)) = (ds.group_ids.as_mut(), group) {
+            ids.push(ds.groups.id(&g));
+        }
     }
     ds.values = matrix(flat, d)?;
     Ok(ds)
@@ -434,6 +515,39 @@ mod tests {
         assert!(ds.is_benign(0) && !ds.is_benign(1));
         assert_eq!(ds.source(1), "127.0.1.9");
         assert_eq!(ds.window_ms(0), 1000);
+        Ok(())
+    }
+
+    #[test]
+    fn label_and_group_are_found_by_name_and_are_not_features() -> Result<(), DetectError> {
+        let with = read(
+            "source,window_start_ms,window_ms,a,b,label,group\n\
+             127.0.0.1,1000,1000,1,2.5,benign,typos\n\
+             127.0.1.9,1000,1000,300,0,raw-flood,raw-flood\n",
+        )?;
+        assert_eq!(with.features(), ["a", "b"]);
+        assert_eq!(with.label(1), Some("raw-flood"));
+        assert_eq!(with.group(0), Some("typos"));
+        assert_eq!(with.row(1).to_vec(), vec![300.0, 0.0]);
+        let without = read(
+            "source,window_start_ms,window_ms,a,b,label\n\
+             127.0.0.1,1000,1000,1,2.5,benign\n",
+        )?;
+        assert_eq!(without.features(), with.features());
+        assert!(!without.has_groups() && with.has_groups());
+        // Anywhere after the leading columns.
+        let moved = read(
+            "source,window_start_ms,window_ms,group,a,label,b\n127.0.0.1,0,1000,nat,1,benign,2\n",
+        )?;
+        assert_eq!(moved.features(), ["a", "b"]);
+        assert_eq!(moved.row(0).to_vec(), vec![1.0, 2.0]);
+        assert_eq!(
+            (moved.label(0), moved.group(0)),
+            (Some("benign"), Some("nat"))
+        );
+        let kept = with.filter_rows(|i| with.group(i) != Some("typos"))?;
+        assert_eq!(kept.rows(), 1);
+        assert_eq!(kept.group(0), Some("raw-flood"));
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::rules::{RuleBaseline, RuleThresholds};
 use super::train::score_raw_rows;
 use super::{Dataset, DetectError, Model, BENIGN};
 
@@ -89,6 +90,42 @@ pub struct EvalReport {
     pub per_kind: BTreeMap<String, KindRate>,
     /// The rate-threshold baseline's figures (absent if the model has no baseline).
     pub baseline: Option<BaselineReport>,
+    /// The rule baseline's figures, tuned on a training file (`model eval --train FILE`;
+    /// absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_baseline: Option<RuleBaselineReport>,
+}
+
+/// The rule baseline's figures ([`RuleBaseline`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleBaselineReport {
+    /// The thresholds tuned on the training file.
+    pub thresholds: RuleThresholds,
+    /// The figures.
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// Detection rate per attack kind.
+    pub per_kind: BTreeMap<String, KindRate>,
+}
+
+/// The figures of `rules` (tuned elsewhere) on labelled `data`.
+pub fn rule_report(
+    rules: &RuleBaseline,
+    data: &Dataset,
+) -> Result<RuleBaselineReport, DetectError> {
+    if !data.is_labelled() {
+        return Err(DetectError::NoLabels);
+    }
+    let flags = rules.for_data(data).flags(data);
+    let positive: Vec<bool> = (0..data.rows()).map(|i| !data.is_benign(i)).collect();
+    let labels: Vec<&str> = (0..data.rows())
+        .map(|i| data.label(i).unwrap_or(BENIGN))
+        .collect();
+    Ok(RuleBaselineReport {
+        thresholds: rules.thresholds,
+        metrics: metrics(&flags, &positive, 0.5),
+        per_kind: per_kind(&flags, &labels, 0.5),
+    })
 }
 
 impl EvalReport {
@@ -144,7 +181,61 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
         metrics: model_metrics,
         per_kind: model_per_kind,
         baseline,
+        rule_baseline: None,
     })
+}
+
+/// How the model did on one group of rows (`model eval --by-group`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GroupRate {
+    /// Rows in the group.
+    pub rows: u64,
+    /// Of those, benign rows.
+    pub benign: u64,
+    /// Benign rows flagged (false positives).
+    pub false_positives: u64,
+    /// false_positives / benign: the group's false-positive rate (0 without benign rows).
+    pub fpr: f64,
+    /// Attack rows.
+    pub attacks: u64,
+    /// Attack rows flagged.
+    pub detected: u64,
+    /// detected / attacks: the group's recall (0 without attack rows).
+    pub recall: f64,
+}
+
+/// The model's false-positive rate and recall per group of rows, groups named by
+/// `group_of(row)` (rows it names `None` are left out). Fails as [`evaluate`] does.
+pub fn by_group<'a>(
+    model: &Model,
+    data: &'a Dataset,
+    group_of: impl Fn(usize) -> Option<&'a str>,
+) -> Result<BTreeMap<String, GroupRate>, DetectError> {
+    if !data.is_labelled() {
+        return Err(DetectError::NoLabels);
+    }
+    model.check_data(data)?;
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let scores = score_raw_rows(model, data.values().view(), &rows);
+    let mut out: BTreeMap<String, GroupRate> = BTreeMap::new();
+    for (&i, &score) in rows.iter().zip(&scores) {
+        let Some(g) = group_of(i) else { continue };
+        let e = out.entry(g.to_owned()).or_default();
+        let flagged = score > model.threshold();
+        e.rows += 1;
+        if data.is_benign(i) {
+            e.benign += 1;
+            e.false_positives += u64::from(flagged);
+        } else {
+            e.attacks += 1;
+            e.detected += u64::from(flagged);
+        }
+    }
+    for e in out.values_mut() {
+        e.fpr = ratio(e.false_positives, e.benign);
+        e.recall = ratio(e.detected, e.attacks);
+    }
+    Ok(out)
 }
 
 /// The confusion matrix of `score > threshold` against `positive`.

@@ -127,20 +127,18 @@ impl LiveScorer {
 
     fn score(&self, rows: &[FeatureRow]) {
         let threshold = self.model.threshold();
-        let mut anomalies = 0;
-        for row in rows {
-            // The cheap score first; the explanation (which allocates) only when needed.
-            if self.model.score(&row.values) > threshold {
-                anomalies += 1;
-                (self.on_anomaly)(row.ip(), self.model.verdict(row));
-            }
-        }
+        // Counted before the verdict is handed on: whoever acts on it (the firewall's relay
+        // thread) may read the counters at once and must find this window in them.
         self.counters
             .windows
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.counters
-            .anomalies
-            .fetch_add(anomalies, Ordering::Relaxed);
+        for row in rows {
+            // The cheap score first; the explanation (which allocates) only when needed.
+            if self.model.score(&row.values) > threshold {
+                self.counters.anomalies.fetch_add(1, Ordering::Relaxed);
+                (self.on_anomaly)(row.ip(), self.model.verdict(row));
+            }
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 //!   [`Model::verdict`] explains a score with the features that contributed most.
 //! - [`eval`]: precision, recall, F1, FPR, ROC AUC, PR AUC, the confusion matrix, per-kind
 //!   detection rates, and the same figures for a plain rate-threshold baseline.
+//! - [`rules`]: the rule baseline (decode errors, auth failures, timeouts, ...), its
+//!   thresholds tuned on a training file, reported next to the model.
 //! - [`synth`]: synthetic rows for tests, benches and the scikit-learn comparison.
 //! - [`recorded`]: training windows from a server's own activity database, of the sources
 //!   that never hit a rule and were never decided on.
@@ -30,6 +32,7 @@ pub mod live;
 pub mod model;
 mod par;
 pub mod recorded;
+pub mod rules;
 pub mod scaler;
 pub mod synth;
 pub mod train;
