@@ -84,12 +84,7 @@ async fn a_blocked_source_is_told_the_seconds_left_and_the_offence() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_a_blocked_source_gets_at_most_its_share_of_notices() -> TestResult {
     within(async {
-        // Tickets off: with them on, each of these silent connections would hold one of the
-        // source's two places in the resume budget for its first-frame second before its
-        // refusal (tests/tickets.rs), and 60 of them one after another would take a minute.
-        let mut config = common::test_config();
-        config.auth.ticket_ttl_s = 0;
-        let server = common::start_server_with(config).await;
+        let server = start_server().await;
         let source = ip("127.0.9.3");
         assert!(server
             .handle
