@@ -1740,7 +1740,8 @@ async fn hostile_file_names_are_sanitized_and_never_reach_a_path() -> TestResult
                 [db] if db.starts_with("rampart.db") || db.starts_with("activity.db") => {}
                 [own]
                     if *own == rampart::store::LOCK_FILE
-                        || *own == rampart::store::RESERVE_FILE => {}
+                        || *own == rampart::store::RESERVE_FILE
+                        || *own == rampart::store::TICKET_KEY_FILE => {}
                 ["blobs", shard, id] if hex(shard, 2) && hex(id, 32) && id.starts_with(shard) => {
                     blobs += 1
                 }

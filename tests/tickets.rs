@@ -16,6 +16,13 @@ use rampart::client::{Client, ClientError, ClientOptions, LoginVia, ResumeTicket
 use rampart::protocol::{encode_request, ErrorCode, Password, Reply, Request};
 use rampart::server::auth::hash_password;
 
+/// [`test_config`] with ticket admission from blocked sources on.
+fn ticket_config() -> rampart::config::Config {
+    let mut c = test_config();
+    c.auth.resume_when_blocked = true;
+    c
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }
@@ -52,7 +59,7 @@ fn assert_code<T: std::fmt::Debug>(got: Result<T, ClientError>, code: ErrorCode)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_ticket_from_a_blocked_source_is_admitted_and_works() -> TestResult {
     within(async {
-        let server = start_server_with(test_config()).await;
+        let server = start_server_with(ticket_config()).await;
         let nat = ip("127.0.20.1");
         let ticket = ticket_for(&server, "alice", nat).await;
         assert_eq!(ticket.user, "alice");
@@ -88,7 +95,7 @@ async fn a_valid_ticket_from_a_blocked_source_is_admitted_and_works() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_expired_tickets_are_refused() -> TestResult {
     within(async {
-        let mut config = test_config();
+        let mut config = ticket_config();
         config.auth.ticket_ttl_s = 1;
         let server = start_server_with(config).await;
         let home = ip("127.0.21.1");
@@ -163,7 +170,7 @@ async fn a_ticket_after_a_password_change_is_refused() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_source_that_sends_anything_but_resume_gets_the_blocked_frame() -> TestResult {
     within(async {
-        let server = start_server_with(test_config()).await;
+        let server = start_server_with(ticket_config()).await;
         let nat = ip("127.0.23.1");
         block(&server, nat);
         let mut s = raw_connect(server.addr, Some(nat)).await?;
@@ -194,7 +201,7 @@ async fn a_blocked_source_that_sends_anything_but_resume_gets_the_blocked_frame(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_two_connections_per_blocked_source_may_present_a_ticket() -> TestResult {
     within(async {
-        let server = start_server_with(test_config()).await;
+        let server = start_server_with(ticket_config()).await;
         let nat = ip("127.0.24.1");
         block(&server, nat);
         // Two silent connections hold the source's whole budget for up to a second.
@@ -240,6 +247,7 @@ async fn at_most_two_connections_per_blocked_source_may_present_a_ticket() -> Te
 async fn a_ticket_admitted_session_that_misbehaves_loses_its_ticket_and_is_closed() -> TestResult {
     within(async {
         let mut config = common::firewall_config();
+        config.auth.resume_when_blocked = true;
         // One permission denial must not be enough to block anyone by itself here.
         config.firewall.threshold = 1000;
         let server = start_server_with(config).await;
@@ -281,7 +289,7 @@ async fn a_ticket_admitted_session_that_misbehaves_loses_its_ticket_and_is_close
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_keeps_a_0600_ticket_file_and_then_needs_no_password() -> TestResult {
     within(async {
-        let server = start_server_with(test_config()).await;
+        let server = start_server_with(ticket_config()).await;
         let dir = tempfile::tempdir()?;
         let tickets = dir.path().join("tickets");
         let run = |password: Option<&'static str>| {

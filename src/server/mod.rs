@@ -773,7 +773,9 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
             Ok(t) => t,
             // A blocked source may still present a resume ticket, within the budget; past
             // it, it is refused as before, unread.
-            Err(refusal @ Refusal::Blocked { .. }) if shared.tickets.enabled() => {
+            Err(refusal @ Refusal::Blocked { .. })
+                if shared.tickets.enabled() && shared.config.auth.resume_when_blocked =>
+            {
                 let source = shared.guard.source_of(peer.ip());
                 match shared.resume_budget.try_take(source) {
                     Some(permit) => {
