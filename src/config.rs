@@ -887,9 +887,9 @@ pub struct AuthConfig {
     /// off (TICKET and RESUME are then refused).
     pub ticket_ttl_s: u64,
     /// Whether a connection from a blocked source may present a resume ticket in its first
-    /// frame (docs/PROTOCOL.md, 9.4) instead of being refused unread at accept. Off by
-    /// default: a connection waiting to present one is not refused at once, which tools
-    /// that judge a block by an immediate refusal (src/attack) cannot yet tell apart.
+    /// frame (docs/PROTOCOL.md, 9.4) instead of being refused unread at accept. Such a
+    /// connection is sent the `blocked` notice at once, before its first frame is read, so
+    /// a client without a ticket (or a tool judging a block) sees the refusal as early.
     pub resume_when_blocked: bool,
 }
 
@@ -901,7 +901,7 @@ impl Default for AuthConfig {
             argon2_parallelism: DEFAULT_ARGON2_PARALLELISM,
             login_workers: DEFAULT_LOGIN_WORKERS,
             ticket_ttl_s: DEFAULT_TICKET_TTL_S,
-            resume_when_blocked: false,
+            resume_when_blocked: true,
         }
     }
 }

@@ -171,6 +171,12 @@ impl Client {
 
     /// Waits for the reply to request `id`, turning an ERROR reply into
     /// [`ClientError::Server`].
+    /// Reads past one `blocked` notice (ERROR, request id 0) before the next reply: on a
+    /// fresh connection from a blocked source the server sends it before it reads a RESUME.
+    pub(super) fn skip_blocked_notice(&mut self) {
+        self.inbound.skip_blocked_notice = true;
+    }
+
     pub(super) async fn reply_to(&mut self, id: u32) -> Result<Reply, ClientError> {
         match self.inbound.wait_for(id).await? {
             Reply::Error { code, message } => Err(ClientError::Server { code, message }),

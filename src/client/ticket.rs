@@ -85,6 +85,7 @@ impl Client {
         A: ToSocketAddrs + fmt::Display,
     {
         let mut client = Client::connect(addr, opts).await?;
+        client.skip_blocked_notice();
         client.resume_with(user, ticket).await?;
         Ok(client)
     }

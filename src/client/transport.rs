@@ -23,7 +23,7 @@ use tokio::net::{lookup_host, TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::{ClientError, ClientOptions, SEGMENT_MAX_BYTES, SEGMENT_MAX_PAUSE};
-use crate::protocol::{CodecError, Frame, FrameCodec, Kind, Limits, Reply, Role};
+use crate::protocol::{CodecError, ErrorCode, Frame, FrameCodec, Kind, Limits, Reply, Role};
 
 /// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
 /// all within `opts.connect_timeout`.
@@ -100,6 +100,7 @@ pub(super) fn split(stream: TcpStream, opts: &ClientOptions) -> (Inbound, Outbou
         timeout: opts.request_timeout,
         in_flight: VecDeque::new(),
         broken: false,
+        skip_blocked_notice: false,
     };
     let outbound = Outbound {
         half: write,
@@ -150,6 +151,10 @@ pub(super) struct Inbound {
     in_flight: VecDeque<u32>,
     /// Set once the stream can no longer be trusted (closed, out of step, broken header).
     pub(super) broken: bool,
+    /// Set by a RESUME sent on a fresh connection: a blocked source's connection gets the
+    /// `blocked` notice (ERROR, request id 0) before the server reads its first frame, and
+    /// a client presenting a ticket reads past that one notice to the RESUME's reply.
+    pub(super) skip_blocked_notice: bool,
 }
 
 impl Inbound {
@@ -200,7 +205,20 @@ impl Inbound {
     /// SHUTTING_DOWN, a fatal BAD_FRAME); it comes back as [`ClientError::Server`] and the
     /// connection is done, since the server closes after sending it.
     pub(super) async fn recv(&mut self) -> Result<(u32, Reply), ClientError> {
-        let frame = self.next_frame().await?;
+        let mut frame = self.next_frame().await?;
+        if std::mem::take(&mut self.skip_blocked_notice)
+            && frame.request_id == 0
+            && frame.kind == Kind::Error
+            && matches!(
+                Reply::decode(&frame, &self.limits),
+                Ok(Reply::Error {
+                    code: ErrorCode::Blocked,
+                    ..
+                })
+            )
+        {
+            frame = self.next_frame().await?;
+        }
         let expected = self.in_flight.front().copied();
         if frame.request_id == 0 && frame.kind == Kind::Error {
             self.broken = true;

@@ -528,6 +528,14 @@ impl Guard {
         if !self.notices.check(&source) {
             return None;
         }
+        self.block_notice(ip)
+    }
+
+    /// The `blocked` notice for `ip` if its source is blocked, outside the per-source share
+    /// of notices: for the few connections of a blocked source that hold a place in the
+    /// resume budget, which bounds them already.
+    pub fn block_notice(&self, ip: IpAddr) -> Option<BlockedNotice> {
+        let source = self.source_of(ip);
         let now = self.clock.elapsed();
         let blocks = self.lock_blocks();
         let block = blocks.active(&source, now)?;

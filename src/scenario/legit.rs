@@ -40,6 +40,9 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// minute, so a burst of clients behind one address may have to wait a few seconds).
 const LOGIN_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Pause before a client with a resume ticket tries a blocked address again.
+const BLOCKED_RESUME_PAUSE: Duration = Duration::from_millis(250);
+
 /// Recipients verified at once after the run.
 const VERIFY_CONCURRENCY: usize = 16;
 
@@ -192,6 +195,17 @@ impl LoginState {
         }
     }
 
+    /// Asks the server for a resume ticket on `client`'s logged-in session, unless the
+    /// client holds one already. A server with tickets off answers with an error: the client
+    /// then keeps logging in with its password, as before tickets.
+    pub async fn keep_ticket(&mut self, client: &mut Client) {
+        if self.ticket.is_none() {
+            if let Ok(t) = client.request_ticket().await {
+                self.ticket = Some(t.ticket.to_vec());
+            }
+        }
+    }
+
     /// The wrong passwords the next login sends before the right one: the stale password
     /// `stale_password_retries` times on the first login only, then a typo with
     /// probability `typo_rate` on every login (the first included).
@@ -255,14 +269,18 @@ pub async fn login_client(
             Err(e) if e.code() == Some(ErrorCode::RateLimited) && Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            // A blocked address reads a ticket on only a couple of connections at once, and
+            // an attacker behind it may hold them: a client with a ticket tries again
+            // shortly, as an app reconnecting in the background does.
+            Err(e)
+                if e.code() == Some(ErrorCode::Blocked)
+                    && state.ticket.is_some()
+                    && Instant::now() < give_up =>
+            {
+                tokio::time::sleep(BLOCKED_RESUME_PAUSE).await;
+            }
             Ok(mut client) => {
-                if state.ticket.is_none() {
-                    // A server with tickets off answers with an error: the client then
-                    // keeps logging in with its password, as before tickets.
-                    if let Ok(t) = client.request_ticket().await {
-                        state.ticket = Some(t.ticket.to_vec());
-                    }
-                }
+                state.keep_ticket(&mut client).await;
                 return Ok(client);
             }
             other => return other,
@@ -814,6 +832,10 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
     let mut mistake_rng = StdRng::seed_from_u64(plan.seed ^ MISTAKE_SEED);
     let mut memory = MistakeMemory::default();
     let mut login_state = LoginState::new(plan);
+    let mut client = client;
+    if let Some(c) = client.as_mut() {
+        login_state.keep_ticket(c).await;
+    }
     // Operations due before `load.stop`; none may start after `last_start`.
     let last_start = (ctx.t0 + load.stop + ctx.slo).min(ctx.hard_end);
     let me = plan.index;

@@ -692,9 +692,23 @@ impl Server {
         permit: ResumePermit,
     ) {
         let shared = Arc::clone(&self.shared);
+        // The notice goes out at once, before anything is read: a client without a ticket
+        // (or a probe) learns it is blocked as fast as a refusal at accept tells it, and a
+        // client with one sends its RESUME regardless and reads past the notice. A refusal
+        // after the first frame repeats it, so that a refused ticket reads as `blocked`.
+        let notify = |stream: &TcpStream| {
+            if let Some(notice) = shared.guard.block_notice(peer.ip()) {
+                let reply = Reply::error(ErrorCode::Blocked, notice.to_string());
+                let mut buf = bytes::BytesMut::new();
+                if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
+                    let _ = stream.try_write(&buf);
+                }
+            }
+        };
+        notify(&stream);
         let refuse_blocked = |stream: &TcpStream| {
             shared.refused(peer, &refusal);
-            refuse(stream, peer, &refusal, &shared.guard);
+            notify(stream);
         };
         let first = tokio::select! {
             _ = shared.shutdown.cancelled() => None,
