@@ -1,16 +1,25 @@
 //! A blocked source is told why at accept: one ERROR `blocked` (request id 0) with the
 //! seconds left and the offence, then a close; a flood from it gets no more than its share of
-//! those notices, and bare closes past it.
+//! those notices, and bare closes past it. With resume tickets admitted from blocked sources
+//! (the default), the notice still comes at once, before anything is read, and out of the
+//! same share.
 
 mod common;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{drain, raw_connect, start_server, within, TestResult};
+use common::{drain, raw_connect, start_server_with, test_config, within, TestResult};
 use rampart::client::{Client, ClientOptions};
 use rampart::guard::{NOTICES_BURST_PER_SOURCE, NOTICES_PER_S_PER_SOURCE};
 use rampart::protocol::{BlockedNotice, ErrorCode, Reply};
+
+/// A server that refuses blocked sources at accept, unread (no resume tickets from them).
+async fn start_server() -> common::TestServer {
+    let mut config = test_config();
+    config.auth.resume_when_blocked = false;
+    start_server_with(config).await
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
@@ -111,6 +120,58 @@ async fn a_flood_from_a_blocked_source_gets_at_most_its_share_of_notices() -> Te
         assert_eq!(
             server.handle.metrics().snapshot().connections_refused,
             connections
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// With tickets admitted from blocked sources, a connection that holds a place in the resume
+/// budget is told `blocked` at once, before it sends anything, and closed unread within the
+/// first-frame wait without a second notice; a flood that closes on the notice, as a client
+/// does, still gets no more than its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_resume_tickets_the_notice_still_comes_first_and_within_the_share() -> TestResult {
+    within(async {
+        let server = start_server_with(test_config()).await;
+        let source = ip("127.0.9.4");
+        assert!(server
+            .handle
+            .guard()
+            .block(source, Duration::from_secs(300), "fatal_frame x2"));
+
+        let mut s = raw_connect(server.addr, Some(source)).await?;
+        let started = Instant::now();
+        let first = drain(&mut s, Duration::from_millis(300)).await;
+        match first.replies.as_slice() {
+            [(0, Reply::Error { code, .. })] if *code == ErrorCode::Blocked => {}
+            other => {
+                return Err(format!("expected one ERROR blocked at once, got {other:?}").into())
+            }
+        }
+        let rest = drain(&mut s, Duration::from_secs(3)).await;
+        assert!(rest.closed, "closed once the first-frame wait is over");
+        assert!(
+            rest.replies.is_empty(),
+            "no second notice: {:?}",
+            rest.replies
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        let connections = 40;
+        let started = Instant::now();
+        let mut told = 0u64;
+        for _ in 0..connections {
+            let mut s = raw_connect(server.addr, Some(source)).await?;
+            let seen = drain(&mut s, Duration::from_millis(200)).await;
+            told += u64::from(!seen.replies.is_empty());
+        }
+        let elapsed = started.elapsed();
+        let share = u64::from(NOTICES_BURST_PER_SOURCE)
+            + u64::from(NOTICES_PER_S_PER_SOURCE) * elapsed.as_secs().saturating_add(2);
+        assert!(
+            told <= share,
+            "{told} notices for {connections} connections in {elapsed:?}, share {share}"
         );
         Ok(())
     })

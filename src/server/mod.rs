@@ -694,21 +694,31 @@ impl Server {
         let shared = Arc::clone(&self.shared);
         // The notice goes out at once, before anything is read: a client without a ticket
         // (or a probe) learns it is blocked as fast as a refusal at accept tells it, and a
-        // client with one sends its RESUME regardless and reads past the notice. A refusal
-        // after the first frame repeats it, so that a refused ticket reads as `blocked`.
-        let notify = |stream: &TcpStream| {
-            if let Some(notice) = shared.guard.block_notice(peer.ip()) {
-                let reply = Reply::error(ErrorCode::Blocked, notice.to_string());
-                let mut buf = bytes::BytesMut::new();
-                if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
-                    let _ = stream.try_write(&buf);
-                }
+        // client with one sends its RESUME regardless and reads past the notice. It comes
+        // out of the source's share of notices: past it the connection is refused unread
+        // with a bare close, as at accept, so a flood costs what it did before tickets.
+        let Some(notice) = shared.guard.blocked_notice(peer.ip()) else {
+            shared.refused(peer, &refusal);
+            return;
+        };
+        let write_notice = |stream: &TcpStream, notice: &crate::protocol::BlockedNotice| {
+            let reply = Reply::error(ErrorCode::Blocked, notice.to_string());
+            let mut buf = bytes::BytesMut::new();
+            if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
+                let _ = stream.try_write(&buf);
             }
         };
-        notify(&stream);
-        let refuse_blocked = |stream: &TcpStream| {
+        write_notice(&stream, &notice);
+        // After a RESUME was read and refused the notice is repeated (outside the share: it
+        // costs the client a whole RESUME), so that a refused ticket reads as `blocked`;
+        // anything else is closed without another word.
+        let refuse_blocked = |stream: &TcpStream, resumed: bool| {
             shared.refused(peer, &refusal);
-            notify(stream);
+            if resumed {
+                if let Some(again) = shared.guard.block_notice(peer.ip()) {
+                    write_notice(stream, &again);
+                }
+            }
         };
         let first = tokio::select! {
             _ = shared.shutdown.cancelled() => None,
@@ -718,17 +728,17 @@ impl Server {
             ) => read.ok().flatten(),
         };
         let Some((frame, input)) = first else {
-            return refuse_blocked(&stream);
+            return refuse_blocked(&stream, false);
         };
         let Ok(Request::Resume { user, ticket }) = Request::decode(&frame, &shared.limits) else {
-            return refuse_blocked(&stream);
+            return refuse_blocked(&stream, false);
         };
         let source = shared.guard.source_of(peer.ip());
         let verified = match tickets::verify(&shared, &user, &ticket).await {
             Ok(v) => v,
             Err(e) => {
                 tickets::refused(&shared, source, 0, peer, &user, e);
-                return refuse_blocked(&stream);
+                return refuse_blocked(&stream, true);
             }
         };
         let admitted = match shared.guard.admit_resumed(peer.ip()) {
