@@ -251,16 +251,20 @@ async fn training_on_a_recording_keeps_only_clean_sources() {
     drop(other);
     server.handle.shutdown().await;
     let window = Duration::from_secs(1);
-    // The recorder commits within its flush interval.
+    // The recorder commits within its flush interval, and may still be committing after
+    // the shutdown returned: read until two reads 300 ms apart see the same events.
     let start = Instant::now();
+    let mut seen = None;
     let data = loop {
         let (data, summary) =
             detect::recorded::clean_windows(server.dir.path(), window, 1).expect("clean windows");
-        if summary.rule_sources + summary.decided_sources >= 1 && data.rows() >= 2 {
+        let settled = seen == Some(summary.events);
+        seen = Some(summary.events);
+        if settled && summary.rule_sources + summary.decided_sources >= 1 && data.rows() >= 2 {
             break data;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "{summary:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(start.elapsed() < Duration::from_secs(10), "{summary:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(!data.is_labelled());
     for i in 0..data.rows() {

@@ -302,9 +302,16 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         handle.firewall().score(attacker(5)),
         config.firewall.threshold
     );
-    // Refused at accept with one ERROR blocked that says for how long and why, then closed.
+    // Refused at accept with one ERROR blocked that says for how long and why, then closed:
+    // at once, or, when the connection got a place in the resume-ticket budget, once the
+    // server's wait for a RESUME (`guard::RESUME_FIRST_FRAME_WAIT`) is over.
     let told = match connect_from(attacker(3), addr).await {
-        Ok(mut s) => match drain(&mut s, Duration::from_secs(1)).await {
+        Ok(mut s) => match drain(
+            &mut s,
+            rampart::guard::RESUME_FIRST_FRAME_WAIT + Duration::from_secs(1),
+        )
+        .await
+        {
             (got, true) if error_code_of(&got) == Some(ErrorCode::Blocked as u16) => {
                 blocked_message(&got)
             }
