@@ -215,6 +215,35 @@ impl<W: std::io::Write> RowWriter<W> {
     }
 }
 
+/// Feeds every recorded event of `conn` to `extractor` in time order and hands `emit` each
+/// batch of windows as it closes, the last ones once the events end; returns how many events
+/// were read. Events come in time order, so closing each window as the first event past its
+/// end arrives loses nothing, and keeps memory to the sources of one window. Used by the
+/// export and by training on a recording (`detect::recorded`), so both see the same rows.
+pub fn replay(
+    conn: &Connection,
+    extractor: &mut Extractor,
+    mut emit: impl FnMut(Vec<FeatureRow>),
+) -> Result<u64, ActivityError> {
+    let window_ms = i64::try_from(extractor.window().as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let mut next_close = i64::MIN;
+    let events = db::for_each_event(conn, |e| {
+        if e.t_ms >= next_close {
+            emit(extractor.close_until(e.t_ms));
+            next_close = e
+                .t_ms
+                .div_euclid(window_ms)
+                .saturating_add(1)
+                .saturating_mul(window_ms);
+        }
+        extractor.push(&e);
+    })?;
+    emit(extractor.finish());
+    Ok(events)
+}
+
 /// Streams every event of `data_dir`'s activity database through an [`Extractor`] with
 /// windows of `window` and writes the rows to `out` as CSV (header [`csv_header`]).
 pub fn export_csv(
@@ -235,7 +264,6 @@ pub fn export_csv(
         _ => Path::new("."),
     };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
-    let window_ms = i64::try_from(extractor.window().as_millis()).unwrap_or(i64::MAX);
     let (events, summary_parts) = {
         let mut writer = RowWriter {
             csv: csv::Writer::from_writer(BufWriter::new(tmp.as_file())),
@@ -249,30 +277,16 @@ pub fn export_csv(
         };
         writer.header()?;
         let mut failed: Option<ExportError> = None;
-        let mut next_close = i64::MIN;
-        // Events come in time order, so closing each window as the first event past its end
-        // arrives loses nothing, and keeps memory to the sources of one window.
-        let events = db::for_each_event(&conn, |e| {
-            if failed.is_some() {
-                return;
-            }
-            if e.t_ms >= next_close {
-                if let Err(err) = writer.write(&extractor.close_until(e.t_ms)) {
+        let events = replay(&conn, &mut extractor, |rows| {
+            if failed.is_none() {
+                if let Err(err) = writer.write(&rows) {
                     failed = Some(err);
-                    return;
                 }
-                next_close = e
-                    .t_ms
-                    .div_euclid(window_ms)
-                    .saturating_add(1)
-                    .saturating_mul(window_ms);
             }
-            extractor.push(&e);
         })?;
         if let Some(err) = failed {
             return Err(err);
         }
-        writer.write(&extractor.finish())?;
         writer.csv.flush().map_err(io_err)?;
         (
             events,
@@ -286,7 +300,7 @@ pub fn export_csv(
         events,
         rows,
         sources: sources as u64,
-        window_ms: window_ms.unsigned_abs(),
+        window_ms: u64::try_from(extractor.window().as_millis()).unwrap_or(u64::MAX),
         rows_by_label,
         extractor: extractor.stats(),
     })

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::data::{Dataset, RowSpec};
 use super::DetectError;
 use crate::activity::db;
-use crate::activity::export::{BENIGN, EXPORT_MAX_SOURCES};
+use crate::activity::export::{self, BENIGN, EXPORT_MAX_SOURCES};
 use crate::activity::features::{feature_index, Extractor, FeatureRow, FEATURES};
 use crate::guard::SourceKey;
 
@@ -105,23 +105,8 @@ pub fn clean_windows(
         }
     }
     let mut rows: Vec<FeatureRow> = Vec::new();
-    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-    let mut next_close = i64::MIN;
-    // As the export: events come in time order, so a window is final once an event past
-    // its end arrives.
-    let events = db::for_each_event(&conn, |e| {
-        if e.t_ms >= next_close {
-            rows.extend(extractor.close_until(e.t_ms));
-            next_close = e
-                .t_ms
-                .div_euclid(window_ms)
-                .saturating_add(1)
-                .saturating_mul(window_ms);
-        }
-        extractor.push(&e);
-    })
-    .map_err(db_err)?;
-    rows.extend(extractor.finish());
+    let events =
+        export::replay(&conn, &mut extractor, |closed| rows.extend(closed)).map_err(db_err)?;
     let mut by_source: BTreeMap<SourceKey, bool> = BTreeMap::new();
     for r in &rows {
         *by_source.entry(r.source).or_insert(false) |= hit_a_rule(&r.values);

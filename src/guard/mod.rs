@@ -316,6 +316,18 @@ impl Guard {
         if conns.unauthenticated_of(&source) >= self.max_unauthenticated_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
+        Ok(self.register(&mut conns, source, peer, false))
+    }
+
+    /// Enters a connection admitted from `peer` in the table (under the table's lock, held
+    /// by the caller since its admission checks) and returns its ticket.
+    fn register(
+        &self,
+        conns: &mut conns::ConnTable,
+        source: SourceKey,
+        peer: IpAddr,
+        authenticated: bool,
+    ) -> ConnTicket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cut = CancellationToken::new();
         conns.insert(
@@ -324,16 +336,16 @@ impl Guard {
             OpenConn {
                 ip: peer,
                 cut: cut.clone(),
-                authenticated: false,
+                authenticated,
                 offended: false,
             },
         );
-        Ok(ConnTicket {
+        ConnTicket {
             source,
             id,
             cut,
             table: Arc::clone(&self.conns),
-        })
+        }
     }
 
     /// Takes one frame from the source's allowance and, for an authenticated session, from

@@ -9,13 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::conns::{self, OpenConn};
+use super::conns;
 use super::{listed, ConnTicket, Guard, Refusal, SourceKey};
 
 /// Most connections from one blocked source that may be waiting to present a ticket: two
@@ -133,24 +130,7 @@ impl Guard {
         if conns.count_of(&source) >= self.max_connections_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cut = CancellationToken::new();
-        conns.insert(
-            source,
-            id,
-            OpenConn {
-                ip: peer,
-                cut: cut.clone(),
-                authenticated: true,
-                offended: false,
-            },
-        );
-        Ok(ConnTicket {
-            source,
-            id,
-            cut,
-            table: Arc::clone(&self.conns),
-        })
+        Ok(self.register(&mut conns, source, peer, true))
     }
 }
 

@@ -957,10 +957,7 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                     );
                     match tokio::time::timeout_at(ctx.hard_end, to_do).await {
                         Ok(Ok(honest)) => {
-                            rec.latency = Some(Instant::now().saturating_duration_since(due_at));
-                            if rec.latency.is_some_and(|l| l > ctx.slo) {
-                                rec.error = Some("late".into());
-                            }
+                            rec.acknowledged(due_at, ctx.slo);
                             if let Some(m) = honest {
                                 *run.mistakes.entry(m).or_insert(0) += 1;
                             }
@@ -979,10 +976,7 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                     let to_name = &ctx.users[to];
                     match tokio::time::timeout_at(ctx.hard_end, op.send(client, to_name)).await {
                         Ok(Ok(item_id)) => {
-                            rec.latency = Some(Instant::now().saturating_duration_since(due_at));
-                            if rec.latency.is_some_and(|l| l > ctx.slo) {
-                                rec.error = Some("late".into());
-                            }
+                            rec.acknowledged(due_at, ctx.slo);
                             memory.last_id = memory.last_id.max(item_id);
                             run.acked.push(Acked {
                                 from: plan.user.clone(),

@@ -57,6 +57,16 @@ impl OpRecord {
     pub fn delivered(&self, slo: Duration) -> bool {
         self.latency.is_some_and(|l| l <= slo)
     }
+
+    /// Notes that the operation due at `due_at` was acknowledged now: its latency, and
+    /// `late` if that is past `slo`.
+    pub fn acknowledged(&mut self, due_at: tokio::time::Instant, slo: Duration) {
+        let latency = tokio::time::Instant::now().saturating_duration_since(due_at);
+        self.latency = Some(latency);
+        if latency > slo {
+            self.error = Some("late".into());
+        }
+    }
 }
 
 /// Counters shared by the runner's tasks and read by the progress display.
