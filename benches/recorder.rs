@@ -43,7 +43,7 @@ fn event(i: u64) -> Event {
     let peer = (i / 2) % 64;
     let kind = match i % 200 {
         0 => EventKind::Accept,
-        1 => EventKind::AuthOk,
+        1 => EventKind::AuthOk { forgiven: 0 },
         199 => EventKind::Close {
             reason: "bye",
             unread_bytes: 0,

@@ -171,3 +171,47 @@ async fn one_burst_of_bad_frames_makes_one_decision() -> TestResult {
     })
     .await
 }
+
+/// What the detection model learns from: a failed login is recorded as a guess only when it
+/// tries a new password, and the login that follows a typo says how many failures it forgave,
+/// so the model's `hist_auth_guesses` holds nothing for a user who mistyped and got in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_tells_typos_and_retries_from_guesses() -> TestResult {
+    use rampart::activity::{db, EventKind};
+    within(async {
+        let server = start_server_with(firewall_config()).await;
+        let client = ip(9);
+        for password in ["typo", "typo", "alice-pw"] {
+            login_once(&server, client, "alice", password).await?;
+        }
+        let auth_events = || {
+            let conn = db::open(server.dir.path()).expect("activity database");
+            let mut seen = Vec::new();
+            db::for_each_event(&conn, |e| {
+                if e.ip == client
+                    && matches!(
+                        e.kind,
+                        EventKind::AuthOk { .. } | EventKind::AuthFailed { .. }
+                    )
+                {
+                    seen.push(e.kind);
+                }
+            })
+            .expect("events");
+            seen
+        };
+        // The recorder commits within its flush interval.
+        assert!(eventually(Duration::from_secs(5), || auth_events().len() == 3).await);
+        assert_eq!(
+            auth_events(),
+            vec![
+                EventKind::AuthFailed { guess: true },
+                EventKind::AuthFailed { guess: false },
+                EventKind::AuthOk { forgiven: 1 },
+            ]
+        );
+        server.handle.shutdown().await;
+        Ok(())
+    })
+    .await
+}

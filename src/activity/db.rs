@@ -170,8 +170,8 @@ fn event_code(kind: &EventKind) -> i64 {
         EventKind::FrameIn { .. } => 2,
         EventKind::FrameOut { .. } => 3,
         EventKind::DecodeError { .. } => 4,
-        EventKind::AuthOk => 5,
-        EventKind::AuthFailed => 6,
+        EventKind::AuthOk { .. } => 5,
+        EventKind::AuthFailed { .. } => 6,
         EventKind::RateLimited { .. } => 7,
         EventKind::PermissionDenied => 8,
         EventKind::Timeout { .. } => 9,
@@ -183,10 +183,11 @@ fn event_code(kind: &EventKind) -> i64 {
 fn columns(kind: &EventKind) -> (i64, &'static str, i64, i64, i64) {
     let event = event_code(kind);
     match *kind {
-        EventKind::Accept
-        | EventKind::AuthOk
-        | EventKind::AuthFailed
-        | EventKind::PermissionDenied => (event, "", 0, 0, 0),
+        EventKind::Accept | EventKind::PermissionDenied => (event, "", 0, 0, 0),
+        EventKind::AuthOk { forgiven } => (event, "", 0, i64::from(forgiven), 0),
+        // `code` 1 marks a failure that is not a guess, so that recordings from before the
+        // flag (0) read back as guesses, as every failure then counted.
+        EventKind::AuthFailed { guess } => (event, "", i64::from(!guess), 0, 0),
         EventKind::Refused { reason }
         | EventKind::DecodeError { reason }
         | EventKind::RateLimited { reason }
@@ -338,8 +339,10 @@ fn event_from_row(
             size: u32_of(size),
         },
         "decode_error" => EventKind::DecodeError { reason },
-        "auth_ok" => EventKind::AuthOk,
-        "auth_failed" => EventKind::AuthFailed,
+        "auth_ok" => EventKind::AuthOk {
+            forgiven: u32_of(size),
+        },
+        "auth_failed" => EventKind::AuthFailed { guess: code == 0 },
         "rate_limited" => EventKind::RateLimited { reason },
         "permission_denied" => EventKind::PermissionDenied,
         "timeout" => EventKind::Timeout { reason },

@@ -396,7 +396,7 @@ mod tests {
                     assemble_ms: 0,
                 },
             ),
-            ev(6, 1, 1, EventKind::AuthOk),
+            ev(6, 1, 1, EventKind::AuthOk { forgiven: 0 }),
             ev(
                 6,
                 1,

@@ -33,7 +33,7 @@ use crate::protocol::Kind;
 
 /// Version of the feature schema ([`FEATURES`], their order and their definitions). Bump it on
 /// any change; model files store it and refuse data of another version.
-pub const FEATURE_SCHEMA_VERSION: u32 = 1;
+pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 
 /// Half-life of the per-source history features (`hist_*`): a minute of memory, long enough
 /// to see a one-request-a-second enumeration build up, short enough that a source that stops
@@ -53,6 +53,12 @@ pub const IDLE_ROWS_MAX_WINDOWS: i64 = 600;
 /// A source unseen for this long (or four windows, if longer) is forgotten: its history and
 /// open-connection count restart from zero, exactly as if it had never been seen.
 pub const FORGET_AFTER_MS: i64 = 600_000;
+
+/// Time a request frame may take to arrive, from its first byte to its last, before
+/// `slow_frame_ms_max` counts it: a second covers a large frame on a slow link and any
+/// client's way of writing a frame in pieces, so only a frame held open on purpose (or a link
+/// too slow to use) shows.
+pub const SLOW_FRAME_GRACE_MS: u32 = 1_000;
 
 /// Gaps between request frames longer than this count as this long, which bounds the
 /// inter-arrival sums (an hour is far past every server timeout).
@@ -144,8 +150,7 @@ features! { w, h;
     timeouts = f64::from(w.timeouts);
     frame_timeouts = f64::from(w.frame_timeouts);
     write_timeouts = f64::from(w.write_timeouts);
-    partial_frame_ms = w.partial_ms as f64;
-    partial_frame_ms_max = f64::from(w.partial_ms_max);
+    slow_frame_ms_max = f64::from(w.partial_ms_max.saturating_sub(SLOW_FRAME_GRACE_MS));
     unread_outbound_bytes = w.unread_bytes as f64;
     interarrival_mean_ms = w.gaps.mean();
     interarrival_var_ms2 = w.gaps.variance();
@@ -153,9 +158,8 @@ features! { w, h;
     hist_frames_in = h.frames_in;
     hist_error_reply_ratio = ratio(h.error_replies, h.frames_out);
     hist_permission_denials = h.permission_denials;
-    hist_auth_failures = h.auth_failures;
+    hist_auth_guesses = h.auth_guesses;
     hist_gap_cv = h.gap_cv();
-    kinds_seen = f64::from(h.kinds.len());
 }
 
 /// The position of a feature in [`FEATURES`].
@@ -291,10 +295,6 @@ impl KindSet {
         self.0 |= 1u128 << (kind & 0x7f);
     }
 
-    fn union(&mut self, other: KindSet) {
-        self.0 |= other.0;
-    }
-
     fn len(self) -> u32 {
         self.0.count_ones()
     }
@@ -352,6 +352,8 @@ struct Acc {
     frame_too_large: u32,
     auth_ok: u32,
     auth_failures: u32,
+    auth_guesses: u32,
+    auth_forgiven: u32,
     permission_denials: u32,
     rate_limit_hits: u32,
     error_replies: u32,
@@ -362,7 +364,6 @@ struct Acc {
     timeouts: u32,
     frame_timeouts: u32,
     write_timeouts: u32,
-    partial_ms: u64,
     partial_ms_max: u32,
     unread_bytes: u64,
     gaps: Gaps,
@@ -395,11 +396,10 @@ struct History {
     frames_out: f64,
     error_replies: f64,
     permission_denials: f64,
-    auth_failures: f64,
+    auth_guesses: f64,
     gap_n: f64,
     gap_sum: f64,
     gap_sum_sq: f64,
-    kinds: KindSet,
 }
 
 impl History {
@@ -426,11 +426,14 @@ impl History {
         self.frames_out = mix(self.frames_out, f64::from(w.frames_out));
         self.error_replies = mix(self.error_replies, f64::from(w.error_replies));
         self.permission_denials = mix(self.permission_denials, f64::from(w.permission_denials));
-        self.auth_failures = mix(self.auth_failures, f64::from(w.auth_failures));
+        // Failed guesses less the ones a later login of the same account from this source
+        // showed to be typos: a user who mistypes and then gets in leaves nothing here, a
+        // guesser (who never gets in to the accounts it guesses) keeps every guess.
+        let guesses = f64::from(w.auth_guesses) - f64::from(w.auth_forgiven);
+        self.auth_guesses = mix(self.auth_guesses, guesses);
         self.gap_n = mix(self.gap_n, w.gaps.n as f64);
         self.gap_sum = mix(self.gap_sum, w.gaps.sum as f64);
         self.gap_sum_sq = mix(self.gap_sum_sq, w.gaps.sum_sq as f64);
-        self.kinds.union(w.kinds);
     }
 
     /// Coefficient of variation (standard deviation / mean) of the decayed gaps.
@@ -610,7 +613,6 @@ fn apply(src: &mut Source, i: usize, e: &Event) {
             inc(&mut w.frames_in);
             w.bytes_in = w.bytes_in.saturating_add(u64::from(size));
             w.frame_in_max = w.frame_in_max.max(size);
-            w.partial_ms = w.partial_ms.saturating_add(u64::from(assemble_ms));
             w.partial_ms_max = w.partial_ms_max.max(assemble_ms);
             w.kinds.insert(kind);
             match Kind::from_u8(kind) {
@@ -651,8 +653,16 @@ fn apply(src: &mut Source, i: usize, e: &Event) {
                 inc(&mut w.frame_too_large);
             }
         }
-        EventKind::AuthOk => inc(&mut w.auth_ok),
-        EventKind::AuthFailed => inc(&mut w.auth_failures),
+        EventKind::AuthOk { forgiven } => {
+            inc(&mut w.auth_ok);
+            w.auth_forgiven = w.auth_forgiven.saturating_add(forgiven);
+        }
+        EventKind::AuthFailed { guess } => {
+            inc(&mut w.auth_failures);
+            if guess {
+                inc(&mut w.auth_guesses);
+            }
+        }
         EventKind::RateLimited { .. } => inc(&mut w.rate_limit_hits),
         EventKind::PermissionDenied => inc(&mut w.permission_denials),
         EventKind::Timeout { reason } => {
@@ -970,13 +980,12 @@ mod tests {
     }
 
     /// History features depend on decay; the window tests ignore them unless they check them.
-    const HIST: [&str; 6] = [
+    const HIST: [&str; 5] = [
         "hist_frames_in",
         "hist_error_reply_ratio",
         "hist_permission_denials",
-        "hist_auth_failures",
+        "hist_auth_guesses",
         "hist_gap_cv",
-        "kinds_seen",
     ];
 
     #[test]
@@ -1035,7 +1044,7 @@ mod tests {
         let events = [
             ev(0, 1, 5, EventKind::Accept),
             ev(10, 1, 5, frame_in(Kind::Auth, 20, 0)),
-            ev(12, 1, 5, EventKind::AuthOk),
+            ev(12, 1, 5, EventKind::AuthOk { forgiven: 0 }),
             ev(12, 1, 5, frame_out(Kind::AuthOk, 6)),
             ev(110, 1, 5, frame_in(Kind::Fetch, 8, 3)),
             ev(111, 1, 5, EventKind::PermissionDenied),
@@ -1073,8 +1082,6 @@ mod tests {
                 ("kind_fraction_item", 0.25),
                 ("kind_fraction_write", 0.25),
                 ("kind_fraction_control", 0.5),
-                ("partial_frame_ms", 8.0),
-                ("partial_frame_ms_max", 5.0),
                 // Gaps 100, 200, 90.
                 ("interarrival_mean_ms", 130.0),
                 ("interarrival_var_ms2", (900.0 + 4900.0 + 1600.0) / 3.0),
@@ -1082,13 +1089,54 @@ mod tests {
                 ("hist_frames_in", 4.0),
                 ("hist_error_reply_ratio", 0.25),
                 ("hist_permission_denials", 1.0),
-                ("kinds_seen", 4.0),
             ],
             &["hist_gap_cv"],
         );
         let cv = get(r, "hist_gap_cv");
         let want = ((900.0f64 + 4900.0 + 1600.0) / 3.0).sqrt() / 130.0;
         assert!((cv - want).abs() < 1e-12, "{cv} vs {want}");
+    }
+
+    #[test]
+    fn typos_a_login_redeems_and_retries_leave_no_guesses_in_the_history() {
+        let fail = |t, guess| ev(t, 1, 8, EventKind::AuthFailed { guess });
+        let events = [
+            ev(0, 1, 8, EventKind::Accept),
+            // Window 0: two typos and a retry of one of them, then the right password.
+            fail(10, true),
+            fail(20, true),
+            fail(30, false),
+            ev(40, 1, 8, EventKind::AuthOk { forgiven: 2 }),
+            // Window 1: a guess nobody redeems, and a frame that took 1.5 s to arrive.
+            fail(1010, true),
+            ev(1020, 1, 8, frame_in(Kind::Ping, 0, 1_500)),
+        ];
+        let rows = run(1000, &events);
+        assert_eq!(rows.len(), 2);
+        let (a, b) = (&rows[0], &rows[1]);
+        assert_eq!(
+            get(a, "auth_failures"),
+            3.0,
+            "every failure counts in its window"
+        );
+        assert_eq!(
+            get(a, "hist_auth_guesses"),
+            0.0,
+            "redeemed typos and retries do not"
+        );
+        assert_eq!(get(b, "auth_failures"), 1.0);
+        assert_eq!(get(b, "hist_auth_guesses"), 1.0);
+        assert_eq!(
+            get(b, "slow_frame_ms_max"),
+            500.0,
+            "only the time past the grace"
+        );
+        // A frame within the grace is no slow frame, however it was split.
+        let quick = run(
+            1000,
+            &[ev(0, 1, 8, frame_in(Kind::Ping, 0, SLOW_FRAME_GRACE_MS))],
+        );
+        assert_eq!(get(&quick[0], "slow_frame_ms_max"), 0.0);
     }
 
     #[test]
@@ -1120,7 +1168,7 @@ mod tests {
                     reason: "bad_magic",
                 },
             ),
-            ev(5, 1, 7, EventKind::AuthFailed),
+            ev(5, 1, 7, EventKind::AuthFailed { guess: true }),
             ev(
                 6,
                 1,
@@ -1169,7 +1217,7 @@ mod tests {
                 ("frame_timeouts", 1.0),
                 ("write_timeouts", 1.0),
                 ("unread_outbound_bytes", 5007.0),
-                ("hist_auth_failures", 1.0),
+                ("hist_auth_guesses", 1.0),
             ],
             &[],
         );
@@ -1268,7 +1316,7 @@ mod tests {
     fn a_late_event_of_a_new_source_goes_into_the_first_open_window() {
         let mut x = Extractor::new(Duration::from_secs(1), 10);
         assert!(x.close_until(T0 + 3000).is_empty());
-        x.push(&ev(100, 1, 4, EventKind::AuthFailed));
+        x.push(&ev(100, 1, 4, EventKind::AuthFailed { guess: true }));
         assert_eq!(x.stats().late_events, 1);
         let rows = x.finish();
         assert_eq!(rows.len(), 1);
@@ -1348,7 +1396,6 @@ mod tests {
                 ("hist_frames_in", 1.5),
                 ("hist_error_reply_ratio", 0.5 / 1.5),
                 ("hist_permission_denials", 0.5),
-                ("kinds_seen", 2.0),
             ],
             &[],
         );
@@ -1524,8 +1571,8 @@ mod tests {
                 Just(EventKind::DecodeError {
                     reason: "bad_magic"
                 }),
-                Just(EventKind::AuthOk),
-                Just(EventKind::AuthFailed),
+                (0u32..4).prop_map(|forgiven| EventKind::AuthOk { forgiven }),
+                any::<bool>().prop_map(|guess| EventKind::AuthFailed { guess }),
                 Just(EventKind::RateLimited {
                     reason: "frame_rate_ip"
                 }),

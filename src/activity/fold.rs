@@ -47,7 +47,7 @@ impl Folder {
     fn keep(&mut self, e: &Event) -> bool {
         let second = e.t_ms.div_euclid(1000);
         match e.kind {
-            EventKind::AuthOk => {
+            EventKind::AuthOk { .. } => {
                 self.state(e.conn, second).authenticated = true;
                 true
             }
@@ -108,13 +108,16 @@ mod tests {
     #[test]
     fn anonymous_floods_fold_and_sessions_keep_everything() {
         let mut f = Folder::default();
-        let mut batch = vec![ev(0, 1, EventKind::Accept), ev(0, 2, EventKind::AuthOk)];
+        let mut batch = vec![
+            ev(0, 1, EventKind::Accept),
+            ev(0, 2, EventKind::AuthOk { forgiven: 0 }),
+        ];
         // 1,000 PINGs in one second on each connection; conn 2 is logged in.
         for i in 0..1000 {
             batch.push(ping(i, 1));
             batch.push(ping(i, 2));
         }
-        batch.push(ev(999, 1, EventKind::AuthFailed));
+        batch.push(ev(999, 1, EventKind::AuthFailed { guess: true }));
         let folded = f.fold(&mut batch);
         assert_eq!(folded, 1000 - u64::from(FOLD_AFTER));
         let of = |c| batch.iter().filter(|e| e.conn == c).count();

@@ -59,9 +59,19 @@ pub enum EventKind {
         reason: &'static str,
     },
     /// A login succeeded.
-    AuthOk,
+    AuthOk {
+        /// Earlier failed logins of this source on this account that this success showed to
+        /// be typos (the guard's memory of them, `Guard::login_succeeded`); 0 for a resumed
+        /// session.
+        forgiven: u32,
+    },
     /// A login failed.
-    AuthFailed,
+    AuthFailed {
+        /// A new guess: a wrong password this source had not already tried on this account,
+        /// or a forged resume ticket. False for a retry of the same wrong password and for an
+        /// expired or revoked ticket, which tell nothing new about the password.
+        guess: bool,
+    },
     /// A request was refused by a rate limiter (`reason` from `Limited::reason()`).
     RateLimited {
         /// Which limiter.
@@ -92,8 +102,8 @@ impl EventKind {
             EventKind::FrameIn { .. } => "frame_in",
             EventKind::FrameOut { .. } => "frame_out",
             EventKind::DecodeError { .. } => "decode_error",
-            EventKind::AuthOk => "auth_ok",
-            EventKind::AuthFailed => "auth_failed",
+            EventKind::AuthOk { .. } => "auth_ok",
+            EventKind::AuthFailed { .. } => "auth_failed",
             EventKind::RateLimited { .. } => "rate_limited",
             EventKind::PermissionDenied => "permission_denied",
             EventKind::Timeout { .. } => "timeout",
@@ -182,8 +192,8 @@ pub(crate) fn one_of_each_kind() -> [EventKind; 11] {
         EventKind::DecodeError {
             reason: crate::protocol::DecodeError::REASONS[0],
         },
-        EventKind::AuthOk,
-        EventKind::AuthFailed,
+        EventKind::AuthOk { forgiven: 2 },
+        EventKind::AuthFailed { guess: false },
         EventKind::RateLimited {
             reason: "login_rate_ip",
         },

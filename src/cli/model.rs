@@ -133,8 +133,8 @@ pub struct EvalArgs {
     file: PathBuf,
     /// A labelled training CSV (the model's, never the evaluated file) to tune the rule
     /// baseline on: any decode or header error, oversized frame, permission denial,
-    /// timeout, rate-limit hit or refusal, N or more auth failures, a partial frame held
-    /// over T ms, more than C connections opened; N, T and C are chosen on this file for
+    /// timeout, rate-limit hit or refusal, N or more auth failures, a request frame still
+    /// arriving T ms past its one-second grace, more than C connections opened; N, T and C are chosen on this file for
     /// the best F1 at a false-positive rate of at most 1%. Reported beside the model
     /// (JSON: `rule_baseline`).
     #[arg(long, value_name = "FILE")]
@@ -507,10 +507,10 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
         writeln!(
             out,
             "rules: any decode/header error, oversized frame, permission denial, timeout, \
-             rate limit or refusal; auth_failures >= {}; partial_frame_ms_max > {}; \
+             rate limit or refusal; auth_failures >= {}; slow_frame_ms_max > {}; \
              connections_opened > {} (tuned on the training file); the model {} the rules on F1",
             t.auth_failures_min,
-            t.partial_frame_ms_over,
+            t.slow_frame_ms_over,
             t.connections_opened_over,
             if r.metrics.f1 >= b.metrics.f1 {
                 "beats or ties"

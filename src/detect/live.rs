@@ -192,7 +192,7 @@ mod tests {
                 assemble_ms: 0,
             },
         ));
-        events.push(e(3, EventKind::AuthOk));
+        events.push(e(3, EventKind::AuthOk { forgiven: 0 }));
         let n = 2 + (u64::from(host) + window as u64) % 4;
         for i in 0..n as i64 {
             events.push(e(

@@ -7,7 +7,7 @@
 //!   `frame_too_large` above 0);
 //! - a permission denial, a timeout of any kind, a rate-limit hit or a refusal at accept;
 //! - `auth_failures` at least N;
-//! - `partial_frame_ms_max` (a partial frame held) over T ms;
+//! - `slow_frame_ms_max` (a request frame still arriving past the grace) over T ms;
 //! - `connections_opened` over C.
 //!
 //! N, T and C are chosen on the training rows (labels included: a baseline tuned with labels
@@ -33,8 +33,8 @@ pub const ANY_OF: [&str; 9] = [
 
 /// Candidate N for `auth_failures >= N`.
 const AUTH_FAILURES: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, f64::INFINITY];
-/// Candidate T for `partial_frame_ms_max > T`.
-const PARTIAL_MS: [f64; 9] = [
+/// Candidate T for `slow_frame_ms_max > T`.
+const SLOW_FRAME_MS: [f64; 9] = [
     0.0,
     100.0,
     250.0,
@@ -64,8 +64,8 @@ const CONNECTIONS: [f64; 10] = [
 pub struct RuleThresholds {
     /// N: flagged at `auth_failures >= N`.
     pub auth_failures_min: f64,
-    /// T: flagged at `partial_frame_ms_max > T`.
-    pub partial_frame_ms_over: f64,
+    /// T: flagged at `slow_frame_ms_max > T`.
+    pub slow_frame_ms_over: f64,
     /// C: flagged at `connections_opened > C`.
     pub connections_opened_over: f64,
 }
@@ -77,7 +77,7 @@ pub struct RuleBaseline {
     pub thresholds: RuleThresholds,
     any: Vec<usize>,
     auth: Option<usize>,
-    partial: Option<usize>,
+    slow_frame: Option<usize>,
     conns: Option<usize>,
 }
 
@@ -91,7 +91,7 @@ impl RuleBaseline {
             thresholds,
             any: ANY_OF.iter().filter_map(|f| column(data, f)).collect(),
             auth: column(data, "auth_failures"),
-            partial: column(data, "partial_frame_ms_max"),
+            slow_frame: column(data, "slow_frame_ms_max"),
             conns: column(data, "connections_opened"),
         }
     }
@@ -106,7 +106,7 @@ impl RuleBaseline {
             train,
             RuleThresholds {
                 auth_failures_min: f64::INFINITY,
-                partial_frame_ms_over: f64::INFINITY,
+                slow_frame_ms_over: f64::INFINITY,
                 connections_opened_over: f64::INFINITY,
             },
         );
@@ -115,11 +115,11 @@ impl RuleBaseline {
         // rule off, candidate (the lists run from strict to off).
         let mut best: Option<((bool, f64, f64), RuleThresholds)> = None;
         for &n in &AUTH_FAILURES {
-            for &t in &PARTIAL_MS {
+            for &t in &SLOW_FRAME_MS {
                 for &c in &CONNECTIONS {
                     let th = RuleThresholds {
                         auth_failures_min: n,
-                        partial_frame_ms_over: t,
+                        slow_frame_ms_over: t,
                         connections_opened_over: c,
                     };
                     let r = RuleBaseline {
@@ -151,7 +151,7 @@ impl RuleBaseline {
             .iter()
             .any(|&i| values.get(i).is_some_and(|v| *v > 0.0))
             || at(self.auth) >= self.thresholds.auth_failures_min
-            || at(self.partial) > self.thresholds.partial_frame_ms_over
+            || at(self.slow_frame) > self.thresholds.slow_frame_ms_over
             || at(self.conns) > self.thresholds.connections_opened_over
     }
 

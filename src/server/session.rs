@@ -585,7 +585,9 @@ impl Session {
                 };
                 self.user_slot = Some(slot);
                 Metrics::bump(&shared.metrics.auth_ok);
-                self.record(EventKind::AuthOk);
+                self.record(EventKind::AuthOk {
+                    forgiven: u32::try_from(typos.len()).unwrap_or(u32::MAX),
+                });
                 tracing::debug!(peer = %self.peer, user = %user, "authenticated");
                 self.user = Some((id, user.clone()));
                 Ok(Reply::AuthOk { user })
@@ -593,13 +595,14 @@ impl Session {
             _ => {
                 Metrics::bump(&shared.metrics.auth_failed);
                 // A client retrying a stale password is one mistake, not a guess per retry.
-                if shared.guard.login_failed_with(self.source, &user, digest) {
+                let guess = shared.guard.login_failed_with(self.source, &user, digest);
+                if guess {
                     shared.signal(self.peer, self.conn, Signal::AuthFailed);
                     tracing::info!(peer = %self.peer, user = %user, "failed login");
                 } else {
                     tracing::debug!(peer = %self.peer, user = %user, "failed login, same password again");
                 }
-                self.record(EventKind::AuthFailed);
+                self.record(EventKind::AuthFailed { guess });
                 Err(err(ErrorCode::AuthFailed, "wrong user name or password"))
             }
         }

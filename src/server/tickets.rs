@@ -435,7 +435,8 @@ pub(crate) fn refused(
         TicketError::Expired | TicketError::Revoked => {}
     }
     Metrics::bump(&shared.metrics.auth_failed);
-    shared.record(conn, peer, EventKind::AuthFailed);
+    let guess = matches!(e, TicketError::Forged);
+    shared.record(conn, peer, EventKind::AuthFailed { guess });
     tracing::info!(%peer, user, reason = %e, "resume refused");
     let hint = match e {
         TicketError::Forged => "",
@@ -465,7 +466,7 @@ pub(crate) fn log_in(
     };
     shared.guard.login_succeeded(source, &name);
     Metrics::bump(&shared.metrics.auth_ok);
-    shared.record(conn, peer, EventKind::AuthOk);
+    shared.record(conn, peer, EventKind::AuthOk { forgiven: 0 });
     tracing::debug!(%peer, user = %name, "resumed with a ticket");
     Ok(Redeemed {
         claims,
