@@ -33,7 +33,7 @@ use crate::protocol::Kind;
 
 /// Version of the feature schema ([`FEATURES`], their order and their definitions). Bump it on
 /// any change; model files store it and refuse data of another version.
-pub const FEATURE_SCHEMA_VERSION: u32 = 2;
+pub const FEATURE_SCHEMA_VERSION: u32 = 3;
 
 /// Half-life of the per-source history features (`hist_*`): a minute of memory, long enough
 /// to see a one-request-a-second enumeration build up, short enough that a source that stops
@@ -96,9 +96,6 @@ const WRITE_TIMEOUT_REASON: &str = "write_timeout";
 /// was the server's decision.
 const PEER_CLOSE_REASONS: [&str; 2] = ["eof", "bye"];
 
-/// The reply kind byte of ERROR.
-const ERROR_KIND: u8 = Kind::Error as u8;
-
 /// When the extractor is full, it evicts this fraction (1/N) of its sources at once, so that
 /// the scan that finds the least recently seen ones costs O(1) per new source on average.
 const EVICT_FRACTION: usize = 32;
@@ -139,8 +136,6 @@ features! { w, h;
     auth_failures = f64::from(w.auth_failures);
     permission_denials = f64::from(w.permission_denials);
     rate_limit_hits = f64::from(w.rate_limit_hits);
-    error_replies = f64::from(w.error_replies);
-    error_reply_ratio = ratio(f64::from(w.error_replies), f64::from(w.frames_out));
     // What is asked for.
     distinct_kinds = f64::from(w.kinds.len());
     kind_fraction_item = ratio(f64::from(w.item_frames), f64::from(w.frames_in));
@@ -156,7 +151,6 @@ features! { w, h;
     interarrival_var_ms2 = w.gaps.variance();
     // The source's recent past (decayed, causal: this window and earlier ones only).
     hist_frames_in = h.frames_in;
-    hist_error_reply_ratio = ratio(h.error_replies, h.frames_out);
     hist_permission_denials = h.permission_denials;
     hist_auth_guesses = h.auth_guesses;
     hist_gap_cv = h.gap_cv();
@@ -356,7 +350,6 @@ struct Acc {
     auth_forgiven: u32,
     permission_denials: u32,
     rate_limit_hits: u32,
-    error_replies: u32,
     kinds: KindSet,
     item_frames: u32,
     write_frames: u32,
@@ -393,8 +386,6 @@ const FORGET_BELOW: f64 = 1e-6;
 struct History {
     last_start_ms: Option<i64>,
     frames_in: f64,
-    frames_out: f64,
-    error_replies: f64,
     permission_denials: f64,
     auth_guesses: f64,
     gap_n: f64,
@@ -423,8 +414,6 @@ impl History {
             }
         };
         self.frames_in = mix(self.frames_in, f64::from(w.frames_in));
-        self.frames_out = mix(self.frames_out, f64::from(w.frames_out));
-        self.error_replies = mix(self.error_replies, f64::from(w.error_replies));
         self.permission_denials = mix(self.permission_denials, f64::from(w.permission_denials));
         // Failed guesses less the ones a later login of the same account from this source
         // showed to be typos: a user who mistypes and then gets in leaves nothing here, a
@@ -637,12 +626,9 @@ fn apply(src: &mut Source, i: usize, e: &Event) {
             }
             *last_frame_in_ms = Some(last_frame_in_ms.map_or(e.t_ms, |l| l.max(e.t_ms)));
         }
-        EventKind::FrameOut { kind, size } => {
+        EventKind::FrameOut { size, .. } => {
             inc(&mut w.frames_out);
             w.bytes_out = w.bytes_out.saturating_add(u64::from(size));
-            if kind == ERROR_KIND {
-                inc(&mut w.error_replies);
-            }
         }
         EventKind::DecodeError { reason } => {
             inc(&mut w.decode_errors);
@@ -980,9 +966,8 @@ mod tests {
     }
 
     /// History features depend on decay; the window tests ignore them unless they check them.
-    const HIST: [&str; 5] = [
+    const HIST: [&str; 4] = [
         "hist_frames_in",
-        "hist_error_reply_ratio",
         "hist_permission_denials",
         "hist_auth_guesses",
         "hist_gap_cv",
@@ -1076,8 +1061,6 @@ mod tests {
                 ("frame_in_size_max", 100.0),
                 ("auth_ok", 1.0),
                 ("permission_denials", 1.0),
-                ("error_replies", 1.0),
-                ("error_reply_ratio", 0.25),
                 ("distinct_kinds", 4.0),
                 ("kind_fraction_item", 0.25),
                 ("kind_fraction_write", 0.25),
@@ -1087,7 +1070,6 @@ mod tests {
                 ("interarrival_var_ms2", (900.0 + 4900.0 + 1600.0) / 3.0),
                 // The first window: history is this window alone.
                 ("hist_frames_in", 4.0),
-                ("hist_error_reply_ratio", 0.25),
                 ("hist_permission_denials", 1.0),
             ],
             &["hist_gap_cv"],
@@ -1394,7 +1376,6 @@ mod tests {
                 ("kind_fraction_control", 1.0),
                 ("interarrival_mean_ms", 60_000.0),
                 ("hist_frames_in", 1.5),
-                ("hist_error_reply_ratio", 0.5 / 1.5),
                 ("hist_permission_denials", 0.5),
             ],
             &[],

@@ -266,6 +266,22 @@ pub struct Verdict {
     pub top: Vec<Contribution>,
 }
 
+impl Verdict {
+    /// The score left once the terms of `features` among the top contributions are taken
+    /// out of its square (k-means scores only, whose terms add up to score²): how anomalous
+    /// the window is beyond that evidence. Terms outside the top contributions stay in, so
+    /// this never understates the rest.
+    pub fn score_without(&self, features: &[&str]) -> f64 {
+        let taken: f64 = self
+            .top
+            .iter()
+            .filter(|c| features.contains(&c.feature.as_str()))
+            .map(|c| c.contribution)
+            .sum();
+        (self.score * self.score - taken).max(0.0).sqrt()
+    }
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -988,6 +1004,30 @@ mod tests {
         assert_eq!(v.top[0].feature, "b");
         assert_eq!(v.top[0].value, 1e6);
         assert!(v.to_string().starts_with("anomalous score"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_score_without_the_feature_that_is_off_is_what_is_left() -> Result<(), DetectError> {
+        let m = two_feature_model()?;
+        let v = m.verdict_values(&[0.0, 1e6]);
+        let total: f64 = v.top.iter().map(|c| c.contribution).sum();
+        // Scores are single precision; the terms are summed in double.
+        assert!(
+            (total - v.score * v.score).abs() <= 1e-4 * total,
+            "terms {total} vs score² {}",
+            v.score * v.score
+        );
+        let b = v
+            .top
+            .iter()
+            .find(|c| c.feature == "b")
+            .map_or(0.0, |c| c.contribution);
+        let left = v.score_without(&["b"]);
+        assert!((left * left - (v.score * v.score - b)).abs() <= 1e-6 * total.max(1.0));
+        assert!(left < v.threshold, "only b was off: {left}");
+        assert_eq!(v.score_without(&[]), v.score);
+        assert_eq!(v.score_without(&["a", "b"]), 0.0);
         Ok(())
     }
 

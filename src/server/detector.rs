@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::activity::WindowSink;
 use crate::config::{Config, ModelMode};
-use crate::detect::{DetectError, LiveCounters, LiveScorer, Model};
+use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model};
 use crate::firewall::Firewall;
 
 /// Anomalies waiting for the firewall. Each anomalous window is one entry; a source is
@@ -46,6 +46,13 @@ type Anomaly = (IpAddr, f64, f64, String);
 /// Windows close this many recorder flush intervals after their end, so that events
 /// committed a little late still count in their own window.
 const LAG_FLUSHES: u32 = 4;
+
+/// Window features whose events the firewall's rules score and, for an honest user, take
+/// back: a failed login is forgiven once the right password follows. A window's model points
+/// come from what it shows beyond them, so a typo is neither judged twice nor punished after
+/// it was forgiven. (Denials and broken frames are never forgiven, so the model's view of
+/// them stands: it is what lets it catch an enumeration kept under the rules' threshold.)
+const RULE_SCORED: &[&str] = &["auth_failures"];
 
 /// What the live detector has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -91,6 +98,7 @@ pub(crate) fn scorer(
     config: &Config,
 ) -> Result<(Box<dyn WindowSink>, Pending, Detection), DetectError> {
     let window = model.window().unwrap_or(Duration::from_secs(1));
+    let algo = model.algo();
     let (tx, rx): (SyncSender<Anomaly>, _) = mpsc::sync_channel(QUEUE);
     let shed = Arc::new(AtomicU64::new(0));
     let sink_shed = Arc::clone(&shed);
@@ -99,8 +107,14 @@ pub(crate) fn scorer(
         window,
         config.limits.max_tracked_sources as usize,
         Box::new(move |ip, verdict| {
+            // The rules score failed logins themselves and forgive typos; the model adds only
+            // what the window shows beyond them.
+            let score = match algo {
+                Algo::Kmeans => verdict.score_without(RULE_SCORED),
+                Algo::Gmm => verdict.score,
+            };
             if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                tx.try_send((ip, verdict.score, verdict.threshold, verdict.to_string()))
+                tx.try_send((ip, score, verdict.threshold, verdict.to_string()))
             {
                 sink_shed.fetch_add(1, Ordering::Relaxed);
             }
@@ -153,5 +167,18 @@ impl Pending {
                 }
             })
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RULE_SCORED;
+    use crate::activity::features::feature_index;
+
+    #[test]
+    fn rule_scored_features_are_features() {
+        for name in RULE_SCORED {
+            assert!(feature_index(name).is_some(), "{name}");
+        }
     }
 }
