@@ -417,8 +417,14 @@ pub fn read_from(reader: impl std::io::Read, path: &Path) -> Result<Dataset, Det
             path: path.to_owned(),
         });
     }
+    // A second `label` or `group` column would otherwise be read as a feature of that name.
     let mut seen = std::collections::HashSet::new();
-    for f in &features {
+    for f in features.iter().chain(
+        [label_col, group_col]
+            .into_iter()
+            .flatten()
+            .map(|c| &header[c]),
+    ) {
         if !seen.insert(f.as_str()) {
             return Err(DetectError::DuplicateColumn {
                 path: path.to_owned(),
@@ -609,6 +615,16 @@ mod tests {
             read("source,window_start_ms,window_ms,a,a\n"),
             Err(DetectError::DuplicateColumn { .. })
         ));
+        // A second label or group column is no feature: it is refused, not read as one.
+        for header in ["a,label,b,label", "a,group,label,group"] {
+            assert!(
+                matches!(
+                    read(&format!("source,window_start_ms,window_ms,{header}\n")),
+                    Err(DetectError::DuplicateColumn { .. })
+                ),
+                "{header}"
+            );
+        }
     }
 
     #[test]
