@@ -15,6 +15,24 @@
 //! [`Pending`] charges uploads to their sender's quota before they are items, and
 //! [`load_or_create_ticket_key`] keeps the secret that resume tickets are signed with.
 
+// A panic while a batch leads the group commit would leave its callers without answers, so
+// none may hide in an unwrap or an index. Tests may use them.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 mod blobs;
 mod lock;
 mod names;
