@@ -311,6 +311,11 @@ pub enum StoreError {
     /// stored. A failure of the moment (an IO error, a lock), not damage to stored data.
     #[error("the delivery batch was not committed, nothing was stored: {0}")]
     NotCommitted(String),
+    /// A delivery got no result from the store (its batch was dropped unanswered, as when
+    /// the caller leading it panicked, or a bug lost the result): it was not acknowledged.
+    /// Reported rather than hidden; not damage to stored data.
+    #[error("a delivery got no result from the store and was not acknowledged")]
+    ResultLost,
     /// A file system error.
     #[error("io error: {0}")]
     Io(std::io::Error),
@@ -342,14 +347,6 @@ impl From<rusqlite::Error> for StoreError {
         } else {
             StoreError::Sqlite(e)
         }
-    }
-}
-
-impl StoreError {
-    /// The answer for a delivery whose result never came back from a batch: a bug, reported
-    /// rather than hidden.
-    pub fn lost_result() -> StoreError {
-        StoreError::Corrupt("a delivery lost its result".into())
     }
 }
 
