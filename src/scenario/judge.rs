@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::legit;
 use super::metrics::{
-    self, percentile, round, AttackMetrics, AttackWindow, ScenarioMetrics, StallPoint, Timeline,
+    round, AttackMetrics, AttackWindow, Latencies, OpRecord, ScenarioMetrics, StallPoint, Timeline,
 };
 use super::runner::ATTACK_GRACE;
 use super::spec::Scenario;
@@ -64,7 +64,7 @@ pub(super) struct ServerStats {
 /// Everything a run collected, before it is summed up.
 pub(super) struct Collected<'a> {
     pub(super) scenario: &'a Scenario,
-    pub(super) records: Vec<metrics::OpRecord>,
+    pub(super) records: Vec<OpRecord>,
     pub(super) acknowledged: u64,
     /// Legit logins during the run, and how many of them were refused.
     pub(super) logins: (u64, u64),
@@ -104,14 +104,9 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
     } else {
         round(m.legit_delivered as f64 / m.legit_attempted as f64, 4)
     };
-    let mut lat: Vec<f64> = j
-        .records
-        .iter()
-        .filter_map(|r| r.latency.map(metrics::ms))
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    m.latency_p50_ms = round(percentile(&lat, 0.50), 2);
-    m.latency_p99_ms = round(percentile(&lat, 0.99), 2);
+    let latencies: Latencies = j.records.iter().filter_map(|r| r.latency).collect();
+    m.latency_p50_ms = round(latencies.quantile_ms(0.50), 2);
+    m.latency_p99_ms = round(latencies.quantile_ms(0.99), 2);
     for r in &j.records {
         if let Some(e) = &r.error {
             *m.legit_errors.entry(e.clone()).or_insert(0) += 1;
@@ -149,13 +144,13 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
                 .flatten()
                 .min();
             if let Some(t) = first {
-                times.push(t.saturating_sub(attack.start()).as_secs_f64());
+                times.push(t.saturating_sub(attack.start()));
                 blocked_all.insert(*ip);
             }
         }
         used_all.extend(used.iter().copied());
-        times.sort_by(f64::total_cmp);
-        let max = times.last().copied();
+        // Exact, since it is judged against `blocked_within_s`.
+        let max = times.iter().max().map(Duration::as_secs_f64);
         if let Some(t) = max {
             slowest = Some(slowest.map_or(t, |s: f64| s.max(t)));
         }
@@ -178,7 +173,12 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
             sources_used: used.len() as u64,
             sources_blocked: times.len() as u64,
             time_to_block_max_s: max.map(|t| round(t, 3)),
-            time_to_block_p50_s: (!times.is_empty()).then(|| round(percentile(&times, 0.5), 3)),
+            time_to_block_p50_s: times
+                .iter()
+                .copied()
+                .collect::<Latencies>()
+                .quantile(0.5)
+                .map(|t| round(t.as_secs_f64(), 3)),
             connects: report
                 .as_ref()
                 .map_or(0, |r| r.connects)
@@ -462,6 +462,7 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::metrics::OpKind;
     use crate::scenario::spec::{ScenarioError, ScenarioSpec};
     use std::path::Path;
 
@@ -498,6 +499,58 @@ mod tests {
             }],
             ..ScenarioMetrics::default()
         }
+    }
+
+    #[test]
+    fn measure_sums_up_what_a_run_collected() -> Result<(), ScenarioError> {
+        let s = scenario("latency_slo_ms = 100\n")?;
+        let rec = |due_ms: u64, latency_ms: Option<u64>| OpRecord {
+            kind: OpKind::Message,
+            scheduled: Duration::from_millis(due_ms),
+            latency: latency_ms.map(Duration::from_millis),
+            error: None,
+        };
+        let collected = Collected {
+            scenario: &s,
+            records: vec![
+                rec(100, Some(10)),
+                rec(1200, Some(30)),
+                rec(1300, Some(500)),
+                rec(4000, None),
+            ],
+            acknowledged: 3,
+            logins: (2, 1),
+            attack_reports: vec![None],
+            observations: vec![Arc::new(Observations::default())],
+            sampled: Sampled::default(),
+            verification: legit::Verification::default(),
+            alive: Err("connection refused".into()),
+            snapshot: None,
+            in_process: false,
+            pid: None,
+            refused_legit: BTreeSet::new(),
+            shared_sources: BTreeSet::new(),
+            locked_out: Vec::new(),
+            mistakes: BTreeMap::new(),
+            model: None,
+        };
+        let (m, timeline) = measure(collected);
+        assert_eq!((m.legit_attempted, m.legit_delivered), (4, 2));
+        assert_eq!((m.legit_logins, m.legit_login_refusals), (2, 1));
+        assert_eq!(m.legit_goodput, 0.5);
+        // Nearest rank: the 2nd of 3 and the 3rd; 30 ms reads as 30.015, 500 ms as 500.223.
+        assert_eq!((m.latency_p50_ms, m.latency_p99_ms), (30.02, 500.22));
+        assert!(!m.server_alive);
+        assert_eq!(m.server_alive_error.as_deref(), Some("connection refused"));
+        assert_eq!(m.model, "external");
+        assert_eq!(m.attacks.len(), 1);
+        assert_eq!(
+            m.attacks[0].notes,
+            vec!["did not return within 10 s of the end and was aborted"]
+        );
+        assert_eq!(timeline.attempted, vec![1, 2, 0, 0, 1]);
+        assert_eq!(timeline.delivered, vec![1, 1, 0, 0, 0]);
+        Ok(())
     }
 
     #[test]
