@@ -1,7 +1,7 @@
 //! Runs one checked [`Scenario`]: sets up the server and accounts, plants the canary, runs
 //! the legit load and the attacks concurrently for the scenario's duration while sampling
 //! blocks and memory, reads back every acknowledged item, checks that the server still
-//! answers, and judges the expectations.
+//! answers, and has [`super::judge`] measure and judge what it collected.
 //!
 //! The order of one run:
 //!
@@ -505,6 +505,8 @@ struct Ended {
     runs: Vec<ClientRun>,
 }
 
+/// One run, in the order of the module docs, each step one function; a setup failure is an
+/// error.
 async fn run_inner(
     scenario: &Arc<Scenario>,
     opts: &RunOptions,
