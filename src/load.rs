@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::protocol::{Reply, Request};
+use crate::scenario::metrics::Latencies;
 
 /// What each operation sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,7 +71,7 @@ pub struct LoadReport {
     pub ops_per_s: f64,
     /// Payload megabytes (10^6 bytes) acknowledged per second.
     pub mb_per_s: f64,
-    /// Median latency in milliseconds.
+    /// Median latency in milliseconds ([`Latencies`] says how quantiles are read).
     pub p50_ms: f64,
     /// 99th percentile latency.
     pub p99_ms: f64,
@@ -86,17 +87,6 @@ pub struct LoadReport {
     pub kind: LoadKind,
     /// The first error seen, if any.
     pub first_error: Option<String>,
-}
-
-/// The `q` quantile (0..=1) of sorted latencies, in milliseconds.
-fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted
-        .get(idx.min(sorted.len() - 1))
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 struct ClientResult {
@@ -261,8 +251,8 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
             Err(e) => first_error = Some(format!("client task failed: {e}")),
         }
     }
-    latencies.sort_unstable();
     let ops = latencies.len() as u64;
+    let latencies: Latencies = latencies.into_iter().collect();
     let secs = elapsed.max(1e-9);
     LoadReport {
         ops,
@@ -270,9 +260,9 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
         elapsed_s: elapsed,
         ops_per_s: ops as f64 / secs,
         mb_per_s: (ops as f64 * spec.size as f64) / 1e6 / secs,
-        p50_ms: quantile_ms(&latencies, 0.50),
-        p99_ms: quantile_ms(&latencies, 0.99),
-        p999_ms: quantile_ms(&latencies, 0.999),
+        p50_ms: latencies.quantile_ms(0.50),
+        p99_ms: latencies.quantile_ms(0.99),
+        p999_ms: latencies.quantile_ms(0.999),
         clients,
         pipeline: spec.pipeline.max(1),
         size: spec.size,
@@ -447,15 +437,16 @@ pub async fn hold_idle(
 
 #[cfg(test)]
 mod tests {
-    use super::quantile_ms;
+    use crate::scenario::metrics::Latencies;
     use std::time::Duration;
 
     #[test]
     fn quantiles_of_known_latencies() {
-        let ms: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
-        assert_eq!(quantile_ms(&ms, 0.5), 501.0);
-        assert_eq!(quantile_ms(&ms, 0.99), 990.0);
-        assert_eq!(quantile_ms(&ms, 0.999), 999.0);
-        assert_eq!(quantile_ms(&[], 0.5), 0.0);
+        // Nearest rank, read as the top of the value's histogram bucket (see `Latencies`).
+        let ms: Latencies = (1..=1000).map(Duration::from_millis).collect();
+        assert_eq!(ms.quantile_ms(0.5), 500.223);
+        assert_eq!(ms.quantile_ms(0.99), 990.207);
+        assert_eq!(ms.quantile_ms(0.999), 999.423);
+        assert_eq!(Latencies::new().quantile_ms(0.5), 0.0);
     }
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// The kinds of legit operation.
@@ -87,13 +88,82 @@ impl LiveCounters {
     }
 }
 
-/// The value at quantile `q` (0..=1) of sorted values, nearest rank; 0 when empty.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// Significant decimal digits [`Latencies`] keeps: every value within 0.1%.
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// The longest duration [`Latencies`] tells apart, in microseconds (an hour); longer ones are
+/// recorded as this. Bounds the histogram at about 190 KiB.
+const MAX_RECORDED_US: u64 = 3_600_000_000;
+
+/// Durations (latencies, times to block) and their quantiles, the one definition every
+/// report uses: `rampart load` and the scenario reports, totals and timeline buckets alike.
+///
+/// Durations are recorded in whole microseconds in an HdrHistogram with three significant
+/// digits. The quantile `q` is the nearest rank (the smallest recorded value with at least
+/// `q` of all values at or below it, at least the first), read as the highest value of its
+/// histogram bucket: exact below 2.048 ms, never below the exact value and at most 0.1%
+/// above it. With no value recorded, every quantile is 0.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// `None` only if hdrhistogram refused the bounds above, which it accepts (a test checks);
+    /// nothing is recorded then.
+    histogram: Option<Histogram<u64>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            histogram: Histogram::new_with_max(MAX_RECORDED_US, SIGNIFICANT_DIGITS).ok(),
+        }
     }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl Latencies {
+    /// No duration recorded yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `d`, in whole microseconds (longer than an hour counts as an hour).
+    pub fn record(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(h) = &mut self.histogram {
+            h.saturating_record(us);
+        }
+    }
+
+    /// How many durations were recorded.
+    pub fn len(&self) -> u64 {
+        self.histogram.as_ref().map_or(0, Histogram::len)
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The quantile `q` (0..=1), as defined above; `None` when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let h = self.histogram.as_ref().filter(|h| !h.is_empty())?;
+        Some(Duration::from_micros(h.value_at_quantile(q)))
+    }
+
+    /// The quantile `q` (0..=1) in milliseconds; 0 when nothing was recorded.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        // Whole microseconds over 1000, so 500223 µs is exactly the float 500.223.
+        self.quantile(q)
+            .map_or(0.0, |d| d.as_micros() as f64 / 1000.0)
+    }
+}
+
+impl FromIterator<Duration> for Latencies {
+    fn from_iter<I: IntoIterator<Item = Duration>>(durations: I) -> Self {
+        let mut latencies = Latencies::new();
+        for d in durations {
+            latencies.record(d);
+        }
+        latencies
+    }
 }
 
 /// An attack's active window, for shading plots.
@@ -152,7 +222,7 @@ impl Timeline {
         let buckets = (duration.as_secs_f64().ceil() as usize).max(1);
         let mut attempted = vec![0u64; buckets];
         let mut delivered = vec![0u64; buckets];
-        let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); buckets];
+        let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); buckets];
         for r in records {
             let i = (r.scheduled.as_secs_f64() as usize).min(buckets - 1);
             attempted[i] += 1;
@@ -160,15 +230,16 @@ impl Timeline {
                 delivered[i] += 1;
             }
             if let Some(l) = r.latency {
-                latencies[i].push(ms(l));
+                latencies[i].push(l);
             }
         }
         let mut p50 = Vec::with_capacity(buckets);
         let mut p99 = Vec::with_capacity(buckets);
-        for l in &mut latencies {
-            l.sort_by(f64::total_cmp);
-            p50.push(percentile(l, 0.50));
-            p99.push(percentile(l, 0.99));
+        // One histogram at a time: a run has a bucket per second.
+        for l in latencies {
+            let l: Latencies = l.into_iter().collect();
+            p50.push(l.quantile_ms(0.50));
+            p99.push(l.quantile_ms(0.99));
         }
         let goodput = attempted
             .iter()
@@ -387,14 +458,50 @@ mod tests {
         }
     }
 
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
     #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
-        assert_eq!(percentile(&[7.0], 0.99), 7.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
+    fn quantiles_are_nearest_rank_and_exact_below_2_ms() {
+        let l: Latencies = (1..=1000).map(us).collect();
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l.quantile(0.0), Some(us(1)));
+        assert_eq!(l.quantile(0.5), Some(us(500)));
+        assert_eq!(l.quantile(0.99), Some(us(990)));
+        assert_eq!(l.quantile(0.999), Some(us(999)));
+        assert_eq!(l.quantile(1.0), Some(us(1000)));
+        assert_eq!(l.quantile_ms(0.5), 0.5);
+        let one: Latencies = [us(700)].into_iter().collect();
+        assert_eq!(one.quantile(0.99), Some(us(700)));
+        let none = Latencies::new();
+        assert!(none.is_empty());
+        assert_eq!(none.quantile(0.5), None);
+        assert_eq!(none.quantile_ms(0.5), 0.0);
+    }
+
+    #[test]
+    fn quantiles_are_at_most_a_thousandth_above_the_value_and_never_below() {
+        for v in [
+            2_048,
+            2_049,
+            99_999,
+            500_000,
+            1_234_567,
+            59_999_999,
+            3_600_000_000,
+        ] {
+            let l: Latencies = [us(v)].into_iter().collect();
+            let q = l.quantile(0.5).map_or(0, |d| d.as_micros() as u64);
+            assert!(q >= v && q - v <= v / 1000, "{v} µs read as {q}");
+        }
+        // Beyond an hour counts as an hour.
+        let l: Latencies = [Duration::from_secs(7200)].into_iter().collect();
+        let q = l.quantile(1.0).map_or(0, |d| d.as_micros() as u64);
+        assert!(
+            q >= MAX_RECORDED_US && q - MAX_RECORDED_US <= MAX_RECORDED_US / 1000,
+            "{q}"
+        );
     }
 
     #[test]
@@ -410,7 +517,9 @@ mod tests {
         assert_eq!(t.attempted, vec![2, 1, 1]);
         assert_eq!(t.delivered, vec![1, 0, 1]);
         assert_eq!(t.goodput, vec![0.5, 0.0, 1.0]);
-        assert_eq!(t.latency_p99_ms, vec![500.0, 0.0, 20.0]);
+        // 500 ms and 20 ms read as the tops of their histogram buckets, 0.045% and 0.075%
+        // above.
+        assert_eq!(t.latency_p99_ms, vec![500.223, 0.0, 20.015]);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`legit`]: the open-loop legit clients and the read-back verification.
 //! - [`runner`]: one scenario's run, [`run_files`] for a suite, [`RunOptions`], the
 //!   [`Progress`] hooks.
+//! - [`judge`]: `measure` sums up what a run collected, and [`judge()`] turns every
+//!   broken expectation into a failure line; both pure, tested without sockets.
 //! - [`metrics`]: operation records, the per-second [`Timeline`], memory sampling and the
 //!   [`ScenarioMetrics`] of the JSON contract.
 //! - [`report`]: [`SuiteReport`]: summary table, JSON, JUnit XML and self-contained HTML.
@@ -33,16 +35,18 @@
 //! plus the latency SLO (and a hard end), attacks when cancelled at the scenario's end (or
 //! aborted after a grace period), the read-back and the alive check by deadlines.
 
+pub mod judge;
 pub mod legit;
 pub mod metrics;
 pub mod report;
 pub mod runner;
 pub mod spec;
 
+pub use judge::judge;
 pub use metrics::{ScenarioMetrics, Timeline};
 pub use report::{ScenarioReport, SuiteReport};
 pub use runner::{
-    collect_files, judge, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
-    RunError, RunModel, RunOptions, Silent,
+    collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress, RunError,
+    RunModel, RunOptions, Silent,
 };
 pub use spec::{Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec};

@@ -1,7 +1,7 @@
 //! Runs one checked [`Scenario`]: sets up the server and accounts, plants the canary, runs
 //! the legit load and the attacks concurrently for the scenario's duration while sampling
 //! blocks and memory, reads back every acknowledged item, checks that the server still
-//! answers, and judges the expectations.
+//! answers, and has [`super::judge`] measure and judge what it collected.
 //!
 //! The order of one run:
 //!
@@ -33,21 +33,20 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::legit::{self, ClientRun, LoadContext};
-use super::metrics::{
-    self, ms, percentile, round, AttackMetrics, AttackWindow, LiveCounters, ScenarioMetrics,
-    StallPoint, Timeline,
-};
+use super::judge::{judge, measure, refused_sources, Collected, Sampled, ServerStats};
+use super::legit::{self, ClientPlan, ClientRun, LoadContext};
+use super::metrics::{self, ms, round, LiveCounters, StallPoint};
 use super::report::ScenarioReport;
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
-use crate::activity::{Recorder, RecorderStats};
+use crate::activity::Recorder;
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
+use crate::client::Client;
 use crate::config::AuthConfig;
 use crate::detect::Model;
 use crate::firewall::{Action, Signal};
 use crate::guard::Guard;
 use crate::server::auth::hash_password;
-use crate::server::{DetectionStats, Metrics, MetricsSnapshot, Server, ServerHandle};
+use crate::server::{Metrics, Server, ServerHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 
 /// The planted victim.
@@ -68,7 +67,7 @@ const RSS_SAMPLE: Duration = Duration::from_millis(250);
 /// How often the stall detector's maxima are taken (one point per timeline bucket).
 const STALL_SAMPLE: Duration = Duration::from_secs(1);
 /// Time attacks get to return after being cancelled, before they are aborted.
-const ATTACK_GRACE: Duration = Duration::from_secs(10);
+pub(super) const ATTACK_GRACE: Duration = Duration::from_secs(10);
 /// Extra time legit operations in flight at the end get, beyond the latency SLO.
 const LEGIT_GRACE: Duration = Duration::from_secs(5);
 /// Longest read-back.
@@ -212,6 +211,7 @@ pub struct Silent;
 impl Progress for Silent {}
 
 /// An account the runner creates.
+#[derive(Clone)]
 struct Account {
     name: String,
     password: String,
@@ -221,14 +221,44 @@ struct Account {
 enum Target {
     InProcess {
         handle: ServerHandle,
+        /// The data directory, kept when `tmp` is `None` (`--record`).
+        dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
     },
     External {
+        addr: SocketAddr,
         pid: Option<u32>,
     },
 }
 
 impl Target {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::InProcess { handle, .. } => handle.local_addr(),
+            Target::External { addr, .. } => *addr,
+        }
+    }
+
+    fn in_process(&self) -> bool {
+        matches!(self, Target::InProcess { .. })
+    }
+
+    /// What the report calls it: `in-process`, or the external server's address.
+    fn name(&self) -> String {
+        match self {
+            Target::InProcess { .. } => "in-process".into(),
+            Target::External { addr, .. } => addr.to_string(),
+        }
+    }
+
+    /// The data directory the run keeps (`--record`), as the report names it.
+    fn kept_dir(&self) -> Option<String> {
+        match self {
+            Target::InProcess { dir, tmp: None, .. } => Some(dir.display().to_string()),
+            _ => None,
+        }
+    }
+
     fn guard(&self) -> Option<Arc<Guard>> {
         match self {
             Target::InProcess { handle, .. } => Some(handle.guard()),
@@ -367,39 +397,492 @@ fn data_dir(
     }
 }
 
-/// Plants the canary: a private mail and a message from alice to the victim holding the
-/// secret. Returns the victim's item ids.
-async fn plant_canary(
+/// Everyone a run creates an account for, and the canary's secret; passwords and secret are
+/// derived from the scenario's seed.
+struct Cast {
+    /// The legit clients, each with its account.
+    plans: Vec<ClientPlan>,
+    alice: Account,
+    victim: Account,
+    mallory: Account,
+    monitor: Account,
+    secret: String,
+}
+
+impl Cast {
+    fn new(scenario: &Scenario) -> Cast {
+        let mut rng = StdRng::seed_from_u64(scenario.seed() ^ 0x6361_6e61_7279);
+        let mut account = |name: &str, who: &str| Account {
+            name: name.into(),
+            password: format!("{who}-{:016x}", rng.gen::<u64>()),
+        };
+        let alice = account(CANARY_SENDER, "alice");
+        let victim = account(VICTIM, "victim");
+        let mallory = account(ATTACKER_ACCOUNT, "mallory");
+        let monitor = account(MONITOR, "runner");
+        let secret = format!("canary-{:032x}", rng.gen::<u128>());
+        Cast {
+            plans: legit::plan(scenario),
+            alice,
+            victim,
+            mallory,
+            monitor,
+            secret,
+        }
+    }
+
+    /// Every account to create: the legit clients', then alice, the victim, mallory and the
+    /// monitor.
+    fn accounts(&self) -> Vec<Account> {
+        self.plans
+            .iter()
+            .map(|p| Account {
+                name: p.user.clone(),
+                password: p.password.clone(),
+            })
+            .chain(
+                [&self.alice, &self.victim, &self.mallory, &self.monitor]
+                    .into_iter()
+                    .cloned(),
+            )
+            .collect()
+    }
+}
+
+/// Logs how long after the start of setup each phase of a run ended.
+struct Phases<'a> {
+    scenario: &'a str,
+    setup: std::time::Instant,
+}
+
+impl Phases<'_> {
+    fn done(&self, what: &str) {
+        tracing::info!(
+            scenario = self.scenario,
+            ms = self.setup.elapsed().as_millis() as u64,
+            "{what}"
+        )
+    }
+}
+
+/// The run's clock and what every task of the load phase shares.
+struct Clock {
+    t0: Instant,
+    duration: Duration,
+    /// The latency SLO.
+    slo: Duration,
+    /// Cancelled at `t0 + duration`: the attacks stop.
+    stop: CancellationToken,
+    live: Arc<LiveCounters>,
+}
+
+impl Clock {
+    fn new(scenario: &Scenario) -> Clock {
+        Clock {
+            t0: Instant::now() + START_DELAY,
+            duration: scenario.duration(),
+            slo: scenario.expect().latency_slo,
+            stop: CancellationToken::new(),
+            live: Arc::new(LiveCounters::default()),
+        }
+    }
+}
+
+/// The running attacks.
+struct Attacks {
+    /// What each attack saw, by attack index, live.
+    observations: Vec<Arc<Observations>>,
+    tasks: Vec<tokio::task::JoinHandle<AttackReport>>,
+}
+
+/// What the load phase returns once everything in it has ended.
+struct Ended {
+    sampled: Sampled,
+    /// By attack index; `None` for an attack that was aborted or failed.
+    attack_reports: Vec<Option<AttackReport>>,
+    /// What each attack saw, by attack index.
+    observations: Vec<Arc<Observations>>,
+    runs: Vec<ClientRun>,
+}
+
+/// One run, in the order of the module docs, each step one function; a setup failure is an
+/// error.
+async fn run_inner(
+    scenario: &Arc<Scenario>,
+    opts: &RunOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<ScenarioReport> {
+    let phases = Phases {
+        scenario: scenario.name(),
+        setup: std::time::Instant::now(),
+    };
+    let cast = Cast::new(scenario);
+    let server = start_server(scenario, opts, &cast.accounts()).await?;
+    phases.done("server ready, accounts created");
+    let target = server.addr();
+    let canary = plant_canary(target, &cast).await?;
+    let logged_in = log_in_legit(target, &cast.plans).await?;
+    phases.done("canary planted, legit clients logged in");
+
+    let clock = Clock::new(scenario);
+    let attacks = start_attacks(scenario, target, &clock, &cast.mallory, &canary);
+    let legit = start_legit(target, &clock, &cast.plans, logged_in);
+    let ended = sample_until_the_end(
+        scenario,
+        &server,
+        &clock,
+        &cast.plans,
+        attacks,
+        legit,
+        progress,
+    )
+    .await;
+    phases.done("load and attacks ended");
+
+    let (name, kept_dir) = (server.name(), server.kept_dir());
+    let model = opts.model.as_ref().map(|m| m.name.clone());
+    let collected = afterwards(scenario, &cast, server, ended, model, &phases).await;
+    let (metrics, timeline) = measure(collected);
+    let failures = judge(scenario, &metrics);
+    phases.done("measured");
+    let mut report = ScenarioReport::new(scenario, metrics, timeline, failures);
+    report.target = name;
+    report.data_dir = kept_dir;
+    Ok(report)
+}
+
+/// The server: with `--target`, the external one, whose data directory gets the accounts;
+/// otherwise an in-process one on 127.0.0.1:0 over a fresh data directory, its attack
+/// sources labelled, its model's verdicts enforced.
+async fn start_server(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    accounts: &[Account],
+) -> anyhow::Result<Target> {
+    if let (Some(addr), Some(dir)) = (opts.target, &opts.target_data_dir) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir)?);
+        provision(store, &scenario.config().auth, accounts).await?;
+        return Ok(Target::External {
+            addr,
+            pid: metrics::find_listener_pid(addr),
+        });
+    }
+    let (dir, tmp) = data_dir(scenario, opts)?;
+    let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
+    // Scenarios judge what the model blocks, so its verdicts enforce here.
+    let mut config = scenario.config().clone();
+    config.firewall.model = crate::config::ModelMode::Enforce;
+    let server = Server::open_with_model(config, &dir, model)?;
+    label_attack_sources(scenario, &dir)?;
+    provision(server.store(), &scenario.config().auth, accounts).await?;
+    let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    Ok(Target::InProcess { handle, dir, tmp })
+}
+
+/// Legit clients log in before the clock starts, so login cost is not load. A group that
+/// makes login mistakes logs in during the run instead (`None` here): its wrong passwords
+/// are part of the load.
+async fn log_in_legit(
     target: SocketAddr,
-    alice: &Account,
-    secret: &str,
-) -> anyhow::Result<Vec<u64>> {
+    plans: &[ClientPlan],
+) -> anyhow::Result<Vec<Option<Client>>> {
+    let logins = plans.iter().map(|p| async move {
+        if p.load.makes_login_mistakes() {
+            return Ok(None);
+        }
+        legit::login_with(target, &p.user, &p.password, legit::client_options(p))
+            .await
+            .map(Some)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "legit client {} cannot log in from {}: {e}",
+                    p.user,
+                    p.source
+                )
+            })
+    });
+    let clients: Vec<anyhow::Result<Option<Client>>> =
+        futures::stream::iter(logins).buffered(16).collect().await;
+    clients.into_iter().collect()
+}
+
+/// Attacks: one task per attack, from its start until `clock.stop`, as mallory and with the
+/// canary to look for.
+fn start_attacks(
+    scenario: &Arc<Scenario>,
+    target: SocketAddr,
+    clock: &Clock,
+    mallory: &Account,
+    canary: &Canary,
+) -> Attacks {
+    let mut observations = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, _) in scenario.attacks().iter().enumerate() {
+        let obs = Arc::new(Observations::default());
+        observations.push(Arc::clone(&obs));
+        let ctx = AttackContext {
+            target,
+            t0: clock.t0,
+            seed: scenario.seed() ^ i as u64,
+            stop: clock.stop.child_token(),
+            account: (mallory.name.clone(), mallory.password.clone()),
+            canary: canary.clone(),
+            observations: obs,
+        };
+        let s = Arc::clone(scenario);
+        tasks.push(tokio::spawn(async move {
+            attack::run(&s.attacks()[i], ctx).await
+        }));
+    }
+    Attacks {
+        observations,
+        tasks,
+    }
+}
+
+/// Legit load: one task per client, open loop from `t0`, ending by itself at the scenario's
+/// end plus the SLO (and a hard end).
+fn start_legit(
+    target: SocketAddr,
+    clock: &Clock,
+    plans: &[ClientPlan],
+    logged_in: Vec<Option<Client>>,
+) -> Vec<tokio::task::JoinHandle<ClientRun>> {
+    let ctx = Arc::new(LoadContext {
+        target,
+        t0: clock.t0,
+        slo: clock.slo,
+        users: Arc::new(plans.iter().map(|p| p.user.clone()).collect()),
+        live: Arc::clone(&clock.live),
+        hard_end: clock.t0 + clock.duration + clock.slo + LEGIT_GRACE,
+    });
+    plans
+        .iter()
+        .cloned()
+        .zip(logged_in)
+        .map(|(plan, client)| {
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move { legit::run_client(&plan, client, &ctx).await })
+        })
+        .collect()
+}
+
+/// Sampler: samples blocks and memory while the load runs; at the scenario's end stops the
+/// attacks (aborting any still running [`ATTACK_GRACE`] later), waits for the legit
+/// clients' last operations, then stops sampling.
+async fn sample_until_the_end(
+    scenario: &Scenario,
+    server: &Target,
+    clock: &Clock,
+    plans: &[ClientPlan],
+    attacks: Attacks,
+    legit: Vec<tokio::task::JoinHandle<ClientRun>>,
+    progress: &dyn Progress,
+) -> Ended {
+    let attack_sources: Vec<Ipv4Addr> = scenario
+        .attacks()
+        .iter()
+        .flat_map(|a| a.sources().iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let input = SamplerInput {
+        guard: server.guard(),
+        stall_probes: server.stall_probes(),
+        pid: match server {
+            Target::External { pid, .. } => *pid,
+            Target::InProcess { .. } => None,
+        },
+        in_process: server.in_process(),
+        attack_sources,
+        legit_sources: legit_sources(plans),
+        observations: attacks.observations.clone(),
+        live: Arc::clone(&clock.live),
+        t0: clock.t0,
+        duration: clock.duration,
+    };
+    let sampler_stop = CancellationToken::new();
+    let sampling = sample(input, sampler_stop.clone(), progress);
+    let end = async {
+        tokio::time::sleep_until(clock.t0 + clock.duration).await;
+        clock.stop.cancel();
+        let mut reports: Vec<Option<AttackReport>> = Vec::new();
+        let attack_deadline = Instant::now() + ATTACK_GRACE;
+        for mut task in attacks.tasks {
+            match tokio::time::timeout_at(attack_deadline, &mut task).await {
+                Ok(Ok(r)) => reports.push(Some(r)),
+                Ok(Err(_)) => reports.push(None),
+                Err(_) => {
+                    task.abort();
+                    reports.push(None);
+                }
+            }
+        }
+        let mut runs: Vec<ClientRun> = Vec::new();
+        for task in legit {
+            if let Ok(run) = task.await {
+                runs.push(run);
+            }
+        }
+        sampler_stop.cancel();
+        (reports, runs)
+    };
+    let (sampled, (attack_reports, runs)) = tokio::join!(sampling, end);
+    Ended {
+        sampled,
+        attack_reports,
+        observations: attacks.observations,
+        runs,
+    }
+}
+
+/// The distinct sources of the legit clients, sorted.
+fn legit_sources(plans: &[ClientPlan]) -> Vec<Ipv4Addr> {
+    plans
+        .iter()
+        .map(|p| p.source)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Afterwards: what the legit clients saw, summed up; every acknowledged item read back
+/// (within [`VERIFY_BUDGET`]); the alive check; and the in-process server's counters, taken
+/// just before it shuts down.
+async fn afterwards<'a>(
+    scenario: &'a Scenario,
+    cast: &Cast,
+    server: Target,
+    ended: Ended,
+    model: Option<String>,
+    phases: &Phases<'_>,
+) -> Collected<'a> {
+    let plans = &cast.plans;
+    let runs = ended.runs;
+    let records: Vec<_> = runs
+        .iter()
+        .flat_map(|r| r.records.iter().cloned())
+        .collect();
+    let acknowledged: u64 = runs.iter().map(|r| r.acked.len() as u64).sum();
+    let logins = (
+        runs.iter().map(|r| r.logins).sum(),
+        runs.iter().map(|r| r.login_refusals).sum(),
+    );
+    let refused_legit: BTreeSet<Ipv4Addr> = runs
+        .iter()
+        .filter(|r| r.refused_at_accept)
+        .filter_map(|r| plans.get(r.index).map(|p| p.source))
+        .collect();
+    let shared_sources: BTreeSet<Ipv4Addr> = legit_sources(plans)
+        .into_iter()
+        .filter(|ip| scenario.attacks().iter().any(|a| a.sources().contains(ip)))
+        .collect();
+    let locked_out: Vec<(String, Ipv4Addr)> = runs
+        .iter()
+        .filter(|r| r.good_standing && r.locked_out)
+        .filter_map(|r| plans.get(r.index).map(|p| (p.user.clone(), p.source)))
+        .collect();
+    let mut mistakes: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &runs {
+        for (m, n) in &r.mistakes {
+            *mistakes.entry(m.as_str().to_string()).or_insert(0) += n;
+        }
+    }
+    let target = server.addr();
+    let verification =
+        match tokio::time::timeout(VERIFY_BUDGET, legit::verify(plans, runs, target)).await {
+            Ok(v) => v,
+            Err(_) => legit::Verification {
+                verified: 0,
+                lost: acknowledged,
+                lost_items: vec![format!(
+                    "read-back did not finish within {} s",
+                    VERIFY_BUDGET.as_secs()
+                )],
+            },
+        };
+    phases.done("items read back");
+    let alive = alive_check(target, &cast.monitor).await;
+    phases.done("alive check done");
+    let in_process = server.in_process();
+    let (snapshot, pid) = match server {
+        Target::InProcess { handle, tmp, .. } => {
+            let snap = server_stats(&handle);
+            handle.shutdown().await;
+            phases.done("server shut down");
+            // Removing a data directory can take a second on a slow disk; keep it off the
+            // runtime's workers.
+            if let Some(dir) = tmp {
+                let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+            }
+            phases.done("data directory removed");
+            (Some(snap), None)
+        }
+        Target::External { pid, .. } => (None, pid),
+    };
+    Collected {
+        scenario,
+        records,
+        acknowledged,
+        logins,
+        attack_reports: ended.attack_reports,
+        observations: ended.observations,
+        sampled: ended.sampled,
+        verification,
+        alive,
+        snapshot,
+        in_process,
+        pid,
+        refused_legit,
+        shared_sources,
+        locked_out,
+        mistakes,
+        model,
+    }
+}
+
+/// What an in-process server counted, taken just before it shuts down.
+fn server_stats(handle: &ServerHandle) -> ServerStats {
+    let server = handle.server();
+    let model_blocks = handle
+        .firewall()
+        .decisions()
+        .iter()
+        .filter(|d| matches!(d.action, Action::Block | Action::ShadowBlock))
+        .filter(|d| d.signals.iter().any(|(s, _)| *s == Signal::ModelAnomaly))
+        .count() as u64;
+    ServerStats {
+        metrics: handle.metrics().snapshot(),
+        detection: server.detection(),
+        model_blocks,
+        recorder: server.recorder().stats(),
+    }
+}
+
+/// Plants the canary: `alice` sends the victim a private mail and a message, both holding
+/// the secret.
+async fn plant_canary(target: SocketAddr, cast: &Cast) -> anyhow::Result<Canary> {
+    let alice = &cast.alice;
+    let secret = &cast.secret;
     let mut client = legit::login(target, &alice.name, &alice.password, CONTROL_SOURCE).await?;
     let mail = client
         .send_mail_with(
-            VICTIM,
+            &cast.victim.name,
             "private: account recovery",
             &format!("Your recovery code is {secret}. Do not share it."),
             &[],
         )
         .await?;
     let message = client
-        .send_message(VICTIM, &format!("psst, the code is {secret}"))
+        .send_message(&cast.victim.name, &format!("psst, the code is {secret}"))
         .await?;
     let _ = client.bye().await;
-    Ok(vec![mail, message])
-}
-
-/// State the sampler collects while the scenario runs.
-#[derive(Default)]
-struct Sampled {
-    /// First time (since t0) the guard reported each attack source blocked.
-    first_blocked: BTreeMap<Ipv4Addr, Duration>,
-    /// Legit sources the guard ever reported blocked.
-    false_blocked: BTreeSet<Ipv4Addr>,
-    rss: Vec<(f64, f64)>,
-    blocked_series: Vec<(f64, u64)>,
-    stalls: Vec<StallPoint>,
+    Ok(Canary {
+        secret: secret.clone(),
+        victim: cast.victim.name.clone(),
+        victim_password: cast.victim.password.clone(),
+        victim_item_ids: vec![mail, message],
+    })
 }
 
 struct SamplerInput {
@@ -413,23 +896,6 @@ struct SamplerInput {
     live: Arc<LiveCounters>,
     t0: Instant,
     duration: Duration,
-}
-
-fn refused_sources(observations: &[Arc<Observations>]) -> BTreeMap<Ipv4Addr, Duration> {
-    let mut all = BTreeMap::new();
-    for o in observations {
-        let map = o
-            .first_refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (ip, t) in map.iter() {
-            let e = all.entry(*ip).or_insert(*t);
-            if *t < *e {
-                *e = *t;
-            }
-        }
-    }
-    all
 }
 
 /// Polls blocks every 100 ms and memory every 250 ms until `stop`, reporting progress.
@@ -535,743 +1001,6 @@ async fn alive_check(target: SocketAddr, monitor: &Account) -> Result<(), String
     }
 }
 
-async fn run_inner(
-    scenario: &Arc<Scenario>,
-    opts: &RunOptions,
-    progress: &dyn Progress,
-) -> anyhow::Result<ScenarioReport> {
-    let setup = std::time::Instant::now();
-    let phase = |what: &str| {
-        tracing::info!(
-            scenario = scenario.name(),
-            ms = setup.elapsed().as_millis() as u64,
-            "{what}"
-        )
-    };
-    let seed = scenario.seed();
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6361_6e61_7279);
-    let mut password = |who: &str| format!("{who}-{:016x}", rng.gen::<u64>());
-    let alice = Account {
-        name: CANARY_SENDER.into(),
-        password: password("alice"),
-    };
-    let victim = Account {
-        name: VICTIM.into(),
-        password: password("victim"),
-    };
-    let mallory = Account {
-        name: ATTACKER_ACCOUNT.into(),
-        password: password("mallory"),
-    };
-    let monitor = Account {
-        name: MONITOR.into(),
-        password: password("runner"),
-    };
-    let secret = format!("canary-{:032x}", rng.gen::<u128>());
-    let plans = legit::plan(scenario);
-    let mut accounts: Vec<Account> = plans
-        .iter()
-        .map(|p| Account {
-            name: p.user.clone(),
-            password: p.password.clone(),
-        })
-        .collect();
-    for a in [&alice, &victim, &mallory, &monitor] {
-        accounts.push(Account {
-            name: a.name.clone(),
-            password: a.password.clone(),
-        });
-    }
-
-    // The server.
-    let mut kept_dir = None;
-    let (target, server) = match (opts.target, &opts.target_data_dir) {
-        (Some(addr), Some(dir)) => {
-            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir)?);
-            provision(store, &scenario.config().auth, &accounts).await?;
-            (
-                addr,
-                Target::External {
-                    pid: metrics::find_listener_pid(addr),
-                },
-            )
-        }
-        _ => {
-            let (dir, tmp) = data_dir(scenario, opts)?;
-            if tmp.is_none() {
-                kept_dir = Some(dir.display().to_string());
-            }
-            let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
-            // Scenarios judge what the model blocks, so its verdicts enforce here.
-            let mut config = scenario.config().clone();
-            config.firewall.model = crate::config::ModelMode::Enforce;
-            let server = Server::open_with_model(config, &dir, model)?;
-            label_attack_sources(scenario, &dir)?;
-            provision(server.store(), &scenario.config().auth, &accounts).await?;
-            let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-            (handle.local_addr(), Target::InProcess { handle, tmp })
-        }
-    };
-    let in_process = matches!(server, Target::InProcess { .. });
-
-    phase("server ready, accounts created");
-    let victim_item_ids = plant_canary(target, &alice, &secret).await?;
-    let canary = Canary {
-        secret: secret.clone(),
-        victim: victim.name.clone(),
-        victim_password: victim.password.clone(),
-        victim_item_ids,
-    };
-
-    // Legit clients log in before the clock starts.
-    // A group that makes login mistakes logs in during the run instead: its wrong
-    // passwords are part of the load.
-    let logins = plans.iter().map(|p| async move {
-        if p.load.makes_login_mistakes() {
-            return Ok(None);
-        }
-        legit::login_with(target, &p.user, &p.password, legit::client_options(p))
-            .await
-            .map(Some)
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "legit client {} cannot log in from {}: {e}",
-                    p.user,
-                    p.source
-                )
-            })
-    });
-    let clients: Vec<anyhow::Result<Option<crate::client::Client>>> =
-        futures::stream::iter(logins).buffered(16).collect().await;
-    let mut logged_in = Vec::with_capacity(clients.len());
-    for c in clients {
-        logged_in.push(c?);
-    }
-    phase("canary planted, legit clients logged in");
-
-    let duration = scenario.duration();
-    let slo = scenario.expect().latency_slo;
-    let t0 = Instant::now() + START_DELAY;
-    let stop = CancellationToken::new();
-    let live = Arc::new(LiveCounters::default());
-
-    // Attacks.
-    let mut observations = Vec::new();
-    let mut attack_tasks = Vec::new();
-    for (i, _) in scenario.attacks().iter().enumerate() {
-        let obs = Arc::new(Observations::default());
-        observations.push(Arc::clone(&obs));
-        let ctx = AttackContext {
-            target,
-            t0,
-            seed: seed ^ i as u64,
-            stop: stop.child_token(),
-            account: (mallory.name.clone(), mallory.password.clone()),
-            canary: canary.clone(),
-            observations: obs,
-        };
-        let s = Arc::clone(scenario);
-        attack_tasks.push(tokio::spawn(async move {
-            attack::run(&s.attacks()[i], ctx).await
-        }));
-    }
-
-    // Legit load.
-    let ctx = Arc::new(LoadContext {
-        target,
-        t0,
-        slo,
-        users: Arc::new(plans.iter().map(|p| p.user.clone()).collect()),
-        live: Arc::clone(&live),
-        hard_end: t0 + duration + slo + LEGIT_GRACE,
-    });
-    let legit_tasks: Vec<_> = plans
-        .iter()
-        .cloned()
-        .zip(logged_in)
-        .map(|(plan, client)| {
-            let ctx = Arc::clone(&ctx);
-            tokio::spawn(async move { legit::run_client(&plan, client, &ctx).await })
-        })
-        .collect();
-
-    // Sampler.
-    let attack_sources: Vec<Ipv4Addr> = scenario
-        .attacks()
-        .iter()
-        .flat_map(|a| a.sources().iter().copied())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let legit_sources: Vec<Ipv4Addr> = plans
-        .iter()
-        .map(|p| p.source)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let sampler_stop = CancellationToken::new();
-    let input = SamplerInput {
-        guard: server.guard(),
-        stall_probes: server.stall_probes(),
-        pid: match &server {
-            Target::External { pid } => *pid,
-            Target::InProcess { .. } => None,
-        },
-        in_process,
-        attack_sources,
-        legit_sources: legit_sources.clone(),
-        observations: observations.clone(),
-        live: Arc::clone(&live),
-        t0,
-        duration,
-    };
-    let sampling = sample(input, sampler_stop.clone(), progress);
-    let main = async {
-        tokio::time::sleep_until(t0 + duration).await;
-        stop.cancel();
-        let mut reports: Vec<Option<AttackReport>> = Vec::new();
-        let attack_deadline = Instant::now() + ATTACK_GRACE;
-        for mut task in attack_tasks {
-            match tokio::time::timeout_at(attack_deadline, &mut task).await {
-                Ok(Ok(r)) => reports.push(Some(r)),
-                Ok(Err(_)) => reports.push(None),
-                Err(_) => {
-                    task.abort();
-                    reports.push(None);
-                }
-            }
-        }
-        let mut runs: Vec<ClientRun> = Vec::new();
-        for task in legit_tasks {
-            if let Ok(run) = task.await {
-                runs.push(run);
-            }
-        }
-        sampler_stop.cancel();
-        (reports, runs)
-    };
-    let (sampled, (attack_reports, runs)) = tokio::join!(sampling, main);
-    phase("load and attacks ended");
-
-    // Afterwards: read back, alive check, counters.
-    let records: Vec<_> = runs
-        .iter()
-        .flat_map(|r| r.records.iter().cloned())
-        .collect();
-    let acknowledged: u64 = runs.iter().map(|r| r.acked.len() as u64).sum();
-    let logins = (
-        runs.iter().map(|r| r.logins).sum(),
-        runs.iter().map(|r| r.login_refusals).sum(),
-    );
-    let refused_legit: BTreeSet<Ipv4Addr> = runs
-        .iter()
-        .filter(|r| r.refused_at_accept)
-        .filter_map(|r| plans.get(r.index).map(|p| p.source))
-        .collect();
-    let shared_sources: BTreeSet<Ipv4Addr> = legit_sources
-        .iter()
-        .copied()
-        .filter(|ip| scenario.attacks().iter().any(|a| a.sources().contains(ip)))
-        .collect();
-    let locked_out: Vec<(String, Ipv4Addr)> = runs
-        .iter()
-        .filter(|r| r.good_standing && r.locked_out)
-        .filter_map(|r| plans.get(r.index).map(|p| (p.user.clone(), p.source)))
-        .collect();
-    let mut mistakes: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &runs {
-        for (m, n) in &r.mistakes {
-            *mistakes.entry(m.as_str().to_string()).or_insert(0) += n;
-        }
-    }
-    let verification =
-        match tokio::time::timeout(VERIFY_BUDGET, legit::verify(&plans, runs, target)).await {
-            Ok(v) => v,
-            Err(_) => legit::Verification {
-                verified: 0,
-                lost: acknowledged,
-                lost_items: vec![format!(
-                    "read-back did not finish within {} s",
-                    VERIFY_BUDGET.as_secs()
-                )],
-            },
-        };
-    phase("items read back");
-    let alive = alive_check(target, &monitor).await;
-    phase("alive check done");
-    let (snapshot, pid) = match server {
-        Target::InProcess { handle, tmp } => {
-            let snap = ServerStats::of(&handle);
-            handle.shutdown().await;
-            phase("server shut down");
-            // Removing a data directory can take a second on a slow disk; keep it off the
-            // runtime's workers.
-            if let Some(dir) = tmp {
-                let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
-            }
-            phase("data directory removed");
-            (Some(snap), None)
-        }
-        Target::External { pid } => (None, pid),
-    };
-
-    let input = Judged {
-        scenario,
-        records,
-        acknowledged,
-        logins,
-        attack_reports,
-        observations: &observations,
-        sampled,
-        verification,
-        alive,
-        snapshot,
-        in_process,
-        pid,
-        refused_legit,
-        shared_sources,
-        locked_out,
-        mistakes,
-        model: opts.model.as_ref().map(|m| m.name.clone()),
-    };
-    let (metrics, timeline) = measure(input);
-    let failures = judge(scenario, &metrics);
-    phase("measured");
-    let mut report = ScenarioReport::new(scenario, metrics, timeline, failures);
-    report.target = if in_process {
-        "in-process".into()
-    } else {
-        target.to_string()
-    };
-    report.data_dir = kept_dir;
-    Ok(report)
-}
-
-/// What an in-process server counted, taken just before it shuts down.
-struct ServerStats {
-    metrics: MetricsSnapshot,
-    detection: Option<DetectionStats>,
-    /// Block decisions the model's anomalies contributed to.
-    model_blocks: u64,
-    recorder: RecorderStats,
-}
-
-impl ServerStats {
-    fn of(handle: &ServerHandle) -> ServerStats {
-        let server = handle.server();
-        let model_blocks = handle
-            .firewall()
-            .decisions()
-            .iter()
-            .filter(|d| matches!(d.action, Action::Block | Action::ShadowBlock))
-            .filter(|d| d.signals.iter().any(|(s, _)| *s == Signal::ModelAnomaly))
-            .count() as u64;
-        ServerStats {
-            metrics: handle.metrics().snapshot(),
-            detection: server.detection(),
-            model_blocks,
-            recorder: server.recorder().stats(),
-        }
-    }
-}
-
-/// Everything measured, before it is summed up.
-struct Judged<'a> {
-    scenario: &'a Scenario,
-    records: Vec<metrics::OpRecord>,
-    acknowledged: u64,
-    /// Legit logins during the run, and how many of them were refused.
-    logins: (u64, u64),
-    attack_reports: Vec<Option<AttackReport>>,
-    observations: &'a [Arc<Observations>],
-    sampled: Sampled,
-    verification: legit::Verification,
-    alive: Result<(), String>,
-    snapshot: Option<ServerStats>,
-    in_process: bool,
-    pid: Option<u32>,
-    refused_legit: BTreeSet<Ipv4Addr>,
-    /// Legit sources an attack also uses.
-    shared_sources: BTreeSet<Ipv4Addr>,
-    /// Legit users in good standing who were told `blocked`, with their source.
-    locked_out: Vec<(String, Ipv4Addr)>,
-    /// Honest refusals of deliberate mistakes, by kind.
-    mistakes: BTreeMap<String, u64>,
-    /// The in-process server's model, by name.
-    model: Option<String>,
-}
-
-fn measure(j: Judged<'_>) -> (ScenarioMetrics, Timeline) {
-    let s = j.scenario;
-    let slo = s.expect().latency_slo;
-    let mut m = ScenarioMetrics {
-        legit_attempted: j.records.len() as u64,
-        legit_delivered: j.records.iter().filter(|r| r.delivered(slo)).count() as u64,
-        legit_acknowledged: j.acknowledged,
-        legit_logins: j.logins.0,
-        legit_login_refusals: j.logins.1,
-        ..ScenarioMetrics::default()
-    };
-    m.legit_goodput = if m.legit_attempted == 0 {
-        1.0
-    } else {
-        round(m.legit_delivered as f64 / m.legit_attempted as f64, 4)
-    };
-    let mut lat: Vec<f64> = j
-        .records
-        .iter()
-        .filter_map(|r| r.latency.map(metrics::ms))
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    m.latency_p50_ms = round(percentile(&lat, 0.50), 2);
-    m.latency_p99_ms = round(percentile(&lat, 0.99), 2);
-    for r in &j.records {
-        if let Some(e) = &r.error {
-            *m.legit_errors.entry(e.clone()).or_insert(0) += 1;
-        }
-        let e = m
-            .legit_by_kind
-            .entry(r.kind.as_str().to_string())
-            .or_insert((0, 0));
-        e.0 += 1;
-        if r.delivered(slo) {
-            e.1 += 1;
-        }
-    }
-    m.legit_lost = j.verification.lost;
-    m.lost_items = j.verification.lost_items;
-
-    // Blocks: the guard's first block (in-process) or the attacker's first refusal.
-    let mut used_all = BTreeSet::new();
-    let mut blocked_all = BTreeSet::new();
-    let mut slowest: Option<f64> = None;
-    for (i, attack) in s.attacks().iter().enumerate() {
-        let obs = j.observations.get(i);
-        let refused = obs
-            .map(|o| refused_sources(std::slice::from_ref(o)))
-            .unwrap_or_default();
-        let report = j.attack_reports.get(i).cloned().flatten();
-        let used: BTreeSet<Ipv4Addr> = report
-            .as_ref()
-            .map(|r| r.sources_used.iter().copied().collect())
-            .unwrap_or_default();
-        let mut times = Vec::new();
-        for ip in &used {
-            let first = [j.sampled.first_blocked.get(ip), refused.get(ip)]
-                .into_iter()
-                .flatten()
-                .min();
-            if let Some(t) = first {
-                times.push(t.saturating_sub(attack.start()).as_secs_f64());
-                blocked_all.insert(*ip);
-            }
-        }
-        used_all.extend(used.iter().copied());
-        times.sort_by(f64::total_cmp);
-        let max = times.last().copied();
-        if let Some(t) = max {
-            slowest = Some(slowest.map_or(t, |s: f64| s.max(t)));
-        }
-        let load = |f: fn(&Observations) -> u64| obs.map(|o| f(o)).unwrap_or(0);
-        let mut notes = report.as_ref().map(|r| r.notes.clone()).unwrap_or_default();
-        if report.is_none() {
-            notes.push(format!(
-                "did not return within {} s of the end and was aborted",
-                ATTACK_GRACE.as_secs()
-            ));
-        }
-        let leaks = report
-            .as_ref()
-            .map_or(0, |r| r.canary_leaks)
-            .max(load(|o| o.canary_leaks.load(Ordering::Relaxed)));
-        m.canary_leaks += leaks;
-        m.attacks.push(AttackMetrics {
-            kind: attack.kind().as_str().to_string(),
-            start_s: round(attack.start().as_secs_f64(), 3),
-            sources_used: used.len() as u64,
-            sources_blocked: times.len() as u64,
-            time_to_block_max_s: max.map(|t| round(t, 3)),
-            time_to_block_p50_s: (!times.is_empty()).then(|| round(percentile(&times, 0.5), 3)),
-            connects: report
-                .as_ref()
-                .map_or(0, |r| r.connects)
-                .max(load(|o| o.connects.load(Ordering::Relaxed))),
-            refused: report
-                .as_ref()
-                .map_or(0, |r| r.refused)
-                .max(load(|o| o.refused.load(Ordering::Relaxed))),
-            frames_sent: report
-                .as_ref()
-                .map_or(0, |r| r.frames_sent)
-                .max(load(|o| o.frames_sent.load(Ordering::Relaxed))),
-            bytes_sent: report
-                .as_ref()
-                .map_or(0, |r| r.bytes_sent)
-                .max(load(|o| o.bytes_sent.load(Ordering::Relaxed))),
-            canary_leaks: leaks,
-            notes,
-        });
-    }
-    m.attack_sources = used_all.len() as u64;
-    m.blocked_sources = blocked_all.len() as u64;
-    m.time_to_block_s = slowest.map(|t| round(t, 3));
-
-    m.legit_mistakes = j.mistakes;
-    let (false_blocked, false_users) = false_blocks(
-        &j.sampled.false_blocked,
-        if j.in_process {
-            None
-        } else {
-            Some(&j.refused_legit)
-        },
-        &j.shared_sources,
-        &j.locked_out,
-    );
-    m.false_blocks = (false_blocked.len() + false_users.len()) as u64;
-    m.false_blocked_sources = false_blocked.iter().map(Ipv4Addr::to_string).collect();
-    m.false_blocked_users = false_users;
-
-    m.server_alive = j.alive.is_ok();
-    m.server_alive_error = j.alive.err();
-
-    // Only the samples taken while the scenario ran: afterwards the server is shut down.
-    let rss = j.sampled.rss.clone();
-    m.peak_rss_mb = rss.iter().map(|(_, mb)| *mb).reduce(f64::max);
-    m.rss_start_mb = rss.first().map(|(_, mb)| *mb);
-    m.rss_growth_mb = m
-        .peak_rss_mb
-        .zip(m.rss_start_mb)
-        .map(|(peak, start)| round(peak - start, 2));
-    m.rss_scope = match (j.in_process, j.pid) {
-        (true, _) => {
-            "runner process: in-process server, legit clients and attackers together".into()
-        }
-        (false, Some(pid)) => format!("external server process {pid}"),
-        (false, None) => "unavailable: the external server's process was not found".into(),
-    };
-
-    m.model = match (&j.snapshot, &j.model) {
-        (None, _) => "external".into(),
-        (Some(_), None) => "none".into(),
-        (Some(_), Some(name)) => name.clone(),
-    };
-    if let Some(stats) = &j.snapshot {
-        m.model_windows = stats.detection.map(|d| d.windows);
-        m.model_anomalies = stats.detection.map(|d| d.anomalies);
-        m.model_blocks = stats.detection.map(|_| stats.model_blocks);
-        m.recorder_recorded = Some(stats.recorder.recorded);
-        m.recorder_shed = Some(stats.recorder.shed);
-    }
-    if let Some(snap) = j.snapshot.as_ref().map(|s| &s.metrics) {
-        let mut rejected: BTreeMap<String, u64> = snap
-            .decode_errors
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k.to_string(), *n))
-            .collect();
-        for (k, n) in [
-            ("rate_limited", snap.rate_limited),
-            ("permission_denied", snap.permission_denied),
-            ("auth_failed", snap.auth_failed),
-            ("timeouts", snap.timeouts),
-        ] {
-            if n > 0 {
-                rejected.insert(k.to_string(), n);
-            }
-        }
-        m.frames_rejected = Some(rejected);
-        m.connections_refused = Some(snap.connections_refused);
-        m.connections_accepted = Some(snap.connections_accepted);
-        m.panics_contained = Some(snap.panics);
-    }
-
-    let mut timeline = Timeline::from_records(&j.records, s.duration(), slo);
-    timeline.rss_mb = rss;
-    timeline.blocked_sources = j.sampled.blocked_series;
-    timeline.stalls = j.sampled.stalls;
-    timeline.attack_windows = s
-        .attacks()
-        .iter()
-        .map(|a| AttackWindow {
-            kind: a.kind().as_str().to_string(),
-            start_s: round(a.start().as_secs_f64(), 3),
-            stop_s: round(a.stop().min(s.duration()).as_secs_f64(), 3),
-        })
-        .collect();
-    (m, timeline)
-}
-
-/// False blocks: a blocked legit source no attacker shares (seen blocked by the guard, or,
-/// for an external server, refused at accept) is one; at a source an attacker shares, the
-/// block is earned, and each legit user in good standing who was locked out there is one
-/// instead. Returns the falsely blocked sources and users, sorted.
-fn false_blocks(
-    seen_blocked: &BTreeSet<Ipv4Addr>,
-    refused: Option<&BTreeSet<Ipv4Addr>>,
-    shared: &BTreeSet<Ipv4Addr>,
-    locked_out: &[(String, Ipv4Addr)],
-) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
-    let sources: BTreeSet<Ipv4Addr> = seen_blocked
-        .iter()
-        .chain(refused.into_iter().flatten())
-        .filter(|ip| !shared.contains(ip))
-        .copied()
-        .collect();
-    let mut users: Vec<String> = locked_out
-        .iter()
-        .filter(|(_, ip)| shared.contains(ip))
-        .map(|(user, _)| user.clone())
-        .collect();
-    users.sort();
-    users.dedup();
-    (sources, users)
-}
-
-/// Turns every broken expectation into one line, e.g.
-/// `legit_goodput 0.91 < legit_goodput_min 0.95`.
-pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
-    let e = scenario.expect();
-    let mut f = Vec::new();
-    if e.server_alive && !m.server_alive {
-        f.push(format!(
-            "server_alive false, expected true ({})",
-            m.server_alive_error.as_deref().unwrap_or("no answer")
-        ));
-    }
-    if let Some(min) = e.legit_goodput_min {
-        if m.legit_attempted == 0 {
-            f.push(format!("legit_goodput cannot be judged: no legit operation was attempted (legit_goodput_min {min})"));
-        } else if m.legit_goodput < min {
-            f.push(format!(
-                "legit_goodput {} < legit_goodput_min {min}",
-                m.legit_goodput
-            ));
-        }
-    }
-    if let Some(max) = e.latency_p99_ms_max {
-        if m.latency_p99_ms > max {
-            f.push(format!(
-                "latency_p99_ms {} > latency_p99_ms_max {max}",
-                m.latency_p99_ms
-            ));
-        }
-    }
-    if m.legit_lost > e.legit_lost_max {
-        let first = m
-            .lost_items
-            .first()
-            .map(|s| format!(" (first: {s})"))
-            .unwrap_or_default();
-        f.push(format!(
-            "legit_lost {} > legit_lost_max {}{first}",
-            m.legit_lost, e.legit_lost_max
-        ));
-    }
-    if let Some(within) = e.blocked_within_s {
-        for a in &m.attacks {
-            let Some(kind) = scenario
-                .attacks()
-                .iter()
-                .map(|x| x.kind())
-                .find(|k| k.as_str() == a.kind)
-            else {
-                continue;
-            };
-            if !e.blocked_kinds.contains(&kind) {
-                continue;
-            }
-            if a.sources_used == 0 {
-                f.push(format!(
-                    "{}: used no source, so blocked_within_s {within} cannot be judged",
-                    a.kind
-                ));
-            } else if a.sources_blocked < a.sources_used {
-                f.push(format!(
-                    "{}: {} of {} sources never blocked (blocked_within_s {within})",
-                    a.kind,
-                    a.sources_used - a.sources_blocked,
-                    a.sources_used
-                ));
-            } else if let Some(t) = a.time_to_block_max_s.filter(|t| *t > within) {
-                f.push(format!(
-                    "{}: time_to_block {t} s > blocked_within_s {within}",
-                    a.kind
-                ));
-            }
-        }
-    }
-    if let Some(max) = e.legit_login_refusals_max {
-        if m.legit_login_refusals > max {
-            f.push(format!(
-                "legit_login_refusals {} > legit_login_refusals_max {max} (of {} logins)",
-                m.legit_login_refusals, m.legit_logins
-            ));
-        }
-    }
-    if m.false_blocks > e.false_blocks_max {
-        let who: Vec<&str> = m
-            .false_blocked_sources
-            .iter()
-            .chain(&m.false_blocked_users)
-            .map(String::as_str)
-            .collect();
-        f.push(format!(
-            "false_blocks {} > false_blocks_max {} ({})",
-            m.false_blocks,
-            e.false_blocks_max,
-            who.join(", ")
-        ));
-    }
-    if let Some(max) = e.peak_rss_mb_max {
-        match m.peak_rss_mb {
-            Some(peak) if peak > max => {
-                f.push(format!("peak_rss_mb {peak} > peak_rss_mb_max {max}"))
-            }
-            Some(_) => {}
-            None => f.push(format!(
-                "peak_rss_mb unavailable, cannot check peak_rss_mb_max {max}"
-            )),
-        }
-    }
-    if let Some(max) = e.rss_growth_mb_max {
-        match m.rss_growth_mb {
-            Some(growth) if growth > max => {
-                f.push(format!("rss_growth_mb {growth} > rss_growth_mb_max {max}"))
-            }
-            Some(_) => {}
-            None => f.push(format!(
-                "rss_growth_mb unavailable, cannot check rss_growth_mb_max {max}"
-            )),
-        }
-    }
-    if let Some(p) = m.panics_contained.filter(|p| *p > e.max_panics) {
-        f.push(format!(
-            "panics_contained {p} > max_panics {}",
-            e.max_panics
-        ));
-    }
-    if e.model_blocks_min > 0 {
-        match m.model_blocks {
-            Some(n) if n >= e.model_blocks_min => {}
-            Some(n) => f.push(format!(
-                "model_blocks {n} < model_blocks_min {}",
-                e.model_blocks_min
-            )),
-            None => f.push(format!(
-                "model_blocks cannot be judged: the server ran no detection model (model {}; model_blocks_min {})",
-                m.model, e.model_blocks_min
-            )),
-        }
-    }
-    if m.canary_leaks > e.canary_leaks_max {
-        f.push(format!(
-            "canary_leaks {} > canary_leaks_max {}",
-            m.canary_leaks, e.canary_leaks_max
-        ));
-    }
-    f
-}
-
 /// The scenario files named by `paths`: a directory contributes its `*.toml` files sorted by
 /// name; a file is taken as given.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
@@ -1363,170 +1092,6 @@ mod tests {
     use super::*;
     use crate::scenario::spec::ScenarioSpec;
     use std::path::Path;
-
-    fn scenario(expect: &str) -> Result<Scenario, ScenarioError> {
-        let text = format!(
-            "name = \"t\"\nduration_s = 5\n[[legit]]\n[[attack]]\nkind = \"flood\"\nsources = \"127.0.1.0/30\"\nstart_s = 1\n[expect]\n{expect}"
-        );
-        let path = Path::new("t.toml");
-        ScenarioSpec::from_toml_str(&text, path)?.check(path)
-    }
-
-    fn healthy() -> ScenarioMetrics {
-        ScenarioMetrics {
-            legit_attempted: 100,
-            legit_delivered: 100,
-            legit_goodput: 1.0,
-            server_alive: true,
-            peak_rss_mb: Some(100.0),
-            rss_growth_mb: Some(10.0),
-            panics_contained: Some(0),
-            attacks: vec![AttackMetrics {
-                kind: "flood".into(),
-                start_s: 1.0,
-                sources_used: 2,
-                sources_blocked: 2,
-                time_to_block_max_s: Some(0.5),
-                time_to_block_p50_s: Some(0.4),
-                connects: 10,
-                refused: 8,
-                frames_sent: 1000,
-                bytes_sent: 10_000,
-                canary_leaks: 0,
-                notes: Vec::new(),
-            }],
-            ..ScenarioMetrics::default()
-        }
-    }
-
-    #[test]
-    fn healthy_metrics_pass() -> Result<(), ScenarioError> {
-        let s = scenario(
-            "legit_goodput_min = 0.95\nblocked_within_s = 1\npeak_rss_mb_max = 200\nrss_growth_mb_max = 50\n",
-        )?;
-        assert_eq!(judge(&s, &healthy()), Vec::<String>::new());
-        Ok(())
-    }
-
-    #[test]
-    fn model_blocks_are_judged_only_with_a_model() -> Result<(), ScenarioError> {
-        let s = scenario("model_blocks_min = 2\n")?;
-        let mut m = healthy();
-        m.model = "default".into();
-        m.model_blocks = Some(2);
-        assert_eq!(judge(&s, &m), Vec::<String>::new());
-        m.model_blocks = Some(1);
-        assert_eq!(judge(&s, &m), vec!["model_blocks 1 < model_blocks_min 2"]);
-        m.model = "none".into();
-        m.model_blocks = None;
-        assert_eq!(
-            judge(&s, &m),
-            vec!["model_blocks cannot be judged: the server ran no detection model (model none; model_blocks_min 2)"]
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn legit_login_refusals_are_judged_only_when_asked() -> Result<(), ScenarioError> {
-        let mut m = healthy();
-        m.legit_logins = 8;
-        m.legit_login_refusals = 1;
-        assert_eq!(judge(&scenario("")?, &m), Vec::<String>::new());
-        let s = scenario("legit_login_refusals_max = 0\n")?;
-        assert_eq!(
-            judge(&s, &m),
-            vec!["legit_login_refusals 1 > legit_login_refusals_max 0 (of 8 logins)"]
-        );
-        m.legit_login_refusals = 0;
-        assert_eq!(judge(&s, &m), Vec::<String>::new());
-        Ok(())
-    }
-
-    #[test]
-    fn each_broken_expectation_is_one_line() -> Result<(), ScenarioError> {
-        let s =
-            scenario("legit_goodput_min = 0.95\nblocked_within_s = 0.3\npeak_rss_mb_max = 50\n")?;
-        let mut m = healthy();
-        m.legit_goodput = 0.91;
-        m.legit_lost = 2;
-        m.lost_items = vec!["item 7 from legit0 to legit1: not found".into()];
-        m.false_blocks = 1;
-        m.false_blocked_sources = vec!["127.0.0.2".into()];
-        m.server_alive = false;
-        m.server_alive_error = Some("connection closed".into());
-        m.panics_contained = Some(1);
-        m.canary_leaks = 1;
-        assert_eq!(
-            judge(&s, &m),
-            vec![
-                "server_alive false, expected true (connection closed)",
-                "legit_goodput 0.91 < legit_goodput_min 0.95",
-                "legit_lost 2 > legit_lost_max 0 (first: item 7 from legit0 to legit1: not found)",
-                "flood: time_to_block 0.5 s > blocked_within_s 0.3",
-                "false_blocks 1 > false_blocks_max 0 (127.0.0.2)",
-                "peak_rss_mb 100 > peak_rss_mb_max 50",
-                "panics_contained 1 > max_panics 0",
-                "canary_leaks 1 > canary_leaks_max 0",
-            ]
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn unblocked_or_unused_sources_fail_blocked_within() -> Result<(), ScenarioError> {
-        let s = scenario("blocked_within_s = 2\n")?;
-        let mut m = healthy();
-        m.attacks[0].sources_blocked = 1;
-        assert_eq!(
-            judge(&s, &m),
-            vec!["flood: 1 of 2 sources never blocked (blocked_within_s 2)"]
-        );
-        m.attacks[0].sources_used = 0;
-        m.attacks[0].sources_blocked = 0;
-        assert_eq!(
-            judge(&s, &m),
-            vec!["flood: used no source, so blocked_within_s 2 cannot be judged"]
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn false_blocks_count_sources_alone_and_users_at_shared_sources() {
-        let ip = |n: u8| Ipv4Addr::new(127, 0, 0, n);
-        let seen: BTreeSet<Ipv4Addr> = [ip(1), ip(9)].into();
-        let shared: BTreeSet<Ipv4Addr> = [ip(9)].into();
-        let locked = vec![
-            ("legit3".to_string(), ip(9)),
-            ("legit2".to_string(), ip(9)),
-            // A user locked out at an unshared source is already counted by its source.
-            ("legit0".to_string(), ip(1)),
-        ];
-        let (sources, users) = false_blocks(&seen, None, &shared, &locked);
-        assert_eq!(sources, [ip(1)].into());
-        assert_eq!(users, vec!["legit2", "legit3"]);
-        // Nothing shared: exactly the blocked sources, as before.
-        let (sources, users) = false_blocks(&seen, None, &BTreeSet::new(), &[]);
-        assert_eq!(sources, seen);
-        assert!(users.is_empty());
-        // An external server: refused sources count too, unless shared.
-        let refused: BTreeSet<Ipv4Addr> = [ip(5), ip(9)].into();
-        let (sources, _) = false_blocks(&BTreeSet::new(), Some(&refused), &shared, &[]);
-        assert_eq!(sources, [ip(5)].into());
-    }
-
-    #[test]
-    fn false_blocked_users_are_named_in_the_failure() -> Result<(), ScenarioError> {
-        let s = scenario("")?;
-        let mut m = healthy();
-        m.false_blocks = 2;
-        m.false_blocked_sources = vec!["127.0.0.2".into()];
-        m.false_blocked_users = vec!["legit4".into()];
-        assert_eq!(
-            judge(&s, &m),
-            vec!["false_blocks 2 > false_blocks_max 0 (127.0.0.2, legit4)"]
-        );
-        Ok(())
-    }
 
     #[test]
     fn legit_groups_join_names_per_source_and_skip_attack_sources() -> Result<(), ScenarioError> {

@@ -226,7 +226,7 @@ fn deliver_all(
         .map(|p| match p {
             Ok(_) => results
                 .next()
-                .unwrap_or_else(|| Err(StoreError::lost_result()))
+                .unwrap_or_else(|| Err(StoreError::ResultLost))
                 .map(Some),
             Err(answer) => answer,
         })
@@ -848,7 +848,7 @@ impl Session {
         })
         .await
         .pop()
-        .unwrap_or_else(|| Err(StoreError::lost_result()));
+        .unwrap_or_else(|| Err(StoreError::ResultLost));
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);

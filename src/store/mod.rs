@@ -15,6 +15,24 @@
 //! [`Pending`] charges uploads to their sender's quota before they are items, and
 //! [`load_or_create_ticket_key`] keeps the secret that resume tickets are signed with.
 
+// A panic while a batch leads the group commit would leave its callers without answers, so
+// none may hide in an unwrap or an index. Tests may use them.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 mod blobs;
 mod lock;
 mod names;
@@ -293,6 +311,11 @@ pub enum StoreError {
     /// stored. A failure of the moment (an IO error, a lock), not damage to stored data.
     #[error("the delivery batch was not committed, nothing was stored: {0}")]
     NotCommitted(String),
+    /// A delivery got no result from the store (its batch was dropped unanswered, as when
+    /// the caller leading it panicked, or a bug lost the result): it was not acknowledged.
+    /// Reported rather than hidden; not damage to stored data.
+    #[error("a delivery got no result from the store and was not acknowledged")]
+    ResultLost,
     /// A file system error.
     #[error("io error: {0}")]
     Io(std::io::Error),
@@ -324,14 +347,6 @@ impl From<rusqlite::Error> for StoreError {
         } else {
             StoreError::Sqlite(e)
         }
-    }
-}
-
-impl StoreError {
-    /// The answer for a delivery whose result never came back from a batch: a bug, reported
-    /// rather than hidden.
-    pub fn lost_result() -> StoreError {
-        StoreError::Corrupt("a delivery lost its result".into())
     }
 }
 

@@ -17,12 +17,13 @@
 //!   in order: a file item has one row, a mail one per attachment. Rows go with their item
 //!   (`ON DELETE CASCADE`). A blob id may appear in more than one item.
 //!
-//! # Migrations
+//! # Files
 //!
-//! The schema version is SQLite's `PRAGMA user_version`. [`MIGRATIONS`] is an ordered list;
-//! migration `i` moves the database from version `i` to `i + 1`, each in its own
-//! transaction together with the version bump, so a crash mid-migration leaves the old
-//! version intact. To change the schema, append a new string; never edit an old one.
+//! - [`schema`]: the database file, its connections, `quick_check` at open, and the
+//!   migrations (the schema version is SQLite's `PRAGMA user_version`; append only).
+//! - [`batch`]: deliveries and group commit: the batch transaction, its ledger of senders'
+//!   usage, and savepoints.
+//! - this file: [`SqliteStore`] and every other [`Store`] method (accounts, reads, deletes).
 //!
 //! # Integrity and a full disk
 //!
@@ -39,14 +40,11 @@
 //! means no `SQLITE_BUSY` between our own writes. Writes that check and then change (quota,
 //! ownership) run in `BEGIN IMMEDIATE` transactions so the check and the change are atomic.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::space::{FreeSpace, Reserve};
 use super::{
@@ -54,85 +52,10 @@ use super::{
     NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
 };
 
-/// The database file's name inside the data directory.
-const DB_FILE: &str = "rampart.db";
+mod batch;
+mod schema;
 
-/// How long a connection waits for a lock held by another connection before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
-
-/// Schema migrations, in order; see the module docs. Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[
-    // 1: users, items and the blobs items refer to.
-    "CREATE TABLE users (
-        id            INTEGER PRIMARY KEY,
-        name          TEXT    NOT NULL UNIQUE,
-        password_hash TEXT    NOT NULL CHECK (password_hash <> ''),
-        created_at_ms INTEGER NOT NULL,
-        usage_bytes   INTEGER NOT NULL DEFAULT 0 CHECK (usage_bytes >= 0)
-    );
-    CREATE TABLE items (
-        id             INTEGER PRIMARY KEY AUTOINCREMENT,
-        owner          INTEGER NOT NULL REFERENCES users(id),
-        sender         INTEGER NOT NULL REFERENCES users(id),
-        kind           INTEGER NOT NULL CHECK (kind IN (1, 2, 3)),
-        size           INTEGER NOT NULL CHECK (size >= 0),
-        received_at_ms INTEGER NOT NULL,
-        title          TEXT    NOT NULL,
-        body           TEXT    NOT NULL
-    );
-    CREATE INDEX items_by_owner ON items(owner, id);
-    CREATE INDEX items_by_sender ON items(sender);
-    CREATE TABLE item_blobs (
-        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
-        idx     INTEGER NOT NULL,
-        blob_id TEXT    NOT NULL,
-        name    TEXT    NOT NULL,
-        size    INTEGER NOT NULL CHECK (size >= 0),
-        digest  BLOB    NOT NULL CHECK (length(digest) = 32),
-        PRIMARY KEY (item_id, idx)
-    ) WITHOUT ROWID;
-    CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
-    // 2: every item costs ITEM_OVERHEAD_BYTES (256) on top of its size; charge the items
-    // that already exist, so deleting one later frees exactly what it costs.
-    "UPDATE users SET usage_bytes = usage_bytes +
-        256 * (SELECT COUNT(*) FROM items WHERE items.sender = users.id);",
-    // 3: resume tickets are bound to the user's epoch; a password change moves it on.
-    "ALTER TABLE users ADD COLUMN ticket_epoch INTEGER NOT NULL DEFAULT 0
-        CHECK (ticket_epoch >= 0);",
-];
-
-/// Where a queued delivery's result goes: its place in its caller's list, and the caller's
-/// channel.
-type ResultTo = (
-    usize,
-    std::sync::mpsc::SyncSender<(usize, Result<ItemId, StoreError>)>,
-);
-
-/// Why a batch did not commit, kept so that each of its deliveries gets its own error.
-#[derive(Clone)]
-enum BatchFailure {
-    /// The disk is full: each delivery is told [`StoreError::StorageFull`].
-    Full,
-    /// Anything else, described.
-    Other(String),
-}
-
-impl BatchFailure {
-    fn of(e: &rusqlite::Error) -> BatchFailure {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            BatchFailure::Full
-        } else {
-            BatchFailure::Other(e.to_string())
-        }
-    }
-
-    fn error(&self) -> StoreError {
-        match self {
-            BatchFailure::Full => StoreError::StorageFull,
-            BatchFailure::Other(why) => StoreError::NotCommitted(why.clone()),
-        }
-    }
-}
+use batch::{Delivery, ResultTo};
 
 /// The SQLite-backed [`Store`].
 ///
@@ -168,26 +91,8 @@ impl SqliteStore {
     /// a database), and brings the schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let path = data_dir.join(DB_FILE);
-        let damaged = |e: StoreError| match e {
-            StoreError::Sqlite(s)
-                if matches!(
-                    s.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-                ) =>
-            {
-                StoreError::Damaged {
-                    path: path.clone(),
-                    detail: s.to_string(),
-                }
-            }
-            other => other,
-        };
-        let mut writer = open_connection(&path).map_err(damaged)?;
-        quick_check(&writer, &path).map_err(damaged)?;
-        migrate(&mut writer).map_err(damaged)?;
-        // The reader is opened after the migrations so it never sees a half-built schema.
-        let reader = open_connection(&path).map_err(damaged)?;
+        let path = data_dir.join(schema::DB_FILE);
+        let (writer, reader) = schema::open(&path)?;
         Ok(SqliteStore {
             path,
             writer: Mutex::new(writer),
@@ -218,53 +123,6 @@ impl SqliteStore {
         !matches!(self.space.check(0), Err(StoreError::StorageFull))
     }
 
-    /// Queues `deliveries` together (so they run in this order, in the same batch) for the
-    /// next group commit and waits for all their results, leading batches itself while any
-    /// is missing and nobody else is leading.
-    fn group_commit(&self, deliveries: Vec<Delivery>) -> Vec<Result<ItemId, StoreError>> {
-        let n = deliveries.len();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<ItemId, StoreError>)>(n);
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for (i, delivery) in deliveries.into_iter().enumerate() {
-                pending.push((delivery, (i, tx.clone())));
-            }
-        }
-        drop(tx);
-        let mut results: Vec<Option<Result<ItemId, StoreError>>> = (0..n).map(|_| None).collect();
-        let mut missing = n;
-        let mut collect = |results: &mut Vec<Option<Result<ItemId, StoreError>>>| {
-            while let Ok((i, r)) = rx.try_recv() {
-                if let Some(slot) = results.get_mut(i) {
-                    if slot.replace(r).is_none() {
-                        missing -= 1;
-                    }
-                }
-            }
-            missing
-        };
-        while collect(&mut results) > 0 {
-            let mut conn = self.write();
-            // A leader may have run our deliveries while we waited for the connection.
-            if collect(&mut results) == 0 {
-                break;
-            }
-            let batch =
-                std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-            if batch.is_empty() {
-                // Our deliveries are in a batch whose results are being handed out right now.
-                drop(conn);
-                std::thread::yield_now();
-                continue;
-            }
-            run_batch(&mut conn, batch);
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StoreError::lost_result())))
-            .collect()
-    }
-
     /// The path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -286,344 +144,6 @@ impl SqliteStore {
     fn write(&self) -> MutexGuard<'_, Connection> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// One delivery, checked as far as it can be without the database, waiting for a batch.
-struct Delivery {
-    from: UserId,
-    to: UserId,
-    kind: ItemKind,
-    /// The content size, stored in `items.size`.
-    size: u64,
-    /// What the item costs against the quota ([`NewItem::charge`]).
-    requested: u64,
-    title: String,
-    body: String,
-    blobs: Vec<BlobRef>,
-    quota: u64,
-}
-
-impl Delivery {
-    /// Splits `item` into its columns and checks its blob references.
-    fn new(from: UserId, to: UserId, item: NewItem, quota: u64) -> Result<Delivery, StoreError> {
-        let kind = item.kind();
-        let size = item.size();
-        let requested = item.charge();
-        let (title, body, blobs) = match item {
-            NewItem::Message { text } => (String::new(), text, Vec::new()),
-            NewItem::Mail {
-                subject,
-                body,
-                attachments,
-            } => (subject, body, attachments),
-            NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
-        };
-        for blob in &blobs {
-            check_blob(blob)?;
-        }
-        Ok(Delivery {
-            from,
-            to,
-            kind,
-            size,
-            requested,
-            title,
-            body,
-            blobs,
-            quota,
-        })
-    }
-
-    /// Inserts the item and its blob rows; returns the item's id.
-    fn insert(&self, tx: &Connection) -> Result<i64, StoreError> {
-        // The charge must be storable too: it is added to the sender's usage.
-        size_to_sql(self.requested)?;
-        let size = size_to_sql(self.size)?;
-        tx.prepare_cached(
-            "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            self.to,
-            self.from,
-            self.kind as u8,
-            size,
-            now_ms(),
-            self.title,
-            self.body
-        ])?;
-        let item_id = tx.last_insert_rowid();
-        for (idx, blob) in (0i64..).zip(&self.blobs) {
-            insert_blob(tx, item_id, idx, blob)?;
-        }
-        Ok(item_id)
-    }
-}
-
-/// What a batch has learnt from the database so far: each sender's usage (as the batch's
-/// deliveries have charged it) and which recipients exist. Usage is read once per sender and
-/// written back once, before the commit, so a batch of N messages from one sender costs N
-/// inserts, not N reads, inserts and updates. A batch can hold deliveries from as many
-/// senders as there are connections, hence maps rather than lists.
-#[derive(Default)]
-struct Ledger {
-    /// Sender, and its usage as read and as charged since.
-    usage: HashMap<UserId, Usage>,
-    /// Recipient, and whether it exists.
-    users: HashMap<UserId, bool>,
-}
-
-/// One sender's usage within a batch.
-#[derive(Clone, Copy)]
-struct Usage {
-    read: u64,
-    now: u64,
-}
-
-impl Ledger {
-    /// `user`'s usage as charged so far in this batch, read from the database the first
-    /// time.
-    fn usage(&mut self, tx: &Connection, user: UserId) -> Result<u64, StoreError> {
-        if let Some(u) = self.usage.get(&user) {
-            return Ok(u.now);
-        }
-        let used: Option<i64> = tx
-            .prepare_cached("SELECT usage_bytes FROM users WHERE id = ?1")?
-            .query_row(params![user], |row| row.get(0))
-            .optional()?;
-        let used = match used {
-            Some(used) => sql_to_u64(used, "usage")?,
-            None => return Err(StoreError::UnknownUserId(user)),
-        };
-        self.usage.insert(
-            user,
-            Usage {
-                read: used,
-                now: used,
-            },
-        );
-        Ok(used)
-    }
-
-    /// Whether `user` exists, asked of the database the first time.
-    fn exists(&mut self, tx: &Connection, user: UserId) -> Result<bool, StoreError> {
-        if let Some(&known) = self.users.get(&user) {
-            return Ok(known);
-        }
-        let known = tx
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-            .exists(params![user])?;
-        self.users.insert(user, known);
-        Ok(known)
-    }
-
-    /// Writes every changed usage back.
-    fn write_back(&self, tx: &Connection) -> Result<(), StoreError> {
-        for (&user, u) in self.usage.iter().filter(|(_, u)| u.now != u.read) {
-            tx.prepare_cached("UPDATE users SET usage_bytes = ?2 WHERE id = ?1")?
-                .execute(params![user, size_to_sql(u.now)?])?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs one delivery inside the batch transaction: the sender's quota check (the batch
-/// transaction is IMMEDIATE, so it holds the write lock before any quota is read and no other
-/// writer can charge the same sender between check and insert), the recipient check and the
-/// insert. Returns the result and whether the transaction is still sound (see
-/// [`in_savepoint`]); a refused or failed delivery leaves no trace.
-fn run_delivery(
-    tx: &Connection,
-    ledger: &mut Ledger,
-    d: &Delivery,
-) -> (Result<ItemId, StoreError>, bool) {
-    let checked = (|| {
-        let used = ledger.usage(tx, d.from)?;
-        if !ledger.exists(tx, d.to)? {
-            return Err(StoreError::UnknownUserId(d.to));
-        }
-        used.checked_add(d.requested)
-            .filter(|&total| total <= d.quota)
-            .ok_or(StoreError::QuotaExceeded {
-                used,
-                requested: d.requested,
-                quota: d.quota,
-            })
-    })();
-    let new_usage = match checked {
-        Ok(total) => total,
-        Err(e) => return (Err(e), true),
-    };
-    // Read by the check above; without it the charge could not be recorded, so refuse.
-    let Some(charged) = ledger.usage.get_mut(&d.from) else {
-        return (Err(StoreError::lost_result()), true);
-    };
-    let (inserted, sound) = if d.blobs.is_empty() {
-        // One statement: SQLite undoes a statement that fails a constraint by itself. Any
-        // other failure may have ended the transaction or left it in doubt.
-        match d.insert(tx) {
-            Ok(id) => (Ok(id), true),
-            Err(e) => {
-                let undone = matches!(&e, StoreError::Sqlite(s)
-                    if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation));
-                (Err(e), undone)
-            }
-        }
-    } else {
-        // Several rows: a savepoint undoes them together.
-        in_savepoint(tx, |tx| d.insert(tx))
-    };
-    match inserted.and_then(|id| sql_to_u64(id, "item id")) {
-        Ok(id) => {
-            charged.now = new_usage;
-            (Ok(id), sound)
-        }
-        Err(e) => (Err(e), sound),
-    }
-}
-
-/// Runs `job` in a savepoint: released if it succeeds, rolled back if it fails, so a failed
-/// job leaves no trace in the batch. The savepoint statements are cached (rusqlite's
-/// `Savepoint` parses its SQL on every use, which was a measurable share of each delivery).
-/// Returns the job's result and whether the transaction is still sound: `false` if the
-/// savepoint could not be closed, and the batch must then roll back rather than commit
-/// writes its caller was told failed.
-fn in_savepoint<T>(
-    conn: &Connection,
-    job: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> (Result<T, StoreError>, bool) {
-    let run = |sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map(|_| ())
-    };
-    if let Err(e) = run("SAVEPOINT delivery") {
-        return (Err(e.into()), true);
-    }
-    let result = match job(conn) {
-        Ok(v) => match run("RELEASE delivery") {
-            Ok(()) => return (Ok(v), true),
-            Err(e) => Err(StoreError::from(e)),
-        },
-        Err(e) => Err(e),
-    };
-    // The job failed, or its savepoint could not be released: undo its writes.
-    let undone = run("ROLLBACK TO delivery").and_then(|()| run("RELEASE delivery"));
-    (result, undone.is_ok())
-}
-
-/// Runs queued deliveries in one transaction, in order, and commits once; then tells every
-/// caller its delivery's fate.
-///
-/// Once the transaction is unsound (a failure it could not undo, or SQLite ended it under
-/// us), no further delivery runs, since it would run outside any transaction, and the
-/// batch rolls back: every delivery in it is answered with an error.
-fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a batch transaction");
-            let failure = BatchFailure::of(&e);
-            for (_, (i, to)) in batch {
-                let _ = to.send((i, Err(failure.error())));
-            }
-            return;
-        }
-    };
-    let mut ledger = Ledger::default();
-    let mut sound = true;
-    let mut results = Vec::with_capacity(batch.len());
-    let unsound = || BatchFailure::Other("a delivery could not be undone".into());
-    for (delivery, _) in &batch {
-        if !sound {
-            results.push(Err(unsound().error()));
-            continue;
-        }
-        let (result, ok) = run_delivery(&tx, &mut ledger, delivery);
-        sound = ok && !tx.is_autocommit();
-        results.push(result);
-    }
-    sound = sound && ledger.write_back(&tx).is_ok() && !tx.is_autocommit();
-    // With synchronous=FULL the WAL is fsynced when commit returns. A transaction that is
-    // no longer sound rolls back when dropped.
-    let committed = if sound {
-        tx.commit().map_err(|e| {
-            tracing::warn!(error = %e, "a delivery batch did not commit");
-            BatchFailure::of(&e)
-        })
-    } else {
-        tracing::error!("a delivery could not be undone; the whole batch was rolled back");
-        Err(unsound())
-    };
-    for ((_, (i, to)), result) in batch.into_iter().zip(results) {
-        let result = match (result, &committed) {
-            (Ok(_), Err(failure)) => Err(failure.error()),
-            (other, _) => other,
-        };
-        let _ = to.send((i, result));
-    }
-}
-
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Corrupt(format!(
-            "could not switch the database to wal mode (got {mode:?})"
-        )));
-    }
-    // FULL makes every commit fsync the WAL, which is what "durable before acknowledged"
-    // needs; NORMAL would lose the last commits on power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(conn)
-}
-
-/// `PRAGMA quick_check`: "ok", or the first of its complaints as [`StoreError::Damaged`].
-/// O(database size), run once at open; it reads every page but skips the index-content
-/// cross-checks of `integrity_check`, which cost several times more.
-fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let first: String = conn.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
-    if first == "ok" {
-        return Ok(());
-    }
-    Err(StoreError::Damaged {
-        path: path.to_path_buf(),
-        detail: first,
-    })
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let supported = i64::try_from(MIGRATIONS.len())
-        .map_err(|_| StoreError::Corrupt("too many migrations".into()))?;
-    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { found, supported });
-    }
-    if found < 0 {
-        return Err(StoreError::Corrupt(format!(
-            "negative schema version {found}"
-        )));
-    }
-    for (version, sql) in (1i64..)
-        .zip(MIGRATIONS)
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
-        // PRAGMA takes no bound parameters; `version` is our own counter, not user data.
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-        tracing::info!(version, "applied database migration");
-    }
-    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -736,22 +256,6 @@ fn item_blobs(conn: &Connection, item_id: i64) -> Result<Vec<BlobRef>, StoreErro
         });
     }
     Ok(blobs)
-}
-
-fn insert_blob(tx: &Connection, item_id: i64, idx: i64, blob: &BlobRef) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO item_blobs (item_id, idx, blob_id, name, size, digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        item_id,
-        idx,
-        blob.blob_id,
-        blob.name,
-        size_to_sql(blob.size)?,
-        &blob.digest[..],
-    ])?;
-    Ok(())
 }
 
 /// Deletes the owner's item and frees its charge in one IMMEDIATE transaction; see
@@ -934,7 +438,7 @@ impl Store for SqliteStore {
         }
         self.group_commit(vec![delivery])
             .pop()
-            .unwrap_or_else(|| Err(StoreError::lost_result()))
+            .unwrap_or_else(|| Err(StoreError::ResultLost))
     }
 
     /// One group commit for the whole list: the items join the batch together, in order.
@@ -966,7 +470,7 @@ impl Store for SqliteStore {
                 Some(e) => Err(e),
                 None => committed
                     .next()
-                    .unwrap_or_else(|| Err(StoreError::lost_result())),
+                    .unwrap_or_else(|| Err(StoreError::ResultLost)),
             })
             .collect()
     }
@@ -1079,38 +583,42 @@ mod tests {
     use crate::store::BlobStore;
     use std::collections::HashSet;
 
-    type TestResult = Result<(), Box<dyn std::error::Error>>;
+    pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    const BIG: u64 = 1 << 30;
-    const EVIL: &str = "x'); DROP TABLE users;--";
+    pub(super) const BIG: u64 = 1 << 30;
+    pub(super) const EVIL: &str = "x'); DROP TABLE users;--";
     /// What each item costs on top of its size.
-    const O: u64 = ITEM_OVERHEAD_BYTES;
+    pub(super) const O: u64 = ITEM_OVERHEAD_BYTES;
 
-    fn store() -> Result<(tempfile::TempDir, SqliteStore), Box<dyn std::error::Error>> {
+    pub(super) fn store() -> Result<(tempfile::TempDir, SqliteStore), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(dir.path())?;
         Ok((dir, store))
     }
 
-    fn two_users(store: &SqliteStore) -> Result<(UserId, UserId), StoreError> {
+    pub(super) fn two_users(store: &SqliteStore) -> Result<(UserId, UserId), StoreError> {
         Ok((
             store.add_user("alice", "h-a")?,
             store.add_user("bob", "h-b")?,
         ))
     }
 
-    fn blob(blobs: &BlobStore, content: &[u8], name: &str) -> Result<BlobRef, StoreError> {
+    pub(super) fn blob(
+        blobs: &BlobStore,
+        content: &[u8],
+        name: &str,
+    ) -> Result<BlobRef, StoreError> {
         let mut staged = blobs.stage()?;
         staged.append(content)?;
         staged.commit(name)
     }
 
-    fn message(text: &str) -> NewItem {
+    pub(super) fn message(text: &str) -> NewItem {
         NewItem::Message { text: text.into() }
     }
 
     /// Checks the usage column against a sum over items, the invariant deliver and delete keep.
-    fn assert_usage_consistent(store: &SqliteStore) -> TestResult {
+    pub(super) fn assert_usage_consistent(store: &SqliteStore) -> TestResult {
         let conn = store.read();
         let mismatched: i64 = conn.query_row(
             "SELECT COUNT(*) FROM users u WHERE u.usage_bytes <>
@@ -1459,99 +967,6 @@ mod tests {
     }
 
     #[test]
-    fn data_survives_reopen_and_migrations_are_idempotent() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let data_dir = dir.path().join("nested").join("data");
-        let (alice, bob, id) = {
-            let store = SqliteStore::open(&data_dir)?;
-            assert!(store.path().is_file());
-            let (alice, bob) = two_users(&store)?;
-            let id = store.deliver(alice, bob, message(EVIL), BIG)?;
-            (alice, bob, id)
-        };
-        for _ in 0..2 {
-            let store = SqliteStore::open(&data_dir)?;
-            assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
-            assert_eq!(store.user_id("alice")?, Some(alice));
-            assert_eq!(store.credentials("bob")?, Some((bob, "h-b".to_owned())));
-            let item = store.item(bob, id)?.ok_or("item lost on reopen")?;
-            assert_eq!(item.content, ItemContent::Message { text: EVIL.into() });
-            assert_eq!(store.usage(alice)?, EVIL.len() as u64 + O);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn a_damaged_database_is_refused_at_open_with_a_clear_error() -> TestResult {
-        // Garbage where the header should be: not a database at all.
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 64 * 1024])?;
-        let err = SqliteStore::open(dir.path())
-            .err()
-            .ok_or("garbage opened")?;
-        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(text.starts_with("database "), "{text}");
-        assert!(text.contains("is damaged"), "{text}");
-
-        // A real database with one garbled page in the middle: opens fine without the
-        // check, and answers errors later; with it, open refuses.
-        let dir = tempfile::tempdir()?;
-        {
-            let store = SqliteStore::open(dir.path())?;
-            let (alice, bob) = two_users(&store)?;
-            for i in 0..400 {
-                store.deliver(alice, bob, message(&format!("{i:0>200}")), BIG)?;
-            }
-        }
-        let path = dir.path().join(DB_FILE);
-        let mut bytes = std::fs::read(&path)?;
-        assert!(bytes.len() > 12 * 4096, "{} bytes", bytes.len());
-        for b in bytes.iter_mut().skip(8 * 4096).take(4096) {
-            *b = 0xa5;
-        }
-        std::fs::write(&path, &bytes)?;
-        let err = SqliteStore::open(dir.path())
-            .err()
-            .ok_or("damaged opened")?;
-        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
-        Ok(())
-    }
-
-    #[test]
-    fn migration_2_charges_existing_items_their_overhead() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        {
-            // A version-1 database with two items from alice and one from bob.
-            let mut conn = Connection::open(dir.path().join(DB_FILE))?;
-            let tx = conn.transaction()?;
-            tx.execute_batch(MIGRATIONS[0])?;
-            tx.pragma_update(None, "user_version", 1)?;
-            tx.execute_batch(
-                "INSERT INTO users (id, name, password_hash, created_at_ms, usage_bytes)
-                     VALUES (1, 'alice', 'h', 0, 7), (2, 'bob', 'h', 0, 0), (3, 'carol', 'h', 0, 2);
-                 INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
-                     VALUES (2, 1, 1, 3, 0, '', 'abc'), (2, 1, 1, 4, 0, '', 'abcd'),
-                            (1, 3, 1, 2, 0, '', 'ab');",
-            )?;
-            tx.commit()?;
-        }
-        let store = SqliteStore::open(dir.path())?;
-        // Migrated through 2 to the newest version.
-        assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
-        assert_eq!(store.usage(1)?, 7 + 2 * O);
-        assert_eq!(store.usage(2)?, 0);
-        assert_eq!(store.usage(3)?, 2 + O);
-        assert_usage_consistent(&store)?;
-        // Deleting an old item frees exactly what it now costs.
-        let first = store.inbox(2, 0, 1)?[0].id;
-        store.delete(2, first)?;
-        assert_eq!(store.usage(1)?, 4 + O);
-        assert_usage_consistent(&store)?;
-        Ok(())
-    }
-
-    #[test]
     fn below_the_floor_deliveries_are_refused_and_reads_and_deletes_work() -> TestResult {
         let (dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
@@ -1572,56 +987,6 @@ mod tests {
         assert!(store.item(bob, kept)?.is_some());
         assert_eq!(store.delete(bob, kept)?, Some(Vec::new()));
         assert_eq!(store.usage(alice)?, 0);
-        Ok(())
-    }
-
-    #[test]
-    fn disk_full_is_storage_full_not_corruption() {
-        let full = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            None,
-        );
-        assert!(matches!(
-            BatchFailure::of(&full).error(),
-            StoreError::StorageFull
-        ));
-        assert!(matches!(StoreError::from(full), StoreError::StorageFull));
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-            None,
-        );
-        assert!(matches!(
-            BatchFailure::of(&busy).error(),
-            StoreError::NotCommitted(_)
-        ));
-    }
-
-    #[test]
-    fn newer_schema_is_refused() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        drop(SqliteStore::open(dir.path())?);
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE))?;
-            conn.pragma_update(None, "user_version", 999)?;
-        }
-        assert!(matches!(
-            SqliteStore::open(dir.path()),
-            Err(StoreError::SchemaTooNew { found: 999, .. })
-        ));
-        Ok(())
-    }
-
-    #[test]
-    fn connections_are_configured() -> TestResult {
-        let (_dir, store) = store()?;
-        for conn in [store.read(), store.write()] {
-            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
-            assert_eq!(mode, "wal");
-            let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
-            assert_eq!(sync, 2, "synchronous should be FULL");
-            let fk: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
-            assert_eq!(fk, 1);
-        }
         Ok(())
     }
 
@@ -1691,185 +1056,6 @@ mod tests {
         assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
         assert_eq!(store.inbox(carol, 0, 10)?.len(), 1);
         assert!(store.deliver_all(alice, Vec::new(), quota).is_empty());
-        assert_usage_consistent(&store)?;
-        Ok(())
-    }
-
-    /// Room for 25 ten-byte messages with their overhead.
-    const Q25: u64 = 25 * (10 + O);
-
-    /// Eight threads each try ten 10-byte messages from alice under a quota of [`Q25`],
-    /// each thread with `send`, which returns the ids it got accepted: exactly 25 get in,
-    /// and each thread's ids ascend.
-    fn concurrent_deliveries(send: fn(&SqliteStore, UserId, UserId) -> Vec<ItemId>) -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let store = std::sync::Arc::new(store);
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let store = std::sync::Arc::clone(&store);
-                std::thread::spawn(move || send(&store, alice, bob))
-            })
-            .collect();
-        let mut accepted = 0;
-        for t in threads {
-            let ids = t.join().map_err(|_| "delivery thread panicked")?;
-            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-            accepted += ids.len();
-        }
-        assert_eq!(accepted, 25);
-        assert_eq!(store.usage(alice)?, Q25);
-        assert_usage_consistent(&store)?;
-        Ok(())
-    }
-
-    #[test]
-    fn concurrent_delivers_respect_quota() -> TestResult {
-        concurrent_deliveries(|store, alice, bob| {
-            (0..10)
-                .filter_map(|_| store.deliver(alice, bob, message("0123456789"), Q25).ok())
-                .collect()
-        })
-    }
-
-    #[test]
-    fn concurrent_batches_respect_quota_and_order() -> TestResult {
-        concurrent_deliveries(|store, alice, bob| {
-            let batch = (0..10).map(|_| (bob, message("0123456789"))).collect();
-            store
-                .deliver_all(alice, batch, Q25)
-                .into_iter()
-                .filter_map(Result::ok)
-                .collect()
-        })
-    }
-
-    /// Room for 30 ten-byte messages with their overhead.
-    const Q30: u64 = 30 * (10 + O);
-
-    #[test]
-    fn many_callers_each_get_every_answer_once() -> TestResult {
-        // 16 threads, each 20 calls of one to four messages, single and batched mixed, under
-        // a quota that admits exactly 30 of the 800 messages offered: every call returns, with
-        // one answer per message, and the accepted ones add up.
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let store = std::sync::Arc::new(store);
-        let threads: Vec<_> = (0..16)
-            .map(|t| {
-                let store = std::sync::Arc::clone(&store);
-                std::thread::spawn(move || {
-                    let mut accepted = 0;
-                    for call in 0..20usize {
-                        let n = 1 + (t + call) % 4;
-                        let results = if n == 1 {
-                            vec![store.deliver(alice, bob, message("0123456789"), Q30)]
-                        } else {
-                            let batch = (0..n).map(|_| (bob, message("0123456789"))).collect();
-                            store.deliver_all(alice, batch, Q30)
-                        };
-                        assert_eq!(results.len(), n);
-                        for r in results {
-                            match r {
-                                Ok(_) => accepted += 1,
-                                Err(StoreError::QuotaExceeded { .. }) => {}
-                                Err(e) => panic!("unexpected error: {e}"),
-                            }
-                        }
-                    }
-                    accepted
-                })
-            })
-            .collect();
-        let mut accepted = 0;
-        for t in threads {
-            accepted += t.join().map_err(|_| "delivery thread panicked")?;
-        }
-        assert_eq!(accepted, 30);
-        assert_eq!(store.usage(alice)?, Q30);
-        assert_eq!(store.inbox(bob, 0, 100)?.len(), 30);
-        assert_usage_consistent(&store)?;
-        Ok(())
-    }
-
-    #[test]
-    fn a_job_that_fails_after_writing_leaves_no_trace() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, _) = two_users(&store)?;
-        let charge = |c: &Connection, fail: bool| -> Result<(), StoreError> {
-            c.execute(
-                "UPDATE users SET usage_bytes = usage_bytes + 5 WHERE id = ?1",
-                params![alice],
-            )?;
-            if fail {
-                return Err(StoreError::Corrupt("refused after writing".into()));
-            }
-            Ok(())
-        };
-        let mut conn = store.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let results: Vec<_> = [false, true, false]
-            .into_iter()
-            .map(|fail| in_savepoint(&tx, |c| charge(c, fail)))
-            .collect();
-        assert!(results.iter().all(|(_, sound)| *sound), "{results:?}");
-        assert!(results[0].0.is_ok() && results[2].0.is_ok(), "{results:?}");
-        assert!(
-            matches!(results[1].0, Err(StoreError::Corrupt(_))),
-            "{results:?}"
-        );
-        tx.commit()?;
-        drop(conn);
-        assert_eq!(
-            store.usage(alice)?,
-            10,
-            "only the two that succeeded were applied"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn a_batch_charges_each_sender_in_turn_and_writes_usage_once() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let carol = store.add_user("carol", "h")?;
-        let blob = blob(&BlobStore::open(_dir.path())?, b"0123456789", "f.txt")?;
-        // Every quota is 25 bytes plus two items' overhead.
-        let q = 25 + 2 * O;
-        // One batch, senders interleaved: alice (quota 25) sends 20, then 10 (refused), then
-        // a 10-byte file (refused), then 5; bob sends 7 and 30 (refused under 25); carol
-        // sends to nobody (refused) and then 3.
-        let d = |from, to, item, quota| Delivery::new(from, to, item, quota);
-        let batch = vec![
-            d(alice, bob, message("01234567890123456789"), q)?,
-            d(bob, alice, message("0123456"), q)?,
-            d(alice, carol, message("0123456789"), q)?,
-            d(alice, bob, NewItem::File(blob), q)?,
-            d(carol, UserId::MAX, message("x"), q)?,
-            d(bob, carol, message("012345678901234567890123456789"), q)?,
-            d(alice, carol, message("01234"), q)?,
-            d(carol, bob, message("012"), q)?,
-        ];
-        let results = store.group_commit(batch);
-        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
-        assert_eq!(
-            ok,
-            [true, true, false, false, false, false, true, true],
-            "{results:?}"
-        );
-        assert!(
-            matches!(
-                results[3],
-                Err(StoreError::QuotaExceeded { used, requested, quota })
-                    if used == 20 + O && requested == 10 + O && quota == q
-            ),
-            "{:?}",
-            results[3]
-        );
-        assert!(matches!(results[4], Err(StoreError::UnknownUserId(_))));
-        assert_eq!(store.usage(alice)?, q);
-        assert_eq!(store.usage(bob)?, 7 + O);
-        assert_eq!(store.usage(carol)?, 3 + O);
         assert_usage_consistent(&store)?;
         Ok(())
     }
