@@ -58,6 +58,7 @@ macro_rules! vocabulary {
         }
     };
 }
+pub(crate) use vocabulary;
 
 /// Why a frame or body was rejected. One variant per rejection reason, so that callers match
 /// on the reason and never compare strings.
