@@ -275,7 +275,7 @@ fn bind_rows(
     Ok(())
 }
 
-/// Inserts events in one transaction with prepared statements, [`ROWS_PER_INSERT`] rows per
+/// Inserts events in one transaction with prepared statements, `ROWS_PER_INSERT` (128) rows per
 /// statement and one row per statement for the remainder.
 pub fn insert(conn: &mut Connection, events: &[Event]) -> Result<(), ActivityError> {
     let tx = conn.transaction()?;
