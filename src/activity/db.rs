@@ -12,8 +12,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::export::EVENT_NAMES;
-use super::{intern_reason, Event, EventKind};
+use super::{intern_reason, Event, EventKind, EventName};
 
 /// The database file's name inside the data directory.
 pub const ACTIVITY_FILE: &str = "activity.db";
@@ -49,7 +48,7 @@ const MIGRATIONS: &[&str] = &[
     // 2: sources and event names stored as integers. A row held its source address and
     // event name as text, and those were most of its bytes: every address now has one row
     // in `sources`, `activity.source` is that row's id, and `activity.event` is the index of
-    // the name in `export::EVENT_NAMES` (a name this build does not know stays text, so the
+    // the name in `EventName::ALL` (a name this build does not know stays text, so the
     // reader reports it exactly as before). Row ids and every other column are copied as
     // they are.
     "CREATE TABLE sources (
@@ -162,21 +161,9 @@ pub fn open(data_dir: &Path) -> Result<Connection, ActivityError> {
     Ok(conn)
 }
 
-/// The index of the event's name in [`EVENT_NAMES`], which is what the `event` column holds.
+/// What the `event` column holds: the position of the event's name in [`EventName::ALL`].
 fn event_code(kind: &EventKind) -> i64 {
-    match kind {
-        EventKind::Accept => 0,
-        EventKind::Refused { .. } => 1,
-        EventKind::FrameIn { .. } => 2,
-        EventKind::FrameOut { .. } => 3,
-        EventKind::DecodeError { .. } => 4,
-        EventKind::AuthOk { .. } => 5,
-        EventKind::AuthFailed { .. } => 6,
-        EventKind::RateLimited { .. } => 7,
-        EventKind::PermissionDenied => 8,
-        EventKind::Timeout { .. } => 9,
-        EventKind::Close { .. } => 10,
-    }
+    kind.event_name() as i64
 }
 
 /// The columns an event is stored as: (event, detail, code, size, extra).
@@ -288,7 +275,7 @@ fn bind_rows(
     Ok(())
 }
 
-/// Inserts events in one transaction with prepared statements, [`ROWS_PER_INSERT`] rows per
+/// Inserts events in one transaction with prepared statements, `ROWS_PER_INSERT` (128) rows per
 /// statement and one row per statement for the remainder.
 pub fn insert(conn: &mut Connection, events: &[Event]) -> Result<(), ActivityError> {
     let tx = conn.transaction()?;
@@ -315,48 +302,35 @@ pub fn insert(conn: &mut Connection, events: &[Event]) -> Result<(), ActivityErr
     Ok(())
 }
 
-fn event_from_row(
-    id: i64,
-    event: &str,
-    detail: &str,
-    code: i64,
-    size: i64,
-    extra: i64,
-) -> Result<EventKind, ActivityError> {
+fn event_from_row(event: EventName, detail: &str, code: i64, size: i64, extra: i64) -> EventKind {
     let reason = intern_reason(detail);
     let u8_of = |v: i64| u8::try_from(v).unwrap_or(0);
     let u32_of = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(match event {
-        "accept" => EventKind::Accept,
-        "refused" => EventKind::Refused { reason },
-        "frame_in" => EventKind::FrameIn {
+    match event {
+        EventName::Accept => EventKind::Accept,
+        EventName::Refused => EventKind::Refused { reason },
+        EventName::FrameIn => EventKind::FrameIn {
             kind: u8_of(code),
             size: u32_of(size),
             assemble_ms: u32_of(extra),
         },
-        "frame_out" => EventKind::FrameOut {
+        EventName::FrameOut => EventKind::FrameOut {
             kind: u8_of(code),
             size: u32_of(size),
         },
-        "decode_error" => EventKind::DecodeError { reason },
-        "auth_ok" => EventKind::AuthOk {
+        EventName::DecodeError => EventKind::DecodeError { reason },
+        EventName::AuthOk => EventKind::AuthOk {
             forgiven: u32_of(size),
         },
-        "auth_failed" => EventKind::AuthFailed { guess: code == 0 },
-        "rate_limited" => EventKind::RateLimited { reason },
-        "permission_denied" => EventKind::PermissionDenied,
-        "timeout" => EventKind::Timeout { reason },
-        "close" => EventKind::Close {
+        EventName::AuthFailed => EventKind::AuthFailed { guess: code == 0 },
+        EventName::RateLimited => EventKind::RateLimited { reason },
+        EventName::PermissionDenied => EventKind::PermissionDenied,
+        EventName::Timeout => EventKind::Timeout { reason },
+        EventName::Close => EventKind::Close {
             reason,
             unread_bytes: u32_of(size),
         },
-        other => {
-            return Err(ActivityError::Corrupt {
-                id,
-                what: format!("unknown event {other:?}"),
-            })
-        }
-    })
+    }
 }
 
 /// Every row of `sources`: id and address, or the address text where it does not parse
@@ -401,17 +375,23 @@ pub fn for_each_event(conn: &Connection, mut f: impl FnMut(Event)) -> Result<u64
                 })
             }
         };
-        // A name the schema-2 migration did not know stays text; `event_from_row` names it.
+        // A name the schema-2 migration did not know stays text; it is reported once the
+        // other columns are read, as it always was.
         let event = match row.get_ref(4)? {
-            ValueRef::Integer(code) => usize::try_from(code)
+            ValueRef::Integer(code) => Ok(usize::try_from(code)
                 .ok()
-                .and_then(|i| EVENT_NAMES.get(i))
-                .map(|name| std::borrow::Cow::Borrowed(*name))
+                .and_then(|i| EventName::ALL.get(i).copied())
                 .ok_or_else(|| ActivityError::Corrupt {
                     id,
                     what: format!("unknown event code {code}"),
-                })?,
-            ValueRef::Text(t) => String::from_utf8_lossy(t),
+                })?),
+            ValueRef::Text(t) => {
+                let name = String::from_utf8_lossy(t);
+                EventName::from_name(&name).ok_or_else(|| ActivityError::Corrupt {
+                    id,
+                    what: format!("unknown event {name:?}"),
+                })
+            }
             other => {
                 return Err(ActivityError::Corrupt {
                     id,
@@ -420,7 +400,8 @@ pub fn for_each_event(conn: &Connection, mut f: impl FnMut(Event)) -> Result<u64
             }
         };
         let detail: String = row.get(5)?;
-        let kind = event_from_row(id, &event, &detail, row.get(6)?, row.get(7)?, row.get(8)?)?;
+        let (code, size, extra) = (row.get(6)?, row.get(7)?, row.get(8)?);
+        let kind = event_from_row(event?, &detail, code, size, extra);
         let conn_id: i64 = row.get(2)?;
         f(Event {
             t_ms: row.get(1)?,
@@ -650,7 +631,7 @@ pub fn active_blocks(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn event(i: u64) -> Event {
@@ -674,7 +655,7 @@ mod tests {
     }
 
     /// A database as schema version 1 wrote it, holding `events` in v1's text columns.
-    fn write_v1(dir: &Path, events: &[Event]) -> Result<(), ActivityError> {
+    pub(in crate::activity) fn write_v1(dir: &Path, events: &[Event]) -> Result<(), ActivityError> {
         std::fs::create_dir_all(dir).map_err(|e| ActivityError::Corrupt {
             id: 0,
             what: e.to_string(),
@@ -687,13 +668,12 @@ mod tests {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for e in events {
-            let (event, detail, code, size, extra) = columns(&e.kind);
-            let name = EVENT_NAMES[usize::try_from(event).unwrap_or(0)];
+            let (_, detail, code, size, extra) = columns(&e.kind);
             stmt.execute(params![
                 e.t_ms,
                 i64::try_from(e.conn).unwrap_or(i64::MAX),
                 e.ip.to_string(),
-                name,
+                e.kind.name(),
                 detail,
                 code,
                 size,
@@ -704,7 +684,7 @@ mod tests {
     }
 
     /// Every kind of event, from IPv4 and IPv6 peers, timestamps not in insertion order.
-    fn every_kind() -> Vec<Event> {
+    pub(in crate::activity) fn every_kind() -> Vec<Event> {
         let kinds = super::super::one_of_each_kind();
         let ips: [IpAddr; 3] = [
             IpAddr::from([10, 0, 0, 1]),
@@ -736,13 +716,25 @@ mod tests {
         })
     }
 
-    /// The `event` column holds each name's index in `EVENT_NAMES`.
+    /// The `event` column holds each name's position in `EventName::ALL`, the codes the
+    /// schema-2 migration gave the names version 1 stored.
     #[test]
-    fn event_codes_index_the_event_names() {
+    fn event_codes_are_the_positions_the_migration_gave() {
         for e in every_kind() {
-            let code = usize::try_from(event_code(&e.kind)).unwrap_or(usize::MAX);
-            assert_eq!(EVENT_NAMES.get(code), Some(&e.kind.name()));
+            let code = event_code(&e.kind);
+            assert_eq!(
+                EventName::ALL.get(code as usize),
+                Some(&e.kind.event_name())
+            );
         }
+        for (i, name) in EventName::NAMES.into_iter().enumerate() {
+            let case = format!("WHEN '{name}' THEN {i}\n");
+            assert!(MIGRATIONS[1].contains(&case), "{case}");
+        }
+        assert_eq!(
+            MIGRATIONS[1].matches(" WHEN '").count(),
+            EventName::ALL.len()
+        );
     }
 
     /// Every kind of event, IPv4 and IPv6, comes back exactly as recorded, in time order.
@@ -798,27 +790,6 @@ mod tests {
         drop(conn);
         // Opening again migrates nothing more.
         assert_eq!(all_events(&open(dir.path())?)?, want);
-        Ok(())
-    }
-
-    /// The CSV export of a migrated version-1 database is byte for byte the export of the
-    /// same events recorded by this version.
-    #[test]
-    fn a_migrated_database_exports_the_same_csv() -> Result<(), Box<dyn std::error::Error>> {
-        use crate::activity::export::export_csv;
-        use crate::activity::features::parse_window;
-        let events = every_kind();
-        let (v1, v2) = (temp()?, temp()?);
-        write_v1(v1.path(), &events)?;
-        insert(&mut open(v2.path())?, &events)?;
-        let mut csv = Vec::new();
-        for dir in [&v1, &v2] {
-            let out = dir.path().join("train.csv");
-            export_csv(dir.path(), &out, parse_window("1s")?)?;
-            csv.push(std::fs::read(&out)?);
-        }
-        assert!(!csv[0].is_empty());
-        assert_eq!(csv[0], csv[1]);
         Ok(())
     }
 

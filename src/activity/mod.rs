@@ -7,6 +7,8 @@
 //!   (prepared statements, WAL). It never blocks the server: when the channel is full the
 //!   event is shed and counted, and the count is reported.
 //! - [`db`]: the activity database (`DATA/activity.db`): schema, batch inserts, queries.
+//! - [`EventName`] and `reason`: the names events are stored under, and the reasons they
+//!   carry ([`CloseReason`] among them), each list written once.
 //! - `fold`: frame events of anonymous connections past 256 per second are counted, not
 //!   stored, before both the database and the live sink see them.
 //!
@@ -17,12 +19,15 @@ pub mod db;
 pub mod export;
 pub mod features;
 mod fold;
+mod reason;
 mod recorder;
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::protocol::error::vocabulary;
+pub use reason::{intern_reason, CloseReason};
 pub use recorder::{DecisionRecord, Recorder, RecorderStats, Retention, UnblockHook, WindowSink};
 
 /// What happened. Sizes are bytes; kinds and reasons are the protocol's stable names.
@@ -93,22 +98,60 @@ pub enum EventKind {
     },
 }
 
+vocabulary! {
+    /// The name of each kind of event, in [`EventKind`] declaration order: the `event` of
+    /// its JSON form, of `rampart activity stats` and of the activity database (whose `event`
+    /// column holds the position in [`EventName::ALL`], so this list is append only).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum EventName {
+        /// [`EventKind::Accept`].
+        Accept => "accept",
+        /// [`EventKind::Refused`].
+        Refused => "refused",
+        /// [`EventKind::FrameIn`].
+        FrameIn => "frame_in",
+        /// [`EventKind::FrameOut`].
+        FrameOut => "frame_out",
+        /// [`EventKind::DecodeError`].
+        DecodeError => "decode_error",
+        /// [`EventKind::AuthOk`].
+        AuthOk => "auth_ok",
+        /// [`EventKind::AuthFailed`].
+        AuthFailed => "auth_failed",
+        /// [`EventKind::RateLimited`].
+        RateLimited => "rate_limited",
+        /// [`EventKind::PermissionDenied`].
+        PermissionDenied => "permission_denied",
+        /// [`EventKind::Timeout`].
+        Timeout => "timeout",
+        /// [`EventKind::Close`].
+        Close => "close",
+    }
+    /// The name as stored in the `event` column and shown by `rampart activity stats`.
+    fn as_str;
+}
+
 impl EventKind {
+    /// Which kind of event this is, without its details.
+    pub fn event_name(&self) -> EventName {
+        match self {
+            EventKind::Accept => EventName::Accept,
+            EventKind::Refused { .. } => EventName::Refused,
+            EventKind::FrameIn { .. } => EventName::FrameIn,
+            EventKind::FrameOut { .. } => EventName::FrameOut,
+            EventKind::DecodeError { .. } => EventName::DecodeError,
+            EventKind::AuthOk { .. } => EventName::AuthOk,
+            EventKind::AuthFailed { .. } => EventName::AuthFailed,
+            EventKind::RateLimited { .. } => EventName::RateLimited,
+            EventKind::PermissionDenied => EventName::PermissionDenied,
+            EventKind::Timeout { .. } => EventName::Timeout,
+            EventKind::Close { .. } => EventName::Close,
+        }
+    }
+
     /// The event's name as stored in the `event` column.
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::Accept => "accept",
-            EventKind::Refused { .. } => "refused",
-            EventKind::FrameIn { .. } => "frame_in",
-            EventKind::FrameOut { .. } => "frame_out",
-            EventKind::DecodeError { .. } => "decode_error",
-            EventKind::AuthOk { .. } => "auth_ok",
-            EventKind::AuthFailed { .. } => "auth_failed",
-            EventKind::RateLimited { .. } => "rate_limited",
-            EventKind::PermissionDenied => "permission_denied",
-            EventKind::Timeout { .. } => "timeout",
-            EventKind::Close { .. } => "close",
-        }
+        self.event_name().as_str()
     }
 }
 
@@ -126,46 +169,6 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Every reason string an event can carry, so that events read back from the database get
-/// the same `&'static str` values the server recorded.
-fn known_reasons() -> impl Iterator<Item = &'static str> {
-    // Refusal, limiter and close reasons, spelled out here because `activity` sits below
-    // `server` and `guard` in the layering; tests in those modules check the lists agree.
-    const OTHER: &[&str] = &[
-        "denied",
-        "blocked",
-        "accept_rate",
-        "max_connections",
-        "max_connections_per_ip",
-        "frame_rate_ip",
-        "frame_rate_user",
-        "frame_rate_connection",
-        "login_rate_ip",
-        "login_rate_user",
-        "eof",
-        "bye",
-        "bad_frame",
-        "strikes",
-        "frame_budget",
-        "slow_frame",
-        "idle",
-        "auth_timeout",
-        "write_timeout",
-        "shutdown",
-        "io",
-        "panic",
-    ];
-    crate::protocol::DecodeError::REASONS
-        .iter()
-        .copied()
-        .chain(OTHER.iter().copied())
-}
-
-/// The `&'static str` equal to `s` among the known reasons, or "other".
-pub fn intern_reason(s: &str) -> &'static str {
-    known_reasons().find(|r| *r == s).unwrap_or("other")
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -176,10 +179,17 @@ pub fn now_ms() -> i64 {
 
 /// One event of every kind, in declaration order, with reasons a server records (tests).
 #[cfg(test)]
-pub(crate) fn one_of_each_kind() -> [EventKind; 11] {
+pub(crate) fn one_of_each_kind() -> [EventKind; EventName::ALL.len()] {
+    use crate::guard::{Limited, Refusal};
+    use crate::protocol::error::DecodeErrorKind;
     [
         EventKind::Accept,
-        EventKind::Refused { reason: "blocked" },
+        EventKind::Refused {
+            reason: Refusal::Blocked {
+                until: std::time::UNIX_EPOCH,
+            }
+            .reason(),
+        },
         EventKind::FrameIn {
             kind: 3,
             size: 70_000,
@@ -190,18 +200,67 @@ pub(crate) fn one_of_each_kind() -> [EventKind; 11] {
             size: 8,
         },
         EventKind::DecodeError {
-            reason: crate::protocol::DecodeError::REASONS[0],
+            reason: DecodeErrorKind::BadMagic.as_str(),
         },
         EventKind::AuthOk { forgiven: 2 },
         EventKind::AuthFailed { guess: false },
         EventKind::RateLimited {
-            reason: "login_rate_ip",
+            reason: Limited::LoginIp.reason(),
         },
         EventKind::PermissionDenied,
-        EventKind::Timeout { reason: "idle" },
+        EventKind::Timeout {
+            reason: CloseReason::Idle.as_str(),
+        },
         EventKind::Close {
-            reason: "eof",
+            reason: CloseReason::Eof.as_str(),
             unread_bytes: 9,
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::error::check_vocabulary;
+
+    /// The names as the activity database, `activity stats` and the JSON form of events
+    /// spell them, in the order whose positions the `event` column stores: pinned.
+    const STORED_EVENT_NAMES: [&str; 11] = [
+        "accept",
+        "refused",
+        "frame_in",
+        "frame_out",
+        "decode_error",
+        "auth_ok",
+        "auth_failed",
+        "rate_limited",
+        "permission_denied",
+        "timeout",
+        "close",
+    ];
+
+    #[test]
+    fn event_names_are_the_stored_ones() {
+        check_vocabulary(
+            &EventName::ALL,
+            &EventName::NAMES,
+            EventName::as_str,
+            EventName::from_name,
+            &STORED_EVENT_NAMES,
+        );
+    }
+
+    /// Every kind has its own name, in declaration order, and its JSON form is tagged with
+    /// that name.
+    #[test]
+    fn every_kind_is_named_by_its_event_name() -> Result<(), serde_json::Error> {
+        let kinds = one_of_each_kind();
+        let names: Vec<EventName> = kinds.iter().map(EventKind::event_name).collect();
+        assert_eq!(names, EventName::ALL);
+        for kind in kinds {
+            let json = serde_json::to_value(kind)?;
+            assert_eq!(json["event"], kind.name());
+        }
+        Ok(())
+    }
 }

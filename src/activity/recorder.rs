@@ -36,7 +36,7 @@ pub struct RecorderStats {
     /// Events deleted by retention (`activity.retain_days`, `activity.max_bytes`).
     pub pruned: u64,
     /// Frame events of anonymous connections past their per-second allowance, counted
-    /// instead of stored ([`super::fold`]).
+    /// instead of stored (`activity::fold`).
     pub folded: u64,
 }
 

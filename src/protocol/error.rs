@@ -3,6 +3,63 @@
 
 use super::frame::Kind;
 
+/// Defines a closed vocabulary from one table: an enum whose variants each carry a stable
+/// snake_case name, and on it `ALL` (every value, in declaration order), `NAMES` (their names,
+/// in the same order), the name accessor (called as the caller says, with the caller's doc
+/// comment) and `from_name`. The names are what metrics, logs, the activity database and
+/// exported data store, so every list of them is derived from this one table and never kept
+/// by hand.
+///
+/// ```text
+/// vocabulary! {
+///     /// The enum's doc.
+///     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///     pub enum Color {
+///         /// A variant's doc.
+///         Red => "red",
+///         Green = 7 => "green",
+///     }
+///     /// The accessor's doc.
+///     fn as_str;
+/// }
+/// ```
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident $(= $value:expr)? => $text:literal, )*
+        }
+        $(#[$gmeta:meta])*
+        fn $get:ident;
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant $(= $value)?, )*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: [$name; [$($text),*].len()] = [$($name::$variant),*];
+
+            /// Every value's name, in declaration order (the name of `ALL[i]` is `NAMES[i]`).
+            pub const NAMES: [&'static str; [$($text),*].len()] = [$($text),*];
+
+            $(#[$gmeta])*
+            pub const fn $get(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )*
+                }
+            }
+
+            /// The value whose name is `name`, if there is one.
+            pub fn from_name(name: &str) -> Option<$name> {
+                $name::ALL.into_iter().find(|v| v.$get() == name)
+            }
+        }
+    };
+}
+pub(crate) use vocabulary;
+
 /// Why a frame or body was rejected. One variant per rejection reason, so that callers match
 /// on the reason and never compare strings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,53 +157,88 @@ pub enum DecodeError {
     },
 }
 
-impl DecodeError {
+vocabulary! {
+    /// What kind of rejection a [`DecodeError`] is, without its details: one value per
+    /// variant, each with the stable label that metrics count and the activity database
+    /// records ([`DecodeError::reason`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum DecodeErrorKind {
+        /// [`DecodeError::BadMagic`].
+        BadMagic => "bad_magic",
+        /// [`DecodeError::UnsupportedVersion`].
+        UnsupportedVersion => "unsupported_version",
+        /// [`DecodeError::UnknownKind`].
+        UnknownKind => "unknown_kind",
+        /// [`DecodeError::UnexpectedKind`].
+        UnexpectedKind => "unexpected_kind",
+        /// [`DecodeError::ReservedFlags`].
+        ReservedFlags => "reserved_flags",
+        /// [`DecodeError::FrameTooLarge`].
+        FrameTooLarge => "frame_too_large",
+        /// [`DecodeError::Truncated`].
+        Truncated => "truncated",
+        /// [`DecodeError::TrailingBytes`].
+        TrailingBytes => "trailing_bytes",
+        /// [`DecodeError::InvalidUtf8`].
+        InvalidUtf8 => "invalid_utf8",
+        /// [`DecodeError::FieldTooLong`].
+        FieldTooLong => "field_too_long",
+        /// [`DecodeError::TooManyItems`].
+        TooManyItems => "too_many_items",
+        /// [`DecodeError::InvalidValue`].
+        InvalidValue => "invalid_value",
+    }
     /// A stable snake_case label for counting and recording rejections by reason.
-    pub fn reason(&self) -> &'static str {
+    fn as_str;
+}
+
+impl DecodeErrorKind {
+    /// True when the framing itself is broken (header errors): the byte stream cannot be
+    /// resynchronized and the connection must close. Body errors leave the stream intact.
+    pub const fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            DecodeErrorKind::BadMagic
+                | DecodeErrorKind::UnsupportedVersion
+                | DecodeErrorKind::UnknownKind
+                | DecodeErrorKind::UnexpectedKind
+                | DecodeErrorKind::ReservedFlags
+                | DecodeErrorKind::FrameTooLarge
+        )
+    }
+}
+
+impl DecodeError {
+    /// The kind of rejection, without its details.
+    pub fn kind(&self) -> DecodeErrorKind {
         match self {
-            DecodeError::BadMagic { .. } => "bad_magic",
-            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
-            DecodeError::UnknownKind { .. } => "unknown_kind",
-            DecodeError::UnexpectedKind { .. } => "unexpected_kind",
-            DecodeError::ReservedFlags { .. } => "reserved_flags",
-            DecodeError::FrameTooLarge { .. } => "frame_too_large",
-            DecodeError::Truncated { .. } => "truncated",
-            DecodeError::TrailingBytes { .. } => "trailing_bytes",
-            DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
-            DecodeError::FieldTooLong { .. } => "field_too_long",
-            DecodeError::TooManyItems { .. } => "too_many_items",
-            DecodeError::InvalidValue { .. } => "invalid_value",
+            DecodeError::BadMagic { .. } => DecodeErrorKind::BadMagic,
+            DecodeError::UnsupportedVersion { .. } => DecodeErrorKind::UnsupportedVersion,
+            DecodeError::UnknownKind { .. } => DecodeErrorKind::UnknownKind,
+            DecodeError::UnexpectedKind { .. } => DecodeErrorKind::UnexpectedKind,
+            DecodeError::ReservedFlags { .. } => DecodeErrorKind::ReservedFlags,
+            DecodeError::FrameTooLarge { .. } => DecodeErrorKind::FrameTooLarge,
+            DecodeError::Truncated { .. } => DecodeErrorKind::Truncated,
+            DecodeError::TrailingBytes { .. } => DecodeErrorKind::TrailingBytes,
+            DecodeError::InvalidUtf8 { .. } => DecodeErrorKind::InvalidUtf8,
+            DecodeError::FieldTooLong { .. } => DecodeErrorKind::FieldTooLong,
+            DecodeError::TooManyItems { .. } => DecodeErrorKind::TooManyItems,
+            DecodeError::InvalidValue { .. } => DecodeErrorKind::InvalidValue,
         }
     }
 
-    /// Every reason label, in declaration order (for metrics tables and docs).
-    pub const REASONS: [&'static str; 12] = [
-        "bad_magic",
-        "unsupported_version",
-        "unknown_kind",
-        "unexpected_kind",
-        "reserved_flags",
-        "frame_too_large",
-        "truncated",
-        "trailing_bytes",
-        "invalid_utf8",
-        "field_too_long",
-        "too_many_items",
-        "invalid_value",
-    ];
+    /// A stable snake_case label for counting and recording rejections by reason (the
+    /// [`kind`](DecodeError::kind)'s name).
+    pub fn reason(&self) -> &'static str {
+        self.kind().as_str()
+    }
 
-    /// True when the framing itself is broken (header errors): the byte stream cannot be
-    /// resynchronized and the connection must close. Body errors leave the stream intact.
+    /// Every reason label, in declaration order (for metrics tables and docs).
+    pub const REASONS: [&'static str; DecodeErrorKind::ALL.len()] = DecodeErrorKind::NAMES;
+
+    /// True when the framing itself is broken ([`DecodeErrorKind::is_fatal`]).
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            DecodeError::BadMagic { .. }
-                | DecodeError::UnsupportedVersion { .. }
-                | DecodeError::UnknownKind { .. }
-                | DecodeError::UnexpectedKind { .. }
-                | DecodeError::ReservedFlags { .. }
-                | DecodeError::FrameTooLarge { .. }
-        )
+        self.kind().is_fatal()
     }
 }
 
@@ -184,96 +276,57 @@ pub enum EncodeError {
     },
 }
 
-/// Numeric codes carried by ERROR replies (see docs/PROTOCOL.md, "Error codes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// The request frame or body could not be decoded.
-    BadFrame = 1,
-    /// The request needs an authenticated session.
-    NotAuthenticated = 2,
-    /// Wrong user name or password (one code for both: no user enumeration).
-    AuthFailed = 3,
-    /// A rate limit refused the request; it was not applied.
-    RateLimited = 4,
-    /// The item exists but does not belong to this session's user.
-    PermissionDenied = 5,
-    /// No such item, upload or part.
-    NotFound = 6,
-    /// The recipient user does not exist.
-    UnknownRecipient = 7,
-    /// A size limit was exceeded (file size, text length, open uploads).
-    TooLarge = 8,
-    /// The sender's storage quota would be exceeded.
-    QuotaExceeded = 9,
-    /// An upload's digest does not match its bytes.
-    DigestMismatch = 10,
-    /// The request is well-formed but invalid in this state (wrong offset, repeated AUTH).
-    BadRequest = 11,
-    /// The server failed internally; the request was not applied.
-    Internal = 12,
-    /// The server is shutting down.
-    ShuttingDown = 13,
-    /// A session timeout expired; the server closes after this reply.
-    Timeout = 14,
-    /// The server refuses new connections (a connection cap was reached).
-    Busy = 15,
-    /// The server's disk is full (or below its free-space floor): nothing new was stored.
-    /// Reading and deleting still work; retry after deleting items or later.
-    StorageFull = 16,
-    /// The source address is blocked: sent once at accept, then the connection is closed.
-    /// The message has the exact form of [`BlockedNotice`] (seconds left and the offence).
-    Blocked = 17,
+vocabulary! {
+    /// Numeric codes carried by ERROR replies (see docs/PROTOCOL.md, "Error codes"), declared
+    /// in numeric order, each with its stable name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[repr(u16)]
+    pub enum ErrorCode {
+        /// The request frame or body could not be decoded.
+        BadFrame = 1 => "bad_frame",
+        /// The request needs an authenticated session.
+        NotAuthenticated = 2 => "not_authenticated",
+        /// Wrong user name or password (one code for both: no user enumeration).
+        AuthFailed = 3 => "auth_failed",
+        /// A rate limit refused the request; it was not applied.
+        RateLimited = 4 => "rate_limited",
+        /// The item exists but does not belong to this session's user.
+        PermissionDenied = 5 => "permission_denied",
+        /// No such item, upload or part.
+        NotFound = 6 => "not_found",
+        /// The recipient user does not exist.
+        UnknownRecipient = 7 => "unknown_recipient",
+        /// A size limit was exceeded (file size, text length, open uploads).
+        TooLarge = 8 => "too_large",
+        /// The sender's storage quota would be exceeded.
+        QuotaExceeded = 9 => "quota_exceeded",
+        /// An upload's digest does not match its bytes.
+        DigestMismatch = 10 => "digest_mismatch",
+        /// The request is well-formed but invalid in this state (wrong offset, repeated AUTH).
+        BadRequest = 11 => "bad_request",
+        /// The server failed internally; the request was not applied.
+        Internal = 12 => "internal",
+        /// The server is shutting down.
+        ShuttingDown = 13 => "shutting_down",
+        /// A session timeout expired; the server closes after this reply.
+        Timeout = 14 => "timeout",
+        /// The server refuses new connections (a connection cap was reached).
+        Busy = 15 => "busy",
+        /// The server's disk is full (or below its free-space floor): nothing new was stored.
+        /// Reading and deleting still work; retry after deleting items or later.
+        StorageFull = 16 => "storage_full",
+        /// The source address is blocked: sent once at accept, then the connection is closed.
+        /// The message has the exact form of [`BlockedNotice`] (seconds left and the offence).
+        Blocked = 17 => "blocked",
+    }
+    /// A stable snake_case name.
+    fn name;
 }
 
 impl ErrorCode {
-    /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 17] = [
-        ErrorCode::BadFrame,
-        ErrorCode::NotAuthenticated,
-        ErrorCode::AuthFailed,
-        ErrorCode::RateLimited,
-        ErrorCode::PermissionDenied,
-        ErrorCode::NotFound,
-        ErrorCode::UnknownRecipient,
-        ErrorCode::TooLarge,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::DigestMismatch,
-        ErrorCode::BadRequest,
-        ErrorCode::Internal,
-        ErrorCode::ShuttingDown,
-        ErrorCode::Timeout,
-        ErrorCode::Busy,
-        ErrorCode::StorageFull,
-        ErrorCode::Blocked,
-    ];
-
     /// The code for a wire value, if it is defined.
     pub fn from_u16(v: u16) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| *c as u16 == v)
-    }
-
-    /// A stable snake_case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::BadFrame => "bad_frame",
-            ErrorCode::NotAuthenticated => "not_authenticated",
-            ErrorCode::AuthFailed => "auth_failed",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::PermissionDenied => "permission_denied",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::UnknownRecipient => "unknown_recipient",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::QuotaExceeded => "quota_exceeded",
-            ErrorCode::DigestMismatch => "digest_mismatch",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Internal => "internal",
-            ErrorCode::ShuttingDown => "shutting_down",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::Busy => "busy",
-            ErrorCode::StorageFull => "storage_full",
-            ErrorCode::Blocked => "blocked",
-        }
     }
 }
 
@@ -341,9 +394,152 @@ impl std::fmt::Display for BlockedNotice {
     }
 }
 
+/// Checks a [`vocabulary!`] both ways against `pinned`, the names as data already stored
+/// spells them: `all` names exactly the pinned names in order (so none is renamed, added
+/// or lost unnoticed), each name is unique snake_case, and every name reads back as its value.
+#[cfg(test)]
+pub(crate) fn check_vocabulary<T: Copy + PartialEq + std::fmt::Debug>(
+    all: &[T],
+    names: &[&str],
+    name: fn(T) -> &'static str,
+    from_name: fn(&str) -> Option<T>,
+    pinned: &[&str],
+) {
+    let derived: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+    assert_eq!(derived, pinned);
+    assert_eq!(names, pinned);
+    let mut seen = std::collections::BTreeSet::new();
+    for v in all {
+        let n = name(*v);
+        assert!(seen.insert(n), "duplicate name {n}");
+        assert!(
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+            "{n} is not snake_case"
+        );
+        assert_eq!(from_name(n), Some(*v), "{n}");
+    }
+    for unknown in ["", "other", "Eof", " eof"] {
+        if !pinned.contains(&unknown) {
+            assert_eq!(from_name(unknown), None, "{unknown:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_error_reasons_are_the_stored_ones() {
+        // As metrics tables, docs and recorded activity spell them: pinned.
+        let pinned = [
+            "bad_magic",
+            "unsupported_version",
+            "unknown_kind",
+            "unexpected_kind",
+            "reserved_flags",
+            "frame_too_large",
+            "truncated",
+            "trailing_bytes",
+            "invalid_utf8",
+            "field_too_long",
+            "too_many_items",
+            "invalid_value",
+        ];
+        check_vocabulary(
+            &DecodeErrorKind::ALL,
+            &DecodeErrorKind::NAMES,
+            DecodeErrorKind::as_str,
+            DecodeErrorKind::from_name,
+            &pinned,
+        );
+        assert_eq!(DecodeError::REASONS, pinned);
+        let fatal: Vec<&str> = DecodeErrorKind::ALL
+            .into_iter()
+            .filter(|k| k.is_fatal())
+            .map(DecodeErrorKind::as_str)
+            .collect();
+        assert_eq!(fatal, pinned[..6]);
+    }
+
+    #[test]
+    fn every_decode_error_has_its_kind() {
+        let field = "f";
+        let errors = [
+            DecodeError::BadMagic { byte: 0, offset: 0 },
+            DecodeError::UnsupportedVersion { version: 9 },
+            DecodeError::UnknownKind { kind: 0x7f },
+            DecodeError::UnexpectedKind { kind: Kind::Pong },
+            DecodeError::ReservedFlags { flags: 1 },
+            DecodeError::FrameTooLarge {
+                kind: Kind::Ping,
+                len: 2,
+                max: 1,
+            },
+            DecodeError::Truncated { field },
+            DecodeError::TrailingBytes {
+                kind: Kind::Ping,
+                extra: 1,
+            },
+            DecodeError::InvalidUtf8 { field },
+            DecodeError::FieldTooLong {
+                field,
+                len: 2,
+                max: 1,
+            },
+            DecodeError::TooManyItems {
+                field,
+                count: 2,
+                max: 1,
+            },
+            DecodeError::InvalidValue { field, value: 9 },
+        ];
+        let kinds: Vec<DecodeErrorKind> = errors.iter().map(DecodeError::kind).collect();
+        assert_eq!(kinds, DecodeErrorKind::ALL);
+        for e in &errors {
+            assert_eq!(e.reason(), e.kind().as_str());
+            assert_eq!(e.is_fatal(), e.kind().is_fatal());
+        }
+    }
+
+    #[test]
+    fn error_codes_are_the_documented_ones() {
+        let pinned = [
+            "bad_frame",
+            "not_authenticated",
+            "auth_failed",
+            "rate_limited",
+            "permission_denied",
+            "not_found",
+            "unknown_recipient",
+            "too_large",
+            "quota_exceeded",
+            "digest_mismatch",
+            "bad_request",
+            "internal",
+            "shutting_down",
+            "timeout",
+            "busy",
+            "storage_full",
+            "blocked",
+        ];
+        check_vocabulary(
+            &ErrorCode::ALL,
+            &ErrorCode::NAMES,
+            ErrorCode::name,
+            ErrorCode::from_name,
+            &pinned,
+        );
+        // Wire values 1..=17, in declaration order.
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(code as u16), i + 1);
+            assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+        }
+        assert_eq!(ErrorCode::from_u16(0), None);
+        assert_eq!(ErrorCode::from_u16(18), None);
+    }
 
     fn check(secs: u64, reason: &str, text: &str) {
         let notice = BlockedNotice::new(secs, reason);

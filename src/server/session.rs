@@ -21,74 +21,8 @@ use crate::server::metrics::Metrics;
 use crate::server::Shared;
 use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
 
-/// Why a session ended. Recorded in logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer closed its side.
-    Eof,
-    /// The peer sent BYE.
-    Bye,
-    /// A frame header was invalid; the stream cannot be resynchronized.
-    BadFrame,
-    /// Too many rate-limited or malformed requests.
-    Strikes,
-    /// A frame did not complete within its time budget.
-    FrameBudget,
-    /// A frame arrived slower than the minimum rate.
-    SlowFrame,
-    /// No complete frame for the idle timeout.
-    Idle,
-    /// No successful AUTH within the authentication timeout.
-    AuthTimeout,
-    /// A write made no progress within the write timeout (the peer does not read).
-    WriteTimeout,
-    /// The source was blocked while the session was open.
-    Blocked,
-    /// The server is shutting down.
-    Shutdown,
-    /// The transport failed.
-    Io,
-    /// The connection task panicked (contained).
-    Panic,
-}
-
-impl CloseReason {
-    /// Every reason.
-    pub const ALL: [CloseReason; 13] = [
-        CloseReason::Eof,
-        CloseReason::Bye,
-        CloseReason::BadFrame,
-        CloseReason::Strikes,
-        CloseReason::FrameBudget,
-        CloseReason::SlowFrame,
-        CloseReason::Idle,
-        CloseReason::AuthTimeout,
-        CloseReason::WriteTimeout,
-        CloseReason::Blocked,
-        CloseReason::Shutdown,
-        CloseReason::Io,
-        CloseReason::Panic,
-    ];
-
-    /// A stable snake_case label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Eof => "eof",
-            CloseReason::Bye => "bye",
-            CloseReason::BadFrame => "bad_frame",
-            CloseReason::Strikes => "strikes",
-            CloseReason::FrameBudget => "frame_budget",
-            CloseReason::SlowFrame => "slow_frame",
-            CloseReason::Idle => "idle",
-            CloseReason::AuthTimeout => "auth_timeout",
-            CloseReason::WriteTimeout => "write_timeout",
-            CloseReason::Blocked => "blocked",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Io => "io",
-            CloseReason::Panic => "panic",
-        }
-    }
-}
+// Defined beside the activity events that record it (the lowest layer that needs it).
+pub use crate::activity::CloseReason;
 
 /// A staged or finished upload of this session.
 enum Upload {
