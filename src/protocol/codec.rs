@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::error::{DecodeError, EncodeError};
 use super::frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};
 use super::limits::{Limits, HARD_MAX_FRAME};
-use super::msg::{reply, request, Reply, Request};
+use super::msg::{self, Reply, Request};
 
 /// Which side is decoding: a server accepts only request kinds, a client only reply kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,7 @@ pub enum Role {
 /// The largest payload a frame of `kind` may declare under `limits`: the body's own maximum,
 /// capped by the configured frame limit and the hard cap.
 pub fn max_payload(kind: Kind, limits: &Limits) -> u32 {
-    let body = request::max_body(kind, limits)
-        .or_else(|| reply::max_body(kind, limits))
-        .unwrap_or(0);
+    let body = msg::max_body(kind, limits);
     let ceiling = u64::from(limits.frame_ceiling());
     // min() with a u32 value, so the conversion cannot fail; fall back to the cap regardless.
     u32::try_from(body.min(ceiling)).unwrap_or(HARD_MAX_FRAME)

@@ -196,6 +196,199 @@ fn every_reply_kind_round_trips() {
     }
 }
 
+/// The largest legal request of every request kind under `l`: every string, list and chunk at
+/// its cap.
+fn largest_requests(l: &Limits) -> Vec<Request> {
+    use crate::protocol::limits::{
+        MAX_FILE_NAME, MAX_PASSWORD, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
+    };
+    let name = || "n".repeat(MAX_USER_NAME);
+    vec![
+        Request::Auth {
+            user: name(),
+            password: Password(Bytes::from(vec![b'p'; MAX_PASSWORD])),
+        },
+        Request::Ping,
+        Request::SendMessage {
+            to: name(),
+            text: "t".repeat(l.max_text_bytes as usize),
+        },
+        Request::UploadBegin {
+            name: "f".repeat(MAX_FILE_NAME),
+            size: u64::MAX,
+        },
+        Request::UploadChunk {
+            upload_id: u32::MAX,
+            offset: u64::MAX,
+            data: Bytes::from(vec![0xC5; l.max_chunk_bytes as usize]),
+        },
+        Request::UploadEnd {
+            upload_id: u32::MAX,
+            digest: [0xFF; DIGEST_LEN],
+        },
+        Request::SendFile {
+            to: name(),
+            upload_id: u32::MAX,
+        },
+        Request::SendMail {
+            to: name(),
+            subject: "s".repeat(MAX_SUBJECT),
+            body: "b".repeat(l.max_mail_body_bytes as usize),
+            attachments: vec![u32::MAX; usize::from(l.max_attachments)],
+        },
+        Request::ListInbox {
+            after: u64::MAX,
+            limit: u16::MAX,
+        },
+        Request::Fetch { item_id: u64::MAX },
+        Request::Download {
+            item_id: u64::MAX,
+            part: u16::MAX,
+            offset: u64::MAX,
+            max_len: u32::MAX,
+        },
+        Request::Delete { item_id: u64::MAX },
+        Request::Bye,
+        Request::Ticket,
+        Request::Resume {
+            user: name(),
+            ticket: Bytes::from(vec![0xA5; MAX_TICKET]),
+        },
+    ]
+}
+
+/// The largest legal reply of every reply kind under `l`; an ITEM in each of its three shapes,
+/// since which is largest depends on the limits.
+fn largest_replies(l: &Limits) -> Vec<Reply> {
+    use crate::protocol::limits::{
+        MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
+    };
+    let name = || "n".repeat(MAX_USER_NAME);
+    let attachment = || Attachment {
+        name: "f".repeat(MAX_FILE_NAME),
+        size: u64::MAX,
+        digest: [0xFF; DIGEST_LEN],
+    };
+    let item = |body| {
+        Reply::Item(ItemView {
+            id: u64::MAX,
+            from: name(),
+            received_at_ms: i64::MIN,
+            body,
+        })
+    };
+    let entry = InboxEntry {
+        id: u64::MAX,
+        kind: ItemKind::File,
+        from: name(),
+        size: u64::MAX,
+        received_at_ms: i64::MAX,
+        title: "t".repeat(MAX_FILE_NAME),
+    };
+    vec![
+        Reply::AuthOk { user: name() },
+        Reply::Pong,
+        Reply::Accepted { item_id: u64::MAX },
+        Reply::UploadReady {
+            upload_id: u32::MAX,
+            max_chunk: u32::MAX,
+        },
+        Reply::ChunkOk {
+            upload_id: u32::MAX,
+            received: u64::MAX,
+        },
+        Reply::UploadDone {
+            upload_id: u32::MAX,
+            size: u64::MAX,
+        },
+        Reply::Inbox {
+            entries: vec![entry; usize::from(l.max_inbox_page)],
+        },
+        item(ItemBody::Message {
+            text: "t".repeat(l.max_text_bytes as usize),
+        }),
+        item(ItemBody::Mail {
+            subject: "s".repeat(MAX_SUBJECT),
+            body: "b".repeat(l.max_mail_body_bytes as usize),
+            attachments: vec![attachment(); usize::from(l.max_attachments)],
+        }),
+        item(ItemBody::File(attachment())),
+        Reply::Data {
+            item_id: u64::MAX,
+            part: u16::MAX,
+            offset: u64::MAX,
+            total: u64::MAX,
+            data: Bytes::from(vec![0xC5; l.max_chunk_bytes as usize]),
+        },
+        Reply::Ok,
+        Reply::TicketOk {
+            expires_at_ms: i64::MAX,
+            ticket: Bytes::from(vec![0xA5; MAX_TICKET]),
+        },
+        Reply::Error {
+            code: ErrorCode::Internal,
+            message: "m".repeat(MAX_ERROR_MESSAGE),
+        },
+    ]
+}
+
+/// Encodes the largest legal value of every kind and checks its body is exactly the kind's
+/// `max_body`: the layout's four descriptions (encode, decode, `body_len`, `max_body`) agree.
+#[test]
+fn the_largest_value_of_every_kind_fills_max_body_exactly() {
+    let limit_sets = [
+        Limits::default(),
+        // A chat message outgrows a mail.
+        Limits {
+            max_text_bytes: 5000,
+            max_mail_body_bytes: 10,
+            max_attachments: 0,
+            ..Limits::default()
+        },
+        // A file's attachment outgrows both.
+        Limits {
+            max_text_bytes: 1,
+            max_mail_body_bytes: 1,
+            max_attachments: 0,
+            max_chunk_bytes: 3,
+            max_inbox_page: 1,
+            ..Limits::default()
+        },
+    ];
+    for limits in limit_sets {
+        let mut largest = std::collections::BTreeMap::<Kind, u64>::new();
+        let mut note = |kind: Kind, len: usize| {
+            let len = len as u64;
+            let at = largest.entry(kind).or_insert(len);
+            *at = (*at).max(len);
+        };
+        for req in largest_requests(&limits) {
+            let mut body = BytesMut::new();
+            req.encode_body(&mut body).expect("encodable");
+            assert_eq!(body.len(), req.body_len(), "{:?}", req.kind());
+            let frame = Frame::new(req.kind(), 1, body.freeze());
+            assert_eq!(Request::decode(&frame, &limits).expect("legal"), req);
+            note(req.kind(), frame.payload.len());
+        }
+        for rep in largest_replies(&limits) {
+            let mut body = BytesMut::new();
+            rep.encode_body(&mut body).expect("encodable");
+            assert_eq!(body.len(), rep.body_len(), "{:?}", rep.kind());
+            let frame = Frame::new(rep.kind(), 1, body.freeze());
+            assert_eq!(Reply::decode(&frame, &limits).expect("legal"), rep);
+            note(rep.kind(), frame.payload.len());
+        }
+        for &kind in Kind::ALL {
+            assert_eq!(
+                largest.get(&kind).copied(),
+                Some(msg::max_body(kind, &limits)),
+                "{kind:?} under {limits:?}"
+            );
+        }
+        assert_eq!(largest.len(), Kind::ALL.len());
+    }
+}
+
 #[test]
 fn four_gib_length_is_rejected_from_the_header_alone() {
     let mut buf = header(Kind::SendMessage as u8, 0, u32::MAX);
