@@ -35,8 +35,8 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::util::{error_code, header, raw_frame, request_bytes, run_slots, Env, Got, Inbox};
-use crate::protocol::{ErrorCode, Kind, Password, Request};
+use super::util::{error_code, raw_frame, request_bytes, run_slots, Env, Got, Inbox};
+use crate::protocol::{raw_header, ErrorCode, Kind, Password, Request, VERSION};
 
 /// How long the server gets to answer a case before the attacker moves on.
 const ANSWER_WAIT: Duration = Duration::from_millis(500);
@@ -139,7 +139,7 @@ fn auth_body(user: &[u8], user_len: u8, password: &[u8]) -> Vec<u8> {
 
 /// The bytes of one case, and whether to close our side right after sending them.
 pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
-    let ping = |id| header(Kind::Ping as u8, id, 0, 0).to_vec();
+    let ping = |id| raw_header(VERSION, Kind::Ping as u8, id, 0, 0).to_vec();
     let with = |mut h: Vec<u8>, at: usize, b: u8| {
         if let Some(x) = h.get_mut(at) {
             *x = b;
@@ -149,9 +149,12 @@ pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
     match case {
         "bad-magic" => (with(ping(1), 0, 0x00), false),
         "bad-magic-second" => (with(ping(1), 1, 0x52), false),
-        "bad-version" => (with(ping(1), 2, 2), false),
-        "unknown-kind" => (with(ping(1), 3, 0x7F), false),
-        "reply-kind" => (with(ping(1), 3, Kind::Pong as u8), false),
+        "bad-version" => (raw_header(2, Kind::Ping as u8, 1, 0, 0).to_vec(), false),
+        "unknown-kind" => (raw_header(VERSION, 0x7F, 1, 0, 0).to_vec(), false),
+        "reply-kind" => (
+            raw_header(VERSION, Kind::Pong as u8, 1, 0, 0).to_vec(),
+            false,
+        ),
         "reserved-flags" => (raw_frame(Kind::Ping, 1, 0x0001, &[]).to_vec(), false),
         "fixed-too-long" => (raw_frame(Kind::Ping, 1, 0, &[0]).to_vec(), false),
         "fixed-too-short" => (raw_frame(Kind::Fetch, 1, 0, &[0, 0, 0, 1]).to_vec(), false),
@@ -208,7 +211,7 @@ pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
             (bytes, false)
         }
         "truncated-frame" => {
-            let mut b = header(Kind::Fetch as u8, 1, 0, 8).to_vec();
+            let mut b = raw_header(VERSION, Kind::Fetch as u8, 1, 0, 8).to_vec();
             b.extend_from_slice(&[0, 0, 0]);
             (b, true)
         }

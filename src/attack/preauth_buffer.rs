@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::util::{bump, header, run_slots, Counts, Env, Got, Inbox};
+use super::util::{bump, run_slots, Counts, Env, Got, Inbox};
+use crate::protocol::{raw_header, VERSION};
 
 pub(crate) async fn run(env: Arc<Env>, kind: u8, declared_len: u32, body_bytes: u32) {
     run_slots(&env, move |env, slot| {
@@ -22,7 +23,7 @@ pub(crate) async fn run(env: Arc<Env>, kind: u8, declared_len: u32, body_bytes: 
 
 async fn slot_loop(env: Arc<Env>, slot: usize, kind: u8, declared_len: u32, body_bytes: u32) {
     let mut rng = env.rng(slot as u64);
-    let head = header(kind, 1, 0, declared_len);
+    let head = raw_header(VERSION, kind, 1, 0, declared_len);
     while env.live() {
         let Some((stream, source)) = env.open_next(&mut rng).await else {
             break;

@@ -245,19 +245,6 @@ pub(crate) fn raw_frame(kind: Kind, id: u32, flags: u16, payload: &[u8]) -> Byte
     out.freeze()
 }
 
-/// A 14-byte header with any bytes in it.
-pub(crate) fn header(kind: u8, id: u32, flags: u16, len: u32) -> [u8; 14] {
-    let mut h = [0u8; 14];
-    h[0] = b'R';
-    h[1] = b'M';
-    h[2] = 1;
-    h[3] = kind;
-    h[4..8].copy_from_slice(&id.to_be_bytes());
-    h[8..10].copy_from_slice(&flags.to_be_bytes());
-    h[10..14].copy_from_slice(&len.to_be_bytes());
-    h
-}
-
 /// Request ids from 1, never 0 (the server uses 0 for connection-level errors).
 #[derive(Debug, Clone)]
 pub(crate) struct Ids(u32);

@@ -28,7 +28,7 @@ pub use codec::{
     CodecError, FrameCodec, FrameDecoder, Role,
 };
 pub use error::{BlockedNotice, DecodeError, EncodeError, ErrorCode, MAX_BLOCKED_REASON};
-pub use frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};
+pub use frame::{raw_header, Frame, Kind, RawHeader, HEADER_LEN, MAGIC, VERSION};
 pub use limits::Limits;
 pub use msg::{
     Attachment, InboxEntry, ItemBody, ItemKind, ItemView, Password, Reply, Request, DIGEST_LEN,

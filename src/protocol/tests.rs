@@ -44,13 +44,7 @@ fn check_reply(rep: Reply) {
 }
 
 fn header(kind: u8, flags: u16, len: u32) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.extend_from_slice(b"RM\x01");
-    b.extend_from_slice(&[kind]);
-    b.extend_from_slice(&1u32.to_be_bytes());
-    b.extend_from_slice(&flags.to_be_bytes());
-    b.extend_from_slice(&len.to_be_bytes());
-    b
+    BytesMut::from(&raw_header(VERSION, kind, 1, flags, len)[..])
 }
 
 fn decode_err(bytes: &[u8], role: Role) -> DecodeError {
@@ -390,6 +384,30 @@ fn the_largest_value_of_every_kind_fills_max_body_exactly() {
 }
 
 #[test]
+fn raw_headers_lay_out_and_parse_every_field() {
+    let h = raw_header(2, 0x7F, 0x0102_0304, 0x0506, 0x0708_090A);
+    assert_eq!(&h, b"RM\x02\x7F\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0A");
+    assert_eq!(
+        RawHeader::parse(&h),
+        RawHeader {
+            magic: MAGIC,
+            version: 2,
+            kind: 0x7F,
+            request_id: 0x0102_0304,
+            flags: 0x0506,
+            len: 0x0708_090A,
+        }
+    );
+    // The encoder writes its headers through raw_header too.
+    let mut buf = BytesMut::new();
+    encode_request(0xAABB_CCDD, &Request::Ping, &mut buf).expect("encodable");
+    assert_eq!(
+        &buf[..],
+        &raw_header(VERSION, Kind::Ping as u8, 0xAABB_CCDD, 0, 0)
+    );
+}
+
+#[test]
 fn four_gib_length_is_rejected_from_the_header_alone() {
     let mut buf = header(Kind::SendMessage as u8, 0, u32::MAX);
     let cap = buf.capacity();
@@ -664,8 +682,7 @@ fn frame_decoder_agrees_at_every_kinds_length_cap() {
         for byte in 0..=255u8 {
             let max = Kind::from_u8(byte).map_or(0, |k| max_payload(k, &limits));
             for len in [0, max.saturating_sub(1), max, max + 1, u32::MAX] {
-                let mut frame = vec![MAGIC[0], MAGIC[1], VERSION, byte, 0, 0, 0, 9, 0, 0];
-                frame.extend_from_slice(&len.to_be_bytes());
+                let mut frame = raw_header(VERSION, byte, 9, 0, len).to_vec();
                 frame.resize(frame.len() + (len.min(max + 1) as usize), 0x5a);
                 for end in [HEADER_LEN - 1, HEADER_LEN, frame.len() - 1, frame.len()] {
                     check_decoder_matches(&frame[..end.min(frame.len())], limits, role);
