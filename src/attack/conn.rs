@@ -15,7 +15,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::util::{abort, bump, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::net::abort;
+use super::run::{bump, run_slots, Counts, Env};
 use crate::protocol::{raw_header, VERSION};
 
 /// Bytes of the partial header a churned connection may send before leaving: the magic and

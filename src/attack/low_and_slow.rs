@@ -27,9 +27,9 @@ use rand::Rng;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use super::util::{
-    bump, login, request_bytes, run_slots, Counts, Env, Got, Ids, Inbox, REPLY_LIMITS,
-};
+use super::canary::{Got, Inbox};
+use super::run::{bump, login, run_slots, Counts, Env};
+use super::wire::{request_bytes, Ids, REPLY_LIMITS};
 use crate::config::FirewallConfig;
 use crate::protocol::{ErrorCode, Password, Reply, Request};
 

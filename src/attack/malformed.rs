@@ -35,7 +35,9 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::util::{error_code, raw_frame, request_bytes, run_slots, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::run::{run_slots, Env};
+use super::wire::{error_code, raw_frame, request_bytes};
 use crate::protocol::{raw_header, ErrorCode, Kind, Password, Request, VERSION};
 
 /// How long the server gets to answer a case before the attacker moves on.

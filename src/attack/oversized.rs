@@ -17,7 +17,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::util::{bump, encode_into, raw_frame, run_slots, Counts, Drain, Env, Got, Ids, Inbox};
+use super::canary::{Drain, Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
+use super::wire::{encode_into, raw_frame, Ids};
 use crate::protocol::{raw_header, Kind, Limits, Password, Request, VERSION};
 
 /// Bytes per write of a streamed body.

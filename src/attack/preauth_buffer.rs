@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::util::{bump, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
 use crate::protocol::{raw_header, VERSION};
 
 pub(crate) async fn run(env: Arc<Env>, kind: u8, declared_len: u32, body_bytes: u32) {
@@ -63,7 +64,7 @@ async fn send(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     head: &[u8],
     body_bytes: u32,
-) -> Result<(), super::util::WriteEnd> {
+) -> Result<(), super::run::WriteEnd> {
     env.write(wr, head, 1).await?;
     let mut left = body_bytes as usize;
     while left > 0 {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::util::{bump, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
 use crate::protocol::{raw_header, Kind, VERSION};
 
 pub(crate) async fn run(env: Arc<Env>, interval: Duration, declared_len: u32) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::util::Env;
+use super::run::Env;
 use super::{run_kind, Attack, AttackContext, AttackReport, AttackSpec, Canary, Observations};
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
