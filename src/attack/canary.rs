@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
@@ -52,10 +53,11 @@ impl Canary {
     /// True if `bytes` contain the secret, the victim's password, or an argon2 hash marker.
     /// Empty secrets never match.
     pub fn leaked_in(&self, bytes: &[u8]) -> bool {
-        self.needles().any(|needle| contains(bytes, needle))
+        Needles::new(self).found_in(bytes)
     }
 
-    /// The byte strings looked for, skipping empty ones.
+    /// The byte strings looked for, skipping empty ones (memmem finds an empty needle
+    /// everywhere).
     fn needles(&self) -> impl Iterator<Item = &[u8]> {
         [
             self.secret.as_bytes(),
@@ -65,30 +67,68 @@ impl Canary {
         .into_iter()
         .filter(|n| !n.is_empty())
     }
-
-    /// The longest needle, so scans across read boundaries keep enough overlap.
-    pub(crate) fn longest(&self) -> usize {
-        self.needles().map(<[u8]>::len).max().unwrap_or(0)
-    }
 }
 
-/// True if `needle` occurs in `hay` (an empty needle never does).
-pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return false;
-    };
-    let mut from = 0;
-    while let Some(pos) = hay
-        .get(from..)
-        .and_then(|h| h.iter().position(|&b| b == first))
-    {
-        let at = from + pos;
-        if hay.get(at + 1..at + 1 + rest.len()) == Some(rest) {
-            return true;
+/// The canary's needles with a searcher built once for each, so the scan of every byte an
+/// attacker receives does not redo that work per read.
+pub(crate) struct Needles {
+    finders: Vec<memmem::Finder<'static>>,
+    /// The longest needle's length, so scans across read boundaries keep enough overlap.
+    longest: usize,
+}
+
+/// Where [`Needles::scan`] found a needle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Inside one read.
+    InRead,
+    /// Only across the boundary with the bytes read before.
+    AcrossReads,
+}
+
+impl Needles {
+    pub(crate) fn new(canary: &Canary) -> Needles {
+        Needles {
+            finders: canary
+                .needles()
+                .map(|n| memmem::Finder::new(n).into_owned())
+                .collect(),
+            longest: canary.needles().map(<[u8]>::len).max().unwrap_or(0),
         }
-        from = at + 1;
     }
-    false
+
+    fn found_in(&self, hay: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(hay).is_some())
+    }
+
+    /// Looks for a needle in freshly received bytes and, failing that, across the boundary
+    /// with the end of the reads before (`tail`); then keeps the last bytes in `tail` for
+    /// the next read.
+    fn scan(&self, tail: &mut Vec<u8>, fresh: &[u8]) -> Option<Found> {
+        let keep = self.longest.saturating_sub(1);
+        let mut found = None;
+        if self.found_in(fresh) {
+            found = Some(Found::InRead);
+        } else if !tail.is_empty() {
+            let mut joint = tail.clone();
+            joint.extend_from_slice(fresh.get(..keep.min(fresh.len())).unwrap_or(&[]));
+            if self.found_in(&joint) {
+                found = Some(Found::AcrossReads);
+            }
+        }
+        if keep == 0 {
+            return found;
+        }
+        if fresh.len() >= keep {
+            tail.clear();
+            tail.extend_from_slice(fresh.get(fresh.len() - keep..).unwrap_or(&[]));
+        } else {
+            tail.extend_from_slice(fresh);
+            let excess = tail.len().saturating_sub(keep);
+            tail.drain(..excess);
+        }
+        found
+    }
 }
 
 /// What one read of a reply gave.
@@ -168,7 +208,18 @@ impl Inbox {
                 Ok(Ok(0)) => return Got::Closed,
                 Ok(Ok(_)) => {
                     let fresh = self.buf.get(before..).unwrap_or(&[]);
-                    scan(&mut self.tail, self.source, fresh, env);
+                    match env.needles.scan(&mut self.tail, fresh) {
+                        Some(Found::InRead) => env.leak(format!(
+                            "canary bytes reached the attacker on a connection from {}",
+                            self.source
+                        )),
+                        Some(Found::AcrossReads) => env.leak(format!(
+                            "canary bytes reached the attacker, split across reads, on a \
+                             connection from {}",
+                            self.source
+                        )),
+                        None => {}
+                    }
                 }
                 Ok(Err(_)) => return Got::Reset,
             }
@@ -205,38 +256,6 @@ impl Inbox {
         bump(&mut self.counts, label);
         env.merge(&self.counts);
         self.counts.clear();
-    }
-}
-
-/// Scans freshly received bytes for the canary, keeping the last bytes in `tail` so a
-/// needle split across reads is found too.
-fn scan(tail: &mut Vec<u8>, source: Ipv4Addr, fresh: &[u8], env: &Env) {
-    let keep = env.canary.longest().saturating_sub(1);
-    if env.canary.leaked_in(fresh) {
-        env.leak(format!(
-            "canary bytes reached the attacker on a connection from {}",
-            source
-        ));
-    } else if !tail.is_empty() {
-        let mut joint = tail.clone();
-        joint.extend_from_slice(fresh.get(..keep.min(fresh.len())).unwrap_or(&[]));
-        if env.canary.leaked_in(&joint) {
-            env.leak(format!(
-                "canary bytes reached the attacker, split across reads, on a connection from {}",
-                source
-            ));
-        }
-    }
-    if keep == 0 {
-        return;
-    }
-    if fresh.len() >= keep {
-        tail.clear();
-        tail.extend_from_slice(fresh.get(fresh.len() - keep..).unwrap_or(&[]));
-    } else {
-        tail.extend_from_slice(fresh);
-        let excess = tail.len().saturating_sub(keep);
-        tail.drain(..excess);
     }
 }
 
@@ -303,7 +322,6 @@ mod tests {
         };
         assert!(!empty.leaked_in(b"anything at all"));
         assert!(empty.leaked_in(b"$argon2"));
-        assert_eq!(c.longest(), 14);
     }
 
     #[test]
@@ -314,13 +332,26 @@ mod tests {
     }
 
     #[test]
-    fn contains_finds_needles() {
-        assert!(contains(b"abcdef", b"cde"));
-        assert!(contains(b"abcdef", b"abcdef"));
-        assert!(contains(b"aaab", b"aab"));
-        assert!(!contains(b"abcdef", b"cdf"));
-        assert!(!contains(b"abc", b"abcd"));
-        assert!(!contains(b"abc", b""));
-        assert!(!contains(b"", b"a"));
+    fn a_needle_is_found_within_a_read_and_across_reads() {
+        let needles = Needles::new(&canary());
+        assert_eq!(needles.longest, 14);
+        let scan_all = |reads: &[&[u8]]| {
+            let mut tail = Vec::new();
+            let found: Vec<_> = reads.iter().map(|r| needles.scan(&mut tail, r)).collect();
+            (found, tail)
+        };
+        let (found, tail) = scan_all(&[b"xx hunter2-victim yy"]);
+        assert_eq!(found, [Some(Found::InRead)]);
+        // The overlap kept is one byte short of the longest needle.
+        assert_eq!(tail, b"er2-victim yy");
+        let (found, _) = scan_all(&[b"..hunter2", b"-victim.."]);
+        assert_eq!(found, [None, Some(Found::AcrossReads)]);
+        // Split three ways, the middle read shorter than the overlap kept.
+        let (found, _) = scan_all(&[b"xxCANA", b"RY-7", b"f3a9c"]);
+        assert_eq!(found, [None, None, Some(Found::AcrossReads)]);
+        let (found, _) = scan_all(&[b"$argo", b"n", b"2"]);
+        assert_eq!(found, [None, None, Some(Found::AcrossReads)]);
+        let (found, _) = scan_all(&[b"CANARY-7f3a9", b"x", b"hunter2-", b"victi"]);
+        assert_eq!(found, [None; 4]);
     }
 }

@@ -27,8 +27,8 @@
 //!
 //! Invariant: an attacker only ever sends to a loopback address; [`run`] refuses any other
 //! target before opening a socket. Nothing the server sends can make an attacker panic or
-//! allocate by a length the server declared; every received byte is scanned with
-//! [`Canary::leaked_in`].
+//! allocate by a length the server declared; every received byte is scanned for what
+//! [`Canary::leaked_in`] looks for, also across reads.
 
 mod brute_force;
 mod canary;

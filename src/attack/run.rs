@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::canary::{Got, Inbox};
+use super::canary::{Got, Inbox, Needles};
 use super::net::{
     abort, connect_from, is_reset, probe_admission, Admission, RefusalSign, PROBE_WAIT,
 };
@@ -59,6 +59,8 @@ pub(crate) struct Env {
     pub(crate) halt: CancellationToken,
     pub(crate) account: (String, String),
     pub(crate) canary: Canary,
+    /// The canary's needles, for scanning every byte received.
+    pub(crate) needles: Needles,
     pub(crate) obs: Arc<Observations>,
     pub(crate) sources: Vec<Ipv4Addr>,
     /// Connection slots (the `connections` key).
@@ -83,6 +85,7 @@ impl Env {
             halt: ctx.stop.child_token(),
             account: ctx.account.clone(),
             canary: ctx.canary.clone(),
+            needles: Needles::new(&ctx.canary),
             obs: Arc::clone(&ctx.observations),
             sources: attack.sources().to_vec(),
             slots: attack.connections() as usize,
