@@ -25,6 +25,7 @@ use super::net::{
 };
 use super::wire::{request_bytes, Ids};
 use super::{Attack, AttackContext, AttackKind, AttackReport, Canary, Observations};
+use crate::config::RatesConfig;
 use crate::protocol::{Kind, Password, Request};
 
 /// Back-off range after a refusal, so a refused slot retries a few times a second.
@@ -393,21 +394,32 @@ pub(crate) async fn watch_sources(env: Arc<Env>) {
 }
 
 /// Paces the attack's logins with its account under the server's default per-user login
-/// limit (10 a minute, burst 5), so connections that need a session do not earn
-/// RATE_LIMITED refusals (and the firewall's points) for the login alone.
+/// limit (`[rates]` `logins_per_min_per_user` and `logins_burst_per_user`, read from
+/// [`RatesConfig::default`]), so connections that need a session do not earn RATE_LIMITED
+/// refusals (and the firewall's points) for the login alone.
 pub(crate) struct LoginPacer {
+    /// Logins allowed at once: one fewer than the server's burst, so a login the server
+    /// counts a little early still finds room.
+    burst: f64,
+    /// One more login allowed per this many seconds: the server's refill, plus
+    /// [`LOGIN_MARGIN_S`].
+    every_s: f64,
     state: Mutex<(f64, Instant)>,
 }
 
-/// Logins allowed at once.
-const LOGIN_BURST: f64 = 4.0;
-/// One more login allowed per this many seconds (a little slower than 10 a minute).
-const LOGIN_EVERY_S: f64 = 6.5;
+/// How much slower than the server's refill a login slot comes back, in seconds, so timing
+/// jitter between attacker and server never meets an empty bucket.
+const LOGIN_MARGIN_S: f64 = 0.5;
 
 impl LoginPacer {
     pub(crate) fn new() -> LoginPacer {
+        let rates = RatesConfig::default();
+        let burst = f64::from(rates.logins_burst_per_user.saturating_sub(1).max(1));
+        let every_s = 60.0 / f64::from(rates.logins_per_min_per_user.max(1)) + LOGIN_MARGIN_S;
         LoginPacer {
-            state: Mutex::new((LOGIN_BURST, Instant::now())),
+            burst,
+            every_s,
+            state: Mutex::new((burst, Instant::now())),
         }
     }
 
@@ -417,14 +429,14 @@ impl LoginPacer {
             let wait = {
                 let mut st = lock(&self.state);
                 let now = Instant::now();
-                let refill = now.saturating_duration_since(st.1).as_secs_f64() / LOGIN_EVERY_S;
-                st.0 = (st.0 + refill).min(LOGIN_BURST);
+                let refill = now.saturating_duration_since(st.1).as_secs_f64() / self.every_s;
+                st.0 = (st.0 + refill).min(self.burst);
                 st.1 = now;
                 if st.0 >= 1.0 {
                     st.0 -= 1.0;
                     return true;
                 }
-                Duration::from_secs_f64((1.0 - st.0) * LOGIN_EVERY_S)
+                Duration::from_secs_f64((1.0 - st.0) * self.every_s)
             };
             if !env.sleep(wait).await {
                 return false;
@@ -469,6 +481,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_pacing_follows_the_server_default_per_user_limit() {
+        // Under today's defaults, 10 logins a minute per user and 5 at once, the attacker
+        // keeps 4 at once and gets one more every 6.5 s.
+        let pacer = LoginPacer::new();
+        assert_eq!((pacer.burst, pacer.every_s), (4.0, 6.5));
+    }
 
     #[tokio::test]
     async fn a_block_is_seen_even_when_no_slot_returns_to_the_source(
