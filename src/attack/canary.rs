@@ -292,15 +292,7 @@ impl Drain {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn canary() -> Canary {
-        Canary {
-            secret: "CANARY-7f3a9c".into(),
-            victim: "victim".into(),
-            victim_password: "hunter2-victim".into(),
-            victim_item_ids: vec![1],
-        }
-    }
+    use crate::attack::testing::canary;
 
     #[test]
     fn leaked_in_finds_each_needle_anywhere() {

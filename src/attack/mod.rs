@@ -306,15 +306,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn canary() -> Canary {
-        Canary {
-            secret: "CANARY-7f3a9c".into(),
-            victim: "victim".into(),
-            victim_password: "hunter2-victim".into(),
-            victim_item_ids: vec![1],
-        }
-    }
+    use crate::attack::testing::canary;
 
     #[test]
     fn run_is_send() -> Result<(), Box<dyn std::error::Error>> {

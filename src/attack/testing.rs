@@ -20,6 +20,16 @@ pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send 
 pub(crate) const SECRET: &str = "CANARY-SECRET-5b1f0e2d";
 const VICTIM_PW: &str = "victim-pw-9c41";
 
+/// A canary with made-up secrets, for tests that need no server.
+pub(crate) fn canary() -> Canary {
+    Canary {
+        secret: "CANARY-7f3a9c".into(),
+        victim: "victim".into(),
+        victim_password: "hunter2-victim".into(),
+        victim_item_ids: vec![1],
+    }
+}
+
 /// A server for attack tests.
 pub(crate) struct Bench {
     pub(crate) handle: ServerHandle,

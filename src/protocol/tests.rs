@@ -326,6 +326,18 @@ fn largest_replies(l: &Limits) -> Vec<Reply> {
     ]
 }
 
+/// A frame of `kind` around the body `encode` writes, checked to be `body_len` long.
+fn body_frame(
+    kind: Kind,
+    body_len: usize,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Frame {
+    let mut body = BytesMut::new();
+    encode(&mut body).expect("encodable");
+    assert_eq!(body.len(), body_len, "{kind:?}");
+    Frame::new(kind, 1, body.freeze())
+}
+
 /// Encodes the largest legal value of every kind and checks its body is exactly the kind's
 /// `max_body`: the layout's four descriptions (encode, decode, `body_len`, `max_body`) agree.
 #[test]
@@ -357,20 +369,14 @@ fn the_largest_value_of_every_kind_fills_max_body_exactly() {
             *at = (*at).max(len);
         };
         for req in largest_requests(&limits) {
-            let mut body = BytesMut::new();
-            req.encode_body(&mut body).expect("encodable");
-            assert_eq!(body.len(), req.body_len(), "{:?}", req.kind());
-            let frame = Frame::new(req.kind(), 1, body.freeze());
+            let frame = body_frame(req.kind(), req.body_len(), |b| req.encode_body(b));
             assert_eq!(Request::decode(&frame, &limits).expect("legal"), req);
-            note(req.kind(), frame.payload.len());
+            note(frame.kind, frame.payload.len());
         }
         for rep in largest_replies(&limits) {
-            let mut body = BytesMut::new();
-            rep.encode_body(&mut body).expect("encodable");
-            assert_eq!(body.len(), rep.body_len(), "{:?}", rep.kind());
-            let frame = Frame::new(rep.kind(), 1, body.freeze());
+            let frame = body_frame(rep.kind(), rep.body_len(), |b| rep.encode_body(b));
             assert_eq!(Reply::decode(&frame, &limits).expect("legal"), rep);
-            note(rep.kind(), frame.payload.len());
+            note(frame.kind, frame.payload.len());
         }
         for &kind in Kind::ALL {
             assert_eq!(
