@@ -16,7 +16,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::util::{bump, request_bytes, run_slots, Counts, Env, Got, Ids, Inbox, AUTH_WAIT};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env, AUTH_WAIT};
+use super::wire::{request_bytes, Ids};
 use crate::protocol::{Kind, Password, Request};
 
 /// Guesses made on one connection before moving to the next source.

@@ -15,10 +15,17 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::util::{abort, bump, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::net::abort;
+use super::run::{bump, run_slots, Counts, Env};
+use crate::protocol::{raw_header, VERSION};
 
-/// Bytes of the partial header a churned connection may send before leaving.
-const PARTIAL_HEADER: &[u8] = b"RM\x01";
+/// Bytes of the partial header a churned connection may send before leaving: the magic and
+/// version that open every header.
+const PARTIAL_HEADER: [u8; 3] = {
+    let [m0, m1, version, ..] = raw_header(VERSION, 0, 0, 0, 0);
+    [m0, m1, version]
+};
 
 pub(crate) async fn churn(env: Arc<Env>, per_source_rate: f64) {
     let interval = Duration::from_secs_f64(1.0 / per_source_rate);
@@ -81,7 +88,7 @@ async fn churn_slot(env: Arc<Env>, slot: usize, schedule: Arc<Schedule>) {
             }
             _ => {
                 bump(&mut counts, "churn: partial header then close");
-                if stream.write_all(PARTIAL_HEADER).await.is_ok() {
+                if stream.write_all(&PARTIAL_HEADER).await.is_ok() {
                     env.sent(0, PARTIAL_HEADER.len());
                 }
                 let _ = stream.shutdown().await;

@@ -9,8 +9,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::canary::{Drain, Got, Inbox};
+use super::run::{bump, Env};
 use super::spec::FloodFrame;
-use super::util::{bump, encode_into, Drain, Env, Got, Ids, Inbox};
+use super::wire::{encode_into, Ids};
 use crate::protocol::{Kind, Password, Request};
 
 /// Longest wait for the AUTH reply (argon2 on a busy pool can take a while).
@@ -18,7 +20,7 @@ const AUTH_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(env: Arc<Env>, pipeline: u32, frames: Vec<FloodFrame>, auth: bool) {
     let frames: Arc<[FloodFrame]> = frames.into();
-    super::util::run_slots(&env, move |env, slot| {
+    super::run::run_slots(&env, move |env, slot| {
         let frames = Arc::clone(&frames);
         slot_loop(env, slot, pipeline, frames, auth)
     })
@@ -85,7 +87,7 @@ async fn slot_loop(
         drop(wr);
         // The server closes once it has answered what it read; then the socket is dropped.
         drain.finish(Duration::from_millis(500)).await;
-        let mut counts = super::util::Counts::new();
+        let mut counts = super::run::Counts::new();
         bump(
             &mut counts,
             if authed {

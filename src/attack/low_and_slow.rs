@@ -27,9 +27,10 @@ use rand::Rng;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use super::util::{
-    bump, login, request_bytes, run_slots, Counts, Env, Got, Ids, Inbox, REPLY_LIMITS,
-};
+use super::canary::{Got, Inbox};
+use super::run::{bump, login, run_slots, Counts, Env};
+use super::spec::LowAndSlowOp as Op;
+use super::wire::{request_bytes, Ids, REPLY_LIMITS};
 use crate::config::FirewallConfig;
 use crate::protocol::{ErrorCode, Password, Reply, Request};
 
@@ -106,7 +107,7 @@ impl Walk {
     }
 }
 
-pub(crate) async fn run(env: Arc<Env>, rate_per_s: f64, mix: Vec<(&'static str, f64)>) {
+pub(crate) async fn run(env: Arc<Env>, rate_per_s: f64, mix: Vec<(Op, f64)>) {
     let shared = Arc::new(Shared {
         model: Model::new(),
         walk: Walk {
@@ -125,21 +126,21 @@ pub(crate) async fn run(env: Arc<Env>, rate_per_s: f64, mix: Vec<(&'static str, 
 struct Shared {
     model: Model,
     walk: Walk,
-    mix: Vec<(&'static str, f64)>,
+    mix: Vec<(Op, f64)>,
     interval: Duration,
 }
 
 impl Shared {
-    fn pick(&self, rng: &mut StdRng) -> &'static str {
+    fn pick(&self, rng: &mut StdRng) -> Op {
         let total: f64 = self.mix.iter().map(|(_, w)| w).sum();
         let mut x = rng.gen_range(0.0..total.max(f64::MIN_POSITIVE));
         for (op, w) in &self.mix {
             if x < *w {
-                return op;
+                return *op;
             }
             x -= w;
         }
-        "ping"
+        Op::Ping
     }
 }
 
@@ -238,41 +239,46 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                 break Got::Halted;
             }
             let mut op = shared.pick(&mut rng);
-            let risky = matches!(op, "fetch" | "download" | "login-fail");
-            let weight = if op == "login-fail" {
+            let risky = matches!(op, Op::Fetch | Op::Download | Op::LoginFail);
+            let weight = if op == Op::LoginFail {
                 shared.model.weight_auth_failed
             } else {
                 shared.model.weight_denied
             };
             if risky && !shared.model.allows(source, weight) {
                 bump(&mut counts, "risky steps deferred");
-                op = if rng.gen_bool(0.5) { "list" } else { "ping" };
+                op = if rng.gen_bool(0.5) {
+                    Op::List
+                } else {
+                    Op::Ping
+                };
             }
-            if op == "login-fail" {
+            if op == Op::LoginFail {
                 fail_first = true;
                 break Got::Timeout;
             }
             let req = match op {
-                "fetch" => Request::Fetch {
+                Op::Fetch => Request::Fetch {
                     item_id: shared.walk.next_id(),
                 },
-                "download" => Request::Download {
+                Op::Download => Request::Download {
                     item_id: shared.walk.next_id(),
                     part: 0,
                     offset: 0,
                     max_len: 4096,
                 },
-                "list" => Request::ListInbox {
+                Op::List => Request::ListInbox {
                     after: 0,
                     limit: 20,
                 },
-                "message" => Request::SendMessage {
+                Op::Message => Request::SendMessage {
                     to: me.clone(),
                     text: format!("note to self {}", rng.gen_range(0..1_000_000)),
                 },
-                _ => Request::Ping,
+                // A failed login left the loop above.
+                Op::Ping | Op::LoginFail => Request::Ping,
             };
-            bump(&mut counts, op);
+            bump(&mut counts, op.as_str());
             match s.call(&env, &req).await {
                 Ok(Reply::Error {
                     code: ErrorCode::PermissionDenied,

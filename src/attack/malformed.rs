@@ -1,25 +1,5 @@
 //! malformed: broken frames, one case per fresh connection, cycling through the cases named
-//! in `cases` (all by default):
-//!
-//! | case | bytes |
-//! |---|---|
-//! | `bad-magic` | a PING header whose first byte is 0x00 |
-//! | `bad-magic-second` | 0x52 where 0x4D is expected ("RR...") |
-//! | `bad-version` | version 2 |
-//! | `unknown-kind` | kind 0x7F |
-//! | `reply-kind` | a PONG (a reply kind) sent to the server |
-//! | `reserved-flags` | a PING with flags 0x0001 |
-//! | `fixed-too-long` | a PING declaring a 1-byte body |
-//! | `fixed-too-short` | a FETCH with a 4-byte body |
-//! | `field-too-long` | an AUTH whose user name declares 40 bytes |
-//! | `field-past-end` | an AUTH whose user name runs past the payload |
-//! | `trailing-bytes` | a valid AUTH body followed by 3 more bytes |
-//! | `invalid-utf8` | an AUTH whose user name is not UTF-8 |
-//! | `too-many-items` | a SEND_MAIL listing 255 attachments |
-//! | `bit-flip` | a valid frame with one seeded random bit flipped |
-//! | `truncated-frame` | a FETCH header and 3 of its 8 body bytes, then EOF |
-//! | `header-then-eof` | 7 header bytes, then EOF |
-//! | `garbage-after-valid` | a valid PING followed by garbage |
+//! in `cases` (all by default); [`MalformedCase`] lists them with the bytes each sends.
 //!
 //! Header errors should end the connection with ERROR BAD_FRAME (request id 0); body errors
 //! get ERROR BAD_FRAME with the frame's id and the connection stays open. The report lists,
@@ -35,8 +15,11 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::util::{error_code, header, raw_frame, request_bytes, run_slots, Env, Got, Inbox};
-use crate::protocol::{ErrorCode, Kind, Password, Request};
+use super::canary::{Got, Inbox};
+use super::run::{run_slots, Env};
+use super::spec::MalformedCase;
+use super::wire::{error_code, raw_frame, request_bytes};
+use crate::protocol::{raw_header, ErrorCode, Kind, Password, Request, VERSION};
 
 /// How long the server gets to answer a case before the attacker moves on.
 const ANSWER_WAIT: Duration = Duration::from_millis(500);
@@ -54,8 +37,8 @@ struct CaseTally {
 
 type Tallies = Arc<Mutex<BTreeMap<&'static str, CaseTally>>>;
 
-pub(crate) async fn run(env: Arc<Env>, cases: Vec<&'static str>) {
-    let cases: Arc<[&'static str]> = cases.into();
+pub(crate) async fn run(env: Arc<Env>, cases: Vec<MalformedCase>) {
+    let cases: Arc<[MalformedCase]> = cases.into();
     let tallies: Tallies = Arc::default();
     let t = Arc::clone(&tallies);
     run_slots(&env, move |env, slot| {
@@ -71,7 +54,7 @@ pub(crate) async fn run(env: Arc<Env>, cases: Vec<&'static str>) {
     }
 }
 
-async fn slot_loop(env: Arc<Env>, slot: usize, cases: Arc<[&'static str]>, tallies: Tallies) {
+async fn slot_loop(env: Arc<Env>, slot: usize, cases: Arc<[MalformedCase]>, tallies: Tallies) {
     let mut rng = env.rng(slot as u64);
     let mut n = slot;
     while env.live() {
@@ -118,7 +101,7 @@ async fn slot_loop(env: Arc<Env>, slot: usize, cases: Arc<[&'static str]>, talli
         inbox.finish(&env, &end);
         {
             let mut all = tallies.lock().unwrap_or_else(PoisonError::into_inner);
-            let t = all.entry(case).or_default();
+            let t = all.entry(case.as_str()).or_default();
             t.sent += tally.sent;
             t.bad_frame += tally.bad_frame;
             t.closed += tally.closed;
@@ -138,8 +121,8 @@ fn auth_body(user: &[u8], user_len: u8, password: &[u8]) -> Vec<u8> {
 }
 
 /// The bytes of one case, and whether to close our side right after sending them.
-pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
-    let ping = |id| header(Kind::Ping as u8, id, 0, 0).to_vec();
+pub(crate) fn case_bytes(case: MalformedCase, rng: &mut StdRng) -> (Vec<u8>, bool) {
+    let ping = |id| raw_header(VERSION, Kind::Ping as u8, id, 0, 0).to_vec();
     let with = |mut h: Vec<u8>, at: usize, b: u8| {
         if let Some(x) = h.get_mut(at) {
             *x = b;
@@ -147,32 +130,37 @@ pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
         h
     };
     match case {
-        "bad-magic" => (with(ping(1), 0, 0x00), false),
-        "bad-magic-second" => (with(ping(1), 1, 0x52), false),
-        "bad-version" => (with(ping(1), 2, 2), false),
-        "unknown-kind" => (with(ping(1), 3, 0x7F), false),
-        "reply-kind" => (with(ping(1), 3, Kind::Pong as u8), false),
-        "reserved-flags" => (raw_frame(Kind::Ping, 1, 0x0001, &[]).to_vec(), false),
-        "fixed-too-long" => (raw_frame(Kind::Ping, 1, 0, &[0]).to_vec(), false),
-        "fixed-too-short" => (raw_frame(Kind::Fetch, 1, 0, &[0, 0, 0, 1]).to_vec(), false),
-        "field-too-long" => (
+        MalformedCase::BadMagic => (with(ping(1), 0, 0x00), false),
+        MalformedCase::BadMagicSecond => (with(ping(1), 1, 0x52), false),
+        MalformedCase::BadVersion => (raw_header(2, Kind::Ping as u8, 1, 0, 0).to_vec(), false),
+        MalformedCase::UnknownKind => (raw_header(VERSION, 0x7F, 1, 0, 0).to_vec(), false),
+        MalformedCase::ReplyKind => (
+            raw_header(VERSION, Kind::Pong as u8, 1, 0, 0).to_vec(),
+            false,
+        ),
+        MalformedCase::ReservedFlags => (raw_frame(Kind::Ping, 1, 0x0001, &[]).to_vec(), false),
+        MalformedCase::FixedTooLong => (raw_frame(Kind::Ping, 1, 0, &[0]).to_vec(), false),
+        MalformedCase::FixedTooShort => {
+            (raw_frame(Kind::Fetch, 1, 0, &[0, 0, 0, 1]).to_vec(), false)
+        }
+        MalformedCase::FieldTooLong => (
             raw_frame(Kind::Auth, 1, 0, &auth_body(&[b'a'; 40], 40, b"x")).to_vec(),
             false,
         ),
-        "field-past-end" => (
+        MalformedCase::FieldPastEnd => (
             raw_frame(Kind::Auth, 1, 0, &auth_body(b"short", 20, b"")).to_vec(),
             false,
         ),
-        "trailing-bytes" => {
+        MalformedCase::TrailingBytes => {
             let mut body = auth_body(b"nobody", 6, b"x");
             body.extend_from_slice(b"\x01\x02\x03");
             (raw_frame(Kind::Auth, 1, 0, &body).to_vec(), false)
         }
-        "invalid-utf8" => (
+        MalformedCase::InvalidUtf8 => (
             raw_frame(Kind::Auth, 1, 0, &auth_body(&[0xC3, 0x28, 0xFF], 3, b"x")).to_vec(),
             false,
         ),
-        "too-many-items" => {
+        MalformedCase::TooManyItems => {
             let mut p = Vec::new();
             p.put_u8(5);
             p.put_slice(b"alice");
@@ -184,7 +172,7 @@ pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
             }
             (raw_frame(Kind::SendMail, 1, 0, &p).to_vec(), false)
         }
-        "bit-flip" => {
+        MalformedCase::BitFlip => {
             let reqs = [
                 Request::Ping,
                 Request::Auth {
@@ -207,18 +195,17 @@ pub(crate) fn case_bytes(case: &str, rng: &mut StdRng) -> (Vec<u8>, bool) {
             }
             (bytes, false)
         }
-        "truncated-frame" => {
-            let mut b = header(Kind::Fetch as u8, 1, 0, 8).to_vec();
+        MalformedCase::TruncatedFrame => {
+            let mut b = raw_header(VERSION, Kind::Fetch as u8, 1, 0, 8).to_vec();
             b.extend_from_slice(&[0, 0, 0]);
             (b, true)
         }
-        "header-then-eof" => (ping(1).get(..7).unwrap_or(&[]).to_vec(), true),
-        "garbage-after-valid" => {
+        MalformedCase::HeaderThenEof => (ping(1).get(..7).unwrap_or(&[]).to_vec(), true),
+        MalformedCase::GarbageAfterValid => {
             let mut b = ping(1);
             b.extend_from_slice(b"\xde\xad\xbe\xef");
             (b, false)
         }
-        _ => (Vec::new(), true),
     }
 }
 
@@ -227,12 +214,11 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::attack::spec::MALFORMED_CASES;
     use crate::attack::testing::{bench, config, TestResult};
     use crate::protocol::{decode_frame, DecodeError, Limits, Role};
 
     /// What the server's own decoder says about a case's bytes.
-    fn verdict(case: &str) -> Result<Option<Request>, DecodeError> {
+    fn verdict(case: MalformedCase) -> Result<Option<Request>, DecodeError> {
         let mut rng = StdRng::seed_from_u64(3);
         let (bytes, _) = case_bytes(case, &mut rng);
         let mut buf = bytes::BytesMut::from(&bytes[..]);
@@ -245,35 +231,35 @@ mod tests {
     #[test]
     fn every_case_is_rejected_by_the_real_decoder() {
         for case in [
-            "bad-magic",
-            "bad-magic-second",
-            "bad-version",
-            "unknown-kind",
-            "reply-kind",
+            MalformedCase::BadMagic,
+            MalformedCase::BadMagicSecond,
+            MalformedCase::BadVersion,
+            MalformedCase::UnknownKind,
+            MalformedCase::ReplyKind,
         ] {
             assert!(verdict(case).is_err_and(|e| e.is_fatal()), "{case}");
         }
-        for case in ["reserved-flags", "fixed-too-long"] {
+        for case in [MalformedCase::ReservedFlags, MalformedCase::FixedTooLong] {
             assert!(verdict(case).is_err_and(|e| e.is_fatal()), "{case}");
         }
         for case in [
-            "fixed-too-short",
-            "field-too-long",
-            "field-past-end",
-            "trailing-bytes",
-            "invalid-utf8",
-            "too-many-items",
+            MalformedCase::FixedTooShort,
+            MalformedCase::FieldTooLong,
+            MalformedCase::FieldPastEnd,
+            MalformedCase::TrailingBytes,
+            MalformedCase::InvalidUtf8,
+            MalformedCase::TooManyItems,
         ] {
             assert!(verdict(case).is_err_and(|e| !e.is_fatal()), "{case}");
         }
-        for case in ["truncated-frame", "header-then-eof"] {
+        for case in [MalformedCase::TruncatedFrame, MalformedCase::HeaderThenEof] {
             assert!(matches!(verdict(case), Ok(None)), "{case}");
         }
         assert!(matches!(
-            verdict("garbage-after-valid"),
+            verdict(MalformedCase::GarbageAfterValid),
             Ok(Some(Request::Ping))
         ));
-        for case in MALFORMED_CASES {
+        for &case in MalformedCase::ALL {
             let mut rng = StdRng::seed_from_u64(1);
             assert!(!case_bytes(case, &mut rng).0.is_empty(), "{case}");
         }
@@ -310,7 +296,7 @@ mod tests {
             .iter()
             .filter(|n| n.starts_with("case "))
             .collect();
-        assert_eq!(case_notes.len(), MALFORMED_CASES.len(), "{report:?}");
+        assert_eq!(case_notes.len(), MalformedCase::ALL.len(), "{report:?}");
         assert!(env.count("bad_frame") >= 12, "{report:?}");
         assert!(env.count("conn cut: bad_frame") >= 6, "{report:?}");
         // Header errors: every send answered with BAD_FRAME and closed.

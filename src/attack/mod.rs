@@ -7,8 +7,12 @@
 //! [`AttackReport`].
 //!
 //! - [`spec`]: the table, its checking and [`AttackKind`].
-//! - [`util`]: connecting from a source address, spotting a refusal at accept, reading
-//!   replies while scanning them for the canary, and the per-run bookkeeping.
+//! - [`net`]: connecting from a source address and spotting a refusal at accept.
+//! - `wire`: encoding requests and deliberately broken frames, reading reply codes.
+//! - `canary`: the planted secrets ([`Canary`]) and the reply side of a connection, which
+//!   scans every byte received for them.
+//! - `run`: the per-run bookkeeping (`Env`), the slot runner, the source watcher and login
+//!   pacing.
 //! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`, `preauth_buffer`,
 //!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
 //!   `low_and_slow`.
@@ -23,23 +27,26 @@
 //!
 //! Invariant: an attacker only ever sends to a loopback address; [`run`] refuses any other
 //! target before opening a socket. Nothing the server sends can make an attacker panic or
-//! allocate by a length the server declared; every received byte is scanned with
-//! [`Canary::leaked_in`].
+//! allocate by a length the server declared; every received byte is scanned for what
+//! [`Canary::leaked_in`] looks for, also across reads.
 
 mod brute_force;
+mod canary;
 mod conn;
 mod flood;
 mod low_and_slow;
 mod malformed;
+pub mod net;
 mod oversized;
 mod preauth_buffer;
 mod probe;
 mod raw_flood;
+mod run;
 mod slow_read;
 mod slowloris;
 pub mod spec;
 mod tamper;
-pub mod util;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,64 +59,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use canary::Canary;
 pub use spec::{Attack, AttackError, AttackKind, AttackSpec};
 
+use run::Env;
 use spec::Params;
-use util::Env;
-
-/// Secrets the runner planted. No byte of them may ever reach an attacker.
-#[derive(Clone)]
-pub struct Canary {
-    /// The text of a private mail to the victim.
-    pub secret: String,
-    /// The victim's user name.
-    pub victim: String,
-    /// The victim's password.
-    pub victim_password: String,
-    /// Ids of the victim's private items, for the tamper attacker to go after.
-    pub victim_item_ids: Vec<u64>,
-}
-
-impl fmt::Debug for Canary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Canary")
-            .field(
-                "secret",
-                &format_args!("<{} bytes redacted>", self.secret.len()),
-            )
-            .field("victim", &self.victim)
-            .field("victim_password", &format_args!("<redacted>"))
-            .field("victim_item_ids", &self.victim_item_ids)
-            .finish()
-    }
-}
-
-/// Every stored password hash starts like this (PHC string format of argon2).
-const HASH_MARKER: &[u8] = b"$argon2";
-
-impl Canary {
-    /// True if `bytes` contain the secret, the victim's password, or an argon2 hash marker.
-    /// Empty secrets never match.
-    pub fn leaked_in(&self, bytes: &[u8]) -> bool {
-        self.needles().any(|needle| util::contains(bytes, needle))
-    }
-
-    /// The byte strings looked for, skipping empty ones.
-    fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        [
-            self.secret.as_bytes(),
-            self.victim_password.as_bytes(),
-            HASH_MARKER,
-        ]
-        .into_iter()
-        .filter(|n| !n.is_empty())
-    }
-
-    /// The longest needle, so scans across read boundaries keep enough overlap.
-    fn longest(&self) -> usize {
-        self.needles().map(<[u8]>::len).max().unwrap_or(0)
-    }
-}
 
 /// Live counters shared with the runner while an attack runs.
 #[derive(Debug, Default)]
@@ -266,7 +220,7 @@ async fn run_kind(env: Arc<Env>, params: Params) {
     if matches!(params, Params::LowAndSlow { .. }) {
         return run_params(env, params).await;
     }
-    let watcher = tokio::spawn(util::watch_sources(Arc::clone(&env)));
+    let watcher = tokio::spawn(run::watch_sources(Arc::clone(&env)));
     run_params(Arc::clone(&env), params).await;
     // The watcher keeps checking until the attack halts, even after the slots are done.
     let _ = watcher.await;
@@ -352,45 +306,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn canary() -> Canary {
-        Canary {
-            secret: "CANARY-7f3a9c".into(),
-            victim: "victim".into(),
-            victim_password: "hunter2-victim".into(),
-            victim_item_ids: vec![1],
-        }
-    }
-
-    #[test]
-    fn leaked_in_finds_each_needle_anywhere() {
-        let c = canary();
-        assert!(c.leaked_in(b"CANARY-7f3a9c"));
-        assert!(c.leaked_in(b"xx CANARY-7f3a9c yy"));
-        assert!(c.leaked_in(b"\x00\x01hunter2-victim"));
-        assert!(c.leaked_in(b"$argon2id$v=19$m=64,t=1,p=1$..."));
-        assert!(!c.leaked_in(b""));
-        assert!(!c.leaked_in(b"CANARY-7f3a9"));
-        assert!(!c.leaked_in(b"hunter2"));
-        assert!(!c.leaked_in(b"victim"));
-        assert!(!c.leaked_in(b"$argon"));
-        let empty = Canary {
-            secret: String::new(),
-            victim: "v".into(),
-            victim_password: String::new(),
-            victim_item_ids: vec![],
-        };
-        assert!(!empty.leaked_in(b"anything at all"));
-        assert!(empty.leaked_in(b"$argon2"));
-        assert_eq!(c.longest(), 14);
-    }
-
-    #[test]
-    fn debug_never_shows_secrets() {
-        let shown = format!("{:?}", canary());
-        assert!(!shown.contains("CANARY-7f3a9c"), "{shown}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-    }
+    use crate::attack::testing::canary;
 
     #[test]
     fn run_is_send() -> Result<(), Box<dyn std::error::Error>> {

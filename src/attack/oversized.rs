@@ -17,10 +17,10 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::util::{
-    bump, encode_into, header, raw_frame, run_slots, Counts, Drain, Env, Got, Ids, Inbox,
-};
-use crate::protocol::{Kind, Limits, Password, Request};
+use super::canary::{Drain, Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
+use super::wire::{encode_into, raw_frame, Ids};
+use crate::protocol::{raw_header, Kind, Limits, Password, Request, VERSION};
 
 /// Bytes per write of a streamed body.
 const BODY_WRITE: usize = 64 * 1024;
@@ -53,10 +53,10 @@ async fn slot_loop(env: Arc<Env>, slot: usize, declared_len: u32, body_bytes: u6
         match case {
             "declared-huge" | "over-frame-limit" => {
                 let head = if case == "declared-huge" {
-                    header(Kind::SendMessage as u8, 1, 0, declared_len)
+                    raw_header(VERSION, Kind::SendMessage as u8, 1, 0, declared_len)
                 } else {
                     let over = Limits::default().max_frame_bytes.saturating_add(1);
-                    header(Kind::SendMail as u8, 1, 0, over)
+                    raw_header(VERSION, Kind::SendMail as u8, 1, 0, over)
                 };
                 let drain = Drain::spawn(&env, rd, inbox);
                 if env.write(&mut wr, &head, 1).await.is_ok() {

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::util::{bump, header, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
+use crate::protocol::{raw_header, VERSION};
 
 pub(crate) async fn run(env: Arc<Env>, kind: u8, declared_len: u32, body_bytes: u32) {
     run_slots(&env, move |env, slot| {
@@ -22,7 +24,7 @@ pub(crate) async fn run(env: Arc<Env>, kind: u8, declared_len: u32, body_bytes: 
 
 async fn slot_loop(env: Arc<Env>, slot: usize, kind: u8, declared_len: u32, body_bytes: u32) {
     let mut rng = env.rng(slot as u64);
-    let head = header(kind, 1, 0, declared_len);
+    let head = raw_header(VERSION, kind, 1, 0, declared_len);
     while env.live() {
         let Some((stream, source)) = env.open_next(&mut rng).await else {
             break;
@@ -62,7 +64,7 @@ async fn send(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     head: &[u8],
     body_bytes: u32,
-) -> Result<(), super::util::WriteEnd> {
+) -> Result<(), super::run::WriteEnd> {
     env.write(wr, head, 1).await?;
     let mut left = body_bytes as usize;
     while left > 0 {

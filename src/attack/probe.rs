@@ -11,7 +11,8 @@ use rand::rngs::StdRng;
 use rand::RngCore;
 use tokio::time::Instant;
 
-use super::util::{bump, run_slots, Counts, Env, Got, Inbox};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
 
 /// How long a probe waits for the server to answer and close.
 const ANSWER_WAIT: Duration = Duration::from_secs(1);

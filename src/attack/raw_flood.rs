@@ -10,7 +10,8 @@ use std::time::Duration;
 use rand::{Rng, RngCore};
 use tokio::time::Instant;
 
-use super::util::{run_slots, Drain, Env, Inbox};
+use super::canary::{Drain, Inbox};
+use super::run::{run_slots, Env};
 
 /// Random bytes drawn once per connection slot.
 const POOL_BYTES: usize = 64 * 1024;

@@ -14,7 +14,10 @@ use bytes::BytesMut;
 use rand::RngCore;
 use tokio::time::Instant;
 
-use super::util::{abort, bump, encode_into, login, run_slots, Counts, Env, Got, Ids, Inbox};
+use super::canary::{Got, Inbox};
+use super::net::abort;
+use super::run::{bump, login, run_slots, Counts, Env};
+use super::wire::{encode_into, Ids};
 use crate::client::{Client, ClientOptions};
 use crate::protocol::{ErrorCode, Request};
 

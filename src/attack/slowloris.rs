@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::util::{bump, header, run_slots, Counts, Env, Got, Inbox};
-use crate::protocol::Kind;
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
+use crate::protocol::{raw_header, Kind, VERSION};
 
 pub(crate) async fn run(env: Arc<Env>, interval: Duration, declared_len: u32) {
     run_slots(&env, move |env, slot| {
@@ -22,7 +23,7 @@ pub(crate) async fn run(env: Arc<Env>, interval: Duration, declared_len: u32) {
 async fn slot_loop(env: Arc<Env>, slot: usize, interval: Duration, declared_len: u32) {
     let mut rng = env.rng(slot as u64);
     let mut n = slot;
-    let head = header(Kind::SendMail as u8, 1, 0, declared_len);
+    let head = raw_header(VERSION, Kind::SendMail as u8, 1, 0, declared_len);
     while env.live() {
         let stall = n % 2 == 1;
         n = n.wrapping_add(1);

@@ -66,52 +66,123 @@ const DEFAULT_PROBE_INTERVAL_MS: u64 = 200;
 /// low-and-slow: one request a second, far under every frame rate limit.
 const DEFAULT_LOW_RATE: f64 = 1.0;
 
-/// Frames the flood attacker cycles through (`frames` key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum FloodFrame {
-    /// PING.
-    Ping,
-    /// LIST_INBOX of one entry.
-    ListInbox,
-    /// SEND_MESSAGE of a short text to itself.
-    SendMessage,
-    /// FETCH of a low item id.
-    Fetch,
+/// A closed vocabulary of a scenario key: an enum whose names serde reads and writes, so a
+/// misspelled value is refused with the names it could have been ("unknown variant `pong`,
+/// expected one of `ping`, ..."), with every variant in order ([`Self::ALL`]) and its name.
+macro_rules! vocabulary {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            $( $(#[$vdoc:meta])* $variant:ident = $text:literal, )*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vdoc])* #[serde(rename = $text)] $variant, )*
+        }
+
+        impl $name {
+            /// Every value, in the order the docs list them.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The name used in scenario files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl FloodFrame {
-    const NAMES: [(&'static str, FloodFrame); 4] = [
-        ("ping", FloodFrame::Ping),
-        ("list-inbox", FloodFrame::ListInbox),
-        ("send-message", FloodFrame::SendMessage),
-        ("fetch", FloodFrame::Fetch),
-    ];
+vocabulary! {
+    /// Frames the flood attacker cycles through (`frames` key).
+    FloodFrame {
+        /// PING.
+        Ping = "ping",
+        /// LIST_INBOX of one entry.
+        ListInbox = "list-inbox",
+        /// SEND_MESSAGE of a short text to itself.
+        SendMessage = "send-message",
+        /// FETCH of a low item id.
+        Fetch = "fetch",
+    }
 }
 
-/// The malformed cases, by name (`cases` key). Each is sent on a fresh connection.
-pub(crate) const MALFORMED_CASES: [&str; 17] = [
-    "bad-magic",
-    "bad-magic-second",
-    "bad-version",
-    "unknown-kind",
-    "reply-kind",
-    "reserved-flags",
-    "fixed-too-long",
-    "fixed-too-short",
-    "field-too-long",
-    "field-past-end",
-    "trailing-bytes",
-    "invalid-utf8",
-    "too-many-items",
-    "bit-flip",
-    "truncated-frame",
-    "header-then-eof",
-    "garbage-after-valid",
-];
+vocabulary! {
+    /// The frame a preauth-buffer connection starts (`frame` key).
+    PreauthFrame {
+        /// SEND_MAIL, which needs a login.
+        SendMail = "send-mail",
+        /// AUTH, the one frame a stranger may send.
+        Auth = "auth",
+    }
+}
 
-/// Operations the low-and-slow attacker mixes (`mix` keys).
-pub(crate) const LOW_AND_SLOW_OPS: [&str; 6] =
-    ["fetch", "download", "list", "message", "ping", "login-fail"];
+vocabulary! {
+    /// The malformed cases (`cases` key). Each is sent on a fresh connection.
+    MalformedCase {
+        /// A PING header whose first byte is 0x00.
+        BadMagic = "bad-magic",
+        /// A PING header with 0x52 where 0x4D is expected ("RR...").
+        BadMagicSecond = "bad-magic-second",
+        /// A PING header of version 2.
+        BadVersion = "bad-version",
+        /// A header of kind 0x7F, which names no kind.
+        UnknownKind = "unknown-kind",
+        /// A PONG (a reply kind) sent to the server.
+        ReplyKind = "reply-kind",
+        /// A PING with flags 0x0001.
+        ReservedFlags = "reserved-flags",
+        /// A PING declaring a 1-byte body.
+        FixedTooLong = "fixed-too-long",
+        /// A FETCH with a 4-byte body.
+        FixedTooShort = "fixed-too-short",
+        /// An AUTH whose user name declares 40 bytes.
+        FieldTooLong = "field-too-long",
+        /// An AUTH whose user name runs past the payload.
+        FieldPastEnd = "field-past-end",
+        /// A valid AUTH body followed by 3 more bytes.
+        TrailingBytes = "trailing-bytes",
+        /// An AUTH whose user name is not UTF-8.
+        InvalidUtf8 = "invalid-utf8",
+        /// A SEND_MAIL listing 255 attachments.
+        TooManyItems = "too-many-items",
+        /// A valid frame with one seeded random bit flipped.
+        BitFlip = "bit-flip",
+        /// A FETCH header and 3 of its 8 body bytes, then EOF.
+        TruncatedFrame = "truncated-frame",
+        /// 7 header bytes, then EOF.
+        HeaderThenEof = "header-then-eof",
+        /// A valid PING followed by garbage.
+        GarbageAfterValid = "garbage-after-valid",
+    }
+}
+
+vocabulary! {
+    /// Operations the low-and-slow attacker mixes (`mix` keys).
+    LowAndSlowOp {
+        /// FETCH of the next id of an enumeration.
+        Fetch = "fetch",
+        /// DOWNLOAD of the next id of an enumeration.
+        Download = "download",
+        /// LIST_INBOX.
+        List = "list",
+        /// SEND_MESSAGE to itself.
+        Message = "message",
+        /// PING.
+        Ping = "ping",
+        /// A failed login as the victim, then a proper one.
+        LoginFail = "login-fail",
+    }
+}
 
 macro_rules! attack_specs {
     ($(
@@ -185,7 +256,7 @@ attack_specs! {
         pipeline: u32,
         /// Frames to cycle through: "ping", "list-inbox", "send-message", "fetch" (of item 1,
         /// likely someone else's) (default ping, list-inbox, send-message).
-        frames: Vec<String>,
+        frames: Vec<FloodFrame>,
         /// Log in with the attack account first (default true); without it only PINGs make
         /// sense.
         auth: bool,
@@ -218,7 +289,7 @@ attack_specs! {
     /// server would hold whatever it buffered for a stranger.
     PreauthBuffer {
         /// The frame started: `send-mail` (default) or `auth`.
-        frame: String,
+        frame: PreauthFrame,
         /// Payload length its header declares (default 1 048 575).
         declared_len: u32,
         /// Body bytes sent before the stall (default: all but the last byte of the declared
@@ -244,7 +315,7 @@ attack_specs! {
     /// Bad magic, version or kind, truncated frames, wrong lengths, invalid UTF-8, bit flips.
     Malformed {
         /// Case names to cycle through (default all of them).
-        cases: Vec<String>,
+        cases: Vec<MalformedCase>,
     }
     /// Tries to reach the victim's data: other users' ids, flag bits, path traversal, SQL
     /// metacharacters, forged senders, replayed AUTH frames.
@@ -269,7 +340,7 @@ attack_specs! {
         /// Relative weights of "fetch", "download", "list", "message", "ping" and
         /// "login-fail" (default fetch 0.35, download 0.05, list 0.2, message 0.15, ping 0.15,
         /// login-fail 0.1).
-        mix: BTreeMap<String, f64>,
+        mix: BTreeMap<LowAndSlowOp, f64>,
     }
 }
 
@@ -404,7 +475,7 @@ pub(crate) enum Params {
     },
     ConnExhaust,
     Malformed {
-        cases: Vec<&'static str>,
+        cases: Vec<MalformedCase>,
     },
     Tamper,
     BruteForce {
@@ -416,8 +487,8 @@ pub(crate) enum Params {
     },
     LowAndSlow {
         rate_per_s: f64,
-        /// (operation, weight), in [`LOW_AND_SLOW_OPS`] order; weights sum to more than 0.
-        mix: Vec<(&'static str, f64)>,
+        /// (operation, weight), in [`LowAndSlowOp::ALL`] order; weights sum to more than 0.
+        mix: Vec<(LowAndSlowOp, f64)>,
     },
 }
 
@@ -592,27 +663,11 @@ impl AttackSpec {
                         FloodFrame::ListInbox,
                         FloodFrame::SendMessage,
                     ],
-                    Some(names) => {
-                        if names.is_empty() {
+                    Some(frames) => {
+                        if frames.is_empty() {
                             return Err(c.err("frames", "must name at least one frame"));
                         }
-                        names
-                            .iter()
-                            .map(|n| {
-                                FloodFrame::NAMES
-                                    .iter()
-                                    .find(|(name, _)| name == n)
-                                    .map(|(_, f)| *f)
-                                    .ok_or_else(|| {
-                                        c.err(
-                                            "frames",
-                                            format!(
-                                                "unknown frame {n:?}; known: ping, list-inbox, send-message, fetch"
-                                            ),
-                                        )
-                                    })
-                            })
-                            .collect::<Result<Vec<_>, _>>()?
+                        frames.clone()
                     }
                 };
                 Params::Flood {
@@ -672,15 +727,9 @@ impl AttackSpec {
                 body_bytes,
                 ..
             } => {
-                let kind = match frame.as_deref().unwrap_or("send-mail") {
-                    "send-mail" => crate::protocol::Kind::SendMail,
-                    "auth" => crate::protocol::Kind::Auth,
-                    other => {
-                        return Err(c.err(
-                            "frame",
-                            format!("unknown frame {other:?}; known: send-mail, auth"),
-                        ))
-                    }
+                let kind = match frame.unwrap_or(PreauthFrame::SendMail) {
+                    PreauthFrame::SendMail => crate::protocol::Kind::SendMail,
+                    PreauthFrame::Auth => crate::protocol::Kind::Auth,
                 };
                 let declared_len = declared_len.unwrap_or(DEFAULT_PREAUTH_DECLARED);
                 Params::PreauthBuffer {
@@ -731,31 +780,15 @@ impl AttackSpec {
             },
             AttackSpec::ConnExhaust { .. } => Params::ConnExhaust,
             AttackSpec::Malformed { cases, .. } => {
-                let cases =
-                    match cases {
-                        None => MALFORMED_CASES.to_vec(),
-                        Some(names) => {
-                            if names.is_empty() {
-                                return Err(c.err("cases", "must name at least one case"));
-                            }
-                            names
-                                .iter()
-                                .map(|n| {
-                                    MALFORMED_CASES.iter().copied().find(|k| k == n).ok_or_else(
-                                        || {
-                                            c.err(
-                                                "cases",
-                                                format!(
-                                                    "unknown case {n:?}; known: {}",
-                                                    MALFORMED_CASES.join(", ")
-                                                ),
-                                            )
-                                        },
-                                    )
-                                })
-                                .collect::<Result<Vec<_>, _>>()?
+                let cases = match cases {
+                    None => MalformedCase::ALL.to_vec(),
+                    Some(cases) => {
+                        if cases.is_empty() {
+                            return Err(c.err("cases", "must name at least one case"));
                         }
-                    };
+                        cases.clone()
+                    }
+                };
                 Params::Malformed { cases }
             }
             AttackSpec::Tamper { .. } => Params::Tamper,
@@ -804,34 +837,28 @@ impl AttackSpec {
                 )?;
                 let mix = match mix {
                     None => vec![
-                        ("fetch", 0.35),
-                        ("download", 0.05),
-                        ("list", 0.2),
-                        ("message", 0.15),
-                        ("ping", 0.15),
-                        ("login-fail", 0.1),
+                        (LowAndSlowOp::Fetch, 0.35),
+                        (LowAndSlowOp::Download, 0.05),
+                        (LowAndSlowOp::List, 0.2),
+                        (LowAndSlowOp::Message, 0.15),
+                        (LowAndSlowOp::Ping, 0.15),
+                        (LowAndSlowOp::LoginFail, 0.1),
                     ],
                     Some(map) => {
-                        for (name, w) in map {
-                            if !LOW_AND_SLOW_OPS.contains(&name.as_str()) {
-                                return Err(c.err(
-                                    "mix",
-                                    format!(
-                                        "unknown operation {name:?}; known: {}",
-                                        LOW_AND_SLOW_OPS.join(", ")
-                                    ),
-                                ));
-                            }
+                        for (op, w) in map {
                             if !w.is_finite() || *w < 0.0 {
                                 return Err(c.err(
                                     "mix",
-                                    format!("weight of {name:?} must be 0 or more, got {w}"),
+                                    format!(
+                                        "weight of {:?} must be 0 or more, got {w}",
+                                        op.as_str()
+                                    ),
                                 ));
                             }
                         }
-                        let mix: Vec<(&'static str, f64)> = LOW_AND_SLOW_OPS
+                        let mix: Vec<(LowAndSlowOp, f64)> = LowAndSlowOp::ALL
                             .iter()
-                            .map(|op| (*op, map.get(*op).copied().unwrap_or(0.0)))
+                            .map(|&op| (op, map.get(&op).copied().unwrap_or(0.0)))
                             .filter(|(_, w)| *w > 0.0)
                             .collect();
                         if mix.is_empty() {
@@ -908,6 +935,94 @@ mod tests {
         assert!(text.contains("raw-flod"), "{text}");
     }
 
+    #[test]
+    fn a_misspelled_value_names_the_ones_it_could_be() {
+        let error = |text: &str| parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        for (text, expected) in [
+            (
+                "kind = \"flood\"\nframes = [\"ping\", \"pong\"]\n",
+                "unknown variant `pong`, expected one of `ping`, `list-inbox`, `send-message`, \
+                 `fetch`",
+            ),
+            (
+                "kind = \"malformed\"\ncases = [\"bad-magic\", \"nope\"]\n",
+                "unknown variant `nope`, expected one of `bad-magic`, `bad-magic-second`,",
+            ),
+            (
+                "kind = \"low-and-slow\"\nmix = { sneeze = 1.0 }\n",
+                "unknown variant `sneeze`, expected one of `fetch`, `download`, `list`, \
+                 `message`, `ping`, `login-fail`",
+            ),
+            (
+                "kind = \"preauth-buffer\"\nframe = \"send_mail\"\n",
+                "unknown variant `send_mail`, expected `send-mail` or `auth`",
+            ),
+        ] {
+            let text = error(text);
+            assert!(text.contains(expected), "{text}");
+        }
+    }
+
+    /// Every vocabulary's names are the ones scenario files and docs/SCENARIOS.md use, read
+    /// and written by serde in both directions.
+    #[test]
+    fn vocabularies_keep_their_names() -> Result<(), Box<dyn std::error::Error>> {
+        fn names<T: Serialize + serde::de::DeserializeOwned + PartialEq + fmt::Debug + Copy>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+        ) -> Result<Vec<&'static str>, serde_json::Error> {
+            for &v in all {
+                let json = serde_json::to_string(&v)?;
+                assert_eq!(json, format!("\"{}\"", as_str(v)));
+                assert_eq!(serde_json::from_str::<T>(&json)?, v);
+            }
+            Ok(all.iter().map(|&v| as_str(v)).collect())
+        }
+        assert_eq!(
+            names(FloodFrame::ALL, FloodFrame::as_str)?,
+            ["ping", "list-inbox", "send-message", "fetch"]
+        );
+        assert_eq!(
+            names(PreauthFrame::ALL, PreauthFrame::as_str)?,
+            ["send-mail", "auth"]
+        );
+        assert_eq!(
+            names(MalformedCase::ALL, MalformedCase::as_str)?,
+            [
+                "bad-magic",
+                "bad-magic-second",
+                "bad-version",
+                "unknown-kind",
+                "reply-kind",
+                "reserved-flags",
+                "fixed-too-long",
+                "fixed-too-short",
+                "field-too-long",
+                "field-past-end",
+                "trailing-bytes",
+                "invalid-utf8",
+                "too-many-items",
+                "bit-flip",
+                "truncated-frame",
+                "header-then-eof",
+                "garbage-after-valid",
+            ]
+        );
+        assert_eq!(
+            names(LowAndSlowOp::ALL, LowAndSlowOp::as_str)?,
+            ["fetch", "download", "list", "message", "ping", "login-fail"]
+        );
+        // Keyed by operation, `mix` still reads and writes as a table of names.
+        let spec = parse("kind = \"low-and-slow\"\nmix = { login-fail = 0.5, fetch = 1.0 }\n")?;
+        let text = toml::to_string(&spec)?;
+        assert!(
+            text.contains("[mix]\nfetch = 1.0\nlogin-fail = 0.5\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text)?, spec);
+        Ok(())
+    }
+
     fn check_err(text: &str, key: &str) {
         let result = parse(text).map(|s| s.check(10.0));
         match result {
@@ -929,14 +1044,14 @@ mod tests {
         check_err("kind = \"flood\"\nstart_s = 10\n", "start_s");
         check_err("kind = \"flood\"\nstop_s = 11\n", "stop_s");
         check_err("kind = \"flood\"\npipeline = 0\n", "pipeline");
-        check_err("kind = \"flood\"\nframes = [\"pong\"]\n", "frames");
+        check_err("kind = \"flood\"\nframes = []\n", "frames");
         check_err("kind = \"raw-flood\"\nchunk_bytes = 0\n", "chunk_bytes");
-        check_err("kind = \"malformed\"\ncases = [\"nope\"]\n", "cases");
+        check_err("kind = \"malformed\"\ncases = []\n", "cases");
         check_err(
             "kind = \"conn-churn\"\nper_source_rate = 0\n",
             "per_source_rate",
         );
-        check_err("kind = \"low-and-slow\"\nmix = { sneeze = 1.0 }\n", "mix");
+        check_err("kind = \"low-and-slow\"\nmix = { ping = -1.0 }\n", "mix");
         check_err("kind = \"low-and-slow\"\nmix = { ping = 0.0 }\n", "mix");
         check_err(
             "kind = \"brute-force\"\ntarget_user = \"\"\n",

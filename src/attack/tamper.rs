@@ -29,9 +29,9 @@ use rand::rngs::StdRng;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use super::util::{
-    bump, raw_frame, request_bytes, run_slots, Counts, Env, Got, Ids, Inbox, REPLY_LIMITS,
-};
+use super::canary::{Got, Inbox};
+use super::run::{bump, run_slots, Counts, Env};
+use super::wire::{raw_frame, request_bytes, Ids, REPLY_LIMITS};
 use crate::protocol::{ErrorCode, ItemBody, Kind, Password, Reply, Request};
 
 /// Longest wait for one reply (an ACCEPTED waits for an fsync).

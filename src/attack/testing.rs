@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::util::Env;
+use super::run::Env;
 use super::{run_kind, Attack, AttackContext, AttackReport, AttackSpec, Canary, Observations};
 use crate::client::{Client, ClientOptions};
 use crate::config::Config;
@@ -19,6 +19,16 @@ pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send 
 /// The canary secret planted in every test server.
 pub(crate) const SECRET: &str = "CANARY-SECRET-5b1f0e2d";
 const VICTIM_PW: &str = "victim-pw-9c41";
+
+/// A canary with made-up secrets, for tests that need no server.
+pub(crate) fn canary() -> Canary {
+    Canary {
+        secret: "CANARY-7f3a9c".into(),
+        victim: "victim".into(),
+        victim_password: "hunter2-victim".into(),
+        victim_item_ids: vec![1],
+    }
+}
 
 /// A server for attack tests.
 pub(crate) struct Bench {

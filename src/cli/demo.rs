@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 
 use rampart::client::{Client, ClientOptions};
 use rampart::config::Config;
-use rampart::protocol::{decode_frame, BlockedNotice, ErrorCode, ItemBody, Limits, Reply, Role};
+use rampart::protocol::{
+    decode_frame, raw_header, BlockedNotice, ErrorCode, ItemBody, Kind, Limits, Reply, Role,
+    VERSION,
+};
 use rampart::server::auth::hash_password;
 use rampart::server::Server;
 
@@ -205,8 +208,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let (mut bytes, mut closed) = (Vec::new(), true);
     for _ in 0..2 {
         let mut s = connect_from(attacker(2), addr).await?;
-        s.write_all(b"RM\x01\x03\0\0\0\x01\0\0\xff\xff\xff\xff")
-            .await?;
+        s.write_all(&raw_header(
+            VERSION,
+            Kind::SendMessage as u8,
+            1,
+            0,
+            u32::MAX,
+        ))
+        .await?;
         let (got, shut) = drain(&mut s, Duration::from_secs(2)).await;
         closed &= shut;
         bytes = got;
@@ -251,7 +260,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     // Slowloris: a valid header declaring a large frame, then one byte at a time.
     let mut slow = connect_from(attacker(5), addr).await?;
-    slow.write_all(b"RM\x01\x03\0\0\0\x01\0\0\0\0\x40\0")
+    slow.write_all(&raw_header(VERSION, Kind::SendMessage as u8, 1, 0, 0x4000))
         .await?;
     let started = Instant::now();
     let mut cut = false;

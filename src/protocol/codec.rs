@@ -11,9 +11,9 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::error::{DecodeError, EncodeError};
-use super::frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};
+use super::frame::{raw_header, Frame, Kind, RawHeader, HEADER_LEN, MAGIC, VERSION};
 use super::limits::{Limits, HARD_MAX_FRAME};
-use super::msg::{reply, request, Reply, Request};
+use super::msg::{self, Reply, Request};
 
 /// Which side is decoding: a server accepts only request kinds, a client only reply kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,7 @@ pub enum Role {
 /// The largest payload a frame of `kind` may declare under `limits`: the body's own maximum,
 /// capped by the configured frame limit and the hard cap.
 pub fn max_payload(kind: Kind, limits: &Limits) -> u32 {
-    let body = request::max_body(kind, limits)
-        .or_else(|| reply::max_body(kind, limits))
-        .unwrap_or(0);
+    let body = msg::max_body(kind, limits);
     let ceiling = u64::from(limits.frame_ceiling());
     // min() with a u32 value, so the conversion cannot fail; fall back to the cap regardless.
     u32::try_from(body.min(ceiling)).unwrap_or(HARD_MAX_FRAME)
@@ -79,12 +77,19 @@ pub fn decode_frame(
         check_header_prefix(buf, role)?;
         return Ok(None);
     };
-    let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
+    let RawHeader {
+        magic,
+        version,
+        kind: kind_byte,
+        request_id,
+        flags,
+        len,
+    } = RawHeader::parse(header);
     // One combined test for a valid prefix; on any failure the byte-by-byte check names the
     // first offending byte, exactly as for a partial header.
     let kind = match Kind::from_u8(kind_byte) {
         Some(kind)
-            if [m0, m1] == MAGIC
+            if magic == MAGIC
                 && version == VERSION
                 && kind.is_request() == (role == Role::Server) =>
         {
@@ -97,9 +102,6 @@ pub fn decode_frame(
             return Err(DecodeError::UnknownKind { kind: kind_byte });
         }
     };
-    let request_id = u32::from_be_bytes([r0, r1, r2, r3]);
-    let flags = u16::from_be_bytes([f0, f1]);
-    let len = u32::from_be_bytes([l0, l1, l2, l3]);
     if flags != 0 {
         return Err(DecodeError::ReservedFlags { flags });
     }
@@ -152,8 +154,10 @@ impl FrameDecoder {
     pub fn new(limits: Limits, role: Role) -> FrameDecoder {
         let mut accepts = [None; 256];
         for &kind in Kind::ALL {
-            if kind.is_request() == (role == Role::Server) {
-                accepts[kind as usize] = Some((kind, max_payload(kind, &limits)));
+            if let Some(slot) = accepts.get_mut(usize::from(kind as u8)) {
+                if kind.is_request() == (role == Role::Server) {
+                    *slot = Some((kind, max_payload(kind, &limits)));
+                }
             }
         }
         FrameDecoder {
@@ -179,19 +183,18 @@ impl FrameDecoder {
         let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
             return self.decode_checked(buf);
         };
-        let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
-        let len = u32::from_be_bytes([l0, l1, l2, l3]);
-        match self.accepts[usize::from(kind_byte)] {
+        let h = RawHeader::parse(header);
+        // The table has an entry for every byte, so `get` always finds one.
+        match self.accepts.get(usize::from(h.kind)).copied().flatten() {
             Some((kind, max))
-                if [m0, m1] == MAGIC && version == VERSION && [f0, f1] == [0, 0] && len <= max =>
+                if h.magic == MAGIC && h.version == VERSION && h.flags == 0 && h.len <= max =>
             {
                 // len <= max <= HARD_MAX_FRAME: no overflow on any target rampart builds for.
-                let total = HEADER_LEN + len as usize;
+                let total = HEADER_LEN + h.len as usize;
                 if buf.len() < total {
                     return Ok(None);
                 }
-                let request_id = u32::from_be_bytes([r0, r1, r2, r3]);
-                Ok(Some(split_frame(buf, total, kind, request_id)))
+                Ok(Some(split_frame(buf, total, kind, h.request_id)))
             }
             _ => self.decode_checked(buf),
         }
@@ -208,18 +211,13 @@ impl FrameDecoder {
 /// How many more bytes the frame at the front of `buf` needs, if its header is complete and
 /// valid. Callers use it to size reads without trusting the declared length for allocation.
 pub fn bytes_wanted(buf: &[u8]) -> Option<usize> {
-    let len_bytes: [u8; 4] = buf.get(10..14)?.try_into().ok()?;
-    let total = HEADER_LEN.checked_add(u32::from_be_bytes(len_bytes) as usize)?;
+    let len = RawHeader::parse(buf.first_chunk::<HEADER_LEN>()?).len;
+    let total = HEADER_LEN.checked_add(len as usize)?;
     Some(total.saturating_sub(buf.len()))
 }
 
 fn put_header(out: &mut BytesMut, kind: Kind, request_id: u32, flags: u16, len: u32) {
-    out.put_slice(&MAGIC);
-    out.put_u8(VERSION);
-    out.put_u8(kind as u8);
-    out.put_u32(request_id);
-    out.put_u16(flags);
-    out.put_u32(len);
+    out.put_slice(&raw_header(VERSION, kind as u8, request_id, flags, len));
 }
 
 fn payload_len(len: usize) -> Result<u32, EncodeError> {

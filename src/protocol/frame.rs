@@ -21,6 +21,59 @@ pub const VERSION: u8 = 1;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 14;
 
+/// The 14 bytes of a header with this build's magic and any version, kind byte, request id,
+/// flags and declared length, valid or not. Every header rampart writes is built here: the
+/// encoder's, and the broken ones that attackers, the demo and tests send on purpose.
+pub const fn raw_header(
+    version: u8,
+    kind: u8,
+    request_id: u32,
+    flags: u16,
+    len: u32,
+) -> [u8; HEADER_LEN] {
+    let [m0, m1] = MAGIC;
+    let [r0, r1, r2, r3] = request_id.to_be_bytes();
+    let [f0, f1] = flags.to_be_bytes();
+    let [l0, l1, l2, l3] = len.to_be_bytes();
+    [
+        m0, m1, version, kind, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3,
+    ]
+}
+
+/// A header's fields as they are on the wire, none of them checked yet: the reading side of
+/// [`raw_header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawHeader {
+    /// The first two bytes; [`MAGIC`] in a valid frame.
+    pub magic: [u8; 2],
+    /// The protocol version; [`VERSION`] in a valid frame.
+    pub version: u8,
+    /// The kind byte, which may name no [`Kind`].
+    pub kind: u8,
+    /// The request id.
+    pub request_id: u32,
+    /// The flags; 0 in a valid frame.
+    pub flags: u16,
+    /// The declared payload length.
+    pub len: u32,
+}
+
+impl RawHeader {
+    /// Splits 14 header bytes into their fields.
+    #[inline]
+    pub const fn parse(header: &[u8; HEADER_LEN]) -> RawHeader {
+        let [m0, m1, version, kind, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
+        RawHeader {
+            magic: [m0, m1],
+            version,
+            kind,
+            request_id: u32::from_be_bytes([r0, r1, r2, r3]),
+            flags: u16::from_be_bytes([f0, f1]),
+            len: u32::from_be_bytes([l0, l1, l2, l3]),
+        }
+    }
+}
+
 macro_rules! kinds {
     ($( $(#[$doc:meta])* $name:ident = $val:expr; )*) => {
         /// Every frame kind. Requests (client to server) are below 0x80, replies at or above.

@@ -31,12 +31,6 @@ pub const MAX_TICKET: usize = 128;
 /// Longest error message text in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
-use super::frame::Kind;
-use super::msg::{reply, request};
-
-/// Size in bytes of an inbox entry with an empty title, used to bound an inbox page.
-const INBOX_ENTRY_FIXED: u64 = 8 + 1 + 1 + 8 + 8 + 2;
-
 /// Limits a codec enforces. They come from the server configuration and may only be lower
 /// than the hard caps above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,27 +67,5 @@ impl Limits {
     /// The effective frame ceiling: the configured one, never above the hard cap.
     pub fn frame_ceiling(&self) -> u32 {
         self.max_frame_bytes.min(HARD_MAX_FRAME)
-    }
-
-    /// The largest body any frame kind can need under these limits, ignoring the frame
-    /// ceiling, with that kind. A configuration whose `max_frame_bytes` is below this would
-    /// accept requests whose replies it cannot send.
-    pub fn largest_body(&self) -> (Kind, u64) {
-        Kind::ALL
-            .iter()
-            .map(|&k| {
-                let body = request::max_body(k, self)
-                    .or_else(|| reply::max_body(k, self))
-                    .unwrap_or(0);
-                (k, body)
-            })
-            .max_by_key(|(_, b)| *b)
-            .unwrap_or((Kind::Ping, 0))
-    }
-
-    /// The largest possible inbox reply body under these limits.
-    pub(crate) fn max_inbox_reply(&self) -> u64 {
-        let per_entry = INBOX_ENTRY_FIXED + MAX_USER_NAME as u64 + MAX_FILE_NAME as u64;
-        2 + u64::from(self.max_inbox_page) * per_entry
     }
 }

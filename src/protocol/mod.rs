@@ -16,6 +16,24 @@
 //! Invariant: nothing in here panics on any input, and no buffer is reserved for a length the
 //! peer declared before those bytes have arrived.
 
+// The no-panic invariant, enforced: no unwrap, expect, panic or unchecked indexing outside
+// tests (where a panic is a failed test, not a crashed server).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod codec;
 pub mod error;
 pub mod frame;
@@ -28,7 +46,7 @@ pub use codec::{
     CodecError, FrameCodec, FrameDecoder, Role,
 };
 pub use error::{BlockedNotice, DecodeError, EncodeError, ErrorCode, MAX_BLOCKED_REASON};
-pub use frame::{Frame, Kind, HEADER_LEN, MAGIC, VERSION};
+pub use frame::{raw_header, Frame, Kind, RawHeader, HEADER_LEN, MAGIC, VERSION};
 pub use limits::Limits;
 pub use msg::{
     Attachment, InboxEntry, ItemBody, ItemKind, ItemView, Password, Reply, Request, DIGEST_LEN,

@@ -44,13 +44,7 @@ fn check_reply(rep: Reply) {
 }
 
 fn header(kind: u8, flags: u16, len: u32) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.extend_from_slice(b"RM\x01");
-    b.extend_from_slice(&[kind]);
-    b.extend_from_slice(&1u32.to_be_bytes());
-    b.extend_from_slice(&flags.to_be_bytes());
-    b.extend_from_slice(&len.to_be_bytes());
-    b
+    BytesMut::from(&raw_header(VERSION, kind, 1, flags, len)[..])
 }
 
 fn decode_err(bytes: &[u8], role: Role) -> DecodeError {
@@ -194,6 +188,229 @@ fn every_reply_kind_round_trips() {
     for code in ErrorCode::ALL {
         check_reply(Reply::error(code, code.name()));
     }
+}
+
+/// The largest legal request of every request kind under `l`: every string, list and chunk at
+/// its cap.
+fn largest_requests(l: &Limits) -> Vec<Request> {
+    use crate::protocol::limits::{
+        MAX_FILE_NAME, MAX_PASSWORD, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
+    };
+    let name = || "n".repeat(MAX_USER_NAME);
+    vec![
+        Request::Auth {
+            user: name(),
+            password: Password(Bytes::from(vec![b'p'; MAX_PASSWORD])),
+        },
+        Request::Ping,
+        Request::SendMessage {
+            to: name(),
+            text: "t".repeat(l.max_text_bytes as usize),
+        },
+        Request::UploadBegin {
+            name: "f".repeat(MAX_FILE_NAME),
+            size: u64::MAX,
+        },
+        Request::UploadChunk {
+            upload_id: u32::MAX,
+            offset: u64::MAX,
+            data: Bytes::from(vec![0xC5; l.max_chunk_bytes as usize]),
+        },
+        Request::UploadEnd {
+            upload_id: u32::MAX,
+            digest: [0xFF; DIGEST_LEN],
+        },
+        Request::SendFile {
+            to: name(),
+            upload_id: u32::MAX,
+        },
+        Request::SendMail {
+            to: name(),
+            subject: "s".repeat(MAX_SUBJECT),
+            body: "b".repeat(l.max_mail_body_bytes as usize),
+            attachments: vec![u32::MAX; usize::from(l.max_attachments)],
+        },
+        Request::ListInbox {
+            after: u64::MAX,
+            limit: u16::MAX,
+        },
+        Request::Fetch { item_id: u64::MAX },
+        Request::Download {
+            item_id: u64::MAX,
+            part: u16::MAX,
+            offset: u64::MAX,
+            max_len: u32::MAX,
+        },
+        Request::Delete { item_id: u64::MAX },
+        Request::Bye,
+        Request::Ticket,
+        Request::Resume {
+            user: name(),
+            ticket: Bytes::from(vec![0xA5; MAX_TICKET]),
+        },
+    ]
+}
+
+/// The largest legal reply of every reply kind under `l`; an ITEM in each of its three shapes,
+/// since which is largest depends on the limits.
+fn largest_replies(l: &Limits) -> Vec<Reply> {
+    use crate::protocol::limits::{
+        MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_SUBJECT, MAX_TICKET, MAX_USER_NAME,
+    };
+    let name = || "n".repeat(MAX_USER_NAME);
+    let attachment = || Attachment {
+        name: "f".repeat(MAX_FILE_NAME),
+        size: u64::MAX,
+        digest: [0xFF; DIGEST_LEN],
+    };
+    let item = |body| {
+        Reply::Item(ItemView {
+            id: u64::MAX,
+            from: name(),
+            received_at_ms: i64::MIN,
+            body,
+        })
+    };
+    let entry = InboxEntry {
+        id: u64::MAX,
+        kind: ItemKind::File,
+        from: name(),
+        size: u64::MAX,
+        received_at_ms: i64::MAX,
+        title: "t".repeat(MAX_FILE_NAME),
+    };
+    vec![
+        Reply::AuthOk { user: name() },
+        Reply::Pong,
+        Reply::Accepted { item_id: u64::MAX },
+        Reply::UploadReady {
+            upload_id: u32::MAX,
+            max_chunk: u32::MAX,
+        },
+        Reply::ChunkOk {
+            upload_id: u32::MAX,
+            received: u64::MAX,
+        },
+        Reply::UploadDone {
+            upload_id: u32::MAX,
+            size: u64::MAX,
+        },
+        Reply::Inbox {
+            entries: vec![entry; usize::from(l.max_inbox_page)],
+        },
+        item(ItemBody::Message {
+            text: "t".repeat(l.max_text_bytes as usize),
+        }),
+        item(ItemBody::Mail {
+            subject: "s".repeat(MAX_SUBJECT),
+            body: "b".repeat(l.max_mail_body_bytes as usize),
+            attachments: vec![attachment(); usize::from(l.max_attachments)],
+        }),
+        item(ItemBody::File(attachment())),
+        Reply::Data {
+            item_id: u64::MAX,
+            part: u16::MAX,
+            offset: u64::MAX,
+            total: u64::MAX,
+            data: Bytes::from(vec![0xC5; l.max_chunk_bytes as usize]),
+        },
+        Reply::Ok,
+        Reply::TicketOk {
+            expires_at_ms: i64::MAX,
+            ticket: Bytes::from(vec![0xA5; MAX_TICKET]),
+        },
+        Reply::Error {
+            code: ErrorCode::Internal,
+            message: "m".repeat(MAX_ERROR_MESSAGE),
+        },
+    ]
+}
+
+/// A frame of `kind` around the body `encode` writes, checked to be `body_len` long.
+fn body_frame(
+    kind: Kind,
+    body_len: usize,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Frame {
+    let mut body = BytesMut::new();
+    encode(&mut body).expect("encodable");
+    assert_eq!(body.len(), body_len, "{kind:?}");
+    Frame::new(kind, 1, body.freeze())
+}
+
+/// Encodes the largest legal value of every kind and checks its body is exactly the kind's
+/// `max_body`: the layout's four descriptions (encode, decode, `body_len`, `max_body`) agree.
+#[test]
+fn the_largest_value_of_every_kind_fills_max_body_exactly() {
+    let limit_sets = [
+        Limits::default(),
+        // A chat message outgrows a mail.
+        Limits {
+            max_text_bytes: 5000,
+            max_mail_body_bytes: 10,
+            max_attachments: 0,
+            ..Limits::default()
+        },
+        // A file's attachment outgrows both.
+        Limits {
+            max_text_bytes: 1,
+            max_mail_body_bytes: 1,
+            max_attachments: 0,
+            max_chunk_bytes: 3,
+            max_inbox_page: 1,
+            ..Limits::default()
+        },
+    ];
+    for limits in limit_sets {
+        let mut largest = std::collections::BTreeMap::<Kind, u64>::new();
+        let mut note = |kind: Kind, len: usize| {
+            let len = len as u64;
+            let at = largest.entry(kind).or_insert(len);
+            *at = (*at).max(len);
+        };
+        for req in largest_requests(&limits) {
+            let frame = body_frame(req.kind(), req.body_len(), |b| req.encode_body(b));
+            assert_eq!(Request::decode(&frame, &limits).expect("legal"), req);
+            note(frame.kind, frame.payload.len());
+        }
+        for rep in largest_replies(&limits) {
+            let frame = body_frame(rep.kind(), rep.body_len(), |b| rep.encode_body(b));
+            assert_eq!(Reply::decode(&frame, &limits).expect("legal"), rep);
+            note(frame.kind, frame.payload.len());
+        }
+        for &kind in Kind::ALL {
+            assert_eq!(
+                largest.get(&kind).copied(),
+                Some(msg::max_body(kind, &limits)),
+                "{kind:?} under {limits:?}"
+            );
+        }
+        assert_eq!(largest.len(), Kind::ALL.len());
+    }
+}
+
+#[test]
+fn raw_headers_lay_out_and_parse_every_field() {
+    let h = raw_header(2, 0x7F, 0x0102_0304, 0x0506, 0x0708_090A);
+    assert_eq!(&h, b"RM\x02\x7F\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0A");
+    assert_eq!(
+        RawHeader::parse(&h),
+        RawHeader {
+            magic: MAGIC,
+            version: 2,
+            kind: 0x7F,
+            request_id: 0x0102_0304,
+            flags: 0x0506,
+            len: 0x0708_090A,
+        }
+    );
+    // The encoder writes its headers through raw_header too.
+    let mut buf = BytesMut::new();
+    encode_request(0xAABB_CCDD, &Request::Ping, &mut buf).expect("encodable");
+    assert_eq!(
+        &buf[..],
+        &raw_header(VERSION, Kind::Ping as u8, 0xAABB_CCDD, 0, 0)
+    );
 }
 
 #[test]
@@ -471,8 +688,7 @@ fn frame_decoder_agrees_at_every_kinds_length_cap() {
         for byte in 0..=255u8 {
             let max = Kind::from_u8(byte).map_or(0, |k| max_payload(k, &limits));
             for len in [0, max.saturating_sub(1), max, max + 1, u32::MAX] {
-                let mut frame = vec![MAGIC[0], MAGIC[1], VERSION, byte, 0, 0, 0, 9, 0, 0];
-                frame.extend_from_slice(&len.to_be_bytes());
+                let mut frame = raw_header(VERSION, byte, 9, 0, len).to_vec();
                 frame.resize(frame.len() + (len.min(max + 1) as usize), 0x5a);
                 for end in [HEADER_LEN - 1, HEADER_LEN, frame.len() - 1, frame.len()] {
                     check_decoder_matches(&frame[..end.min(frame.len())], limits, role);

@@ -25,7 +25,7 @@ use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::guard::ConnTicket;
 use crate::protocol::{
-    self, bytes_wanted, DecodeError, ErrorCode, Kind, Reply, HEADER_LEN, MAGIC, VERSION,
+    self, bytes_wanted, DecodeError, ErrorCode, Kind, RawHeader, Reply, HEADER_LEN, MAGIC, VERSION,
 };
 use crate::server::metrics::Metrics;
 use crate::server::session::{Admitted, CloseReason, Next, Session};
@@ -154,9 +154,8 @@ impl Conn<'_> {
     ) {
         let request_id = self
             .inbuf
-            .get(4..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_be_bytes);
+            .first_chunk::<HEADER_LEN>()
+            .map_or(0, |h| RawHeader::parse(h).request_id);
         let total = protocol::HEADER_LEN.saturating_add(len as usize);
         let now_have = self.inbuf.len().min(total);
         self.inbuf.advance(now_have);
@@ -186,14 +185,14 @@ impl Conn<'_> {
         let Some(header) = self.inbuf.first_chunk::<HEADER_LEN>() else {
             return false;
         };
-        let [m0, m1, version, kind_byte, r0, r1, r2, r3, f0, f1, l0, l1, l2, l3] = *header;
-        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        let h = RawHeader::parse(header);
+        let len = h.len;
         let max = self.shared.config.limits.preauth_frame_bytes;
-        let kind = match Kind::from_u8(kind_byte) {
+        let kind = match Kind::from_u8(h.kind) {
             Some(kind)
-                if [m0, m1] == MAGIC
-                    && version == VERSION
-                    && [f0, f1] == [0, 0]
+                if h.magic == MAGIC
+                    && h.version == VERSION
+                    && h.flags == 0
                     && kind.is_request() =>
             {
                 kind
@@ -220,7 +219,7 @@ impl Conn<'_> {
                 kind.wire_name()
             ),
         );
-        self.queue(u32::from_be_bytes([r0, r1, r2, r3]), &reply);
+        self.queue(h.request_id, &reply);
         self.close(CloseReason::BadFrame, None);
         true
     }

@@ -9,6 +9,8 @@ use crate::protocol::limits::{
 };
 use crate::protocol::wire::{self, Reader};
 
+use super::DIGEST_LEN;
+
 /// The kind of an inbox item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -59,6 +61,39 @@ pub struct InboxEntry {
     pub title: String,
 }
 
+impl InboxEntry {
+    /// Bytes of an entry besides its two strings: id, kind, the sender's length byte, size,
+    /// commit time and the title's length. Also the least an entry can take on the wire.
+    const FIXED_LEN: usize = 8 + 1 + 1 + 8 + 8 + 2;
+
+    /// The largest entry: both strings at their caps.
+    const MAX_LEN: u64 = (Self::FIXED_LEN + MAX_USER_NAME + MAX_FILE_NAME) as u64;
+
+    fn wire_len(&self) -> usize {
+        Self::FIXED_LEN + self.from.len() + self.title.len()
+    }
+
+    fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u64(self.id);
+        out.put_u8(self.kind as u8);
+        wire::put_str8(out, "from", &self.from, MAX_USER_NAME)?;
+        out.put_u64(self.size);
+        out.put_i64(self.received_at_ms);
+        wire::put_bytes16(out, "title", self.title.as_bytes(), MAX_FILE_NAME)
+    }
+
+    fn decode(r: &mut Reader) -> Result<InboxEntry, DecodeError> {
+        Ok(InboxEntry {
+            id: r.u64("id")?,
+            kind: read_item_kind(r)?,
+            from: r.str8("from", MAX_USER_NAME)?,
+            size: r.u64("size")?,
+            received_at_ms: r.i64("received_at_ms")?,
+            title: r.str16("title", MAX_FILE_NAME)?,
+        })
+    }
+}
+
 /// A file or a mail attachment: its name, size and blake3 digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -68,6 +103,33 @@ pub struct Attachment {
     pub size: u64,
     /// blake3 of the bytes.
     pub digest: [u8; 32],
+}
+
+impl Attachment {
+    /// Bytes of an attachment besides its name: the name's length, size and digest.
+    const FIXED_LEN: usize = 2 + 8 + DIGEST_LEN;
+
+    /// The largest attachment: its name at the cap.
+    const MAX_LEN: u64 = (Self::FIXED_LEN + MAX_FILE_NAME) as u64;
+
+    fn wire_len(&self) -> usize {
+        Self::FIXED_LEN + self.name.len()
+    }
+
+    fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        wire::put_bytes16(out, "name", self.name.as_bytes(), MAX_FILE_NAME)?;
+        out.put_u64(self.size);
+        out.put_slice(&self.digest);
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader) -> Result<Attachment, DecodeError> {
+        Ok(Attachment {
+            name: r.str16("name", MAX_FILE_NAME)?,
+            size: r.u64("size")?,
+            digest: r.array32("digest")?,
+        })
+    }
 }
 
 /// The content of an item, by kind.
@@ -189,25 +251,6 @@ pub enum Reply {
     },
 }
 
-fn attachment_len(a: &Attachment) -> usize {
-    2 + a.name.len() + 8 + 32
-}
-
-fn put_attachment(out: &mut BytesMut, a: &Attachment) -> Result<(), EncodeError> {
-    wire::put_bytes16(out, "name", a.name.as_bytes(), MAX_FILE_NAME)?;
-    out.put_u64(a.size);
-    out.put_slice(&a.digest);
-    Ok(())
-}
-
-fn read_attachment(r: &mut Reader) -> Result<Attachment, DecodeError> {
-    Ok(Attachment {
-        name: r.str16("name", MAX_FILE_NAME)?,
-        size: r.u64("size")?,
-        digest: r.array32("digest")?,
-    })
-}
-
 fn read_item_kind(r: &mut Reader) -> Result<ItemKind, DecodeError> {
     let b = r.u8("item_kind")?;
     ItemKind::from_u8(b).ok_or(DecodeError::InvalidValue {
@@ -219,14 +262,14 @@ fn read_item_kind(r: &mut Reader) -> Result<ItemKind, DecodeError> {
 /// The largest payload a reply of `kind` can have under `limits` (None for request kinds).
 pub(crate) fn max_body(kind: Kind, limits: &Limits) -> Option<u64> {
     let name = 1 + MAX_USER_NAME as u64;
-    let att = 2 + MAX_FILE_NAME as u64 + 8 + 32;
+    let att = Attachment::MAX_LEN;
     Some(match kind {
         Kind::AuthOk => name,
         Kind::Pong | Kind::Ok => 0,
         Kind::Accepted => 8,
         Kind::UploadReady => 4 + 4,
         Kind::ChunkOk | Kind::UploadDone => 4 + 8,
-        Kind::Inbox => limits.max_inbox_reply(),
+        Kind::Inbox => 2 + u64::from(limits.max_inbox_page) * InboxEntry::MAX_LEN,
         Kind::Item => {
             let message = 4 + u64::from(limits.max_text_bytes);
             let mail = 2
@@ -284,12 +327,7 @@ impl Reply {
             Reply::Accepted { .. } => 8,
             Reply::UploadReady { .. } => 8,
             Reply::ChunkOk { .. } | Reply::UploadDone { .. } => 12,
-            Reply::Inbox { entries } => {
-                2 + entries
-                    .iter()
-                    .map(|e| 8 + 1 + 1 + e.from.len() + 8 + 8 + 2 + e.title.len())
-                    .sum::<usize>()
-            }
+            Reply::Inbox { entries } => 2 + entries.iter().map(InboxEntry::wire_len).sum::<usize>(),
             Reply::Item(v) => {
                 let body = match &v.body {
                     ItemBody::Message { text } => 4 + text.len(),
@@ -302,9 +340,9 @@ impl Reply {
                             + 4
                             + body.len()
                             + 1
-                            + attachments.iter().map(attachment_len).sum::<usize>()
+                            + attachments.iter().map(Attachment::wire_len).sum::<usize>()
                     }
-                    ItemBody::File(a) => attachment_len(a),
+                    ItemBody::File(a) => a.wire_len(),
                 };
                 8 + 1 + v.from.len() + 8 + 1 + body
             }
@@ -345,12 +383,7 @@ impl Reply {
                     })?;
                 out.put_u16(count);
                 for e in entries {
-                    out.put_u64(e.id);
-                    out.put_u8(e.kind as u8);
-                    wire::put_str8(out, "from", &e.from, MAX_USER_NAME)?;
-                    out.put_u64(e.size);
-                    out.put_i64(e.received_at_ms);
-                    wire::put_bytes16(out, "title", e.title.as_bytes(), MAX_FILE_NAME)?;
+                    e.encode(out)?;
                 }
             }
             Reply::Item(v) => {
@@ -378,10 +411,10 @@ impl Reply {
                         })?;
                         out.put_u8(count);
                         for a in attachments {
-                            put_attachment(out, a)?;
+                            a.encode(out)?;
                         }
                     }
-                    ItemBody::File(a) => put_attachment(out, a)?,
+                    ItemBody::File(a) => a.encode(out)?,
                 }
             }
             Reply::Data {
@@ -444,18 +477,12 @@ impl Reply {
                     u64::from(limits.max_inbox_page),
                     "entries",
                 )?;
-                // Every entry takes at least 28 bytes, so a count is only trusted for
+                // Every entry takes at least FIXED_LEN bytes, so a count is only trusted for
                 // preallocation once the payload could hold it.
-                let mut entries = Vec::with_capacity(n.min(frame.payload.len() / 28));
+                let fit = frame.payload.len() / InboxEntry::FIXED_LEN;
+                let mut entries = Vec::with_capacity(n.min(fit));
                 for _ in 0..n {
-                    entries.push(InboxEntry {
-                        id: r.u64("id")?,
-                        kind: read_item_kind(&mut r)?,
-                        from: r.str8("from", MAX_USER_NAME)?,
-                        size: r.u64("size")?,
-                        received_at_ms: r.i64("received_at_ms")?,
-                        title: r.str16("title", MAX_FILE_NAME)?,
-                    });
+                    entries.push(InboxEntry::decode(&mut r)?);
                 }
                 Reply::Inbox { entries }
             }
@@ -478,7 +505,7 @@ impl Reply {
                         )?;
                         let mut attachments = Vec::with_capacity(n);
                         for _ in 0..n {
-                            attachments.push(read_attachment(&mut r)?);
+                            attachments.push(Attachment::decode(&mut r)?);
                         }
                         ItemBody::Mail {
                             subject,
@@ -486,7 +513,7 @@ impl Reply {
                             attachments,
                         }
                     }
-                    ItemKind::File => ItemBody::File(read_attachment(&mut r)?),
+                    ItemKind::File => ItemBody::File(Attachment::decode(&mut r)?),
                 };
                 Reply::Item(ItemView {
                     id,
