@@ -7,8 +7,8 @@
 //! shift at most `tolerance` × the mean feature variance). linfa's own Lloyd loop walks
 //! ndarray views row by row and costs about 0.3 s per iteration on a million rows (and 1 s
 //! for k-means++ on all of them), so it cannot train a million rows in 2 s
-//! (docs/PERFORMANCE.md has the measurements); the loop here works on flat arrays over
-//! fixed blocks, in parallel, with a result that does not depend on the
+//! (docs/PERFORMANCE.md has the measurements); the loop here works on flat arrays over the
+//! fixed blocks of `par.rs`, in parallel, with a result that does not depend on the
 //! thread count.
 
 use linfa::prelude::*;

@@ -8,7 +8,7 @@
 //! - [`scaler`]: the fixed `slog1p` transform and the robust per-feature scaler.
 //! - [`params`]: hyperparameters as given ([`TrainSpec`]), checked into [`TrainParams`].
 //! - [`kmeans`](mod@kmeans): linfa's k-means++ on a sample for the starting centroids, then
-//!   Lloyd iterations over every row, in parallel over fixed blocks.
+//!   Lloyd iterations over every row, in fixed blocks on rayon's pool.
 //! - [`train`](mod@train): the pipeline: split, scale, fit (k-means or linfa's Gaussian
 //!   mixture), per-cluster spreads and radii, and the threshold calibrated on held-out
 //!   benign rows.
@@ -24,9 +24,9 @@
 //! - [`live`]: a [`WindowSink`](crate::activity::WindowSink) that runs the one feature
 //!   extractor on the recorder's batches and reports anomalous sources.
 //!
-//! Invariant: nothing here does network IO or spawns long-lived threads; scoring one window
-//! is O(features × clusters) with no allocation, so a peer cannot make the detector do
-//! unbounded work (DESIGN.md, decision 9).
+//! Invariant: nothing here does network IO; scoring one window runs on the caller's thread
+//! and is O(features × clusters) with no allocation, so a peer cannot make the detector do
+//! unbounded work (DESIGN.md, decision 9). Only training and evaluation use rayon's pool.
 
 pub mod data;
 pub mod eval;

@@ -15,6 +15,10 @@
 //!    [`RADIUS_FLOOR`].
 //! 6. Threshold: the `quantile` of the fit rows' scores × `margin`, raised if needed so that
 //!    at most `target_fpr` of the held-out benign rows score above it.
+//!
+//! The parallel steps run on the current rayon pool in fixed blocks (`par.rs`), so
+//! the model is the same whatever the pool's size: call [`train`] inside
+//! `rayon::ThreadPool::install` to choose the thread count.
 
 use std::time::{Duration, Instant};
 
@@ -622,13 +626,32 @@ mod tests {
         Ok(())
     }
 
+    /// The model file that training on `data` writes, with `threads` worker threads.
+    fn model_file(
+        data: &Dataset,
+        params: &TrainParams,
+        threads: usize,
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let model = par::with_threads(threads, || train(data, params))??.model;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.json");
+        model.save(&path)?;
+        Ok(std::fs::read(path)?)
+    }
+
     #[test]
-    fn training_is_deterministic() -> Result<(), DetectError> {
-        let data = synthetic(2000, 0, 3);
+    fn training_ignores_the_thread_count() -> Result<(), Box<dyn std::error::Error>> {
+        // 36 000 rows leave 28 800 fit rows: four blocks, so that 2 and 3 threads would each
+        // group the sums differently if anything grouped them by thread.
+        let data = crate::detect::synth::dataset(&["f0", "f1", "f2", "f3"], 36_000, 0.0, 3)?;
         let params = TrainSpec::default().k(4).seed(11).check()?;
-        let a = train(&data, &params)?.model;
-        let b = train(&data, &params)?.model;
-        assert_eq!(a, b);
+        let one = model_file(&data, &params, 1)?;
+        for threads in [2, 3] {
+            assert!(
+                model_file(&data, &params, threads)? == one,
+                "{threads} threads wrote another model file than 1 thread"
+            );
+        }
         Ok(())
     }
 
