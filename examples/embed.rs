@@ -2,7 +2,8 @@
 //!
 //! Run with `cargo run --example embed`. It starts a server on 127.0.0.1 with tighter limits
 //! than the defaults, creates two users, exchanges a message through the client library, and
-//! shuts down cleanly.
+//! shuts down cleanly. It needs nothing of the command line: `cargo build --no-default-features
+//! --example embed` builds it without the `cli` feature.
 
 use std::time::Duration;
 

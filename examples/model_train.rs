@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use rampart::activity::features::FEATURES;
-use rampart::detect::{self, scaler::Scaler, slog1p, train::kmeans, TrainSpec};
+use rampart::detect::{self, kmeans::kmeans, scaler::Scaler, slog1p, TrainSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -2,6 +2,8 @@
 //!
 //! All logic lives in the library; this binary parses arguments, calls it, and formats the
 //! results. Every error ends the process with a non-zero exit code and one line on stderr.
+//! It is built with the default `cli` feature, which brings clap, indicatif and
+//! tracing-subscriber; the library needs none of them.
 
 mod cli;
 

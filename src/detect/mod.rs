@@ -6,9 +6,12 @@
 //! - [`data`]: feature CSVs (`source,window_start_ms,window_ms,<features...>[,label]`) read
 //!   into one row-major matrix, every value checked finite.
 //! - [`scaler`]: the fixed `slog1p` transform and the robust per-feature scaler.
-//! - [`train`]: checked hyperparameters ([`TrainSpec`] → [`TrainParams`]), k-means (linfa
-//!   seeding, then Lloyd iterations over every row) or linfa's Gaussian mixture, and the
-//!   threshold calibrated on held-out benign rows.
+//! - [`params`]: hyperparameters as given ([`TrainSpec`]), checked into [`TrainParams`].
+//! - [`kmeans`](mod@kmeans): linfa's k-means++ on a sample for the starting centroids, then
+//!   Lloyd iterations over every row, in fixed blocks on rayon's pool.
+//! - [`train`](mod@train): the pipeline: split, scale, fit (k-means or linfa's Gaussian
+//!   mixture), per-cluster spreads and radii, and the threshold calibrated on held-out
+//!   benign rows.
 //! - [`model`]: the [`Model`] file (JSON) and its fast, allocation-free [`Model::score`];
 //!   [`Model::verdict`] explains a score with the features that contributed most.
 //! - [`eval`]: precision, recall, F1, FPR, ROC AUC, PR AUC, the confusion matrix, per-kind
@@ -21,18 +24,22 @@
 //! - [`live`]: a [`WindowSink`](crate::activity::WindowSink) that runs the one feature
 //!   extractor on the recorder's batches and reports anomalous sources.
 //!
-//! Invariant: nothing here does network IO or spawns long-lived threads; scoring one window
-//! is O(features × clusters) with no allocation, so a peer cannot make the detector do
-//! unbounded work (DESIGN.md, decision 9).
+//! Invariant: nothing here does network IO; scoring one window runs on the caller's thread
+//! and is O(features × clusters) with no allocation, so a peer cannot make the detector do
+//! unbounded work (DESIGN.md, decision 9). Only training and evaluation use rayon's pool.
 
 pub mod data;
 pub mod eval;
 mod kernel;
+pub mod kmeans;
 pub mod live;
 pub mod model;
 mod par;
+pub mod params;
+mod quantile;
 pub mod recorded;
 pub mod rules;
+mod sample;
 pub mod scaler;
 pub mod synth;
 pub mod train;
@@ -42,9 +49,10 @@ use std::path::PathBuf;
 pub use data::{read_csv, read_csvs, Dataset, BENIGN};
 pub use eval::{evaluate, EvalReport, Metrics};
 pub use live::{LiveCounters, LiveScorer, LiveStats, OnAnomaly};
-pub use model::{Algo, Contribution, Model, Schema, Verdict};
+pub use model::{Contribution, Model, Schema, Verdict};
+pub use params::{Algo, ParamError, TrainParams, TrainSpec};
 pub use scaler::{slog1p, Scaler};
-pub use train::{train, TrainParams, TrainSpec, Trained};
+pub use train::{train, Trained};
 
 /// Where the default model came from, for messages and reports.
 pub const DEFAULT_MODEL_NAME: &str = "datasets/model.json";
@@ -194,7 +202,7 @@ pub enum DetectError {
     },
     /// A hyperparameter is out of range.
     #[error("invalid parameter: {0}")]
-    Param(#[from] train::ParamError),
+    Param(#[from] params::ParamError),
     /// linfa's k-means or Gaussian mixture failed.
     #[error("{algo} fit failed: {reason}")]
     Fit {
@@ -223,6 +231,11 @@ fn show(name: &Option<String>) -> String {
         Some(n) => format!("`{n}`"),
         None => "missing".to_owned(),
     }
+}
+
+/// A matrix built from rows of the wrong length: a bug, reported rather than panicking.
+pub(crate) fn shape_err(e: ndarray::ShapeError) -> DetectError {
+    DetectError::BadModel(format!("inconsistent matrix shape: {e}"))
 }
 
 /// Compares feature names position by position and returns the first difference as

@@ -14,64 +14,20 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::kernel;
+use super::params::TrainSpec;
 use super::scaler::{slog1p, slog1p_inv, Scaler};
-use super::train::TrainSpec;
 use super::{first_difference, Dataset, DetectError};
 use crate::activity::features::FeatureRow;
+
+// The algorithm and the scorer's limits live with the hyperparameters (the lowest layer, which
+// the model file stores); a model's users find them here too.
+pub use super::params::{Algo, MAX_FEATURES, MAX_K};
 
 /// Version of the model file layout. Bump it on any incompatible change.
 pub const MODEL_FORMAT: u32 = 1;
 
-/// Most clusters or mixture components a model may have: the scorer keeps one running sum
-/// per cluster on the stack.
-pub const MAX_K: usize = 32;
-
-/// Most features a model may have: the mixture scorer keeps the scaled vector on the stack.
-pub const MAX_FEATURES: usize = 256;
-
 /// Features listed in a verdict's explanation.
 pub const TOP_FEATURES: usize = 5;
-
-/// The clustering algorithm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algo {
-    /// k-means; score = distance to the nearest centroid in scaled space, each feature
-    /// divided by that cluster's spread of it and the whole by the cluster's radius.
-    #[default]
-    Kmeans,
-    /// Gaussian mixture (full covariances); score = negative log-likelihood above its
-    /// minimum.
-    Gmm,
-}
-
-impl Algo {
-    /// The name used on the command line and in files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algo::Kmeans => "kmeans",
-            Algo::Gmm => "gmm",
-        }
-    }
-}
-
-impl std::fmt::Display for Algo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Algo {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "kmeans" => Ok(Algo::Kmeans),
-            "gmm" => Ok(Algo::Gmm),
-            _ => Err(format!("unknown algorithm `{s}`: expected kmeans or gmm")),
-        }
-    }
-}
 
 /// The feature schema a model was trained on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,20 +1,23 @@
-//! Deterministic data parallelism with scoped threads.
+//! Deterministic data parallelism on rayon's pool.
 //!
 //! Work is cut into fixed-size blocks of rows whose results are combined in block order, so a
 //! model trained on a 2-core laptop and on a 64-core server is bit-for-bit the same
-//! (DESIGN.md, decision 8): the thread count only decides who computes a block, never how
-//! floating-point sums are grouped.
+//! (docs/DETECTION.md, "From CSV to score", step 4): the thread count only decides who computes a block,
+//! never how floating-point sums are grouped. That is why nothing here uses rayon's `sum` or
+//! `reduce`, whose grouping follows the pool's size: each block is computed by one closure
+//! call, in order, and the caller combines the block results.
+//!
+//! Everything runs on the current rayon pool, the global one unless the caller is inside
+//! `ThreadPool::install` (how the tests train with 1, 2 and 3 threads). linfa's k-means, which
+//! picks the starting centroids, runs on the same pool.
 
 use std::ops::Range;
+
+use rayon::prelude::*;
 
 /// Rows per block. Large enough that per-block bookkeeping vanishes, small enough that two
 /// cores share the work evenly on a few hundred thousand rows.
 pub(crate) const BLOCK_ROWS: usize = 8192;
-
-/// Worker threads to use: the machine's parallelism.
-pub(crate) fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
 
 /// The row range of block `b` of `0..n`.
 fn block(b: usize, n: usize) -> Range<usize> {
@@ -24,28 +27,10 @@ fn block(b: usize, n: usize) -> Range<usize> {
 
 /// Calls `f` on each block of `0..n` and returns the results in block order.
 pub(crate) fn map_blocks<T: Send>(n: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<T> {
-    let blocks = n.div_ceil(BLOCK_ROWS);
-    let t = threads().min(blocks).max(1);
-    if t == 1 {
-        return (0..blocks).map(|b| f(block(b, n))).collect();
-    }
-    let per = blocks.div_ceil(t);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..t)
-            .map(|i| {
-                let f = &f;
-                s.spawn(move || {
-                    (i * per..((i + 1) * per).min(blocks))
-                        .map(|b| f(block(b, n)))
-                        .collect::<Vec<T>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
+    (0..n.div_ceil(BLOCK_ROWS))
+        .into_par_iter()
+        .map(|b| f(block(b, n)))
+        .collect()
 }
 
 /// Calls `f(first_row, rows)` on disjoint runs of `row_len`-element rows of `data`, in
@@ -55,96 +40,37 @@ pub(crate) fn for_rows_mut<T: Send>(
     row_len: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    let n = data.len().checked_div(row_len).unwrap_or(0);
-    let t = threads().min(n.div_ceil(BLOCK_ROWS)).max(1);
-    if t == 1 {
+    if row_len == 0 {
+        // No rows to split (rayon's chunks must not be empty).
         f(0, data);
         return;
     }
-    let per = n.div_ceil(t);
-    std::thread::scope(|s| {
-        for (i, chunk) in data.chunks_mut(per * row_len).enumerate() {
-            let f = &f;
-            s.spawn(move || f(i * per, chunk));
-        }
-    });
+    data.par_chunks_mut(BLOCK_ROWS * row_len)
+        .enumerate()
+        .for_each(|(b, rows)| f(b * BLOCK_ROWS, rows));
 }
 
-/// Calls `f(index, item)` on every item of `items`, in parallel over contiguous runs.
+/// Calls `f(index, item)` on every item of `items`, in parallel.
 pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
-    let t = threads().min(items.len()).max(1);
-    if t == 1 {
-        items.iter_mut().enumerate().for_each(|(i, x)| f(i, x));
-        return;
-    }
-    let per = items.len().div_ceil(t);
-    std::thread::scope(|s| {
-        for (c, chunk) in items.chunks_mut(per).enumerate() {
-            let f = &f;
-            s.spawn(move || {
-                for (i, x) in chunk.iter_mut().enumerate() {
-                    f(c * per + i, x);
-                }
-            });
-        }
-    });
+    items.par_iter_mut().enumerate().for_each(|(i, x)| f(i, x));
 }
 
-/// Linearly interpolated quantiles of `v` (numpy's default method) for ascending `qs` in
-/// [0, 1]. Reorders `v`. Returns NaN for each quantile of an empty slice.
-pub(crate) fn quantiles(v: &mut [f64], qs: &[f64]) -> Vec<f64> {
-    let n = v.len();
-    if n == 0 {
-        return vec![f64::NAN; qs.len()];
-    }
-    let mut lo = 0;
-    qs.iter()
-        .map(|&q| {
-            let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-            let i = (pos.floor() as usize).clamp(lo, n - 1);
-            let frac = pos - i as f64;
-            // Everything before `lo` is at most v[lo], so the i-th smallest of all is the
-            // (i - lo)-th smallest of v[lo..].
-            let (_, nth, right) = v[lo..].select_nth_unstable_by(i - lo, f64::total_cmp);
-            let a = *nth;
-            let b = if frac > 0.0 {
-                right.iter().copied().fold(f64::INFINITY, f64::min)
-            } else {
-                a
-            };
-            lo = i;
-            if b.is_finite() {
-                a + (b - a) * frac
-            } else {
-                a
-            }
-        })
-        .collect()
+/// Runs `f` on a pool of its own with `threads` worker threads: the tests train with several
+/// pool sizes and compare the results.
+#[cfg(test)]
+pub(crate) fn with_threads<T: Send>(
+    threads: usize,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, rayon::ThreadPoolBuildError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check(values: &[f64], qs: &[f64], expected: &[f64]) {
-        let mut v = values.to_vec();
-        let got = quantiles(&mut v, qs);
-        for (g, e) in got.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-12, "{values:?} {qs:?}: got {got:?}");
-        }
-    }
-
-    #[test]
-    fn quantiles_match_numpy_linear() {
-        check(
-            &[3.0, 1.0, 2.0, 4.0],
-            &[0.25, 0.5, 0.75],
-            &[1.75, 2.5, 3.25],
-        );
-        check(&[5.0], &[0.0, 0.5, 1.0], &[5.0, 5.0, 5.0]);
-        check(&[0.0, 0.0, 0.0, 10.0], &[0.5, 0.99], &[0.0, 9.7]);
-        check(&[9.0, 7.0, 8.0], &[0.0, 1.0], &[7.0, 9.0]);
-    }
 
     #[test]
     fn blocks_come_back_in_order() {
@@ -152,5 +78,18 @@ mod tests {
         let starts = map_blocks(n, |r| r.start);
         let expected: Vec<usize> = (0..6).map(|b| b * BLOCK_ROWS).collect();
         assert_eq!(starts, expected);
+    }
+
+    #[test]
+    fn rows_are_split_on_block_boundaries() {
+        let mut rows = vec![0usize; 2 * (2 * BLOCK_ROWS + 5)];
+        for_rows_mut(&mut rows, 2, |first, chunk| {
+            assert_eq!(first % BLOCK_ROWS, 0);
+            for (i, row) in chunk.chunks_exact_mut(2).enumerate() {
+                row.fill(first + i);
+            }
+        });
+        let expected: Vec<usize> = (0..2 * BLOCK_ROWS + 5).flat_map(|i| [i, i]).collect();
+        assert_eq!(rows, expected);
     }
 }

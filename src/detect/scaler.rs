@@ -13,6 +13,7 @@ use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use super::par;
+use super::quantile::quantiles;
 
 /// Most rows the scaler's quantiles are computed on: medians and quartiles from 100 000
 /// evenly spaced rows are within a fraction of a percentile rank of the exact ones, at a
@@ -133,7 +134,7 @@ fn center_and_scale(col: &mut [f64], min_scale: f64) -> (f64, f64) {
     if col.is_empty() {
         return (0.0, 1.0);
     }
-    let q = par::quantiles(col, &[0.25, 0.5, 0.75]);
+    let q = quantiles(col, &[0.25, 0.5, 0.75]);
     let mut spread = (q[2] - q[0]) / IQR_NORMAL;
     if spread.is_nan() || spread <= 0.0 {
         let n = col.len() as f64;

@@ -1,19 +1,13 @@
-//! Training: checked hyperparameters, the fit, and the threshold.
+//! Training: from a dataset and checked hyperparameters to a calibrated model.
 //!
 //! 1. Rows: the benign ones (every row when the data is unlabelled), unless
 //!    [`TrainSpec::benign_only`] is off.
 //! 2. A seeded shuffle splits them into fit rows and held-out calibration rows
 //!    ([`TrainSpec::calibration_fraction`], 20 % by default).
 //! 3. `slog1p`, then the robust scaler, fitted on the fit rows.
-//! 4. k-means: linfa-clustering's `KMeans` (k-means++, seeded) on a seeded sample of at most
-//!    [`INIT_SAMPLE`] rows picks the starting centroids, then Lloyd iterations run over every
-//!    fit row with scikit-learn's stopping rule (labels unchanged, or the squared centroid
-//!    shift at most `tolerance` × the mean feature variance). linfa's own Lloyd loop walks
-//!    ndarray views row by row and costs about 0.3 s per iteration on a million rows, so it
-//!    cannot train a million rows in 2 s; the loop here works on flat arrays over fixed
-//!    blocks, in parallel, with a result that does not depend on the thread count.
-//!    Or a Gaussian mixture: linfa-clustering's `GaussianMixtureModel` on a seeded sample of
-//!    at most [`TrainSpec::gmm_max_rows`] rows.
+//! 4. The fit: [`kmeans`](super::kmeans) (linfa's k-means++ on a sample, then Lloyd iterations
+//!    over every fit row), or a Gaussian mixture: linfa-clustering's `GaussianMixtureModel`
+//!    on a seeded sample of at most [`TrainSpec::gmm_max_rows`] rows.
 //! 5. Per-cluster normalization (k-means): each cluster's spread of each feature (the
 //!    `spread_quantile` of its own fit rows' absolute deviations from the centroid, at least
 //!    `cluster_min_spread`), then its radius:
@@ -21,26 +15,32 @@
 //!    [`RADIUS_FLOOR`].
 //! 6. Threshold: the `quantile` of the fit rows' scores × `margin`, raised if needed so that
 //!    at most `target_fpr` of the held-out benign rows score above it.
+//!
+//! The parallel steps run on the current rayon pool in fixed blocks (`par.rs`), so
+//! the model is the same whatever the pool's size: call [`train`] inside
+//! `rayon::ThreadPool::install` to choose the thread count.
 
 use std::time::{Duration, Instant};
 
 use linfa::prelude::*;
-use linfa_clustering::{GaussianMixtureModel, KMeans};
-use ndarray::{Array2, ArrayView2};
+use linfa_clustering::GaussianMixtureModel;
+use ndarray::ArrayView2;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::model::{
-    round15, Algo, Baseline, Detector, Model, Schema, TrainingSummary, MAX_FEATURES, MAX_K,
-};
+use super::model::{round15, Baseline, Detector, Model, Schema, TrainingSummary};
+use super::params::{Algo, MAX_FEATURES};
+use super::quantile::quantiles;
+use super::sample::{sample_matrix, sample_rows};
 use super::scaler::{slog1p, Scaler};
-use super::{kernel, par, Dataset, DetectError};
+use super::{par, shape_err, Dataset, DetectError};
 
-/// Rows of the sample linfa's k-means++ and first Lloyd runs see to choose the starting
-/// centroids: enough for k ≤ 32 well-separated behaviours, small enough to cost milliseconds.
-pub const INIT_SAMPLE: usize = 16_384;
+// The hyperparameters and the k-means fit have modules of their own; re-exported so that
+// `detect::train::...` paths keep working.
+pub use super::kmeans::{kmeans, KMeansFit, INIT_SAMPLE};
+pub use super::params::{ParamError, TrainParams, TrainSpec};
 
 /// Most rows per cluster its per-feature spreads are estimated from (evenly spaced).
 pub const SPREAD_SAMPLE: usize = 32_768;
@@ -51,255 +51,6 @@ pub const RADIUS_FLOOR: f64 = 1.0;
 
 /// Features summed by the rate-threshold baseline (those the data has).
 pub const BASELINE_FEATURES: [&str; 3] = ["frames_in", "decode_errors", "refused"];
-
-/// Why hyperparameters were refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ParamError {
-    /// `k` is 0 or above [`MAX_K`].
-    #[error("k must be between 1 and {max}, got {k}")]
-    K {
-        /// The value given.
-        k: usize,
-        /// [`MAX_K`].
-        max: usize,
-    },
-    /// More clusters than fit rows.
-    #[error("k = {k} needs at least {k} fit rows, the data has {rows}")]
-    KAboveRows {
-        /// Clusters asked for.
-        k: usize,
-        /// Fit rows available.
-        rows: usize,
-    },
-    /// `n_init` is 0.
-    #[error("n_init must be at least 1")]
-    NInit,
-    /// `max_iterations` is 0.
-    #[error("max_iterations must be at least 1")]
-    MaxIterations,
-    /// A positive finite number was required.
-    #[error("{name} must be a positive finite number, got {value}")]
-    NotPositive {
-        /// Parameter name.
-        name: &'static str,
-        /// The value given.
-        value: f64,
-    },
-    /// A fraction was outside its range.
-    #[error("{name} must be in {range}, got {value}")]
-    OutOfRange {
-        /// Parameter name.
-        name: &'static str,
-        /// The allowed range, as text.
-        range: &'static str,
-        /// The value given.
-        value: f64,
-    },
-    /// Too many features for the scorer.
-    #[error("at most {MAX_FEATURES} features are supported, the data has {0}")]
-    Features(usize),
-}
-
-/// Training hyperparameters as given (CLI flags, a file): unchecked. [`TrainSpec::check`]
-/// turns them into [`TrainParams`], the only thing [`train`] accepts. Builder methods are
-/// named after the quantity they set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainSpec {
-    algo: Algo,
-    k: usize,
-    seed: u64,
-    n_init: usize,
-    max_iterations: u64,
-    tolerance: f64,
-    normalize: bool,
-    cluster_min_spread: f64,
-    spread_quantile: f64,
-    min_scale: f64,
-    quantile: f64,
-    margin: f64,
-    target_fpr: f64,
-    calibration_fraction: f64,
-    benign_only: bool,
-    gmm_reg_covariance: f64,
-    gmm_tolerance: f64,
-    gmm_max_rows: usize,
-}
-
-impl Default for TrainSpec {
-    fn default() -> TrainSpec {
-        TrainSpec {
-            algo: Algo::Kmeans,
-            k: 4,
-            seed: 42,
-            n_init: 1,
-            max_iterations: 300,
-            tolerance: 1e-4,
-            normalize: true,
-            cluster_min_spread: 0.5,
-            spread_quantile: 0.999,
-            min_scale: 0.1,
-            quantile: 0.995,
-            margin: 1.1,
-            target_fpr: 0.01,
-            calibration_fraction: 0.2,
-            benign_only: true,
-            gmm_reg_covariance: 1e-3,
-            gmm_tolerance: 1e-3,
-            gmm_max_rows: 50_000,
-        }
-    }
-}
-
-macro_rules! setters {
-    ($( $(#[$doc:meta])* $name:ident: $ty:ty; )*) => {
-        impl TrainSpec {
-            $(
-                $(#[$doc])*
-                pub fn $name(mut self, $name: $ty) -> TrainSpec {
-                    self.$name = $name;
-                    self
-                }
-            )*
-        }
-        impl TrainParams {
-            $(
-                $(#[$doc])*
-                pub fn $name(&self) -> $ty {
-                    self.0.$name
-                }
-            )*
-        }
-    };
-}
-
-setters! {
-    /// The algorithm (default k-means).
-    algo: Algo;
-    /// Clusters or mixture components, 1 to [`MAX_K`] (default 4).
-    k: usize;
-    /// Seed of every random choice: the split, the sample, the initialization (default 42).
-    seed: u64;
-    /// Initializations tried on the sample; the best is refined on all rows (default 1).
-    n_init: usize;
-    /// Most Lloyd (or EM) iterations (default 300, as scikit-learn).
-    max_iterations: u64;
-    /// k-means stops when the squared centroid shift is at most this × the mean feature
-    /// variance, scikit-learn's rule (default 1e-4).
-    tolerance: f64;
-    /// Per-cluster normalization (default on): divide each feature's deviation from a
-    /// centroid by that cluster's spread of the feature, and each cluster's distances by its
-    /// radius. Off: plain Euclidean distance in scaled space.
-    normalize: bool;
-    /// Smallest per-cluster spread of a feature, in scaled units (default 0.5: a feature that
-    /// is constant within a cluster still tolerates small changes, such as one kind fewer).
-    cluster_min_spread: f64;
-    /// Quantile of a cluster's absolute deviations in a feature that is its spread, in
-    /// (0, 1] (default 0.999: a value one benign window in a thousand shows is still normal).
-    spread_quantile: f64;
-    /// Smallest feature scale after `slog1p` (default 0.1).
-    min_scale: f64;
-    /// Quantile of fit scores the threshold starts from, in (0, 1] (default 0.995).
-    quantile: f64;
-    /// Factor on that quantile, at least 1 (default 1.1).
-    margin: f64;
-    /// Highest false-positive rate allowed on held-out benign rows, in [0, 1) (default 0.01).
-    target_fpr: f64;
-    /// Fraction of the training rows held out for calibration, in [0, 0.9] (default 0.2).
-    calibration_fraction: f64;
-    /// Fit on benign rows only (default on); off fits on every row, attacks included.
-    benign_only: bool;
-    /// Added to the mixture's covariance diagonals (default 1e-3).
-    gmm_reg_covariance: f64;
-    /// EM stops when the lower bound changes by less than this (default 1e-3).
-    gmm_tolerance: f64;
-    /// Most rows the mixture is fitted on (a seeded sample; default 50 000).
-    gmm_max_rows: usize;
-}
-
-impl TrainSpec {
-    /// Checks every value; see [`ParamError`]. `k` against the number of rows is checked by
-    /// [`train`], which knows the data.
-    pub fn check(self) -> Result<TrainParams, ParamError> {
-        let positive = |name, value: f64| {
-            if value.is_finite() && value > 0.0 {
-                Ok(())
-            } else {
-                Err(ParamError::NotPositive { name, value })
-            }
-        };
-        if self.k == 0 || self.k > MAX_K {
-            return Err(ParamError::K {
-                k: self.k,
-                max: MAX_K,
-            });
-        }
-        if self.n_init == 0 {
-            return Err(ParamError::NInit);
-        }
-        if self.max_iterations == 0 {
-            return Err(ParamError::MaxIterations);
-        }
-        positive("tolerance", self.tolerance)?;
-        positive("min_scale", self.min_scale)?;
-        positive("cluster_min_spread", self.cluster_min_spread)?;
-        positive("gmm_reg_covariance", self.gmm_reg_covariance)?;
-        positive("gmm_tolerance", self.gmm_tolerance)?;
-        if !(self.quantile > 0.0 && self.quantile <= 1.0) {
-            return Err(ParamError::OutOfRange {
-                name: "quantile",
-                range: "(0, 1]",
-                value: self.quantile,
-            });
-        }
-        if !(self.spread_quantile > 0.0 && self.spread_quantile <= 1.0) {
-            return Err(ParamError::OutOfRange {
-                name: "spread_quantile",
-                range: "(0, 1]",
-                value: self.spread_quantile,
-            });
-        }
-        if !(self.margin >= 1.0 && self.margin.is_finite()) {
-            return Err(ParamError::OutOfRange {
-                name: "margin",
-                range: "[1, inf)",
-                value: self.margin,
-            });
-        }
-        if !(0.0..1.0).contains(&self.target_fpr) {
-            return Err(ParamError::OutOfRange {
-                name: "target_fpr",
-                range: "[0, 1)",
-                value: self.target_fpr,
-            });
-        }
-        if !(0.0..=0.9).contains(&self.calibration_fraction) {
-            return Err(ParamError::OutOfRange {
-                name: "calibration_fraction",
-                range: "[0, 0.9]",
-                value: self.calibration_fraction,
-            });
-        }
-        if self.gmm_max_rows < self.k {
-            return Err(ParamError::KAboveRows {
-                k: self.k,
-                rows: self.gmm_max_rows,
-            });
-        }
-        Ok(TrainParams(self))
-    }
-}
-
-/// Checked hyperparameters (see [`TrainSpec`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainParams(TrainSpec);
-
-impl TrainParams {
-    /// The spec these were checked from.
-    pub fn spec(&self) -> &TrainSpec {
-        &self.0
-    }
-}
 
 /// How long each training stage took (not stored in the model).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -326,25 +77,25 @@ pub struct Trained {
 /// Trains a model on `data` (see the module docs for the steps).
 pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectError> {
     let t0 = Instant::now();
-    let p = params.spec();
+    let p = params;
     let d = data.features().len();
     if d > MAX_FEATURES {
         return Err(ParamError::Features(d).into());
     }
     let benign: Vec<usize> = (0..data.rows()).filter(|&i| data.is_benign(i)).collect();
-    let mut rows: Vec<usize> = if p.benign_only {
+    let mut rows: Vec<usize> = if p.benign_only() {
         benign.clone()
     } else {
         (0..data.rows()).collect()
     };
-    let mut rng = StdRng::seed_from_u64(p.seed);
+    let mut rng = StdRng::seed_from_u64(p.seed());
     rows.shuffle(&mut rng);
-    let n_cal = ((rows.len() as f64) * p.calibration_fraction).round() as usize;
-    let n_cal = n_cal.min(rows.len().saturating_sub(p.k));
+    let n_cal = ((rows.len() as f64) * p.calibration_fraction()).round() as usize;
+    let n_cal = n_cal.min(rows.len().saturating_sub(p.k()));
     let (cal, fit) = rows.split_at_mut(n_cal);
-    if fit.len() < p.k || fit.is_empty() {
+    if fit.len() < p.k() || fit.is_empty() {
         return Err(ParamError::KAboveRows {
-            k: p.k,
+            k: p.k(),
             rows: fit.len(),
         }
         .into());
@@ -360,15 +111,23 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
     let mut z = gather_transformed(x.view(), fit);
     let scaler = Scaler::fit(
         ArrayView2::from_shape((fit.len(), d), &z).map_err(shape_err)?,
-        p.min_scale,
+        p.min_scale(),
     );
     scaler.scale_rows(&mut z);
     let prepare = t0.elapsed();
 
     let t1 = Instant::now();
-    let (detector, iterations, converged, inertia) = match p.algo {
+    let (detector, iterations, converged, inertia) = match p.algo() {
         Algo::Kmeans => {
-            let km = kmeans(&z, d, p.k, p.n_init, p.max_iterations, p.tolerance, p.seed)?;
+            let km = kmeans(
+                &z,
+                d,
+                p.k(),
+                p.n_init(),
+                p.max_iterations(),
+                p.tolerance(),
+                p.seed(),
+            )?;
             let (det, inertia) = kmeans_detector(&km, &z, d, p, &scaler, x.view(), fit)?;
             (det, Some(km.iterations), km.converged, Some(inertia))
         }
@@ -382,15 +141,15 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
         features: data.features().to_vec(),
     };
     let all: Vec<usize> = (0..data.rows()).collect();
-    let baseline = fit_baseline(data, &all, p.target_fpr);
+    let baseline = fit_baseline(data, &all, p.target_fpr());
     let summary = TrainingSummary {
         rows: data.rows(),
         benign_rows: benign.len(),
         fit_rows: fit.len(),
         calibration_rows: cal.len(),
-        seed: p.seed,
+        seed: p.seed(),
         window_ms: common_window(data),
-        params: p.clone(),
+        params: p.spec().clone(),
         iterations,
         converged,
         inertia,
@@ -404,8 +163,13 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
     // Scores through the public scorer, exactly as live windows will be scored.
     let fit_scores = score_raw_rows(&model, x.view(), fit);
     let cal_scores = score_raw_rows(&model, x.view(), cal);
-    let (threshold, q, rule) =
-        choose_threshold(&fit_scores, &cal_scores, p.quantile, p.margin, p.target_fpr);
+    let (threshold, q, rule) = choose_threshold(
+        &fit_scores,
+        &cal_scores,
+        p.quantile(),
+        p.margin(),
+        p.target_fpr(),
+    );
     let above = |s: &[f64]| {
         if s.is_empty() {
             0.0
@@ -439,10 +203,6 @@ fn common_window(data: &Dataset) -> Option<u64> {
     (1..data.rows())
         .all(|i| data.window_ms(i) == first)
         .then_some(first)
-}
-
-fn shape_err(e: ndarray::ShapeError) -> DetectError {
-    DetectError::BadModel(format!("inconsistent matrix shape: {e}"))
 }
 
 /// `slog1p` of the chosen rows, row-major.
@@ -483,7 +243,7 @@ fn choose_threshold(
     target_fpr: f64,
 ) -> (f64, f64, &'static str) {
     let mut f = fit.to_vec();
-    let q = par::quantiles(&mut f, &[quantile])[0];
+    let q = quantiles(&mut f, &[quantile])[0];
     let mut t = q * margin;
     let mut rule = "quantile_x_margin";
     if !cal.is_empty() {
@@ -574,223 +334,6 @@ pub(crate) fn fit_baseline(data: &Dataset, rows: &[usize], target_fpr: f64) -> O
     })
 }
 
-/// The result of [`kmeans`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct KMeansFit {
-    /// Centroids, row-major `k × d` (empty clusters included).
-    pub centroids: Vec<f64>,
-    /// Clusters.
-    pub k: usize,
-    /// Lloyd iterations over all rows.
-    pub iterations: u64,
-    /// Whether it stopped before `max_iterations`.
-    pub converged: bool,
-    /// Each row's cluster after the last iteration.
-    pub labels: Vec<u32>,
-    /// Each row's squared distance to its centroid.
-    pub sq_dists: Vec<f64>,
-}
-
-/// Partial sums of one block of rows in one Lloyd iteration.
-struct Partial {
-    sums: Vec<f64>,
-    counts: Vec<u64>,
-    labels: Vec<u32>,
-    sq: Vec<f64>,
-    changed: usize,
-}
-
-/// k-means on row-major scaled rows: linfa's `KMeans` (k-means++, `n_init` runs, seeded) on a
-/// sample of at most [`INIT_SAMPLE`] rows for the starting centroids, then Lloyd iterations
-/// over all rows until the labels stop changing, the squared centroid shift is at most
-/// `tolerance` × the mean feature variance (scikit-learn's rule), or `max_iterations`.
-pub fn kmeans(
-    z: &[f64],
-    d: usize,
-    k: usize,
-    n_init: usize,
-    max_iterations: u64,
-    tolerance: f64,
-    seed: u64,
-) -> Result<KMeansFit, DetectError> {
-    let n = z.len() / d.max(1);
-    if k == 0 || k > n || k > MAX_K {
-        return Err(ParamError::KAboveRows { k, rows: n }.into());
-    }
-    let tol = tolerance * mean_variance(z, d);
-    let mut centroids = init_centroids(z, d, k, n_init, max_iterations, tol, seed)?;
-    let mut labels = vec![u32::MAX; n];
-    let mut iterations = 0;
-    let mut converged = false;
-    while iterations < max_iterations {
-        iterations += 1;
-        let parts = lloyd_pass(z, d, k, &centroids, &labels);
-        let mut sums = vec![0.0; k * d];
-        let mut counts = vec![0u64; k];
-        let mut changed = 0;
-        let mut next = Vec::with_capacity(n);
-        for p in parts {
-            for (s, v) in sums.iter_mut().zip(&p.sums) {
-                *s += v;
-            }
-            for (c, v) in counts.iter_mut().zip(&p.counts) {
-                *c += v;
-            }
-            changed += p.changed;
-            next.extend_from_slice(&p.labels);
-        }
-        labels = next;
-        let mut shift = 0.0;
-        for c in 0..k {
-            if counts[c] == 0 {
-                // An empty cluster keeps its centroid; it is dropped from the model.
-                continue;
-            }
-            let inv = 1.0 / counts[c] as f64;
-            for j in 0..d {
-                let new = sums[c * d + j] * inv;
-                let old = centroids[c * d + j];
-                shift += (new - old) * (new - old);
-                centroids[c * d + j] = new;
-            }
-        }
-        if changed == 0 {
-            converged = true;
-            break;
-        }
-        if shift <= tol {
-            converged = true;
-            break;
-        }
-    }
-    // Final assignment against the final centroids (scikit-learn does the same).
-    let parts = lloyd_pass(z, d, k, &centroids, &labels);
-    let mut sq_dists = Vec::with_capacity(n);
-    let mut labels = Vec::with_capacity(n);
-    for p in parts {
-        labels.extend_from_slice(&p.labels);
-        sq_dists.extend_from_slice(&p.sq);
-    }
-    Ok(KMeansFit {
-        centroids,
-        k,
-        iterations,
-        converged,
-        labels,
-        sq_dists,
-    })
-}
-
-/// One assignment pass: per block, each row's nearest centroid, its squared distance, and the
-/// block's per-cluster sums and counts.
-fn lloyd_pass(z: &[f64], d: usize, k: usize, centroids: &[f64], old: &[u32]) -> Vec<Partial> {
-    let kp = kernel::padded(k);
-    let ct = kernel::transpose(centroids, k, d, kp, 0.0);
-    let init = kernel::start(k, kp);
-    let n = z.len() / d;
-    par::map_blocks(n, |range| {
-        let mut p = Partial {
-            sums: vec![0.0; k * d],
-            counts: vec![0; k],
-            labels: Vec::with_capacity(range.len()),
-            sq: Vec::with_capacity(range.len()),
-            changed: 0,
-        };
-        for (row, &was) in z[range.start * d..range.end * d]
-            .chunks_exact(d)
-            .zip(&old[range])
-        {
-            let (best, dist) = kernel::nearest_plain(kp, row, &ct, &init);
-            if was != best as u32 {
-                p.changed += 1;
-            }
-            p.labels.push(best as u32);
-            p.sq.push(dist);
-            p.counts[best] += 1;
-            for (s, &x) in p.sums[best * d..(best + 1) * d].iter_mut().zip(row) {
-                *s += x;
-            }
-        }
-        p
-    })
-}
-
-/// Mean over features of each feature's variance (population), computed per block and
-/// combined in block order.
-fn mean_variance(z: &[f64], d: usize) -> f64 {
-    let n = z.len() / d;
-    if n == 0 {
-        return 0.0;
-    }
-    let parts = par::map_blocks(n, |range| {
-        let mut s = vec![0.0; d];
-        let mut s2 = vec![0.0; d];
-        for i in range {
-            for ((a, b), &x) in s.iter_mut().zip(s2.iter_mut()).zip(&z[i * d..(i + 1) * d]) {
-                *a += x;
-                *b += x * x;
-            }
-        }
-        (s, s2)
-    });
-    let mut s = vec![0.0; d];
-    let mut s2 = vec![0.0; d];
-    for (a, b) in parts {
-        s.iter_mut().zip(&a).for_each(|(x, y)| *x += y);
-        s2.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-    }
-    let nf = n as f64;
-    s.iter()
-        .zip(&s2)
-        .map(|(a, b)| (b / nf - (a / nf) * (a / nf)).max(0.0))
-        .sum::<f64>()
-        / d as f64
-}
-
-/// A seeded sample of at most `max` row indices, in ascending order.
-fn sample_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
-    if n <= max {
-        return (0..n).collect();
-    }
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut idx = rand::seq::index::sample(&mut rng, n, max).into_vec();
-    idx.sort_unstable();
-    idx
-}
-
-fn sample_matrix(z: &[f64], d: usize, rows: &[usize]) -> Result<Array2<f64>, DetectError> {
-    let mut flat = Vec::with_capacity(rows.len() * d);
-    for &i in rows {
-        flat.extend_from_slice(&z[i * d..(i + 1) * d]);
-    }
-    Array2::from_shape_vec((rows.len(), d), flat).map_err(shape_err)
-}
-
-/// Starting centroids from linfa's k-means on a sample.
-fn init_centroids(
-    z: &[f64],
-    d: usize,
-    k: usize,
-    n_init: usize,
-    max_iterations: u64,
-    tol: f64,
-    seed: u64,
-) -> Result<Vec<f64>, DetectError> {
-    let n = z.len() / d;
-    let sample = sample_matrix(z, d, &sample_rows(n, INIT_SAMPLE, seed))?;
-    let fit = KMeans::params_with_rng(k, StdRng::seed_from_u64(seed))
-        .n_runs(n_init)
-        .max_n_iterations(max_iterations)
-        // linfa compares the (unsquared) centroid shift with its tolerance.
-        .tolerance(tol.sqrt().max(f64::MIN_POSITIVE))
-        .fit(&DatasetBase::from(sample))
-        .map_err(|e| DetectError::Fit {
-            algo: "kmeans",
-            reason: e.to_string(),
-        })?;
-    Ok(fit.centroids().iter().copied().collect())
-}
-
 /// The model's k-means part from a fit: the non-empty clusters, each with its per-feature
 /// spread, assignment penalty and radius, and the mean squared distance (inertia per row).
 /// `x` and `fit` are the raw rows the fit was made on, for the radii: they are measured with
@@ -799,7 +342,7 @@ fn kmeans_detector(
     km: &KMeansFit,
     z: &[f64],
     d: usize,
-    p: &TrainSpec,
+    p: &TrainParams,
     scaler: &Scaler,
     x: ArrayView2<'_, f64>,
     fit: &[usize],
@@ -819,7 +362,7 @@ fn kmeans_detector(
     // (one failed login in a hundred windows) gets the spread of that rare value, so it does
     // not dominate every distance, while a value far beyond anything benign still stands out.
     let mut spread: Vec<Vec<f64>> = vec![vec![1.0; d]; kept.len()];
-    if p.normalize {
+    if p.normalize() {
         par::for_each_mut(&mut spread, |ci, out| {
             let rows = &members[kept[ci]];
             let centre = &cent[kept[ci] * d..(kept[ci] + 1) * d];
@@ -830,7 +373,7 @@ fn kmeans_detector(
                 for (v, &i) in dev.iter_mut().zip(&sample) {
                     *v = (z[i * d + j] - centre[j]).abs();
                 }
-                *o = par::quantiles(&mut dev, &[p.spread_quantile])[0].max(p.cluster_min_spread);
+                *o = quantiles(&mut dev, &[p.spread_quantile()])[0].max(p.cluster_min_spread());
             }
         });
     }
@@ -838,7 +381,7 @@ fn kmeans_detector(
         .iter()
         .zip(&spread)
         .map(|(&c, s)| {
-            if p.normalize {
+            if p.normalize() {
                 2.0 * s.iter().map(|v| v.ln()).sum::<f64>()
                     - 2.0 * (members[c].len() as f64 / n as f64).ln()
             } else {
@@ -854,7 +397,7 @@ fn kmeans_detector(
     // Radii: score every fit row with radius 1, then take the `quantile` of the distances of
     // the rows each cluster claims.
     let mut radius = vec![1.0; kept.len()];
-    if p.normalize {
+    if p.normalize() {
         let unit = Model::assemble(
             Schema {
                 version: 0,
@@ -879,7 +422,7 @@ fn kmeans_detector(
         }
         for (r, dists) in radius.iter_mut().zip(per.iter_mut()) {
             if !dists.is_empty() {
-                *r = par::quantiles(dists, &[p.quantile])[0].max(RADIUS_FLOOR);
+                *r = quantiles(dists, &[p.quantile()])[0].max(RADIUS_FLOOR);
             } else {
                 *r = RADIUS_FLOOR;
             }
@@ -899,15 +442,15 @@ fn kmeans_detector(
 }
 
 /// A summary with nothing in it yet (for intermediate models).
-fn empty_summary(p: &TrainSpec) -> TrainingSummary {
+fn empty_summary(p: &TrainParams) -> TrainingSummary {
     TrainingSummary {
         rows: 0,
         benign_rows: 0,
         fit_rows: 0,
         calibration_rows: 0,
-        seed: p.seed,
+        seed: p.seed(),
         window_ms: None,
-        params: p.clone(),
+        params: p.spec().clone(),
         iterations: None,
         converged: false,
         inertia: None,
@@ -934,14 +477,14 @@ fn claim_rows(model: &Model, x: ArrayView2<'_, f64>, rows: &[usize]) -> Vec<(usi
 }
 
 /// linfa's Gaussian mixture on a seeded sample of the scaled fit rows.
-fn gmm(z: &[f64], d: usize, p: &TrainSpec) -> Result<Detector, DetectError> {
+fn gmm(z: &[f64], d: usize, p: &TrainParams) -> Result<Detector, DetectError> {
     let n = z.len() / d;
-    let sample = sample_matrix(z, d, &sample_rows(n, p.gmm_max_rows, p.seed))?;
-    let fit = GaussianMixtureModel::params_with_rng(p.k, StdRng::seed_from_u64(p.seed))
-        .n_runs(p.n_init as u64)
-        .max_n_iterations(p.max_iterations)
-        .tolerance(p.gmm_tolerance)
-        .reg_covariance(p.gmm_reg_covariance)
+    let sample = sample_matrix(z, d, &sample_rows(n, p.gmm_max_rows(), p.seed()))?;
+    let fit = GaussianMixtureModel::params_with_rng(p.k(), StdRng::seed_from_u64(p.seed()))
+        .n_runs(p.n_init() as u64)
+        .max_n_iterations(p.max_iterations())
+        .tolerance(p.gmm_tolerance())
+        .reg_covariance(p.gmm_reg_covariance())
         .fit(&DatasetBase::from(sample))
         .map_err(|e| DetectError::Fit {
             algo: "gmm",
@@ -1083,37 +626,33 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn training_is_deterministic() -> Result<(), DetectError> {
-        let data = synthetic(2000, 0, 3);
-        let params = TrainSpec::default().k(4).seed(11).check()?;
-        let a = train(&data, &params)?.model;
-        let b = train(&data, &params)?.model;
-        assert_eq!(a, b);
-        Ok(())
+    /// The model file that training on `data` writes, with `threads` worker threads.
+    fn model_file(
+        data: &Dataset,
+        params: &TrainParams,
+        threads: usize,
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let model = par::with_threads(threads, || train(data, params))??.model;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("model.json");
+        model.save(&path)?;
+        Ok(std::fs::read(path)?)
     }
 
     #[test]
-    fn hyperparameters_are_checked() {
-        assert!(matches!(
-            TrainSpec::default().k(0).check(),
-            Err(ParamError::K { k: 0, .. })
-        ));
-        assert!(matches!(
-            TrainSpec::default().quantile(1.5).check(),
-            Err(ParamError::OutOfRange {
-                name: "quantile",
-                ..
-            })
-        ));
-        assert!(matches!(
-            TrainSpec::default().margin(0.5).check(),
-            Err(ParamError::OutOfRange { name: "margin", .. })
-        ));
-        assert!(matches!(
-            TrainSpec::default().tolerance(f64::NAN).check(),
-            Err(ParamError::NotPositive { .. })
-        ));
+    fn training_ignores_the_thread_count() -> Result<(), Box<dyn std::error::Error>> {
+        // 36 000 rows leave 28 800 fit rows: four blocks, so that 2 and 3 threads would each
+        // group the sums differently if anything grouped them by thread.
+        let data = crate::detect::synth::dataset(&["f0", "f1", "f2", "f3"], 36_000, 0.0, 3)?;
+        let params = TrainSpec::default().k(4).seed(11).check()?;
+        let one = model_file(&data, &params, 1)?;
+        for threads in [2, 3] {
+            assert!(
+                model_file(&data, &params, threads)? == one,
+                "{threads} threads wrote another model file than 1 thread"
+            );
+        }
+        Ok(())
     }
 
     #[test]
@@ -1124,25 +663,6 @@ mod tests {
             train(&data, &params),
             Err(DetectError::Param(ParamError::KAboveRows { k: 20, .. }))
         ));
-        Ok(())
-    }
-
-    #[test]
-    fn kmeans_finds_separated_blobs() -> Result<(), DetectError> {
-        let mut rng = StdRng::seed_from_u64(5);
-        let d = 3;
-        let mut z = Vec::new();
-        for i in 0..30_000 {
-            let c = (i % 3) as f64 * 10.0;
-            for _ in 0..d {
-                z.push(c + rng.gen_range(-1.0..1.0));
-            }
-        }
-        let km = kmeans(&z, d, 3, 1, 300, 1e-4, 1)?;
-        assert!(km.converged);
-        let mut firsts: Vec<i64> = (0..3).map(|c| km.centroids[c * d].round() as i64).collect();
-        firsts.sort_unstable();
-        assert_eq!(firsts, vec![0, 10, 20]);
         Ok(())
     }
 
