@@ -502,19 +502,18 @@ pub enum Sniffed {
     PlaintextRampart,
     /// Anything else.
     Other,
-    /// Too few bytes to tell yet.
+    /// No bytes: the peer closed before sending any.
     NeedMore,
 }
 
-/// Classifies the first bytes of a connection: a TLS record starts with content type 22
-/// (handshake) and a 3.x version; rampart's frames with `RM`.
+/// Classifies the first bytes of a connection, deciding on the first byte where it can (a
+/// server peeks once, and a byte is all a peek is sure to return): a TLS record starts with
+/// content type 22 (handshake), then a 3.x version; rampart's frames start with `RM`.
 pub fn sniff(first: &[u8]) -> Sniffed {
     match first {
         [] => Sniffed::NeedMore,
-        [0x16] | [0x16, 0x03] => Sniffed::NeedMore,
-        [0x16, 0x03, minor, ..] if *minor <= 0x04 => Sniffed::Tls,
-        [b'R'] => Sniffed::NeedMore,
-        [b'R', b'M', ..] => Sniffed::PlaintextRampart,
+        [0x16] | [0x16, 0x03, ..] => Sniffed::Tls,
+        [b'R'] | [b'R', b'M', ..] => Sniffed::PlaintextRampart,
         _ => Sniffed::Other,
     }
 }
@@ -786,7 +785,8 @@ mod tests {
     #[test]
     fn sniffing_tells_tls_from_plaintext_on_the_first_bytes() {
         assert_eq!(sniff(&[0x16, 0x03, 0x01, 0x02, 0x00]), Sniffed::Tls);
-        assert_eq!(sniff(&[0x16, 0x03]), Sniffed::NeedMore);
+        assert_eq!(sniff(&[0x16]), Sniffed::Tls);
+        assert_eq!(sniff(&[0x16, 0x03]), Sniffed::Tls);
         assert_eq!(sniff(b"RM\x01\x03"), Sniffed::PlaintextRampart);
         assert_eq!(sniff(b"GET / HTTP/1.1"), Sniffed::Other);
         assert_eq!(sniff(&[0x16, 0x04, 0x00]), Sniffed::Other);
