@@ -141,6 +141,9 @@ async fn plaintext_on_the_tls_port_is_told_and_other_bytes_are_cut() -> TestResu
             Ok(_) => panic!("plaintext login on a TLS port succeeded"),
         }
 
+        // Forgetting --tls is an honest mistake: no score.
+        assert_eq!(server.handle.firewall().score(ip("127.0.0.1")), 0.0);
+
         // An HTTP request: closed without a word.
         let mut s = raw_connect(server.addr, Some(ip("127.0.50.1"))).await?;
         send_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -150,7 +153,7 @@ async fn plaintext_on_the_tls_port_is_told_and_other_bytes_are_cut() -> TestResu
         let m = server.handle.metrics().snapshot();
         assert_eq!(m.tls_not_tls, 2);
         assert_eq!(m.tls_handshakes, 0);
-        // Each is a broken frame to the firewall.
+        // Bytes that are not TLS at all are a broken frame to the firewall.
         assert!(server.handle.firewall().score(ip("127.0.50.1")) > 0.0);
         Ok(())
     })

@@ -5,7 +5,9 @@
 //! that byte, before any cryptography; one that starts like rampart's plaintext frames (a
 //! client that forgot `--tls`) is first told so in a plaintext ERROR it can read. A handshake
 //! that outlives its budget is a slowloris of the handshake and is scored as a slow frame;
-//! one that fails (garbage after the first byte, a protocol error) as a broken frame header.
+//! bytes that are not TLS at all as a broken frame header. A client that forgot `--tls`, or
+//! a TLS client with nothing in common with the server, draws no signal: both are honest
+//! mistakes, and each costs the server one peeked byte or one failed handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,15 +74,19 @@ impl HandshakeFailure {
         }
     }
 
-    /// The firewall signal it draws, if any: a cap is the server's own limit, and a peer
-    /// that closes at once has done nothing.
+    /// The firewall signal it draws, if any. A slow handshake is a slowloris and bytes that
+    /// are not TLS at all are a broken frame, as they would be on a plaintext port. The rest
+    /// are what honest clients do: one of rampart's own that forgot `--tls` (it is told
+    /// why), a TLS client with no version or cipher in common, a peer that closes at once,
+    /// and a cap that is the server's own limit.
     fn signal(&self) -> Option<Signal> {
         match self {
             HandshakeFailure::Timeout => Some(Signal::SlowFrame),
+            HandshakeFailure::NotTls => Some(Signal::FatalFrame),
             HandshakeFailure::Plaintext
-            | HandshakeFailure::NotTls
-            | HandshakeFailure::Failed(_) => Some(Signal::FatalFrame),
-            HandshakeFailure::Closed | HandshakeFailure::Capped(_) => None,
+            | HandshakeFailure::Failed(_)
+            | HandshakeFailure::Closed
+            | HandshakeFailure::Capped(_) => None,
         }
     }
 }
