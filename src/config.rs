@@ -234,6 +234,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     /// Disk space.
     pub storage: StorageConfig,
+    /// TLS on the protocol port.
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -267,6 +269,7 @@ impl Config {
         self.firewall.check()?;
         self.activity.check()?;
         self.storage.check()?;
+        self.tls.check()?;
         Ok(())
     }
 }
@@ -1254,6 +1257,102 @@ impl StorageConfig {
             0,
             MAX_MIN_FREE_BYTES,
         )
+    }
+}
+
+// Defaults for [tls].
+// A TLS 1.3 handshake on loopback takes about a millisecond and over a slow mobile link a few
+// round trips: 5 s is generous for any client and short for a ClientHello dripped slowly.
+const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+// Key exchange costs about 0.1 ms of CPU per handshake (ECDHE P-256 with ring): 256 at once
+// is a fraction of a second of work, however many connections a flood opens.
+const DEFAULT_MAX_HANDSHAKES: u32 = 256;
+// A NAT'd office reconnecting all at once rarely has more than a few handshakes in flight.
+const DEFAULT_MAX_HANDSHAKES_PER_IP: u32 = 8;
+
+/// `[tls]`: TLS on the protocol port. Off unless `cert` and `key` are both set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM. With `key`, turns TLS on.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key, PEM.
+    pub key: Option<PathBuf>,
+    /// Lowest TLS version accepted: `"1.3"` (the default) or `"1.2"`.
+    pub min_version: String,
+    /// A handshake must complete within this, from its first byte's arrival.
+    pub handshake_timeout_ms: u64,
+    /// Most handshakes in progress at once, over all sources.
+    pub max_handshakes: u32,
+    /// Most handshakes in progress at once from one source address.
+    pub max_handshakes_per_ip: u32,
+    /// Serve plaintext on a non-loopback address anyway (passwords cross the network in
+    /// clear text). Without TLS the server refuses to listen anywhere but loopback unless
+    /// this is set (`rampart serve --insecure-plaintext`).
+    pub insecure_plaintext: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            min_version: "1.3".into(),
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            insecure_plaintext: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Checks that `cert` and `key` come together, the version is known, and the budgets are
+    /// in range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match (&self.cert, &self.key) {
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set but tls.key is not"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"))
+            }
+            _ => {}
+        }
+        crate::tls::MinVersion::parse(&self.min_version)
+            .map_err(|e| invalid("tls.min_version", e.to_string()))?;
+        in_range(
+            "tls.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100,
+            60_000,
+        )?;
+        in_range(
+            "tls.max_handshakes",
+            u64::from(self.max_handshakes),
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "tls.max_handshakes_per_ip",
+            u64::from(self.max_handshakes_per_ip),
+            1,
+            u64::from(self.max_handshakes),
+        )
+    }
+
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+
+    /// The handshake's budgets.
+    pub fn handshake_limits(&self) -> crate::tls::HandshakeLimits {
+        crate::tls::HandshakeLimits {
+            timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_total: self.max_handshakes as usize,
+            max_per_source: self.max_handshakes_per_ip as usize,
+        }
     }
 }
 

@@ -32,3 +32,4 @@ pub mod protocol;
 pub mod scenario;
 pub mod server;
 pub mod store;
+pub mod tls;

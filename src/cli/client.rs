@@ -8,9 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use rampart::client::download::Placement;
-use rampart::client::{hex, Client, ClientOptions};
+use rampart::client::{hex, Client, ClientOptions, TlsOptions};
 use rampart::protocol::{InboxEntry, ItemBody, ItemKind, ItemView};
 use rampart::store::sanitize_file_name;
+use rampart::tls::{ClientTrust, MinVersion};
 
 use super::terminal::{json_line, visible, Shape};
 use super::time::rfc3339_ms;
@@ -58,6 +59,25 @@ pub struct ClientArgs {
     /// ~/.config/rampart/tickets).
     #[arg(long, value_name = "FILE", env = "RAMPART_TICKETS")]
     tickets: Option<PathBuf>,
+    /// Speak TLS. The server is verified against --ca, or else trusted on first use: its
+    /// certificate's fingerprint is recorded in --known-servers and a changed certificate is
+    /// refused later.
+    #[arg(long)]
+    tls: bool,
+    /// Trust only certificates issued by the CA certificates in this PEM file (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Trust the system's root certificates instead of trusting on first use (implies --tls).
+    #[arg(long, conflicts_with = "ca")]
+    system_roots: bool,
+    /// Where trust-on-first-use fingerprints are kept (default:
+    /// $XDG_CONFIG_HOME/rampart/known_servers or ~/.config/rampart/known_servers).
+    #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_SERVERS")]
+    known_servers: Option<PathBuf>,
+    /// Send the password (or a resume ticket) in plain text to a server that is not on this
+    /// machine. Without TLS the client refuses to: anyone on the path could read it.
+    #[arg(long)]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: ClientCommand,
 }
@@ -277,9 +297,57 @@ async fn read_body(body: Option<String>, body_file: Option<&Path>) -> Result<Str
     }
 }
 
+/// How the client speaks to `args.server`: TLS options, or `None` for plaintext, which is
+/// refused (before anything is sent) for a credential bound to a server off this machine.
+async fn transport(args: &ClientArgs) -> Result<Option<TlsOptions>> {
+    let tls = args.tls || args.ca.is_some() || args.system_roots;
+    if tls {
+        let trust = match (&args.ca, args.system_roots) {
+            (Some(ca), _) => ClientTrust::Ca(ca.clone()),
+            (None, true) => ClientTrust::SystemRoots,
+            (None, false) => {
+                let Some(file) = args
+                    .known_servers
+                    .clone()
+                    .or_else(|| tickets::config_file("known_servers"))
+                else {
+                    bail!("no home directory for the known-servers file: give --known-servers FILE or --ca FILE");
+                };
+                ClientTrust::FirstUse(file)
+            }
+        };
+        return Ok(Some(TlsOptions::new(
+            &trust,
+            &args.server,
+            MinVersion::Tls13,
+        )?));
+    }
+    let sends_credentials = !matches!(args.command, ClientCommand::Ping);
+    if sends_credentials && !args.insecure_plaintext && !is_loopback(&args.server).await? {
+        bail!(
+            "refusing to send a password in plain text to {}, which is not on this machine: \
+             use --tls (with --ca FILE to verify the server), or --insecure-plaintext if the \
+             network is trusted",
+            args.server
+        );
+    }
+    Ok(None)
+}
+
+/// Whether every address `server` resolves to is a loopback address. Resolution asks the
+/// system resolver; nothing is sent to the server.
+async fn is_loopback(server: &str) -> Result<bool> {
+    let addrs: Vec<_> = tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("cannot resolve {server}"))?
+        .collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
 pub async fn run(args: ClientArgs) -> Result<ExitCode> {
     let opts = ClientOptions {
         source: args.bind,
+        tls: transport(&args).await?,
         ..ClientOptions::default()
     };
     if let ClientCommand::Ping = args.command {

@@ -1,6 +1,7 @@
 //! Argument definitions and dispatch for the `rampart` binary.
 
 mod activity;
+mod cert;
 mod client;
 mod demo;
 mod firewall;
@@ -56,6 +57,9 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     User(user::UserCommand),
     /// Talk to a server as a user; the password comes from RAMPART_PASSWORD.
     Client(client::ClientArgs),
+    /// Make TLS certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -151,6 +155,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::User(cmd) => user::run(cmd),
         Command::Client(args) => rt.block_on(client::run(args)),
+        Command::Cert(cmd) => cert::run(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             load_config(Some(&file))?;
             println!("ok");

@@ -24,6 +24,16 @@ pub struct ServeArgs {
     /// Configuration file (TOML); see rampart.example.toml. Defaults apply without it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key. Overrides [tls] cert.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Overrides [tls] key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext on an address other hosts can reach. Without TLS the server refuses to
+    /// listen anywhere but loopback: passwords would cross the network in clear text.
+    #[arg(long)]
+    insecure_plaintext: bool,
     #[command(flatten)]
     model: super::ModelArgs,
 }
@@ -47,7 +57,12 @@ async fn shutdown_signal() -> Result<()> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
-    let config = load_config(args.config.as_ref())?;
+    let mut config = load_config(args.config.as_ref())?;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls.cert = Some(cert);
+        config.tls.key = Some(key);
+    }
+    config.tls.insecure_plaintext |= args.insecure_plaintext;
     // `firewall.model = "off"` is `--no-model` in the configuration file.
     let model = match config.firewall.model {
         rampart::config::ModelMode::Off => None,

@@ -18,6 +18,15 @@ pub enum ClientError {
         /// What failed.
         source: io::Error,
     },
+    /// The TLS handshake failed: an untrusted or changed certificate, no shared version, or
+    /// a server that does not speak TLS.
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        /// The address as given by the caller.
+        addr: String,
+        /// What failed (rustls's reason, inside an I/O error).
+        source: io::Error,
+    },
     /// A socket error other than the peer closing, or an error from the caller's own reader
     /// (uploads) or writer (downloads).
     #[error("i/o error: {0}")]

@@ -96,6 +96,50 @@ pub struct ClientOptions {
     /// might, from this seed: see [`ClientOptions::segmented`]. `None` (the default) writes
     /// each request, or a whole pipeline, at once.
     pub segmented: Option<u64>,
+    /// Speak TLS to the server with this configuration; `None` (the default) is plaintext.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How a client speaks TLS: the rustls configuration, the name the certificate must carry,
+/// and, under trust on first use, the verifier that records a first-seen certificate.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// The rustls client configuration.
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// The server name to verify the certificate against (a DNS name or an IP address).
+    pub server_name: String,
+    /// Set under trust on first use ([`crate::tls::ClientTrust::FirstUse`]).
+    pub first_use: Option<std::sync::Arc<crate::tls::TofuVerifier>>,
+}
+
+/// Two options are equal when they share one configuration and check the same name.
+impl PartialEq for TlsOptions {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for TlsOptions {}
+
+impl TlsOptions {
+    /// The options for `server` (`HOST:PORT`) under `trust`: the name checked is `HOST`.
+    pub fn new(
+        trust: &crate::tls::ClientTrust,
+        server: &str,
+        min: crate::tls::MinVersion,
+    ) -> Result<TlsOptions, crate::tls::TlsError> {
+        let tls = crate::tls::client_config(trust, server, min)?;
+        let host = server
+            .rsplit_once(':')
+            .map_or(server, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(TlsOptions {
+            config: tls.config,
+            server_name: host.to_string(),
+            first_use: tls.first_use,
+        })
+    }
 }
 
 impl Default for ClientOptions {
@@ -108,6 +152,7 @@ impl Default for ClientOptions {
             upload_window: DEFAULT_UPLOAD_WINDOW,
             chunk_size: DEFAULT_CHUNK_SIZE,
             segmented: None,
+            tls: None,
         }
     }
 }

@@ -11,15 +11,20 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::AsyncWriteExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{lookup_host, TcpSocket, TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::{ClientError, ClientOptions, SEGMENT_MAX_BYTES, SEGMENT_MAX_PAUSE};
@@ -27,11 +32,12 @@ use crate::protocol::{CodecError, ErrorCode, Frame, FrameCodec, Kind, Limits, Re
 
 /// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
 /// all within `opts.connect_timeout`.
-pub(super) async fn open<A>(addr: A, opts: &ClientOptions) -> Result<TcpStream, ClientError>
+pub(super) async fn open<A>(addr: A, opts: &ClientOptions) -> Result<Conn, ClientError>
 where
     A: ToSocketAddrs + fmt::Display,
 {
     let shown = addr.to_string();
+    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
     let attempt = async {
         let mut last = None;
         for target in lookup_host(addr).await? {
@@ -54,22 +60,120 @@ where
             )
         }))
     };
-    match tokio::time::timeout(opts.connect_timeout, attempt).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ClientError::Connect {
+    let stream = match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(ClientError::Connect {
+                addr: shown,
+                source,
+            })
+        }
+        Err(_) => return Err(connect_timed_out(shown, opts)),
+    };
+    let Some(tls) = &opts.tls else {
+        return Ok(Conn::Plain(stream));
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+    let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| ClientError::Connect {
+        addr: shown.clone(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad TLS server name: {e}"),
+        ),
+    })?;
+    match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => {
+            if let Some(v) = &tls.first_use {
+                match v.confirm() {
+                    Ok(Some(fp)) => tracing::warn!(server = %shown, fingerprint = %fp, "first connection to this server: its certificate is now trusted (trust on first use)"),
+                    Ok(None) => {}
+                    // Like ssh: the session goes on, but the next connection will ask again.
+                    Err(e) => tracing::warn!(server = %shown, "could not record the server's certificate, so it will be trusted on first use again next time: {e}"),
+                }
+            }
+            Ok(Conn::Tls(Box::new(stream)))
+        }
+        Ok(Err(source)) => Err(ClientError::Tls {
             addr: shown,
             source,
         }),
-        Err(_) => Err(ClientError::Connect {
-            addr: shown,
-            source: io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no connection within {} ms",
-                    opts.connect_timeout.as_millis()
-                ),
+        Err(_) => Err(connect_timed_out(shown, opts)),
+    }
+}
+
+fn connect_timed_out(addr: String, opts: &ClientOptions) -> ClientError {
+    ClientError::Connect {
+        addr,
+        source: io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no connection within {} ms",
+                opts.connect_timeout.as_millis()
             ),
-        }),
+        ),
+    }
+}
+
+/// A connected stream: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub(super) enum Conn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The reading half of a [`Conn`].
+#[derive(Debug)]
+enum ReadPart {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a [`Conn`].
+#[derive(Debug)]
+enum WritePart {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadPart {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadPart::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadPart::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WritePart {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WritePart::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            WritePart::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WritePart::Plain(w) => Pin::new(w).poll_flush(cx),
+            WritePart::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WritePart::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            WritePart::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
     }
 }
 
@@ -91,11 +195,26 @@ async fn connect_one(target: SocketAddr, opts: &ClientOptions) -> io::Result<Tcp
 }
 
 /// Splits a connected stream into the two halves.
-pub(super) fn split(stream: TcpStream, opts: &ClientOptions) -> (Inbound, Outbound) {
-    let (read, write) = stream.into_split();
+pub(super) fn split(stream: Conn, opts: &ClientOptions) -> (Inbound, Outbound) {
+    let tcp = match &stream {
+        Conn::Plain(s) => s,
+        Conn::Tls(s) => s.get_ref().0,
+    };
+    let addrs = (tcp.local_addr(), tcp.peer_addr());
+    let (read, write) = match stream {
+        Conn::Plain(s) => {
+            let (r, w) = s.into_split();
+            (ReadPart::Plain(r), WritePart::Plain(w))
+        }
+        Conn::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            (ReadPart::Tls(r), WritePart::Tls(w))
+        }
+    };
     let codec = ReplyCodec(FrameCodec::new(opts.limits, Role::Client));
     let inbound = Inbound {
         frames: FramedRead::new(read, codec),
+        addrs,
         limits: opts.limits,
         timeout: opts.request_timeout,
         in_flight: VecDeque::new(),
@@ -109,6 +228,13 @@ pub(super) fn split(stream: TcpStream, opts: &ClientOptions) -> (Inbound, Outbou
         segments: opts.segmented.map(StdRng::seed_from_u64),
     };
     (inbound, outbound)
+}
+
+fn clone_addr(a: &io::Result<SocketAddr>) -> io::Result<SocketAddr> {
+    match a {
+        Ok(a) => Ok(*a),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    }
 }
 
 /// The client's frame decoder. It differs from [`FrameCodec`] only at end of stream: a
@@ -144,7 +270,9 @@ fn net_error(e: io::Error) -> ClientError {
 /// The reading half: decodes reply frames and matches them to outstanding request ids.
 #[derive(Debug)]
 pub(super) struct Inbound {
-    frames: FramedRead<OwnedReadHalf, ReplyCodec>,
+    frames: FramedRead<ReadPart, ReplyCodec>,
+    /// The socket's local and peer addresses, as read when it connected.
+    addrs: (io::Result<SocketAddr>, io::Result<SocketAddr>),
     limits: Limits,
     timeout: Duration,
     /// Ids of requests written (or being written) whose reply has not been read, oldest first.
@@ -160,12 +288,12 @@ pub(super) struct Inbound {
 impl Inbound {
     /// The local address of the socket.
     pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.frames.get_ref().local_addr()
+        clone_addr(&self.addrs.0)
     }
 
     /// The server's address.
     pub(super) fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.frames.get_ref().peer_addr()
+        clone_addr(&self.addrs.1)
     }
 
     /// Records that a request with `id` is about to be written.
@@ -259,7 +387,7 @@ impl Inbound {
 /// The writing half: writes encoded requests, each write bounded by the request timeout.
 #[derive(Debug)]
 pub(super) struct Outbound {
-    half: OwnedWriteHalf,
+    half: WritePart,
     timeout: Duration,
     /// Set once a write failed or was abandoned part way: a partial frame may be on the wire.
     pub(super) broken: bool,

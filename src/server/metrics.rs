@@ -75,6 +75,16 @@ counters! {
     items_delivered,
     /// Errors from accept() itself (e.g. out of file descriptors).
     accept_errors,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS handshakes that failed (bad records, no shared version, peer closed at once).
+    tls_handshake_failures,
+    /// TLS handshakes cut at their time budget (a slow ClientHello).
+    tls_handshake_timeouts,
+    /// Connections closed unshaken because the handshake caps were full.
+    tls_handshakes_capped,
+    /// Connections to the TLS port whose first bytes were not TLS.
+    tls_not_tls,
 }
 
 impl Metrics {

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod session;
 mod sessions;
 pub mod tickets;
+mod tls;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -112,6 +113,19 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// Plaintext on an address other hosts can reach, without `tls.insecure_plaintext`.
+    #[error(
+        "refusing to listen on {addr} without TLS: passwords would cross the network in clear \
+         text. Give a certificate (--tls-cert FILE --tls-key FILE, or [tls] cert and key), or \
+         --insecure-plaintext if the network itself is trusted"
+    )]
+    Plaintext {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -142,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) tickets: Arc<tickets::Tickets>,
     /// Connections from blocked sources that may still present a ticket.
     pub(crate) resume_budget: Arc<ResumeBudget>,
+    /// TLS on the protocol port, when configured.
+    pub(crate) tls: Option<Arc<tls::TlsState>>,
     pub(crate) shutdown: CancellationToken,
     #[cfg(feature = "fault-injection")]
     pub(crate) fault_hook: Option<FaultHook>,
@@ -335,6 +351,7 @@ impl Server {
             }
             None => None,
         };
+        let tls = tls::TlsState::from_config(&config.tls)?;
         let user_sessions = sessions::UserSessions::new(config.limits.max_sessions_per_user);
         let tickets = Arc::new(tickets::Tickets::new(
             ticket_key.unwrap_or_else(tickets::Tickets::random_key),
@@ -356,6 +373,7 @@ impl Server {
                 detection,
                 tickets,
                 resume_budget: ResumeBudget::standard(),
+                tls,
                 shutdown: CancellationToken::new(),
                 #[cfg(feature = "fault-injection")]
                 fault_hook: None,
@@ -413,6 +431,12 @@ impl Server {
 
     /// Binds `addr` and starts accepting connections in the background.
     pub async fn bind(self, addr: SocketAddr) -> Result<ServerHandle, ServerError> {
+        if self.shared.tls.is_none() && !addr.ip().is_loopback() {
+            if !self.shared.config.tls.insecure_plaintext {
+                return Err(ServerError::Plaintext { addr });
+            }
+            tracing::warn!(%addr, "serving plaintext on a non-loopback address (insecure_plaintext): passwords cross the network in clear text");
+        }
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -636,22 +660,78 @@ impl From<StoreError> for ServerError {
 /// offence, within its share of notices (`guard::NOTICES_PER_S_PER_SOURCE`), and a bare
 /// close past it, so a flood from it costs what it cost before. A source on the static deny
 /// list gets a bare close: the operator listed it for good, and there is nothing it can wait
-/// out.
-fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: &Refusal, guard: &Guard) {
+/// out. On a TLS port every refusal is a bare close: a notice would cost a handshake, and
+/// admission comes before any cryptography.
+fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: &Refusal, shared: &Shared) {
+    if shared.tls.is_some() {
+        return;
+    }
+    if let Some(buf) = refusal_reply(peer, refusal, &shared.guard) {
+        let _ = stream.try_write(&buf);
+    }
+}
+
+/// The encoded reply that tells a refused peer why, if it gets one ([`refuse`]).
+fn refusal_reply(peer: SocketAddr, refusal: &Refusal, guard: &Guard) -> Option<bytes::BytesMut> {
     let reply = match refusal {
-        Refusal::Denied => return,
-        Refusal::Blocked { .. } => match guard.blocked_notice(peer.ip()) {
-            Some(notice) => Reply::error(ErrorCode::Blocked, notice.to_string()),
-            None => return,
-        },
+        Refusal::Denied => return None,
+        Refusal::Blocked { .. } => Reply::error(
+            ErrorCode::Blocked,
+            guard.blocked_notice(peer.ip())?.to_string(),
+        ),
         other => Reply::error(
             ErrorCode::Busy,
             format!("connection refused: {}", other.reason()),
         ),
     };
     let mut buf = bytes::BytesMut::new();
-    if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
-        let _ = stream.try_write(&buf);
+    protocol::encode_reply(0, &reply, &mut buf).ok()?;
+    Some(buf)
+}
+
+/// Longest a notice to a connection from a blocked source may take to write: it is a few
+/// dozen bytes on a fresh connection, so anything slower is a peer that does not read.
+const NOTICE_WRITE: Duration = Duration::from_millis(500);
+
+/// Writes `buf` within [`NOTICE_WRITE`], ignoring failure: the connection is closed next.
+async fn write_notice<T: AsyncWrite + Unpin>(stream: &mut T, buf: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(NOTICE_WRITE, async {
+        stream.write_all(buf).await?;
+        stream.flush().await
+    })
+    .await;
+}
+
+/// The `blocked` notice as an encoded reply.
+fn notice_reply(notice: &crate::protocol::BlockedNotice) -> Option<bytes::BytesMut> {
+    let reply = Reply::error(ErrorCode::Blocked, notice.to_string());
+    let mut buf = bytes::BytesMut::new();
+    protocol::encode_reply(0, &reply, &mut buf).ok()?;
+    Some(buf)
+}
+
+/// Refuses a connection from a blocked source that did not resume. After a RESUME was read
+/// and refused (`resumed`) the notice is repeated (outside the share: it costs the client a
+/// whole RESUME), so that a refused ticket reads as `blocked`; anything else is closed
+/// without another word.
+async fn refuse_unresumed<T: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: SocketAddr,
+    refusal: &Refusal,
+    stream: &mut T,
+    resumed: bool,
+) {
+    shared.refused(peer, refusal);
+    if resumed {
+        if let Some(buf) = shared
+            .guard
+            .block_notice(peer.ip())
+            .as_ref()
+            .and_then(notice_reply)
+        {
+            write_notice(stream, &buf).await;
+        }
     }
 }
 
@@ -668,8 +748,8 @@ struct ResumedStart {
 /// [`crate::guard::RESUME_FIRST_FRAME_BYTES`], and only a RESUME (any other kind is refused
 /// on its kind byte, before the rest arrives). Returns the frame and the bytes after it, or
 /// `None` for anything else. The caller bounds the wait.
-async fn read_first_frame(
-    stream: &mut TcpStream,
+async fn read_first_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
     limits: &Limits,
 ) -> Option<(protocol::Frame, bytes::BytesMut)> {
     use tokio::io::AsyncReadExt;
@@ -701,14 +781,34 @@ impl Server {
     /// Serves a connection from a blocked source that got a place in the resume budget:
     /// a valid RESUME as its first frame, within the budget's size and time, logs it in as
     /// the ticket's user; anything else gets the `blocked` refusal it would have got at
-    /// accept. The place is given back once the first frame is judged.
+    /// accept. The place is given back once the first frame is judged. On a TLS port the
+    /// handshake comes first, within the same place.
     async fn admit_blocked(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         refusal: Refusal,
         permit: ResumePermit,
     ) {
+        let _ = stream.set_nodelay(true);
+        match &self.shared.tls {
+            None => self.admit_blocked_over(stream, peer, refusal, permit).await,
+            Some(tls) => match tls.handshake(stream, peer).await {
+                Ok(stream) => self.admit_blocked_over(stream, peer, refusal, permit).await,
+                Err(_) => self.shared.refused(peer, &refusal),
+            },
+        }
+    }
+
+    async fn admit_blocked_over<T>(
+        &self,
+        mut stream: T,
+        peer: SocketAddr,
+        refusal: Refusal,
+        permit: ResumePermit,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let shared = Arc::clone(&self.shared);
         // The notice goes out at once, before anything is read: a client without a ticket
         // (or a probe) learns it is blocked as fast as a refusal at accept tells it, and a
@@ -719,25 +819,9 @@ impl Server {
             shared.refused(peer, &refusal);
             return;
         };
-        let write_notice = |stream: &TcpStream, notice: &crate::protocol::BlockedNotice| {
-            let reply = Reply::error(ErrorCode::Blocked, notice.to_string());
-            let mut buf = bytes::BytesMut::new();
-            if protocol::encode_reply(0, &reply, &mut buf).is_ok() {
-                let _ = stream.try_write(&buf);
-            }
-        };
-        write_notice(&stream, &notice);
-        // After a RESUME was read and refused the notice is repeated (outside the share: it
-        // costs the client a whole RESUME), so that a refused ticket reads as `blocked`;
-        // anything else is closed without another word.
-        let refuse_blocked = |stream: &TcpStream, resumed: bool| {
-            shared.refused(peer, &refusal);
-            if resumed {
-                if let Some(again) = shared.guard.block_notice(peer.ip()) {
-                    write_notice(stream, &again);
-                }
-            }
-        };
+        if let Some(buf) = notice_reply(&notice) {
+            write_notice(&mut stream, &buf).await;
+        }
         let first = tokio::select! {
             _ = shared.shutdown.cancelled() => None,
             read = tokio::time::timeout(
@@ -746,24 +830,26 @@ impl Server {
             ) => read.ok().flatten(),
         };
         let Some((frame, input)) = first else {
-            return refuse_blocked(&stream, false);
+            return refuse_unresumed(&shared, peer, &refusal, &mut stream, false).await;
         };
         let Ok(Request::Resume { user, ticket }) = Request::decode(&frame, &shared.limits) else {
-            return refuse_blocked(&stream, false);
+            return refuse_unresumed(&shared, peer, &refusal, &mut stream, false).await;
         };
         let source = shared.guard.source_of(peer.ip());
         let verified = match tickets::verify(&shared, &user, &ticket).await {
             Ok(v) => v,
             Err(e) => {
                 tickets::refused(&shared, source, 0, peer, &user, e);
-                return refuse_blocked(&stream, true);
+                return refuse_unresumed(&shared, peer, &refusal, &mut stream, true).await;
             }
         };
         let admitted = match shared.guard.admit_resumed(peer.ip()) {
             Ok(t) => t,
             Err(other) => {
                 shared.refused(peer, &other);
-                refuse(&stream, peer, &other, &shared.guard);
+                if let Some(buf) = refusal_reply(peer, &other, &shared.guard) {
+                    write_notice(&mut stream, &buf).await;
+                }
                 return;
             }
         };
@@ -773,18 +859,34 @@ impl Server {
             Err(reply) => {
                 let mut buf = bytes::BytesMut::new();
                 if protocol::encode_reply(frame.request_id, &reply, &mut buf).is_ok() {
-                    let _ = stream.try_write(&buf);
+                    write_notice(&mut stream, &buf).await;
                 }
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
         let start = ResumedStart {
             redeemed,
             request_id: frame.request_id,
             input,
         };
         self.run_admitted(stream, peer, admitted, Some(start)).await;
+    }
+
+    /// Runs an admitted TCP connection: on a TLS port, its handshake first.
+    async fn run_accepted(&self, stream: TcpStream, peer: SocketAddr, ticket: ConnTicket) {
+        let _ = stream.set_nodelay(true);
+        match &self.shared.tls {
+            None => {
+                self.run_admitted(stream, peer, ticket, None).await;
+            }
+            Some(tls) => match tls.handshake(stream, peer).await {
+                Ok(stream) => {
+                    Metrics::bump(&self.shared.metrics.tls_handshakes);
+                    self.run_admitted(stream, peer, ticket, None).await;
+                }
+                Err(failure) => tls::failed(&self.shared, ticket.id(), peer, &failure),
+            },
+        }
     }
 }
 
@@ -828,21 +930,20 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
                     }
                     None => {
                         shared.refused(peer, &refusal);
-                        refuse(&stream, peer, &refusal, &shared.guard);
+                        refuse(&stream, peer, &refusal, &shared);
                     }
                 }
                 continue;
             }
             Err(refusal) => {
                 shared.refused(peer, &refusal);
-                refuse(&stream, peer, &refusal, &shared.guard);
+                refuse(&stream, peer, &refusal, &shared);
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let server = server.clone();
         tracker.spawn(async move {
-            server.run_admitted(stream, peer, ticket, None).await;
+            server.run_accepted(stream, peer, ticket).await;
         });
     }
 }

@@ -40,21 +40,25 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// `$XDG_CONFIG_HOME/rampart/NAME`, else `~/.config/rampart/NAME`; `None` when there is no
+/// home to put it in.
+pub fn config_file(name: &str) -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(config.join("rampart").join(name))
+}
+
 impl TicketFile {
     /// The file at `explicit`, else `$XDG_CONFIG_HOME/rampart/tickets`, else
     /// `~/.config/rampart/tickets`; `None` when there is no home to put it in.
     pub fn locate(explicit: Option<PathBuf>) -> Option<TicketFile> {
-        let path = explicit.or_else(|| {
-            let config = std::env::var_os("XDG_CONFIG_HOME")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME")
-                        .filter(|v| !v.is_empty())
-                        .map(|h| PathBuf::from(h).join(".config"))
-                })?;
-            Some(config.join("rampart").join("tickets"))
-        })?;
+        let path = explicit.or_else(|| config_file("tickets"))?;
         Some(TicketFile { path })
     }
 
