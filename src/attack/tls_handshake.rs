@@ -46,10 +46,10 @@ async fn flood_slot(env: Arc<Env>, slot: usize) {
         let Some((conn, _)) = env.open_next(&mut rng).await else {
             break;
         };
-        let opened = Instant::now();
         env.merge(&Counts::from([("handshakes completed", 1)]));
+        // No pause: a flood reconnects at once. A refusal or a failed handshake already
+        // backs off inside `open_next`, so a cut slot does not spin.
         conn.abort();
-        env.pace(opened, &mut rng).await;
     }
 }
 
