@@ -341,9 +341,19 @@ async fn login_attempt(
     Ok(client)
 }
 
-/// Logs in from `source` (over TLS when `tls` is given), retrying while the server answers
-/// RATE_LIMITED (for up to 30 s: login limits are per minute).
+/// Logs in from `source`, retrying while the server answers RATE_LIMITED (for up to
+/// 30 s: login limits are per minute).
 pub async fn login(
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    source: Ipv4Addr,
+) -> Result<Client, ClientError> {
+    login_over(target, user, password, source, None).await
+}
+
+/// [`login`], over TLS when `tls` is given.
+pub async fn login_over(
     target: SocketAddr,
     user: &str,
     password: &str,
@@ -1078,9 +1088,9 @@ pub async fn verify(
 
 async fn reconnect(plan: &ClientPlan, target: SocketAddr) -> Result<Client, ClientError> {
     let tls = plan.tls.as_ref();
-    match login(target, &plan.user, &plan.password, plan.source, tls).await {
+    match login_over(target, &plan.user, &plan.password, plan.source, tls).await {
         Ok(c) => Ok(c),
-        Err(_) => login(target, &plan.user, &plan.password, CONTROL_SOURCE, tls).await,
+        Err(_) => login_over(target, &plan.user, &plan.password, CONTROL_SOURCE, tls).await,
     }
 }
 

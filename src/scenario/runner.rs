@@ -934,7 +934,7 @@ async fn plant_canary(target: SocketAddr, cast: &Cast) -> anyhow::Result<Canary>
     let secret = &cast.secret;
     let tls = cast.tls.as_ref();
     let mut client =
-        legit::login(target, &alice.name, &alice.password, CONTROL_SOURCE, tls).await?;
+        legit::login_over(target, &alice.name, &alice.password, CONTROL_SOURCE, tls).await?;
     let mail = client
         .send_mail_with(
             &cast.victim.name,
@@ -1063,7 +1063,7 @@ async fn alive_check(
     tls: Option<&TlsOptions>,
 ) -> Result<(), String> {
     let check = async {
-        let mut c = legit::login(
+        let mut c = legit::login_over(
             target,
             &monitor.name,
             &monitor.password,
