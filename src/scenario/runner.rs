@@ -9,7 +9,8 @@
 //! 2. accounts: `legit0..`, `alice`, `victim`, `mallory` (the attackers' own ordinary account)
 //!    and `runner` (the alive check), with seeded passwords, hashed with the scenario's argon2
 //!    parameters and written straight into the store;
-//! 3. the in-process server on 127.0.0.1:0 (or the external one);
+//! 3. the in-process server on 127.0.0.1:0 (or the external one); in a TLS run with a
+//!    self-signed certificate made in the data directory, which every client then trusts;
 //! 4. the canary: `alice` sends `victim` a private mail and a message holding a random secret;
 //! 5. legit clients log in (before the clock starts, so login cost is not load);
 //! 6. `t0`: legit clients, attacks and the sampler run until `t0 + duration_s`;
