@@ -3,12 +3,13 @@
 # targets 1 to 8), on loopback only (127.0.0.0/8). Installs nothing: a missing peer is named
 # and its comparison skipped.
 #
-# Usage: benches/compare.sh [ITEM...]      items 1 to 8, default all
+# Usage: benches/compare.sh [ITEM...]      items 1 to 8 and tls, default all
 #   env: RUNS (3)         runs per side for items 1 to 3; the median is reported
 #        OPS (200000)     operations per run for items 1 and 2
 #        IDLE (10000)     idle connections for item 4, from IDLE_SOURCES (40) addresses
 #        ROWS (1000000)   rows of the synthetic training CSV for item 8
 #        RAMPART          the rampart binary (default: target/release/rampart, built if absent)
+#        TLS_UPLOAD (1073741824)  bytes of the upload of item tls
 #        KEEP=1           keep the work directory
 #
 # rampart runs with every defence, the detection model and the activity recorder on, from its
@@ -20,7 +21,9 @@
 # wait for a durable commit (WAL, synchronous=FULL).
 #
 # Peers: redis-server and redis-benchmark (items 1, 2, 4), iperf3 (item 3), python3 with
-# scikit-learn (item 8). Items 5 to 7 are rampart's criterion benches (cargo).
+# scikit-learn (item 8). Items 5 to 7 are rampart's criterion benches (cargo). Item tls runs
+# rampart with and without TLS side by side (messages per second at 64 clients, upload MB/s),
+# and redis with and without TLS when redis-server was built with TLS (Debian's is).
 
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +35,8 @@ IDLE_SOURCES=${IDLE_SOURCES:-40}
 ROWS=${ROWS:-1000000}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RAMPART=${RAMPART:-$TARGET_DIR/release/rampart}
-ITEMS=${*:-1 2 3 4 5 6 7 8}
+ITEMS=${*:-1 2 3 4 5 6 7 8 tls}
+TLS_UPLOAD=${TLS_UPLOAD:-1073741824}
 PASSWORD=bench-pw
 export RAMPART_PASSWORD=$PASSWORD
 
@@ -104,13 +108,13 @@ logins_burst_per_user = 20_000
 EOF
 "$RAMPART" config check "$WORK/bench.toml" >/dev/null || exit 1
 
-# start_rampart NAME: a fresh data directory with user "bench" and a server on a kernel-chosen
-# port; sets RAMPART_PID and RAMPART_ADDR.
+# start_rampart NAME [CONFIG]: a fresh data directory with user "bench" and a server on a
+# kernel-chosen port, with CONFIG (default bench.toml); sets RAMPART_PID and RAMPART_ADDR.
 start_rampart() {
-    local dir=$WORK/$1
+    local dir=$WORK/$1 config=${2:-$WORK/bench.toml}
     mkdir -p "$dir"
     echo "$PASSWORD" | "$RAMPART" user add bench --data-dir "$dir/data" >/dev/null || exit 1
-    "$RAMPART" serve --data-dir "$dir/data" --listen 127.0.0.1:0 --config "$WORK/bench.toml" \
+    "$RAMPART" serve --data-dir "$dir/data" --listen 127.0.0.1:0 --config "$config" \
         >"$dir/serve.out" 2>"$dir/serve.err" &
     RAMPART_PID=$!
     PIDS+=("$RAMPART_PID")
@@ -304,6 +308,78 @@ if want 8; then
         echo "  $ro"; echo "  $so"
         rt=$(echo "$ro" | sed 's/.*fit \([0-9.]*\) s.*/\1/'); st=$(echo "$so" | sed 's/.*fit \([0-9.]*\) s.*/\1/')
         record "item 8: k-means k=8 on $ROWS rows: rampart $rt s, scikit-learn $st s, speed ratio $(ratio "$st" "$rt") (target >= 1.0)"
+    fi
+fi
+
+# ---- tls: rampart and redis with and without TLS ----------------------------------------
+# The same work over plaintext and over TLS 1.3 (rustls, ECDSA P-256 certificate), one after
+# the other, RUNS times each; medians. Clients trust the server's certificate as their CA.
+tls_side() { # tls_side LABEL CONFIG [LOAD FLAGS...]: sets TM (ops/s) and TU (MB/s) medians
+    local label=$1 config=$2 m=() u=() i out; shift 2
+    start_rampart "tls-$label" "$config"
+    for i in $(seq "$RUNS"); do
+        out=$("$RAMPART" load --server "$RAMPART_ADDR" --user bench --clients 64 --ops "$OPS" \
+            --size 64 --json "$@")
+        m+=("$(echo "$out" | jnum ops_per_s)")
+        echo "  rampart $label messages run $i: $out"
+        out=$("$RAMPART" load --server "$RAMPART_ADDR" --user bench --clients 1 --ops 1 \
+            --kind file --size "$TLS_UPLOAD" --json "$@")
+        u+=("$(echo "$out" | jnum mb_per_s)")
+        echo "  rampart $label upload run $i: $out"
+    done
+    stop "$RAMPART_PID"
+    TM=$(median "${m[@]}"); TU=$(median "${u[@]}")
+}
+if want tls; then
+    "$RAMPART" cert generate --name 127.0.0.1 --out "$WORK/cert" >/dev/null || exit 1
+    # 64 clients are 64 sessions of one user from one address: above the default per-user
+    # session cap (32) and per-source handshake cap (8), raised here on both sides alike.
+    { cat "$WORK/bench.toml"; printf '\n[limits]\nmax_sessions_per_user = 128\n'; } \
+        >"$WORK/bench-plain.toml"
+    { cat "$WORK/bench-plain.toml"; printf '\n[tls]\ncert = "%s"\nkey = "%s"\nmax_handshakes_per_ip = 128\n' \
+        "$WORK/cert/cert.pem" "$WORK/cert/key.pem"; } >"$WORK/bench-tls.toml"
+    "$RAMPART" config check "$WORK/bench-plain.toml" >/dev/null || exit 1
+    "$RAMPART" config check "$WORK/bench-tls.toml" >/dev/null || exit 1
+    load "item tls before"
+    tls_side plain "$WORK/bench-plain.toml"; pm=$TM; pu=$TU
+    tls_side tls "$WORK/bench-tls.toml" --tls --ca "$WORK/cert/cert.pem"; tm=$TM; tu=$TU
+    load "item tls after"
+    record "item tls: rampart 64 B messages, 64 clients: plaintext $pm ops/s, TLS $tm ops/s, ratio $(ratio "$tm" "$pm"); upload of $TLS_UPLOAD B: plaintext $pu MB/s, TLS $tu MB/s, ratio $(ratio "$tu" "$pu")"
+    if ! have redis-server || ! have redis-benchmark; then
+        record "item tls: redis skipped, redis-server or redis-benchmark is not installed"
+    else
+        x=(); y=()
+        start_redis redis-plain
+        for i in $(seq "$RUNS"); do
+            out=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set -c 64 -d 64 -n "$OPS" \
+                -q --csv 2>/dev/null | grep -i '"SET"')
+            x+=("$(echo "$out" | cut -d, -f2 | tr -d '"')")
+            echo "  redis plain run $i: $out"
+        done
+        stop "$REDIS_PID"
+        # redis serves TLS on --tls-port with --port 0; a build without TLS refuses the flag.
+        TLS_REDIS_PORT=$(free_port)
+        redis-server --bind 127.0.0.1 --port 0 --tls-port "$TLS_REDIS_PORT" \
+            --tls-cert-file "$WORK/cert/cert.pem" --tls-key-file "$WORK/cert/key.pem" \
+            --tls-ca-cert-file "$WORK/cert/cert.pem" --tls-auth-clients no \
+            --save '' --appendonly no --dir "$WORK" --daemonize no >"$WORK/redis-tls.log" 2>&1 &
+        rp=$!
+        PIDS+=("$rp")
+        sleep 1
+        if ! kill -0 "$rp" 2>/dev/null; then
+            record "item tls: redis over TLS skipped, this redis-server has no TLS ($(head -c 200 "$WORK/redis-tls.log" | tr '\n' ' '))"
+        else
+            for i in $(seq "$RUNS"); do
+                out=$(redis-benchmark -h 127.0.0.1 -p "$TLS_REDIS_PORT" --tls \
+                    --cacert "$WORK/cert/cert.pem" -t set -c 64 -d 64 -n "$OPS" -q --csv \
+                    2>/dev/null | grep -i '"SET"')
+                y+=("$(echo "$out" | cut -d, -f2 | tr -d '"')")
+                echo "  redis TLS run $i: $out"
+            done
+            stop "$rp"
+            mx=$(median "${x[@]}"); my=$(median "${y[@]}")
+            record "item tls: redis SET 64 B, 64 clients: plaintext $mx ops/s, TLS $my ops/s, ratio $(ratio "$my" "$mx")"
+        fi
     fi
 fi
 

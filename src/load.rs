@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::client::{Client, ClientError, ClientOptions};
+use crate::client::{Client, ClientError, ClientOptions, TlsOptions};
 use crate::protocol::{Reply, Request};
 use crate::scenario::metrics::Latencies;
 
@@ -56,6 +56,8 @@ pub struct LoadSpec {
     pub pipeline: usize,
     /// Source addresses the clients bind, round-robin (empty = the system's choice).
     pub sources: Vec<IpAddr>,
+    /// Speak TLS with these options; `None`: plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 /// The result of a load run.
@@ -125,6 +127,7 @@ async fn one_client(
     };
     let opts = ClientOptions {
         source: spec.sources.get(index % spec.sources.len().max(1)).copied(),
+        tls: spec.tls.clone(),
         ..ClientOptions::default()
     };
     let login = Client::login(
@@ -291,6 +294,8 @@ pub struct IdleSpec {
     /// Each held connection sends one PING this often; must be below the server's idle
     /// timeout for the connections to survive the hold.
     pub keepalive: Duration,
+    /// Speak TLS with these options; `None`: plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 /// The result of an idle run.
@@ -331,6 +336,7 @@ async fn one_idle(
 ) -> IdleEnd {
     let opts = ClientOptions {
         source: spec.sources.get(index % spec.sources.len().max(1)).copied(),
+        tls: spec.tls.clone(),
         ..ClientOptions::default()
     };
     let login = {

@@ -493,6 +493,68 @@ impl ServerCertVerifier for TofuVerifier {
     }
 }
 
+/// **Attackers only**: a client configuration that accepts any server certificate
+/// (signatures are still checked against the certificate presented, so the handshake is the
+/// real one). The scenario attackers ([`crate::attack`]) speak TLS to cost the server what a
+/// real attacker's handshake costs; they do not care who the server is. Never use it for a
+/// client that sends a password or reads data: that client must trust the server by CA or
+/// by first use ([`client_config`]).
+pub fn attacker_client_config() -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(MinVersion::Tls13.versions())
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS versions".into(),
+            source,
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate {
+            algorithms: provider().signature_verification_algorithms,
+        }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The verifier of [`attacker_client_config`]: every certificate is accepted.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// What the first bytes of a connection on a TLS port are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::ConnRead;
 use bytes::BytesMut;
 use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -269,7 +269,7 @@ pub(crate) struct Drain {
 
 impl Drain {
     /// Starts draining `rd`.
-    pub(crate) fn spawn(env: &Arc<Env>, mut rd: OwnedReadHalf, mut inbox: Inbox) -> Drain {
+    pub(crate) fn spawn(env: &Arc<Env>, mut rd: ConnRead, mut inbox: Inbox) -> Drain {
         let closed = CancellationToken::new();
         let env = Arc::clone(env);
         let done = closed.clone();

@@ -16,7 +16,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::canary::{Got, Inbox};
-use super::net::abort;
 use super::run::{bump, run_slots, Counts, Env};
 use crate::protocol::{raw_header, VERSION};
 
@@ -79,7 +78,7 @@ async fn churn_slot(env: Arc<Env>, slot: usize, schedule: Arc<Schedule>) {
         match n % 3 {
             0 => {
                 bump(&mut counts, "churn: reset at once");
-                abort(stream);
+                stream.abort();
             }
             1 => {
                 bump(&mut counts, "churn: closed with no bytes");

@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::stream::{ConnRead, ConnWrite};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::Rng;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use super::canary::{Got, Inbox};
@@ -146,8 +146,8 @@ impl Shared {
 
 /// A logged-in session.
 struct Session {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ConnRead,
+    wr: ConnWrite,
     inbox: Inbox,
     ids: Ids,
 }

@@ -15,7 +15,10 @@
 //!   pacing.
 //! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`, `preauth_buffer`,
 //!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
-//!   `low_and_slow`.
+//!   `low_and_slow`, and `tls_handshake` (tls-handshake-flood, tls-slow-handshake,
+//!   plaintext-on-tls).
+//! - `stream`: a connection, plain or TLS: in a run with [`AttackContext::tls`] set, every
+//!   admitted connection completes a TLS handshake before it misbehaves.
 //!
 //! Every attacker sleeps until `t0 + start`, runs until `t0 + stop` or until the context's
 //! stop token is cancelled, holds at most `connections` connections at once, and reconnects
@@ -45,7 +48,9 @@ mod run;
 mod slow_read;
 mod slowloris;
 pub mod spec;
+mod stream;
 mod tamper;
+mod tls_handshake;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -102,6 +107,10 @@ pub struct AttackContext {
     pub canary: Canary,
     /// Live counters, shared with the runner.
     pub observations: Arc<Observations>,
+    /// In a TLS run, the attackers' client configuration
+    /// ([`crate::tls::attacker_client_config`]): every admitted connection does the TLS
+    /// handshake before it misbehaves. `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for AttackContext {
@@ -265,6 +274,12 @@ async fn run_params(env: Arc<Env>, params: Params) {
         } => brute_force::run(env, guesses, target_user).await,
         Params::Probe { interval } => probe::run(env, interval).await,
         Params::LowAndSlow { rate_per_s, mix } => low_and_slow::run(env, rate_per_s, mix).await,
+        Params::TlsHandshakeFlood => tls_handshake::flood(env).await,
+        Params::TlsSlowHandshake {
+            interval,
+            bytes_per_write,
+        } => tls_handshake::slow(env, interval, bytes_per_write).await,
+        Params::PlaintextOnTls { interval } => tls_handshake::plaintext(env, interval).await,
     }
 }
 
@@ -321,6 +336,7 @@ mod tests {
             account: ("mallory".into(), "pw".into()),
             canary: canary(),
             observations: Arc::new(Observations::default()),
+            tls: None,
         };
         let fut = run(&attack, ctx);
         assert_send(&fut);
@@ -340,6 +356,7 @@ mod tests {
             account: ("mallory".into(), "pw".into()),
             canary: canary(),
             observations: Arc::clone(&obs),
+            tls: None,
         };
         let report = run(&attack, ctx).await;
         assert_eq!(report.connects, 0);

@@ -92,8 +92,8 @@ async fn slot_loop(env: Arc<Env>, slot: usize, declared_len: u32, body_bytes: u6
 /// ended.
 async fn fields_huge(
     env: &Env,
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    rd: &mut super::stream::ConnRead,
+    wr: &mut super::stream::ConnWrite,
     inbox: &mut Inbox,
 ) -> Got {
     let mut ids = Ids::new();

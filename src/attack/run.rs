@@ -23,10 +23,16 @@ use super::canary::{Got, Inbox, Needles};
 use super::net::{
     abort, connect_from, is_reset, probe_admission, Admission, RefusalSign, PROBE_WAIT,
 };
+use super::stream::Conn;
 use super::wire::{request_bytes, Ids};
 use super::{Attack, AttackContext, AttackKind, AttackReport, Canary, Observations};
 use crate::config::RatesConfig;
 use crate::protocol::{Kind, Password, Request};
+
+/// Longest wait for the TLS handshake of an admitted connection: the server's default
+/// handshake budget (`[tls] handshake_timeout_ms`), so a busy server is waited for as long
+/// as it would wait for us.
+const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// Back-off range after a refusal, so a refused slot retries a few times a second.
 const REFUSED_BACKOFF_MS: (u64, u64) = (200, 500);
@@ -73,6 +79,8 @@ pub(crate) struct Env {
     notes: Mutex<Vec<String>>,
     /// Paces logins with the attack account.
     pub(crate) logins: LoginPacer,
+    /// Set when the run is TLS: every admitted connection is wrapped in TLS.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Env {
@@ -95,6 +103,7 @@ impl Env {
             counts: Mutex::new(Counts::new()),
             notes: Mutex::new(Vec::new()),
             logins: LoginPacer::new(),
+            tls: ctx.tls.clone(),
         }
     }
 
@@ -209,14 +218,56 @@ impl Env {
         lock(&self.counts).get(label).copied().unwrap_or(0)
     }
 
-    /// Opens a connection from `source` and checks it was admitted. Records the connect and
-    /// any refusal; on refusal or failure, backs off and returns `None` (also when halted).
-    pub(crate) async fn open_from(&self, source: Ipv4Addr, rng: &mut StdRng) -> Option<TcpStream> {
+    /// Opens a connection from `source` and checks it was admitted; in a TLS run, then
+    /// completes the TLS handshake. Records the connect and any refusal; on refusal or
+    /// failure, backs off and returns `None` (also when halted).
+    pub(crate) async fn open_from(&self, source: Ipv4Addr, rng: &mut StdRng) -> Option<Conn> {
         self.open_with(source, rng, PROBE_WAIT).await
     }
 
     /// [`Env::open_from`] with a chosen refusal wait.
     pub(crate) async fn open_with(
+        &self,
+        source: Ipv4Addr,
+        rng: &mut StdRng,
+        wait: Duration,
+    ) -> Option<Conn> {
+        let stream = self.open_tcp(source, rng, wait).await?;
+        let Some(config) = &self.tls else {
+            return Some(Conn::Plain(stream));
+        };
+        match self.handshake(Arc::clone(config), stream).await {
+            Ok(conn) => Some(Conn::Tls(Box::new(conn))),
+            Err(label) => {
+                self.merge(&Counts::from([(label, 1)]));
+                let backoff = rng.gen_range(REFUSED_BACKOFF_MS.0..=REFUSED_BACKOFF_MS.1);
+                self.sleep(Duration::from_millis(backoff)).await;
+                None
+            }
+        }
+    }
+
+    /// The client side of a TLS handshake on an admitted connection, bounded by
+    /// [`TLS_HANDSHAKE_WAIT`]; on failure, the label it is counted under.
+    pub(crate) async fn handshake(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, &'static str> {
+        let name = rustls::pki_types::ServerName::IpAddress(self.target.ip().into());
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+        tokio::select! {
+            r = tokio::time::timeout(TLS_HANDSHAKE_WAIT, connect) => match r {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(_)) => Err("TLS handshake cut"),
+                Err(_) => Err("TLS handshake timed out"),
+            },
+            _ = self.halt.cancelled() => Err("halted during the TLS handshake"),
+        }
+    }
+
+    /// Opens a TCP connection from `source` and checks it was admitted (no TLS yet).
+    pub(crate) async fn open_tcp(
         &self,
         source: Ipv4Addr,
         rng: &mut StdRng,
@@ -276,7 +327,7 @@ impl Env {
 
     /// Opens an admitted connection from the next sources in turn, retrying until one is
     /// admitted or the attack halts.
-    pub(crate) async fn open_next(&self, rng: &mut StdRng) -> Option<(TcpStream, Ipv4Addr)> {
+    pub(crate) async fn open_next(&self, rng: &mut StdRng) -> Option<(Conn, Ipv4Addr)> {
         while self.live() {
             let source = self.next_source();
             if let Some(stream) = self.open_from(source, rng).await {
@@ -384,7 +435,8 @@ pub(crate) async fn watch_sources(env: Arc<Env>) {
             let env = Arc::clone(&env);
             let mut rng = StdRng::seed_from_u64(rng.gen());
             checks.spawn(async move {
-                if let Some(stream) = env.open_from(source, &mut rng).await {
+                // The refusal shows before any TLS, so a check never costs a handshake.
+                if let Some(stream) = env.open_tcp(source, &mut rng, PROBE_WAIT).await {
                     abort(stream);
                 }
             });

@@ -15,7 +15,6 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use super::canary::{Got, Inbox};
-use super::net::abort;
 use super::run::{bump, login, run_slots, Counts, Env};
 use super::wire::{encode_into, Ids};
 use crate::client::{Client, ClientOptions};
@@ -110,7 +109,7 @@ async fn setup(env: &Env, file_bytes: u64) -> Option<Big> {
                 env.note(format!("setup upload failed: {e}"));
                 // Was the source refused at accept? Record it (and back off) if so.
                 if let Some(stream) = env.open_from(source, &mut rng).await {
-                    abort(stream);
+                    stream.abort();
                     env.sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -45,6 +45,13 @@ const DEFAULT_CHUNK_BYTES: u64 = 16 * 1024;
 const DEFAULT_BODY_BYTES: u64 = 4 * 1024 * 1024;
 /// slowloris: one byte a second, the classic drip.
 const DEFAULT_INTERVAL_MS: u64 = 1000;
+/// tls-slow-handshake: milliseconds between writes, and bytes per write. A ClientHello of a
+/// few hundred bytes at 4 bytes every 250 ms takes well over 10 s, twice the default
+/// handshake budget.
+const DEFAULT_HELLO_INTERVAL_MS: u64 = 250;
+const DEFAULT_HELLO_BYTES_PER_WRITE: u64 = 4;
+/// plaintext-on-tls: milliseconds between connections of one slot.
+const DEFAULT_PLAINTEXT_INTERVAL_MS: u64 = 200;
 /// slowloris: a SEND_MAIL that declares about 1 MB, under the default frame limit, so the
 /// server must wait for it rather than reject the header.
 const DEFAULT_SLOWLORIS_DECLARED: u32 = 1_000_000;
@@ -342,6 +349,23 @@ attack_specs! {
         /// login-fail 0.1).
         mix: BTreeMap<LowAndSlowOp, f64>,
     }
+    /// Complete TLS handshakes (the server's key exchange and signature), each connection
+    /// closed right after; needs `tls = true`.
+    TlsHandshakeFlood {}
+    /// A real ClientHello dripped a few bytes at a time, a slowloris of the handshake; needs
+    /// `tls = true`.
+    TlsSlowHandshake {
+        /// Milliseconds between writes (default 250, 1 to 600 000).
+        interval_ms: u64,
+        /// Bytes per write (default 4, 1 to 64).
+        bytes_per_write: u64,
+    }
+    /// A plaintext rampart AUTH frame sent to the TLS port on each connection; needs
+    /// `tls = true`.
+    PlaintextOnTls {
+        /// Milliseconds between connections of one slot (default 200, 1 to 600 000).
+        interval_ms: u64,
+    }
 }
 
 struct CommonSpec {
@@ -381,11 +405,17 @@ pub enum AttackKind {
     Probe,
     /// Enumeration and failed logins under every limit.
     LowAndSlow,
+    /// Complete TLS handshakes, closed at once.
+    TlsHandshakeFlood,
+    /// A ClientHello dripped a few bytes at a time.
+    TlsSlowHandshake,
+    /// Plaintext rampart frames sent to the TLS port.
+    PlaintextOnTls,
 }
 
 impl AttackKind {
     /// Every kind.
-    pub const ALL: [AttackKind; 13] = [
+    pub const ALL: [AttackKind; 16] = [
         AttackKind::Flood,
         AttackKind::RawFlood,
         AttackKind::Oversized,
@@ -399,6 +429,9 @@ impl AttackKind {
         AttackKind::BruteForce,
         AttackKind::Probe,
         AttackKind::LowAndSlow,
+        AttackKind::TlsHandshakeFlood,
+        AttackKind::TlsSlowHandshake,
+        AttackKind::PlaintextOnTls,
     ];
 
     /// The kebab-case name used in scenario files (`"raw-flood"`).
@@ -417,7 +450,21 @@ impl AttackKind {
             AttackKind::BruteForce => "brute-force",
             AttackKind::Probe => "probe",
             AttackKind::LowAndSlow => "low-and-slow",
+            AttackKind::TlsHandshakeFlood => "tls-handshake-flood",
+            AttackKind::TlsSlowHandshake => "tls-slow-handshake",
+            AttackKind::PlaintextOnTls => "plaintext-on-tls",
         }
+    }
+
+    /// True for the kinds that attack the TLS handshake itself: they only make sense in a
+    /// scenario with `tls = true`.
+    pub fn needs_tls(&self) -> bool {
+        matches!(
+            self,
+            AttackKind::TlsHandshakeFlood
+                | AttackKind::TlsSlowHandshake
+                | AttackKind::PlaintextOnTls
+        )
     }
 }
 
@@ -489,6 +536,14 @@ pub(crate) enum Params {
         rate_per_s: f64,
         /// (operation, weight), in [`LowAndSlowOp::ALL`] order; weights sum to more than 0.
         mix: Vec<(LowAndSlowOp, f64)>,
+    },
+    TlsHandshakeFlood,
+    TlsSlowHandshake {
+        interval: Duration,
+        bytes_per_write: usize,
+    },
+    PlaintextOnTls {
+        interval: Duration,
     },
 }
 
@@ -818,6 +873,33 @@ impl AttackSpec {
                     target_user: target_user.clone(),
                 }
             }
+            AttackSpec::TlsHandshakeFlood { .. } => Params::TlsHandshakeFlood,
+            AttackSpec::TlsSlowHandshake {
+                interval_ms,
+                bytes_per_write,
+                ..
+            } => Params::TlsSlowHandshake {
+                interval: Duration::from_millis(c.range_u64(
+                    "interval_ms",
+                    interval_ms.unwrap_or(DEFAULT_HELLO_INTERVAL_MS),
+                    1,
+                    600_000,
+                )?),
+                bytes_per_write: c.range_u64(
+                    "bytes_per_write",
+                    bytes_per_write.unwrap_or(DEFAULT_HELLO_BYTES_PER_WRITE),
+                    1,
+                    64,
+                )? as usize,
+            },
+            AttackSpec::PlaintextOnTls { interval_ms, .. } => Params::PlaintextOnTls {
+                interval: Duration::from_millis(c.range_u64(
+                    "interval_ms",
+                    interval_ms.unwrap_or(DEFAULT_PLAINTEXT_INTERVAL_MS),
+                    1,
+                    600_000,
+                )?),
+            },
             AttackSpec::Probe { interval_ms, .. } => Params::Probe {
                 interval: Duration::from_millis(c.range_u64(
                     "interval_ms",

@@ -24,9 +24,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::{ConnRead, ConnWrite};
 use bytes::Bytes;
 use rand::rngs::StdRng;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use super::canary::{Got, Inbox};
@@ -104,8 +104,8 @@ impl Answer {
 
 /// One connection, used request by request.
 struct Conn {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ConnRead,
+    wr: ConnWrite,
     inbox: Inbox,
     ids: Ids,
     opened: Instant,

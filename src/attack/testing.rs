@@ -35,6 +35,8 @@ pub(crate) struct Bench {
     pub(crate) handle: ServerHandle,
     _dir: tempfile::TempDir,
     pub(crate) canary: Canary,
+    /// Set by [`bench_tls`]: the attackers' TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Defaults with cheap password hashing.
@@ -48,7 +50,29 @@ pub(crate) fn config() -> Config {
 /// Starts a server with users mallory, alice and victim, and plants the canary: a private
 /// message from alice to the victim containing [`SECRET`].
 pub(crate) async fn bench(config: Config) -> TestResult<Bench> {
+    start(config, false).await
+}
+
+/// [`bench`] serving TLS with a fresh self-signed certificate; the attackers connect through
+/// TLS.
+pub(crate) async fn bench_tls(config: Config) -> TestResult<Bench> {
+    start(config, true).await
+}
+
+async fn start(mut config: Config, tls: bool) -> TestResult<Bench> {
     let dir = tempfile::tempdir()?;
+    let mut opts = ClientOptions::default().source("127.0.0.1".parse()?);
+    if tls {
+        let cert =
+            crate::tls::generate_self_signed(&["127.0.0.1".into()], &dir.path().join("tls"))?;
+        config.tls.cert = Some(cert.cert.clone());
+        config.tls.key = Some(cert.key);
+        opts.tls = Some(crate::client::TlsOptions::new(
+            &crate::tls::ClientTrust::Ca(cert.cert),
+            "127.0.0.1:0",
+            crate::tls::MinVersion::Tls13,
+        )?);
+    }
     let server = Server::open(config.clone(), dir.path())?;
     for (user, pw) in [
         ("mallory", "mallory-pw"),
@@ -60,7 +84,6 @@ pub(crate) async fn bench(config: Config) -> TestResult<Bench> {
             .add_user(user, &hash_password(&config.auth, pw.as_bytes())?)?;
     }
     let handle = server.bind("127.0.0.1:0".parse()?).await?;
-    let opts = ClientOptions::default().source("127.0.0.1".parse()?);
     let mut alice = Client::login(handle.local_addr(), "alice", b"alice-pw", opts).await?;
     let secret_item = alice
         .send_message("victim", &format!("private: {SECRET}"))
@@ -78,6 +101,11 @@ pub(crate) async fn bench(config: Config) -> TestResult<Bench> {
             victim_password: VICTIM_PW.into(),
             victim_item_ids: vec![secret_item, file_item],
         },
+        tls: if tls {
+            Some(crate::tls::attacker_client_config()?)
+        } else {
+            None
+        },
     })
 }
 
@@ -92,6 +120,7 @@ impl Bench {
             account: ("mallory".into(), "mallory-pw".into()),
             canary: self.canary.clone(),
             observations: Arc::new(Observations::default()),
+            tls: self.tls.clone(),
         }
     }
 

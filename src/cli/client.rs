@@ -59,21 +59,8 @@ pub struct ClientArgs {
     /// ~/.config/rampart/tickets).
     #[arg(long, value_name = "FILE", env = "RAMPART_TICKETS")]
     tickets: Option<PathBuf>,
-    /// Speak TLS. The server is verified against --ca, or else trusted on first use: its
-    /// certificate's fingerprint is recorded in --known-servers and a changed certificate is
-    /// refused later.
-    #[arg(long)]
-    tls: bool,
-    /// Trust only certificates issued by the CA certificates in this PEM file (implies --tls).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Trust the system's root certificates instead of trusting on first use (implies --tls).
-    #[arg(long, conflicts_with = "ca")]
-    system_roots: bool,
-    /// Where trust-on-first-use fingerprints are kept (default:
-    /// $XDG_CONFIG_HOME/rampart/known_servers or ~/.config/rampart/known_servers).
-    #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_SERVERS")]
-    known_servers: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Send the password (or a resume ticket) in plain text to a server that is not on this
     /// machine. Without TLS the client refuses to: anyone on the path could read it.
     #[arg(long)]
@@ -300,27 +287,8 @@ async fn read_body(body: Option<String>, body_file: Option<&Path>) -> Result<Str
 /// How the client speaks to `args.server`: TLS options, or `None` for plaintext, which is
 /// refused (before anything is sent) for a credential bound to a server off this machine.
 async fn transport(args: &ClientArgs) -> Result<Option<TlsOptions>> {
-    let tls = args.tls || args.ca.is_some() || args.system_roots;
-    if tls {
-        let trust = match (&args.ca, args.system_roots) {
-            (Some(ca), _) => ClientTrust::Ca(ca.clone()),
-            (None, true) => ClientTrust::SystemRoots,
-            (None, false) => {
-                let Some(file) = args
-                    .known_servers
-                    .clone()
-                    .or_else(|| tickets::config_file("known_servers"))
-                else {
-                    bail!("no home directory for the known-servers file: give --known-servers FILE or --ca FILE");
-                };
-                ClientTrust::FirstUse(file)
-            }
-        };
-        return Ok(Some(TlsOptions::new(
-            &trust,
-            &args.server,
-            MinVersion::Tls13,
-        )?));
+    if let Some(tls) = args.tls.options(&args.server)? {
+        return Ok(Some(tls));
     }
     let sends_credentials = !matches!(args.command, ClientCommand::Ping);
     if sends_credentials && !args.insecure_plaintext && !is_loopback(&args.server).await? {
@@ -332,6 +300,50 @@ async fn transport(args: &ClientArgs) -> Result<Option<TlsOptions>> {
         );
     }
     Ok(None)
+}
+
+/// How a client trusts a TLS server: the flags `rampart client` and `rampart load` share.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Speak TLS. The server is verified against --ca, or else trusted on first use: its
+    /// certificate's fingerprint is recorded in --known-servers and a changed certificate is
+    /// refused later.
+    #[arg(long)]
+    tls: bool,
+    /// Trust only certificates issued by the CA certificates in this PEM file (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Trust the system's root certificates instead of trusting on first use (implies --tls).
+    #[arg(long, conflicts_with = "ca")]
+    system_roots: bool,
+    /// Where trust-on-first-use fingerprints are kept (default:
+    /// $XDG_CONFIG_HOME/rampart/known_servers or ~/.config/rampart/known_servers).
+    #[arg(long, value_name = "FILE", env = "RAMPART_KNOWN_SERVERS")]
+    known_servers: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS options for `server` (`HOST:PORT`), or `None` when no TLS flag was given.
+    pub fn options(&self, server: &str) -> Result<Option<TlsOptions>> {
+        if !(self.tls || self.ca.is_some() || self.system_roots) {
+            return Ok(None);
+        }
+        let trust = match (&self.ca, self.system_roots) {
+            (Some(ca), _) => ClientTrust::Ca(ca.clone()),
+            (None, true) => ClientTrust::SystemRoots,
+            (None, false) => {
+                let Some(file) = self
+                    .known_servers
+                    .clone()
+                    .or_else(|| tickets::config_file("known_servers"))
+                else {
+                    bail!("no home directory for the known-servers file: give --known-servers FILE or --ca FILE");
+                };
+                ClientTrust::FirstUse(file)
+            }
+        };
+        Ok(Some(TlsOptions::new(&trust, server, MinVersion::Tls13)?))
+    }
 }
 
 /// Whether every address `server` resolves to is a loopback address. Resolution asks the

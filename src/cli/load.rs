@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use rampart::load::{self, IdleSpec, LoadKind, LoadSpec};
 
+use super::client::TlsArgs;
 use super::terminal::{visible, Shape};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -28,6 +29,7 @@ RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 500000 --pipeline 16 --json\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --kind file --size 1073741824 --clients 1 --ops 1\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 8 --ops 1000 --sources 127.0.0.0/28\n  \
+RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 64 --ops 200000 --tls --ca cert.pem\n  \
 RAMPART_PASSWORD=pw rampart load --server 127.0.0.1:7878 --user bench --clients 8 --ops 1000 --bind 127.0.0.77\n\n\
 Idle mode (--idle N) opens N authenticated connections instead, spread round-robin over \
 --source-count addresses of --sources, holds them for --hold seconds (each sends one PING \
@@ -96,6 +98,10 @@ pub struct LoadArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// TLS, trusted as `rampart client` does: --tls alone trusts on first use (recorded in
+    /// --known-servers), --ca FILE trusts that CA only.
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 pub async fn run(args: LoadArgs) -> Result<ExitCode> {
@@ -115,6 +121,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
         }
         None => args.bind.into_iter().collect(),
     };
+    let tls = args.tls.options(&args.server)?;
     if let Some(connections) = args.idle {
         if connections == 0 {
             bail!("--idle must be at least 1");
@@ -128,6 +135,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
             concurrency: args.login_concurrency.max(1),
             hold: Duration::from_secs(args.hold),
             keepalive: Duration::from_secs(args.keepalive.max(1)),
+            tls,
         };
         return run_idle(spec, args.json).await;
     }
@@ -145,6 +153,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
         },
         pipeline: args.pipeline,
         sources,
+        tls,
     };
     let bar = if args.json {
         ProgressBar::hidden()

@@ -25,6 +25,7 @@ Examples:
   rampart scenario run scenarios/ --json report.json --junit report.xml --html report.html
   rampart scenario run scenarios/flood.toml --seed 7
   rampart scenario run scenarios/ --filter brute
+  rampart scenario run scenarios/baseline.toml scenarios/flood.toml --tls
   rampart scenario run scenarios/ --model my-model.json   # or --no-model: rules only
   rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data";
 
@@ -63,6 +64,11 @@ pub struct RunArgs {
     /// Keep each in-process server's data directory as DIR/<scenario name>.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
+    /// Run every scenario over TLS, as if each file had `tls = true`: the runner makes a
+    /// self-signed certificate per run, legit and control clients trust exactly it, and
+    /// attackers connect through TLS too. In-process server only.
+    #[arg(long, conflicts_with = "target")]
+    tls: bool,
     /// Run only the scenarios whose name contains NAME.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
@@ -199,6 +205,7 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
             .model
             .resolve()?
             .map(|(name, model)| rampart::scenario::RunModel { name, model }),
+        tls: args.tls,
     };
     let bars = Bars::new(args.quiet);
     let report = run_files(&args.paths, &opts, &bars).await?;

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::metrics::{LiveCounters, OpKind, OpRecord};
 use super::spec::{ClientKind, Legit, Pace, Scenario, CONTROL_SOURCE};
-use crate::client::{Client, ClientError, ClientOptions};
+use crate::client::{Client, ClientError, ClientOptions, TlsOptions};
 use crate::protocol::{ErrorCode, ItemBody, Kind, Request};
 
 /// Wait for one reply of a legit client. Short enough that a stalled server is noticed
@@ -64,6 +64,9 @@ pub struct ClientPlan {
     pub load: Legit,
     /// Seed of its schedule and contents.
     pub seed: u64,
+    /// In a TLS run, how the client trusts the server; `None`: plaintext. The runner sets it
+    /// once the server's certificate exists.
+    pub tls: Option<TlsOptions>,
 }
 
 /// The legit clients of a scenario, in index order, with seeded passwords.
@@ -80,26 +83,29 @@ pub fn plan(scenario: &Scenario) -> Vec<ClientPlan> {
                 source: group.source_of(i),
                 load: group.clone(),
                 seed: rng.gen(),
+                tls: None,
             });
         }
     }
     plans
 }
 
-/// Client options for the runner's own connections.
-pub fn options(source: Ipv4Addr) -> ClientOptions {
-    ClientOptions::default()
+/// Client options for the runner's own connections, over TLS when `tls` is given.
+pub fn options(source: Ipv4Addr, tls: Option<&TlsOptions>) -> ClientOptions {
+    let mut opts = ClientOptions::default()
         .source(IpAddr::V4(source))
         .request_timeout(LEGIT_REQUEST_TIMEOUT)
         .connect_timeout(LEGIT_REQUEST_TIMEOUT)
-        .chunk_size(64 * 1024)
+        .chunk_size(64 * 1024);
+    opts.tls = tls.cloned();
+    opts
 }
 
 /// Client options of one legit client: [`options`], and for a `segmented` group the
 /// segmented writes (seeded by the client) and a different pipelining: two upload chunks of
 /// 16 KiB in flight instead of eight of 64 KiB.
 pub fn client_options(plan: &ClientPlan) -> ClientOptions {
-    let opts = options(plan.source);
+    let opts = options(plan.source, plan.tls.as_ref());
     match plan.load.client {
         ClientKind::Rampart => opts,
         ClientKind::Segmented => opts
@@ -343,7 +349,18 @@ pub async fn login(
     password: &str,
     source: Ipv4Addr,
 ) -> Result<Client, ClientError> {
-    login_with(target, user, password, options(source)).await
+    login_over(target, user, password, source, None).await
+}
+
+/// [`login`], over TLS when `tls` is given.
+pub async fn login_over(
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    source: Ipv4Addr,
+    tls: Option<&TlsOptions>,
+) -> Result<Client, ClientError> {
+    login_with(target, user, password, options(source, tls)).await
 }
 
 /// [`login`] with these client options.
@@ -1070,9 +1087,10 @@ pub async fn verify(
 }
 
 async fn reconnect(plan: &ClientPlan, target: SocketAddr) -> Result<Client, ClientError> {
-    match login(target, &plan.user, &plan.password, plan.source).await {
+    let tls = plan.tls.as_ref();
+    match login_over(target, &plan.user, &plan.password, plan.source, tls).await {
         Ok(c) => Ok(c),
-        Err(_) => login(target, &plan.user, &plan.password, CONTROL_SOURCE).await,
+        Err(_) => login_over(target, &plan.user, &plan.password, CONTROL_SOURCE, tls).await,
     }
 }
 
@@ -1449,8 +1467,9 @@ mod tests {
             source: Ipv4Addr::new(127, 0, 0, 1),
             load: l.clone(),
             seed: 4,
+            tls: None,
         };
-        assert_eq!(client_options(&p), options(p.source));
+        assert_eq!(client_options(&p), options(p.source, None));
         l.client = ClientKind::Segmented;
         p.load = l;
         let o = client_options(&p);

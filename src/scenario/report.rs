@@ -26,6 +26,8 @@ pub struct ScenarioReport {
     pub duration_s: f64,
     /// `in-process`, or the external server's address.
     pub target: String,
+    /// Every connection of the run (legit, control and attacker) went through TLS.
+    pub tls: bool,
     /// Attack kinds, in file order.
     pub attacks: Vec<String>,
     /// Every expectation held.
@@ -57,6 +59,7 @@ impl ScenarioReport {
             seed: scenario.seed(),
             duration_s: round(scenario.duration().as_secs_f64(), 3),
             target: "in-process".into(),
+            tls: scenario.tls(),
             attacks: scenario
                 .attack_kinds()
                 .iter()
@@ -134,7 +137,11 @@ impl SuiteReport {
         for s in &self.scenarios {
             let m = &s.metrics;
             rows.push([
-                s.name.clone(),
+                if s.tls {
+                    format!("{} (tls)", s.name)
+                } else {
+                    s.name.clone()
+                },
                 if s.attacks.is_empty() {
                     "-".into()
                 } else {
@@ -337,12 +344,13 @@ fn scenario_html(h: &mut String, s: &ScenarioReport) {
     );
     let _ = writeln!(
         h,
-        "<p class=\"desc\">{} &middot; {} &middot; seed {} &middot; {} s &middot; {}</p>",
+        "<p class=\"desc\">{} &middot; {} &middot; seed {} &middot; {} s &middot; {}{}</p>",
         xml(&s.description),
         xml(&s.file),
         s.seed,
         s.duration_s,
-        xml(&s.target)
+        xml(&s.target),
+        if s.tls { " &middot; TLS" } else { "" }
     );
     if !s.failures.is_empty() {
         h.push_str("<ul class=\"failures\">");
@@ -716,6 +724,7 @@ mod tests {
             seed: 1,
             duration_s: 3.0,
             target: "in-process".into(),
+            tls: false,
             attacks: vec!["flood".into()],
             passed,
             failures: if passed {

@@ -9,7 +9,8 @@
 //! 2. accounts: `legit0..`, `alice`, `victim`, `mallory` (the attackers' own ordinary account)
 //!    and `runner` (the alive check), with seeded passwords, hashed with the scenario's argon2
 //!    parameters and written straight into the store;
-//! 3. the in-process server on 127.0.0.1:0 (or the external one);
+//! 3. the in-process server on 127.0.0.1:0 (or the external one); in a TLS run with a
+//!    self-signed certificate made in the data directory, which every client then trusts;
 //! 4. the canary: `alice` sends `victim` a private mail and a message holding a random secret;
 //! 5. legit clients log in (before the clock starts, so login cost is not load);
 //! 6. `t0`: legit clients, attacks and the sampler run until `t0 + duration_s`;
@@ -40,7 +41,7 @@ use super::report::ScenarioReport;
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
 use crate::activity::Recorder;
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
-use crate::client::Client;
+use crate::client::{Client, TlsOptions};
 use crate::config::AuthConfig;
 use crate::detect::Model;
 use crate::firewall::{Action, Signal};
@@ -48,6 +49,10 @@ use crate::guard::Guard;
 use crate::server::auth::hash_password;
 use crate::server::{Metrics, Server, ServerHandle};
 use crate::store::{SqliteStore, Store, StoreError};
+use crate::tls::{ClientTrust, MinVersion};
+
+/// Where the in-process server listens, and the name its TLS certificate carries.
+const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
 /// The planted victim.
 pub const VICTIM: &str = "victim";
@@ -92,6 +97,8 @@ pub struct RunOptions {
     pub filter: Option<String>,
     /// The detection model the in-process server scores windows with (none: rules only).
     pub model: Option<RunModel>,
+    /// Run every scenario over TLS, as if each had `tls = true` (`--tls`).
+    pub tls: bool,
 }
 
 /// A detection model for the in-process server, with the name reports give it.
@@ -125,6 +132,11 @@ impl RunOptions {
         self.filter = Some(name.into());
         self
     }
+    /// Sets [`RunOptions::tls`].
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
     /// Sets [`RunOptions::model`].
     pub fn model(mut self, name: impl Into<String>, model: Arc<Model>) -> Self {
         self.model = Some(RunModel {
@@ -143,6 +155,11 @@ impl RunOptions {
                     return Err(RunError::Options(format!(
                         "--target must be an address in 127.0.0.0/8 (sources are loopback addresses), got {addr}"
                     )));
+                }
+                if self.tls {
+                    return Err(RunError::Options(
+                        "--tls needs the in-process server, whose certificate the runner makes; it cannot be used with --target".into(),
+                    ));
                 }
                 if self.record_dir.is_some() {
                     return Err(RunError::Options(
@@ -407,6 +424,9 @@ struct Cast {
     mallory: Account,
     monitor: Account,
     secret: String,
+    /// In a TLS run, how the runner's own connections trust the server (the legit clients'
+    /// plans carry it too).
+    tls: Option<TlsOptions>,
 }
 
 impl Cast {
@@ -428,7 +448,16 @@ impl Cast {
             mallory,
             monitor,
             secret,
+            tls: None,
         }
+    }
+
+    /// Makes every client of the cast connect through TLS with `tls`.
+    fn use_tls(&mut self, tls: TlsOptions) {
+        for p in &mut self.plans {
+            p.tls = Some(tls.clone());
+        }
+        self.tls = Some(tls);
     }
 
     /// Every account to create: the legit clients', then alice, the victim, mallory and the
@@ -516,8 +545,15 @@ async fn run_inner(
         scenario: scenario.name(),
         setup: std::time::Instant::now(),
     };
-    let cast = Cast::new(scenario);
-    let server = start_server(scenario, opts, &cast.accounts()).await?;
+    let mut cast = Cast::new(scenario);
+    let (server, tls) = start_server(scenario, opts, &cast.accounts()).await?;
+    let attacker_tls = match tls {
+        Some(tls) => {
+            cast.use_tls(tls);
+            Some(crate::tls::attacker_client_config()?)
+        }
+        None => None,
+    };
     phases.done("server ready, accounts created");
     let target = server.addr();
     let canary = plant_canary(target, &cast).await?;
@@ -525,7 +561,13 @@ async fn run_inner(
     phases.done("canary planted, legit clients logged in");
 
     let clock = Clock::new(scenario);
-    let attacks = start_attacks(scenario, target, &clock, &cast.mallory, &canary);
+    let attacks = start_attacks(
+        scenario,
+        target,
+        &clock,
+        (&cast.mallory, attacker_tls),
+        &canary,
+    );
     let legit = start_legit(target, &clock, &cast.plans, logged_in);
     let ended = sample_until_the_end(
         scenario,
@@ -553,30 +595,56 @@ async fn run_inner(
 
 /// The server: with `--target`, the external one, whose data directory gets the accounts;
 /// otherwise an in-process one on 127.0.0.1:0 over a fresh data directory, its attack
-/// sources labelled, its model's verdicts enforced.
+/// sources labelled, its model's verdicts enforced. A TLS scenario's server gets a fresh
+/// self-signed certificate in `tls/` of the data directory, and the returned options trust
+/// exactly that certificate.
 async fn start_server(
     scenario: &Scenario,
     opts: &RunOptions,
     accounts: &[Account],
-) -> anyhow::Result<Target> {
+) -> anyhow::Result<(Target, Option<TlsOptions>)> {
     if let (Some(addr), Some(dir)) = (opts.target, &opts.target_data_dir) {
+        if scenario.tls() {
+            anyhow::bail!(
+                "a TLS scenario needs the in-process server, whose certificate the runner makes"
+            );
+        }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir)?);
         provision(store, &scenario.config().auth, accounts).await?;
-        return Ok(Target::External {
-            addr,
-            pid: metrics::find_listener_pid(addr),
-        });
+        return Ok((
+            Target::External {
+                addr,
+                pid: metrics::find_listener_pid(addr),
+            },
+            None,
+        ));
     }
     let (dir, tmp) = data_dir(scenario, opts)?;
     let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
     // Scenarios judge what the model blocks, so its verdicts enforce here.
     let mut config = scenario.config().clone();
     config.firewall.model = crate::config::ModelMode::Enforce;
+    let cert = if scenario.tls() {
+        let cert = crate::tls::generate_self_signed(&[LOOPBACK.to_string()], &dir.join("tls"))?;
+        config.tls.cert = Some(cert.cert.clone());
+        config.tls.key = Some(cert.key);
+        Some(cert.cert)
+    } else {
+        None
+    };
     let server = Server::open_with_model(config, &dir, model)?;
     label_attack_sources(scenario, &dir)?;
     provision(server.store(), &scenario.config().auth, accounts).await?;
-    let handle = server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    Ok(Target::InProcess { handle, dir, tmp })
+    let handle = server.bind(SocketAddr::from((LOOPBACK, 0))).await?;
+    let tls = match cert {
+        Some(cert) => Some(TlsOptions::new(
+            &ClientTrust::Ca(cert),
+            &handle.local_addr().to_string(),
+            MinVersion::Tls13,
+        )?),
+        None => None,
+    };
+    Ok((Target::InProcess { handle, dir, tmp }, tls))
 }
 
 /// Legit clients log in before the clock starts, so login cost is not load. A group that
@@ -612,7 +680,7 @@ fn start_attacks(
     scenario: &Arc<Scenario>,
     target: SocketAddr,
     clock: &Clock,
-    mallory: &Account,
+    (mallory, tls): (&Account, Option<Arc<rustls::ClientConfig>>),
     canary: &Canary,
 ) -> Attacks {
     let mut observations = Vec::new();
@@ -628,6 +696,7 @@ fn start_attacks(
             account: (mallory.name.clone(), mallory.password.clone()),
             canary: canary.clone(),
             observations: obs,
+            tls: tls.clone(),
         };
         let s = Arc::clone(scenario);
         tasks.push(tokio::spawn(async move {
@@ -802,7 +871,7 @@ async fn afterwards<'a>(
             },
         };
     phases.done("items read back");
-    let alive = alive_check(target, &cast.monitor).await;
+    let alive = alive_check(target, &cast.monitor, cast.tls.as_ref()).await;
     phases.done("alive check done");
     let in_process = server.in_process();
     let (snapshot, pid) = match server {
@@ -864,7 +933,9 @@ fn server_stats(handle: &ServerHandle) -> ServerStats {
 async fn plant_canary(target: SocketAddr, cast: &Cast) -> anyhow::Result<Canary> {
     let alice = &cast.alice;
     let secret = &cast.secret;
-    let mut client = legit::login(target, &alice.name, &alice.password, CONTROL_SOURCE).await?;
+    let tls = cast.tls.as_ref();
+    let mut client =
+        legit::login_over(target, &alice.name, &alice.password, CONTROL_SOURCE, tls).await?;
     let mail = client
         .send_mail_with(
             &cast.victim.name,
@@ -987,9 +1058,20 @@ impl LastTime for Option<Instant> {
 }
 
 /// Logs in as the monitor account from the control address and PINGs.
-async fn alive_check(target: SocketAddr, monitor: &Account) -> Result<(), String> {
+async fn alive_check(
+    target: SocketAddr,
+    monitor: &Account,
+    tls: Option<&TlsOptions>,
+) -> Result<(), String> {
     let check = async {
-        let mut c = legit::login(target, &monitor.name, &monitor.password, CONTROL_SOURCE).await?;
+        let mut c = legit::login_over(
+            target,
+            &monitor.name,
+            &monitor.password,
+            CONTROL_SOURCE,
+            tls,
+        )
+        .await?;
         c.ping().await?;
         let _ = c.bye().await;
         Ok::<(), crate::client::ClientError>(())
@@ -1079,6 +1161,7 @@ pub async fn run_all(
             Some(seed) => s.with_seed(seed),
             None => s,
         };
+        let s = if opts.tls { s.with_tls() } else { s };
         progress.scenario_started(i, total, &s);
         let report = run_scenario(s, opts, progress).await;
         progress.scenario_finished(&report);

@@ -135,6 +135,10 @@ pub struct ScenarioSpec {
     /// Seed for every random choice (passwords, contents, schedules, attackers).
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Serve TLS: the runner makes a self-signed certificate for the run, and every client,
+    /// legit, control and attacker, connects through TLS.
+    #[serde(default)]
+    pub tls: bool,
     /// Overrides for any server configuration key, e.g. `[server.limits]`.
     #[serde(default)]
     pub server: toml::Table,
@@ -542,6 +546,7 @@ pub struct Scenario {
     file: PathBuf,
     duration: Duration,
     seed: u64,
+    tls: bool,
     config: Config,
     server_overrides: toml::Table,
     legit: Vec<Legit>,
@@ -556,6 +561,7 @@ impl std::fmt::Debug for Scenario {
             .field("file", &self.file)
             .field("duration", &self.duration)
             .field("seed", &self.seed)
+            .field("tls", &self.tls)
             .field("legit", &self.legit)
             .field("attacks", &self.attack_kinds())
             .field("expect", &self.expect)
@@ -593,6 +599,10 @@ impl Scenario {
     pub fn seed(&self) -> u64 {
         self.seed
     }
+    /// True if the scenario runs over TLS (the `tls` key, or the runner's `--tls`).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
     /// The server configuration: defaults with the `[server]` overrides applied, checked.
     pub fn config(&self) -> &Config {
         &self.config
@@ -616,6 +626,11 @@ impl Scenario {
     /// The expectations.
     pub fn expect(&self) -> &Expect {
         &self.expect
+    }
+    /// Turns TLS on (the runner's `--tls`).
+    pub fn with_tls(mut self) -> Scenario {
+        self.tls = true;
+        self
     }
     /// Replaces the seed (the runner's `--seed` override).
     pub fn with_seed(mut self, seed: u64) -> Scenario {
@@ -674,12 +689,27 @@ impl ScenarioSpec {
             ));
         }
         let config = server_config(&self.server).map_err(|(key, reason)| invalid(key, reason))?;
+        if config.tls.cert.is_some() || config.tls.key.is_some() {
+            return Err(invalid(
+                "server.tls.cert".into(),
+                "a scenario's certificate is made by the runner: set `tls = true` instead".into(),
+            ));
+        }
 
         let mut attacks = Vec::with_capacity(self.attack.len());
         for (i, spec) in self.attack.iter().enumerate() {
             let attack = spec
                 .check(d)
                 .map_err(|e| invalid(format!("attack[{i}].{}", e.key), e.message))?;
+            if attack.kind().needs_tls() && !self.tls {
+                return Err(invalid(
+                    format!("attack[{i}].kind"),
+                    format!(
+                        "{} attacks the TLS handshake: the scenario needs `tls = true`",
+                        attack.kind().as_str()
+                    ),
+                ));
+            }
             if attack.sources().contains(&CONTROL_SOURCE) {
                 return Err(invalid(
                     format!("attack[{i}].sources"),
@@ -722,6 +752,7 @@ impl ScenarioSpec {
             file: path.to_path_buf(),
             duration: Duration::from_secs_f64(d),
             seed: self.seed,
+            tls: self.tls,
             config,
             server_overrides: self.server,
             legit,
