@@ -236,6 +236,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// TLS on the protocol port.
     pub tls: TlsConfig,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -270,6 +272,7 @@ impl Config {
         self.activity.check()?;
         self.storage.check()?;
         self.tls.check()?;
+        self.metrics.check()?;
         Ok(())
     }
 }
@@ -1257,6 +1260,38 @@ impl StorageConfig {
             0,
             MAX_MIN_FREE_BYTES,
         )
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint (`GET /metrics` over HTTP). Off unless `listen` is
+/// set, so that a server never opens a second port nobody asked for, and servers started by
+/// the dozen (tests, scenarios) never race for one fixed port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve the endpoint (`"127.0.0.1:9100"`), never the protocol port. Unset: no
+    /// endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve the endpoint on an address other hosts can reach. Metrics say what attacks the
+    /// server sees and how it copes, and the endpoint has no authentication, so a
+    /// non-loopback `listen` is refused without this.
+    pub allow_remote: bool,
+}
+
+impl MetricsConfig {
+    /// Refuses a non-loopback `listen` unless `allow_remote` is set.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() && !self.allow_remote => Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a loopback address: anyone who can reach it reads the \
+                     server's metrics. Listen on 127.0.0.1, or set metrics.allow_remote = true \
+                     if the network itself is trusted"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

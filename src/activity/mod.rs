@@ -28,6 +28,8 @@ use serde::Serialize;
 
 use crate::protocol::error::vocabulary;
 pub use reason::{intern_reason, CloseReason};
+// The server's metrics count refusals and rate limits by these positions.
+pub(crate) use reason::{limit_position, refusal_position, LIMITS, REFUSALS};
 pub use recorder::{DecisionRecord, Recorder, RecorderStats, Retention, UnblockHook, WindowSink};
 
 /// What happened. Sizes are bytes; kinds and reasons are the protocol's stable names.

@@ -58,7 +58,7 @@ impl CloseReason {
 /// change its name). The guard sits beside `activity` and keeps no list of its refusals; the
 /// exhaustive match in [`refusal_position`] stops the build when it gains one, so that it is
 /// added here too.
-const REFUSALS: [Refusal; 5] = [
+pub(crate) const REFUSALS: [Refusal; 5] = [
     Refusal::Denied,
     Refusal::Blocked {
         until: std::time::SystemTime::UNIX_EPOCH,
@@ -70,7 +70,7 @@ const REFUSALS: [Refusal; 5] = [
 
 /// Every rate limit, in the guard's declaration order (see [`REFUSALS`] and
 /// [`limit_position`]).
-const LIMITS: [Limited; 5] = [
+pub(crate) const LIMITS: [Limited; 5] = [
     Limited::Ip,
     Limited::User,
     Limited::Connection,
@@ -79,7 +79,7 @@ const LIMITS: [Limited; 5] = [
 ];
 
 /// The position of a refusal's kind in [`REFUSALS`].
-const fn refusal_position(r: &Refusal) -> usize {
+pub(crate) const fn refusal_position(r: &Refusal) -> usize {
     match r {
         Refusal::Denied => 0,
         Refusal::Blocked { .. } => 1,
@@ -90,7 +90,7 @@ const fn refusal_position(r: &Refusal) -> usize {
 }
 
 /// The position of a rate limit in [`LIMITS`].
-const fn limit_position(l: Limited) -> usize {
+pub(crate) const fn limit_position(l: Limited) -> usize {
     match l {
         Limited::Ip => 0,
         Limited::User => 1,

@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// listen anywhere but loopback: passwords would cross the network in clear text.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (its own port, never the protocol
+    /// port). Overrides [metrics] listen. A non-loopback ADDR is refused unless the
+    /// configuration sets metrics.allow_remote = true: the endpoint has no authentication.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     model: super::ModelArgs,
 }
@@ -63,6 +68,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         config.tls.key = Some(key);
     }
     config.tls.insecure_plaintext |= args.insecure_plaintext;
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
     // `firewall.model = "off"` is `--no-model` in the configuration file.
     let model = match config.firewall.model {
         rampart::config::ModelMode::Off => None,
@@ -90,6 +98,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", handle.local_addr())?;
+        if let Some(addr) = handle.metrics_addr() {
+            writeln!(out, "metrics on http://{addr}/metrics")?;
+        }
         out.flush()?;
     }
     shutdown_signal().await?;

@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::activity::{now_ms, DecisionRecord, Recorder};
 use crate::config::{Config, FirewallConfig};
 use crate::guard::{Guard, SourceKey};
+use crate::protocol::error::vocabulary;
 
 /// Most decisions kept in memory for listing.
 const DECISION_LOG: usize = 10_000;
@@ -55,52 +56,39 @@ pub fn anomaly_strength(score: f64, threshold: f64) -> f64 {
     ((score - threshold) / threshold).clamp(0.0, 1.0)
 }
 
-/// A suspicious event attributed to one source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Signal {
-    /// A broken frame header.
-    FatalFrame,
-    /// A malformed body in a well-framed request.
-    BadBody,
-    /// A request refused by a frame rate limiter.
-    RateLimited,
-    /// A login refused by a login rate limiter.
-    LoginRateLimited,
-    /// A failed login.
-    AuthFailed,
-    /// A request for another user's item.
-    PermissionDenied,
-    /// A frame cut by its time budget or minimum rate.
-    SlowFrame,
-    /// No authentication within the time limit.
-    AuthTimeout,
-    /// A connection cut because it did not read its replies.
-    WriteTimeout,
-    /// A connection refused at accept by a per-source cap or the accept rate.
-    Refused,
-    /// The detection model found one of the source's activity windows anomalous.
-    ModelAnomaly,
+vocabulary! {
+    /// A suspicious event attributed to one source.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Signal {
+        /// A broken frame header.
+        FatalFrame => "fatal_frame",
+        /// A malformed body in a well-framed request.
+        BadBody => "bad_body",
+        /// A request refused by a frame rate limiter.
+        RateLimited => "rate_limited",
+        /// A login refused by a login rate limiter.
+        LoginRateLimited => "login_rate_limited",
+        /// A failed login.
+        AuthFailed => "auth_failed",
+        /// A request for another user's item.
+        PermissionDenied => "permission_denied",
+        /// A frame cut by its time budget or minimum rate.
+        SlowFrame => "slow_frame",
+        /// No authentication within the time limit.
+        AuthTimeout => "auth_timeout",
+        /// A connection cut because it did not read its replies.
+        WriteTimeout => "write_timeout",
+        /// A connection refused at accept by a per-source cap or the accept rate.
+        Refused => "refused",
+        /// The detection model found one of the source's activity windows anomalous.
+        ModelAnomaly => "model_anomaly",
+    }
+    /// A stable snake_case name.
+    fn as_str;
 }
 
 impl Signal {
-    /// A stable snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::FatalFrame => "fatal_frame",
-            Signal::BadBody => "bad_body",
-            Signal::RateLimited => "rate_limited",
-            Signal::LoginRateLimited => "login_rate_limited",
-            Signal::AuthFailed => "auth_failed",
-            Signal::PermissionDenied => "permission_denied",
-            Signal::SlowFrame => "slow_frame",
-            Signal::AuthTimeout => "auth_timeout",
-            Signal::WriteTimeout => "write_timeout",
-            Signal::Refused => "refused",
-            Signal::ModelAnomaly => "model_anomaly",
-        }
-    }
-
     fn weight(self, cfg: &FirewallConfig) -> u32 {
         match self {
             Signal::FatalFrame => cfg.weight_fatal_frame,
@@ -118,30 +106,22 @@ impl Signal {
     }
 }
 
-/// What the firewall decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// The source was blocked.
-    Block,
-    /// Shadow mode: the source would have been blocked.
-    ShadowBlock,
-    /// The source is allow-listed, so it was not blocked.
-    Allowed,
-    /// An operator lifted the source's block.
-    Unblock,
-}
-
-impl Action {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Block => "block",
-            Action::ShadowBlock => "shadow_block",
-            Action::Allowed => "allowed",
-            Action::Unblock => "unblock",
-        }
+vocabulary! {
+    /// What the firewall decided.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Action {
+        /// The source was blocked.
+        Block => "block",
+        /// Shadow mode: the source would have been blocked.
+        ShadowBlock => "shadow_block",
+        /// The source is allow-listed, so it was not blocked.
+        Allowed => "allowed",
+        /// An operator lifted the source's block.
+        Unblock => "unblock",
     }
+    /// The stored name.
+    fn as_str;
 }
 
 /// One decision, with its reason.
@@ -195,6 +175,41 @@ pub struct Firewall {
     scores: Mutex<HashMap<SourceKey, Score>>,
     decisions: Mutex<VecDeque<Decision>>,
     recorder: Recorder,
+    /// Decisions taken, by action and trigger ([`Firewall::decision_counts`]).
+    counts: DecisionCounts,
+}
+
+/// How many triggers a decision can have: every signal, and none (an operator's unblock).
+const TRIGGERS: usize = Signal::ALL.len() + 1;
+
+/// Decisions counted by [`Action`] and trigger position (a [`Signal`]'s, or the last for
+/// none).
+#[derive(Debug)]
+struct DecisionCounts([[std::sync::atomic::AtomicU64; TRIGGERS]; Action::ALL.len()]);
+
+impl Default for DecisionCounts {
+    fn default() -> Self {
+        DecisionCounts(std::array::from_fn(|_| {
+            std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0))
+        }))
+    }
+}
+
+impl DecisionCounts {
+    fn bump(&self, action: Action, trigger: Option<Signal>) {
+        let a = Action::ALL.iter().position(|x| *x == action);
+        let t = match trigger {
+            Some(s) => Signal::ALL.iter().position(|x| *x == s),
+            None => Some(Signal::ALL.len()),
+        };
+        if let Some(c) = a
+            .and_then(|a| self.0.get(a))
+            .zip(t)
+            .and_then(|(row, t)| row.get(t))
+        {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Firewall {
@@ -221,6 +236,7 @@ impl Firewall {
             scores: Mutex::new(HashMap::new()),
             decisions: Mutex::new(VecDeque::new()),
             recorder: Recorder::disabled(),
+            counts: DecisionCounts::default(),
         }
     }
 
@@ -308,6 +324,7 @@ impl Firewall {
             scores: Mutex::new(HashMap::new()),
             decisions: Mutex::new(VecDeque::new()),
             recorder: Recorder::disabled(),
+            counts: DecisionCounts::default(),
         }
     }
 
@@ -334,7 +351,30 @@ impl Firewall {
         lifted
     }
 
+    /// Decisions taken since start, by action and trigger (`None`: an operator's unblock),
+    /// every pair listed, in vocabulary order.
+    pub fn decision_counts(&self) -> Vec<(Action, Option<Signal>, u64)> {
+        let triggers = Signal::ALL.into_iter().map(Some).chain([None]);
+        Action::ALL
+            .into_iter()
+            .zip(self.counts.0.iter())
+            .flat_map(|(a, row)| {
+                triggers
+                    .clone()
+                    .zip(row.iter())
+                    .map(move |(t, c)| (a, t, c.load(std::sync::atomic::Ordering::Relaxed)))
+            })
+            .collect()
+    }
+
+    /// Counts an unblock an operator made outside this firewall (through the activity
+    /// database, which lifts the block in the guard directly).
+    pub fn count_operator_unblock(&self) {
+        self.counts.bump(Action::Unblock, None);
+    }
+
     fn log(&self, decision: Decision) {
+        self.counts.bump(decision.action, decision.trigger);
         self.recorder.decision(DecisionRecord {
             t_ms: now_ms(),
             source: decision.source.to_string(),

@@ -93,7 +93,7 @@ impl Conn<'_> {
             let fallback = Reply::error(ErrorCode::Internal, "reply could not be encoded");
             let _ = protocol::encode_reply(request_id, &fallback, &mut self.out);
         }
-        Metrics::bump(&self.shared.metrics.frames_out);
+        self.shared.metrics.frame_out(reply.kind());
         let size = (self.out.len() - before).saturating_sub(protocol::HEADER_LEN);
         self.record(EventKind::FrameOut {
             kind: reply.kind() as u8,
@@ -282,7 +282,7 @@ impl Conn<'_> {
             }
             match self.shared.decoder.decode(&mut self.inbuf) {
                 Ok(Some(frame)) => {
-                    Metrics::bump(&self.shared.metrics.frames_in);
+                    self.shared.metrics.frame_in(frame.kind);
                     let now = Instant::now();
                     let assemble = self
                         .frame_started

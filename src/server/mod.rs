@@ -47,6 +47,7 @@ mod connection;
 mod detector;
 pub mod fds;
 pub mod metrics;
+pub mod prom;
 pub mod session;
 mod sessions;
 pub mod tickets;
@@ -197,7 +198,7 @@ impl Shared {
 
     /// Counts a refusal at accept; refusals the source caused feed the firewall.
     fn refused(&self, peer: SocketAddr, refusal: &Refusal) {
-        Metrics::bump(&self.metrics.connections_refused);
+        self.metrics.refused(refusal);
         self.record(
             0,
             peer,
@@ -333,8 +334,13 @@ impl Server {
             Arc::new(Firewall::new(&config, Arc::clone(&guard)).with_recorder(recorder.clone()));
         // Operators unblock through the activity database (`rampart firewall unblock`).
         let g = Arc::clone(&guard);
+        // Weak: the firewall holds the recorder, which holds this hook.
+        let fw = Arc::downgrade(&firewall);
         recorder.on_unblock(Box::new(move |ip| {
             if g.unblock(ip) {
+                if let Some(fw) = fw.upgrade() {
+                    fw.count_operator_unblock();
+                }
                 tracing::info!(source = %ip, "unblocked by an operator");
             }
         }));
@@ -443,6 +449,7 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let metrics_addr = self.bind_metrics(local_addr).await?;
         let tracker = TaskTracker::new();
         let purge = tokio::spawn(purge_loop(Arc::clone(&self.shared)));
         tracker.spawn(lag_probe(Arc::downgrade(&self.shared)));
@@ -450,10 +457,31 @@ impl Server {
         Ok(ServerHandle {
             server: self,
             local_addr,
+            metrics_addr,
             accept,
             purge,
             tracker,
         })
+    }
+
+    /// Binds and starts the metrics endpoint if `metrics.listen` is set (a port of its own:
+    /// an address equal to the protocol port's is refused). Returns its bound address.
+    async fn bind_metrics(&self, protocol: SocketAddr) -> Result<Option<SocketAddr>, ServerError> {
+        let Some(addr) = self.shared.config.metrics.listen else {
+            return Ok(None);
+        };
+        let bind_err = |source| ServerError::Bind { addr, source };
+        if addr == protocol {
+            return Err(bind_err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "metrics are never served on the protocol port",
+            )));
+        }
+        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let bound = listener.local_addr().map_err(bind_err)?;
+        tracing::info!(%bound, "serving metrics on http://{bound}/metrics");
+        tokio::spawn(prom::serve(listener, Arc::downgrade(&self.shared)));
+        Ok(Some(bound))
     }
 
     /// Admits and serves one connection over any transport, to its end. Returns why it
@@ -539,7 +567,7 @@ impl Server {
             },
         );
         drop(ticket);
-        Metrics::bump(&shared.metrics.connections_closed);
+        shared.metrics.closed(reason);
         tracing::debug!(peer = %peer, reason = reason.as_str(), "connection closed");
         reason
     }
@@ -641,10 +669,9 @@ async fn lag_probe(shared: std::sync::Weak<Shared>) {
         }
         let now = tokio::time::Instant::now();
         let Some(s) = shared.upgrade() else { return };
-        metrics::Stalls::note(
-            &s.metrics.stalls.loop_lag_us,
-            now.saturating_duration_since(due),
-        );
+        let lag = now.saturating_duration_since(due);
+        metrics::Stalls::note(&s.metrics.stalls.loop_lag_us, lag);
+        s.metrics.loop_lag.observe(lag);
         due = now + metrics::LAG_PROBE_EVERY;
     }
 }
@@ -952,6 +979,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
 pub struct ServerHandle {
     server: Server,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     accept: JoinHandle<()>,
     purge: JoinHandle<()>,
     tracker: TaskTracker,
@@ -969,6 +997,12 @@ impl ServerHandle {
     /// The bound address (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the metrics endpoint listens, if `metrics.listen` is set (useful after
+    /// binding port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The server (guard, metrics, store).

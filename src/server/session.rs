@@ -17,7 +17,7 @@ use crate::protocol::{
     Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
 };
 use crate::server::auth::Lane;
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{Metrics, OpenUpload};
 use crate::server::Shared;
 use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
 
@@ -31,6 +31,8 @@ enum Upload {
         blob: Box<StagedBlob>,
         size: u64,
         name: String,
+        /// Counts it in the open uploads gauge for as long as it is staging.
+        open: OpenUpload,
     },
     /// Verified, fsynced and in the blob store; usable once by SEND_FILE or SEND_MAIL.
     Done(BlobRef),
@@ -93,7 +95,9 @@ async fn timed_delivery<T: Send + 'static>(
 ) -> T {
     let started = std::time::Instant::now();
     let out = blocking(f).await;
-    crate::server::metrics::Stalls::note(&shared.metrics.stalls.delivery_us, started.elapsed());
+    let waited = started.elapsed();
+    crate::server::metrics::Stalls::note(&shared.metrics.stalls.delivery_us, waited);
+    shared.metrics.store_commit.observe(waited);
     out
 }
 
@@ -291,7 +295,7 @@ impl Session {
             .guard
             .admit_frame(&self.limiter, self.source, user_id);
         if let Err(limit) = limited {
-            Metrics::bump(&shared.metrics.rate_limited);
+            shared.metrics.limited(limit);
             shared.signal(self.peer, self.conn, Signal::RateLimited);
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
@@ -449,7 +453,7 @@ impl Session {
         }
         let standing = shared.guard.check_login(self.source, &user);
         if let Err(limit) = standing {
-            Metrics::bump(&shared.metrics.rate_limited);
+            shared.metrics.limited(limit);
             // Only the source's own excess counts against it: an account's failure backoff
             // is others' doing too, and scoring it would let guessers get the owner blocked.
             if limit.blames_source() {
@@ -634,6 +638,7 @@ impl Session {
                 blob: Box::new(blob),
                 size,
                 name: store::sanitize_file_name(&name),
+                open: shared.metrics.upload_opened(),
             },
         );
         Ok(Reply::UploadReady {
@@ -652,9 +657,17 @@ impl Session {
     }
 
     /// Removes a staging upload from the table so it can be moved onto the blocking pool.
-    fn take_staging(&mut self, id: u32) -> Result<(Box<StagedBlob>, u64, String), Reply> {
+    fn take_staging(
+        &mut self,
+        id: u32,
+    ) -> Result<(Box<StagedBlob>, u64, String, OpenUpload), Reply> {
         match self.uploads.remove(&id) {
-            Some(Upload::Staging { blob, size, name }) => Ok((blob, size, name)),
+            Some(Upload::Staging {
+                blob,
+                size,
+                name,
+                open,
+            }) => Ok((blob, size, name, open)),
             Some(done @ Upload::Done(_)) => {
                 self.uploads.insert(id, done);
                 Err(err(
@@ -669,7 +682,7 @@ impl Session {
     async fn upload_chunk(&mut self, id: u32, offset: u64, data: bytes::Bytes) -> Handled {
         let shared = Arc::clone(&self.shared);
         self.user_id()?;
-        let (mut blob, size, name) = self.take_staging(id)?;
+        let (mut blob, size, name, open) = self.take_staging(id)?;
         // On any error below, the upload stays removed: the staged file is deleted when
         // `blob` drops, so a failed upload leaves nothing behind.
         let received = blob.written();
@@ -693,8 +706,15 @@ impl Session {
         .await;
         res.map_err(|e| store_failure(&shared, e))?;
         let received = blob.written();
-        self.uploads
-            .insert(id, Upload::Staging { blob, size, name });
+        self.uploads.insert(
+            id,
+            Upload::Staging {
+                blob,
+                size,
+                name,
+                open,
+            },
+        );
         Ok(Reply::ChunkOk {
             upload_id: id,
             received,
@@ -704,7 +724,9 @@ impl Session {
     async fn upload_end(&mut self, id: u32, digest: [u8; 32]) -> Handled {
         let shared = Arc::clone(&self.shared);
         self.user_id()?;
-        let (blob, size, name) = self.take_staging(id)?;
+        let (blob, size, name, open) = self.take_staging(id)?;
+        // No longer open, whether it now commits or fails.
+        drop(open);
         if blob.written() != size {
             return Err(err(
                 ErrorCode::BadRequest,

@@ -167,8 +167,8 @@ pub(crate) fn failed(shared: &Shared, conn: u64, peer: SocketAddr, failure: &Han
         HandshakeFailure::Plaintext | HandshakeFailure::NotTls => &m.tls_not_tls,
         HandshakeFailure::Closed | HandshakeFailure::Failed(_) => &m.tls_handshake_failures,
     });
-    Metrics::bump(&m.connections_closed);
     let reason = failure.close_reason();
+    m.closed(reason);
     shared.record(conn, peer, EventKind::Accept);
     shared.record(
         conn,

@@ -1,0 +1,388 @@
+//! The Prometheus endpoint of `[metrics] listen`: `GET /metrics` answers the server's
+//! counters in the Prometheus text format (version 0.0.4).
+//!
+//! The counters themselves live where they are bumped ([`Metrics`], the firewall, the
+//! recorder, the detector); a scrape reads them once through a [`Collector`], and
+//! `prometheus-client` writes the exposition, so no line of the format is written here.
+//!
+//! The HTTP side is a deliberately tiny server on its own port, hardened like the protocol
+//! port: at most [`MAX_CONNECTIONS`] scrapes at once (more are closed unread), a request
+//! head of at most [`MAX_REQUEST_BYTES`] read within [`READ_TIMEOUT`], one answer per
+//! connection, then close.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::metrics::{LatencySnapshot, MetricsSnapshot};
+use super::Shared;
+
+/// Most scrapes served at once. Prometheus scrapes one at a time; a few more leave room for
+/// an operator's curl, and past them a connection costs one accept and one close.
+pub const MAX_CONNECTIONS: usize = 4;
+
+/// Longest request head read: a scraper's GET with its headers is a few hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+/// The whole request head must arrive within this, and the answer be written within it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until the server shuts down. Holds the server weakly, so an endpoint
+/// never keeps a dropped server alive.
+pub(crate) async fn serve(listener: TcpListener, shared: Weak<Shared>) {
+    let Some(shutdown) = shared.upgrade().map(|s| s.shutdown.clone()) else {
+        return;
+    };
+    let mut registry = Registry::with_prefix("rampart");
+    registry.register_collector(Box::new(Scrape(shared)));
+    let registry = Arc::new(registry);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            res = listener.accept() => res,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, most likely: the protocol port matters more; wait.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &registry)) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request head and answers it.
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_REQUEST_BYTES {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, target) = (parts.next(), parts.next());
+    match (method, target) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            let mut body = String::new();
+            match prometheus_client::encoding::prometheus_text::encode(&mut body, registry) {
+                Ok(()) => respond(&mut stream, "200 OK", &body).await,
+                Err(_) => respond(&mut stream, "500 Internal Server Error", "").await,
+            }
+        }
+        (Some(b"GET"), _) => respond(&mut stream, "404 Not Found", "").await,
+        _ => respond(&mut stream, "405 Method Not Allowed", "").await,
+    }
+}
+
+/// Writes a whole HTTP/1.1 answer and closes.
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Reads every counter at scrape time.
+struct Scrape(Weak<Shared>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+/// One metric family's name (after the `rampart_` prefix; counters get `_total`) and help.
+type Family = (&'static str, &'static str);
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(shared) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let m = shared.metrics.snapshot();
+        plain_counters(&mut e, &m)?;
+        for (family, label, values) in [
+            (
+                (
+                    "connections_refused_by_reason",
+                    "Connections refused at accept, by refusal.",
+                ),
+                "reason",
+                &m.refused_by,
+            ),
+            (
+                (
+                    "connections_closed_by_reason",
+                    "Connections closed, by close reason.",
+                ),
+                "reason",
+                &m.closed_by,
+            ),
+            (
+                (
+                    "decode_errors",
+                    "Frames rejected by the decoder, by reason.",
+                ),
+                "reason",
+                &m.decode_errors,
+            ),
+            (
+                (
+                    "rate_limited_by_limit",
+                    "Requests and logins refused by a rate limiter, by limit.",
+                ),
+                "limit",
+                &m.limited_by,
+            ),
+            (
+                ("frames_in_by_kind", "Frames received and decoded, by kind."),
+                "kind",
+                &m.frames_in_by,
+            ),
+            (
+                ("frames_out_by_kind", "Reply frames queued, by kind."),
+                "kind",
+                &m.frames_out_by,
+            ),
+        ] {
+            labelled(&mut e, family, label, values)?;
+        }
+        let mut fm = e.encode_descriptor(
+            "firewall_decisions",
+            "Firewall decisions, by action (block, shadow_block, allowed, unblock) and the \
+             signal that triggered them (operator for an unblock).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, trigger, n) in shared.firewall.decision_counts() {
+            let labels = [
+                ("action", action.as_str()),
+                ("trigger", trigger.map_or("operator", |s| s.as_str())),
+            ];
+            ConstCounter::new(n).encode(fm.encode_family(&labels)?)?;
+        }
+        let r = shared.recorder.stats();
+        for ((name, help), n) in [
+            (("recorder_events", "Activity events recorded."), r.recorded),
+            (
+                (
+                    "recorder_shed",
+                    "Activity events shed (full channel or disk).",
+                ),
+                r.shed,
+            ),
+        ] {
+            counter(&mut e, (name, help), n)?;
+        }
+        if let Some(d) = shared
+            .detection
+            .as_ref()
+            .map(super::detector::Detection::stats)
+        {
+            for ((name, help), n) in [
+                (
+                    ("model_windows", "Activity windows the model scored."),
+                    d.windows,
+                ),
+                (
+                    ("model_anomalies", "Windows the model found anomalous."),
+                    d.anomalies,
+                ),
+                (
+                    ("model_shed", "Anomalies shed because the relay was full."),
+                    d.shed,
+                ),
+            ] {
+                counter(&mut e, (name, help), n)?;
+            }
+        }
+        histogram(
+            &mut e,
+            (
+                "store_commit_seconds",
+                "How long each store delivery kept its session waiting (group commit and fsync).",
+            ),
+            &shared.metrics.store_commit.snapshot(),
+        )?;
+        histogram(
+            &mut e,
+            (
+                "event_loop_lag_seconds",
+                "How late the event loop ran a timer due every 10 ms.",
+            ),
+            &shared.metrics.loop_lag.snapshot(),
+        )?;
+        gauge(
+            &mut e,
+            ("open_uploads", "Uploads staged and not yet finished."),
+            i64::try_from(m.open_uploads).unwrap_or(i64::MAX),
+        )?;
+        if let Some(bytes) = resident_bytes() {
+            gauge(
+                &mut e,
+                ("resident_memory_bytes", "Resident set size of the process."),
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The unlabelled counters of [`MetricsSnapshot`].
+fn plain_counters(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> Result<(), std::fmt::Error> {
+    for (family, n) in [
+        (
+            ("connections_accepted", "Connections admitted."),
+            m.connections_accepted,
+        ),
+        (
+            ("connections_refused", "Connections refused at accept."),
+            m.connections_refused,
+        ),
+        (
+            ("connections_closed", "Connections closed, for any reason."),
+            m.connections_closed,
+        ),
+        (("frames_in", "Frames received and decoded."), m.frames_in),
+        (("frames_out", "Reply frames queued."), m.frames_out),
+        (("bytes_in", "Bytes read from clients."), m.bytes_in),
+        (("bytes_out", "Bytes written to clients."), m.bytes_out),
+        (
+            ("rate_limited", "Requests refused by a rate limiter."),
+            m.rate_limited,
+        ),
+        (("auth_ok", "Successful logins."), m.auth_ok),
+        (("auth_failed", "Failed logins."), m.auth_failed),
+        (
+            ("permission_denied", "Requests for another user's item."),
+            m.permission_denied,
+        ),
+        (("timeouts", "Sessions ended by a time limit."), m.timeouts),
+        (
+            ("panics", "Connection tasks that panicked (contained)."),
+            m.panics,
+        ),
+        (
+            ("internal_errors", "Requests answered INTERNAL."),
+            m.internal_errors,
+        ),
+        (
+            ("items_delivered", "Items durably committed."),
+            m.items_delivered,
+        ),
+        (
+            ("accept_errors", "Errors from accept() itself."),
+            m.accept_errors,
+        ),
+        (
+            ("tls_handshakes", "TLS handshakes completed."),
+            m.tls_handshakes,
+        ),
+        (
+            ("tls_handshake_failures", "TLS handshakes that failed."),
+            m.tls_handshake_failures,
+        ),
+        (
+            (
+                "tls_handshake_timeouts",
+                "TLS handshakes cut at their time budget.",
+            ),
+            m.tls_handshake_timeouts,
+        ),
+        (
+            (
+                "tls_handshakes_capped",
+                "Connections closed because the handshake caps were full.",
+            ),
+            m.tls_handshakes_capped,
+        ),
+        (
+            (
+                "tls_not_tls",
+                "Connections to the TLS port that did not speak TLS.",
+            ),
+            m.tls_not_tls,
+        ),
+    ] {
+        counter(e, family, n)?;
+    }
+    Ok(())
+}
+
+fn counter(e: &mut DescriptorEncoder, (name, help): Family, n: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(n).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, (name, help): Family, n: i64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(n).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A counter family with one label, one series per name of its vocabulary.
+fn labelled(
+    e: &mut DescriptorEncoder,
+    (name, help): Family,
+    label: &'static str,
+    values: &std::collections::BTreeMap<&'static str, u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut fm = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(*n).encode(fm.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+/// A latency histogram, in seconds as Prometheus names them.
+fn histogram(
+    e: &mut DescriptorEncoder,
+    (name, help): Family,
+    h: &LatencySnapshot,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|(bound, n)| (bound.map_or(f64::INFINITY, |us| us as f64 / 1e6), *n))
+        .collect();
+    let sum = h.sum_us as f64 / 1e6;
+    e.encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, h.count, &buckets, None)
+}
+
+/// The process's resident set size from `/proc/self/statm` (pages, times the page size);
+/// `None` where there is no such file (not Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = rustix::param::page_size() as u64;
+    pages.checked_mul(page)
+}
