@@ -14,13 +14,13 @@ use super::load_config;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Parse and check a configuration file. Prints "ok", then which keys a running server
-    /// would not apply on reload (SIGHUP); an error names the key and the reason and exits
-    /// with status 1.
+    /// Parse and check a configuration file. Prints "ok" on stdout, or an error naming the
+    /// key and the reason and exits with status 1.
     #[command(
-        after_help = "Without --against, lists the keys set in FILE that need a \
-restart to change (a reload keeps their running values). With --against RUNNING_FILE (the file \
-the server runs with), lists every key whose value differs, each marked \"reload\" (applied by \
+        after_help = "Without --against, stdout is just \"ok\", and the keys set in \
+FILE that need a restart to change (a reload keeps their running values) are listed on \
+stderr. With --against RUNNING_FILE (the file \
+the server runs with), stdout lists every key whose value differs, each marked \"reload\" (applied by \
 SIGHUP) or \"restart\" (kept until the server restarts). Options given to `rampart serve` on \
 the command line (--tls-cert, --tls-key, --insecure-plaintext) are not in either file and are \
 not compared.\n\nExamples:\n  rampart config check new.toml\n  rampart config check new.toml \
@@ -76,7 +76,8 @@ fn print_changes(running: &Config, new: &Config) {
     );
 }
 
-/// Lists the keys set in `file` that a reload does not apply.
+/// Lists the keys set in `file` that a reload does not apply, on stderr: stdout stays the
+/// bare verdict "ok" that scripts check.
 fn print_restart_only(file: &PathBuf) -> Result<()> {
     // Already parsed and checked as a Config; read again for the keys it sets itself.
     let text =
@@ -88,11 +89,11 @@ fn print_restart_only(file: &PathBuf) -> Result<()> {
         .filter(|k| !is_live(k))
         .collect();
     if keys.is_empty() {
-        println!("every key set here is applied by a reload (SIGHUP)");
+        eprintln!("every key set here is applied by a reload (SIGHUP)");
     } else {
-        println!("keys set here that need a restart to change (a reload keeps them):");
+        eprintln!("keys set here that need a restart to change (a reload keeps them):");
         for k in keys {
-            println!("  {k}");
+            eprintln!("  {k}");
         }
     }
     Ok(())

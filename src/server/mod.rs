@@ -657,7 +657,8 @@ fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
 /// [`fit_to_descriptors`] did at start (quietly: a file unchanged since start must not read
 /// as a change every reload). `max_open_uploads` is the running one: it is restart-only.
 fn fit_reload_to_descriptors(new: &mut Config, running: &Config) {
-    let soft = fds::raise_limit().soft;
+    // Read, not raised: start-up raised it already, and a reload changes no process state.
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     if let Some(cap) = fds::connection_cap(soft, running.limits.max_open_uploads) {
         new.limits.max_connections = new.limits.max_connections.min(cap);
         new.limits.max_connections_per_ip = new.limits.max_connections_per_ip.min(cap);
