@@ -85,14 +85,10 @@ where
         Ok(Ok(stream)) => {
             if let Some(v) = &tls.first_use {
                 match v.confirm() {
-                    Ok(Some(fp)) => {
-                        tracing::warn!(server = %shown, fingerprint = %fp, "first connection to this server: its certificate is now trusted (trust on first use)")
-                    }
+                    Ok(Some(fp)) => tracing::warn!(server = %shown, fingerprint = %fp, "first connection to this server: its certificate is now trusted (trust on first use)"),
                     Ok(None) => {}
                     // Like ssh: the session goes on, but the next connection will ask again.
-                    Err(e) => {
-                        tracing::warn!(server = %shown, "could not record the server's certificate, so it will be trusted on first use again next time: {e}")
-                    }
+                    Err(e) => tracing::warn!(server = %shown, "could not record the server's certificate, so it will be trusted on first use again next time: {e}"),
                 }
             }
             Ok(Conn::Tls(Box::new(stream)))
