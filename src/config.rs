@@ -18,6 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::protocol::limits::HARD_MAX_FRAME;
 
+pub mod reload;
+
 /// Bytes reserved in a frame for the fields that travel next to a data chunk (request id,
 /// upload id, offset, flags). 64 is generous: those fields take about 30 bytes today.
 pub const CHUNK_HEADROOM_BYTES: u32 = 64;

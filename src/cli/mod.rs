@@ -3,6 +3,7 @@
 mod activity;
 mod cert;
 mod client;
+mod config;
 mod demo;
 mod firewall;
 mod load;
@@ -49,7 +50,8 @@ enum Command {
     /// Run the hardened server.
     #[command(
         after_help = "Prints \"listening on IP:PORT\" as its first line on stdout, then \
-serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data --listen 127.0.0.1:0"
+serves until SIGINT or SIGTERM. SIGHUP reloads the --config file without dropping \
+connections (see --config).\n\nExample:\n  rampart serve --data-dir ./data --listen 127.0.0.1:0"
     )]
     Serve(serve::ServeArgs),
     /// Manage user accounts in a data directory (the server may be stopped or running).
@@ -62,7 +64,7 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     Cert(cert::CertCommand),
     /// Check or print the configuration.
     #[command(subcommand)]
-    Config(ConfigCommand),
+    Config(config::ConfigCommand),
     /// Run attack scenarios against the server and check their expectations.
     #[command(subcommand)]
     Scenario(scenario::ScenarioCommand),
@@ -80,17 +82,6 @@ serves until SIGINT or SIGTERM.\n\nExample:\n  rampart serve --data-dir ./data -
     /// Start a server on 127.0.0.1 in a temporary directory, exchange messages, mail and
     /// files, attack it a little, and report what happened.
     Demo(demo::DemoArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Parse and check a configuration file; prints "ok" or the offending key.
-    Check {
-        /// The TOML file.
-        file: PathBuf,
-    },
-    /// Print the defaults as TOML.
-    Defaults,
 }
 
 /// Loads the configuration file if one was given, else the defaults.
@@ -156,15 +147,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(cmd) => user::run(cmd),
         Command::Client(args) => rt.block_on(client::run(args)),
         Command::Cert(cmd) => cert::run(cmd),
-        Command::Config(ConfigCommand::Check { file }) => {
-            load_config(Some(&file))?;
-            println!("ok");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Config(ConfigCommand::Defaults) => {
-            print!("{}", toml::to_string_pretty(&Config::default())?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Config(cmd) => config::run(cmd),
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Firewall(cmd) => firewall::run(cmd),
         Command::Load(args) => rt.block_on(load::run(args)),

@@ -1,4 +1,5 @@
-//! `rampart serve`: run the hardened server until SIGINT or SIGTERM.
+//! `rampart serve`: run the hardened server until SIGINT or SIGTERM; SIGHUP reloads the
+//! configuration file.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use rampart::server::{Server, ServerError};
+use rampart::config::Config;
+use rampart::server::{Server, ServerError, ServerHandle};
 use rampart::store::StoreError;
 
 use super::load_config;
@@ -22,6 +24,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// Configuration file (TOML); see rampart.example.toml. Defaults apply without it.
+    /// SIGHUP re-reads it: limits, timeouts, rates, the [ip] allow and deny lists and the
+    /// firewall's weights and thresholds change without dropping connections; a file with
+    /// an error is ignored (the running configuration stays), and keys that need a restart
+    /// are logged and keep their running values (`rampart config check FILE --against`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Overrides [tls] cert.
@@ -43,34 +49,78 @@ pub struct ServeArgs {
     model: super::ModelArgs,
 }
 
-/// Resolves when the process receives SIGINT or SIGTERM.
-async fn shutdown_signal() -> Result<()> {
+/// Serves until the process receives SIGINT or SIGTERM, reloading the configuration on
+/// every SIGHUP.
+async fn serve_until_stopped(handle: &ServerHandle, args: &ServeArgs) -> Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-            _ = term.recv() => {}
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return r.context("cannot listen for SIGINT"),
+                _ = term.recv() => return Ok(()),
+                _ = hup.recv() => reload(handle, args),
+            }
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for ctrl-c")?;
-    Ok(())
+    {
+        let _ = (handle, args);
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for ctrl-c")
+    }
 }
 
-pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+/// Re-reads the configuration file and applies it; on an error the running configuration
+/// stays and the error (naming the key) is logged.
+#[cfg(unix)]
+fn reload(handle: &ServerHandle, args: &ServeArgs) {
+    let Some(path) = &args.config else {
+        tracing::warn!("SIGHUP: no --config file to reload, nothing changes");
+        return;
+    };
+    tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match file_config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "configuration not reloaded, the running one stays"
+            );
+            return;
+        }
+    };
+    // The server logs each change and each key that needs a restart.
+    if let Ok(report) = handle.reload(config) {
+        tracing::info!(
+            applied = report.applied.len(),
+            need_restart = report.restart.len(),
+            connections_cut = report.cut,
+            "configuration reloaded"
+        );
+    }
+}
+
+/// The configuration file (or the defaults) with the command line's overrides applied, so
+/// a reload compares like with like.
+fn file_config(args: &ServeArgs) -> Result<Config> {
     let mut config = load_config(args.config.as_ref())?;
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls.cert = Some(cert);
-        config.tls.key = Some(key);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert = Some(cert.clone());
+        config.tls.key = Some(key.clone());
     }
     config.tls.insecure_plaintext |= args.insecure_plaintext;
     if let Some(addr) = args.metrics_listen {
         config.metrics.listen = Some(addr);
     }
+    Ok(config)
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    let config = file_config(&args)?;
     // `firewall.model = "off"` is `--no-model` in the configuration file.
     let model = match config.firewall.model {
         rampart::config::ModelMode::Off => None,
@@ -103,7 +153,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         }
         out.flush()?;
     }
-    shutdown_signal().await?;
+    serve_until_stopped(&handle, &args).await?;
     tracing::info!("shutting down");
     let metrics = handle.metrics();
     handle.shutdown().await;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::activity::{now_ms, DecisionRecord, Recorder};
+use crate::config::reload::Live;
 use crate::config::{Config, FirewallConfig};
 use crate::guard::{Guard, SourceKey};
 use crate::protocol::error::vocabulary;
@@ -165,10 +166,33 @@ impl Score {
     }
 }
 
+/// The firewall's reloadable settings, swapped whole by [`Firewall::reload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    fw: FirewallConfig,
+    /// `ip.block_secs`, the first block's length.
+    block_secs: u64,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            fw: config.firewall.clone(),
+            block_secs: config.ip.block_secs,
+        }
+    }
+
+    fn half_life(&self) -> Duration {
+        Duration::from_secs(self.fw.half_life_s)
+    }
+}
+
 /// The rule-based firewall, shared by every connection.
 pub struct Firewall {
-    cfg: FirewallConfig,
-    block_secs: u64,
+    /// Shared with the [`Firewall::shadow_board`], so a reload reaches both.
+    settings: Arc<Live<Settings>>,
+    /// Set on a shadow board: every decision is `shadow_block`, whatever `firewall.shadow`.
+    force_shadow: bool,
     max_sources: usize,
     ipv6_prefix: u8,
     guard: Arc<Guard>,
@@ -215,7 +239,7 @@ impl DecisionCounts {
 impl std::fmt::Debug for Firewall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Firewall")
-            .field("cfg", &self.cfg)
+            .field("settings", &self.settings.load())
             .finish_non_exhaustive()
     }
 }
@@ -228,8 +252,8 @@ impl Firewall {
     /// A firewall that blocks through `guard`, configured by `config.firewall`.
     pub fn new(config: &Config, guard: Arc<Guard>) -> Firewall {
         Firewall {
-            cfg: config.firewall.clone(),
-            block_secs: config.ip.block_secs,
+            settings: Arc::new(Live::new(Settings::of(config))),
+            force_shadow: false,
             max_sources: config.limits.max_tracked_sources as usize,
             ipv6_prefix: config.ip.ipv6_prefix,
             guard,
@@ -269,7 +293,7 @@ impl Firewall {
         if strength <= 0.0 {
             return None;
         }
-        let points = f64::from(self.cfg.weight_model_anomaly) * strength;
+        let points = f64::from(self.settings.load().fw.weight_model_anomaly) * strength;
         self.signal_with(ip, Signal::ModelAnomaly, points, Some(explanation))
     }
 
@@ -280,13 +304,14 @@ impl Firewall {
     /// one of the signal's count in the next decision's reason. A decision already taken
     /// stands.
     pub fn forgive(&self, ip: IpAddr, signal: Signal, ages: &[Duration]) {
-        if !self.cfg.enabled || ages.is_empty() {
+        let settings = self.settings.load();
+        if !settings.fw.enabled || ages.is_empty() {
             return;
         }
         let source = SourceKey::from_ip(ip, self.ipv6_prefix);
         let now = Instant::now();
-        let half_life = self.half_life();
-        let weight = f64::from(signal.weight(&self.cfg));
+        let half_life = settings.half_life();
+        let weight = f64::from(signal.weight(&settings.fw));
         let mut scores = lock(&self.scores);
         let Some(s) = scores.get_mut(&source) else {
             return;
@@ -313,11 +338,9 @@ impl Firewall {
     /// It holds no recorder on purpose: the detector's relay thread owns it, and a
     /// recorder there would keep the recorder's writer thread, and so the relay, alive.
     pub fn shadow_board(&self) -> Firewall {
-        let mut cfg = self.cfg.clone();
-        cfg.shadow = true;
         Firewall {
-            cfg,
-            block_secs: self.block_secs,
+            settings: Arc::clone(&self.settings),
+            force_shadow: true,
             max_sources: self.max_sources,
             ipv6_prefix: self.ipv6_prefix,
             guard: Arc::clone(&self.guard),
@@ -391,13 +414,29 @@ impl Firewall {
     }
 
     fn half_life(&self) -> Duration {
-        Duration::from_secs(self.cfg.half_life_s)
+        self.settings.load().half_life()
+    }
+
+    /// Applies the reloadable settings of `config` (a checked configuration): whether the
+    /// firewall is on or in shadow mode, its threshold, half-life, escalation, longest block,
+    /// every weight, and `ip.block_secs`. Scores, escalation counts and blocks in force keep
+    /// their state; the next signal is weighed and judged under the new settings. The
+    /// model mode and the tracked-source cap stay as they were. Returns whether anything
+    /// changed.
+    pub fn reload(&self, config: &Config) -> bool {
+        let next = Settings::of(config);
+        let changed = *self.settings.load() != next;
+        if changed {
+            self.settings.store(next);
+        }
+        changed
     }
 
     /// Reports a signal from `ip`. Returns the decision if this signal tipped the source over
     /// the threshold.
     pub fn signal(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
-        self.signal_with(ip, signal, f64::from(signal.weight(&self.cfg)), None)
+        let weight = signal.weight(&self.settings.load().fw);
+        self.signal_with(ip, signal, f64::from(weight), None)
     }
 
     fn signal_with(
@@ -407,7 +446,8 @@ impl Firewall {
         points: f64,
         detail: Option<&str>,
     ) -> Option<Decision> {
-        if !self.cfg.enabled || points <= 0.0 {
+        let settings = self.settings.load();
+        if !settings.fw.enabled || points <= 0.0 {
             return None;
         }
         let source = SourceKey::from_ip(ip, self.ipv6_prefix);
@@ -417,7 +457,7 @@ impl Firewall {
             if !scores.contains_key(&source) && scores.len() >= self.max_sources {
                 // Full: forget what has decayed before admitting a newcomer; if nothing has,
                 // the newcomer is not tracked (its signals still count once it fits).
-                let half_life = self.half_life();
+                let half_life = settings.half_life();
                 scores.retain(|_, s| s.decayed(now, half_life) >= FORGET_BELOW);
                 if scores.len() >= self.max_sources {
                     return None;
@@ -442,7 +482,7 @@ impl Firewall {
             if s.decided_until.is_some_and(|t| now < t) {
                 return None;
             }
-            s.points = s.decayed(now, self.half_life()) + points;
+            s.points = s.decayed(now, settings.half_life()) + points;
             s.updated = now;
             match s.recent.iter_mut().find(|(k, _)| *k == signal) {
                 Some((_, n)) => *n = n.saturating_add(1),
@@ -450,7 +490,7 @@ impl Firewall {
             }
             // The tolerance absorbs the decay between signals a few seconds apart, so that
             // weights that add up to the threshold reach it.
-            let threshold = f64::from(self.cfg.threshold);
+            let threshold = f64::from(settings.fw.threshold);
             if s.points < threshold * (1.0 - THRESHOLD_TOLERANCE) {
                 return None;
             }
@@ -487,11 +527,11 @@ impl Firewall {
             let blocks = s.blocks;
             s.points = 0.0;
             let signals = std::mem::take(&mut s.recent);
-            let factor = u64::from(self.cfg.escalation).saturating_pow(blocks);
-            let duration_s = self
+            let factor = u64::from(settings.fw.escalation).saturating_pow(blocks);
+            let duration_s = settings
                 .block_secs
                 .saturating_mul(factor)
-                .min(self.cfg.max_block_secs);
+                .min(settings.fw.max_block_secs);
             // Rule signals name their connection, so a block they tip spares logged-in
             // sessions that sent none; the model judges the source's whole window and cannot
             // tell its sessions apart, so a block it tips cuts them all.
@@ -503,7 +543,7 @@ impl Firewall {
                     self.guard.block_offence(ip, for_, &reason)
                 }
             };
-            let action = if self.cfg.shadow {
+            let action = if settings.fw.shadow || self.force_shadow {
                 Action::ShadowBlock
             } else if blocked() {
                 Action::Block

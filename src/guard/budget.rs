@@ -53,6 +53,12 @@ impl LoginBudgets {
         }
     }
 
+    /// Changes both allowances (a reload), keeping every source's recorded state.
+    pub(crate) fn set_allowances(&mut self, failures: (u32, u32), successes: (u32, u32)) {
+        self.failures = Backoff::new(failures.0, failures.1);
+        self.successes = Backoff::new(successes.0, successes.1);
+    }
+
     /// Whether `source` may have one more login verified at `now`: neither of its allowances
     /// is spent. If so, takes one failure for the attempt until it is settled.
     pub(crate) fn reserve(&mut self, source: SourceKey, now: Duration) -> bool {

@@ -70,6 +70,18 @@ impl ConnTable {
         Some(conn)
     }
 
+    /// Cuts every open connection `pred` picks; returns how many.
+    pub(crate) fn cut_where(&self, pred: impl Fn(&OpenConn) -> bool) -> u32 {
+        let mut n = 0u32;
+        for conn in self.by_source.values().flat_map(|c| c.values()) {
+            if pred(conn) {
+                conn.cut.cancel();
+                n = n.saturating_add(1);
+            }
+        }
+        n
+    }
+
     /// Open connections from `source`.
     pub(crate) fn count_of(&self, source: &SourceKey) -> u32 {
         self.by_source

@@ -123,6 +123,13 @@ impl LoginHistory {
         }
     }
 
+    /// Changes the account failure allowance and the failures that hold a source back
+    /// (a reload), keeping every account's and source's recorded state.
+    pub(crate) fn set_limits(&mut self, per_minute: u32, burst: u32, source_failures: u32) {
+        self.backoff = Backoff::new(per_minute, burst);
+        self.source_failures = source_failures.max(1);
+    }
+
     /// The standing of `source` for `account` at `now`: proven if it logged in to the
     /// account recently; held back if the account's failure backoff is active and the source
     /// has `source_failures` recent failures of its own; new otherwise.

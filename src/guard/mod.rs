@@ -55,7 +55,8 @@ use governor::Quota;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FirewallConfig, MAX_BLOCK_SECS};
+use crate::config::reload::Live;
+use crate::config::{Config, FirewallConfig, RatesConfig, MAX_BLOCK_SECS};
 use crate::protocol::BlockedNotice;
 
 pub use blocklist::BlockEntry;
@@ -183,21 +184,108 @@ pub struct GuardStats {
     pub blocked: usize,
 }
 
-/// Admission control shared by the accept loop and every connection. See the module docs.
-pub struct Guard {
-    clock: GuardClock,
-    ipv6_prefix: u8,
+/// What [`Guard::reload`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuardReload {
+    /// Rate limiters rebuilt because their quota changed (their per-source state starts
+    /// afresh: every source has its full burst again). The per-connection limiter counts
+    /// once; each connection's is replaced at its next frame.
+    pub limiters_rebuilt: u32,
+    /// Open connections cut because their address is now on the deny list.
+    pub cut: u32,
+}
+
+/// The guard's reloadable settings, swapped whole by [`Guard::reload`].
+struct Policy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     max_connections: u32,
     max_connections_per_ip: u32,
     max_unauthenticated: u32,
     max_unauthenticated_per_ip: u32,
-    max_tracked: usize,
     conn_quota: Quota,
-    accepts: KeyedLimiter<SourceKey>,
-    frames_ip: KeyedLimiter<SourceKey>,
-    frames_user: KeyedLimiter<i64>,
+    accepts: Arc<KeyedLimiter<SourceKey>>,
+    frames_ip: Arc<KeyedLimiter<SourceKey>>,
+    frames_user: Arc<KeyedLimiter<i64>>,
+}
+
+impl Policy {
+    /// The policy of `cfg`. A keyed limiter whose quota `old` already has is kept, with its
+    /// per-source state; only a changed quota starts a limiter afresh.
+    fn new(cfg: &Config, old: Option<&Policy>, clock: &GuardClock) -> Policy {
+        fn keep_or_new<K: std::hash::Hash + Eq + Clone>(
+            quota: Quota,
+            old: Option<&Arc<KeyedLimiter<K>>>,
+            clock: &GuardClock,
+        ) -> Arc<KeyedLimiter<K>> {
+            match old {
+                Some(l) if l.quota() == quota => Arc::clone(l),
+                _ => Arc::new(KeyedLimiter::new(quota, clock)),
+            }
+        }
+        let r = &cfg.rates;
+        Policy {
+            allow: cfg.ip.allow.clone(),
+            deny: cfg.ip.deny.clone(),
+            max_connections: cfg.limits.max_connections,
+            max_connections_per_ip: cfg.limits.max_connections_per_ip,
+            max_unauthenticated: cfg.limits.preauth_connections,
+            max_unauthenticated_per_ip: cfg.limits.preauth_connections_per_ip,
+            conn_quota: rate::per_second(r.frames_per_s_per_conn, r.frames_burst_per_conn),
+            accepts: keep_or_new(
+                rate::per_second(r.accepts_per_s_per_ip, r.accepts_burst_per_ip),
+                old.map(|p| &p.accepts),
+                clock,
+            ),
+            frames_ip: keep_or_new(
+                rate::per_second(r.frames_per_s_per_ip, r.frames_burst_per_ip),
+                old.map(|p| &p.frames_ip),
+                clock,
+            ),
+            frames_user: keep_or_new(
+                rate::per_second(r.frames_per_s_per_user, r.frames_burst_per_user),
+                old.map(|p| &p.frames_user),
+                clock,
+            ),
+        }
+    }
+
+    /// How many of this policy's limiters are not `old`'s.
+    fn rebuilt_since(&self, old: &Policy) -> u32 {
+        [
+            !Arc::ptr_eq(&self.accepts, &old.accepts),
+            !Arc::ptr_eq(&self.frames_ip, &old.frames_ip),
+            !Arc::ptr_eq(&self.frames_user, &old.frames_user),
+            self.conn_quota != old.conn_quota,
+        ]
+        .into_iter()
+        .map(u32::from)
+        .sum()
+    }
+}
+
+/// A source's allowance of failed logins: (per minute, burst).
+fn failure_allowance(r: &RatesConfig) -> (u32, u32) {
+    (r.logins_per_min_per_ip, r.logins_burst_per_ip)
+}
+
+/// A source's allowance of successful logins. Never less than its failures': a config that
+/// raises the failures' allowance (a benchmark, a test logging in thousands of times) raises
+/// the successes' with it.
+fn success_allowance(r: &RatesConfig) -> (u32, u32) {
+    (
+        r.logins_ok_per_min_per_ip.max(r.logins_per_min_per_ip),
+        r.logins_ok_burst_per_ip.max(r.logins_burst_per_ip),
+    )
+}
+
+/// Admission control shared by the accept loop and every connection. See the module docs.
+pub struct Guard {
+    clock: GuardClock,
+    ipv6_prefix: u8,
+    max_tracked: usize,
+    /// What a reload may change ([`Guard::reload`]); read once per decision.
+    policy: Live<Policy>,
     /// `blocked` notices written at accept, per source ([`Guard::blocked_notice`]).
     notices: KeyedLimiter<SourceKey>,
     /// Accounts are keyed by a hash of the name, so a key costs 8 bytes however long the
@@ -222,26 +310,8 @@ impl Guard {
         let max_tracked = usize::try_from(cfg.limits.max_tracked_sources).unwrap_or(usize::MAX);
         Guard {
             ipv6_prefix: cfg.ip.ipv6_prefix,
-            allow: cfg.ip.allow.clone(),
-            deny: cfg.ip.deny.clone(),
-            max_connections: cfg.limits.max_connections,
-            max_connections_per_ip: cfg.limits.max_connections_per_ip,
-            max_unauthenticated: cfg.limits.preauth_connections,
-            max_unauthenticated_per_ip: cfg.limits.preauth_connections_per_ip,
             max_tracked,
-            conn_quota: rate::per_second(r.frames_per_s_per_conn, r.frames_burst_per_conn),
-            accepts: KeyedLimiter::new(
-                rate::per_second(r.accepts_per_s_per_ip, r.accepts_burst_per_ip),
-                &clock,
-            ),
-            frames_ip: KeyedLimiter::new(
-                rate::per_second(r.frames_per_s_per_ip, r.frames_burst_per_ip),
-                &clock,
-            ),
-            frames_user: KeyedLimiter::new(
-                rate::per_second(r.frames_per_s_per_user, r.frames_burst_per_user),
-                &clock,
-            ),
+            policy: Live::new(Policy::new(cfg, None, &clock)),
             notices: KeyedLimiter::new(
                 rate::per_second(NOTICES_PER_S_PER_SOURCE, NOTICES_BURST_PER_SOURCE),
                 &clock,
@@ -252,22 +322,47 @@ impl Guard {
                     r.logins_burst_per_user,
                     failures_to_block(&cfg.firewall),
                 ),
-                // Successes are never allowed less than failures: a config that raises the
-                // failures' allowance (a benchmark, a test logging in thousands of times)
-                // raises the successes' with it.
-                budgets: LoginBudgets::new(
-                    (r.logins_per_min_per_ip, r.logins_burst_per_ip),
-                    (
-                        r.logins_ok_per_min_per_ip.max(r.logins_per_min_per_ip),
-                        r.logins_ok_burst_per_ip.max(r.logins_burst_per_ip),
-                    ),
-                ),
+                budgets: LoginBudgets::new(failure_allowance(r), success_allowance(r)),
                 retries: Retries::new(),
             }),
             next_id: AtomicU64::new(1),
             blocks: Mutex::new(Blocklist::new(max_tracked)),
             conns: Arc::new(Mutex::new(ConnTable::default())),
             clock,
+        }
+    }
+
+    /// Applies the reloadable settings of `cfg` (a checked configuration): the allow and
+    /// deny lists, the connection caps, the frame, accept and login rates, and the failures
+    /// that hold a source back from an account in backoff. The IPv6 prefix and
+    /// `limits.max_tracked_sources` stay as they were (they size state that exists).
+    ///
+    /// A limiter whose quota changed starts afresh; the others, the login history and
+    /// every runtime block keep their state. Open connections from an address now on the
+    /// deny list are cut: the deny list is absolute, and a session that outlived it would
+    /// be a hole the operator did not ask for.
+    pub fn reload(&self, cfg: &Config) -> GuardReload {
+        let blocks = self.lock_blocks();
+        let old = self.policy.load();
+        let policy = Policy::new(cfg, Some(&old), &self.clock);
+        let limiters_rebuilt = policy.rebuilt_since(&old);
+        let deny = policy.deny.clone();
+        self.policy.store(policy);
+        let cut = conns::lock(&self.conns).cut_where(|c| listed(&deny, c.ip));
+        drop(blocks);
+        let r = &cfg.rates;
+        let mut logins = self.lock_logins();
+        logins.history.set_limits(
+            r.logins_per_min_per_user,
+            r.logins_burst_per_user,
+            failures_to_block(&cfg.firewall),
+        );
+        logins
+            .budgets
+            .set_allowances(failure_allowance(r), success_allowance(r));
+        GuardReload {
+            limiters_rebuilt,
+            cut,
         }
     }
 
@@ -288,32 +383,36 @@ impl Guard {
     /// (`limits.preauth_connections*`, refused with the same reasons): a new connection has
     /// not logged in, and strangers get only their own, smaller share of the server.
     pub fn admit(&self, peer: IpAddr) -> Result<ConnTicket, Refusal> {
-        if listed(&self.deny, peer) {
+        let source = self.source_of(peer);
+        // The policy is read under the blocklist lock, which a reload also holds while it
+        // swaps the policy and cuts newly denied connections: a connection is either
+        // admitted under the new policy or in the table when the reload looks.
+        let blocks = self.lock_blocks();
+        let policy = self.policy.load();
+        if listed(&policy.deny, peer) {
             return Err(Refusal::Denied);
         }
-        let source = self.source_of(peer);
-        let blocks = self.lock_blocks();
-        if !listed(&self.allow, peer) {
+        if !listed(&policy.allow, peer) {
             if let Some(b) = blocks.active(&source, self.clock.elapsed()) {
                 return Err(Refusal::Blocked {
                     until: self.clock.wall(b.until),
                 });
             }
         }
-        if !self.accepts.check(&source) {
+        if !policy.accepts.check(&source) {
             return Err(Refusal::AcceptRate);
         }
         let mut conns = conns::lock(&self.conns);
-        if conns.total() >= self.max_connections {
+        if conns.total() >= policy.max_connections {
             return Err(Refusal::TooManyConnections);
         }
-        if conns.count_of(&source) >= self.max_connections_per_ip {
+        if conns.count_of(&source) >= policy.max_connections_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
-        if conns.unauthenticated() >= self.max_unauthenticated {
+        if conns.unauthenticated() >= policy.max_unauthenticated {
             return Err(Refusal::TooManyConnections);
         }
-        if conns.unauthenticated_of(&source) >= self.max_unauthenticated_per_ip {
+        if conns.unauthenticated_of(&source) >= policy.max_unauthenticated_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
         Ok(self.register(&mut conns, source, peer, false))
@@ -351,11 +450,12 @@ impl Guard {
     /// Takes one frame from the source's allowance and, for an authenticated session, from
     /// the user's (`user` is the store's user id).
     pub fn check_frame(&self, source: SourceKey, user: Option<i64>) -> Result<(), Limited> {
-        if !self.frames_ip.check(&source) {
+        let policy = self.policy.load();
+        if !policy.frames_ip.check(&source) {
             return Err(Limited::Ip);
         }
         if let Some(user) = user {
-            if !self.frames_user.check(&user) {
+            if !policy.frames_user.check(&user) {
                 return Err(Limited::User);
             }
         }
@@ -378,7 +478,17 @@ impl Guard {
 
     /// A fresh frame limiter for one connection (`rates.frames_per_s_per_conn`).
     pub fn connection_limiter(&self) -> ConnLimiter {
-        ConnLimiter::new(self.conn_quota, &self.clock)
+        ConnLimiter::new(self.policy.load().conn_quota, &self.clock)
+    }
+
+    /// Replaces `conn` with a fresh limiter if a reload changed
+    /// `rates.frames_*_per_conn` since it was made (its allowance starts full again);
+    /// otherwise leaves it alone. Call it before [`Guard::admit_frame`].
+    pub fn refresh_limiter(&self, conn: &mut ConnLimiter) {
+        let quota = self.policy.load().conn_quota;
+        if conn.quota() != quota {
+            *conn = ConnLimiter::new(quota, &self.clock);
+        }
     }
 
     /// Decides whether a login to `user_name` from `source` may be verified. Call it before
@@ -481,7 +591,8 @@ impl Guard {
     }
 
     fn block_cutting(&self, ip: IpAddr, for_: Duration, reason: &str, spare: bool) -> bool {
-        if listed(&self.allow, ip) {
+        let policy = self.policy.load();
+        if listed(&policy.allow, ip) {
             tracing::info!(%ip, reason, "not blocking an allow-listed address");
             return false;
         }
@@ -494,7 +605,7 @@ impl Guard {
         let mut cut = 0u32;
         let mut spared = 0u32;
         for conn in conns.of_source(&source) {
-            if listed(&self.allow, conn.ip) {
+            if listed(&policy.allow, conn.ip) {
                 continue;
             }
             if spare && conn.authenticated && !conn.offended {
@@ -522,7 +633,7 @@ impl Guard {
         let mut conns = conns::lock(&self.conns);
         let blocked = blocks.active(&source, self.clock.elapsed()).is_some();
         if let Some(conn) = conns.offend(&source, id) {
-            if blocked && !listed(&self.allow, conn.ip) {
+            if blocked && !listed(&self.policy.load().allow, conn.ip) {
                 conn.cut.cancel();
                 tracing::info!(%source, id, "session offended while its source is blocked, cut");
             }
@@ -565,7 +676,7 @@ impl Guard {
 
     /// Whether `admit` would refuse `ip` for a runtime block (allow-listed: never).
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
-        if listed(&self.allow, ip) {
+        if listed(&self.policy.load().allow, ip) {
             return false;
         }
         let source = self.source_of(ip);
@@ -595,9 +706,10 @@ impl Guard {
     /// blocks are dropped.
     pub fn purge(&self) {
         let cap = self.max_tracked;
-        self.accepts.purge(cap);
-        self.frames_ip.purge(cap);
-        self.frames_user.purge(cap);
+        let policy = self.policy.load();
+        policy.accepts.purge(cap);
+        policy.frames_ip.purge(cap);
+        policy.frames_user.purge(cap);
         self.notices.purge(cap);
         let now = self.clock.elapsed();
         let mut logins = self.lock_logins();
@@ -617,13 +729,14 @@ impl Guard {
             let conns = conns::lock(&self.conns);
             (conns.total(), conns.unauthenticated(), conns.sources())
         };
+        let policy = self.policy.load();
         GuardStats {
             connections,
             unauthenticated,
             sources_connected,
-            tracked_keys: self.accepts.len()
-                + self.frames_ip.len()
-                + self.frames_user.len()
+            tracked_keys: policy.accepts.len()
+                + policy.frames_ip.len()
+                + policy.frames_user.len()
                 + self.notices.len()
                 + self.lock_logins().len(),
             blocked,

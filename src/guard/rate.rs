@@ -130,6 +130,11 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 
     /// Whether one more cell for `key` conforms now (and takes it if so).
+    /// The quota it enforces.
+    pub(crate) fn quota(&self) -> Quota {
+        self.quota
+    }
+
     pub(crate) fn check(&self, key: &K) -> bool {
         self.inner.check_key(key).is_ok()
     }
@@ -166,14 +171,21 @@ impl<K: Hash + Eq + Clone> fmt::Debug for KeyedLimiter<K> {
 /// The frame rate limiter of one connection (not keyed: one per connection, dropped with it).
 /// Get one from [`super::Guard::connection_limiter`].
 pub struct ConnLimiter {
+    quota: Quota,
     inner: Direct,
 }
 
 impl ConnLimiter {
     pub(crate) fn new(quota: Quota, clock: &GuardClock) -> Self {
         ConnLimiter {
+            quota,
             inner: RateLimiter::direct_with_clock(quota, clock.clone()),
         }
+    }
+
+    /// The quota it enforces (a reload compares it with the configured one).
+    pub(crate) fn quota(&self) -> Quota {
+        self.quota
     }
 
     /// Takes one frame from the connection's allowance, or says the connection is over it.

@@ -119,15 +119,18 @@ impl Guard {
     /// reply). The connection counts as logged in; a later block of its source cuts it like
     /// any other.
     pub fn admit_resumed(&self, peer: IpAddr) -> Result<ConnTicket, Refusal> {
-        if listed(&self.deny, peer) {
+        // Under the blocklist lock, as in `admit`, so a reload's deny list cannot miss it.
+        let _blocks = self.lock_blocks();
+        let policy = self.policy.load();
+        if listed(&policy.deny, peer) {
             return Err(Refusal::Denied);
         }
         let source = self.source_of(peer);
         let mut conns = conns::lock(&self.conns);
-        if conns.total() >= self.max_connections {
+        if conns.total() >= policy.max_connections {
             return Err(Refusal::TooManyConnections);
         }
-        if conns.count_of(&source) >= self.max_connections_per_ip {
+        if conns.count_of(&source) >= policy.max_connections_per_ip {
             return Err(Refusal::TooManyFromSource);
         }
         Ok(self.register(&mut conns, source, peer, true))

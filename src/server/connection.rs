@@ -109,7 +109,7 @@ impl Conn<'_> {
         if let Some(r) = reply {
             self.queue(0, &r);
         }
-        let flush = self.shared.config.timeouts.write().min(CLOSE_FLUSH);
+        let flush = self.shared.config.load().timeouts.write().min(CLOSE_FLUSH);
         self.closing = Some((reason, Instant::now() + flush));
     }
 
@@ -139,7 +139,7 @@ impl Conn<'_> {
     }
 
     fn queue_full(&self) -> bool {
-        self.out.len() >= self.shared.config.limits.outbound_queue_bytes as usize
+        self.out.len() >= self.shared.config.load().limits.outbound_queue_bytes as usize
     }
 
     /// Rejects a frame whose declared length is over its kind's limit but within the frame
@@ -187,7 +187,7 @@ impl Conn<'_> {
         };
         let h = RawHeader::parse(header);
         let len = h.len;
-        let max = self.shared.config.limits.preauth_frame_bytes;
+        let max = self.shared.config.load().limits.preauth_frame_bytes;
         let kind = match Kind::from_u8(h.kind) {
             Some(kind)
                 if h.magic == MAGIC
@@ -364,7 +364,8 @@ impl Conn<'_> {
 
     /// The next instant at which a timer must be checked.
     fn next_deadline(&self, authenticated: bool) -> Instant {
-        let t = &self.shared.config.timeouts;
+        let cfg = self.shared.config.load();
+        let t = &cfg.timeouts;
         if let Some((_, at)) = self.closing {
             return at;
         }
@@ -386,7 +387,8 @@ impl Conn<'_> {
     /// Checks every timer; closes the session if one expired.
     fn check_timers(&mut self, authenticated: bool) {
         let now = Instant::now();
-        let t = &self.shared.config.timeouts;
+        let cfg = self.shared.config.load();
+        let t = &cfg.timeouts;
         if let Some(since) = self.write_since {
             if now.duration_since(since) >= t.write() {
                 Metrics::bump(&self.shared.metrics.timeouts);

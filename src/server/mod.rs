@@ -67,7 +67,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activity::{Event, EventKind, Recorder};
-use crate::config::Config;
+use crate::config::reload::{self, KeyChange, Live};
+use crate::config::{Config, ConfigError};
 use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal, ResumeBudget, ResumePermit};
@@ -139,7 +140,9 @@ pub enum ServerError {
 
 /// Everything connections share.
 pub(crate) struct Shared {
-    pub(crate) config: Config,
+    /// The running configuration; [`Server::reload`] replaces it, so read a snapshot where
+    /// a value is needed rather than keep one.
+    pub(crate) config: Live<Config>,
     pub(crate) limits: Limits,
     /// Decodes every connection's requests under `limits`.
     pub(crate) decoder: FrameDecoder,
@@ -367,7 +370,7 @@ impl Server {
             shared: Arc::new(Shared {
                 limits: config.limits.protocol(),
                 decoder: FrameDecoder::new(config.limits.protocol(), Role::Server),
-                config,
+                config: Live::new(config),
                 store,
                 blobs,
                 guard,
@@ -431,14 +434,63 @@ impl Server {
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load()
+    }
+
+    /// Reloads the configuration from `new` without dropping connections: checks it, and
+    /// applies the keys a running server can change (connection caps, timeouts, rates, the
+    /// allow and deny lists, the firewall's settings, the per-request limits; see
+    /// [`reload::is_live`]), keeping every other key at its running value and reporting it
+    /// as needing a restart. `limits.max_connections` is fitted to the file descriptor limit
+    /// as at start.
+    ///
+    /// On an error nothing changes. Open connections from an address the new deny list
+    /// names are cut; a rate limiter whose quota changed starts afresh. Each change is
+    /// logged.
+    pub fn reload(&self, mut new: Config) -> Result<ReloadReport, ConfigError> {
+        let old = self.shared.config.load();
+        fit_reload_to_descriptors(&mut new, &old);
+        let plan = reload::plan(&old, &new).inspect_err(|e| {
+            tracing::error!(error = %e, "configuration not reloaded, the running one stays");
+        })?;
+        let guard = self.shared.guard.reload(&plan.config);
+        self.shared.firewall.reload(&plan.config);
+        self.shared.config.store(plan.config);
+        for c in &plan.applied {
+            tracing::info!(key = %c.key, old = %c.old, new = %c.new, "configuration reloaded");
+        }
+        for c in &plan.restart {
+            tracing::warn!(
+                key = %c.key,
+                running = %c.old,
+                file = %c.new,
+                "configuration key needs a restart, the running value stays"
+            );
+        }
+        if guard.limiters_rebuilt > 0 {
+            tracing::info!(
+                limiters = guard.limiters_rebuilt,
+                "rate limiters with a new quota start afresh"
+            );
+        }
+        if guard.cut > 0 {
+            tracing::info!(
+                cut = guard.cut,
+                "connections from newly denied addresses cut"
+            );
+        }
+        Ok(ReloadReport {
+            applied: plan.applied,
+            restart: plan.restart,
+            cut: guard.cut,
+        })
     }
 
     /// Binds `addr` and starts accepting connections in the background.
     pub async fn bind(self, addr: SocketAddr) -> Result<ServerHandle, ServerError> {
         if self.shared.tls.is_none() && !addr.ip().is_loopback() {
-            if !self.shared.config.tls.insecure_plaintext {
+            if !self.shared.config.load().tls.insecure_plaintext {
                 return Err(ServerError::Plaintext { addr });
             }
             tracing::warn!(%addr, "serving plaintext on a non-loopback address (insecure_plaintext): passwords cross the network in clear text");
@@ -627,6 +679,18 @@ fn fit_to_descriptors(mut config: Config) -> Result<Config, ServerError> {
         );
     }
     Ok(config)
+}
+
+/// Fits a reloaded `new.limits.max_connections` to the file descriptor limit as
+/// [`fit_to_descriptors`] did at start (quietly: a file unchanged since start must not read
+/// as a change every reload). `max_open_uploads` is the running one: it is restart-only.
+fn fit_reload_to_descriptors(new: &mut Config, running: &Config) {
+    // Read, not raised: start-up raised it already, and a reload changes no process state.
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if let Some(cap) = fds::connection_cap(soft, running.limits.max_open_uploads) {
+        new.limits.max_connections = new.limits.max_connections.min(cap);
+        new.limits.max_connections_per_ip = new.limits.max_connections_per_ip.min(cap);
+    }
 }
 
 /// Blocks recorded in the activity database that are still in force.
@@ -945,7 +1009,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
             // A blocked source may still present a resume ticket, within the budget; past
             // it, it is refused as before, unread.
             Err(refusal @ Refusal::Blocked { .. })
-                if shared.tickets.enabled() && shared.config.auth.resume_when_blocked =>
+                if shared.tickets.enabled() && shared.config.load().auth.resume_when_blocked =>
             {
                 let source = shared.guard.source_of(peer.ip());
                 match shared.resume_budget.try_take(source) {
@@ -973,6 +1037,17 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
             server.run_accepted(stream, peer, ticket).await;
         });
     }
+}
+
+/// What [`Server::reload`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The keys changed and applied.
+    pub applied: Vec<KeyChange>,
+    /// The keys changed in the file that need a restart; they keep their running values.
+    pub restart: Vec<KeyChange>,
+    /// Open connections cut because the new deny list names their address.
+    pub cut: u32,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -1025,6 +1100,11 @@ impl ServerHandle {
         self.server.metrics()
     }
 
+    /// Reloads the configuration ([`Server::reload`]); `rampart serve` calls it on SIGHUP.
+    pub fn reload(&self, new: Config) -> Result<ReloadReport, ConfigError> {
+        self.server.reload(new)
+    }
+
     /// Stops accepting, tells every session the server is shutting down, and waits up to
     /// `timeouts.shutdown_grace` for them to finish.
     pub async fn shutdown(self) {
@@ -1032,7 +1112,7 @@ impl ServerHandle {
         let _ = self.accept.await;
         let _ = self.purge.await;
         self.tracker.close();
-        let grace = self.server.shared.config.timeouts.shutdown_grace();
+        let grace = self.server.shared.config.load().timeouts.shutdown_grace();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()

@@ -279,7 +279,7 @@ impl Session {
     /// Adds a strike; the session closes once it reaches the configured count.
     pub(crate) fn strike(&mut self) -> Next {
         self.strikes = self.strikes.saturating_add(1);
-        if self.strikes >= self.shared.config.rates.strikes_to_close {
+        if self.strikes >= self.shared.config.load().rates.strikes_to_close {
             Next::Close(CloseReason::Strikes)
         } else {
             Next::Continue
@@ -291,6 +291,7 @@ impl Session {
     pub(crate) fn admit(&mut self, frame: &Frame) -> Result<Admitted, (Reply, Next)> {
         let shared = Arc::clone(&self.shared);
         let user_id = self.user.as_ref().map(|(id, _)| *id);
+        shared.guard.refresh_limiter(&mut self.limiter);
         let limited = shared
             .guard
             .admit_frame(&self.limiter, self.source, user_id);
@@ -363,7 +364,7 @@ impl Session {
             Err(e) => return vec![e; messages.len()],
         };
         let store = Arc::clone(&shared.store);
-        let quota = shared.config.limits.user_quota_bytes;
+        let quota = shared.config.load().limits.user_quota_bytes;
         let items = messages
             .into_iter()
             .map(|(to, text)| (to, NewItem::Message { text }))
@@ -595,7 +596,8 @@ impl Session {
     async fn upload_begin(&mut self, name: String, size: u64) -> Handled {
         let shared = Arc::clone(&self.shared);
         let me = self.user_id()?;
-        let limits = &shared.config.limits;
+        let cfg = shared.config.load();
+        let limits = &cfg.limits;
         if size > limits.max_file_bytes {
             return Err(err(
                 ErrorCode::TooLarge,
@@ -798,7 +800,7 @@ impl Session {
             }
         };
         let store = Arc::clone(&shared.store);
-        let quota = shared.config.limits.user_quota_bytes;
+        let quota = shared.config.load().limits.user_quota_bytes;
         let result = timed_delivery(&shared, move || {
             deliver_all(&*store, me, vec![(to, item)], quota)
         })
