@@ -519,7 +519,7 @@ impl Server {
     /// Binds and starts the metrics endpoint if `metrics.listen` is set (a port of its own:
     /// an address equal to the protocol port's is refused). Returns its bound address.
     async fn bind_metrics(&self, protocol: SocketAddr) -> Result<Option<SocketAddr>, ServerError> {
-        let Some(addr) = self.shared.config.metrics.listen else {
+        let Some(addr) = self.shared.config.load().metrics.listen else {
             return Ok(None);
         };
         let bind_err = |source| ServerError::Bind { addr, source };
