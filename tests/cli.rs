@@ -322,6 +322,10 @@ struct Server {
     root: TempDir,
     data: PathBuf,
     config: PathBuf,
+    /// This server's resume-ticket file, so that no test reads or writes the user's own
+    /// (`~/.config/rampart/tickets`), where a ticket from another test's server on a reused
+    /// port would be tried first.
+    tickets: String,
 }
 
 impl Server {
@@ -335,12 +339,14 @@ impl Server {
         let root = tempfile::tempdir().expect("tempdir");
         let data = root.path().join("data");
         let config = root.path().join("rampart.toml");
+        let tickets = root.path().join("tickets").display().to_string();
         write_file(&config, toml.as_bytes());
         let mut server = Server {
             running: None,
             root,
             data,
             config,
+            tickets,
         };
         for (name, password) in USERS {
             expect_ok(&server.user("add", name, format!("{password}\n").as_bytes()));
@@ -476,7 +482,14 @@ impl Server {
     }
 
     fn client_args<'a>(&'a self, user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-        let mut all = vec!["--server", self.addr(), "--user", user];
+        let mut all = vec![
+            "--server",
+            self.addr(),
+            "--user",
+            user,
+            "--tickets",
+            &self.tickets,
+        ];
         all.extend_from_slice(args);
         all
     }

@@ -442,6 +442,10 @@ async fn fetch_out_never_leaves_a_file_whose_digest_failed() -> TestResult {
     let fresh = out_dir.path().join("fresh.bin");
     let existing = out_dir.path().join("existing.bin");
     std::fs::write(&existing, b"keep me")?;
+    // A ticket file of this test's own, not the user's, outside the checked directory.
+    let tickets_dir = tempfile::tempdir()?;
+    let tickets = tickets_dir.path().join("tickets");
+    let tickets = tickets.to_str().ok_or("path")?;
     for dest in [&fresh, &existing] {
         let out = rampart(
             &[
@@ -456,7 +460,7 @@ async fn fetch_out_never_leaves_a_file_whose_digest_failed() -> TestResult {
                 dest.to_str().ok_or("path")?,
             ],
             b"",
-            &[("RAMPART_PASSWORD", "bob-pw")],
+            &[("RAMPART_PASSWORD", "bob-pw"), ("RAMPART_TICKETS", tickets)],
         )?;
         assert!(!out.status.success(), "{}", text(&out.stdout));
         assert!(

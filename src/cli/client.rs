@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use rampart::client::download::Placement;
 use rampart::client::{hex, Client, ClientOptions, TlsOptions};
-use rampart::protocol::{InboxEntry, ItemBody, ItemKind, ItemView};
+use rampart::protocol::{ErrorCode, InboxEntry, ItemBody, ItemKind, ItemView};
 use rampart::store::sanitize_file_name;
 use rampart::tls::{ClientTrust, MinVersion};
 
@@ -382,7 +382,17 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         saved.as_ref(),
         opts,
     )
-    .await?;
+    .await;
+    let logged = match logged {
+        // Only a saved ticket was tried: say how to log in instead.
+        Err(e) if args.password.is_none() && e.code() == Some(ErrorCode::AuthFailed) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the saved resume ticket was not accepted; set RAMPART_PASSWORD to the password of {}",
+                args.user
+            )))
+        }
+        other => other?,
+    };
     if let (Some(file), Some(t)) = (&store, &logged.ticket) {
         // A ticket that cannot be kept costs the next command a password, nothing more.
         if let Err(e) = file.put(&args.server, t) {
