@@ -1304,7 +1304,8 @@ const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 // Key exchange costs about 0.1 ms of CPU per handshake (ECDHE P-256 with ring): 256 at once
 // is a fraction of a second of work, however many connections a flood opens.
 const DEFAULT_MAX_HANDSHAKES: u32 = 256;
-// A NAT'd office reconnecting all at once rarely has more than a few handshakes in flight.
+// A NAT'd office reconnecting all at once rarely has more than a few handshakes in flight, and
+// those past the cap wait for a place (`HandshakeGuard::acquire`) rather than being refused.
 const DEFAULT_MAX_HANDSHAKES_PER_IP: u32 = 8;
 
 /// `[tls]`: TLS on the protocol port. Off unless `cert` and `key` are both set.

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -622,10 +624,19 @@ impl HandshakeCap {
 }
 
 /// Counts the handshakes in progress, in total and per source, against [`HandshakeLimits`].
+///
+/// A handshake past a cap waits for a place, first in line first served, for at most the
+/// time it is given ([`HandshakeGuard::acquire`]); only then is it refused. Ten users behind
+/// one NAT who reconnect at the same moment then queue for a millisecond or two instead of
+/// losing their connections, while a flood from one address still runs at most
+/// `max_per_source` key exchanges at a time, and waits with nothing but a socket (which the
+/// per-source connection caps bound) until it is cut.
 #[derive(Debug)]
 pub struct HandshakeGuard {
     limits: HandshakeLimits,
-    running: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    total: Arc<Semaphore>,
+    /// One semaphore per source with a handshake running or waiting; removed when idle.
+    per_source: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
 impl HandshakeGuard {
@@ -633,7 +644,8 @@ impl HandshakeGuard {
     pub fn new(limits: HandshakeLimits) -> HandshakeGuard {
         HandshakeGuard {
             limits,
-            running: Mutex::new((0, HashMap::new())),
+            total: Arc::new(Semaphore::new(limits.max_total)),
+            per_source: Mutex::new(HashMap::new()),
         }
     }
 
@@ -642,34 +654,75 @@ impl HandshakeGuard {
         self.limits
     }
 
-    /// A place for one handshake from `ip`, given back when the permit drops; or which cap
-    /// is full.
-    pub fn start(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakePermit, HandshakeCap> {
-        let mut running = self
-            .running
+    fn source(&self, ip: IpAddr) -> Arc<Semaphore> {
+        let mut map = self
+            .per_source
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if running.0 >= self.limits.max_total {
-            return Err(HandshakeCap::Total);
-        }
-        let per = running.1.entry(ip).or_insert(0);
-        if *per >= self.limits.max_per_source {
-            return Err(HandshakeCap::PerSource);
-        }
-        *per += 1;
-        running.0 += 1;
-        Ok(HandshakePermit {
-            guard: Arc::clone(self),
-            ip,
-        })
+        Arc::clone(
+            map.entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_per_source))),
+        )
+    }
+
+    /// A place for one handshake from `ip` now, given back when the permit drops; or which
+    /// cap is full.
+    pub fn start(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakePermit, HandshakeCap> {
+        let source = self.source(ip);
+        let mut permit = HandshakePermit::new(self, ip);
+        permit.source = Some(
+            Arc::clone(&source)
+                .try_acquire_owned()
+                .map_err(|_| HandshakeCap::PerSource)?,
+        );
+        permit.total = Some(
+            Arc::clone(&self.total)
+                .try_acquire_owned()
+                .map_err(|_| HandshakeCap::Total)?,
+        );
+        Ok(permit)
+    }
+
+    /// A place for one handshake from `ip`, waiting up to `wait` for one to come free (in
+    /// arrival order); or the cap that stayed full.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        wait: Duration,
+    ) -> Result<HandshakePermit, HandshakeCap> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let source = self.source(ip);
+        let mut permit = HandshakePermit::new(self, ip);
+        permit.source = Some(
+            tokio::time::timeout_at(deadline, source.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(HandshakeCap::PerSource)?,
+        );
+        permit.total = Some(
+            tokio::time::timeout_at(deadline, Arc::clone(&self.total).acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(HandshakeCap::Total)?,
+        );
+        Ok(permit)
     }
 
     /// Handshakes in progress, in total.
     pub fn running(&self) -> usize {
-        self.running
+        self.limits
+            .max_total
+            .saturating_sub(self.total.available_permits())
+    }
+
+    /// Sources with a handshake running or waiting.
+    pub fn sources(&self) -> usize {
+        self.per_source
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
+            .len()
     }
 }
 
@@ -678,21 +731,34 @@ impl HandshakeGuard {
 pub struct HandshakePermit {
     guard: Arc<HandshakeGuard>,
     ip: IpAddr,
+    source: Option<OwnedSemaphorePermit>,
+    total: Option<OwnedSemaphorePermit>,
+}
+
+impl HandshakePermit {
+    fn new(guard: &Arc<HandshakeGuard>, ip: IpAddr) -> HandshakePermit {
+        HandshakePermit {
+            guard: Arc::clone(guard),
+            ip,
+            source: None,
+            total: None,
+        }
+    }
 }
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut running = self
+        drop(self.total.take());
+        drop(self.source.take());
+        // Forget a source nobody else is running or waiting on: only the map holds its
+        // semaphore then (a waiter holds a clone, so it stays).
+        let mut map = self
             .guard
-            .running
+            .per_source
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        running.0 = running.0.saturating_sub(1);
-        if let Some(per) = running.1.get_mut(&self.ip) {
-            *per = per.saturating_sub(1);
-            if *per == 0 {
-                running.1.remove(&self.ip);
-            }
+        if map.get(&self.ip).is_some_and(|s| Arc::strong_count(s) == 1) {
+            map.remove(&self.ip);
         }
     }
 }
@@ -872,6 +938,42 @@ mod tests {
         drop(a1);
         assert_eq!(g.running(), 2);
         let _a3 = g.start(a).expect("a place came back");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_past_the_cap_waits_for_a_place_then_gives_up() {
+        let g = Arc::new(HandshakeGuard::new(HandshakeLimits {
+            timeout: Duration::from_secs(1),
+            max_total: 8,
+            max_per_source: 2,
+        }));
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let a1 = g.start(a).expect("a1");
+        let _a2 = g.start(a).expect("a2");
+        // The third waits, and gets the first place given back.
+        let waiter = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.acquire(a, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "it waits while the cap is full");
+        drop(a1);
+        let a3 = waiter.await.expect("join").expect("a place came free");
+        assert_eq!(g.running(), 2);
+        // With nothing given back in time, the cap is the answer.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            g.acquire(a, Duration::from_millis(50))
+                .await
+                .expect_err("full"),
+            HandshakeCap::PerSource
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(a3);
+        drop(_a2);
+        // An idle source is forgotten.
+        assert_eq!(g.running(), 0);
+        assert_eq!(g.sources(), 0);
     }
 
     #[test]

@@ -166,11 +166,11 @@ async fn a_slow_client_hello_is_cut_at_the_budget_and_handshakes_are_capped() ->
         let dir = tempfile::tempdir()?;
         let g = cert(dir.path());
         let mut config = tls_config(&g);
-        config.tls.handshake_timeout_ms = 500;
+        config.tls.handshake_timeout_ms = 1_000;
         config.tls.max_handshakes_per_ip = 2;
-        config.tls.max_handshakes = 3;
         let server = start_server_with(config).await;
         let slow = ip("127.0.51.1");
+        let snapshot = || server.handle.metrics().snapshot();
 
         // Two ClientHellos that stop after their first byte fill the source's share...
         let mut held = Vec::new();
@@ -179,34 +179,79 @@ async fn a_slow_client_hello_is_cut_at_the_budget_and_handshakes_are_capped() ->
             send_raw(&mut s, &[0x16]).await;
             held.push(s);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // ...so a third from the same source is closed at once, unshaken,
-        let mut third = raw_connect(server.addr, Some(slow)).await?;
-        send_raw(&mut third, &[0x16]).await;
-        let seen = drain(&mut third, Duration::from_millis(400)).await;
-        assert!(seen.closed, "a third handshake from one source is refused");
-        // while another source still gets its handshake, which takes the last place overall.
-        let mut other = raw_connect(server.addr, Some(ip("127.0.51.2"))).await?;
-        send_raw(&mut other, &[0x16]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut fourth = raw_connect(server.addr, Some(ip("127.0.51.3"))).await?;
-        send_raw(&mut fourth, &[0x16]).await;
-        let seen = drain(&mut fourth, Duration::from_millis(300)).await;
-        assert!(seen.closed, "past the total cap, handshakes are refused");
-        assert_eq!(server.handle.metrics().snapshot().tls_handshakes_capped, 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ...so three more from the same source wait for a place, unshaken and not refused.
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let mut s = raw_connect(server.addr, Some(slow)).await?;
+            send_raw(&mut s, &[0x16]).await;
+            waiting.push(s);
+        }
+        let seen = drain(&mut waiting[0], Duration::from_millis(300)).await;
+        assert!(!seen.closed, "a handshake past the cap waits");
+        assert_eq!(snapshot().tls_handshakes_capped, 0);
 
-        // The held ones are cut at the budget.
+        // The held ones are cut at the budget; their places go to the first two waiting, in
+        // arrival order, and the third, with no place free within its budget, is refused.
         for mut s in held {
             let seen = drain(&mut s, Duration::from_secs(3)).await;
             assert!(seen.closed, "a slow handshake is cut at its budget");
         }
-        let _ = drain(&mut other, Duration::from_secs(3)).await;
-        assert_eq!(server.handle.metrics().snapshot().tls_handshake_timeouts, 3);
+        let mut third = waiting.pop().ok_or("three waiting")?;
+        let seen = drain(&mut third, Duration::from_secs(3)).await;
+        assert!(seen.closed, "refused when no place came free in time");
+        assert_eq!(snapshot().tls_handshakes_capped, 1);
+        // The two let in are as slow, and are cut at their own budget.
+        for mut s in waiting {
+            let seen = drain(&mut s, Duration::from_secs(3)).await;
+            assert!(seen.closed, "a slow handshake is cut at its budget");
+        }
+        assert_eq!(snapshot().tls_handshake_timeouts, 4);
 
         // And the places came back: a real client gets in.
         let trust = ClientTrust::Ca(g.cert.clone());
         let c = Client::login(server.target(), "alice", b"alice-pw", opts(&trust, &server)).await?;
         c.bye().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Users behind one NAT who connect at the same moment, more of them than the per-source
+/// handshake cap, all get in: the ones past the cap wait a moment for a place. And a TLS
+/// client that leaves without close_notify (most do) closed the connection itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_behind_one_address_connect_at_once() -> TestResult {
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let g = cert(dir.path());
+        let mut config = tls_config(&g);
+        config.tls.max_handshakes_per_ip = 2;
+        let server = start_server_with(config).await;
+        let trust = ClientTrust::Ca(g.cert.clone());
+        let nat = ip("127.0.52.1");
+        let logins = (0..10).map(|_| {
+            let mut o = opts(&trust, &server);
+            o.source = Some(nat);
+            Client::login(server.target(), "alice", b"alice-pw", o)
+        });
+        let clients = futures::future::join_all(logins).await;
+        let mut n = 0;
+        for c in clients {
+            let mut c = c?;
+            c.ping().await?;
+            // Dropped without BYE or close_notify, as a killed client would be.
+            drop(c);
+            n += 1;
+        }
+        assert_eq!(n, 10);
+        let m = server.handle.metrics().snapshot();
+        assert_eq!(m.tls_handshakes_capped, 0, "{m:?}");
+        // Give the server a moment to see the ten closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m = server.handle.metrics().snapshot();
+        assert_eq!(m.closed_by.get("eof"), Some(&10), "{:?}", m.closed_by);
+        assert_eq!(m.closed_by.get("io"), Some(&0), "{:?}", m.closed_by);
         Ok(())
     })
     .await

@@ -574,6 +574,14 @@ where
                         c.check_timers(session.authenticated());
                     }
                 }
+                // A TLS peer that closes without close_notify: most clients do, and frames
+                // carry their own lengths, so this is the peer's EOF as on a plain socket.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    if c.out.is_empty() {
+                        return CloseReason::Eof;
+                    }
+                    c.close(CloseReason::Eof, None);
+                }
                 Err(_) => return CloseReason::Io,
             },
             _ = tokio::time::sleep_until(deadline) => {

@@ -112,11 +112,14 @@ impl TlsState {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+        let limits = self.handshakes.limits();
+        // Past a cap, wait for a place (honest users behind one address reconnecting at
+        // once), within the same budget a handshake gets; refused only if none comes free.
         let _permit = self
             .handshakes
-            .start(peer.ip())
+            .acquire(peer.ip(), limits.timeout)
+            .await
             .map_err(HandshakeFailure::Capped)?;
-        let limits = self.handshakes.limits();
         let run = async {
             let mut first = [0u8; 3];
             let n = stream
