@@ -203,12 +203,17 @@ async fn sighup_reloads_the_config_file() -> TestResult {
                 .stderr(std::fs::File::create(&log)?)
                 .spawn()?,
         );
+        // Every stdout line, as it comes.
         let stdout = child.0.stdout.take().ok_or("no stdout")?;
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = tokio::time::timeout(Duration::from_secs(30), line).await???;
+        let line = lines.recv_timeout(Duration::from_secs(30))?;
         let addr: SocketAddr = line
             .trim()
             .strip_prefix("listening on ")
@@ -231,6 +236,14 @@ async fn sighup_reloads_the_config_file() -> TestResult {
         }
         assert!(denied, "SIGHUP did not apply the deny list");
         assert!(!refused_at_accept(addr, ip(10, 1)).await);
+        // stdout confirms the reload at any log level: ip.deny applied, ipv6_prefix not.
+        let line = lines.recv_timeout(Duration::from_secs(10))?;
+        assert!(line.starts_with("reloaded "), "{line:?}");
+        // (The probe from 127.0.9.1 may still be open on the server's side, and be cut.)
+        assert!(
+            line.contains(": 1 applied, 1 need a restart, connections cut: "),
+            "{line:?}"
+        );
 
         // A file with an error changes nothing: the deny list stays.
         std::fs::write(&config, "[ip]\ndeny = [\"not an address\"]\n")?;

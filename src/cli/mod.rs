@@ -51,7 +51,7 @@ enum Command {
     #[command(
         after_help = "Prints \"listening on IP:PORT\" as its first line on stdout, then \
 serves until SIGINT or SIGTERM. SIGHUP reloads the --config file without dropping \
-connections (see --config).\n\nExample:\n  rampart serve --data-dir ./data --listen 127.0.0.1:0"
+connections (see --config) and prints \"reloaded FILE: N applied, M need a restart, connections cut: C\".\n\nExample:\n  rampart serve --data-dir ./data --listen 127.0.0.1:0"
     )]
     Serve(serve::ServeArgs),
     /// Manage user accounts in a data directory (the server may be stopped or running).

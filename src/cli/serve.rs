@@ -93,7 +93,8 @@ fn reload(handle: &ServerHandle, args: &ServeArgs) {
             return;
         }
     };
-    // The server logs each change and each key that needs a restart.
+    // The server logs each change and each key that needs a restart; one line on stdout
+    // (beside "listening on") confirms the reload at any log level.
     if let Ok(report) = handle.reload(config) {
         tracing::info!(
             applied = report.applied.len(),
@@ -101,6 +102,16 @@ fn reload(handle: &ServerHandle, args: &ServeArgs) {
             connections_cut = report.cut,
             "configuration reloaded"
         );
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "reloaded {}: {} applied, {} need a restart, connections cut: {}",
+            path.display(),
+            report.applied.len(),
+            report.restart.len(),
+            report.cut
+        );
+        let _ = out.flush();
     }
 }
 
