@@ -96,6 +96,11 @@ const MIGRATIONS: &[&str] = &[
         source TEXT    PRIMARY KEY,
         grp    TEXT    NOT NULL
     ) WITHOUT ROWID;",
+    // 4: when a labelled source started attacking. A source that behaves like a user before
+    // it attacks (tamper, low-and-slow) has the time of its first attacking frame here; its
+    // windows that end by then export as benign. NULL: attacking from its first event, as
+    // every label meant before.
+    "ALTER TABLE labels ADD COLUMN since_ms INTEGER;",
 ];
 
 /// Errors from the activity database.
@@ -427,6 +432,32 @@ pub fn set_labels(conn: &mut Connection, labels: &[(IpAddr, String)]) -> Result<
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Records when labelled sources started attacking (milliseconds since the Unix epoch):
+/// their windows that end by then export as benign. A source without a label is skipped.
+pub fn set_label_since(
+    conn: &mut Connection,
+    since: &[(IpAddr, i64)],
+) -> Result<(), ActivityError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE labels SET since_ms = ?2 WHERE source = ?1")?;
+        for (ip, ms) in since {
+            stmt.execute(params![ip.to_string(), ms])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every label's start of attack, by source address text, for the sources that have one.
+pub fn label_since(conn: &Connection) -> Result<Vec<(String, i64)>, ActivityError> {
+    let mut stmt = conn.prepare(
+        "SELECT source, since_ms FROM labels WHERE since_ms IS NOT NULL ORDER BY source",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Sets sources' behaviour families (the `group` export column), e.g. the `[[legit]] name`

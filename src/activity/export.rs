@@ -7,6 +7,9 @@
 //! `benign`. `group` is its behaviour family from the `groups` table (the `[[legit]] name`s
 //! of the users behind a legit source, joined with `+`), or else its label: a reader that
 //! trains on `label` must find `group` by name and leave it out of the features.
+//! A labelled source with a start of attack (`since_ms`, set by the scenario runner for the
+//! kinds that behave like a user first) exports its windows that end by then as `benign`,
+//! in the group `KIND-before` (e.g. `tamper-before`): what they show is a user's login.
 //! The file is written to a temporary file next to `out` and renamed into place only when
 //! complete, so a failed export never leaves a truncated CSV behind.
 
@@ -130,6 +133,11 @@ fn load_labels(
     by_source(db::labels(conn)?, ipv6_prefix)
 }
 
+/// Starts of attack by source, keyed like [`load_labels`].
+fn load_since(conn: &Connection, ipv6_prefix: u8) -> Result<BTreeMap<SourceKey, i64>, ExportError> {
+    by_source(db::label_since(conn)?, ipv6_prefix)
+}
+
 /// Groups by source, keyed like [`load_labels`].
 fn load_groups(
     conn: &Connection,
@@ -139,10 +147,10 @@ fn load_groups(
 }
 
 /// (address text, value) rows keyed by source; the first row of a source wins.
-fn by_source(
-    rows: Vec<(String, String)>,
+fn by_source<V>(
+    rows: Vec<(String, V)>,
     ipv6_prefix: u8,
-) -> Result<BTreeMap<SourceKey, String>, ExportError> {
+) -> Result<BTreeMap<SourceKey, V>, ExportError> {
     let mut labels = BTreeMap::new();
     for (text, label) in rows {
         let key = match text.parse::<IpAddr>() {
@@ -162,6 +170,7 @@ fn by_source(
 struct RowWriter<W: std::io::Write> {
     csv: csv::Writer<W>,
     labels: BTreeMap<SourceKey, String>,
+    since: BTreeMap<SourceKey, i64>,
     groups: BTreeMap<SourceKey, String>,
     path: PathBuf,
     rows: u64,
@@ -184,7 +193,17 @@ impl<W: std::io::Write> RowWriter<W> {
 
     fn write(&mut self, rows: &[FeatureRow]) -> Result<(), ExportError> {
         for row in rows {
-            let label = self.labels.get(&row.source).map_or(BENIGN, String::as_str);
+            let mut label = self.labels.get(&row.source).map_or(BENIGN, String::as_str);
+            let mut before = None;
+            if let Some(&since) = self.since.get(&row.source) {
+                let end = row
+                    .window_start_ms
+                    .saturating_add(i64::try_from(row.window_ms).unwrap_or(i64::MAX));
+                if end <= since {
+                    before = Some(format!("{label}-before"));
+                    label = BENIGN;
+                }
+            }
             self.fields.clear();
             self.fields.push(row.source.to_string());
             self.fields.push(row.window_start_ms.to_string());
@@ -192,7 +211,10 @@ impl<W: std::io::Write> RowWriter<W> {
             // `Display` for f64 prints the shortest text that parses back to the same value.
             self.fields.extend(row.values.iter().map(f64::to_string));
             self.fields.push(label.to_owned());
-            let group = self.groups.get(&row.source).map_or(label, String::as_str);
+            let group = match &before {
+                Some(g) => g.as_str(),
+                None => self.groups.get(&row.source).map_or(label, String::as_str),
+            };
             self.fields.push(group.to_owned());
             if let Err(e) = self.csv.write_record(&self.fields) {
                 return Err(self.err(e));
@@ -244,6 +266,7 @@ pub fn export_csv(
     let conn = open_existing(data_dir)?;
     let mut extractor = Extractor::new(window, EXPORT_MAX_SOURCES);
     let labels = load_labels(&conn, extractor.ipv6_prefix())?;
+    let since = load_since(&conn, extractor.ipv6_prefix())?;
     let groups = load_groups(&conn, extractor.ipv6_prefix())?;
     let io_err = |source| ExportError::Io {
         path: out.to_path_buf(),
@@ -258,6 +281,7 @@ pub fn export_csv(
         let mut writer = RowWriter {
             csv: csv::Writer::from_writer(BufWriter::new(tmp.as_file())),
             labels,
+            since,
             groups,
             path: out.to_path_buf(),
             rows: 0,
@@ -550,6 +574,71 @@ mod tests {
                 want("127.0.1.2", "flood", "flood"),
             ]
         );
+        Ok(())
+    }
+
+    /// (source, window start, label, group).
+    type LabelledRow = (String, String, String, String);
+
+    /// Every row of a 1 s export of `dir`, as [`LabelledRow`]s.
+    fn labelled_rows(dir: &Path) -> Result<Vec<LabelledRow>, Box<dyn std::error::Error>> {
+        let out = dir.join("since.csv");
+        export_csv(dir, &out, parse_window("1s")?)?;
+        let mut reader = csv::Reader::from_path(&out)?;
+        let n = reader.headers()?.len();
+        let rows = reader
+            .records()
+            .map(|r| {
+                r.map(|r| {
+                    (
+                        r[0].to_owned(),
+                        r[1].to_owned(),
+                        r[n - 2].to_owned(),
+                        r[n - 1].to_owned(),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn windows_that_end_before_the_attack_began_are_benign() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        record(dir.path(), &sample(), &[(ip(2), "tamper".to_string())])?;
+        {
+            let mut conn = db::open(dir.path())?;
+            // The first window ends exactly at the first attacking frame: benign. An
+            // unlabelled source's start is ignored.
+            db::set_label_since(&mut conn, &[(ip(2), T0 + 1000), (ip(1), T0)])?;
+        }
+        let (w0, w1) = (T0.to_string(), (T0 + 1000).to_string());
+        let want = |s: &str, w: &str, l: &str, g: &str| {
+            (s.to_owned(), w.to_owned(), l.to_owned(), g.to_owned())
+        };
+        assert_eq!(
+            labelled_rows(dir.path())?,
+            [
+                want("127.0.1.1", &w0, "benign", "benign"),
+                want("127.0.1.2", &w0, "benign", "tamper-before"),
+                want("127.0.1.1", &w1, "benign", "benign"),
+                want("127.0.1.2", &w1, "tamper", "tamper"),
+            ]
+        );
+        // One millisecond earlier, the first window holds the attack's first frame.
+        {
+            let mut conn = db::open(dir.path())?;
+            db::set_label_since(&mut conn, &[(ip(2), T0 + 999)])?;
+        }
+        let rows = labelled_rows(dir.path())?;
+        assert_eq!(rows[1], want("127.0.1.2", &w0, "tamper", "tamper"));
+        // A source of such a kind that never attacked is benign throughout.
+        {
+            let mut conn = db::open(dir.path())?;
+            db::set_label_since(&mut conn, &[(ip(2), i64::MAX)])?;
+        }
+        let rows = labelled_rows(dir.path())?;
+        assert_eq!(rows[3], want("127.0.1.2", &w1, "benign", "tamper-before"));
         Ok(())
     }
 

@@ -201,6 +201,7 @@ async fn open(
                 password: Password(Bytes::from(wrong.into_bytes())),
             };
             shared.model.add(source, shared.model.weight_auth_failed);
+            env.attacking(source);
             match s.call(env, &req).await {
                 Ok(_) => env.merge(&Counts::from([("failed logins", 1)])),
                 Err(end) => {
@@ -279,6 +280,10 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                 Op::Ping | Op::LoginFail => Request::Ping,
             };
             bump(&mut counts, op.as_str());
+            if matches!(op, Op::Fetch | Op::Download) {
+                // The enumeration: every walked id is part of the attack, owned or not.
+                env.attacking(source);
+            }
             match s.call(&env, &req).await {
                 Ok(Reply::Error {
                     code: ErrorCode::PermissionDenied,
@@ -335,6 +340,13 @@ mod tests {
         // At most two denials fit under half the threshold per source.
         assert!(env.count("permission_denied") <= 4, "{report:?}");
         assert_eq!(env.count("rate_limited"), 0, "{report:?}");
+        // Each slot logs in, then walks ids or fails a login: its source starts attacking
+        // after its first login, not at its first frame.
+        let first = env.obs.first_attack.lock().map_err(|_| "poisoned")?.clone();
+        assert!(!first.is_empty(), "{report:?}");
+        for at in first.values() {
+            assert!(*at > Duration::ZERO, "{first:?}");
+        }
         for ip in &report.sources_used {
             assert!(
                 !b.handle.guard().is_blocked(IpAddr::V4(*ip)),

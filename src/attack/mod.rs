@@ -88,6 +88,11 @@ pub struct Observations {
     pub canary_leaks: AtomicU64,
     /// The first time (since `t0`) each source saw a refusal at accept.
     pub first_refused: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+    /// For the kinds that behave like a user before they attack (tamper, low-and-slow): the
+    /// time (since `t0`) each source sent its first attacking frame. The runner labels a
+    /// recorded source's windows before that as benign (`rampart activity export`). The other
+    /// kinds attack from their first frame and leave this empty.
+    pub first_attack: Mutex<BTreeMap<Ipv4Addr, Duration>>,
 }
 
 /// What every attacker gets from the runner.

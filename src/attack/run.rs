@@ -188,6 +188,13 @@ impl Env {
         self.merge(&Counts::from([(sign.label(), 1)]));
     }
 
+    /// Records that `source` is about to send its first attacking frame (a no-op after the
+    /// first call per source), for the kinds that look like a user until then.
+    pub(crate) fn attacking(&self, source: Ipv4Addr) {
+        let since = Instant::now().saturating_duration_since(self.t0);
+        lock(&self.obs.first_attack).entry(source).or_insert(since);
+    }
+
     /// Records a canary leak with its note.
     pub(crate) fn leak(&self, note: String) {
         self.obs.canary_leaks.fetch_add(1, Ordering::Relaxed);

@@ -466,6 +466,13 @@ impl AttackKind {
                 | AttackKind::PlaintextOnTls
         )
     }
+
+    /// True for the kinds that behave like a user (connect, log in, ordinary requests)
+    /// before they attack, and report each source's first attacking frame in
+    /// [`super::Observations::first_attack`]. Every other kind attacks from its first frame.
+    pub fn reports_first_attack(&self) -> bool {
+        matches!(self, AttackKind::Tamper | AttackKind::LowAndSlow)
+    }
 }
 
 impl fmt::Display for AttackKind {

@@ -109,6 +109,7 @@ struct Conn {
     inbox: Inbox,
     ids: Ids,
     opened: Instant,
+    source: std::net::Ipv4Addr,
 }
 
 impl Conn {
@@ -121,7 +122,14 @@ impl Conn {
             inbox: Inbox::new(source),
             ids: Ids::new(),
             opened: Instant::now(),
+            source,
         })
+    }
+
+    /// Marks this connection's source as attacking from its next frame on (the main
+    /// session's own login before it is an honest one).
+    fn attacking(&self, env: &Env) {
+        env.attacking(self.source);
     }
 
     /// Writes `bytes` (one frame) and reads one reply.
@@ -242,6 +250,7 @@ async fn main_session(env: &Env, rng: &mut StdRng, mem: &mut Memory) {
 /// The main session's steps; returns how the connection ended.
 async fn main_steps(env: &Env, c: &mut Conn, me: &str, mem: &mut Memory) -> Got {
     let mut counts = Counts::new();
+    c.attacking(env);
     // Other users' ids: read, download, delete.
     for id in target_ids(env) {
         let fetched = c.call(env, &Request::Fetch { item_id: id }).await;
@@ -517,6 +526,7 @@ async fn victim_logins(env: &Env, rng: &mut StdRng) {
     let Some(mut c) = Conn::open(env, rng).await else {
         return;
     };
+    c.attacking(env);
     let victim = env.canary.victim.clone();
     let mut end = Got::Timeout;
     let attempts = SQLI_PASSWORDS
@@ -551,6 +561,7 @@ async fn replay(env: &Env, rng: &mut StdRng, mem: &Memory) {
     let Some(mut c) = Conn::open(env, rng).await else {
         return;
     };
+    c.attacking(env);
     let mut end = Got::Timeout;
     let replayed = c.raw(env, &frame).await;
     if let Answer::Ended(e) = replayed {
@@ -586,6 +597,7 @@ async fn flags(env: &Env, rng: &mut StdRng) {
         let Some(mut c) = Conn::open(env, rng).await else {
             return;
         };
+        c.attacking(env);
         let frame = raw_frame(Kind::Fetch, 1, flags, &victim_item.to_be_bytes());
         let answer = c.raw(env, &frame).await;
         check_flagged(env, &answer, victim_item, flags);
@@ -635,6 +647,12 @@ mod tests {
         assert!(env.count("flags rejected") >= 1, "{report:?}");
         assert!(env.count("auth_failed") >= 1, "{report:?}");
         assert!(env.count("auth frames replayed") >= 1, "{report:?}");
+        // Every source it used sent an attacking frame, after the main session's login.
+        let first = env.obs.first_attack.lock().map_err(|_| "poisoned")?.clone();
+        for ip in &report.sources_used {
+            let at = first.get(ip).ok_or(format!("{ip}: no first attack"))?;
+            assert!(*at <= Duration::from_secs(3), "{ip}: {at:?}");
+        }
         // The victim's items are all still there.
         let store = b.handle.server().store();
         let victim = store.user_id("victim")?.ok_or("no victim")?;

@@ -532,6 +532,8 @@ struct Ended {
     /// What each attack saw, by attack index.
     observations: Vec<Arc<Observations>>,
     runs: Vec<ClientRun>,
+    /// `t0` in milliseconds since the Unix epoch, the clock of the activity database.
+    t0_epoch_ms: i64,
 }
 
 /// One run, in the order of the module docs, each step one function; a setup failure is an
@@ -802,7 +804,55 @@ async fn sample_until_the_end(
         attack_reports,
         observations: attacks.observations,
         runs,
+        t0_epoch_ms: epoch_ms_at(clock.t0),
     }
+}
+
+/// `t` in milliseconds since the Unix epoch.
+fn epoch_ms_at(t: Instant) -> i64 {
+    let now = Instant::now();
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let wall = crate::activity::now_ms();
+    if t >= now {
+        wall.saturating_add(ms(t - now))
+    } else {
+        wall.saturating_sub(ms(now - t))
+    }
+}
+
+/// Records in the activity database when each source of the kinds that behave like a user
+/// first ([`crate::attack::AttackKind::reports_first_attack`]) sent its first attacking frame, so that
+/// `rampart activity export` labels its earlier windows benign. A source of such a kind that
+/// never attacked is benign throughout.
+fn label_attack_starts(
+    scenario: &Scenario,
+    observations: &[Arc<Observations>],
+    t0_epoch_ms: i64,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut since: Vec<(std::net::IpAddr, i64)> = Vec::new();
+    for (attack, obs) in scenario.attacks().iter().zip(observations) {
+        if !attack.kind().reports_first_attack() {
+            continue;
+        }
+        let first = obs
+            .first_attack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ip in attack.sources() {
+            let ms = first.get(ip).map_or(i64::MAX, |d| {
+                t0_epoch_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            });
+            since.push((std::net::IpAddr::V4(*ip), ms));
+        }
+    }
+    if since.is_empty() {
+        return Ok(());
+    }
+    let mut conn = crate::activity::db::open(dir)?;
+    crate::activity::db::set_label_since(&mut conn, &since)?;
+    Ok(())
 }
 
 /// The distinct sources of the legit clients, sorted.
@@ -875,7 +925,15 @@ async fn afterwards<'a>(
     phases.done("alive check done");
     let in_process = server.in_process();
     let (snapshot, pid) = match server {
-        Target::InProcess { handle, tmp, .. } => {
+        Target::InProcess { handle, tmp, dir } => {
+            if tmp.is_none() {
+                // A kept recording: its labels say when each attack began.
+                if let Err(e) =
+                    label_attack_starts(scenario, &ended.observations, ended.t0_epoch_ms, &dir)
+                {
+                    tracing::warn!(error = format!("{e:#}"), "cannot record when attacks began");
+                }
+            }
             let snap = server_stats(&handle);
             handle.shutdown().await;
             phases.done("server shut down");
