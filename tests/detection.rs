@@ -142,7 +142,10 @@ async fn the_model_blocks_an_enumeration_that_no_rule_catches() {
     );
     let stats = server.handle.server().detection().expect("a model runs");
     assert!(stats.anomalies >= 2, "{stats:?}");
-    let decisions = server.handle.firewall().decisions();
+    // The guard's block comes a moment before the decision is stored beside it.
+    let firewall = server.handle.firewall();
+    common::eventually(Duration::from_secs(2), || !firewall.decisions().is_empty()).await;
+    let decisions = firewall.decisions();
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     assert!(
         decisions[0].reason.starts_with("model_anomaly tipped"),
