@@ -668,10 +668,11 @@ impl HandshakeGuard {
     /// A place for one handshake from `ip` now, given back when the permit drops; or which
     /// cap is full.
     pub fn start(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakePermit, HandshakeCap> {
-        let source = self.source(ip);
+        // The source's semaphore is held only by its permits and waiters, so that a failed
+        // try leaves nothing behind for the permit's drop to miss.
         let mut permit = HandshakePermit::new(self, ip);
         permit.source = Some(
-            Arc::clone(&source)
+            self.source(ip)
                 .try_acquire_owned()
                 .map_err(|_| HandshakeCap::PerSource)?,
         );
@@ -691,10 +692,9 @@ impl HandshakeGuard {
         wait: Duration,
     ) -> Result<HandshakePermit, HandshakeCap> {
         let deadline = tokio::time::Instant::now() + wait;
-        let source = self.source(ip);
         let mut permit = HandshakePermit::new(self, ip);
         permit.source = Some(
-            tokio::time::timeout_at(deadline, source.acquire_owned())
+            tokio::time::timeout_at(deadline, self.source(ip).acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -973,6 +973,25 @@ mod tests {
         drop(_a2);
         // An idle source is forgotten.
         assert_eq!(g.running(), 0);
+        assert_eq!(g.sources(), 0);
+
+        // A source refused at the total cap, with no handshake of its own, leaves nothing.
+        let full: Vec<_> = (1..=8u8)
+            .map(|i| g.start(IpAddr::from([127, 0, 1, i])).expect("a place"))
+            .collect();
+        assert_eq!(
+            g.start("127.0.2.1".parse().expect("ip"))
+                .expect_err("total"),
+            HandshakeCap::Total
+        );
+        assert_eq!(
+            g.acquire("127.0.2.2".parse().expect("ip"), Duration::from_millis(20))
+                .await
+                .expect_err("total"),
+            HandshakeCap::Total
+        );
+        assert_eq!(g.sources(), 8);
+        drop(full);
         assert_eq!(g.sources(), 0);
     }
 

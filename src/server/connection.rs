@@ -557,7 +557,12 @@ where
                     }
                 }
             },
-            res = rd.read_buf(&mut c.inbuf), if can_read => match res {
+            // A TLS peer that closes without close_notify (most clients do) reads as
+            // UnexpectedEof; frames carry their own lengths, so it is the peer's EOF, as on a
+            // plain socket.
+            res = rd.read_buf(&mut c.inbuf), if can_read => match res.or_else(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(0) } else { Err(e) }
+            }) {
                 Ok(0) => {
                     if c.out.is_empty() {
                         return CloseReason::Eof;
@@ -573,14 +578,6 @@ where
                         // Reads must not postpone the rate check: judge the frame now.
                         c.check_timers(session.authenticated());
                     }
-                }
-                // A TLS peer that closes without close_notify: most clients do, and frames
-                // carry their own lengths, so this is the peer's EOF as on a plain socket.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    if c.out.is_empty() {
-                        return CloseReason::Eof;
-                    }
-                    c.close(CloseReason::Eof, None);
                 }
                 Err(_) => return CloseReason::Io,
             },
