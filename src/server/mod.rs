@@ -884,7 +884,10 @@ impl Server {
         let _ = stream.set_nodelay(true);
         match &self.shared.tls {
             None => self.admit_blocked_over(stream, peer, refusal, permit).await,
-            Some(tls) => match tls.handshake(stream, peer).await {
+            Some(tls) => match tls
+                .handshake(stream, self.shared.guard.source_of(peer.ip()))
+                .await
+            {
                 Ok(stream) => self.admit_blocked_over(stream, peer, refusal, permit).await,
                 Err(_) => self.shared.refused(peer, &refusal),
             },
@@ -970,7 +973,10 @@ impl Server {
             None => {
                 self.run_admitted(stream, peer, ticket, None).await;
             }
-            Some(tls) => match tls.handshake(stream, peer).await {
+            Some(tls) => match tls
+                .handshake(stream, self.shared.guard.source_of(peer.ip()))
+                .await
+            {
                 Ok(stream) => {
                     Metrics::bump(&self.shared.metrics.tls_handshakes);
                     self.run_admitted(stream, peer, ticket, None).await;

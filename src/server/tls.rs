@@ -23,6 +23,7 @@ use super::Shared;
 use crate::activity::EventKind;
 use crate::config::TlsConfig;
 use crate::firewall::Signal;
+use crate::guard::SourceKey;
 use crate::protocol::{self, ErrorCode, Reply};
 use crate::tls::{HandshakeCap, HandshakeGuard, MinVersion, Sniffed, TlsError};
 
@@ -105,19 +106,22 @@ impl TlsState {
         })))
     }
 
-    /// Runs the handshake of an admitted connection, within the caps and the time budget.
-    /// On failure the connection is told why when it spoke plaintext rampart, and dropped.
+    /// Runs the handshake of an admitted connection from `source` (the guard's source of
+    /// its peer), within the caps and the time budget. On failure the connection is told
+    /// why when it spoke plaintext rampart, and dropped.
     pub(crate) async fn handshake(
         &self,
         stream: TcpStream,
-        peer: SocketAddr,
+        source: SourceKey,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
         let limits = self.handshakes.limits();
         // Past a cap, wait for a place (honest users behind one address reconnecting at
         // once), within the same budget a handshake gets; refused only if none comes free.
+        // The per-source cap counts by the guard's source, so an IPv6 host rotating through
+        // its /64 shares one cap, as it shares every other limit.
         let _permit = self
             .handshakes
-            .acquire(peer.ip(), limits.timeout)
+            .acquire(source.net().network(), limits.timeout)
             .await
             .map_err(HandshakeFailure::Capped)?;
         let run = async {
