@@ -36,6 +36,7 @@
 mod brute_force;
 mod canary;
 mod conn;
+mod evasion;
 mod flood;
 mod low_and_slow;
 mod malformed;
@@ -65,6 +66,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use canary::Canary;
+pub use evasion::crowd_account;
 pub use spec::{Attack, AttackError, AttackKind, AttackSpec};
 
 use run::Env;
@@ -228,10 +230,10 @@ pub async fn run(attack: &Attack, ctx: AttackContext) -> AttackReport {
 }
 
 /// Runs the kind's slots and, beside them, the refusal checks of its sources (except for
-/// low-and-slow, whose slots each keep to one source and whose stealth the checks would
-/// spoil).
+/// low-and-slow and evasion, whose slots each keep to one source and whose stealth the
+/// checks would spoil).
 async fn run_kind(env: Arc<Env>, params: Params) {
-    if matches!(params, Params::LowAndSlow { .. }) {
+    if matches!(params, Params::LowAndSlow { .. } | Params::Evasion { .. }) {
         return run_params(env, params).await;
     }
     let watcher = tokio::spawn(run::watch_sources(Arc::clone(&env)));
@@ -285,6 +287,11 @@ async fn run_params(env: Arc<Env>, params: Params) {
             bytes_per_write,
         } => tls_handshake::slow(env, interval, bytes_per_write).await,
         Params::PlaintextOnTls { interval } => tls_handshake::plaintext(env, interval).await,
+        Params::Evasion {
+            rate_per_s,
+            guesses_per_hour,
+            target_user,
+        } => evasion::run(env, rate_per_s, guesses_per_hour, target_user).await,
     }
 }
 

@@ -138,6 +138,8 @@ async fn slot_loop(env: Arc<Env>, slot: usize, interval: Duration) {
         env.merge(&counts);
         let (mut rd, mut wr) = stream.into_split();
         let mut inbox = Inbox::new(source);
+        // The connection alone is what any client does; the attack is what it sends.
+        env.attacking(source);
         let end = if env.write(&mut wr, &bytes, 0).await.is_err() {
             Got::Reset
         } else {

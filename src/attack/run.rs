@@ -220,7 +220,6 @@ impl Env {
     }
 
     /// One count of the run's totals.
-    #[cfg(test)]
     pub(crate) fn count(&self, label: &str) -> u64 {
         lock(&self.counts).get(label).copied().unwrap_or(0)
     }

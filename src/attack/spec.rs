@@ -73,6 +73,9 @@ const DEFAULT_PROBE_INTERVAL_MS: u64 = 200;
 /// low-and-slow: one request a second, far under every frame rate limit.
 const DEFAULT_LOW_RATE: f64 = 1.0;
 
+/// Default guesses per hour per evasion slot.
+const DEFAULT_EVASION_GUESSES_PER_HOUR: f64 = 6.0;
+
 /// A closed vocabulary of a scenario key: an enum whose names serde reads and writes, so a
 /// misspelled value is refused with the names it could have been ("unknown variant `pong`,
 /// expected one of `ping`, ..."), with every variant in order ([`Self::ALL`]) and its name.
@@ -366,6 +369,19 @@ attack_specs! {
         /// Milliseconds between connections of one slot (default 200, 1 to 600 000).
         interval_ms: u64,
     }
+    /// Password guessing dressed as the crowd: each slot is a user on its own source, with
+    /// an account of its own, at a user's pace and mix, and now and then tries one password
+    /// on the target account before logging in to its own.
+    Evasion {
+        /// Requests per second of each slot's ordinary traffic (default 1, above 0 and at
+        /// most 20).
+        rate_per_s: f64,
+        /// Guesses per hour per slot, at random moments (default 6, above 0 and at most
+        /// 3600).
+        guesses_per_hour: f64,
+        /// The user attacked (default: the scenario's victim).
+        target_user: String,
+    }
 }
 
 struct CommonSpec {
@@ -411,11 +427,13 @@ pub enum AttackKind {
     TlsSlowHandshake,
     /// Plaintext rampart frames sent to the TLS port.
     PlaintextOnTls,
+    /// Slow password guessing from many addresses, dressed as ordinary users.
+    Evasion,
 }
 
 impl AttackKind {
     /// Every kind.
-    pub const ALL: [AttackKind; 16] = [
+    pub const ALL: [AttackKind; 17] = [
         AttackKind::Flood,
         AttackKind::RawFlood,
         AttackKind::Oversized,
@@ -432,6 +450,7 @@ impl AttackKind {
         AttackKind::TlsHandshakeFlood,
         AttackKind::TlsSlowHandshake,
         AttackKind::PlaintextOnTls,
+        AttackKind::Evasion,
     ];
 
     /// The kebab-case name used in scenario files (`"raw-flood"`).
@@ -453,6 +472,7 @@ impl AttackKind {
             AttackKind::TlsHandshakeFlood => "tls-handshake-flood",
             AttackKind::TlsSlowHandshake => "tls-slow-handshake",
             AttackKind::PlaintextOnTls => "plaintext-on-tls",
+            AttackKind::Evasion => "evasion",
         }
     }
 
@@ -468,10 +488,14 @@ impl AttackKind {
     }
 
     /// True for the kinds that behave like a user (connect, log in, ordinary requests)
-    /// before they attack, and report each source's first attacking frame in
-    /// [`super::Observations::first_attack`]. Every other kind attacks from its first frame.
+    /// before they attack, or that connect before they send anything (probe), and report
+    /// each source's first attacking frame in [`super::Observations::first_attack`]. Every
+    /// other kind attacks from its first frame.
     pub fn reports_first_attack(&self) -> bool {
-        matches!(self, AttackKind::Tamper | AttackKind::LowAndSlow)
+        matches!(
+            self,
+            AttackKind::Tamper | AttackKind::LowAndSlow | AttackKind::Probe | AttackKind::Evasion
+        )
     }
 }
 
@@ -552,6 +576,11 @@ pub(crate) enum Params {
     PlaintextOnTls {
         interval: Duration,
     },
+    Evasion {
+        rate_per_s: f64,
+        guesses_per_hour: f64,
+        target_user: Option<String>,
+    },
 }
 
 /// A checked attack, ready to run with [`run`](super::run).
@@ -624,6 +653,22 @@ impl Checker {
             return Err(self.err(key, format!("must be between {lo} and {hi}, got {v}")));
         }
         Ok(v)
+    }
+
+    /// A `target_user` key: a valid user name, if given.
+    fn target_user(&self, user: &Option<String>) -> Result<Option<String>, AttackError> {
+        if let Some(user) = user {
+            if user.is_empty() || user.len() > MAX_USER_NAME {
+                return Err(self.err(
+                    "target_user",
+                    format!(
+                        "must be 1 to {MAX_USER_NAME} bytes long, got {}",
+                        user.len()
+                    ),
+                ));
+            }
+        }
+        Ok(user.clone())
     }
 
     fn range_f64(&self, key: &'static str, v: f64, lo: f64, hi: f64) -> Result<f64, AttackError> {
@@ -858,28 +903,35 @@ impl AttackSpec {
                 guesses,
                 target_user,
                 ..
-            } => {
-                if let Some(user) = target_user {
-                    if user.is_empty() || user.len() > MAX_USER_NAME {
-                        return Err(c.err(
-                            "target_user",
-                            format!(
-                                "must be 1 to {MAX_USER_NAME} bytes long, got {}",
-                                user.len()
-                            ),
-                        ));
-                    }
-                }
-                Params::BruteForce {
-                    guesses: c.range_u64(
-                        "guesses",
-                        u64::from(guesses.unwrap_or(DEFAULT_GUESSES)),
-                        1,
-                        u64::from(u32::MAX),
-                    )? as u32,
-                    target_user: target_user.clone(),
-                }
-            }
+            } => Params::BruteForce {
+                guesses: c.range_u64(
+                    "guesses",
+                    u64::from(guesses.unwrap_or(DEFAULT_GUESSES)),
+                    1,
+                    u64::from(u32::MAX),
+                )? as u32,
+                target_user: c.target_user(target_user)?,
+            },
+            AttackSpec::Evasion {
+                rate_per_s,
+                guesses_per_hour,
+                target_user,
+                ..
+            } => Params::Evasion {
+                rate_per_s: c.range_f64(
+                    "rate_per_s",
+                    rate_per_s.unwrap_or(DEFAULT_LOW_RATE),
+                    0.0,
+                    20.0,
+                )?,
+                guesses_per_hour: c.range_f64(
+                    "guesses_per_hour",
+                    guesses_per_hour.unwrap_or(DEFAULT_EVASION_GUESSES_PER_HOUR),
+                    0.0,
+                    3600.0,
+                )?,
+                target_user: c.target_user(target_user)?,
+            },
             AttackSpec::TlsHandshakeFlood { .. } => Params::TlsHandshakeFlood,
             AttackSpec::TlsSlowHandshake {
                 interval_ms,

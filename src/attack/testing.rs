@@ -20,6 +20,9 @@ pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send 
 pub(crate) const SECRET: &str = "CANARY-SECRET-5b1f0e2d";
 const VICTIM_PW: &str = "victim-pw-9c41";
 
+/// Evasion slots the test server has accounts for.
+pub(crate) const EVASION_SLOTS: usize = 4;
+
 /// A canary with made-up secrets, for tests that need no server.
 pub(crate) fn canary() -> Canary {
     Canary {
@@ -47,7 +50,8 @@ pub(crate) fn config() -> Config {
     c
 }
 
-/// Starts a server with users mallory, alice and victim, and plants the canary: a private
+/// Starts a server with users mallory, alice, victim and the first [`EVASION_SLOTS`]
+/// evasion accounts, and plants the canary: a private
 /// message from alice to the victim containing [`SECRET`].
 pub(crate) async fn bench(config: Config) -> TestResult<Bench> {
     start(config, false).await
@@ -82,6 +86,13 @@ async fn start(mut config: Config, tls: bool) -> TestResult<Bench> {
         server
             .store()
             .add_user(user, &hash_password(&config.auth, pw.as_bytes())?)?;
+    }
+    // The evasion attack's own accounts, for its first slots.
+    for slot in 0..EVASION_SLOTS {
+        let (user, pw) = super::crowd_account(&("mallory".into(), "mallory-pw".into()), slot);
+        server
+            .store()
+            .add_user(&user, &hash_password(&config.auth, pw.as_bytes())?)?;
     }
     let handle = server.bind("127.0.0.1:0".parse()?).await?;
     let mut alice = Client::login(handle.local_addr(), "alice", b"alice-pw", opts).await?;

@@ -6,8 +6,8 @@
 //! The order of one run:
 //!
 //! 1. a fresh data directory (a temporary one, or `--record DIR/<name>`), unless `--target`;
-//! 2. accounts: `legit0..`, `alice`, `victim`, `mallory` (the attackers' own ordinary account)
-//!    and `runner` (the alive check), with seeded passwords, hashed with the scenario's argon2
+//! 2. accounts: `legit0..`, `alice`, `victim`, `mallory` (the attackers' own ordinary account),
+//!    `mallory0..` (one per evasion slot) and `runner` (the alive check), with seeded passwords, hashed with the scenario's argon2
 //!    parameters and written straight into the store;
 //! 3. the in-process server on 127.0.0.1:0 (or the external one); in a TLS run with a
 //!    self-signed certificate made in the data directory, which every client then trusts;
@@ -423,6 +423,9 @@ struct Cast {
     victim: Account,
     mallory: Account,
     monitor: Account,
+    /// The evasion attackers' ordinary accounts, one per slot of the largest evasion attack
+    /// ([`crate::attack::crowd_account`]).
+    crowd: Vec<Account>,
     secret: String,
     /// In a TLS run, how the runner's own connections trust the server (the legit clients'
     /// plans carry it too).
@@ -441,12 +444,27 @@ impl Cast {
         let mallory = account(ATTACKER_ACCOUNT, "mallory");
         let monitor = account(MONITOR, "runner");
         let secret = format!("canary-{:032x}", rng.gen::<u128>());
+        let slots = scenario
+            .attacks()
+            .iter()
+            .filter(|a| a.kind() == crate::attack::AttackKind::Evasion)
+            .map(|a| a.connections() as usize)
+            .max()
+            .unwrap_or(0);
+        let own = (mallory.name.clone(), mallory.password.clone());
+        let crowd = (0..slots)
+            .map(|i| {
+                let (name, password) = crate::attack::crowd_account(&own, i);
+                Account { name, password }
+            })
+            .collect();
         Cast {
             plans: legit::plan(scenario),
             alice,
             victim,
             mallory,
             monitor,
+            crowd,
             secret,
             tls: None,
         }
@@ -472,6 +490,7 @@ impl Cast {
             .chain(
                 [&self.alice, &self.victim, &self.mallory, &self.monitor]
                     .into_iter()
+                    .chain(&self.crowd)
                     .cloned(),
             )
             .collect()
