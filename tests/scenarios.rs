@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,15 +15,8 @@ use rampart::scenario::{run_files, RunError, RunOptions, Scenario, ScenarioError
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Cheap password hashing, so the tests spend their time on behaviour.
-const CHEAP_AUTH: &str = "[server.auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n";
-
-/// Writes `text` as `dir/name` and returns the path.
-fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, std::io::Error> {
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
+mod scenario_util;
+use scenario_util::{write, CHEAP_AUTH};
 
 /// Expects `text` to be rejected with a message that names the file and `key`.
 fn check_rejected(text: &str, key: &str) -> TestResult {

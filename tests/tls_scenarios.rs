@@ -5,20 +5,12 @@
 //!
 //! Scenarios here use cheap argon2 parameters and last about three seconds.
 
-use std::path::{Path, PathBuf};
-
 use rampart::scenario::{run_files, RunOptions, Scenario, Silent};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Cheap password hashing, so the tests spend their time on behaviour.
-const CHEAP_AUTH: &str = "[server.auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n";
-
-fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, std::io::Error> {
-    let path = dir.join(name);
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
+mod scenario_util;
+use scenario_util::{write, CHEAP_AUTH};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_scenario_runs_everyone_over_tls_and_says_so() -> TestResult {
