@@ -1,0 +1,311 @@
+//! The scenario runner against a server that is not rampart (`tcp://` targets), without
+//! installing one: a small line-echo server written here runs the `scenarios/generic/`
+//! suite (each scenario shortened to two seconds) through the `line` and `script` drivers;
+//! the `script` driver also speaks rampart's binary PING to a rampart server; and a kind
+//! that needs rampart's protocol is refused before anything runs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use rampart::scenario::target::TargetSpec;
+use rampart::scenario::{
+    collect_files, load_all, run_all, run_files, RunError, RunOptions, Silent, SuiteReport,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Longest line the echo server buffers before it gives up on the connection, as a real
+/// line server bounds its buffer.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A line-echo server on 127.0.0.1:0: every line comes back as it was sent (with its end).
+async fn echo_server() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=i).collect();
+                        if stream.write_all(&line).await.is_err() {
+                            return;
+                        }
+                    }
+                    if buf.len() > MAX_LINE {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The generic scenarios whose names end in one of `names`, shortened to two seconds (the
+/// attacks start at 1 s), run against `addr` with the driver `legit`.
+async fn run_generic(
+    addr: SocketAddr,
+    legit: TargetSpec,
+    names: &[&str],
+) -> Result<SuiteReport, Box<dyn std::error::Error>> {
+    let files = collect_files(&[PathBuf::from("scenarios/generic")])?;
+    let scenarios: Vec<_> = load_all(&files)?
+        .into_iter()
+        .filter(|s| names.iter().any(|n| s.name() == format!("generic-{n}")))
+        .map(|s| s.with_duration(Duration::from_secs(2)))
+        .collect();
+    assert_eq!(scenarios.len(), names.len(), "missing generic scenarios");
+    let opts = RunOptions::default()
+        .tcp_target(addr, legit)
+        .target_pid(std::process::id());
+    rampart::scenario::runner::check_targets(&scenarios, &opts)?;
+    Ok(run_all(scenarios, &opts, &Silent).await)
+}
+
+/// What every generic report must show: the target named with its driver, legit goodput
+/// measured, the block metrics `null`, the target alive, and every attack having sent.
+fn check_report(report: &SuiteReport, driver: &str) -> TestResult {
+    let json: serde_json::Value = serde_json::from_str(&report.to_json())?;
+    let table = report.summary_table();
+    for s in json["scenarios"].as_array().ok_or("no scenarios")? {
+        let name = s["name"].as_str().unwrap_or("?");
+        let m = &s["metrics"];
+        assert!(
+            s["target"].as_str().is_some_and(
+                |t| t.starts_with("tcp://127.0.0.1:") && t.ends_with(&format!("({driver})"))
+            ),
+            "{name}: {}",
+            s["target"]
+        );
+        assert!(
+            m["legit_attempted"].as_u64().is_some_and(|n| n > 0),
+            "{name}: {m}"
+        );
+        let goodput = m["legit_goodput"].as_f64().ok_or("no goodput")?;
+        assert!(goodput > 0.5, "{name}: goodput {goodput}\n{table}");
+        assert_eq!(
+            m["server_alive"], true,
+            "{name}: {}",
+            m["server_alive_error"]
+        );
+        for key in ["blocked_sources", "time_to_block_s", "false_blocks"] {
+            assert!(m[key].is_null(), "{name}: {key} = {}", m[key]);
+        }
+        assert_eq!(m["model"], "n/a", "{name}");
+        // The test process holds the echo server: its memory was sampled.
+        assert!(
+            m["peak_rss_mb"].as_f64().is_some_and(|mb| mb > 0.0),
+            "{name}: {m}"
+        );
+        assert!(m["rss_scope"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("target process")));
+        for a in m["attacks"].as_array().ok_or("no attacks")? {
+            assert!(a["sources_blocked"].is_null(), "{name}: {a}");
+            assert!(a["connects"].as_u64().is_some_and(|n| n > 0), "{name}: {a}");
+            let notes = a["notes"].to_string();
+            assert!(
+                notes.contains(&format!("against a {driver} target")),
+                "{name}: {notes}"
+            );
+        }
+    }
+    // The terminal table prints n/a where a firewall's numbers would be.
+    assert!(table.contains("n/a"), "{table}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_suite_runs_against_a_line_echo_server() -> TestResult {
+    let addr = echo_server().await?;
+    let legit = TargetSpec {
+        legit: Some("line".into()),
+        ..TargetSpec::default()
+    };
+    let names = [
+        "baseline",
+        "raw-flood",
+        "slowloris",
+        "slow-read",
+        "oversized",
+        "malformed",
+    ];
+    let report = run_generic(addr, legit, &names).await?;
+    check_report(&report, "line")?;
+    let baseline = report.scenarios.first().ok_or("no baseline")?;
+    assert!(baseline.attacks.is_empty());
+    assert!(
+        baseline.metrics.legit_goodput >= 0.9,
+        "{}",
+        report.summary_table()
+    );
+    assert_eq!(
+        baseline.metrics.legit_by_kind.keys().collect::<Vec<_>>(),
+        ["request"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_suite_runs_through_the_script_driver() -> TestResult {
+    let addr = echo_server().await?;
+    let legit = TargetSpec {
+        legit: Some("script".into()),
+        steps: Some(vec![
+            rampart::scenario::target::StepSpec {
+                send: Some("ping\r\n".into()),
+                ..Default::default()
+            },
+            rampart::scenario::target::StepSpec {
+                expect_hex: Some("70 69 6e 67 0d 0a".into()),
+                ..Default::default()
+            },
+        ]),
+        ..TargetSpec::default()
+    };
+    let names = ["flood", "conn-churn", "conn-exhaust", "probe"];
+    let report = run_generic(addr, legit, &names).await?;
+    check_report(&report, "script")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_driver_pings_a_rampart_server() -> TestResult {
+    let server = common::start_server().await;
+    // PING with request id 2, and its PONG (docs/PROTOCOL.md, appendix): allowed before AUTH.
+    let mut legit = TargetSpec::default();
+    rampart::scenario::target::set_option(&mut legit, "legit=script")?;
+    rampart::scenario::target::set_option(
+        &mut legit,
+        r#"steps=[{send_hex="524d0102 00000002 0000 00000000"},{expect_hex="524d0182 00000002 0000 00000000"}]"#,
+    )?;
+    let report = run_generic(server.addr, legit, &["baseline"]).await?;
+    let m = &report.scenarios.first().ok_or("no report")?.metrics;
+    assert!(m.server_alive, "{:?}", m.server_alive_error);
+    assert!(m.legit_goodput >= 0.9, "{}", report.summary_table());
+    server.handle.shutdown().await;
+    Ok(())
+}
+
+/// Writes `text` as `dir/name` and returns the path.
+fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn rampart_only_kinds_are_refused_against_a_tcp_target() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let addr: SocketAddr = "127.0.0.1:9".parse()?;
+    let resp = TargetSpec {
+        legit: Some("resp".into()),
+        ..TargetSpec::default()
+    };
+    let opts = RunOptions::default().tcp_target(addr, resp);
+    for kind in ["tamper", "brute-force", "preauth-buffer", "low-and-slow"] {
+        let path = write(
+            dir.path(),
+            &format!("{kind}.toml"),
+            &format!("name = \"x\"\nduration_s = 1\n[[legit]]\n[[attack]]\nkind = \"{kind}\"\n"),
+        )?;
+        let err = run_files(&[path], &opts, &Silent)
+            .await
+            .err()
+            .ok_or("ran")?;
+        let msg = err.to_string();
+        assert!(matches!(err, RunError::Target(_)), "{msg}");
+        assert!(msg.contains(&format!("`{kind}`")), "{msg}");
+        assert!(msg.contains("tcp://127.0.0.1:9"), "{msg}");
+        assert!(msg.contains("needs rampart's protocol"), "{msg}");
+    }
+    // A script without steps, and no driver at all, are refused too.
+    let base = write(
+        dir.path(),
+        "base.toml",
+        "name = \"b\"\nduration_s = 1\n[[legit]]\n",
+    )?;
+    let script = TargetSpec {
+        legit: Some("script".into()),
+        ..TargetSpec::default()
+    };
+    let err = run_files(
+        std::slice::from_ref(&base),
+        &RunOptions::default().tcp_target(addr, script),
+        &Silent,
+    )
+    .await
+    .err()
+    .ok_or("ran")?;
+    assert!(err.to_string().contains("steps"), "{err}");
+    let err = run_files(
+        std::slice::from_ref(&base),
+        &RunOptions::default().tcp_target(addr, TargetSpec::default()),
+        &Silent,
+    )
+    .await
+    .err()
+    .ok_or("ran")?;
+    assert!(err.to_string().contains("legit driver"), "{err}");
+    // The file's own [target] table works the same way.
+    let in_file = write(
+        dir.path(),
+        "file.toml",
+        "name = \"f\"\nduration_s = 1\n[[legit]]\n[[attack]]\nkind = \"tamper\"\n[target]\nurl = \"tcp://127.0.0.1:9\"\nlegit = \"http\"\n",
+    )?;
+    let err = run_files(&[in_file], &RunOptions::default(), &Silent)
+        .await
+        .err()
+        .ok_or("ran")?;
+    assert!(err.to_string().contains("`tamper`"), "{err}");
+    // --target-pid means nothing for the in-process server.
+    let err = run_files(&[base], &RunOptions::default().target_pid(1), &Silent)
+        .await
+        .err()
+        .ok_or("ran")?;
+    assert!(err.to_string().contains("--target-pid"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_top_level_suite_does_not_include_the_generic_one() -> TestResult {
+    let files = collect_files(&[PathBuf::from("scenarios")])?;
+    assert!(
+        files
+            .iter()
+            .all(|f| f.parent() == Some(Path::new("scenarios"))),
+        "{files:?}"
+    );
+    let generic = collect_files(&[PathBuf::from("scenarios/generic")])?;
+    assert!(generic.len() >= 8, "{generic:?}");
+    // Every generic scenario loads, and none needs rampart's protocol.
+    for s in load_all(&generic)? {
+        for a in s.attacks() {
+            assert!(
+                rampart::scenario::target::generic_kind(a.kind()),
+                "{}: {}",
+                s.name(),
+                a.kind()
+            );
+        }
+        assert!(
+            s.target().is_none(),
+            "{}: a generic scenario names no target",
+            s.name()
+        );
+    }
+    Ok(())
+}
