@@ -309,3 +309,50 @@ fn the_top_level_suite_does_not_include_the_generic_one() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn the_command_line_names_the_refused_kind_and_documents_the_flags() -> TestResult {
+    let rampart = env!("CARGO_BIN_EXE_rampart");
+    let out = std::process::Command::new(rampart)
+        .args([
+            "scenario",
+            "run",
+            "scenarios/tamper.toml",
+            "--target",
+            "tcp://127.0.0.1:9",
+            "--legit",
+            "resp",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`tamper` needs rampart's protocol") && err.contains("tcp://127.0.0.1:9"),
+        "{err}"
+    );
+    let out = std::process::Command::new(rampart)
+        .args([
+            "scenario",
+            "run",
+            "scenarios/generic/",
+            "--target",
+            "udp://127.0.0.1:9",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheme"));
+    let help = std::process::Command::new(rampart)
+        .args(["scenario", "run", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--target <URL>",
+        "--legit <DRIVER>",
+        "--legit-opt <KEY=VALUE>",
+        "--target-pid <PID>",
+        "tcp://",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    Ok(())
+}
