@@ -192,11 +192,17 @@ impl SuiteReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
-        if let Some(first) = self.scenarios.first() {
+        if let Some(first) = self.scenarios.first().filter(|s| !s.metrics.blocks_unknown) {
             let _ = writeln!(
                 out,
                 "\ndetection model: {} (MODEL: blocks it had a hand in; SHED: activity events the recorder shed)",
                 first.metrics.model
+            );
+        }
+        if self.scenarios.iter().any(|s| s.metrics.blocks_unknown) {
+            let _ = writeln!(
+                out,
+                "\nn/a: a tcp:// target has no firewall or detection model to ask"
             );
         }
         let failed: Vec<&ScenarioReport> = self.scenarios.iter().filter(|s| !s.passed).collect();
