@@ -356,3 +356,24 @@ fn the_command_line_names_the_refused_kind_and_documents_the_flags() -> TestResu
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreachable_target_is_a_failed_report_not_a_hang() -> TestResult {
+    // A port nobody listens on: bind one, note it, close it.
+    let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let files = collect_files(&[PathBuf::from("scenarios/generic/baseline.toml")])?;
+    let legit = TargetSpec {
+        legit: Some("line".into()),
+        ..TargetSpec::default()
+    };
+    let opts = RunOptions::default().tcp_target(addr, legit);
+    let report = run_all(load_all(&files)?, &opts, &Silent).await;
+    let s = report.scenarios.first().ok_or("no report")?;
+    assert!(!s.passed);
+    let first = s.failures.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.starts_with("setup failed: legit client 0 cannot reach tcp://"),
+        "{first}"
+    );
+    Ok(())
+}

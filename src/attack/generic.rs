@@ -737,7 +737,9 @@ async fn churn(env: Arc<Env>, wire: Arc<Wire>, per_source_rate: f64) {
                 if !env.sleep_until(next).await {
                     break;
                 }
-                next = next.max(Instant::now() - every) + every;
+                // A slot that fell behind does not make up for it in a burst.
+                let now = Instant::now();
+                next = next.max(now.checked_sub(every).unwrap_or(now)) + every;
                 let Some((mut stream, _)) = open(&env, &mut rng).await else {
                     continue;
                 };

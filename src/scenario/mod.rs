@@ -51,7 +51,7 @@ pub use judge::judge;
 pub use metrics::{ScenarioMetrics, Timeline};
 pub use report::{ScenarioReport, SuiteReport};
 pub use runner::{
-    collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress, RunError,
-    RunModel, RunOptions, Silent,
+    check_targets, collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
+    RunError, RunModel, RunOptions, Silent,
 };
 pub use spec::{Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec};

@@ -1373,4 +1373,27 @@ mod tests {
         assert!(recorded.check().is_err());
         Ok(())
     }
+
+    #[test]
+    fn tcp_target_options_are_checked() -> Result<(), std::net::AddrParseError> {
+        let tcp = |addr: &str| -> Result<RunOptions, std::net::AddrParseError> {
+            Ok(RunOptions::default().tcp_target(addr.parse()?, TargetSpec::default()))
+        };
+        assert!(tcp("127.0.0.1:6379")?.check().is_ok());
+        assert!(tcp("127.0.0.1:6379")?.target_pid(7).check().is_ok());
+        let err = |o: RunOptions| o.check().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(tcp("192.0.2.1:6379")?).contains("127.0.0.0/8"));
+        assert!(err(tcp("127.0.0.1:6379")?.tls()).contains("--tls"));
+        assert!(err(tcp("127.0.0.1:6379")?.record_dir("rec")).contains("--record"));
+        let both = RunOptions {
+            target: Some("127.0.0.1:7878".parse()?),
+            ..tcp("127.0.0.1:6379")?
+        };
+        assert!(err(both).contains("second --target"));
+        assert_eq!(
+            tcp("127.0.0.1:6379")?.target_url(),
+            Some(TargetUrl::Tcp("127.0.0.1:6379".parse()?))
+        );
+        Ok(())
+    }
 }
