@@ -1,6 +1,6 @@
 //! The connection-level kinds against a generic target: conn-churn, conn-exhaust and probe.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::super::net::abort;
 use super::super::probe::{http_get, tls_client_hello, SSH_BANNER};
 use super::super::run::{bump, run_slots, Counts, Env};
-use super::{open, write_or_closed, Sink, Wire};
+use super::{open, run_drained, Wire};
 
 /// A probe waits this long for the server to answer and close.
 const PROBE_ANSWER_WAIT: Duration = Duration::from_secs(1);
@@ -65,28 +65,19 @@ pub(super) async fn exhaust(env: Arc<Env>) {
     let held = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (h, p) = (Arc::clone(&held), Arc::clone(&peak));
-    run_slots(&env, move |env, slot| {
+    run_drained(&env, move |env, mut slot| {
         let (held, peak) = (Arc::clone(&h), Arc::clone(&p));
         async move {
-            let mut rng = env.rng(slot as u64);
             while env.live() {
-                let Some((stream, _)) = open(&env, &mut rng).await else {
+                let Some(conn) = slot.open().await else {
                     break;
                 };
-                let opened = Instant::now();
                 let now = held.fetch_add(1, Ordering::Relaxed) + 1;
                 peak.fetch_max(now, Ordering::Relaxed);
-                let (rd, wr) = stream.into_split();
                 // Send nothing; hold until the server gives up on us.
-                let sink = Sink::spawn(&env, rd, Arc::new(AtomicU64::new(0)));
-                tokio::select! {
-                    _ = sink.closed.cancelled() => {}
-                    _ = env.halt.cancelled() => {}
-                }
+                conn.wait(&env, None).await;
                 held.fetch_sub(1, Ordering::Relaxed);
-                drop(wr);
-                sink.finish(Duration::from_millis(50)).await;
-                env.pace(opened, &mut rng).await;
+                slot.close(conn, Duration::from_millis(50)).await;
             }
         }
     })
@@ -99,39 +90,30 @@ pub(super) async fn exhaust(env: Arc<Env>) {
 
 pub(super) async fn probe(env: Arc<Env>, interval: Duration) {
     let host = env.target.ip().to_string();
-    run_slots(&env, move |env, slot| {
+    run_drained(&env, move |env, mut slot| {
         let host = host.clone();
         async move {
-            let mut rng = env.rng(slot as u64);
-            let mut n = slot;
+            let mut n = 0usize;
             while env.live() {
-                let Some((stream, _)) = open(&env, &mut rng).await else {
+                let Some(mut conn) = slot.open().await else {
                     break;
                 };
                 let (bytes, label) = match n % 3 {
                     0 => (http_get(&host), "probe: http"),
-                    1 => (tls_client_hello(&host, &mut rng), "probe: tls"),
+                    1 => (tls_client_hello(&host, &mut slot.rng), "probe: tls"),
                     _ => (SSH_BANNER.to_vec(), "probe: ssh"),
                 };
                 n = n.wrapping_add(1);
-                let received = Arc::new(AtomicU64::new(0));
-                let (rd, mut wr) = stream.into_split();
-                let sink = Sink::spawn(&env, rd, Arc::clone(&received));
                 let mut counts = Counts::new();
                 bump(&mut counts, label);
-                if write_or_closed(&env, &mut wr, &bytes, 1, &sink.closed).await {
-                    tokio::select! {
-                        _ = sink.closed.cancelled() => {}
-                        _ = tokio::time::sleep(PROBE_ANSWER_WAIT) => {}
-                        _ = env.halt.cancelled() => {}
-                    }
+                if conn.write(&env, &bytes, 1).await {
+                    conn.wait(&env, Some(PROBE_ANSWER_WAIT)).await;
                 }
-                if received.load(Ordering::Relaxed) > 0 {
+                if conn.received() > 0 {
                     bump(&mut counts, "probe answered");
                 }
                 env.merge(&counts);
-                drop(wr);
-                sink.finish(Duration::from_millis(50)).await;
+                slot.close(conn, Duration::from_millis(50)).await;
                 if !env.sleep(interval).await {
                     break;
                 }

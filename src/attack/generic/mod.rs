@@ -43,12 +43,13 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::net::{connect_from, is_reset, RefusalSign};
-use super::run::{Counts, Env};
+use super::run::{run_slots, Counts, Env};
 use super::spec::Params;
 use super::{Attack, AttackContext, AttackReport};
 
@@ -122,6 +123,94 @@ async fn open(env: &Env, rng: &mut StdRng) -> Option<(TcpStream, Ipv4Addr)> {
     None
 }
 
+/// One connection slot of a generic attack: its generator, and the connections it opens one
+/// after another, each drained of what the server sends.
+struct Slot {
+    env: Arc<Env>,
+    rng: StdRng,
+    /// Reply bytes of the whole attack.
+    received: Arc<AtomicU64>,
+}
+
+impl Slot {
+    fn new(env: &Arc<Env>, slot: usize, received: &Arc<AtomicU64>) -> Slot {
+        Slot {
+            env: Arc::clone(env),
+            rng: env.rng(slot as u64),
+            received: Arc::clone(received),
+        }
+    }
+
+    /// Opens the next connection and starts draining it; `None` once the attack halts.
+    async fn open(&mut self) -> Option<Drained> {
+        let (stream, _) = open(&self.env, &mut self.rng).await?;
+        let (rd, wr) = stream.into_split();
+        let received = Arc::new(AtomicU64::new(0));
+        Some(Drained {
+            wr,
+            sink: Sink::spawn(&self.env, rd, Arc::clone(&received)),
+            opened: Instant::now(),
+            received,
+        })
+    }
+
+    /// Ends `conn`: stops writing, gives the server up to `linger` to close, adds its reply
+    /// bytes to the attack's, and pauses briefly if it lived briefly (so a server that cuts
+    /// at once cannot make the slot spin).
+    async fn close(&mut self, conn: Drained, linger: Duration) {
+        drop(conn.wr);
+        conn.sink.finish(linger).await;
+        self.received
+            .fetch_add(conn.received.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.env.pace(conn.opened, &mut self.rng).await;
+    }
+}
+
+/// An open connection whose replies a task drains and counts.
+struct Drained {
+    wr: OwnedWriteHalf,
+    sink: Sink,
+    opened: Instant,
+    received: Arc<AtomicU64>,
+}
+
+impl Drained {
+    /// False once the server closed the connection.
+    fn is_open(&self) -> bool {
+        !self.sink.closed.is_cancelled()
+    }
+
+    /// Writes `bytes` (counted as `frames`) unless the server closes or the attack halts
+    /// first; false if it did not.
+    async fn write(&mut self, env: &Env, bytes: &[u8], frames: u64) -> bool {
+        tokio::select! {
+            r = env.write(&mut self.wr, bytes, frames) => r.is_ok(),
+            _ = self.sink.closed.cancelled() => false,
+        }
+    }
+
+    /// Waits until the server closes the connection, the attack halts, or `limit` passes
+    /// (`None`: no limit).
+    async fn wait(&self, env: &Env, limit: Option<Duration>) {
+        let limit = async {
+            match limit {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.sink.closed.cancelled() => {}
+            _ = env.halt.cancelled() => {}
+            _ = limit => {}
+        }
+    }
+
+    /// Reply bytes so far.
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
 /// Reads and discards what the server sends until it closes, counting the bytes.
 struct Sink {
     handle: tokio::task::JoinHandle<()>,
@@ -162,24 +251,22 @@ impl Sink {
     }
 }
 
-/// Notes the bytes received, once at the end.
-fn note_received(env: &Env, received: &AtomicU64) {
+/// Runs `slot_loop` on every connection slot with its [`Slot`], then notes the reply bytes
+/// of the whole attack.
+async fn run_drained<F, Fut>(env: &Arc<Env>, slot_loop: F)
+where
+    F: Fn(Arc<Env>, Slot) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let received = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&received);
+    run_slots(env, move |env, i| {
+        let slot = Slot::new(&env, i, &r);
+        slot_loop(env, slot)
+    })
+    .await;
     env.note(format!(
         "received {} bytes of replies",
         received.load(Ordering::Relaxed)
     ));
-}
-
-/// Writes `bytes` unless the server closes or the attack halts first.
-async fn write_or_closed(
-    env: &Env,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    bytes: &[u8],
-    frames: u64,
-    closed: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        r = env.write(wr, bytes, frames) => r.is_ok(),
-        _ = closed.cancelled() => false,
-    }
 }

