@@ -427,6 +427,16 @@ async fn rampart_only_kinds_are_refused_against_a_tcp_target() -> TestResult {
         .err()
         .ok_or("ran")?;
     assert!(err.to_string().contains("`tamper`"), "{err}");
+    let tcp_file = write(
+        dir.path(),
+        "tcp.toml",
+        "name = \"t\"\nduration_s = 1\n[[legit]]\n[target]\nurl = \"tcp://127.0.0.1:9\"\nlegit = \"line\"\n",
+    )?;
+    let err = run_files(&[tcp_file], &RunOptions::default().tls(), &Silent)
+        .await
+        .err()
+        .ok_or("ran")?;
+    assert!(err.to_string().contains("--tls"), "{err}");
     // --target-pid means nothing for the in-process server.
     let err = run_files(&[base], &RunOptions::default().target_pid(1), &Silent)
         .await

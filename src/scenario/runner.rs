@@ -1308,6 +1308,14 @@ pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), Ru
                 s.name()
             )));
         }
+        // A file's own tcp:// url meets the options the command line could not check.
+        if let (Resolved::Tcp(t), true) = (&resolved, opts.tls || opts.record_dir.is_some()) {
+            return Err(RunError::Target(format!(
+                "scenario {} runs against tcp://{}: --tls and --record are for the in-process server",
+                s.name(),
+                t.addr
+            )));
+        }
     }
     Ok(())
 }
