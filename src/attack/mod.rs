@@ -17,6 +17,8 @@
 //!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
 //!   `low_and_slow`, and `tls_handshake` (tls-handshake-flood, tls-slow-handshake,
 //!   plaintext-on-tls).
+//! - `generic`: the kinds that have a form for any TCP server ([`run_generic`]), in the
+//!   target protocol's bytes ([`Wire`]).
 //! - `stream`: a connection, plain or TLS: in a run with [`AttackContext::tls`] set, every
 //!   admitted connection completes a TLS handshake before it misbehaves.
 //!
@@ -38,6 +40,7 @@ mod canary;
 mod conn;
 mod evasion;
 mod flood;
+mod generic;
 mod low_and_slow;
 mod malformed;
 pub mod net;
@@ -67,6 +70,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use canary::Canary;
 pub use evasion::crowd_account;
+pub use generic::{mutate, resp_command, run as run_generic, Wire};
 pub use spec::{Attack, AttackError, AttackKind, AttackSpec};
 
 use run::Env;
@@ -161,6 +165,17 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// in connections, time and memory. A non-loopback target is refused without sending
 /// anything.
 pub async fn run(attack: &Attack, ctx: AttackContext) -> AttackReport {
+    let params = attack.params.clone();
+    drive(attack, ctx, move |env| run_kind(env, params)).await
+}
+
+/// The frame of every attack run: refuses a non-loopback target, waits for the start time,
+/// runs `work` until the stop time (aborting it a grace period after), and reports.
+async fn drive<F, Fut>(attack: &Attack, ctx: AttackContext, work: F) -> AttackReport
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let obs = Arc::clone(&ctx.observations);
     if !ctx.target.ip().is_loopback() {
         return AttackReport {
@@ -202,7 +217,7 @@ pub async fn run(attack: &Attack, ctx: AttackContext) -> AttackReport {
                 }
             })
         };
-        let work = run_kind(Arc::clone(&env), attack.params.clone());
+        let work = work(Arc::clone(&env));
         let halt = env.halt.clone();
         tokio::select! {
             _ = work => {}

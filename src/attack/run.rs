@@ -180,6 +180,12 @@ impl Env {
         }
     }
 
+    /// Notes that `source` is used now, as [`Env::open_tcp`] does, for attackers that
+    /// connect by other means (the generic forms).
+    pub(crate) fn touch(&self, source: Ipv4Addr) {
+        lock(&self.used).insert(source, Instant::now());
+    }
+
     /// Records a refusal at accept of `source`.
     pub(crate) fn refused(&self, source: Ipv4Addr, sign: RefusalSign) {
         self.obs.refused.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,6 @@
 //! parses arguments and draws.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -13,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use rampart::scenario::target::{self, TargetSpec, TargetUrl};
 use rampart::scenario::{run_files, LiveStats, Progress, RunOptions, Scenario, ScenarioReport};
 
 const RUN_HELP: &str = "\
@@ -27,7 +27,16 @@ Examples:
   rampart scenario run scenarios/ --filter brute
   rampart scenario run scenarios/baseline.toml scenarios/flood.toml --tls
   rampart scenario run scenarios/ --model my-model.json   # or --no-model: rules only
-  rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data";
+  rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data
+
+Any TCP server (scenarios/generic/ runs unchanged against each; kinds that need rampart's
+protocol, such as tamper or brute-force, are refused before anything runs):
+  rampart scenario run scenarios/generic/ --target tcp://127.0.0.1:6379 --legit resp --target-pid PID
+  rampart scenario run scenarios/generic/ --target tcp://127.0.0.1:8080 --legit http --legit-opt path=/health
+  rampart scenario run scenarios/generic/ --target tcp://127.0.0.1:7000 --legit line --legit-opt greeting=true
+  rampart scenario run scenarios/generic/ --target tcp://127.0.0.1:6379 --legit script \\
+      --legit-opt 'steps=[{send=\"PING\\r\\n\"},{expect=\"+PONG\\r\\n\"}]'
+Block metrics read n/a against a tcp:// target: it has no firewall to ask.";
 
 /// `rampart scenario ...`.
 #[derive(Debug, Subcommand)]
@@ -43,9 +52,27 @@ pub struct RunArgs {
     /// Scenario files, or directories (every *.toml in it, sorted by name).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Attack an external `rampart serve` at this 127.x address instead of an in-process server.
-    #[arg(long, requires = "target_data_dir")]
-    target: Option<SocketAddr>,
+    /// Where to run instead of an in-process server: `rampart://127.0.0.1:PORT` (or a bare
+    /// address) for an external `rampart serve` (with --target-data-dir), or
+    /// `tcp://127.0.0.1:PORT` for any TCP server (with a legit driver: --legit or the file's
+    /// [target]). Overrides every file's `[target] url`.
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
+    /// The legit driver of a tcp:// target: resp (SET then GET), http (GET a path, expect a
+    /// status), line (a line out, a matching line back) or script (send/expect steps).
+    /// Overrides the file's `[target] legit`.
+    #[arg(long, value_name = "DRIVER")]
+    legit: Option<String>,
+    /// A driver option, as in the file's [target] table, e.g. `path=/health`, `status=204`,
+    /// `greeting=true`, `steps=[{send="PING\r\n"},{expect="+PONG\r\n"}]`. Repeatable; wins
+    /// over the file.
+    #[arg(long = "legit-opt", value_name = "KEY=VALUE")]
+    legit_opt: Vec<String>,
+    /// The target server's process id: its resident memory is sampled during the run, and
+    /// `server_alive` also needs it still running at the end. Default: the process found
+    /// listening on the target's port.
+    #[arg(long, value_name = "PID")]
+    target_pid: Option<u32>,
     /// The external server's data directory; the runner creates its accounts there.
     #[arg(long, requires = "target")]
     target_data_dir: Option<PathBuf>,
@@ -173,15 +200,17 @@ impl Progress for Bars {
         }
         let verdict = if r.passed { "pass" } else { "FAIL" };
         let line = format!(
-            "{verdict} {} (seed {}, {:.1} s): goodput {:.3}, p99 {:.1} ms, lost {}, blocked {}/{}",
+            "{verdict} {} (seed {}, {:.1} s): goodput {:.3}, p99 {:.1} ms, lost {}, blocked {}",
             r.name,
             r.seed,
             r.wall_s,
             r.metrics.legit_goodput,
             r.metrics.latency_p99_ms,
             r.metrics.legit_lost,
-            r.metrics.blocked_sources,
-            r.metrics.attack_sources
+            r.metrics.block_text(|| format!(
+                "{}/{}",
+                r.metrics.blocked_sources, r.metrics.attack_sources
+            )),
         );
         self.multi.suspend(|| eprintln!("{line}"));
     }
@@ -190,21 +219,54 @@ impl Progress for Bars {
 /// Runs `rampart scenario ...`.
 pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
     let ScenarioCommand::Run(args) = cmd;
+    let url = args
+        .target
+        .as_deref()
+        .map(TargetUrl::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let legit = if args.legit.is_some() || !args.legit_opt.is_empty() {
+        let mut spec = TargetSpec {
+            legit: args.legit.clone(),
+            ..TargetSpec::default()
+        };
+        for opt in &args.legit_opt {
+            target::set_option(&mut spec, opt).map_err(anyhow::Error::msg)?;
+        }
+        spec.check()
+            .map_err(|(k, r)| anyhow::anyhow!("--legit/--legit-opt {k}: {r}"))?;
+        Some(spec)
+    } else {
+        None
+    };
     if args.target.is_some() && args.model.model.is_some() {
         anyhow::bail!(
             "--model applies to the in-process server; an external server runs the model it was started with (`rampart serve --model FILE`)"
         );
     }
     let opts = RunOptions {
-        target: args.target,
+        target: match url {
+            Some(TargetUrl::Rampart(addr)) => Some(addr),
+            _ => None,
+        },
+        tcp_target: match url {
+            Some(TargetUrl::Tcp(addr)) => Some(addr),
+            _ => None,
+        },
+        legit,
+        target_pid: args.target_pid,
         target_data_dir: args.target_data_dir.clone(),
         seed: args.seed,
         record_dir: args.record.clone(),
         filter: args.filter.clone(),
-        model: args
-            .model
-            .resolve()?
-            .map(|(name, model)| rampart::scenario::RunModel { name, model }),
+        // A tcp:// target has no model to run.
+        model: match url {
+            Some(TargetUrl::Tcp(_)) => None,
+            _ => args
+                .model
+                .resolve()?
+                .map(|(name, model)| rampart::scenario::RunModel { name, model }),
+        },
         tls: args.tls,
     };
     let bars = Bars::new(args.quiet);

@@ -354,7 +354,11 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
             m.legit_lost, e.legit_lost_max
         ));
     }
-    if let Some(within) = e.blocked_within_s {
+    if let (Some(within), true) = (e.blocked_within_s, m.blocks_unknown) {
+        f.push(format!(
+            "blocked_within_s {within} cannot be judged: the target has no firewall to ask"
+        ));
+    } else if let Some(within) = e.blocked_within_s {
         for a in &m.attacks {
             let Some(kind) = scenario
                 .attacks()

@@ -26,6 +26,8 @@ pub enum OpKind {
     File,
     /// A FETCH (the deliberate mistakes `stale_fetch_rate` and `wrong_id_rate`).
     Fetch,
+    /// One exchange of a generic target's legit driver (`resp`, `http`, `line`, `script`).
+    Request,
 }
 
 impl OpKind {
@@ -36,6 +38,7 @@ impl OpKind {
             OpKind::Mail => "mail",
             OpKind::File => "file",
             OpKind::Fetch => "fetch",
+            OpKind::Request => "request",
         }
     }
 }
@@ -393,6 +396,68 @@ pub struct ScenarioMetrics {
     pub recorder_shed: Option<u64>,
     /// Per attack.
     pub attacks: Vec<AttackMetrics>,
+    /// The target has no firewall to ask (a `tcp://` target): the block metrics
+    /// (`blocked_sources`, `time_to_block_s`, `false_blocks` and each attack's
+    /// `sources_blocked` and times to block) mean nothing. Reports print them as `n/a`, and
+    /// the JSON report (through [`ScenarioMetrics::to_json_value`]) as `null`.
+    #[serde(skip)]
+    pub blocks_unknown: bool,
+}
+
+/// The block metrics [`ScenarioMetrics::to_json_value`] writes as `null` for a target
+/// without a firewall, and the same keys of each attack.
+const BLOCK_KEYS: [&str; 5] = [
+    "blocked_sources",
+    "time_to_block_s",
+    "false_blocks",
+    "false_blocked_sources",
+    "false_blocked_users",
+];
+const ATTACK_BLOCK_KEYS: [&str; 3] = [
+    "sources_blocked",
+    "time_to_block_max_s",
+    "time_to_block_p50_s",
+];
+
+impl ScenarioMetrics {
+    /// The metrics as JSON: the serialized fields, with the block metrics `null` when
+    /// [`ScenarioMetrics::blocks_unknown`].
+    pub fn to_json_value(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if self.blocks_unknown {
+            if let Some(map) = v.as_object_mut() {
+                for k in BLOCK_KEYS {
+                    map.insert(k.into(), serde_json::Value::Null);
+                }
+                if let Some(attacks) = map.get_mut("attacks").and_then(|a| a.as_array_mut()) {
+                    for a in attacks.iter_mut().filter_map(|a| a.as_object_mut()) {
+                        for k in ATTACK_BLOCK_KEYS {
+                            a.insert(k.into(), serde_json::Value::Null);
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// `n/a` for a target without a firewall, else `shown`.
+    pub fn block_text(&self, shown: impl FnOnce() -> String) -> String {
+        if self.blocks_unknown {
+            "n/a".into()
+        } else {
+            shown()
+        }
+    }
+}
+
+/// Serializes [`ScenarioMetrics`] through [`ScenarioMetrics::to_json_value`], for
+/// `#[serde(serialize_with)]`.
+pub fn serialize_metrics<S: serde::Serializer>(
+    m: &ScenarioMetrics,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    m.to_json_value().serialize(serializer)
 }
 
 /// Resident memory of a process in MiB, from `/proc/<pid>/status` (VmRSS); `None` for this

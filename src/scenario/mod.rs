@@ -18,6 +18,9 @@
 //! - [`metrics`]: operation records, the per-second [`Timeline`], memory sampling and the
 //!   [`ScenarioMetrics`] of the JSON contract.
 //! - [`report`]: [`SuiteReport`]: summary table, JSON, JUnit XML and self-contained HTML.
+//! - [`target`]: where a scenario runs (`[target]`, `--target URL`): the in-process server,
+//!   an external rampart, or any TCP server with a legit driver (`resp`, `http`, `line`,
+//!   `script`); [`generic`] runs a scenario against the last kind.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -35,18 +38,20 @@
 //! plus the latency SLO (and a hard end), attacks when cancelled at the scenario's end (or
 //! aborted after a grace period), the read-back and the alive check by deadlines.
 
+pub mod generic;
 pub mod judge;
 pub mod legit;
 pub mod metrics;
 pub mod report;
 pub mod runner;
 pub mod spec;
+pub mod target;
 
 pub use judge::judge;
 pub use metrics::{ScenarioMetrics, Timeline};
 pub use report::{ScenarioReport, SuiteReport};
 pub use runner::{
-    collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress, RunError,
-    RunModel, RunOptions, Silent,
+    check_targets, collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
+    RunError, RunModel, RunOptions, Silent,
 };
 pub use spec::{Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec};

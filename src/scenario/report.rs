@@ -24,7 +24,7 @@ pub struct ScenarioReport {
     pub seed: u64,
     /// Its duration.
     pub duration_s: f64,
-    /// `in-process`, or the external server's address.
+    /// `in-process`, the external rampart server's address, or `tcp://ADDR (DRIVER)`.
     pub target: String,
     /// Every connection of the run (legit, control and attacker) went through TLS.
     pub tls: bool,
@@ -34,7 +34,8 @@ pub struct ScenarioReport {
     pub passed: bool,
     /// One line per broken expectation (or the setup error).
     pub failures: Vec<String>,
-    /// The numbers.
+    /// The numbers (block metrics `null` for a target without a firewall).
+    #[serde(serialize_with = "super::metrics::serialize_metrics")]
     pub metrics: ScenarioMetrics,
     /// Per-second series for plots.
     pub timeline: Timeline,
@@ -151,13 +152,15 @@ impl SuiteReport {
                 format!("{:.1}", m.latency_p50_ms),
                 format!("{:.1}", m.latency_p99_ms),
                 m.legit_lost.to_string(),
-                m.time_to_block_s.map_or("-".into(), |t| format!("{t:.2}")),
-                if m.attack_sources == 0 {
-                    "-".into()
-                } else {
-                    format!("{}/{}", m.blocked_sources, m.attack_sources)
-                },
-                m.false_blocks.to_string(),
+                m.block_text(|| m.time_to_block_s.map_or("-".into(), |t| format!("{t:.2}"))),
+                m.block_text(|| {
+                    if m.attack_sources == 0 {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", m.blocked_sources, m.attack_sources)
+                    }
+                }),
+                m.block_text(|| m.false_blocks.to_string()),
                 // Blocks the model contributed to, or `-` without an in-process model.
                 m.model_blocks.map_or("-".into(), |n| n.to_string()),
                 m.recorder_shed.map_or("-".into(), |n| n.to_string()),
@@ -189,11 +192,17 @@ impl SuiteReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
-        if let Some(first) = self.scenarios.first() {
+        if let Some(first) = self.scenarios.first().filter(|s| !s.metrics.blocks_unknown) {
             let _ = writeln!(
                 out,
                 "\ndetection model: {} (MODEL: blocks it had a hand in; SHED: activity events the recorder shed)",
                 first.metrics.model
+            );
+        }
+        if self.scenarios.iter().any(|s| s.metrics.blocks_unknown) {
+            let _ = writeln!(
+                out,
+                "\nn/a: a tcp:// target has no firewall or detection model to ask"
             );
         }
         let failed: Vec<&ScenarioReport> = self.scenarios.iter().filter(|s| !s.passed).collect();
@@ -245,7 +254,7 @@ impl SuiteReport {
                     xml(&s.failures.join("\n"))
                 );
             }
-            let metrics = serde_json::to_string(&s.metrics).unwrap_or_default();
+            let metrics = s.metrics.to_json_value().to_string();
             let _ = writeln!(
                 x,
                 "      <system-out>seed {} attacks [{}]\n{}</system-out>",
@@ -287,9 +296,9 @@ impl SuiteReport {
                 m.latency_p50_ms,
                 m.latency_p99_ms,
                 m.legit_lost,
-                m.time_to_block_s.map_or("-".into(), |t| format!("{t:.2}")),
-                if m.attack_sources == 0 { "-".into() } else { format!("{}/{}", m.blocked_sources, m.attack_sources) },
-                m.false_blocks,
+                m.block_text(|| m.time_to_block_s.map_or("-".into(), |t| format!("{t:.2}"))),
+                m.block_text(|| if m.attack_sources == 0 { "-".into() } else { format!("{}/{}", m.blocked_sources, m.attack_sources) }),
+                m.block_text(|| m.false_blocks.to_string()),
                 m.peak_rss_mb.map_or("-".into(), |r| format!("{r:.0}")),
                 if s.passed { "pass" } else { "fail" },
                 if s.passed { "pass" } else { "FAIL" },
@@ -376,15 +385,17 @@ fn scenario_html(h: &mut String, s: &ScenarioReport) {
         ),
         (
             "blocked",
-            format!(
-                "{}/{} sources, slowest {}",
-                m.blocked_sources,
-                m.attack_sources,
-                m.time_to_block_s
-                    .map_or("-".into(), |t| format!("{t:.2} s"))
-            ),
+            m.block_text(|| {
+                format!(
+                    "{}/{} sources, slowest {}",
+                    m.blocked_sources,
+                    m.attack_sources,
+                    m.time_to_block_s
+                        .map_or("-".into(), |t| format!("{t:.2} s"))
+                )
+            }),
         ),
-        ("false blocks", m.false_blocks.to_string()),
+        ("false blocks", m.block_text(|| m.false_blocks.to_string())),
         (
             "peak RSS",
             m.peak_rss_mb.map_or("-".into(), |r| format!("{r:.1} MiB")),
@@ -480,9 +491,9 @@ fn scenario_html(h: &mut String, s: &ScenarioReport) {
                 xml(&a.kind),
                 a.start_s,
                 a.sources_used,
-                a.sources_blocked,
-                a.time_to_block_p50_s.map_or("-".into(), |t| format!("{t:.2}")),
-                a.time_to_block_max_s.map_or("-".into(), |t| format!("{t:.2}")),
+                m.block_text(|| a.sources_blocked.to_string()),
+                m.block_text(|| a.time_to_block_p50_s.map_or("-".into(), |t| format!("{t:.2}"))),
+                m.block_text(|| a.time_to_block_max_s.map_or("-".into(), |t| format!("{t:.2}"))),
                 a.connects,
                 a.refused,
                 a.frames_sent,

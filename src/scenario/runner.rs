@@ -39,6 +39,7 @@ use super::legit::{self, ClientPlan, ClientRun, LoadContext};
 use super::metrics::{self, ms, round, LiveCounters, StallPoint};
 use super::report::ScenarioReport;
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
+use super::target::{resolve, Resolved, TargetSpec, TargetUrl};
 use crate::activity::Recorder;
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
 use crate::client::{Client, TlsOptions};
@@ -99,6 +100,15 @@ pub struct RunOptions {
     pub model: Option<RunModel>,
     /// Run every scenario over TLS, as if each had `tls = true` (`--tls`).
     pub tls: bool,
+    /// Run every scenario against this `tcp://` target (`--target tcp://...`) instead of
+    /// the file's `[target] url` or the in-process server.
+    pub tcp_target: Option<SocketAddr>,
+    /// `[target]` keys from the command line (`--legit`, `--legit-opt`), over each file's.
+    pub legit: Option<TargetSpec>,
+    /// The target's process (`--target-pid`): its memory is sampled, and it must still run
+    /// at the end for `server_alive`. Without it, the process listening on the target's
+    /// port is looked up in `/proc`.
+    pub target_pid: Option<u32>,
 }
 
 /// A detection model for the in-process server, with the name reports give it.
@@ -116,6 +126,23 @@ impl RunOptions {
         self.target = Some(addr);
         self.target_data_dir = Some(data_dir.into());
         self
+    }
+    /// Sets [`RunOptions::tcp_target`] and the legit driver's keys ([`RunOptions::legit`]).
+    pub fn tcp_target(mut self, addr: SocketAddr, legit: TargetSpec) -> Self {
+        self.tcp_target = Some(addr);
+        self.legit = Some(legit);
+        self
+    }
+    /// Sets [`RunOptions::target_pid`].
+    pub fn target_pid(mut self, pid: u32) -> Self {
+        self.target_pid = Some(pid);
+        self
+    }
+    /// The command line's target, if any.
+    pub fn target_url(&self) -> Option<TargetUrl> {
+        self.tcp_target
+            .map(TargetUrl::Tcp)
+            .or(self.target.map(TargetUrl::Rampart))
     }
     /// Sets [`RunOptions::seed`].
     pub fn seed(mut self, seed: u64) -> Self {
@@ -149,6 +176,9 @@ impl RunOptions {
     /// Checks the combination: an external target is IPv4 loopback (attack sources are
     /// 127.x addresses, which reach only the local host) and comes with its data directory.
     pub fn check(&self) -> Result<(), RunError> {
+        if let Some(addr) = self.tcp_target {
+            return self.check_tcp(addr);
+        }
         match (self.target, &self.target_data_dir) {
             (Some(addr), Some(_)) => {
                 if !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
@@ -177,6 +207,35 @@ impl RunOptions {
     }
 }
 
+impl RunOptions {
+    /// [`RunOptions::check`] for a `tcp://` target.
+    fn check_tcp(&self, addr: SocketAddr) -> Result<(), RunError> {
+        let refuse = |what: &str| {
+            Err(RunError::Options(format!(
+                "{what} cannot be used with a tcp:// target"
+            )))
+        };
+        if !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            return Err(RunError::Options(format!(
+                "--target must be an address in 127.0.0.0/8 (sources are loopback addresses), got {addr}"
+            )));
+        }
+        if self.target.is_some() {
+            return refuse("a second --target");
+        }
+        if self.target_data_dir.is_some() {
+            return refuse("--target-data-dir (it is a rampart server's)");
+        }
+        if self.tls {
+            return refuse("--tls (the runner makes certificates for its in-process server only)");
+        }
+        if self.record_dir.is_some() {
+            return refuse("--record (it keeps the in-process server's data)");
+        }
+        Ok(())
+    }
+}
+
 /// Why a suite could not run at all (a failing scenario is not an error: it is a report).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -189,6 +248,10 @@ pub enum RunError {
     /// `--filter` matched no scenario.
     #[error("no scenario name contains `{0}`")]
     NoMatch(String),
+    /// A scenario cannot run against its target (an attack kind that needs rampart's
+    /// protocol against a `tcp://` target, a missing legit driver, ...).
+    #[error("{0}")]
+    Target(String),
 }
 
 /// Live numbers for a progress display, sent about four times a second.
@@ -302,7 +365,12 @@ pub async fn run_scenario(
 ) -> ScenarioReport {
     let wall = std::time::Instant::now();
     let scenario = Arc::new(scenario);
-    let mut report = match run_inner(&scenario, opts, progress).await {
+    let outcome = match resolve(&scenario, opts.target_url(), opts.legit.as_ref()) {
+        Ok(Resolved::Tcp(target)) => super::generic::run(&scenario, &target, opts, progress).await,
+        Ok(_) => run_inner(&scenario, opts, progress).await,
+        Err(e) => Err(anyhow::anyhow!(e)),
+    };
+    let mut report = match outcome {
         Ok(report) => report,
         Err(e) => ScenarioReport::setup_failed(&scenario, format!("setup failed: {e:#}")),
     };
@@ -635,7 +703,7 @@ async fn start_server(
         return Ok((
             Target::External {
                 addr,
-                pid: metrics::find_listener_pid(addr),
+                pid: opts.target_pid.or_else(|| metrics::find_listener_pid(addr)),
             },
             None,
         ));
@@ -793,30 +861,13 @@ async fn sample_until_the_end(
     };
     let sampler_stop = CancellationToken::new();
     let sampling = sample(input, sampler_stop.clone(), progress);
-    let end = async {
-        tokio::time::sleep_until(clock.t0 + clock.duration).await;
-        clock.stop.cancel();
-        let mut reports: Vec<Option<AttackReport>> = Vec::new();
-        let attack_deadline = Instant::now() + ATTACK_GRACE;
-        for mut task in attacks.tasks {
-            match tokio::time::timeout_at(attack_deadline, &mut task).await {
-                Ok(Ok(r)) => reports.push(Some(r)),
-                Ok(Err(_)) => reports.push(None),
-                Err(_) => {
-                    task.abort();
-                    reports.push(None);
-                }
-            }
-        }
-        let mut runs: Vec<ClientRun> = Vec::new();
-        for task in legit {
-            if let Ok(run) = task.await {
-                runs.push(run);
-            }
-        }
-        sampler_stop.cancel();
-        (reports, runs)
-    };
+    let end = end_load(
+        clock.t0 + clock.duration,
+        &clock.stop,
+        attacks.tasks,
+        legit,
+        &sampler_stop,
+    );
     let (sampled, (attack_reports, runs)) = tokio::join!(sampling, end);
     Ended {
         sampled,
@@ -825,6 +876,40 @@ async fn sample_until_the_end(
         runs,
         t0_epoch_ms: epoch_ms_at(clock.t0),
     }
+}
+
+/// At `end`, stops the attacks (aborting any still running [`ATTACK_GRACE`] later), waits
+/// for the legit clients' last operations, then stops the sampler. Returns the attack
+/// reports (by attack index; `None` for one aborted or failed) and the legit results.
+pub(super) async fn end_load<T>(
+    end: Instant,
+    stop: &CancellationToken,
+    attacks: Vec<tokio::task::JoinHandle<AttackReport>>,
+    legit: Vec<tokio::task::JoinHandle<T>>,
+    sampler_stop: &CancellationToken,
+) -> (Vec<Option<AttackReport>>, Vec<T>) {
+    tokio::time::sleep_until(end).await;
+    stop.cancel();
+    let mut reports: Vec<Option<AttackReport>> = Vec::new();
+    let attack_deadline = Instant::now() + ATTACK_GRACE;
+    for mut task in attacks {
+        match tokio::time::timeout_at(attack_deadline, &mut task).await {
+            Ok(Ok(r)) => reports.push(Some(r)),
+            Ok(Err(_)) => reports.push(None),
+            Err(_) => {
+                task.abort();
+                reports.push(None);
+            }
+        }
+    }
+    let mut runs: Vec<T> = Vec::new();
+    for task in legit {
+        if let Ok(run) = task.await {
+            runs.push(run);
+        }
+    }
+    sampler_stop.cancel();
+    (reports, runs)
 }
 
 /// `t` in milliseconds since the Unix epoch.
@@ -1033,21 +1118,26 @@ async fn plant_canary(target: SocketAddr, cast: &Cast) -> anyhow::Result<Canary>
     })
 }
 
-struct SamplerInput {
-    guard: Option<Arc<Guard>>,
-    stall_probes: Option<(Arc<Metrics>, Recorder)>,
-    pid: Option<u32>,
-    in_process: bool,
-    attack_sources: Vec<Ipv4Addr>,
-    legit_sources: Vec<Ipv4Addr>,
-    observations: Vec<Arc<Observations>>,
-    live: Arc<LiveCounters>,
-    t0: Instant,
-    duration: Duration,
+/// What the sampler watches.
+pub(super) struct SamplerInput {
+    pub(super) guard: Option<Arc<Guard>>,
+    pub(super) stall_probes: Option<(Arc<Metrics>, Recorder)>,
+    pub(super) pid: Option<u32>,
+    pub(super) in_process: bool,
+    pub(super) attack_sources: Vec<Ipv4Addr>,
+    pub(super) legit_sources: Vec<Ipv4Addr>,
+    pub(super) observations: Vec<Arc<Observations>>,
+    pub(super) live: Arc<LiveCounters>,
+    pub(super) t0: Instant,
+    pub(super) duration: Duration,
 }
 
 /// Polls blocks every 100 ms and memory every 250 ms until `stop`, reporting progress.
-async fn sample(input: SamplerInput, stop: CancellationToken, progress: &dyn Progress) -> Sampled {
+pub(super) async fn sample(
+    input: SamplerInput,
+    stop: CancellationToken,
+    progress: &dyn Progress,
+) -> Sampled {
     let mut s = Sampled::default();
     let mut tick = tokio::time::interval(BLOCK_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -1221,7 +1311,32 @@ pub async fn run_files(
             return Err(RunError::NoMatch(filter.clone()));
         }
     }
+    check_targets(&scenarios, opts)?;
     Ok(run_all(scenarios, opts, progress).await)
+}
+
+/// Resolves every scenario's target before any runs, so a kind that cannot run against a
+/// `tcp://` target, or a missing driver, fails the suite at once.
+pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), RunError> {
+    for s in scenarios {
+        let resolved =
+            resolve(s, opts.target_url(), opts.legit.as_ref()).map_err(RunError::Target)?;
+        if resolved == Resolved::InProcess && opts.target_pid.is_some() {
+            return Err(RunError::Target(format!(
+                "scenario {} runs on the in-process server: --target-pid needs --target (or a [target] url)",
+                s.name()
+            )));
+        }
+        // A file's own tcp:// url meets the options the command line could not check.
+        if let (Resolved::Tcp(t), true) = (&resolved, opts.tls || opts.record_dir.is_some()) {
+            return Err(RunError::Target(format!(
+                "scenario {} runs against tcp://{}: --tls and --record are for the in-process server",
+                s.name(),
+                t.addr
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Runs checked scenarios one after another.
@@ -1283,6 +1398,29 @@ mod tests {
         assert!(remote.check().is_err());
         let recorded = local.record_dir("rec");
         assert!(recorded.check().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn tcp_target_options_are_checked() -> Result<(), std::net::AddrParseError> {
+        let tcp = |addr: &str| -> Result<RunOptions, std::net::AddrParseError> {
+            Ok(RunOptions::default().tcp_target(addr.parse()?, TargetSpec::default()))
+        };
+        assert!(tcp("127.0.0.1:6379")?.check().is_ok());
+        assert!(tcp("127.0.0.1:6379")?.target_pid(7).check().is_ok());
+        let err = |o: RunOptions| o.check().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(tcp("192.0.2.1:6379")?).contains("127.0.0.0/8"));
+        assert!(err(tcp("127.0.0.1:6379")?.tls()).contains("--tls"));
+        assert!(err(tcp("127.0.0.1:6379")?.record_dir("rec")).contains("--record"));
+        let both = RunOptions {
+            target: Some("127.0.0.1:7878".parse()?),
+            ..tcp("127.0.0.1:6379")?
+        };
+        assert!(err(both).contains("second --target"));
+        assert_eq!(
+            tcp("127.0.0.1:6379")?.target_url(),
+            Some(TargetUrl::Tcp("127.0.0.1:6379".parse()?))
+        );
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::target::TargetSpec;
 use crate::attack::{Attack, AttackKind, AttackSpec};
 use crate::config::{Config, ConfigError};
 
@@ -151,6 +152,10 @@ pub struct ScenarioSpec {
     /// What must hold for the scenario to pass.
     #[serde(default)]
     pub expect: ExpectSpec,
+    /// Where the scenario runs and how its legit clients talk to a server that is not
+    /// rampart (`url`, `legit` and the driver's keys); the command line overrides it.
+    #[serde(default)]
+    pub target: Option<TargetSpec>,
 }
 
 fn default_seed() -> u64 {
@@ -552,6 +557,7 @@ pub struct Scenario {
     legit: Vec<Legit>,
     attacks: Vec<Attack>,
     expect: Expect,
+    target: Option<TargetSpec>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -637,6 +643,12 @@ impl Scenario {
         self.seed = seed;
         self
     }
+    /// The file's `[target]` table, checked key by key; the runner merges it with the
+    /// command line ([`super::target::resolve`]).
+    pub fn target(&self) -> Option<&TargetSpec> {
+        self.target.as_ref()
+    }
+
     /// Replaces the duration (tests shorten scenarios). Attack and legit windows are clipped
     /// to the new end; an attack that would start after it is dropped.
     pub fn with_duration(mut self, duration: Duration) -> Scenario {
@@ -745,6 +757,11 @@ impl ScenarioSpec {
 
         let expect = check_expect(&self.expect, &attacks)
             .map_err(|(k, r)| invalid(format!("expect.{k}"), r))?;
+        if let Some(target) = &self.target {
+            target
+                .check()
+                .map_err(|(k, r)| invalid(format!("target.{k}"), r))?;
+        }
 
         Ok(Scenario {
             name: self.name,
@@ -758,6 +775,7 @@ impl ScenarioSpec {
             legit,
             attacks,
             expect,
+            target: self.target,
         })
     }
 }
