@@ -84,7 +84,7 @@ pub struct TrainArgs {
     /// Clustering algorithm.
     #[arg(long, value_enum, default_value = "kmeans")]
     algo: AlgoArg,
-    /// Clusters or mixture components, 1 to 32 [default: 4].
+    /// Clusters or mixture components, 1 to 32 [default: 16].
     #[arg(long)]
     k: Option<usize>,
     /// Seed of every random choice (hold-out split, sample, initialization) [default: 42].

@@ -134,7 +134,7 @@ impl Default for TrainSpec {
     fn default() -> TrainSpec {
         TrainSpec {
             algo: Algo::Kmeans,
-            k: 4,
+            k: 16,
             seed: 42,
             n_init: 1,
             max_iterations: 300,
