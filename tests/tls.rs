@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{drain, raw_connect, send_raw, start_server_with, test_config, within, TestResult};
+use common::{
+    drain, eventually, raw_connect, send_raw, start_server_with, test_config, within, TestResult,
+};
 use rampart::client::{Client, ClientError, ClientOptions, TlsOptions};
 use rampart::config::Config;
 use rampart::protocol::ErrorCode;
@@ -150,7 +152,15 @@ async fn plaintext_on_the_tls_port_is_told_and_other_bytes_are_cut() -> TestResu
         let seen = drain(&mut s, Duration::from_secs(5)).await;
         assert!(seen.closed);
         assert!(seen.replies.is_empty(), "{:?}", seen.replies);
+        // The server counts a failed handshake (and signals the firewall) just after it
+        // drops the connection.
+        let counted = eventually(Duration::from_secs(2), || {
+            server.handle.metrics().snapshot().tls_not_tls >= 2
+                && server.handle.firewall().score(ip("127.0.50.1")) > 0.0
+        })
+        .await;
         let m = server.handle.metrics().snapshot();
+        assert!(counted, "{m:?}");
         assert_eq!(m.tls_not_tls, 2);
         assert_eq!(m.tls_handshakes, 0);
         // Bytes that are not TLS at all are a broken frame to the firewall.
@@ -200,12 +210,23 @@ async fn a_slow_client_hello_is_cut_at_the_budget_and_handshakes_are_capped() ->
         let mut third = waiting.pop().ok_or("three waiting")?;
         let seen = drain(&mut third, Duration::from_secs(3)).await;
         assert!(seen.closed, "refused when no place came free in time");
+        // The server counts a failed handshake just after it drops the connection.
+        let capped = eventually(Duration::from_secs(2), || {
+            snapshot().tls_handshakes_capped >= 1
+        })
+        .await;
+        assert!(capped, "{:?}", snapshot());
         assert_eq!(snapshot().tls_handshakes_capped, 1);
         // The two let in are as slow, and are cut at their own budget.
         for mut s in waiting {
             let seen = drain(&mut s, Duration::from_secs(3)).await;
             assert!(seen.closed, "a slow handshake is cut at its budget");
         }
+        let counted = eventually(Duration::from_secs(2), || {
+            snapshot().tls_handshake_timeouts >= 4
+        })
+        .await;
+        assert!(counted, "{:?}", snapshot());
         assert_eq!(snapshot().tls_handshake_timeouts, 4);
 
         // And the places came back: a real client gets in.
