@@ -36,8 +36,8 @@ macro_rules! counters {
             pub frames_in_by: Tally<{ Kind::ALL.len() }>,
             /// Frames sent, by [`Kind::ALL`] position.
             pub frames_out_by: Tally<{ Kind::ALL.len() }>,
-            /// How long each store delivery kept its session waiting (blocking-pool hand-off,
-            /// group commit and its fsync).
+            /// How long each store delivery kept its session waiting (the queue, the group
+            /// commit and its fsync).
             pub store_commit: Latency,
             /// How late the event-loop lag probe woke, each time it woke.
             pub loop_lag: Latency,
@@ -306,8 +306,8 @@ pub struct Stalls {
     /// How late the event loop ran a timer that should have fired every
     /// [`LAG_PROBE_EVERY`]: a worker thread that is blocked or starved shows here.
     pub loop_lag_us: AtomicU64,
-    /// The longest store delivery as a session waited for it (blocking-pool hand-off, group
-    /// commit and its fsync): a slow disk shows here.
+    /// The longest store delivery as a session waited for it (the queue, the group commit
+    /// and its fsync): a slow disk shows here.
     pub delivery_us: AtomicU64,
 }
 

@@ -4,7 +4,8 @@
 //! source of identity), its staged uploads and its strike count. Every request passes the
 //! rate limiters before its body is even decoded, and every handler answers with exactly one
 //! reply. Storage and file work runs on the blocking pool so slow disks never stall the
-//! runtime's worker threads.
+//! runtime's worker threads; deliveries are queued for the store's group commit and awaited
+//! ([`store::Store::deliver_named`]), so no thread waits per delivery.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -87,14 +88,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-/// Runs a store delivery on the blocking pool and notes how long the session waited for it
-/// (the stall detector's view of the disk).
-async fn timed_delivery<T: Send + 'static>(
-    shared: &Shared,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
+/// Awaits a store delivery ([`store::Store::deliver_named`]) and notes how long the
+/// session waited for it (the stall detector's view of the disk).
+async fn timed_delivery<T>(shared: &Shared, delivery: impl std::future::Future<Output = T>) -> T {
     let started = std::time::Instant::now();
-    let out = blocking(f).await;
+    let out = delivery.await;
     let waited = started.elapsed();
     crate::server::metrics::Stalls::note(&shared.metrics.stalls.delivery_us, waited);
     shared.metrics.store_commit.observe(waited);
@@ -129,46 +127,6 @@ pub(crate) enum Admitted {
     },
     /// Any other request, handled on its own ([`Session::run`]) after everything before it.
     Other(Request),
-}
-
-/// Resolves each item's recipient by name (each distinct name once) and delivers the items
-/// of `from` in order through one [`store::Store::deliver_all`]. `Ok(None)`: no such
-/// recipient.
-fn deliver_all(
-    store: &dyn store::Store,
-    from: UserId,
-    items_for: Vec<(String, NewItem)>,
-    quota: u64,
-) -> Vec<Result<Option<u64>, StoreError>> {
-    let mut known: Vec<(String, Option<UserId>)> = Vec::new();
-    // Per item: its recipient's id, or the answer it already has.
-    let mut plan: Vec<Result<UserId, Result<Option<u64>, StoreError>>> =
-        Vec::with_capacity(items_for.len());
-    let mut items = Vec::with_capacity(items_for.len());
-    for (to, item) in items_for {
-        let id = match known.iter().find(|(name, _)| *name == to) {
-            Some((_, id)) => Ok(*id),
-            None => store.user_id(&to).inspect(|id| known.push((to, *id))),
-        };
-        match id {
-            Ok(Some(id)) => {
-                plan.push(Ok(id));
-                items.push((id, item));
-            }
-            Ok(None) => plan.push(Err(Ok(None))),
-            Err(e) => plan.push(Err(Err(e))),
-        }
-    }
-    let mut results = store.deliver_all(from, items, quota).into_iter();
-    plan.into_iter()
-        .map(|p| match p {
-            Ok(_) => results
-                .next()
-                .unwrap_or_else(|| Err(StoreError::ResultLost))
-                .map(Some),
-            Err(answer) => answer,
-        })
-        .collect()
 }
 
 /// The reply to one delivery's outcome (`Ok(None)`: no such recipient).
@@ -369,7 +327,7 @@ impl Session {
             .into_iter()
             .map(|(to, text)| (to, NewItem::Message { text }))
             .collect();
-        let results = timed_delivery(&shared, move || deliver_all(&*store, me, items, quota)).await;
+        let results = timed_delivery(&shared, store.deliver_named(me, items, quota)).await;
         results
             .into_iter()
             .map(|r| match delivered(&shared, r) {
@@ -801,12 +759,10 @@ impl Session {
         };
         let store = Arc::clone(&shared.store);
         let quota = shared.config.load().limits.user_quota_bytes;
-        let result = timed_delivery(&shared, move || {
-            deliver_all(&*store, me, vec![(to, item)], quota)
-        })
-        .await
-        .pop()
-        .unwrap_or_else(|| Err(StoreError::ResultLost));
+        let result = timed_delivery(&shared, store.deliver_named(me, vec![(to, item)], quota))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::ResultLost));
         let handled = delivered(&shared, result);
         if handled.is_err() {
             restore(self, uploads);

@@ -8,7 +8,9 @@
 //! random blob id, never from anything a client sent.
 //!
 //! The trait is synchronous on purpose: SQLite calls block, and the server runs them
-//! inside `spawn_blocking` rather than pretending they are asynchronous.
+//! inside `spawn_blocking` rather than pretending they are asynchronous. The one exception
+//! is the hot path, [`Store::deliver_named`]: a delivery waits for a group commit that
+//! another thread runs, so it is a future, and no thread waits per delivery.
 //!
 //! Around the data: [`DataDirLock`] keeps a second server off a data directory,
 //! [`FreeSpace`] and [`Reserve`] keep a full disk from breaking reads and deletes, and
@@ -54,6 +56,10 @@ pub use sqlite::SqliteStore;
 /// database by 4.9 MB (about 345 bytes per row with its index entries); 256 bytes makes
 /// flooding with empty items run into the quota at roughly the rate it fills the disk.
 pub const ITEM_OVERHEAD_BYTES: u64 = 256;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -350,10 +356,56 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// What [`Store::deliver_named`] resolves to: each item's id, `Ok(None)` for a recipient
+/// name no user has, or why it was refused, in the order the items were given.
+pub type Deliveries =
+    Pin<Box<dyn Future<Output = Vec<Result<Option<ItemId>, StoreError>>> + Send + 'static>>;
+
+/// [`Store::deliver_all`] for items addressed by name: each name is looked up once
+/// ([`Store::user_id`]), an unknown one answers `Ok(None)` without touching the others, and
+/// the rest are delivered together. Blocks; [`Store::deliver_named`]'s default runs it on
+/// the blocking pool.
+pub fn deliver_all_named<S: Store + ?Sized>(
+    store: &S,
+    from: UserId,
+    items_for: Vec<(String, NewItem)>,
+    quota: u64,
+) -> Vec<Result<Option<ItemId>, StoreError>> {
+    let mut known: Vec<(String, Option<UserId>)> = Vec::new();
+    // Per item: its recipient's id, or the answer it already has.
+    let mut plan: Vec<Result<UserId, Result<Option<ItemId>, StoreError>>> =
+        Vec::with_capacity(items_for.len());
+    let mut items = Vec::with_capacity(items_for.len());
+    for (to, item) in items_for {
+        let id = match known.iter().find(|(name, _)| *name == to) {
+            Some((_, id)) => Ok(*id),
+            None => store.user_id(&to).inspect(|id| known.push((to, *id))),
+        };
+        match id {
+            Ok(Some(id)) => {
+                plan.push(Ok(id));
+                items.push((id, item));
+            }
+            Ok(None) => plan.push(Err(Ok(None))),
+            Err(e) => plan.push(Err(Err(e))),
+        }
+    }
+    let mut results = store.deliver_all(from, items, quota).into_iter();
+    plan.into_iter()
+        .map(|p| match p {
+            Ok(_) => results
+                .next()
+                .unwrap_or_else(|| Err(StoreError::ResultLost))
+                .map(Some),
+            Err(answer) => answer,
+        })
+        .collect()
+}
+
 /// Persistence for users and their items.
 ///
-/// Every method is synchronous and may block on disk; the server calls them inside
-/// `spawn_blocking`. Methods that take a `UserId` trust it: it comes from the
+/// Every method but [`Store::deliver_named`] is synchronous and may block on disk; the
+/// server calls them inside `spawn_blocking`. Methods that take a `UserId` trust it: it comes from the
 /// authenticated session, never from a request.
 pub trait Store: Send + Sync + 'static {
     /// Creates a user; [`StoreError::UserExists`] if the name is taken, and the name must
@@ -411,6 +463,27 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .map(|(to, item)| self.deliver(from, to, item, quota))
             .collect()
+    }
+
+    /// Delivers `items` from `from`, each to the user its name names, as
+    /// [`Store::deliver_all`] does (in order, each charged after the ones before it, one
+    /// commit where the store can), and resolves once every item is durably committed or
+    /// refused: `Ok(None)` for a name no user has. For async callers: the calling thread
+    /// never blocks. The default resolves the names and runs [`Store::deliver_all`] on
+    /// tokio's blocking pool ([`deliver_all_named`]); [`SqliteStore`] queues the items for
+    /// its group commit instead, so no thread waits per delivery.
+    fn deliver_named(
+        self: Arc<Self>,
+        from: UserId,
+        items: Vec<(String, NewItem)>,
+        quota: u64,
+    ) -> Deliveries {
+        let n = items.len();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || deliver_all_named(&*self, from, items, quota))
+                .await
+                .unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::ResultLost)).collect())
+        })
     }
 
     /// Up to `limit` of the owner's items with an id greater than `after`, in ascending id order.

@@ -2,23 +2,96 @@
 //! whichever caller holds the writer connection next runs every queued delivery in one
 //! IMMEDIATE transaction, in queue order, and commits once (see [`SqliteStore`]).
 //!
+//! Two kinds of caller queue deliveries: a thread ([`SqliteStore::group_commit`], behind
+//! the synchronous [`Store::deliver`](crate::store::Store::deliver)) waits on its own channel
+//! and leads batches itself while any of its results is missing; an async task
+//! ([`SqliteStore::queue_named`]) leaves its deliveries with a [`Gather`] and awaits it, and a
+//! single leader on the blocking pool ([`SqliteStore::lead`]) runs batches until the queue
+//! is empty. A batch answers each delivery whichever kind queued it.
+//!
 //! Inside a batch, a [`Ledger`] reads each sender's usage once and writes it back once, and
 //! every delivery either succeeds, or fails and leaves no trace; one whose writes cannot be
 //! undone makes the whole batch roll back ([`Outcome::MustRollBack`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{check_blob, now_ms, size_to_sql, sql_to_u64, SqliteStore};
 use crate::store::{BlobRef, ItemId, ItemKind, NewItem, StoreError, UserId};
 
-/// Where a queued delivery's result goes: its place in its caller's list, and the caller's
-/// channel.
-pub(super) type ResultTo = (usize, SyncSender<(usize, Result<ItemId, StoreError>)>);
+/// Where a queued delivery's result goes: its place in its caller's list, and how that
+/// caller waits.
+pub(super) enum ResultTo {
+    /// A thread in [`SqliteStore::group_commit`], on its channel.
+    Thread(usize, SyncSender<(usize, Result<ItemId, StoreError>)>),
+    /// An async task, through the [`Gather`] it awaits.
+    Task(usize, Arc<Gather>),
+}
+
+impl ResultTo {
+    fn send(self, result: Result<ItemId, StoreError>) {
+        match self {
+            ResultTo::Thread(i, to) => {
+                let _ = to.send((i, result));
+            }
+            ResultTo::Task(i, gather) => gather.put(i, result),
+        }
+    }
+}
+
+/// One async caller's deliveries in flight: their results as they come, sent on together
+/// once the last one is in. Only queued deliveries hold it, so if a batch is dropped
+/// unanswered (its leader panicked) the sender goes with the last of them and the caller
+/// learns its results are lost instead of waiting for ever.
+pub(super) struct Gather {
+    state: Mutex<GatherState>,
+}
+
+/// Every result of one caller's deliveries, `None` for one not (yet) in.
+type Results = Vec<Option<Result<ItemId, StoreError>>>;
+
+struct GatherState {
+    results: Results,
+    missing: usize,
+    to: Option<tokio::sync::oneshot::Sender<Results>>,
+}
+
+/// What an async caller awaits: every result, `None` for one that never came.
+pub(super) type Gathered = tokio::sync::oneshot::Receiver<Results>;
+
+impl Gather {
+    /// A gathering of `n` results, and the receiver its caller awaits.
+    fn new(n: usize) -> (Arc<Gather>, Gathered) {
+        let (to, rx) = tokio::sync::oneshot::channel();
+        let gather = Gather {
+            state: Mutex::new(GatherState {
+                results: (0..n).map(|_| None).collect(),
+                missing: n,
+                to: Some(to),
+            }),
+        };
+        (Arc::new(gather), rx)
+    }
+
+    fn put(&self, i: usize, result: Result<ItemId, StoreError>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = state.results.get_mut(i) {
+            if slot.replace(result).is_none() {
+                state.missing -= 1;
+            }
+        }
+        if state.missing == 0 {
+            if let Some(to) = state.to.take() {
+                let _ = to.send(std::mem::take(&mut state.results));
+            }
+        }
+    }
+}
 
 /// What a delivery (or any job run in a savepoint) left in the batch transaction.
 #[derive(Debug)]
@@ -84,9 +157,96 @@ impl SqliteStore {
                 std::thread::yield_now();
                 continue;
             }
-            run_batch(&mut conn, batch);
+            self.run_queued(&mut conn, batch);
         }
         answers.into_results()
+    }
+
+    /// Queues `deliveries` together for the next group commit and returns what their caller
+    /// awaits; starts a leader if none is running. Never blocks on the database.
+    pub(super) fn queue_named(self: &Arc<Self>, deliveries: Vec<Delivery>) -> Gathered {
+        let (gather, gathered) = Gather::new(deliveries.len());
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, delivery) in deliveries.into_iter().enumerate() {
+                pending.push((delivery, ResultTo::Task(i, Arc::clone(&gather))));
+            }
+        }
+        drop(gather);
+        if !self.leading.swap(true, Ordering::SeqCst) {
+            let leader = Leader {
+                store: Arc::clone(self),
+                stepped_down: false,
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || leader.lead())),
+                Err(_) => drop(std::thread::spawn(move || leader.lead())),
+            }
+        }
+        gathered
+    }
+}
+
+/// The leader of async callers' batches, while it runs. If it never runs (its runtime shut
+/// down first) or panics, dropping it steps it down, so the next delivery starts another
+/// leader instead of waiting for one that is gone; that leader runs what is still queued.
+struct Leader {
+    store: Arc<SqliteStore>,
+    stepped_down: bool,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if !self.stepped_down {
+            self.store.leading.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Leader {
+    /// Runs batches until the queue is empty, taking the writer connection for one batch at
+    /// a time so other writers get their turn between them; then steps down. A delivery
+    /// queued just as it stepped down found a leader still in place and started none, so it
+    /// looks once more and leads again if the queue is not empty.
+    fn lead(mut self) {
+        let store = Arc::clone(&self.store);
+        loop {
+            loop {
+                let mut conn = store.write();
+                let batch = std::mem::take(
+                    &mut *store.pending.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                if batch.is_empty() {
+                    break;
+                }
+                store.run_queued(&mut conn, batch);
+            }
+            store.leading.store(false, Ordering::SeqCst);
+            let empty = store
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
+            if empty || store.leading.swap(true, Ordering::SeqCst) {
+                self.stepped_down = true;
+                return;
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Runs one batch, unless the disk is below the free-space floor: then every delivery
+    /// in it is refused with [`StoreError::StorageFull`] (a caller that checked before it
+    /// queued may have been overtaken by the disk filling).
+    fn run_queued(&self, conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>) {
+        if !self.has_room() {
+            for (_, to) in batch {
+                to.send(Err(StoreError::StorageFull));
+            }
+            return;
+        }
+        run_batch(conn, batch);
     }
 }
 
@@ -108,7 +268,7 @@ impl Answers {
         {
             let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
             for (i, delivery) in deliveries.into_iter().enumerate() {
-                pending.push((delivery, (i, tx.clone())));
+                pending.push((delivery, ResultTo::Thread(i, tx.clone())));
             }
         }
         Answers {
@@ -152,7 +312,7 @@ impl Answers {
 /// One delivery, checked as far as it can be without the database, waiting for a batch.
 pub(super) struct Delivery {
     from: UserId,
-    to: UserId,
+    to: Recipient,
     kind: ItemKind,
     /// The content size, stored in `items.size`.
     size: u64,
@@ -164,11 +324,20 @@ pub(super) struct Delivery {
     quota: u64,
 }
 
+/// Whom a delivery is for: a user id the caller already looked up, or a name the batch looks
+/// up (an async caller has no database connection of its own to ask).
+pub(super) enum Recipient {
+    /// A user id, checked to exist in the batch.
+    Id(UserId),
+    /// A user name; [`StoreError::UnknownUser`] if no user has it.
+    Name(String),
+}
+
 impl Delivery {
     /// Splits `item` into its columns and checks its blob references.
     pub(super) fn new(
         from: UserId,
-        to: UserId,
+        to: Recipient,
         item: NewItem,
         quota: u64,
     ) -> Result<Delivery, StoreError> {
@@ -200,8 +369,8 @@ impl Delivery {
         })
     }
 
-    /// Inserts the item and its blob rows; returns the item's id.
-    fn insert(&self, tx: &Connection) -> Result<ItemId, StoreError> {
+    /// Inserts the item for `to` and its blob rows; returns the item's id.
+    fn insert(&self, tx: &Connection, to: UserId) -> Result<ItemId, StoreError> {
         // The charge must be storable too: it is added to the sender's usage.
         size_to_sql(self.requested)?;
         let size = size_to_sql(self.size)?;
@@ -210,7 +379,7 @@ impl Delivery {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
-            self.to,
+            to,
             self.from,
             self.kind as u8,
             size,
@@ -266,9 +435,12 @@ struct Usage {
     now: u64,
 }
 
-/// Which recipients exist, as far as a batch has asked.
+/// Which recipients exist, and which names are whose, as far as a batch has asked.
 #[derive(Default)]
-struct Recipients(HashMap<UserId, bool>);
+struct Recipients {
+    ids: HashMap<UserId, bool>,
+    names: HashMap<String, Option<UserId>>,
+}
 
 impl Usages {
     /// `user`'s usage as charged so far in this batch, read from the database the first
@@ -305,30 +477,52 @@ impl Usages {
 impl Recipients {
     /// Whether `user` exists, asked of the database the first time.
     fn exists(&mut self, tx: &Connection, user: UserId) -> Result<bool, StoreError> {
-        if let Some(&known) = self.0.get(&user) {
+        if let Some(&known) = self.ids.get(&user) {
             return Ok(known);
         }
         let known = tx
             .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
             .exists(params![user])?;
-        self.0.insert(user, known);
+        self.ids.insert(user, known);
         Ok(known)
+    }
+
+    /// The id of the user named `name`, if any, asked of the database the first time.
+    fn named(&mut self, tx: &Connection, name: &str) -> Result<Option<UserId>, StoreError> {
+        if let Some(&known) = self.names.get(name) {
+            return Ok(known);
+        }
+        let id = tx
+            .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+            .query_row(params![name], |row| row.get(0))
+            .optional()?;
+        self.names.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The recipient's id, checked to exist.
+    fn resolve(&mut self, tx: &Connection, to: &Recipient) -> Result<UserId, StoreError> {
+        match to {
+            Recipient::Id(id) if self.exists(tx, *id)? => Ok(*id),
+            Recipient::Id(id) => Err(StoreError::UnknownUserId(*id)),
+            Recipient::Name(name) => self
+                .named(tx, name)?
+                .ok_or_else(|| StoreError::UnknownUser(name.clone())),
+        }
     }
 }
 
 /// The sender's quota check (the batch transaction is IMMEDIATE, so it holds the write lock
 /// before any quota is read and no other writer can charge the same sender between check and
-/// insert) and the recipient check. Returns the sender's usage, to be charged, and what it
-/// becomes with this delivery.
+/// insert) and the recipient check. Returns the recipient, the sender's usage, to be
+/// charged, and what it becomes with this delivery.
 fn check<'l>(
     tx: &Connection,
     ledger: &'l mut Ledger,
     d: &Delivery,
-) -> Result<(&'l mut Usage, u64), StoreError> {
+) -> Result<(UserId, &'l mut Usage, u64), StoreError> {
     let usage = ledger.usage.of(tx, d.from)?;
-    if !ledger.users.exists(tx, d.to)? {
-        return Err(StoreError::UnknownUserId(d.to));
-    }
+    let to = ledger.users.resolve(tx, &d.to)?;
     let used = usage.now;
     let total = used
         .checked_add(d.requested)
@@ -338,21 +532,21 @@ fn check<'l>(
             requested: d.requested,
             quota: d.quota,
         })?;
-    Ok((usage, total))
+    Ok((to, usage, total))
 }
 
 /// Runs one delivery inside the batch transaction: [`check`], the insert, then the charge.
 /// A refused or failed delivery leaves no trace, or says it could not undo its writes
 /// ([`Outcome::MustRollBack`]).
 fn run_delivery(tx: &Connection, ledger: &mut Ledger, d: &Delivery) -> Outcome<ItemId> {
-    let (usage, new_usage) = match check(tx, ledger, d) {
+    let (to, usage, new_usage) = match check(tx, ledger, d) {
         Ok(checked) => checked,
         Err(e) => return Outcome::Sound(Err(e)),
     };
     let inserted = if d.blobs.is_empty() {
         // One statement: SQLite undoes a statement that fails a constraint by itself. Any
         // other failure may have ended the transaction or left it in doubt.
-        match d.insert(tx) {
+        match d.insert(tx, to) {
             Ok(id) => Outcome::Sound(Ok(id)),
             Err(e) => {
                 let undone = matches!(&e, StoreError::Sqlite(s)
@@ -366,7 +560,7 @@ fn run_delivery(tx: &Connection, ledger: &mut Ledger, d: &Delivery) -> Outcome<I
         }
     } else {
         // Several rows: a savepoint undoes them together.
-        in_savepoint(tx, |tx| d.insert(tx))
+        in_savepoint(tx, |tx| d.insert(tx, to))
     };
     if matches!(inserted, Outcome::Sound(Ok(_))) {
         usage.now = new_usage;
@@ -416,8 +610,8 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>)
         Err(e) => {
             tracing::error!(error = %e, "cannot start a batch transaction");
             let failure = BatchFailure::of(&e);
-            for (_, (i, to)) in batch {
-                let _ = to.send((i, Err(failure.error())));
+            for (_, to) in batch {
+                to.send(Err(failure.error()));
             }
             return;
         }
@@ -452,12 +646,12 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<(Delivery, ResultTo)>)
             BatchFailure::of(&e)
         })
     };
-    for ((_, (i, to)), result) in batch.into_iter().zip(results) {
+    for ((_, to), result) in batch.into_iter().zip(results) {
         let result = match (result, &committed) {
             (Ok(_), Err(failure)) => Err(failure.error()),
             (other, _) => other,
         };
-        let _ = to.send((i, result));
+        to.send(result);
     }
 }
 
@@ -539,6 +733,131 @@ mod tests {
         })
     }
 
+    /// Eight async callers (tasks on a runtime, each on the leader's batches) and eight
+    /// threads (leading batches themselves) offer ten messages each under a quota that
+    /// admits 25: exactly 25 get in, every caller's ids ascend, and the name no user has
+    /// (the fourth item of each async call) is `Ok(None)` without disturbing the others.
+    #[test]
+    fn async_and_thread_callers_share_the_batches() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let store = Arc::new(store);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()?;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let items = (0..10)
+                    .map(|i| {
+                        let to = if i == 3 { "nobody" } else { "bob" };
+                        (to.to_string(), message("0123456789"))
+                    })
+                    .collect();
+                rt.spawn(Arc::clone(&store).deliver_named(alice, items, Q25))
+            })
+            .collect();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let batch = (0..10).map(|_| (bob, message("0123456789"))).collect();
+                    store.deliver_all(alice, batch, Q25)
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            let results = rt.block_on(task)?;
+            assert_eq!(results.len(), 10);
+            let mut ids = Vec::new();
+            for (i, r) in results.iter().enumerate() {
+                match r {
+                    Ok(None) if i == 3 => {}
+                    Ok(Some(id)) if i != 3 => ids.push(*id),
+                    Err(StoreError::QuotaExceeded { .. }) if i != 3 => {}
+                    other => panic!("item {i}: {other:?}"),
+                }
+            }
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            accepted += ids.len();
+        }
+        for t in threads {
+            let results = t.join().map_err(|_| "delivery thread panicked")?;
+            let ids: Vec<ItemId> = results.into_iter().filter_map(Result::ok).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            accepted += ids.len();
+        }
+        assert_eq!(accepted, 25);
+        assert_eq!(store.usage(alice)?, Q25);
+        assert_usage_consistent(&store)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_leader_that_never_ran_steps_down_and_the_next_delivery_leads() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, bob) = two_users(&store)?;
+        let store = Arc::new(store);
+        // As when a runtime shut down before its leader's blocking task ran: a delivery
+        // queued behind that leader, and the leader dropped unrun.
+        store.leading.store(true, Ordering::SeqCst);
+        let first = store.queue_named(vec![Delivery::new(
+            alice,
+            Recipient::Name("bob".into()),
+            message("first"),
+            BIG,
+        )?]);
+        drop(Leader {
+            store: Arc::clone(&store),
+            stepped_down: false,
+        });
+        assert!(!store.leading.load(Ordering::SeqCst));
+        // The next delivery starts a leader, which runs what was still queued too.
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let next = rt.block_on(Arc::clone(&store).deliver_named(
+            alice,
+            vec![("bob".into(), message("next"))],
+            BIG,
+        ));
+        assert!(matches!(next.as_slice(), [Ok(Some(_))]), "{next:?}");
+        let first = rt.block_on(first)?;
+        assert!(matches!(first.as_slice(), [Some(Ok(_))]), "{first:?}");
+        assert_eq!(store.inbox(bob, 0, 10)?.len(), 2);
+        assert!(!store.leading.load(Ordering::SeqCst));
+        Ok(())
+    }
+
+    #[test]
+    fn an_async_batch_dropped_unanswered_is_result_lost() -> TestResult {
+        let (_dir, store) = store()?;
+        let (alice, _) = two_users(&store)?;
+        let store = Arc::new(store);
+        // Hold the lead, so the delivery waits in the queue; then drop the queue, as a
+        // leader that panicked mid-batch would.
+        store.leading.store(true, Ordering::SeqCst);
+        let waiting = Arc::clone(&store).deliver_named(
+            alice,
+            vec![
+                ("bob".into(), message("lost")),
+                ("bob".into(), message("too")),
+            ],
+            BIG,
+        );
+        drop(std::mem::take(
+            &mut *store.pending.lock().map_err(|_| "poisoned")?,
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let results = rt.block_on(waiting);
+        assert!(
+            matches!(
+                results.as_slice(),
+                [Err(StoreError::ResultLost), Err(StoreError::ResultLost)]
+            ),
+            "{results:?}"
+        );
+        Ok(())
+    }
+
     /// Room for 30 ten-byte messages with their overhead.
     const Q30: u64 = 30 * (10 + O);
 
@@ -593,7 +912,7 @@ mod tests {
         // and dropped with its result channels.
         let (_dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
-        let delivery = Delivery::new(alice, bob, message("lost"), BIG)?;
+        let delivery = Delivery::new(alice, Recipient::Id(bob), message("lost"), BIG)?;
         let mut answers = Answers::queue(&store.pending, vec![delivery]);
         assert!(answers.awaited());
         drop(std::mem::take(
@@ -660,7 +979,7 @@ mod tests {
         // One batch, senders interleaved: alice (quota 25) sends 20, then 10 (refused), then
         // a 10-byte file (refused), then 5; bob sends 7 and 30 (refused under 25); carol
         // sends to nobody (refused) and then 3.
-        let d = |from, to, item, quota| Delivery::new(from, to, item, quota);
+        let d = |from, to, item, quota| Delivery::new(from, Recipient::Id(to), item, quota);
         let batch = vec![
             d(alice, bob, message("01234567890123456789"), q)?,
             d(bob, alice, message("0123456"), q)?,

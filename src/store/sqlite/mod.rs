@@ -41,21 +41,22 @@
 //! ownership) run in `BEGIN IMMEDIATE` transactions so the check and the change are atomic.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::space::{FreeSpace, Reserve};
 use super::{
-    is_valid_blob_id, validate_user_name, BlobRef, InboxEntry, Item, ItemContent, ItemId, ItemKind,
-    NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
+    is_valid_blob_id, validate_user_name, BlobRef, Deliveries, InboxEntry, Item, ItemContent,
+    ItemId, ItemKind, NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
 };
 
 mod batch;
 mod schema;
 
-use batch::{Delivery, ResultTo};
+use batch::{Delivery, Recipient, ResultTo};
 
 /// The SQLite-backed [`Store`].
 ///
@@ -72,6 +73,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     pending: Mutex<Vec<(Delivery, ResultTo)>>,
+    /// Whether a leader for async callers' deliveries is running (`SqliteStore::lead`).
+    leading: AtomicBool,
     space: FreeSpace,
     /// Only a server's store keeps one ([`SqliteStore::with_min_free_bytes`]).
     reserve: Option<Reserve>,
@@ -98,6 +101,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             pending: Mutex::new(Vec::new()),
+            leading: AtomicBool::new(false),
             space: FreeSpace::unlimited(data_dir),
             reserve: None,
         })
@@ -313,6 +317,45 @@ fn delete_item(
     Ok(Some(unreferenced))
 }
 
+/// Builds each item's [`Delivery`]; an item refused before it touches the database (a bad
+/// blob reference) keeps its place as `Some(error)` in the first list.
+fn checked(
+    from: UserId,
+    items: impl Iterator<Item = (Recipient, NewItem)>,
+    quota: u64,
+) -> (Vec<Option<StoreError>>, Vec<Delivery>) {
+    let mut refused = Vec::new();
+    let mut deliveries = Vec::new();
+    for (to, item) in items {
+        match Delivery::new(from, to, item, quota) {
+            Ok(delivery) => {
+                refused.push(None);
+                deliveries.push(delivery);
+            }
+            Err(e) => refused.push(Some(e)),
+        }
+    }
+    (refused, deliveries)
+}
+
+/// The answers in the items' order: the refusals where they were, the committed results
+/// in between, in turn.
+fn in_place(
+    refused: Vec<Option<StoreError>>,
+    committed: impl IntoIterator<Item = Result<ItemId, StoreError>>,
+) -> Vec<Result<ItemId, StoreError>> {
+    let mut committed = committed.into_iter();
+    refused
+        .into_iter()
+        .map(|r| match r {
+            Some(e) => Err(e),
+            None => committed
+                .next()
+                .unwrap_or_else(|| Err(StoreError::ResultLost)),
+        })
+        .collect()
+}
+
 impl Store for SqliteStore {
     fn add_user(&self, name: &str, password_hash: &str) -> Result<UserId, StoreError> {
         validate_user_name(name)?;
@@ -432,7 +475,7 @@ impl Store for SqliteStore {
         item: NewItem,
         quota: u64,
     ) -> Result<ItemId, StoreError> {
-        let delivery = Delivery::new(from, to, item, quota)?;
+        let delivery = Delivery::new(from, Recipient::Id(to), item, quota)?;
         if !self.has_room() {
             return Err(StoreError::StorageFull);
         }
@@ -451,28 +494,49 @@ impl Store for SqliteStore {
         if !items.is_empty() && !self.has_room() {
             return items.iter().map(|_| Err(StoreError::StorageFull)).collect();
         }
-        // Items refused before touching the database keep their place in the answer.
-        let mut refused: Vec<Option<StoreError>> = Vec::with_capacity(items.len());
-        let mut deliveries = Vec::with_capacity(items.len());
-        for (to, item) in items {
-            match Delivery::new(from, to, item, quota) {
-                Ok(delivery) => {
-                    refused.push(None);
-                    deliveries.push(delivery);
-                }
-                Err(e) => refused.push(Some(e)),
-            }
-        }
-        let mut committed = self.group_commit(deliveries).into_iter();
-        refused
-            .into_iter()
-            .map(|r| match r {
-                Some(e) => Err(e),
-                None => committed
-                    .next()
-                    .unwrap_or_else(|| Err(StoreError::ResultLost)),
-            })
-            .collect()
+        let (refused, deliveries) = checked(
+            from,
+            items.into_iter().map(|(to, i)| (Recipient::Id(to), i)),
+            quota,
+        );
+        in_place(refused, self.group_commit(deliveries))
+    }
+
+    /// Queues the items for the group commit and awaits them: no thread waits per delivery,
+    /// and the names are looked up inside the batch. The disk's floor is checked once per
+    /// batch, by the batch.
+    fn deliver_named(
+        self: Arc<Self>,
+        from: UserId,
+        items: Vec<(String, NewItem)>,
+        quota: u64,
+    ) -> Deliveries {
+        let (refused, deliveries) = checked(
+            from,
+            items.into_iter().map(|(to, i)| (Recipient::Name(to), i)),
+            quota,
+        );
+        let n = deliveries.len();
+        let gathered = (n > 0).then(|| self.queue_named(deliveries));
+        Box::pin(async move {
+            let committed = match gathered {
+                Some(rx) => rx.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let committed = committed
+                .into_iter()
+                .chain(std::iter::repeat_with(|| None))
+                .take(n)
+                .map(|r| r.unwrap_or(Err(StoreError::ResultLost)));
+            in_place(refused, committed)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(id) => Ok(Some(id)),
+                    Err(StoreError::UnknownUser(_)) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
     }
 
     fn inbox(
@@ -983,6 +1047,24 @@ mod tests {
         assert!(results
             .iter()
             .all(|r| matches!(r, Err(StoreError::StorageFull))));
+        // The async path checks the floor in the batch, for every delivery in it.
+        let store = std::sync::Arc::new(store);
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let named = rt.block_on(std::sync::Arc::clone(&store).deliver_named(
+            alice,
+            vec![
+                ("bob".into(), message("c")),
+                ("nobody".into(), message("d")),
+            ],
+            BIG,
+        ));
+        assert!(
+            matches!(
+                named.as_slice(),
+                [Err(StoreError::StorageFull), Err(StoreError::StorageFull)]
+            ),
+            "{named:?}"
+        );
         assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
         assert!(store.item(bob, kept)?.is_some());
         assert_eq!(store.delete(bob, kept)?, Some(Vec::new()));
