@@ -94,6 +94,10 @@ pub struct Observations {
     pub canary_leaks: AtomicU64,
     /// The first time (since `t0`) each source saw a refusal at accept.
     pub first_refused: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+    /// The first time (since `t0`) each source was used. An attack with more sources than
+    /// connections uses some only once others are blocked; the time to block such a source
+    /// counts from here, not from the attack's start.
+    pub first_used: Mutex<BTreeMap<Ipv4Addr, Duration>>,
     /// For the kinds that behave like a user before they attack (tamper, low-and-slow): the
     /// time (since `t0`) each source sent its first attacking frame. The runner labels a
     /// recorded source's windows before that as benign (`rampart activity export`). The other

@@ -183,7 +183,15 @@ impl Env {
     /// Notes that `source` is used now, as [`Env::open_tcp`] does, for attackers that
     /// connect by other means (the generic forms).
     pub(crate) fn touch(&self, source: Ipv4Addr) {
-        lock(&self.used).insert(source, Instant::now());
+        self.use_source(source);
+    }
+
+    /// Notes that `source` is used now: its last use (for the watcher) and its first.
+    fn use_source(&self, source: Ipv4Addr) {
+        let now = Instant::now();
+        lock(&self.used).insert(source, now);
+        let since = now.saturating_duration_since(self.t0);
+        lock(&self.obs.first_used).entry(source).or_insert(since);
     }
 
     /// Records a refusal at accept of `source`.
@@ -288,7 +296,7 @@ impl Env {
         if !self.live() {
             return None;
         }
-        lock(&self.used).insert(source, Instant::now());
+        self.use_source(source);
         let connected = tokio::select! {
             r = connect_from(source, self.target) => r,
             _ = self.halt.cancelled() => return None,

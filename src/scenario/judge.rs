@@ -137,6 +137,16 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
             .as_ref()
             .map(|r| r.sources_used.iter().copied().collect())
             .unwrap_or_default();
+        // A source first used after the attack started (more sources than connections: it
+        // waits for a slot that a blocked source gives up) counts from its first use.
+        let first_used = obs
+            .map(|o| {
+                o.first_used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })
+            .unwrap_or_default();
         let mut times = Vec::new();
         for ip in &used {
             let first = [j.sampled.first_blocked.get(ip), refused.get(ip)]
@@ -144,7 +154,10 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
                 .flatten()
                 .min();
             if let Some(t) = first {
-                times.push(t.saturating_sub(attack.start()));
+                let from = first_used
+                    .get(ip)
+                    .map_or(attack.start(), |u| attack.start().max(*u));
+                times.push(t.saturating_sub(from));
                 blocked_all.insert(*ip);
             }
         }
@@ -554,6 +567,62 @@ mod tests {
         );
         assert_eq!(timeline.attempted, vec![1, 2, 0, 0, 1]);
         assert_eq!(timeline.delivered, vec![1, 1, 0, 0, 0]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_source_first_used_late_counts_from_its_first_use() -> Result<(), Box<dyn std::error::Error>>
+    {
+        // The attack starts at 1 s. .1 is used at once and refused at 2 s; .2 waits for a
+        // slot until 4 s and is refused at 5 s: each took 1 s, not 1 s and 4 s.
+        let s = scenario("blocked_within_s = 2\n")?;
+        let (a, b) = (Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2));
+        let obs = Observations::default();
+        let secs = Duration::from_secs;
+        for (ip, used, refused) in [(a, 1, 2), (b, 4, 5)] {
+            obs.first_used
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(ip, secs(used));
+            obs.first_refused
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(ip, secs(refused));
+        }
+        let report = AttackReport {
+            kind: crate::attack::AttackKind::Flood,
+            sources_used: vec![a, b],
+            connects: 2,
+            refused: 2,
+            frames_sent: 0,
+            bytes_sent: 0,
+            canary_leaks: 0,
+            notes: Vec::new(),
+        };
+        let collected = Collected {
+            scenario: &s,
+            records: Vec::new(),
+            acknowledged: 0,
+            logins: (0, 0),
+            attack_reports: vec![Some(report)],
+            observations: vec![Arc::new(obs)],
+            sampled: Sampled::default(),
+            verification: legit::Verification::default(),
+            alive: Ok(()),
+            snapshot: None,
+            in_process: false,
+            pid: None,
+            refused_legit: BTreeSet::new(),
+            shared_sources: BTreeSet::new(),
+            locked_out: Vec::new(),
+            mistakes: BTreeMap::new(),
+            model: None,
+        };
+        let (m, _) = measure(collected);
+        assert_eq!(m.time_to_block_s, Some(1.0));
+        assert_eq!(m.attacks[0].time_to_block_max_s, Some(1.0));
+        assert_eq!(m.blocked_sources, 2);
+        assert!(judge(&s, &m).iter().all(|f| !f.contains("time_to_block")));
         Ok(())
     }
 

@@ -286,7 +286,8 @@ pub struct AttackMetrics {
     pub sources_used: u64,
     /// Of those, refused at accept at some point.
     pub sources_blocked: u64,
-    /// Slowest time to block among its blocked sources, seconds after `start_s`.
+    /// Slowest time to block among its blocked sources, seconds after `start_s` (or after a
+    /// source's first use, if that came later).
     pub time_to_block_max_s: Option<f64>,
     /// Median time to block among its blocked sources.
     pub time_to_block_p50_s: Option<f64>,
@@ -325,7 +326,7 @@ pub struct ScenarioMetrics {
     /// Of those, refused at accept (blocked, or turned away) at some point.
     pub blocked_sources: u64,
     /// Slowest time to block over the blocked attack sources, seconds after their attack's
-    /// start; `null` if none was blocked.
+    /// start (or after a source's first use, if that came later); `null` if none was blocked.
     pub time_to_block_s: Option<f64>,
     /// Legit sources that were ever blocked (those no attacker shares), plus legit users in
     /// good standing locked out at a source an attacker shares.
