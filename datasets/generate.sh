@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Records the datasets: every scenario in scenarios/ is run with --record for seeds 1 and 2
-# (datasets/train.csv) and 3 (datasets/test.csv), and scenarios/detection/ (the evasion
-# attack, which has no expectation to meet) for seed 3 (datasets/evasion.csv). Each
+# (datasets/train.csv) and 3 (datasets/test.csv), and scenarios/detection/evasion.toml (the
+# evasion attack, which has no expectation to meet) for seed 3 (datasets/evasion.csv). Each
 # recording is exported as 1 s feature windows, labelled by the runner (the attack kind of
 # each attacking source from its first attacking frame, `benign` for everything else) and
 # grouped by behaviour family (the `[[legit]] name`). The recordings run with --no-model, so
@@ -34,7 +34,7 @@ record() {
 for seed in 1 2 3; do
   record "$seed" "seed$seed" scenarios/
 done
-record 3 evasion scenarios/detection/
+record 3 evasion scenarios/detection/evasion.toml
 combine() {
   local out=$1; shift
   local first=1
