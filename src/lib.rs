@@ -14,6 +14,8 @@
 //! - [`scenario`]: scenario files, the runner, its measurements and reports.
 //! - [`load`]: the load generator behind `rampart load`.
 //! - [`config`]: every limit above, read from TOML and checked before the server starts.
+//! - [`sim`]: the deterministic simulation: a virtual clock and an in-memory network under
+//!   all of the above, on one thread.
 //!
 //! Lower layers never import higher ones: `protocol` imports nothing of rampart, `store` and
 //! `guard` import only `protocol` and `config`, `server` imports everything below it.
@@ -31,5 +33,6 @@ pub mod load;
 pub mod protocol;
 pub mod scenario;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod tls;

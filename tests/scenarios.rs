@@ -313,7 +313,7 @@ async fn read_back_finds_lost_and_altered_items() -> TestResult {
         client: Some(recipient),
         ..ClientRun::default()
     };
-    let v = legit::verify(&plans, vec![run, recipient_run], target).await;
+    let v = legit::verify(&plans, vec![run, recipient_run], target, 4_000).await;
     assert_eq!(v.verified, 1);
     assert_eq!(v.lost, 3, "{:?}", v.lost_items);
     assert!(

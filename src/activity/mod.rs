@@ -173,10 +173,7 @@ pub struct Event {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::sim::now_ms()
 }
 
 /// One event of every kind, in declaration order, with reasons a server records (tests).

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -111,6 +113,8 @@ pub struct Recorder {
     tx: Option<SyncSender<Msg>>,
     counters: Arc<Counters>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// In a simulation, the writer runs as a task instead of a thread ([`crate::sim`]).
+    sim: Option<SimWriter>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -131,6 +135,7 @@ impl Recorder {
             tx: None,
             counters: Arc::default(),
             thread: Arc::default(),
+            sim: None,
         }
     }
 
@@ -145,10 +150,20 @@ impl Recorder {
         let conn = db::open(data_dir)?;
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let c = Arc::clone(&counters);
+        let w = Writer::new(conn, Arc::clone(&counters), flush, sink);
+        if crate::sim::active() {
+            let shared: SimWriter = Arc::new(std::sync::Mutex::new(Some((w, rx))));
+            tokio::spawn(sim_writer(Arc::clone(&shared)));
+            return Ok(Recorder {
+                tx: Some(tx),
+                counters,
+                thread: Arc::default(),
+                sim: Some(shared),
+            });
+        }
         let thread = std::thread::Builder::new()
             .name("rampart-recorder".into())
-            .spawn(move || writer(conn, rx, c, flush, sink))
+            .spawn(move || writer(w, rx))
             .map_err(|e| {
                 rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
@@ -159,6 +174,7 @@ impl Recorder {
             tx: Some(tx),
             counters,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            sim: None,
         })
     }
 
@@ -178,7 +194,29 @@ impl Recorder {
     /// shed one (bounded by the writer, which drains continuously).
     pub fn decision(&self, d: DecisionRecord) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Decision(d));
+            self.send(tx, Msg::Decision(d));
+        }
+    }
+
+    /// Sends a message that must not be shed: waits for room, or in a simulation, where the
+    /// writer runs on this thread, makes room by running a pass first.
+    fn send(&self, tx: &SyncSender<Msg>, msg: Msg) {
+        let Some(shared) = &self.sim else {
+            let _ = tx.send(msg);
+            return;
+        };
+        let mut msg = msg;
+        loop {
+            match tx.try_send(msg) {
+                Err(TrySendError::Full(back)) if sim_pass(shared) => msg = back,
+                _ => return,
+            }
+            // A pass that takes nothing leaves the channel full: the writer is busy further
+            // up this thread's stack, so the message is shed rather than deadlock.
+            if shared.try_lock().is_err() {
+                self.counters.shed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     }
 
@@ -186,7 +224,7 @@ impl Recorder {
     /// `unblock` row an operator wrote into the activity database.
     pub fn on_unblock(&self, hook: UnblockHook) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::OnUnblock(hook));
+            self.send(tx, Msg::OnUnblock(hook));
         }
     }
 
@@ -194,7 +232,7 @@ impl Recorder {
     /// steps, starting now.
     pub fn retain(&self, retention: Retention) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Retain(retention));
+            self.send(tx, Msg::Retain(retention));
         }
     }
 
@@ -209,7 +247,7 @@ impl Recorder {
     /// [`FreeSpace::room_for_activity`](crate::store::FreeSpace::room_for_activity)).
     pub fn shed_below(self, space: crate::store::FreeSpace) -> Recorder {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::ShedBelow(space));
+            self.send(tx, Msg::ShedBelow(space));
         }
         self
     }
@@ -217,6 +255,13 @@ impl Recorder {
     /// Waits until everything recorded so far is committed (tests, exports, shutdown).
     pub fn flush(&self) {
         let Some(tx) = &self.tx else { return };
+        if let Some(shared) = &self.sim {
+            // On the simulation's thread: commit inline, queued messages first.
+            let (done_tx, _done_rx) = mpsc::channel();
+            self.send(tx, Msg::Flush(done_tx));
+            sim_pass(shared);
+            return;
+        }
         let (done_tx, done_rx) = mpsc::channel();
         if tx.send(Msg::Flush(done_tx)).is_ok() {
             let _ = done_rx.recv_timeout(Duration::from_secs(30));
@@ -265,112 +310,203 @@ impl Recorder {
     }
 }
 
-fn writer(
-    mut conn: rusqlite::Connection,
-    rx: Receiver<Msg>,
+/// The writer's state between batches: what is pending and when it is due.
+struct Writer {
+    conn: rusqlite::Connection,
     counters: Arc<Counters>,
     flush: Duration,
-    mut sink: Option<Box<dyn WindowSink>>,
-) {
-    let mut batch: Vec<Event> = Vec::with_capacity(BATCH_MAX);
-    let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
-    let mut decisions: Vec<DecisionRecord> = Vec::new();
-    let mut unblock_hook: Option<UnblockHook> = None;
-    let mut floor: Option<crate::store::FreeSpace> = None;
-    // Unblock rows older than the start are history, not commands.
-    let mut last_unblock = db::last_decision_id(&conn).unwrap_or(0);
-    let mut last_tick = Instant::now();
-    let mut retention: Option<Retention> = None;
-    let mut folder = super::fold::Folder::default();
-    // None: prune at the next tick (just configured, or the last step was full).
-    let mut last_prune: Option<Instant> = None;
-    // When the oldest event or decision not yet committed arrived. Commits wait for a whole
-    // flush interval's worth: one transaction per event rewrote the same few B-tree pages
-    // into the WAL each time (19 MB of WAL for 8 s of the baseline scenario), and that
-    // write-back competed with the store's durable commits for the disk.
-    let mut pending_since: Option<Instant> = None;
-    loop {
-        let wait = pending_since.map_or(flush, |t| flush.saturating_sub(t.elapsed()));
-        let mut took = false;
-        let disconnected = match rx.recv_timeout(wait) {
-            Ok(msg) => {
-                took = true;
-                let mut next = Some(msg);
-                // Take this message and what is already queued, up to one batch, without
-                // waiting.
-                while let Some(m) = next.take() {
-                    match m {
-                        Msg::Event(e) => batch.push(e),
-                        Msg::Flush(w) => waiters.push(w),
-                        Msg::Decision(d) => decisions.push(d),
-                        Msg::OnUnblock(h) => unblock_hook = Some(h),
-                        Msg::Retain(r) => {
-                            retention = Some(r);
-                            last_prune = None;
-                        }
-                        Msg::ShedBelow(space) => floor = Some(space),
-                    }
-                    if batch.len() < BATCH_MAX {
-                        next = rx.try_recv().ok();
-                    }
-                }
-                false
+    sink: Option<Box<dyn WindowSink>>,
+    batch: Vec<Event>,
+    waiters: Vec<mpsc::Sender<()>>,
+    decisions: Vec<DecisionRecord>,
+    unblock_hook: Option<UnblockHook>,
+    floor: Option<crate::store::FreeSpace>,
+    last_unblock: i64,
+    last_tick: Instant,
+    retention: Option<Retention>,
+    folder: super::fold::Folder,
+    /// None: prune at the next tick (just configured, or the last step was full).
+    last_prune: Option<Instant>,
+    /// When the oldest event or decision not yet committed arrived. Commits wait for a
+    /// whole flush interval's worth: one transaction per event rewrote the same few B-tree
+    /// pages into the WAL each time (19 MB of WAL for 8 s of the baseline scenario), and
+    /// that write-back competed with the store's durable commits for the disk.
+    pending_since: Option<Instant>,
+}
+
+impl Writer {
+    fn new(
+        conn: rusqlite::Connection,
+        counters: Arc<Counters>,
+        flush: Duration,
+        sink: Option<Box<dyn WindowSink>>,
+    ) -> Writer {
+        // Unblock rows older than the start are history, not commands.
+        let last_unblock = db::last_decision_id(&conn).unwrap_or(0);
+        Writer {
+            conn,
+            counters,
+            flush,
+            sink,
+            batch: Vec::with_capacity(BATCH_MAX),
+            waiters: Vec::new(),
+            decisions: Vec::new(),
+            unblock_hook: None,
+            floor: None,
+            last_unblock,
+            last_tick: Instant::now(),
+            retention: None,
+            folder: super::fold::Folder::default(),
+            last_prune: None,
+            pending_since: None,
+        }
+    }
+
+    /// How long the writer may wait for a message before something is due.
+    fn wait(&self) -> Duration {
+        self.pending_since
+            .map_or(self.flush, |t| self.flush.saturating_sub(t.elapsed()))
+    }
+
+    fn full(&self) -> bool {
+        self.batch.len() >= BATCH_MAX
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(e) => self.batch.push(e),
+            Msg::Flush(w) => self.waiters.push(w),
+            Msg::Decision(d) => self.decisions.push(d),
+            Msg::OnUnblock(h) => self.unblock_hook = Some(h),
+            Msg::Retain(r) => {
+                self.retention = Some(r);
+                self.last_prune = None;
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if pending_since.is_none() && !(batch.is_empty() && decisions.is_empty()) {
-            pending_since = Some(Instant::now());
+            Msg::ShedBelow(space) => self.floor = Some(space),
+        }
+    }
+
+    /// Takes what is queued, up to one batch, without waiting. True if every sender is gone.
+    fn drain(&mut self, rx: &Receiver<Msg>) -> bool {
+        while !self.full() {
+            match rx.try_recv() {
+                Ok(m) => self.take(m),
+                Err(mpsc::TryRecvError::Empty) => return false,
+                Err(mpsc::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    /// Commits what is due, ticks the sink, runs the unblock hook and a pruning step, and
+    /// answers flush waiters. `disconnected`: the last pass; commit everything.
+    fn step(&mut self, disconnected: bool) {
+        let flush = self.flush;
+        if self.pending_since.is_none() && !(self.batch.is_empty() && self.decisions.is_empty()) {
+            self.pending_since = Some(Instant::now());
         }
         let due = disconnected
-            || !waiters.is_empty()
-            || batch.len() >= BATCH_MAX
-            || pending_since.is_some_and(|t| t.elapsed() >= flush);
+            || !self.waiters.is_empty()
+            || self.full()
+            || self.pending_since.is_some_and(|t| t.elapsed() >= flush);
         if due {
-            pending_since = None;
-            if !batch.is_empty() && floor.as_ref().is_some_and(|f| !f.room_for_activity()) {
-                counters
+            self.pending_since = None;
+            if !self.batch.is_empty() && self.floor.as_ref().is_some_and(|f| !f.room_for_activity())
+            {
+                self.counters
                     .shed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
+                    .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+                self.batch.clear();
             }
-            let folded = folder.fold(&mut batch);
-            counters.folded.fetch_add(folded, Ordering::Relaxed);
-            commit_pending(&mut conn, &counters, &mut batch, &mut decisions, &mut sink);
+            let folded = self.folder.fold(&mut self.batch);
+            self.counters.folded.fetch_add(folded, Ordering::Relaxed);
+            commit_pending(
+                &mut self.conn,
+                &self.counters,
+                &mut self.batch,
+                &mut self.decisions,
+                &mut self.sink,
+            );
         }
-        if last_tick.elapsed() >= flush || disconnected {
-            if let Some(s) = sink.as_mut() {
+        if self.last_tick.elapsed() >= flush || disconnected {
+            if let Some(s) = self.sink.as_mut() {
                 s.tick(super::now_ms());
             }
-            if let Some(hook) = unblock_hook.as_mut() {
-                match db::unblocks_since(&conn, last_unblock) {
+            if let Some(hook) = self.unblock_hook.as_mut() {
+                match db::unblocks_since(&self.conn, self.last_unblock) {
                     Ok(rows) => {
                         for (id, ip) in rows {
-                            last_unblock = last_unblock.max(id);
+                            self.last_unblock = self.last_unblock.max(id);
                             hook(ip);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot read unblock commands"),
                 }
             }
-            last_tick = Instant::now();
+            self.last_tick = Instant::now();
         }
-        if let Some(r) = retention {
-            if last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
-                let full = prune(&conn, &counters, r);
+        if let Some(r) = self.retention {
+            if self.last_prune.map_or(true, |t| t.elapsed() >= PRUNE_EVERY) {
+                let full = prune(&self.conn, &self.counters, r);
                 // A full step means more is waiting: take the next one at the next tick.
-                last_prune = (!full).then(Instant::now);
+                self.last_prune = (!full).then(Instant::now);
             }
         }
-        for w in waiters.drain(..) {
+        for w in self.waiters.drain(..) {
             let _ = w.send(());
         }
+    }
+}
+
+/// The writer thread: waits for messages (at most until something is due), takes what is
+/// queued, steps, and naps.
+fn writer(mut w: Writer, rx: Receiver<Msg>) {
+    loop {
+        let mut took = false;
+        let disconnected = match rx.recv_timeout(w.wait()) {
+            Ok(msg) => {
+                took = true;
+                w.take(msg);
+                w.drain(&rx)
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        w.step(disconnected);
         if disconnected {
             return;
         }
         if took {
-            std::thread::sleep(NAP.min(flush));
+            std::thread::sleep(NAP.min(w.flush));
         }
+    }
+}
+
+/// The writer and its channel in a simulation, shared by its task and
+/// [`Recorder::flush`]; `None` once the last sender is gone.
+type SimWriter = Arc<std::sync::Mutex<Option<(Writer, Receiver<Msg>)>>>;
+
+/// One pass of a simulation's writer: take what is queued and step. False once finished.
+/// Skips the pass (true) if the writer is busy further up this thread's stack.
+fn sim_pass(shared: &SimWriter) -> bool {
+    let Ok(mut slot) = shared.try_lock() else {
+        return true;
+    };
+    let Some((w, rx)) = slot.as_mut() else {
+        return false;
+    };
+    let disconnected = w.drain(rx);
+    w.step(disconnected);
+    if disconnected {
+        *slot = None;
+    }
+    !disconnected
+}
+
+/// The writer's task in a simulation: a pass every [`NAP`] of virtual time.
+async fn sim_writer(shared: SimWriter) {
+    while sim_pass(&shared) {
+        tokio::time::sleep(NAP).await;
     }
 }
 

@@ -12,9 +12,9 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::sim::net::NetStream;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::wire::{error_code, REPLY_LIMITS};
@@ -31,22 +31,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to `target` from `source` (bound with port 0). Refuses any target that is not a
 /// loopback address, and gives up after [`CONNECT_TIMEOUT`].
-pub async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
-    if !target.ip().is_loopback() || !target.is_ipv4() {
+pub async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<NetStream> {
+    // A simulation's network is its own: nothing leaves the process.
+    if !crate::sim::active() && (!target.ip().is_loopback() || !target.is_ipv4()) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("attackers only connect to IPv4 loopback addresses, not {target}"),
         ));
     }
-    let socket = TcpSocket::new_v4()?;
-    // Attackers open and close connections fast; let a port still in TIME_WAIT be reused.
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::from((source, 0)))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        crate::sim::net::connect(Some(source.into()), target),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 /// How a fresh connection was received.
@@ -101,7 +99,7 @@ pub(crate) fn is_reset(kind: io::ErrorKind) -> bool {
 
 /// Watches a fresh connection, on which nothing has been sent yet, for up to `wait`: a
 /// refusal at accept arrives at once, an admitted connection stays silent.
-pub async fn probe_admission(stream: &mut TcpStream, wait: Duration) -> Admission {
+pub async fn probe_admission(stream: &mut NetStream, wait: Duration) -> Admission {
     let deadline = Instant::now() + wait;
     let mut buf = BytesMut::with_capacity(256);
     loop {
@@ -129,7 +127,7 @@ pub async fn probe_admission(stream: &mut TcpStream, wait: Duration) -> Admissio
 
 /// True if a fresh connection was refused at accept ([`probe_admission`] with
 /// [`PROBE_WAIT`]).
-pub async fn probe_refused(stream: &mut TcpStream) -> bool {
+pub async fn probe_refused(stream: &mut NetStream) -> bool {
     matches!(
         probe_admission(stream, PROBE_WAIT).await,
         Admission::Refused(_)
@@ -150,9 +148,8 @@ fn refusal_sign(frame: &Frame) -> Option<RefusalSign> {
 
 /// Closes a connection with a reset instead of a FIN, so the attacker keeps no TIME_WAIT
 /// state (a churning attacker would otherwise run out of ports).
-pub(crate) fn abort(stream: TcpStream) {
-    let _ = stream.set_zero_linger();
-    drop(stream);
+pub(crate) fn abort(stream: NetStream) {
+    stream.abort();
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::sim::net::NetStream;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -272,8 +272,8 @@ impl Env {
     pub(crate) async fn handshake(
         &self,
         config: Arc<rustls::ClientConfig>,
-        stream: TcpStream,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, &'static str> {
+        stream: NetStream,
+    ) -> Result<tokio_rustls::client::TlsStream<NetStream>, &'static str> {
         let name = rustls::pki_types::ServerName::IpAddress(self.target.ip().into());
         let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
         tokio::select! {
@@ -292,7 +292,7 @@ impl Env {
         source: Ipv4Addr,
         rng: &mut StdRng,
         wait: Duration,
-    ) -> Option<TcpStream> {
+    ) -> Option<NetStream> {
         if !self.live() {
             return None;
         }

@@ -6,30 +6,29 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::sim::net::{NetRead, NetStream, NetWrite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// An admitted attacker connection.
 pub(crate) enum Conn {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(NetStream),
     /// TLS over TCP (the server's certificate is not checked: see
     /// [`crate::tls::attacker_client_config`]).
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<NetStream>>),
 }
 
 /// The reading half of a [`Conn`].
 pub(crate) enum ConnRead {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Plain(NetRead),
+    Tls(tokio::io::ReadHalf<TlsStream<NetStream>>),
 }
 
 /// The writing half of a [`Conn`].
 pub(crate) enum ConnWrite {
-    Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Plain(NetWrite),
+    Tls(tokio::io::WriteHalf<TlsStream<NetStream>>),
 }
 
 impl Conn {

@@ -25,6 +25,7 @@ Examples:
   rampart scenario run scenarios/ --json report.json --junit report.xml --html report.html
   rampart scenario run scenarios/flood.toml --seed 7
   rampart scenario run scenarios/ --filter brute
+  rampart scenario run scenarios/ --sim            # virtual time: same seed, same report
   rampart scenario run scenarios/baseline.toml scenarios/flood.toml --tls
   rampart scenario run scenarios/ --model my-model.json   # or --no-model: rules only
   rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data
@@ -99,6 +100,11 @@ pub struct RunArgs {
     /// Run only the scenarios whose name contains NAME.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
+    /// Run each scenario in a deterministic simulation instead of on real sockets: the real
+    /// server, clients and attackers on one thread, a virtual clock and an in-memory
+    /// network. The same seed gives the same report. See docs/SIMULATION.md.
+    #[arg(long, conflicts_with = "target")]
+    sim: bool,
     /// No live progress display.
     #[arg(long)]
     quiet: bool,
@@ -268,6 +274,7 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 .map(|(name, model)| rampart::scenario::RunModel { name, model }),
         },
         tls: args.tls,
+        sim: args.sim.then(rampart::sim::SimOptions::default),
     };
     let bars = Bars::new(args.quiet);
     let report = run_files(&args.paths, &opts, &bars).await?;

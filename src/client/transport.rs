@@ -22,13 +22,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{lookup_host, TcpSocket, TcpStream, ToSocketAddrs};
+use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::{ClientError, ClientOptions, SEGMENT_MAX_BYTES, SEGMENT_MAX_PAUSE};
 use crate::protocol::{CodecError, ErrorCode, Frame, FrameCodec, Kind, Limits, Reply, Role};
+use crate::sim::net::{NetRead, NetStream, NetWrite};
 
 /// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
 /// all within `opts.connect_timeout`.
@@ -122,23 +122,23 @@ fn connect_timed_out(addr: String, opts: &ClientOptions) -> ClientError {
 #[derive(Debug)]
 pub(super) enum Conn {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(NetStream),
     /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<NetStream>>),
 }
 
 /// The reading half of a [`Conn`].
 #[derive(Debug)]
 enum ReadPart {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Plain(NetRead),
+    Tls(tokio::io::ReadHalf<TlsStream<NetStream>>),
 }
 
 /// The writing half of a [`Conn`].
 #[derive(Debug)]
 enum WritePart {
-    Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Plain(NetWrite),
+    Tls(tokio::io::WriteHalf<TlsStream<NetStream>>),
 }
 
 impl AsyncRead for ReadPart {
@@ -181,21 +181,8 @@ impl AsyncWrite for WritePart {
     }
 }
 
-async fn connect_one(target: SocketAddr, opts: &ClientOptions) -> io::Result<TcpStream> {
-    let socket = if target.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = opts.source {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind source address {ip}: {e}"))
-        })?;
-    }
-    let stream = socket.connect(target).await?;
-    // Requests are small and latency matters more than packet count.
-    stream.set_nodelay(true)?;
-    Ok(stream)
+async fn connect_one(target: SocketAddr, opts: &ClientOptions) -> io::Result<NetStream> {
+    crate::sim::net::connect(opts.source, target).await
 }
 
 /// Splits a connected stream into the two halves.

@@ -22,7 +22,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -361,7 +363,7 @@ impl Firewall {
     pub fn unblock(&self, ip: IpAddr) -> bool {
         let lifted = self.guard.unblock(ip);
         let decision = Decision {
-            at: SystemTime::now(),
+            at: crate::sim::wall_now(),
             source: SourceKey::from_ip(ip, self.ipv6_prefix),
             action: Action::Unblock,
             duration_s: 0,
@@ -560,7 +562,7 @@ impl Firewall {
             (score, reason, signals, duration_s, action)
         };
         let decision = Decision {
-            at: SystemTime::now(),
+            at: crate::sim::wall_now(),
             source,
             action,
             duration_s,

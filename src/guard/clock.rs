@@ -21,6 +21,9 @@ use governor::nanos::Nanos;
 #[derive(Clone)]
 pub struct GuardClock {
     source: QuantaClock,
+    /// In a simulation ([`crate::sim`]): the virtual clock's reading at creation, read
+    /// instead of `source`.
+    virtual_start: Option<tokio::time::Instant>,
     start: QuantaInstant,
     wall_start: SystemTime,
     frozen: bool,
@@ -29,13 +32,14 @@ pub struct GuardClock {
 }
 
 impl GuardClock {
-    /// The real monotonic clock.
+    /// The real monotonic clock; in a simulation, the simulation's virtual clock.
     pub fn monotonic() -> GuardClock {
         let source = QuantaClock::default();
         GuardClock {
             start: source.now(),
             source,
-            wall_start: SystemTime::now(),
+            virtual_start: crate::sim::active().then(tokio::time::Instant::now),
+            wall_start: crate::sim::wall_now(),
             frozen: false,
             offset: Arc::new(AtomicU64::new(0)),
         }
@@ -70,6 +74,8 @@ impl GuardClock {
         let offset = self.offset.load(Ordering::Acquire);
         if self.frozen {
             offset
+        } else if let Some(start) = self.virtual_start {
+            saturating_nanos(start.elapsed()).saturating_add(offset)
         } else {
             // Saturating: a reading before `start` counts as `start`.
             let since = self.source.now().duration_since(self.start);

@@ -1044,11 +1044,20 @@ pub struct Verification {
 /// Reads back every acknowledged item as its recipient, on the recipient's own connection
 /// when it is still usable, else on a new login from its source, else from the runner's
 /// control address (so a falsely blocked source is not also counted as lost data).
+///
+/// The reads from each source keep to half of `frames_per_s_per_ip`, the server's
+/// allowance per source: the read-back is the runner's, not a user's, and must not trip the
+/// defences it measures. A real server's service time usually keeps it slower than that
+/// anyway; a simulated server answers in no time at all.
 pub async fn verify(
     plans: &[ClientPlan],
     runs: Vec<ClientRun>,
     target: SocketAddr,
+    frames_per_s_per_ip: u32,
 ) -> Verification {
+    let gap = Duration::from_secs_f64(2.0 / f64::from(frames_per_s_per_ip.max(1)));
+    let pacers: std::collections::HashMap<Ipv4Addr, Pacer> =
+        plans.iter().map(|p| (p.source, Pacer::new(gap))).collect();
     let mut by_recipient: Vec<Vec<Acked>> = vec![Vec::new(); plans.len()];
     let mut clients: Vec<Option<Client>> = Vec::with_capacity(plans.len());
     clients.resize_with(plans.len(), || None);
@@ -1067,7 +1076,11 @@ pub async fn verify(
         .zip(clients)
         .enumerate()
         .filter(|(_, (items, _))| !items.is_empty())
-        .map(|(i, (items, client))| verify_recipient(&plans[i], items, client, target));
+        .map(|(i, (items, client))| {
+            let plan = &plans[i];
+            let pacer = pacers.get(&plan.source);
+            verify_recipient(plan, items, client, target, pacer)
+        });
     let results: Vec<(u64, Vec<String>)> = futures::stream::iter(jobs)
         .buffer_unordered(VERIFY_CONCURRENCY)
         .collect()
@@ -1100,6 +1113,7 @@ async fn verify_recipient(
     mut items: Vec<Acked>,
     client: Option<Client>,
     target: SocketAddr,
+    pacer: Option<&Pacer>,
 ) -> (u64, Vec<String>) {
     items.sort_by_key(|a| a.item_id);
     let mut client = client.filter(|c| !c.is_closed());
@@ -1122,6 +1136,9 @@ async fn verify_recipient(
                 }
             }
             let Some(c) = client.as_mut() else { break };
+            if let Some(p) = pacer {
+                p.wait().await;
+            }
             match check_item(c, item).await {
                 Ok(()) => {
                     outcome = Ok(());
@@ -1157,6 +1174,37 @@ async fn verify_recipient(
         let _ = tokio::time::timeout(Duration::from_secs(1), c.bye()).await;
     }
     (verified, lost)
+}
+
+/// Spaces out the reads of one source: each waits for the next free slot, `gap` apart.
+struct Pacer {
+    gap: Duration,
+    next: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    fn new(gap: Duration) -> Pacer {
+        Pacer {
+            gap,
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + self.gap);
+            (at > now).then_some(at)
+        };
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+        }
+    }
 }
 
 enum Failure {

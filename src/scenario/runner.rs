@@ -109,6 +109,8 @@ pub struct RunOptions {
     /// at the end for `server_alive`. Without it, the process listening on the target's
     /// port is looked up in `/proc`.
     pub target_pid: Option<u32>,
+    /// Run each scenario in a deterministic simulation (`--sim`, [`crate::sim`]).
+    pub sim: Option<crate::sim::SimOptions>,
 }
 
 /// A detection model for the in-process server, with the name reports give it.
@@ -378,6 +380,36 @@ pub async fn run_scenario(
     report
 }
 
+/// Runs one scenario inside a simulation on a thread of its own ([`crate::sim::run`]), and
+/// waits for it: the simulation's runtime must not be nested in the caller's.
+pub fn run_simulated(
+    scenario: Scenario,
+    opts: &RunOptions,
+    progress: &dyn Progress,
+    sim: crate::sim::SimOptions,
+) -> ScenarioReport {
+    let shell = scenario.clone();
+    let sim = crate::sim::SimOptions {
+        seed: scenario.seed(),
+        ..sim
+    };
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("rampart-sim".into())
+            .spawn_scoped(scope, || {
+                crate::sim::run(sim, || run_scenario(scenario, opts, progress))
+            })
+            .map(|t| t.join())
+    });
+    let why = match outcome {
+        Ok(Ok(Ok(report))) => return report,
+        Ok(Ok(Err(e))) => format!("cannot start the simulation: {e}"),
+        Ok(Err(_)) => "the simulation panicked".into(),
+        Err(e) => format!("cannot start the simulation's thread: {e}"),
+    };
+    ScenarioReport::setup_failed(&shell, why)
+}
+
 /// Hashes each account's password and writes it into `store`, replacing the password of an
 /// existing account.
 ///
@@ -395,7 +427,7 @@ async fn provision(
         .iter()
         .map(|a| (a.name.clone(), a.password.clone()))
         .collect();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    crate::sim::blocking(move || -> anyhow::Result<()> {
         for (name, password) in accounts {
             let hash = hash_password(&auth, password.as_bytes())?;
             match store.add_user(&name, &hash) {
@@ -406,7 +438,7 @@ async fn provision(
         }
         Ok(())
     })
-    .await?
+    .await
 }
 
 /// Labels every attacking source with its attack kind in the activity database, so that
@@ -713,6 +745,13 @@ async fn start_server(
     // Scenarios judge what the model blocks, so its verdicts enforce here.
     let mut config = scenario.config().clone();
     config.firewall.model = crate::config::ModelMode::Enforce;
+    if crate::sim::active() {
+        // A hash costs virtual time, not its real work (crate::sim::DEFAULT_ARGON2_MS):
+        // the cheapest parameters argon2 allows keep a simulation's real time short.
+        config.auth.argon2_memory_kib = 8;
+        config.auth.argon2_iterations = 1;
+        config.auth.argon2_parallelism = 1;
+    }
     let cert = if scenario.tls() {
         let cert = crate::tls::generate_self_signed(&[LOOPBACK.to_string()], &dir.join("tls"))?;
         config.tls.cert = Some(cert.cert.clone());
@@ -721,9 +760,10 @@ async fn start_server(
     } else {
         None
     };
+    let config_auth = config.auth.clone();
     let server = Server::open_with_model(config, &dir, model)?;
     label_attack_sources(scenario, &dir)?;
-    provision(server.store(), &scenario.config().auth, accounts).await?;
+    provision(server.store(), &config_auth, accounts).await?;
     let handle = server.bind(SocketAddr::from((LOOPBACK, 0))).await?;
     let tls = match cert {
         Some(cert) => Some(TlsOptions::new(
@@ -1012,8 +1052,11 @@ async fn afterwards<'a>(
         }
     }
     let target = server.addr();
+    let read_rate = scenario.config().rates.frames_per_s_per_ip;
     let verification =
-        match tokio::time::timeout(VERIFY_BUDGET, legit::verify(plans, runs, target)).await {
+        match tokio::time::timeout(VERIFY_BUDGET, legit::verify(plans, runs, target, read_rate))
+            .await
+        {
             Ok(v) => v,
             Err(_) => legit::Verification {
                 verified: 0,
@@ -1044,7 +1087,7 @@ async fn afterwards<'a>(
             // Removing a data directory can take a second on a slow disk; keep it off the
             // runtime's workers.
             if let Some(dir) = tmp {
-                let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+                crate::sim::blocking(move || drop(dir)).await;
             }
             phases.done("data directory removed");
             (Some(snap), None)
@@ -1355,7 +1398,10 @@ pub async fn run_all(
         };
         let s = if opts.tls { s.with_tls() } else { s };
         progress.scenario_started(i, total, &s);
-        let report = run_scenario(s, opts, progress).await;
+        let report = match opts.sim {
+            Some(sim) => run_simulated(s, opts, progress, sim),
+            None => run_scenario(s, opts, progress).await,
+        };
         progress.scenario_finished(&report);
         reports.push(report);
     }

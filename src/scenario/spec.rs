@@ -545,6 +545,7 @@ pub struct Expect {
 }
 
 /// A checked scenario, ready to run. Only [`ScenarioSpec::check`] makes one.
+#[derive(Clone)]
 pub struct Scenario {
     name: String,
     description: String,

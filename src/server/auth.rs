@@ -146,7 +146,23 @@ struct Job {
     password: Vec<u8>,
     /// A real user's hash (not the dummy), which may be re-hashed on a match.
     known: bool,
-    reply: std::sync::mpsc::SyncSender<Verified>,
+    reply: Answer,
+}
+
+/// Where a job's result goes: a parked blocking-pool thread, or in a simulation
+/// ([`crate::sim`]) a task on the simulation's thread.
+enum Answer {
+    Thread(std::sync::mpsc::SyncSender<Verified>),
+    Sim(tokio::sync::oneshot::Sender<Verified>),
+}
+
+impl Answer {
+    fn send(self, v: Verified) {
+        match self {
+            Answer::Thread(tx) => drop(tx.send(v)),
+            Answer::Sim(tx) => drop(tx.send(v)),
+        }
+    }
 }
 
 /// Logins that may wait for a verifier in each lane before new ones are turned away.
@@ -177,6 +193,8 @@ struct Lanes {
 struct Queue {
     lanes: std::sync::Mutex<Lanes>,
     ready: std::sync::Condvar,
+    /// What a simulation's worker tasks wait on instead of `ready`.
+    sim_ready: tokio::sync::Notify,
 }
 
 impl Queue {
@@ -215,6 +233,7 @@ impl Drop for Closer {
     fn drop(&mut self) {
         self.0.lock().closed = true;
         self.0.ready.notify_all();
+        self.0.sim_ready.notify_waiters();
     }
 }
 
@@ -252,6 +271,21 @@ pub enum VerifyError {
     Busy,
 }
 
+/// Runs one verification, and re-hashes on a match if the stored hash's parameters are
+/// not the configured ones.
+fn run_job(job: &Job, cfg: &AuthConfig, memory: &mut Vec<Block>) -> Verified {
+    let matches = verify_in(&job.hash, &job.password, memory);
+    // Only after a match: the password is known to be right, and the extra hash costs the
+    // user, once, not a guesser.
+    let rehashed = (matches && job.known && !current_parameters(&job.hash, cfg))
+        .then(|| hash_password(cfg, &job.password).ok())
+        .flatten();
+    Verified {
+        matches: matches && job.known,
+        rehashed,
+    }
+}
+
 impl Verifier {
     /// A pool of `cfg.login_workers` verification threads.
     pub fn new(cfg: &AuthConfig) -> Result<Verifier, AuthError> {
@@ -259,25 +293,44 @@ impl Verifier {
         let queue = Arc::new(Queue::default());
         // Made before the threads: if one cannot start, dropping it lets the others exit.
         let closer = Arc::new(Closer(Arc::clone(&queue)));
+        let sim = crate::sim::current();
         for i in 0..cfg.login_workers.max(1) {
             let queue = Arc::clone(&queue);
             let cfg = cfg.clone();
+            if let Some(sim) = &sim {
+                // In a simulation each worker is a task; the hash runs inline, and the
+                // verification's cost is a sleep of virtual time.
+                let cost = sim.argon2_cost();
+                tokio::spawn(async move {
+                    let mut memory = Vec::new();
+                    loop {
+                        let job = {
+                            let mut lanes = queue.lock();
+                            match lanes.proven.pop_front().or_else(|| lanes.other.pop_front()) {
+                                Some(job) => Some(job),
+                                None if lanes.closed => return,
+                                None => None,
+                            }
+                        };
+                        match job {
+                            Some(job) => {
+                                let v = run_job(&job, &cfg, &mut memory);
+                                tokio::time::sleep(cost).await;
+                                job.reply.send(v);
+                            }
+                            None => queue.sim_ready.notified().await,
+                        }
+                    }
+                });
+                continue;
+            }
             std::thread::Builder::new()
                 .name(format!("rampart-argon2-{i}"))
                 .spawn(move || {
                     let mut memory = Vec::new();
                     while let Some(job) = queue.next() {
-                        let matches = verify_in(&job.hash, &job.password, &mut memory);
-                        // Only after a match: the password is known to be right, and the
-                        // extra hash costs the user, once, not a guesser.
-                        let rehashed =
-                            (matches && job.known && !current_parameters(&job.hash, &cfg))
-                                .then(|| hash_password(&cfg, &job.password).ok())
-                                .flatten();
-                        let _ = job.reply.send(Verified {
-                            matches: matches && job.known,
-                            rehashed,
-                        });
+                        let v = run_job(&job, &cfg, &mut memory);
+                        job.reply.send(v);
                     }
                 })
                 .map_err(|e| AuthError::Hash(format!("cannot start a verification thread: {e}")))?;
@@ -303,7 +356,14 @@ impl Verifier {
             Some(h) => h.into(),
             None => Arc::clone(&self.dummy_hash),
         };
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let sim = crate::sim::active();
+        let (reply, answer, sim_answer) = if sim {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Answer::Sim(tx), None, Some(rx))
+        } else {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            (Answer::Thread(tx), Some(rx), None)
+        };
         {
             let mut lanes = self.queue.lock();
             let queue = match lane {
@@ -321,12 +381,19 @@ impl Verifier {
             });
         }
         self.queue.ready.notify_one();
+        self.queue.sim_ready.notify_one();
         // Waiting on the blocking pool (a parked thread, no allocation) rather than on an
         // async channel: tokio then knows work is in progress, so a runtime with a paused
         // clock (tests, the session fuzz target) does not jump its timers while argon2 runs.
         let refused = Verified {
             matches: false,
             rehashed: None,
+        };
+        if let Some(rx) = sim_answer {
+            return Ok(rx.await.unwrap_or(refused));
+        }
+        let Some(answer) = answer else {
+            return Ok(refused);
         };
         let verified = tokio::task::spawn_blocking(move || answer.recv().unwrap_or(refused))
             .await
@@ -436,7 +503,7 @@ mod tests {
             hash: tag.into(),
             password: Vec::new(),
             known: false,
-            reply,
+            reply: Answer::Thread(reply),
         }
     }
 

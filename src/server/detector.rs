@@ -147,22 +147,50 @@ impl Pending {
             (ModelMode::Shadow, Some(fw)) => Some(fw.shadow_board()),
             _ => None,
         };
+        let relay = move |(ip, score, threshold, explanation): Anomaly| -> bool {
+            let Some(fw) = firewall.upgrade() else {
+                return false;
+            };
+            match (mode, &board) {
+                (ModelMode::Enforce, _) => {
+                    fw.model_anomaly(ip, score, threshold, &explanation);
+                }
+                (ModelMode::Shadow, Some(board)) => {
+                    if let Some(d) = board.model_anomaly(ip, score, threshold, &explanation) {
+                        fw.record_decision(d);
+                    }
+                }
+                (ModelMode::Shadow, None) | (ModelMode::Off, _) => {}
+            }
+            true
+        };
+        if crate::sim::active() {
+            // In a simulation the relay is a task that looks every millisecond of virtual
+            // time, as a thread woken by the channel would see it.
+            tokio::spawn(async move {
+                loop {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(a) => {
+                                if !relay(a) {
+                                    return;
+                                }
+                            }
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                            Err(mpsc::TryRecvError::Empty) => break,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            return Ok(());
+        }
         std::thread::Builder::new()
             .name("rampart-detect".into())
             .spawn(move || {
-                while let Ok((ip, score, threshold, explanation)) = rx.recv() {
-                    let Some(fw) = firewall.upgrade() else { break };
-                    match (mode, &board) {
-                        (ModelMode::Enforce, _) => {
-                            fw.model_anomaly(ip, score, threshold, &explanation);
-                        }
-                        (ModelMode::Shadow, Some(board)) => {
-                            if let Some(d) = board.model_anomaly(ip, score, threshold, &explanation)
-                            {
-                                fw.record_decision(d);
-                            }
-                        }
-                        (ModelMode::Shadow, None) | (ModelMode::Off, _) => {}
+                while let Ok(a) = rx.recv() {
+                    if !relay(a) {
+                        break;
                     }
                 }
             })

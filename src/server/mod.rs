@@ -61,7 +61,9 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::sim::net::{NetListener, NetStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -495,7 +497,7 @@ impl Server {
             }
             tracing::warn!(%addr, "serving plaintext on a non-loopback address (insecure_plaintext): passwords cross the network in clear text");
         }
-        let listener = TcpListener::bind(addr)
+        let listener = NetListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = listener
@@ -753,7 +755,7 @@ impl From<StoreError> for ServerError {
 /// list gets a bare close: the operator listed it for good, and there is nothing it can wait
 /// out. On a TLS port every refusal is a bare close: a notice would cost a handshake, and
 /// admission comes before any cryptography.
-fn refuse(stream: &TcpStream, peer: SocketAddr, refusal: &Refusal, shared: &Shared) {
+fn refuse(stream: &mut NetStream, peer: SocketAddr, refusal: &Refusal, shared: &Shared) {
     if shared.tls.is_some() {
         return;
     }
@@ -876,7 +878,7 @@ impl Server {
     /// handshake comes first, within the same place.
     async fn admit_blocked(
         &self,
-        stream: TcpStream,
+        stream: NetStream,
         peer: SocketAddr,
         refusal: Refusal,
         permit: ResumePermit,
@@ -967,7 +969,7 @@ impl Server {
     }
 
     /// Runs an admitted TCP connection: on a TLS port, its handshake first.
-    async fn run_accepted(&self, stream: TcpStream, peer: SocketAddr, ticket: ConnTicket) {
+    async fn run_accepted(&self, stream: NetStream, peer: SocketAddr, ticket: ConnTicket) {
         let _ = stream.set_nodelay(true);
         match &self.shared.tls {
             None => {
@@ -987,7 +989,7 @@ impl Server {
     }
 }
 
-async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker) {
+async fn accept_loop(server: Server, mut listener: NetListener, tracker: TaskTracker) {
     let shared = Arc::clone(&server.shared);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -995,7 +997,7 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
             _ = shared.shutdown.cancelled() => return,
             res = listener.accept() => res,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(pair) => {
                 backoff = Duration::from_millis(5);
                 pair
@@ -1027,14 +1029,14 @@ async fn accept_loop(server: Server, listener: TcpListener, tracker: TaskTracker
                     }
                     None => {
                         shared.refused(peer, &refusal);
-                        refuse(&stream, peer, &refusal, &shared);
+                        refuse(&mut stream, peer, &refusal, &shared);
                     }
                 }
                 continue;
             }
             Err(refusal) => {
                 shared.refused(peer, &refusal);
-                refuse(&stream, peer, &refusal, &shared);
+                refuse(&mut stream, peer, &refusal, &shared);
                 continue;
             }
         };

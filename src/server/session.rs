@@ -20,6 +20,7 @@ use crate::protocol::{
 use crate::server::auth::Lane;
 use crate::server::metrics::{Metrics, OpenUpload};
 use crate::server::Shared;
+use crate::sim::blocking;
 use crate::store::{self, BlobRef, ItemContent, NewItem, StagedBlob, StoreError, UserId};
 
 // Defined beside the activity events that record it (the lowest layer that needs it).
@@ -75,23 +76,10 @@ fn internal(shared: &Shared, e: impl std::fmt::Display) -> Reply {
     )
 }
 
-/// Runs blocking storage or file work on the blocking pool. A panic there is re-raised on
-/// the connection task, where it is contained and counted like any handler panic.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => match e.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            // Cancellation only happens at runtime shutdown; treat it as a panic-free abort.
-            Err(_) => std::panic::resume_unwind(Box::new("blocking task cancelled")),
-        },
-    }
-}
-
 /// Awaits a store delivery ([`store::Store::deliver_named`]) and notes how long the
 /// session waited for it (the stall detector's view of the disk).
 async fn timed_delivery<T>(shared: &Shared, delivery: impl std::future::Future<Output = T>) -> T {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let out = delivery.await;
     let waited = started.elapsed();
     crate::server::metrics::Stalls::note(&shared.metrics.stalls.delivery_us, waited);

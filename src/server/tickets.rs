@@ -47,6 +47,7 @@ use crate::protocol::{ErrorCode, Reply};
 use crate::server::metrics::Metrics;
 use crate::server::sessions::UserSlot;
 use crate::server::Shared;
+use crate::sim::blocking;
 use crate::store::{UserId, TICKET_KEY_LEN};
 
 /// The ticket layout version this build issues and accepts.
@@ -374,17 +375,6 @@ pub(crate) struct Redeemed {
     pub(crate) name: String,
     /// The session's place among its user's sessions.
     pub(crate) slot: UserSlot,
-}
-
-/// Runs store work on the blocking pool; a panic there is re-raised here.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => match e.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            Err(_) => std::panic::resume_unwind(Box::new("blocking task cancelled")),
-        },
-    }
 }
 
 /// Checks `ticket` for `user` completely: MAC, expiry, revoked set, and the store (the user

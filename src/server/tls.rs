@@ -12,8 +12,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::sim::net::NetStream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -111,9 +111,9 @@ impl TlsState {
     /// why when it spoke plaintext rampart, and dropped.
     pub(crate) async fn handshake(
         &self,
-        stream: TcpStream,
+        mut stream: NetStream,
         source: SourceKey,
-    ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
+    ) -> Result<TlsStream<NetStream>, HandshakeFailure> {
         let limits = self.handshakes.limits();
         // Past a cap, wait for a place (honest users behind one address reconnecting at
         // once), within the same budget a handshake gets; refused only if none comes free.
@@ -152,7 +152,7 @@ impl TlsState {
 }
 
 /// Tells a plaintext rampart client on the TLS port what to do, in a reply it can decode.
-async fn tell_plaintext(mut stream: TcpStream) {
+async fn tell_plaintext(mut stream: NetStream) {
     let reply = Reply::error(
         ErrorCode::BadFrame,
         "this port speaks TLS: connect with TLS (rampart client --tls)".to_string(),

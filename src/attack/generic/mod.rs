@@ -43,8 +43,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+
+use crate::sim::net::NetStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -98,7 +98,7 @@ pub async fn run(attack: &Attack, ctx: AttackContext, wire: Arc<Wire>) -> Attack
 
 /// Opens a connection from the next source in turn, retrying until one connects or the
 /// attack halts. No admission check: any server may speak first.
-async fn open(env: &Env, rng: &mut StdRng) -> Option<(TcpStream, Ipv4Addr)> {
+async fn open(env: &Env, rng: &mut StdRng) -> Option<(NetStream, Ipv4Addr)> {
     while env.live() {
         let source = env.next_source();
         env.touch(source);
@@ -168,7 +168,7 @@ impl Slot {
 
 /// An open connection whose replies a task drains and counts.
 struct Drained {
-    wr: OwnedWriteHalf,
+    wr: crate::sim::net::NetWrite,
     sink: Sink,
     opened: Instant,
     received: Arc<AtomicU64>,
@@ -219,7 +219,7 @@ struct Sink {
 }
 
 impl Sink {
-    fn spawn(env: &Arc<Env>, mut rd: OwnedReadHalf, received: Arc<AtomicU64>) -> Sink {
+    fn spawn(env: &Arc<Env>, mut rd: crate::sim::net::NetRead, received: Arc<AtomicU64>) -> Sink {
         let closed = CancellationToken::new();
         let done = closed.clone();
         let env = Arc::clone(env);

@@ -178,7 +178,9 @@ impl SqliteStore {
                 store: Arc::clone(self),
                 stepped_down: false,
             };
+            // In a simulation the caller leads at once, on the simulation's thread.
             match tokio::runtime::Handle::try_current() {
+                _ if crate::sim::active() => leader.lead(),
                 Ok(rt) => drop(rt.spawn_blocking(move || leader.lead())),
                 Err(_) => drop(std::thread::spawn(move || leader.lead())),
             }

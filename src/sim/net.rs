@@ -1,0 +1,509 @@
+//! The simulated network, and [`NetStream`]: a connection that is either a real TCP socket
+//! or a simulated one, so the server, the client library and the attackers run unchanged on
+//! both.
+//!
+//! A simulated connection is a pair of in-memory pipes ([`tokio::io::duplex`]) of
+//! [`SOCKET_BUFFER`] bytes each way, standing for the two sockets' buffers: a peer that stops
+//! reading fills them, and the writer then waits, as over TCP. A connect names any source
+//! address (the listener sees it as the peer), so a simulation can put thousands of hosts,
+//! IPv6 among them, in front of one server. Closing or dropping one end reads as end of
+//! stream at the other, and writing to a closed peer fails with `BrokenPipe`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Bytes each direction of a simulated connection holds before its writer waits: about what
+/// a loopback socket pair buffers by default.
+pub const SOCKET_BUFFER: usize = 256 * 1024;
+
+/// Connections a simulated listener queues before a connect is refused, like a listen
+/// backlog.
+pub const BACKLOG: usize = 4096;
+
+/// First port handed out for a listener or connection bound to port 0.
+const FIRST_EPHEMERAL: u16 = 32768;
+
+/// A simulated connection as its listener receives it.
+type Incoming = (SimStream, SocketAddr);
+
+/// One end of a simulated connection.
+#[derive(Debug)]
+pub struct SimStream {
+    pipe: DuplexStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// Bytes [`SimStream::peek`] read, served before the pipe's.
+    peeked: Vec<u8>,
+}
+
+impl SimStream {
+    /// This end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The other end's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Waits for at least one byte and copies what arrived into `buf` without consuming it,
+    /// like `TcpStream::peek`; 0 at end of stream.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        if self.peeked.is_empty() {
+            let mut first = [0u8; 1024];
+            let n = self.pipe.read(&mut first).await?;
+            self.peeked
+                .extend_from_slice(first.get(..n).unwrap_or_default());
+        }
+        let n = buf.len().min(self.peeked.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), self.peeked.get(..n)) {
+            to.copy_from_slice(from);
+        }
+        Ok(n)
+    }
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.peeked.is_empty() {
+            let n = buf.remaining().min(this.peeked.len());
+            buf.put_slice(this.peeked.get(..n).unwrap_or_default());
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.pipe).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().pipe).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().pipe).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().pipe).poll_shutdown(cx)
+    }
+}
+
+/// The network of one simulation: its listeners by address.
+#[derive(Debug, Default)]
+pub struct SimNet {
+    listeners: Mutex<HashMap<SocketAddr, mpsc::Sender<Incoming>>>,
+    next_port: AtomicU16,
+}
+
+impl SimNet {
+    fn ephemeral(&self) -> u16 {
+        let n = self.next_port.fetch_add(1, Ordering::Relaxed);
+        FIRST_EPHEMERAL.wrapping_add(n % (u16::MAX - FIRST_EPHEMERAL))
+    }
+
+    /// Listens on `addr` (port 0: a free port). Fails with `AddrInUse` if another listener
+    /// has it.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<SimListener> {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners.retain(|_, tx| !tx.is_closed());
+        let mut local = addr;
+        if local.port() == 0 {
+            loop {
+                local.set_port(self.ephemeral());
+                if !listeners.contains_key(&local) {
+                    break;
+                }
+            }
+        } else if listeners.contains_key(&local) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{local} is already listening in this simulation"),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        listeners.insert(local, tx);
+        Ok(SimListener { rx, local })
+    }
+
+    /// Connects from `source` (a fresh port) to `target`. Refused at once if nothing listens
+    /// there or its backlog is full.
+    pub fn connect(&self, source: IpAddr, target: SocketAddr) -> io::Result<SimStream> {
+        let tx = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+            .cloned();
+        let refused = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("nothing accepts connections at {target} in this simulation"),
+            )
+        };
+        let tx = tx.ok_or_else(refused)?;
+        let local = SocketAddr::new(source, self.ephemeral());
+        let (ours, theirs) = tokio::io::duplex(SOCKET_BUFFER);
+        let server_end = SimStream {
+            pipe: theirs,
+            local: target,
+            peer: local,
+            peeked: Vec::new(),
+        };
+        tx.try_send((server_end, local)).map_err(|_| refused())?;
+        Ok(SimStream {
+            pipe: ours,
+            local,
+            peer: target,
+            peeked: Vec::new(),
+        })
+    }
+}
+
+/// A simulated listening socket.
+#[derive(Debug)]
+pub struct SimListener {
+    rx: mpsc::Receiver<Incoming>,
+    local: SocketAddr,
+}
+
+impl SimListener {
+    /// Waits for the next connection.
+    pub async fn accept(&mut self) -> io::Result<Incoming> {
+        self.rx
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::other("the simulated network is gone"))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Connects from `source` (or an unspecified address of `target`'s family) to `target`:
+/// over the simulated network in a simulation, over TCP otherwise. Without a source the
+/// simulated connection comes from 127.0.0.1 (or ::1).
+pub async fn connect(source: Option<IpAddr>, target: SocketAddr) -> io::Result<NetStream> {
+    if let Some(ctx) = super::current() {
+        let source = source.unwrap_or(match target {
+            SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+            SocketAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        });
+        return ctx.net().connect(source, target).map(NetStream::Sim);
+    }
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        // Attackers open and close connections fast; let a port in TIME_WAIT be reused.
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind source address {ip}: {e}"))
+        })?;
+    }
+    let stream = socket.connect(target).await?;
+    // Requests are small and latency matters more than packet count.
+    stream.set_nodelay(true)?;
+    Ok(NetStream::Tcp(stream))
+}
+
+/// A listening socket: TCP, or simulated in a simulation.
+#[derive(Debug)]
+pub enum NetListener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A simulated listener.
+    Sim(SimListener),
+}
+
+impl NetListener {
+    /// Binds `addr`: on the simulated network in a simulation, over TCP otherwise.
+    pub async fn bind(addr: SocketAddr) -> io::Result<NetListener> {
+        match super::current() {
+            Some(ctx) => ctx.net().listen(addr).map(NetListener::Sim),
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .map(NetListener::Tcp),
+        }
+    }
+
+    /// Waits for the next connection and its peer's address.
+    pub async fn accept(&mut self) -> io::Result<(NetStream, SocketAddr)> {
+        match self {
+            NetListener::Tcp(l) => l.accept().await.map(|(s, a)| (NetStream::Tcp(s), a)),
+            NetListener::Sim(l) => l.accept().await.map(|(s, a)| (NetStream::Sim(s), a)),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            NetListener::Tcp(l) => l.local_addr(),
+            NetListener::Sim(l) => Ok(l.local_addr()),
+        }
+    }
+}
+
+/// A connection: a TCP socket, or one end of a simulated connection.
+#[derive(Debug)]
+pub enum NetStream {
+    /// A TCP socket.
+    Tcp(TcpStream),
+    /// A simulated connection.
+    Sim(SimStream),
+}
+
+/// The reading half of a [`NetStream`].
+#[derive(Debug)]
+pub enum NetRead {
+    /// TCP's lock-free owned half.
+    Tcp(OwnedReadHalf),
+    /// A simulated connection's half.
+    Sim(ReadHalf<SimStream>),
+}
+
+/// The writing half of a [`NetStream`].
+#[derive(Debug)]
+pub enum NetWrite {
+    /// TCP's lock-free owned half.
+    Tcp(OwnedWriteHalf),
+    /// A simulated connection's half.
+    Sim(WriteHalf<SimStream>),
+}
+
+/// A waker that does nothing, for one non-blocking attempt.
+struct NoWake;
+
+impl Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl NetStream {
+    /// Splits the stream so one task can read while another writes.
+    pub fn into_split(self) -> (NetRead, NetWrite) {
+        match self {
+            NetStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (NetRead::Tcp(r), NetWrite::Tcp(w))
+            }
+            NetStream::Sim(s) => {
+                let (r, w) = tokio::io::split(s);
+                (NetRead::Sim(r), NetWrite::Sim(w))
+            }
+        }
+    }
+
+    /// Turns off Nagle's algorithm (nothing to do on a simulated connection).
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            NetStream::Tcp(s) => s.set_nodelay(on),
+            NetStream::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Waits for at least one byte and copies what arrived into `buf` without consuming it;
+    /// 0 at end of stream.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            NetStream::Tcp(s) => s.peek(buf).await,
+            NetStream::Sim(s) => s.peek(buf).await,
+        }
+    }
+
+    /// Writes what fits without waiting; `WouldBlock` if nothing does.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            NetStream::Tcp(s) => s.try_write(buf),
+            NetStream::Sim(s) => {
+                let waker = Waker::from(Arc::new(NoWake));
+                let mut cx = Context::from_waker(&waker);
+                match Pin::new(s).poll_write(&mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+
+    /// Closes at once: over TCP with a reset instead of a FIN (no TIME_WAIT is kept); a
+    /// simulated connection is simply dropped.
+    pub fn abort(self) {
+        match self {
+            NetStream::Tcp(s) => {
+                let _ = s.set_zero_linger();
+                drop(s);
+            }
+            NetStream::Sim(s) => drop(s),
+        }
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            NetStream::Tcp(s) => s.local_addr(),
+            NetStream::Sim(s) => Ok(s.local_addr()),
+        }
+    }
+
+    /// The other end's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            NetStream::Tcp(s) => s.peer_addr(),
+            NetStream::Sim(s) => Ok(s.peer_addr()),
+        }
+    }
+}
+
+/// Forwards an `AsyncRead`/`AsyncWrite` call to whichever variant is present.
+macro_rules! either {
+    ($self:ident, $inner:ident => $call:expr) => {
+        match $self.get_mut() {
+            Self::Tcp($inner) => $call,
+            Self::Sim($inner) => $call,
+        }
+    };
+}
+
+macro_rules! impl_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                either!(self, s => Pin::new(s).poll_read(cx, buf))
+            }
+        }
+    };
+}
+
+macro_rules! impl_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                either!(self, s => Pin::new(s).poll_write(cx, buf))
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                either!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    Self::Tcp(s) => s.is_write_vectored(),
+                    Self::Sim(s) => s.is_write_vectored(),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                either!(self, s => Pin::new(s).poll_flush(cx))
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                either!(self, s => Pin::new(s).poll_shutdown(cx))
+            }
+        }
+    };
+}
+
+impl_read!(NetStream);
+impl_read!(NetRead);
+impl_write!(NetStream);
+impl_write!(NetWrite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{run, SimOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_simulated_connection_carries_bytes_and_the_chosen_source() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let mut listener = NetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            let source = IpAddr::from([10, 9, 8, 7]);
+            let mut client = connect(Some(source), addr).await?;
+            let (mut server, peer) = listener.accept().await?;
+            assert_eq!(peer.ip(), source);
+            assert_eq!(server.peer_addr()?, client.local_addr()?);
+            client.write_all(b"ping").await?;
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await?;
+            assert_eq!(&got, b"ping");
+            drop(server);
+            // The peer is gone: end of stream, then a failed write.
+            assert_eq!(client.read(&mut got).await?, 0);
+            assert!(client.write_all(b"x").await.is_err());
+            Ok(())
+        })?
+    }
+
+    #[test]
+    fn nothing_listening_is_a_refusal() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let target = SocketAddr::from(([127, 0, 0, 1], 9));
+            let err = connect(None, target).await.err().map(|e| e.kind());
+            assert_eq!(err, Some(io::ErrorKind::ConnectionRefused));
+            Ok(())
+        })?
+    }
+
+    #[test]
+    fn a_reader_that_stops_fills_the_buffer_and_try_write_says_so() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let mut listener = NetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            let _client = connect(None, addr).await?;
+            let (mut server, _) = listener.accept().await?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut sent = 0;
+            loop {
+                match server.try_write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            assert_eq!(sent, SOCKET_BUFFER);
+            Ok(())
+        })?
+    }
+}
