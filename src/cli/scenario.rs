@@ -26,6 +26,7 @@ Examples:
   rampart scenario run scenarios/flood.toml --seed 7
   rampart scenario run scenarios/ --filter brute
   rampart scenario run scenarios/ --sim            # virtual time: same seed, same report
+  rampart scenario run scenarios/ --sim --seeds 1..20   # a seed sweep; failures print a replay
   rampart scenario run scenarios/baseline.toml scenarios/flood.toml --tls
   rampart scenario run scenarios/ --model my-model.json   # or --no-model: rules only
   rampart scenario run scenarios/baseline.toml --target 127.0.0.1:7878 --target-data-dir ./data
@@ -87,8 +88,13 @@ pub struct RunArgs {
     #[arg(long)]
     html: Option<PathBuf>,
     /// Override every scenario's seed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
+    /// Run every scenario once per seed from A to B, both included (`1..100` is 100 runs),
+    /// and print each failing seed's replay command. Meant for --sim, where a run takes a
+    /// fraction of its scenario time.
+    #[arg(long, value_name = "A..B", value_parser = parse_seeds)]
+    seeds: Option<std::ops::RangeInclusive<u64>>,
     /// Keep each in-process server's data directory as DIR/<scenario name>.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
@@ -110,6 +116,35 @@ pub struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     model: super::ModelArgs,
+}
+
+/// Most seeds one `--seeds` range may hold.
+const MAX_SEEDS: u64 = 100_000;
+
+/// Parses `--seeds A..B` (both included).
+fn parse_seeds(s: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected A..B, such as 1..100, got {s:?}"))?;
+    let b = b.strip_prefix('=').unwrap_or(b);
+    let parse = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{x:?} is not a seed (a whole number from 0): {e}"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if b < a {
+        return Err(format!(
+            "the range {a}..{b} is empty: the last seed comes first"
+        ));
+    }
+    if b - a >= MAX_SEEDS {
+        return Err(format!(
+            "at most {MAX_SEEDS} seeds at a time, got {}",
+            b - a + 1
+        ));
+    }
+    Ok(a..=b)
 }
 
 /// One indicatif bar per scenario, on stderr.
@@ -263,6 +298,7 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
         target_pid: args.target_pid,
         target_data_dir: args.target_data_dir.clone(),
         seed: args.seed,
+        seeds: args.seeds.clone(),
         record_dir: args.record.clone(),
         filter: args.filter.clone(),
         // A tcp:// target has no model to run.
@@ -274,7 +310,7 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
                 .map(|(name, model)| rampart::scenario::RunModel { name, model }),
         },
         tls: args.tls,
-        sim: args.sim.then(rampart::sim::SimOptions::default),
+        sim: args.sim,
     };
     let bars = Bars::new(args.quiet);
     let report = run_files(&args.paths, &opts, &bars).await?;

@@ -49,9 +49,11 @@ pub mod target;
 
 pub use judge::judge;
 pub use metrics::{ScenarioMetrics, Timeline};
-pub use report::{ScenarioReport, SuiteReport};
+pub use report::{ScenarioReport, SimReport, SuiteReport, HOST_FIELDS};
 pub use runner::{
     check_targets, collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
     RunError, RunModel, RunOptions, Silent,
 };
-pub use spec::{Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec};
+pub use spec::{
+    Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec, SimSpec,
+};

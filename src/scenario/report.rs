@@ -43,7 +43,36 @@ pub struct ScenarioReport {
     pub wall_s: f64,
     /// The kept data directory (`--record`), if any.
     pub data_dir: Option<String>,
+    /// How the simulation ran (`--sim`); absent on real sockets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimReport>,
 }
+
+/// What a simulated run used, and how to run it again.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SimReport {
+    /// The argon2 memory cost the run hashed with, KiB.
+    pub argon2_memory_kib: u32,
+    /// The argon2 passes.
+    pub argon2_iterations: u32,
+    /// The argon2 lanes.
+    pub argon2_parallelism: u32,
+    /// Virtual milliseconds one verification took.
+    pub argon2_virtual_ms: u64,
+    /// The command that replays this run exactly.
+    pub replay: String,
+}
+
+/// Report fields measured on the host rather than in the scenario: a simulated run with the
+/// same seed reproduces every other field exactly (docs/SIMULATION.md). `rss_mb` is the
+/// timeline's series.
+pub const HOST_FIELDS: &[&str] = &[
+    "wall_s",
+    "rss_start_mb",
+    "peak_rss_mb",
+    "rss_growth_mb",
+    "rss_mb",
+];
 
 impl ScenarioReport {
     /// A report from measurements and failures.
@@ -72,6 +101,7 @@ impl ScenarioReport {
             timeline,
             wall_s: 0.0,
             data_dir: None,
+            sim: None,
         }
     }
 
@@ -135,14 +165,19 @@ impl SuiteReport {
             "FALSE", "MODEL", "SHED", "RSS MIB", "VERDICT",
         ];
         let mut rows: Vec<[String; 13]> = vec![header.map(String::from)];
+        // A seed sweep runs a scenario several times: its rows carry their seeds.
+        let mut runs: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for s in &self.scenarios {
+            *runs.entry(s.name.as_str()).or_default() += 1;
+        }
         for s in &self.scenarios {
             let m = &s.metrics;
+            let mut name = s.name.clone();
+            if runs.get(s.name.as_str()).is_some_and(|&n| n > 1) {
+                name.push_str(&format!(" #{}", s.seed));
+            }
             rows.push([
-                if s.tls {
-                    format!("{} (tls)", s.name)
-                } else {
-                    s.name.clone()
-                },
+                if s.tls { format!("{name} (tls)") } else { name },
                 if s.attacks.is_empty() {
                     "-".into()
                 } else {
@@ -216,6 +251,9 @@ impl SuiteReport {
         for s in failed {
             for f in &s.failures {
                 let _ = writeln!(out, "FAIL {}: {f}", s.name);
+            }
+            if let Some(sim) = &s.sim {
+                let _ = writeln!(out, "REPLAY {}: {}", s.name, sim.replay);
             }
         }
         out
@@ -761,6 +799,7 @@ mod tests {
             },
             wall_s: 4.0,
             data_dir: None,
+            sim: None,
         }
     }
 

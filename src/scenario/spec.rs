@@ -156,11 +156,39 @@ pub struct ScenarioSpec {
     /// rampart (`url`, `legit` and the driver's keys); the command line overrides it.
     #[serde(default)]
     pub target: Option<TargetSpec>,
+    /// How the scenario runs in a simulation (`--sim`); ignored on real sockets.
+    #[serde(default)]
+    pub sim: SimSpec,
 }
 
 fn default_seed() -> u64 {
     1
 }
+
+/// The `[sim]` table: settings that apply only when the scenario runs in a simulation.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSpec {
+    /// Virtual milliseconds one argon2 verification takes per login worker (0 to 10,000):
+    /// the hash costs no virtual time of its own.
+    pub argon2_virtual_ms: u64,
+    /// Hash passwords with argon2's smallest parameters (8 KiB, 1 pass, 1 lane) instead of
+    /// the server configuration's, so that logins cost little real time. The report shows
+    /// the parameters used.
+    pub argon2_small: bool,
+}
+
+impl Default for SimSpec {
+    fn default() -> Self {
+        SimSpec {
+            argon2_virtual_ms: crate::sim::DEFAULT_ARGON2_MS,
+            argon2_small: true,
+        }
+    }
+}
+
+/// Largest `sim.argon2_virtual_ms`.
+pub const MAX_SIM_ARGON2_MS: u64 = 10_000;
 
 /// One `[[legit]]` table: a group of well-behaved clients.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -559,6 +587,7 @@ pub struct Scenario {
     attacks: Vec<Attack>,
     expect: Expect,
     target: Option<TargetSpec>,
+    sim: SimSpec,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -638,6 +667,10 @@ impl Scenario {
     pub fn with_tls(mut self) -> Scenario {
         self.tls = true;
         self
+    }
+    /// The `[sim]` table: how the scenario runs in a simulation.
+    pub fn sim(&self) -> SimSpec {
+        self.sim
     }
     /// Replaces the seed (the runner's `--seed` override).
     pub fn with_seed(mut self, seed: u64) -> Scenario {
@@ -763,6 +796,15 @@ impl ScenarioSpec {
                 .check()
                 .map_err(|(k, r)| invalid(format!("target.{k}"), r))?;
         }
+        if self.sim.argon2_virtual_ms > MAX_SIM_ARGON2_MS {
+            return Err(invalid(
+                "sim.argon2_virtual_ms".into(),
+                format!(
+                    "must be at most {MAX_SIM_ARGON2_MS}, got {}",
+                    self.sim.argon2_virtual_ms
+                ),
+            ));
+        }
 
         Ok(Scenario {
             name: self.name,
@@ -777,6 +819,7 @@ impl ScenarioSpec {
             attacks,
             expect,
             target: self.target,
+            sim: self.sim,
         })
     }
 }

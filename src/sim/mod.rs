@@ -36,6 +36,10 @@ pub const EPOCH_UNIX_S: u64 = 1_767_225_600;
 /// attack meets the same throughput limit as on a real server.
 pub const DEFAULT_ARGON2_MS: u64 = 25;
 
+/// argon2's smallest memory cost (8 KiB per lane, one lane), what a simulation hashes with
+/// unless its scenario asks for the configured parameters.
+pub const SMALL_ARGON2_MEMORY_KIB: u32 = 8;
+
 /// The state of one running simulation, shared by everything on its thread.
 #[derive(Debug)]
 pub struct Context {
