@@ -111,10 +111,14 @@ async fn a_bad_file_stops_the_suite_before_anything_runs() -> TestResult {
 
 #[test]
 fn the_shipped_scenarios_parse_and_cover_every_kind() -> TestResult {
-    // The suite, and the detection scenarios beside it (evasion has no expectation to
-    // meet, so it is not in the suite).
+    // The suite, the detection scenarios beside it (evasion has no expectation to meet, so
+    // it is not in the suite), and the simulation-only ones.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let files = rampart::scenario::collect_files(&[root.clone(), root.join("detection")])?;
+    let files = rampart::scenario::collect_files(&[
+        root.clone(),
+        root.join("detection"),
+        root.join("sim"),
+    ])?;
     let scenarios = rampart::scenario::load_all(&files)?;
     assert!(scenarios.len() >= 14, "only {} scenarios", scenarios.len());
     for kind in rampart::attack::AttackKind::ALL {

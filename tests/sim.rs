@@ -139,3 +139,26 @@ async fn sim_settings_are_checked_and_reported() -> TestResult {
     assert_eq!(sim.argon2_iterations, auth.argon2_iterations);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_network_slows_requests_and_runs_only_in_a_simulation() -> TestResult {
+    let file = "scenarios/sim/lossy-network.toml";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let real = rampart::scenario::run_files(&[path], &RunOptions::default(), &Silent).await;
+    let err = real.err().ok_or("ran on real sockets")?.to_string();
+    assert!(err.contains("--sim"), "{err}");
+    println!("seed 2");
+    let reports = run(&[file], 2).await?;
+    let r = reports.first().ok_or("no report")?;
+    assert!(r.passed, "{:?}", r.failures);
+    let sim = r.sim.as_ref().ok_or("no sim section")?;
+    assert_eq!(sim.network.latency_ms, 40.0);
+    // Every request crosses the 40-60 ms link twice.
+    assert!(
+        r.metrics.latency_p50_ms >= 80.0,
+        "{}",
+        r.metrics.latency_p50_ms
+    );
+    assert_eq!(r.metrics.false_blocks, 0);
+    Ok(())
+}

@@ -55,5 +55,6 @@ pub use runner::{
     RunError, RunModel, RunOptions, Silent,
 };
 pub use spec::{
-    Expect, ExpectSpec, Legit, LegitSpec, Scenario, ScenarioError, ScenarioSpec, SimSpec,
+    Expect, ExpectSpec, Legit, LegitSpec, NetworkSpec, Scenario, ScenarioError, ScenarioSpec,
+    SimSpec,
 };

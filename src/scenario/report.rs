@@ -49,7 +49,7 @@ pub struct ScenarioReport {
 }
 
 /// What a simulated run used, and how to run it again.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SimReport {
     /// The argon2 memory cost the run hashed with, KiB.
     pub argon2_memory_kib: u32,
@@ -59,6 +59,8 @@ pub struct SimReport {
     pub argon2_parallelism: u32,
     /// Virtual milliseconds one verification took.
     pub argon2_virtual_ms: u64,
+    /// How the simulated network's links behaved.
+    pub network: super::spec::NetworkSpec,
     /// The command that replays this run exactly.
     pub replay: String,
 }

@@ -403,13 +403,19 @@ pub fn run_simulated(
         argon2_iterations: auth.argon2_iterations,
         argon2_parallelism: auth.argon2_parallelism,
         argon2_virtual_ms: spec.argon2_virtual_ms,
+        network: spec.network,
         replay: replay_command(&scenario, opts),
     };
     let outcome = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("rampart-sim".into())
             .spawn_scoped(scope, || {
-                crate::sim::run(sim, || run_scenario(scenario, opts, progress))
+                crate::sim::run(sim, || {
+                    if let Some(ctx) = crate::sim::current() {
+                        ctx.net().set_profile(spec.network.profile());
+                    }
+                    run_scenario(scenario, opts, progress)
+                })
             })
             .map(|t| t.join())
     });
@@ -774,6 +780,12 @@ async fn run_inner(
     )
     .await;
     phases.done("load and attacks ended");
+    // The scenario's network conditions last as long as the scenario: the read-back and
+    // the alive check measure what the server kept, not the link.
+    if let Some(ctx) = crate::sim::current() {
+        ctx.net()
+            .set_profile(crate::sim::net::LinkProfile::default());
+    }
 
     let (name, kept_dir) = (server.name(), server.kept_dir());
     let model = opts.model.as_ref().map(|m| m.name.clone());
@@ -1431,6 +1443,12 @@ pub async fn run_files(
 /// `tcp://` target, or a missing driver, fails the suite at once.
 pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), RunError> {
     for s in scenarios {
+        if !opts.sim && !s.sim().network.is_ideal() {
+            return Err(RunError::Target(format!(
+                "scenario {} shapes the simulated network ([sim.network]): run it with --sim",
+                s.name()
+            )));
+        }
         let resolved =
             resolve(s, opts.target_url(), opts.legit.as_ref()).map_err(RunError::Target)?;
         if resolved == Resolved::InProcess && opts.target_pid.is_some() {

@@ -166,9 +166,12 @@ fn default_seed() -> u64 {
 }
 
 /// The `[sim]` table: settings that apply only when the scenario runs in a simulation.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSpec {
+    /// How every link of the simulated network behaves (`[sim.network]`); the default is
+    /// an ideal link. A scenario that sets it runs only with `--sim`.
+    pub network: NetworkSpec,
     /// Virtual milliseconds one argon2 verification takes per login worker (0 to 10,000):
     /// the hash costs no virtual time of its own.
     pub argon2_virtual_ms: u64,
@@ -178,9 +181,76 @@ pub struct SimSpec {
     pub argon2_small: bool,
 }
 
+/// The `[sim.network]` table: every link's delays, loss and segmentation.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// One-way delay, milliseconds (0 to 10,000).
+    pub latency_ms: f64,
+    /// Extra one-way delay per segment, uniform from 0 to this, milliseconds (0 to 10,000).
+    pub jitter_ms: f64,
+    /// Chance a segment is lost once and arrives 200 ms later (0 to 0.5).
+    pub loss: f64,
+    /// Each direction's bandwidth per connection, Mbit/s (0: unlimited).
+    pub bandwidth_mbit_s: f64,
+    /// Split every write into random pieces, each delivered on its own.
+    pub segment: bool,
+}
+
+/// Largest `[sim.network]` latency or jitter, milliseconds.
+pub const MAX_SIM_DELAY_MS: f64 = 10_000.0;
+
+impl NetworkSpec {
+    /// True when it changes nothing: the scenario also runs on real sockets.
+    pub fn is_ideal(&self) -> bool {
+        *self == NetworkSpec::default()
+    }
+
+    /// The simulated network's profile.
+    pub fn profile(&self) -> crate::sim::net::LinkProfile {
+        crate::sim::net::LinkProfile {
+            latency: Duration::from_secs_f64(self.latency_ms / 1000.0),
+            jitter: Duration::from_secs_f64(self.jitter_ms / 1000.0),
+            loss: self.loss,
+            // Cannot overflow: checked finite and at most 10^6 Mbit/s.
+            bandwidth: (self.bandwidth_mbit_s * 125_000.0) as u64,
+            segment: self.segment,
+        }
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        for (key, v) in [
+            ("latency_ms", self.latency_ms),
+            ("jitter_ms", self.jitter_ms),
+        ] {
+            if !(v.is_finite() && (0.0..=MAX_SIM_DELAY_MS).contains(&v)) {
+                return Err((
+                    key.into(),
+                    format!("must be 0 to {MAX_SIM_DELAY_MS}, got {v}"),
+                ));
+            }
+        }
+        if !(self.loss.is_finite() && (0.0..=0.5).contains(&self.loss)) {
+            return Err((
+                "loss".into(),
+                format!("must be 0 to 0.5, got {}", self.loss),
+            ));
+        }
+        let b = self.bandwidth_mbit_s;
+        if !(b.is_finite() && (0.0..=1_000_000.0).contains(&b)) {
+            return Err((
+                "bandwidth_mbit_s".into(),
+                format!("must be 0 (unlimited) to 1000000, got {b}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SimSpec {
     fn default() -> Self {
         SimSpec {
+            network: NetworkSpec::default(),
             argon2_virtual_ms: crate::sim::DEFAULT_ARGON2_MS,
             argon2_small: true,
         }
@@ -796,6 +866,10 @@ impl ScenarioSpec {
                 .check()
                 .map_err(|(k, r)| invalid(format!("target.{k}"), r))?;
         }
+        self.sim
+            .network
+            .check()
+            .map_err(|(k, r)| invalid(format!("sim.network.{k}"), r))?;
         if self.sim.argon2_virtual_ms > MAX_SIM_ARGON2_MS {
             return Err(invalid(
                 "sim.argon2_virtual_ms".into(),

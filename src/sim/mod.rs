@@ -169,7 +169,7 @@ where
     let out = rt.block_on(async {
         // Read inside the runtime: the paused clock's time, not the system's.
         let ctx = Arc::new(Context {
-            net: net::SimNet::default(),
+            net: net::SimNet::seeded(opts.seed),
             start: tokio::time::Instant::now(),
             seed: opts.seed,
             argon2: opts.argon2,

@@ -13,11 +13,16 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf,
+};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -60,7 +65,6 @@ impl SimStream {
     /// Waits for at least one byte and copies what arrived into `buf` without consuming it,
     /// like `TcpStream::peek`; 0 at end of stream.
     pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use tokio::io::AsyncReadExt;
         if self.peeked.is_empty() {
             let mut first = [0u8; 1024];
             let n = self.pipe.read(&mut first).await?;
@@ -110,14 +114,72 @@ impl AsyncWrite for SimStream {
     }
 }
 
-/// The network of one simulation: its listeners by address.
+/// How every link of a simulated network carries bytes. The default is an ideal link: no
+/// delay, and each write arrives as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkProfile {
+    /// One-way delay of every segment.
+    pub latency: Duration,
+    /// Extra one-way delay, uniform from zero to this, per segment. Segments still arrive in
+    /// order, as TCP delivers them.
+    pub jitter: Duration,
+    /// Chance that a segment is lost once: it then arrives [`RETRANSMIT`] later, as after a
+    /// retransmission timeout, holding back what follows it.
+    pub loss: f64,
+    /// Bytes per second each way on one connection (0: unlimited).
+    pub bandwidth: u64,
+    /// Split each write into random pieces, each delivered on its own, as a network with a
+    /// small MSS or a busy receiver shows them.
+    pub segment: bool,
+}
+
+impl LinkProfile {
+    fn is_ideal(&self) -> bool {
+        *self == LinkProfile::default()
+    }
+}
+
+/// How much later a lost segment arrives: TCP's minimum retransmission timeout.
+pub const RETRANSMIT: Duration = Duration::from_millis(200);
+
+/// Largest piece a link reads from its sender at once.
+const LINK_CHUNK: usize = 16 * 1024;
+
+/// Chunks a link holds in flight (read from the sender, not yet delivered): with
+/// [`LINK_CHUNK`], at most 1 MiB more than the two sockets' buffers.
+const LINK_IN_FLIGHT: usize = 64;
+
+/// The network of one simulation: its listeners by address, and how its links behave.
 #[derive(Debug, Default)]
 pub struct SimNet {
     listeners: Mutex<HashMap<SocketAddr, mpsc::Sender<Incoming>>>,
     next_port: AtomicU16,
+    /// Shared with every link, which reads it for each piece it carries.
+    profile: Arc<Mutex<LinkProfile>>,
+    /// Seeds each link's random choices: the simulation's seed and the connection's number.
+    seed: u64,
+    links: AtomicU64,
 }
 
 impl SimNet {
+    /// A network whose links draw their random choices from `seed`.
+    pub fn seeded(seed: u64) -> SimNet {
+        SimNet {
+            seed,
+            ..SimNet::default()
+        }
+    }
+
+    /// Sets how every link behaves from now on, those already open included.
+    pub fn set_profile(&self, profile: LinkProfile) {
+        *self.profile.lock().unwrap_or_else(PoisonError::into_inner) = profile;
+    }
+
+    /// How links behave.
+    pub fn profile(&self) -> LinkProfile {
+        *self.profile.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn ephemeral(&self) -> u16 {
         let n = self.next_port.fetch_add(1, Ordering::Relaxed);
         FIRST_EPHEMERAL.wrapping_add(n % (u16::MAX - FIRST_EPHEMERAL))
@@ -167,7 +229,23 @@ impl SimNet {
         };
         let tx = tx.ok_or_else(refused)?;
         let local = SocketAddr::new(source, self.ephemeral());
-        let (ours, theirs) = tokio::io::duplex(SOCKET_BUFFER);
+        let profile = self.profile();
+        let (ours, theirs) = if profile.is_ideal() {
+            tokio::io::duplex(SOCKET_BUFFER)
+        } else {
+            // Each end has its own socket buffer; a link task pair carries bytes between
+            // them with the profile's delays.
+            let (ours, our_net) = tokio::io::duplex(SOCKET_BUFFER);
+            let (theirs, their_net) = tokio::io::duplex(SOCKET_BUFFER);
+            let n = self.links.fetch_add(1, Ordering::Relaxed);
+            let rng = |dir: u64| StdRng::seed_from_u64(self.seed ^ n.rotate_left(17) ^ dir);
+            let (our_rx, our_tx) = tokio::io::split(our_net);
+            let (their_rx, their_tx) = tokio::io::split(their_net);
+            let shared = || Arc::clone(&self.profile);
+            tokio::spawn(carry(our_rx, their_tx, shared(), rng(0)));
+            tokio::spawn(carry(their_rx, our_tx, shared(), rng(1 << 63)));
+            (ours, theirs)
+        };
         let server_end = SimStream {
             pipe: theirs,
             local: target,
@@ -182,6 +260,71 @@ impl SimNet {
             peeked: Vec::new(),
         })
     }
+}
+
+/// Carries one direction of a link: reads what the sender's socket buffer holds, and
+/// delivers it to the receiver's after the profile's delays, in order. Ends when either side
+/// is gone, closing the receiver's side for writing.
+async fn carry(
+    mut from: ReadHalf<DuplexStream>,
+    mut to: WriteHalf<DuplexStream>,
+    shared: Arc<Mutex<LinkProfile>>,
+    mut rng: StdRng,
+) {
+    let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(LINK_IN_FLIGHT);
+    let read = async move {
+        let mut buf = vec![0u8; LINK_CHUNK];
+        // When the link is free to send the next byte, and when the last segment arrives.
+        let mut free = tokio::time::Instant::now();
+        let mut last = free;
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let profile = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut rest = buf.get(..n).unwrap_or_default();
+            while !rest.is_empty() {
+                let take = if profile.segment {
+                    rng.gen_range(1..=rest.len())
+                } else {
+                    rest.len()
+                };
+                let (piece, tail) = rest.split_at(take);
+                rest = tail;
+                let now = tokio::time::Instant::now();
+                free = free.max(now);
+                if profile.bandwidth > 0 {
+                    free += Duration::from_secs_f64(piece.len() as f64 / profile.bandwidth as f64);
+                }
+                let mut at = free + profile.latency;
+                if !profile.jitter.is_zero() {
+                    at += profile.jitter.mul_f64(rng.gen::<f64>());
+                }
+                if profile.loss > 0.0 && rng.gen_bool(profile.loss.min(1.0)) {
+                    at += RETRANSMIT;
+                }
+                at = at.max(last);
+                last = at;
+                if tx.send((at, piece.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, piece)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&piece).await.is_err() {
+                return;
+            }
+            // Let the receiver read this piece before the next lands on it, so split
+            // pieces due at the same instant still arrive as separate reads.
+            tokio::task::yield_now().await;
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 /// A simulated listening socket.
@@ -503,6 +646,95 @@ mod tests {
                 }
             }
             assert_eq!(sent, SOCKET_BUFFER);
+            Ok(())
+        })?
+    }
+
+    /// A shaped link: `(client, server)` connected through it.
+    async fn shaped(profile: LinkProfile) -> io::Result<(NetStream, NetStream)> {
+        let ctx = crate::sim::current().ok_or_else(|| io::Error::other("no simulation"))?;
+        ctx.net().set_profile(profile);
+        let mut listener = NetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let client = connect(None, listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        Ok((client, server))
+    }
+
+    #[test]
+    fn latency_delays_every_byte_and_keeps_their_order() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let profile = LinkProfile {
+                latency: Duration::from_millis(40),
+                jitter: Duration::from_millis(20),
+                ..LinkProfile::default()
+            };
+            let (mut client, mut server) = shaped(profile).await?;
+            let sent = tokio::time::Instant::now();
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).await?;
+            let mut got = vec![0u8; data.len()];
+            server.read_exact(&mut got).await?;
+            let took = sent.elapsed();
+            assert_eq!(got, data);
+            assert!(took >= Duration::from_millis(40), "{took:?}");
+            assert!(took <= Duration::from_millis(61), "{took:?}");
+            Ok(())
+        })?
+    }
+
+    #[test]
+    fn segmentation_splits_one_write_into_many_reads() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let profile = LinkProfile {
+                latency: Duration::from_millis(1),
+                segment: true,
+                ..LinkProfile::default()
+            };
+            let (mut client, mut server) = shaped(profile).await?;
+            client.write_all(&[7u8; 4096]).await?;
+            client.shutdown().await?;
+            let mut reads = 0;
+            let mut total = 0;
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = server.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                reads += 1;
+                total += n;
+            }
+            assert_eq!(total, 4096);
+            assert!(reads > 1, "one write arrived in {reads} read");
+            Ok(())
+        })?
+    }
+
+    #[test]
+    fn bandwidth_and_loss_cost_time() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            // 100 KB at 1 MB/s: 100 ms on the wire.
+            let (mut client, mut server) = shaped(LinkProfile {
+                bandwidth: 1_000_000,
+                ..LinkProfile::default()
+            })
+            .await?;
+            let sent = tokio::time::Instant::now();
+            client.write_all(&[1u8; 100_000]).await?;
+            let mut got = vec![0u8; 100_000];
+            server.read_exact(&mut got).await?;
+            let took = sent.elapsed();
+            assert!((99..=102).contains(&took.as_millis()), "{took:?}");
+            // Every segment lost once: each arrives a retransmission timeout late.
+            let (mut client, mut server) = shaped(LinkProfile {
+                loss: 1.0,
+                ..LinkProfile::default()
+            })
+            .await?;
+            let sent = tokio::time::Instant::now();
+            client.write_all(b"x").await?;
+            server.read_exact(&mut [0u8; 1]).await?;
+            assert_eq!(sent.elapsed(), RETRANSMIT);
             Ok(())
         })?
     }
