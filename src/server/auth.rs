@@ -147,6 +147,24 @@ struct Job {
     /// A real user's hash (not the dummy), which may be re-hashed on a match.
     known: bool,
     reply: Answer,
+    /// False once the login that queued it is gone (its connection closed): the job is
+    /// then skipped, so a guesser that queues logins and hangs up costs no argon2 work.
+    wanted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Job {
+    fn wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Marks a job unwanted when the verification that queued it is dropped.
+struct Unwanted(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Unwanted {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Where a job's result goes: a parked blocking-pool thread, or in a simulation
@@ -313,6 +331,7 @@ impl Verifier {
                             }
                         };
                         match job {
+                            Some(job) if !job.wanted() => {}
                             Some(job) => {
                                 let v = run_job(&job, &cfg, &mut memory);
                                 tokio::time::sleep(cost).await;
@@ -329,6 +348,9 @@ impl Verifier {
                 .spawn(move || {
                     let mut memory = Vec::new();
                     while let Some(job) = queue.next() {
+                        if !job.wanted() {
+                            continue;
+                        }
                         let v = run_job(&job, &cfg, &mut memory);
                         job.reply.send(v);
                     }
@@ -356,6 +378,8 @@ impl Verifier {
             Some(h) => h.into(),
             None => Arc::clone(&self.dummy_hash),
         };
+        let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let _unwanted = Unwanted(Arc::clone(&wanted));
         let sim = crate::sim::active();
         let (reply, answer, sim_answer) = if sim {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -378,6 +402,7 @@ impl Verifier {
                 password,
                 known,
                 reply,
+                wanted: Arc::clone(&wanted),
             });
         }
         self.queue.ready.notify_one();
@@ -504,7 +529,37 @@ mod tests {
             password: Vec::new(),
             known: false,
             reply: Answer::Thread(reply),
+            wanted: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    #[test]
+    fn a_login_whose_caller_is_gone_costs_no_verification() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let opts = crate::sim::SimOptions::default();
+        let took = crate::sim::run(opts, || async {
+            let cfg = AuthConfig {
+                login_workers: 1,
+                ..cheap()
+            };
+            let v = Verifier::new(&cfg)?;
+            let started = tokio::time::Instant::now();
+            let verify = |pw: &'static [u8]| {
+                let v = v.clone();
+                tokio::spawn(async move { v.verify(None, pw.to_vec(), Lane::Other).await })
+            };
+            let first = verify(b"first");
+            let gone: Vec<_> = (0..5).map(|_| verify(b"gone")).collect();
+            // Every task queues its job before this one goes on.
+            tokio::task::yield_now().await;
+            gone.iter().for_each(|t| t.abort());
+            let last = v.verify(None, b"last".to_vec(), Lane::Other).await;
+            assert!(last.is_ok() && first.await.is_ok_and(|r| r.is_ok()));
+            Ok::<_, AuthError>(started.elapsed())
+        })??;
+        // The first and the last each held the worker; the five abandoned ones did not.
+        assert_eq!(took, opts.argon2 * 2);
+        Ok(())
     }
 
     #[test]
