@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::activity::EventKind;
@@ -67,9 +68,32 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::error(code, message)
 }
 
+/// When an internal error was last logged (milliseconds, [`crate::activity::now_ms`]),
+/// and how many went unlogged since.
+static INTERNAL_LOGGED: (AtomicI64, AtomicU64) = (AtomicI64::new(i64::MIN), AtomicU64::new(0));
+
+/// Logs an internal error, at most one a second: a failing disk fails every request, and
+/// a log line per request would fill the disk it failed on. The count says how many were
+/// not logged; `internal_errors` counts them all.
+fn log_internal(e: &dyn std::fmt::Display) {
+    let now = crate::activity::now_ms();
+    let last = INTERNAL_LOGGED.0.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 1000
+        || INTERNAL_LOGGED
+            .0
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        INTERNAL_LOGGED.1.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let unlogged = INTERNAL_LOGGED.1.swap(0, Ordering::Relaxed);
+    tracing::error!(error = %e, unlogged_since_last = unlogged, "internal error while handling a request");
+}
+
 fn internal(shared: &Shared, e: impl std::fmt::Display) -> Reply {
     Metrics::bump(&shared.metrics.internal_errors);
-    tracing::error!(error = %e, "internal error while handling a request");
+    log_internal(&e);
     err(
         ErrorCode::Internal,
         "internal server error; the request was not applied",
