@@ -171,9 +171,12 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now, on the steady clock the defences keep time
+/// with ([`crate::sim::steady_ms`]): the wall clock as it was when the process started, plus
+/// the monotonic time since. A step of the system clock (NTP, `date -s`) does not move it,
+/// so activity windows, tickets and block expiries never jump with it.
 pub fn now_ms() -> i64 {
-    crate::sim::now_ms()
+    crate::sim::steady_ms()
 }
 
 /// One event of every kind, in declaration order, with reasons a server records (tests).

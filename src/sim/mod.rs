@@ -47,6 +47,8 @@ pub struct Context {
     start: tokio::time::Instant,
     seed: u64,
     argon2: Duration,
+    /// How far the wall clock has been jumped ([`Context::jump_clock`]), milliseconds.
+    wall_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Context {
@@ -69,6 +71,28 @@ impl Context {
     pub fn argon2_cost(&self) -> Duration {
         self.argon2
     }
+
+    /// Jumps the wall clock by `by_ms` milliseconds (negative: backwards), as an NTP step
+    /// or an operator's `date -s` would; timers and the monotonic clock go on unchanged.
+    pub fn jump_clock(&self, by_ms: i64) {
+        self.wall_offset_ms
+            .fetch_add(by_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The wall clock: [`EPOCH_UNIX_S`], plus the virtual time elapsed, plus every jump.
+    fn wall(&self) -> SystemTime {
+        let base = UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX_S) + self.elapsed();
+        let offset = self
+            .wall_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let by = Duration::from_millis(offset.unsigned_abs());
+        let moved = if offset >= 0 {
+            base.checked_add(by)
+        } else {
+            base.checked_sub(by)
+        };
+        moved.unwrap_or(base)
+    }
 }
 
 thread_local! {
@@ -85,10 +109,11 @@ pub fn active() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
-/// The wall-clock time: in a simulation, [`EPOCH_UNIX_S`] plus the virtual time elapsed.
+/// The wall-clock time: in a simulation, [`EPOCH_UNIX_S`] plus the virtual time elapsed
+/// (plus any [`Context::jump_clock`]).
 pub fn wall_now() -> SystemTime {
     match current() {
-        Some(ctx) => UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX_S) + ctx.elapsed(),
+        Some(ctx) => ctx.wall(),
         None => SystemTime::now(),
     }
 }
@@ -118,6 +143,22 @@ where
             Err(_) => std::panic::resume_unwind(Box::new("blocking task cancelled")),
         },
     }
+}
+
+/// Milliseconds since the Unix epoch on a steady clock: the wall clock read once, when
+/// first asked, plus the monotonic time elapsed since. A jump of the wall clock does not
+/// move it, so what it times (activity windows, tickets, block expiries) stays in order;
+/// it drifts from the wall clock by whatever the wall clock was stepped since the
+/// process started. In a simulation: [`EPOCH_UNIX_S`] plus the virtual time elapsed,
+/// whatever [`Context::jump_clock`] did.
+pub fn steady_ms() -> i64 {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if let Some(ctx) = current() {
+        return ms(Duration::from_secs(EPOCH_UNIX_S)).saturating_add(ms(ctx.elapsed()));
+    }
+    static ANCHOR: std::sync::OnceLock<(i64, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, mono) = ANCHOR.get_or_init(|| (now_ms(), std::time::Instant::now()));
+    wall.saturating_add(ms(mono.elapsed()))
 }
 
 /// How a simulation is set up.
@@ -173,6 +214,7 @@ where
             start: tokio::time::Instant::now(),
             seed: opts.seed,
             argon2: opts.argon2,
+            wall_offset_ms: std::sync::atomic::AtomicI64::new(0),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(ctx));
         make().await
@@ -206,6 +248,34 @@ mod tests {
         assert_eq!(t1 - t0, 3_600_000);
         assert!(real < Duration::from_secs(5), "an hour took {real:?}");
         assert!(!active());
+        Ok(())
+    }
+
+    #[test]
+    fn outside_a_simulation_the_steady_clock_starts_at_the_wall_clock() {
+        let wall = now_ms();
+        let steady = steady_ms();
+        assert!((steady - wall).abs() < 5_000, "steady {steady} wall {wall}");
+    }
+
+    #[test]
+    fn the_wall_clock_jumps_both_ways_and_timers_do_not() -> std::io::Result<()> {
+        let (t0, ahead, behind, slept, steady0, steady) = run(SimOptions::default(), || async {
+            let jump = |by| current().iter().for_each(|ctx| ctx.jump_clock(by));
+            let t0 = now_ms();
+            let steady0 = steady_ms();
+            let start = tokio::time::Instant::now();
+            jump(3_600_000);
+            let ahead = now_ms();
+            jump(-7_200_000);
+            let behind = now_ms();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (t0, ahead, behind, start.elapsed(), steady0, steady_ms())
+        })?;
+        assert_eq!(ahead - t0, 3_600_000);
+        assert_eq!(behind - t0, -3_600_000);
+        assert_eq!(slept, Duration::from_secs(1));
+        assert_eq!(steady - steady0, 1000, "the steady clock ignores the jumps");
         Ok(())
     }
 
