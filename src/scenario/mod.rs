@@ -38,6 +38,7 @@
 //! plus the latency SLO (and a hard end), attacks when cancelled at the scenario's end (or
 //! aborted after a grace period), the read-back and the alive check by deadlines.
 
+pub mod faults;
 pub mod generic;
 pub mod judge;
 pub mod legit;

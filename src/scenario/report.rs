@@ -46,6 +46,9 @@ pub struct ScenarioReport {
     /// How the simulation ran (`--sim`); absent on real sockets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimReport>,
+    /// The faults a simulated run injected (`[[sim.fault]]`), in order; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<super::faults::FaultReport>,
 }
 
 /// What a simulated run used, and how to run it again.
@@ -104,6 +107,7 @@ impl ScenarioReport {
             wall_s: 0.0,
             data_dir: None,
             sim: None,
+            faults: Vec::new(),
         }
     }
 
@@ -802,6 +806,7 @@ mod tests {
             wall_s: 4.0,
             data_dir: None,
             sim: None,
+            faults: Vec::new(),
         }
     }
 

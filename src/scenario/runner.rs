@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -34,21 +34,20 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::faults::{self, with_server, FaultReport, Opener, Slot};
 use super::judge::{judge, measure, refused_sources, Collected, Sampled, ServerStats};
 use super::legit::{self, ClientPlan, ClientRun, LoadContext};
 use super::metrics::{self, ms, round, LiveCounters, StallPoint};
 use super::report::{ScenarioReport, SimReport};
 use super::spec::{Scenario, ScenarioError, CONTROL_SOURCE};
 use super::target::{resolve, Resolved, TargetSpec, TargetUrl};
-use crate::activity::Recorder;
 use crate::attack::{self, AttackContext, AttackReport, Canary, Observations};
 use crate::client::{Client, TlsOptions};
 use crate::config::AuthConfig;
 use crate::detect::Model;
 use crate::firewall::{Action, Signal};
-use crate::guard::Guard;
 use crate::server::auth::hash_password;
-use crate::server::{Metrics, Server, ServerHandle};
+use crate::server::{Server, ServerHandle};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tls::{ClientTrust, MinVersion};
 
@@ -306,7 +305,12 @@ struct Account {
 /// Where the server runs.
 enum Target {
     InProcess {
-        handle: ServerHandle,
+        /// The server; a crash fault takes it away and its restart puts it back.
+        slot: Slot,
+        /// Where it listens, before and after a restart.
+        addr: SocketAddr,
+        /// How it was opened, when the run has faults to inject.
+        faults: Option<Arc<Opener>>,
         /// The data directory, kept when `tmp` is `None` (`--record`).
         dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
@@ -320,8 +324,7 @@ enum Target {
 impl Target {
     fn addr(&self) -> SocketAddr {
         match self {
-            Target::InProcess { handle, .. } => handle.local_addr(),
-            Target::External { addr, .. } => *addr,
+            Target::InProcess { addr, .. } | Target::External { addr, .. } => *addr,
         }
     }
 
@@ -345,19 +348,10 @@ impl Target {
         }
     }
 
-    fn guard(&self) -> Option<Arc<Guard>> {
+    /// The in-process server, which the sampler reads.
+    fn slot(&self) -> Option<Slot> {
         match self {
-            Target::InProcess { handle, .. } => Some(handle.guard()),
-            Target::External { .. } => None,
-        }
-    }
-
-    /// What the stall detector reads: the server's counters and its recorder.
-    fn stall_probes(&self) -> Option<(Arc<Metrics>, Recorder)> {
-        match self {
-            Target::InProcess { handle, .. } => {
-                Some((handle.metrics(), handle.server().recorder().clone()))
-            }
+            Target::InProcess { slot, .. } => Some(Arc::clone(slot)),
             Target::External { .. } => None,
         }
     }
@@ -392,7 +386,7 @@ pub fn run_simulated(
     progress: &dyn Progress,
 ) -> ScenarioReport {
     let shell = scenario.clone();
-    let spec = scenario.sim();
+    let spec = scenario.sim().clone();
     let sim = crate::sim::SimOptions {
         seed: scenario.seed(),
         argon2: Duration::from_millis(spec.argon2_virtual_ms),
@@ -769,6 +763,22 @@ async fn run_inner(
         &canary,
     );
     let legit = start_legit(target, &clock, &cast.plans, logged_in);
+    let faults = match &server {
+        Target::InProcess {
+            slot,
+            addr,
+            faults: Some(opener),
+            ..
+        } => Some(tokio::spawn(faults::run(
+            scenario.sim().fault.clone(),
+            clock.t0,
+            clock.stop.clone(),
+            Arc::clone(slot),
+            Arc::clone(opener),
+            *addr,
+        ))),
+        _ => None,
+    };
     let ended = sample_until_the_end(
         scenario,
         &server,
@@ -779,6 +789,21 @@ async fn run_inner(
         progress,
     )
     .await;
+    // The load's end lifts every fault still in force, so this returns at once.
+    let faults = match faults {
+        Some(task) => task.await.unwrap_or_else(|_| {
+            vec![FaultReport {
+                kind: "crash".into(),
+                at_s: 0.0,
+                lasted_s: 0.0,
+                writes_affected: 0,
+                uploads_cut: 0,
+                done: false,
+                outcome: "the fault schedule panicked".into(),
+            }]
+        }),
+        None => Vec::new(),
+    };
     phases.done("load and attacks ended");
     // The scenario's network conditions last as long as the scenario: the read-back and
     // the alive check measure what the server kept, not the link.
@@ -791,9 +816,11 @@ async fn run_inner(
     let model = opts.model.as_ref().map(|m| m.name.clone());
     let collected = afterwards(scenario, &cast, server, ended, model, &phases).await;
     let (metrics, timeline) = measure(collected);
-    let failures = judge(scenario, &metrics);
+    let mut failures = judge(scenario, &metrics);
+    failures.extend(faults.iter().filter_map(FaultReport::failure));
     phases.done("measured");
     let mut report = ScenarioReport::new(scenario, metrics, timeline, failures);
+    report.faults = faults;
     report.target = name;
     report.data_dir = kept_dir;
     Ok(report)
@@ -842,10 +869,22 @@ async fn start_server(
         None
     };
     let config_auth = config.auth.clone();
-    let server = Server::open_with_model(config, &dir, model)?;
+    let faults = (crate::sim::active() && !scenario.sim().fault.is_empty()).then(|| {
+        Arc::new(Opener {
+            config: config.clone(),
+            dir: dir.clone(),
+            model: model.clone(),
+            disk: Arc::default(),
+        })
+    });
+    let server = match &faults {
+        Some(opener) => opener.open()?,
+        None => Server::open_with_model(config, &dir, model)?,
+    };
     label_attack_sources(scenario, &dir)?;
     provision(server.store(), &config_auth, accounts).await?;
     let handle = server.bind(SocketAddr::from((LOOPBACK, 0))).await?;
+    let addr = handle.local_addr();
     let tls = match cert {
         Some(cert) => Some(TlsOptions::new(
             &ClientTrust::Ca(cert),
@@ -854,7 +893,14 @@ async fn start_server(
         )?),
         None => None,
     };
-    Ok((Target::InProcess { handle, dir, tmp }, tls))
+    let target = Target::InProcess {
+        slot: Arc::new(std::sync::Mutex::new(Some(handle))),
+        addr,
+        faults,
+        dir,
+        tmp,
+    };
+    Ok((target, tls))
 }
 
 /// Legit clients log in before the clock starts, so login cost is not load. A group that
@@ -966,8 +1012,7 @@ async fn sample_until_the_end(
         .into_iter()
         .collect();
     let input = SamplerInput {
-        guard: server.guard(),
-        stall_probes: server.stall_probes(),
+        server: server.slot(),
         pid: match server {
             Target::External { pid, .. } => *pid,
             Target::InProcess { .. } => None,
@@ -1153,7 +1198,7 @@ async fn afterwards<'a>(
     phases.done("alive check done");
     let in_process = server.in_process();
     let (snapshot, pid) = match server {
-        Target::InProcess { handle, tmp, dir } => {
+        Target::InProcess { slot, tmp, dir, .. } => {
             if tmp.is_none() {
                 // A kept recording: its labels say when each attack began.
                 if let Err(e) =
@@ -1162,8 +1207,16 @@ async fn afterwards<'a>(
                     tracing::warn!(error = format!("{e:#}"), "cannot record when attacks began");
                 }
             }
-            let snap = server_stats(&handle);
-            handle.shutdown().await;
+            // Down only if a restart after a crash failed, which the run reports.
+            let handle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let snap = match handle {
+                Some(handle) => {
+                    let snap = server_stats(&handle);
+                    handle.shutdown().await;
+                    Some(snap)
+                }
+                None => None,
+            };
             phases.done("server shut down");
             // Removing a data directory can take a second on a slow disk; keep it off the
             // runtime's workers.
@@ -1171,7 +1224,7 @@ async fn afterwards<'a>(
                 crate::sim::blocking(move || drop(dir)).await;
             }
             phases.done("data directory removed");
-            (Some(snap), None)
+            (snap, None)
         }
         Target::External { pid, .. } => (None, pid),
     };
@@ -1244,8 +1297,8 @@ async fn plant_canary(target: SocketAddr, cast: &Cast) -> anyhow::Result<Canary>
 
 /// What the sampler watches.
 pub(super) struct SamplerInput {
-    pub(super) guard: Option<Arc<Guard>>,
-    pub(super) stall_probes: Option<(Arc<Metrics>, Recorder)>,
+    /// The in-process server, read afresh at every sample: a crash fault replaces it.
+    pub(super) server: Option<Slot>,
     pub(super) pid: Option<u32>,
     pub(super) in_process: bool,
     pub(super) attack_sources: Vec<Ipv4Addr>,
@@ -1267,7 +1320,15 @@ pub(super) async fn sample(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rss: Option<Instant> = None;
     let mut last_stall = input.t0;
-    if let Some((metrics, recorder)) = &input.stall_probes {
+    // The guard, the counters and the recorder of the server up now, if any.
+    let probes = || {
+        input.server.as_ref().and_then(|slot| {
+            with_server(slot, |h| {
+                (h.guard(), h.metrics(), h.server().recorder().clone())
+            })
+        })
+    };
+    if let Some((_, metrics, recorder)) = probes() {
         // What happened before the scenario started is not the scenario's.
         metrics.stalls.take();
         recorder.take_longest_commit();
@@ -1279,7 +1340,8 @@ pub(super) async fn sample(
         }
         let now = Instant::now();
         let since = now.saturating_duration_since(input.t0);
-        if let Some(guard) = &input.guard {
+        let probes = probes();
+        if let Some((guard, _, _)) = &probes {
             for ip in &input.attack_sources {
                 if !s.first_blocked.contains_key(ip) && guard.is_blocked(IpAddr::V4(*ip)) {
                     s.first_blocked.insert(*ip, since);
@@ -1291,7 +1353,7 @@ pub(super) async fn sample(
                 }
             }
         }
-        if let Some((metrics, recorder)) = &input.stall_probes {
+        if let Some((_, metrics, recorder)) = &probes {
             if now.saturating_duration_since(last_stall) >= STALL_SAMPLE {
                 last_stall = now;
                 let taken = metrics.stalls.take();
@@ -1446,6 +1508,12 @@ pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), Ru
         if !opts.sim && !s.sim().network.is_ideal() {
             return Err(RunError::Target(format!(
                 "scenario {} shapes the simulated network ([sim.network]): run it with --sim",
+                s.name()
+            )));
+        }
+        if !opts.sim && !s.sim().fault.is_empty() {
+            return Err(RunError::Target(format!(
+                "scenario {} injects faults ([[sim.fault]]): run it with --sim",
                 s.name()
             )));
         }

@@ -166,7 +166,7 @@ fn default_seed() -> u64 {
 }
 
 /// The `[sim]` table: settings that apply only when the scenario runs in a simulation.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSpec {
     /// How every link of the simulated network behaves (`[sim.network]`); the default is
@@ -179,6 +179,127 @@ pub struct SimSpec {
     /// the server configuration's, so that logins cost little real time. The report shows
     /// the parameters used.
     pub argon2_small: bool,
+    /// Faults, each at its time into the run (`[[sim.fault]]`). A scenario with faults
+    /// runs only with `--sim`.
+    pub fault: Vec<FaultSpec>,
+}
+
+/// What a `[[sim.fault]]` does.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// The server dies: every connection drops without a reply, nothing in memory survives,
+    /// and after `duration_s` a new server starts on the same data directory and address.
+    Crash,
+    /// Every commit fails as if fsync returned EIO, for `duration_s`: nothing is stored.
+    FsyncFail,
+    /// The disk is full (ENOSPC) for `duration_s`: every write is refused.
+    DiskFull,
+    /// Every delivery's commit takes `delay_ms` longer, for `duration_s`.
+    SlowDisk,
+    /// The wall clock jumps by `jump_s` seconds (negative: backwards); timers and the
+    /// monotonic clock do not.
+    ClockJump,
+}
+
+impl FaultKind {
+    /// The name scenario files use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::FsyncFail => "fsync-fail",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::SlowDisk => "slow-disk",
+            FaultKind::ClockJump => "clock-jump",
+        }
+    }
+}
+
+/// One `[[sim.fault]]`: a fault injected `at_s` seconds into the run.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// What happens.
+    pub kind: FaultKind,
+    /// When, seconds after the load starts (within the scenario's duration).
+    pub at_s: f64,
+    /// How long it lasts, seconds: a crashed server's time down, or a disk fault's length.
+    /// Not used by `clock-jump`.
+    #[serde(default)]
+    pub duration_s: f64,
+    /// `slow-disk`: extra milliseconds per commit (1 to 10,000).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// `clock-jump`: how far the wall clock jumps, seconds (-86,400 to 86,400, not 0).
+    #[serde(default)]
+    pub jump_s: f64,
+}
+
+/// Longest `[[sim.fault]]` `duration_s`, seconds.
+pub const MAX_FAULT_S: f64 = 3600.0;
+
+impl FaultSpec {
+    /// Checks one fault against a run of `duration_s` seconds.
+    fn check(&self, duration_s: f64) -> Result<(), (String, String)> {
+        let kind = self.kind.as_str();
+        if !(self.at_s.is_finite() && self.at_s >= 0.0 && self.at_s < duration_s) {
+            return Err((
+                "at_s".into(),
+                format!(
+                    "{kind}: must be 0 or more and before the scenario ends ({duration_s} s), got {}",
+                    self.at_s
+                ),
+            ));
+        }
+        let lasts = !matches!(self.kind, FaultKind::ClockJump);
+        if lasts
+            && !(self.duration_s.is_finite()
+                && self.duration_s > 0.0
+                && self.duration_s <= MAX_FAULT_S)
+        {
+            return Err((
+                "duration_s".into(),
+                format!(
+                    "{kind}: must be above 0 and at most {MAX_FAULT_S}, got {}",
+                    self.duration_s
+                ),
+            ));
+        }
+        if !lasts && self.duration_s != 0.0 {
+            return Err((
+                "duration_s".into(),
+                "clock-jump: a jump has no duration".into(),
+            ));
+        }
+        let slow = self.kind == FaultKind::SlowDisk;
+        if slow && !(1..=10_000).contains(&self.delay_ms) {
+            return Err((
+                "delay_ms".into(),
+                format!("slow-disk: must be 1 to 10000, got {}", self.delay_ms),
+            ));
+        }
+        if !slow && self.delay_ms != 0 {
+            return Err((
+                "delay_ms".into(),
+                format!("{kind}: only slow-disk takes it"),
+            ));
+        }
+        let jump = self.kind == FaultKind::ClockJump;
+        if jump && !(self.jump_s.is_finite() && self.jump_s != 0.0 && self.jump_s.abs() <= 86_400.0)
+        {
+            return Err((
+                "jump_s".into(),
+                format!(
+                    "clock-jump: must be -86400 to 86400 and not 0, got {}",
+                    self.jump_s
+                ),
+            ));
+        }
+        if !jump && self.jump_s != 0.0 {
+            return Err(("jump_s".into(), format!("{kind}: only clock-jump takes it")));
+        }
+        Ok(())
+    }
 }
 
 /// The `[sim.network]` table: every link's delays, loss and segmentation.
@@ -253,6 +374,7 @@ impl Default for SimSpec {
             network: NetworkSpec::default(),
             argon2_virtual_ms: crate::sim::DEFAULT_ARGON2_MS,
             argon2_small: true,
+            fault: Vec::new(),
         }
     }
 }
@@ -739,8 +861,8 @@ impl Scenario {
         self
     }
     /// The `[sim]` table: how the scenario runs in a simulation.
-    pub fn sim(&self) -> SimSpec {
-        self.sim
+    pub fn sim(&self) -> &SimSpec {
+        &self.sim
     }
     /// Replaces the seed (the runner's `--seed` override).
     pub fn with_seed(mut self, seed: u64) -> Scenario {
@@ -879,6 +1001,28 @@ impl ScenarioSpec {
                 ),
             ));
         }
+        for (i, f) in self.sim.fault.iter().enumerate() {
+            f.check(d)
+                .map_err(|(k, r)| invalid(format!("sim.fault[{i}].{k}"), r))?;
+        }
+        let mut sim = self.sim;
+        sim.fault.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        if let Some(w) = sim
+            .fault
+            .windows(2)
+            .find(|w| w[1].at_s < w[0].at_s + w[0].duration_s)
+        {
+            return Err(invalid(
+                "sim.fault".into(),
+                format!(
+                    "faults must not overlap: {} at {} s starts before {} at {} s ends",
+                    w[1].kind.as_str(),
+                    w[1].at_s,
+                    w[0].kind.as_str(),
+                    w[0].at_s
+                ),
+            ));
+        }
 
         Ok(Scenario {
             name: self.name,
@@ -893,7 +1037,7 @@ impl ScenarioSpec {
             attacks,
             expect,
             target: self.target,
-            sim: self.sim,
+            sim,
         })
     }
 }
@@ -1282,6 +1426,60 @@ mod tests {
         assert_eq!(s.legit()[0].relogin_every, None);
         assert_eq!(s.expect().latency_slo, Duration::from_millis(1000));
         assert_eq!(*s.config(), Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn faults_are_checked_and_sorted() -> Result<(), ScenarioError> {
+        let f = |body: &str| format!("name = \"t\"\nduration_s = 20\n{body}");
+        let s = check(&f(
+            "[[sim.fault]]\nkind = \"clock-jump\"\nat_s = 9\njump_s = -60\n\
+             [[sim.fault]]\nkind = \"crash\"\nat_s = 2\nduration_s = 1\n\
+             [[sim.fault]]\nkind = \"slow-disk\"\nat_s = 5\nduration_s = 2\ndelay_ms = 300\n",
+        ))?;
+        let kinds: Vec<FaultKind> = s.sim().fault.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [FaultKind::Crash, FaultKind::SlowDisk, FaultKind::ClockJump]
+        );
+        for (body, key) in [
+            ("kind = \"crash\"\nat_s = 2\n", "sim.fault[0].duration_s"),
+            (
+                "kind = \"crash\"\nat_s = 20\nduration_s = 1\n",
+                "sim.fault[0].at_s",
+            ),
+            (
+                "kind = \"crash\"\nat_s = -1\nduration_s = 1\n",
+                "sim.fault[0].at_s",
+            ),
+            (
+                "kind = \"disk-full\"\nat_s = 1\nduration_s = 1\ndelay_ms = 5\n",
+                "sim.fault[0].delay_ms",
+            ),
+            (
+                "kind = \"slow-disk\"\nat_s = 1\nduration_s = 1\n",
+                "sim.fault[0].delay_ms",
+            ),
+            ("kind = \"clock-jump\"\nat_s = 1\n", "sim.fault[0].jump_s"),
+            (
+                "kind = \"clock-jump\"\nat_s = 1\njump_s = 5\nduration_s = 1\n",
+                "sim.fault[0].duration_s",
+            ),
+            (
+                "kind = \"crash\"\nat_s = 1\nduration_s = 1\njump_s = 5\n",
+                "sim.fault[0].jump_s",
+            ),
+            ("kind = \"meteor\"\nat_s = 1\n", "meteor"),
+        ] {
+            rejected(&f(&format!("[[sim.fault]]\n{body}")), key);
+        }
+        rejected(
+            &f(
+                "[[sim.fault]]\nkind = \"fsync-fail\"\nat_s = 1\nduration_s = 5\n\
+                [[sim.fault]]\nkind = \"crash\"\nat_s = 4\nduration_s = 1\n",
+            ),
+            "must not overlap",
+        );
         Ok(())
     }
 

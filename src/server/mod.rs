@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     /// TLS on the protocol port, when configured.
     pub(crate) tls: Option<Arc<tls::TlsState>>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled by [`ServerHandle::crash`]: every session is dropped where it stands.
+    pub(crate) crashed: CancellationToken,
     #[cfg(feature = "fault-injection")]
     pub(crate) fault_hook: Option<FaultHook>,
 }
@@ -249,6 +251,18 @@ impl Server {
         data_dir: &Path,
         model: Option<Arc<Model>>,
     ) -> Result<Server, ServerError> {
+        Server::open_layered(config, data_dir, model, |store| store)
+    }
+
+    /// [`Server::open_with_model`], with the opened store passed through `layer` before the
+    /// server uses it: a wrapper that counts, or injects faults
+    /// ([`crate::store::fault::FaultyStore`]).
+    pub fn open_layered(
+        config: Config,
+        data_dir: &Path,
+        model: Option<Arc<Model>>,
+        layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Result<Server, ServerError> {
         config.check()?;
         let config = fit_to_descriptors(config)?;
         let detection = match model {
@@ -284,7 +298,7 @@ impl Server {
         };
         let server = Server::assemble(
             config,
-            Arc::new(store),
+            layer(Arc::new(store)),
             blobs,
             recorder,
             relay,
@@ -386,6 +400,7 @@ impl Server {
                 resume_budget: ResumeBudget::standard(),
                 tls,
                 shutdown: CancellationToken::new(),
+                crashed: CancellationToken::new(),
                 #[cfg(feature = "fault-injection")]
                 fault_hook: None,
             }),
@@ -1023,7 +1038,7 @@ async fn accept_loop(server: Server, mut listener: NetListener, tracker: TaskTra
                 match shared.resume_budget.try_take(source) {
                     Some(permit) => {
                         let server = server.clone();
-                        tracker.spawn(async move {
+                        spawn_session(&tracker, &shared, async move {
                             server.admit_blocked(stream, peer, refusal, permit).await;
                         });
                     }
@@ -1041,10 +1056,26 @@ async fn accept_loop(server: Server, mut listener: NetListener, tracker: TaskTra
             }
         };
         let server = server.clone();
-        tracker.spawn(async move {
+        spawn_session(&tracker, &shared, async move {
             server.run_accepted(stream, peer, ticket).await;
         });
     }
+}
+
+/// Spawns one accepted connection's task, which a crash ([`ServerHandle::crash`]) drops
+/// wherever it stands.
+fn spawn_session<F>(tracker: &TaskTracker, shared: &Shared, session: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let crashed = shared.crashed.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            biased;
+            _ = crashed.cancelled() => {}
+            _ = session => {}
+        }
+    });
 }
 
 /// What [`Server::reload`] did.
@@ -1111,6 +1142,23 @@ impl ServerHandle {
     /// Reloads the configuration ([`Server::reload`]); `rampart serve` calls it on SIGHUP.
     pub fn reload(&self, new: Config) -> Result<ReloadReport, ConfigError> {
         self.server.reload(new)
+    }
+
+    /// Kills the server the way a crash would, for fault injection: it stops accepting, and
+    /// every session is dropped where it stands, with no reply, no goodbye and no flush, so
+    /// its peer just sees the connection close. Returns once every session task has
+    /// ended; what is still queued in memory (activity events, firewall state not yet
+    /// written) is lost with the server. A committed delivery stays committed: the store
+    /// acknowledges nothing before its commit is durable.
+    pub async fn crash(self) {
+        self.server.shared.crashed.cancel();
+        self.server.shared.shutdown.cancel();
+        self.accept.abort();
+        self.purge.abort();
+        let _ = self.accept.await;
+        let _ = self.purge.await;
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 
     /// Stops accepting, tells every session the server is shutting down, and waits up to

@@ -36,6 +36,7 @@
 )]
 
 mod blobs;
+pub mod fault;
 mod lock;
 mod names;
 mod pending;

@@ -160,8 +160,7 @@ pub async fn run(
         .collect();
 
     let input = SamplerInput {
-        guard: None,
-        stall_probes: None,
+        server: None,
         pid,
         in_process: false,
         attack_sources: scenario
