@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::stream::ConnRead;
+use crate::sim::net::ConnRead;
 use bytes::BytesMut;
 use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt};

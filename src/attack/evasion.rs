@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use super::brute_force::guess;
 use super::canary::{Got, Inbox};
 use super::run::{bump, Counts, Env, AUTH_WAIT};
-use super::stream::{ConnRead, ConnWrite};
 use super::wire::{request_bytes, Ids, REPLY_LIMITS};
 use crate::protocol::{Kind, Password, Reply, Request};
+use crate::sim::net::{ConnRead, ConnWrite};
 
 /// Longest wait for a reply to an ordinary request.
 const REPLY_WAIT: Duration = Duration::from_secs(10);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::stream::{ConnRead, ConnWrite};
+use crate::sim::net::{ConnRead, ConnWrite};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::Rng;

@@ -12,15 +12,15 @@
 //! - `canary`: the planted secrets ([`Canary`]) and the reply side of a connection, which
 //!   scans every byte received for them.
 //! - `run`: the per-run bookkeeping (`Env`), the slot runner, the source watcher and login
-//!   pacing.
+//!   pacing; it opens each connection as a [`crate::sim::net::Conn`], plain or TLS: in a run
+//!   with [`AttackContext::tls`] set, every admitted connection completes a TLS handshake
+//!   before it misbehaves.
 //! - one file per kind or family: `flood`, `raw_flood`, `oversized`, `slowloris`, `preauth_buffer`,
 //!   `slow_read`, `conn` (churn and exhaust), `malformed`, `tamper`, `brute_force`, `probe`,
 //!   `low_and_slow`, and `tls_handshake` (tls-handshake-flood, tls-slow-handshake,
 //!   plaintext-on-tls).
 //! - `generic`: the kinds that have a form for any TCP server ([`run_generic`]), in the
 //!   target protocol's bytes ([`Wire`]).
-//! - `stream`: a connection, plain or TLS: in a run with [`AttackContext::tls`] set, every
-//!   admitted connection completes a TLS handshake before it misbehaves.
 //!
 //! Every attacker sleeps until `t0 + start`, runs until `t0 + stop` or until the context's
 //! stop token is cancelled, holds at most `connections` connections at once, and reconnects
@@ -52,7 +52,6 @@ mod run;
 mod slow_read;
 mod slowloris;
 pub mod spec;
-mod stream;
 mod tamper;
 mod tls_handshake;
 mod wire;

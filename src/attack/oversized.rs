@@ -92,8 +92,8 @@ async fn slot_loop(env: Arc<Env>, slot: usize, declared_len: u32, body_bytes: u6
 /// ended.
 async fn fields_huge(
     env: &Env,
-    rd: &mut super::stream::ConnRead,
-    wr: &mut super::stream::ConnWrite,
+    rd: &mut crate::sim::net::ConnRead,
+    wr: &mut crate::sim::net::ConnWrite,
     inbox: &mut Inbox,
 ) -> Got {
     let mut ids = Ids::new();

@@ -61,7 +61,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Writes the header, then `body_bytes` of zeros.
 async fn send(
     env: &Env,
-    wr: &mut super::stream::ConnWrite,
+    wr: &mut crate::sim::net::ConnWrite,
     head: &[u8],
     body_bytes: u32,
 ) -> Result<(), super::run::WriteEnd> {

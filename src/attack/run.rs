@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::sim::net::NetStream;
+use crate::sim::net::{Conn, NetStream};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,7 +23,6 @@ use super::canary::{Got, Inbox, Needles};
 use super::net::{
     abort, connect_from, is_reset, probe_admission, Admission, RefusalSign, PROBE_WAIT,
 };
-use super::stream::Conn;
 use super::wire::{request_bytes, Ids};
 use super::{Attack, AttackContext, AttackKind, AttackReport, Canary, Observations};
 use crate::config::RatesConfig;
@@ -241,6 +240,10 @@ impl Env {
     /// Opens a connection from `source` and checks it was admitted; in a TLS run, then
     /// completes the TLS handshake. Records the connect and any refusal; on refusal or
     /// failure, backs off and returns `None` (also when halted).
+    ///
+    /// The refusal at accept is read on the plain socket in both cases (the server refuses
+    /// before any cryptography), so only an admitted connection is wrapped. The server's
+    /// certificate is not checked: see [`crate::tls::attacker_client_config`].
     pub(crate) async fn open_from(&self, source: Ipv4Addr, rng: &mut StdRng) -> Option<Conn> {
         self.open_with(source, rng, PROBE_WAIT).await
     }

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::stream::{ConnRead, ConnWrite};
+use crate::sim::net::{ConnRead, ConnWrite};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use tokio::time::Instant;

@@ -11,9 +11,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,14 +19,13 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{lookup_host, ToSocketAddrs};
-use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::{ClientError, ClientOptions, SEGMENT_MAX_BYTES, SEGMENT_MAX_PAUSE};
 use crate::protocol::{CodecError, ErrorCode, Frame, FrameCodec, Kind, Limits, Reply, Role};
-use crate::sim::net::{NetRead, NetStream, NetWrite};
+use crate::sim::net::{Conn, ConnRead, ConnWrite, NetStream};
 
 /// Resolves `addr` and connects to the first address that answers, from `opts.source` if set,
 /// all within `opts.connect_timeout`.
@@ -118,90 +115,14 @@ fn connect_timed_out(addr: String, opts: &ClientOptions) -> ClientError {
     }
 }
 
-/// A connected stream: plain TCP, or TLS over it.
-#[derive(Debug)]
-pub(super) enum Conn {
-    /// Plain TCP.
-    Plain(NetStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<NetStream>>),
-}
-
-/// The reading half of a [`Conn`].
-#[derive(Debug)]
-enum ReadPart {
-    Plain(NetRead),
-    Tls(tokio::io::ReadHalf<TlsStream<NetStream>>),
-}
-
-/// The writing half of a [`Conn`].
-#[derive(Debug)]
-enum WritePart {
-    Plain(NetWrite),
-    Tls(tokio::io::WriteHalf<TlsStream<NetStream>>),
-}
-
-impl AsyncRead for ReadPart {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadPart::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            ReadPart::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WritePart {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WritePart::Plain(w) => Pin::new(w).poll_write(cx, buf),
-            WritePart::Tls(w) => Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WritePart::Plain(w) => Pin::new(w).poll_flush(cx),
-            WritePart::Tls(w) => Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WritePart::Plain(w) => Pin::new(w).poll_shutdown(cx),
-            WritePart::Tls(w) => Pin::new(w).poll_shutdown(cx),
-        }
-    }
-}
-
 async fn connect_one(target: SocketAddr, opts: &ClientOptions) -> io::Result<NetStream> {
     crate::sim::net::connect(opts.source, target).await
 }
 
 /// Splits a connected stream into the two halves.
 pub(super) fn split(stream: Conn, opts: &ClientOptions) -> (Inbound, Outbound) {
-    let tcp = match &stream {
-        Conn::Plain(s) => s,
-        Conn::Tls(s) => s.get_ref().0,
-    };
-    let addrs = (tcp.local_addr(), tcp.peer_addr());
-    let (read, write) = match stream {
-        Conn::Plain(s) => {
-            let (r, w) = s.into_split();
-            (ReadPart::Plain(r), WritePart::Plain(w))
-        }
-        Conn::Tls(s) => {
-            let (r, w) = tokio::io::split(*s);
-            (ReadPart::Tls(r), WritePart::Tls(w))
-        }
-    };
+    let addrs = (stream.local_addr(), stream.peer_addr());
+    let (read, write) = stream.into_split();
     let codec = ReplyCodec(FrameCodec::new(opts.limits, Role::Client));
     let inbound = Inbound {
         frames: FramedRead::new(read, codec),
@@ -261,7 +182,7 @@ fn net_error(e: io::Error) -> ClientError {
 /// The reading half: decodes reply frames and matches them to outstanding request ids.
 #[derive(Debug)]
 pub(super) struct Inbound {
-    frames: FramedRead<ReadPart, ReplyCodec>,
+    frames: FramedRead<ConnRead, ReplyCodec>,
     /// The socket's local and peer addresses, as read when it connected.
     addrs: (io::Result<SocketAddr>, io::Result<SocketAddr>),
     limits: Limits,
@@ -378,7 +299,7 @@ impl Inbound {
 /// The writing half: writes encoded requests, each write bounded by the request timeout.
 #[derive(Debug)]
 pub(super) struct Outbound {
-    half: WritePart,
+    half: ConnWrite,
     timeout: Duration,
     /// Set once a write failed or was abandoned part way: a partial frame may be on the wire.
     pub(super) broken: bool,

@@ -1502,7 +1502,8 @@ pub async fn run_files(
 }
 
 /// Resolves every scenario's target before any runs, so a kind that cannot run against a
-/// `tcp://` target, or a missing driver, fails the suite at once.
+/// `tcp://` target, a missing driver, or an external target with [`RunOptions::sim`], fails
+/// the suite at once.
 pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), RunError> {
     for s in scenarios {
         if !opts.sim && !s.sim().network.is_ideal() {
@@ -1519,6 +1520,21 @@ pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), Ru
         }
         let resolved =
             resolve(s, opts.target_url(), opts.legit.as_ref()).map_err(RunError::Target)?;
+        // A simulation's network holds only the in-process server: an external one (a file's
+        // own tcp:// url, or a target set in the options) is out of its reach.
+        if opts.sim {
+            let external = match &resolved {
+                Resolved::InProcess => None,
+                Resolved::Rampart(addr) => Some(format!("rampart://{addr}")),
+                Resolved::Tcp(t) => Some(format!("tcp://{}", t.addr)),
+            };
+            if let Some(url) = external {
+                return Err(RunError::Target(format!(
+                    "scenario {} runs against {url}, an external server: --sim runs only the in-process server, on a simulated network",
+                    s.name()
+                )));
+            }
+        }
         if resolved == Resolved::InProcess && opts.target_pid.is_some() {
             return Err(RunError::Target(format!(
                 "scenario {} runs on the in-process server: --target-pid needs --target (or a [target] url)",
@@ -1632,6 +1648,50 @@ mod tests {
             tcp("127.0.0.1:6379")?.target_url(),
             Some(TargetUrl::Tcp("127.0.0.1:6379".parse()?))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn sim_refuses_an_external_target() -> Result<(), Box<dyn std::error::Error>> {
+        let path = Path::new("t.toml");
+        let load = |text: &str| ScenarioSpec::from_toml_str(text, path)?.check(path);
+        let base = "name = \"t\"\nduration_s = 1\n[[legit]]\n";
+        let in_process = load(base)?;
+        let in_file = load(&format!(
+            "{base}[target]\nurl = \"tcp://127.0.0.1:6379\"\nlegit = \"resp\"\n"
+        ))?;
+        let sim = RunOptions {
+            sim: true,
+            ..RunOptions::default()
+        };
+        let err = |s: &Scenario, o: &RunOptions| {
+            check_targets(std::slice::from_ref(s), o)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        // Without --sim a file's tcp:// url runs; with it, it is refused before anything runs.
+        assert!(check_targets(std::slice::from_ref(&in_file), &RunOptions::default()).is_ok());
+        let msg = err(&in_file, &sim);
+        assert!(msg.contains("tcp://127.0.0.1:6379"), "{msg}");
+        assert!(msg.contains("--sim"), "{msg}");
+        // The in-process server runs in a simulation.
+        assert!(check_targets(std::slice::from_ref(&in_process), &sim).is_ok());
+        // An external target in the options is refused too (the command line already does).
+        let resp = TargetSpec {
+            legit: Some("resp".into()),
+            ..TargetSpec::default()
+        };
+        let tcp_opts = RunOptions {
+            sim: true,
+            ..RunOptions::default().tcp_target("127.0.0.1:6379".parse()?, resp)
+        };
+        assert!(err(&in_process, &tcp_opts).contains("--sim"));
+        let rampart_opts = RunOptions {
+            sim: true,
+            ..RunOptions::default().target("127.0.0.1:7878".parse()?, "data")
+        };
+        assert!(err(&in_process, &rampart_opts).contains("rampart://127.0.0.1:7878"));
         Ok(())
     }
 }

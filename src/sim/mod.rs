@@ -45,7 +45,6 @@ pub const SMALL_ARGON2_MEMORY_KIB: u32 = 8;
 pub struct Context {
     net: net::SimNet,
     start: tokio::time::Instant,
-    seed: u64,
     argon2: Duration,
     /// How far the wall clock has been jumped ([`Context::jump_clock`]), milliseconds.
     wall_offset_ms: std::sync::atomic::AtomicI64,
@@ -55,11 +54,6 @@ impl Context {
     /// The simulated network.
     pub fn net(&self) -> &net::SimNet {
         &self.net
-    }
-
-    /// The seed the simulation was started with.
-    pub fn seed(&self) -> u64 {
-        self.seed
     }
 
     /// Virtual time since the simulation started.
@@ -164,7 +158,10 @@ pub fn steady_ms() -> i64 {
 /// How a simulation is set up.
 #[derive(Debug, Clone, Copy)]
 pub struct SimOptions {
-    /// The run's seed (reported; the scenario's own seed drives its clients).
+    /// Seeds the simulated network's links ([`net::SimNet::seeded`]): their random choices
+    /// of jitter, loss and segmentation. Nothing else in the simulation draws from it; the
+    /// scenario runner passes the scenario's seed, which also drives its clients and
+    /// attackers.
     pub seed: u64,
     /// The virtual cost of one argon2 verification.
     pub argon2: Duration,
@@ -212,7 +209,6 @@ where
         let ctx = Arc::new(Context {
             net: net::SimNet::seeded(opts.seed),
             start: tokio::time::Instant::now(),
-            seed: opts.seed,
             argon2: opts.argon2,
             wall_offset_ms: std::sync::atomic::AtomicI64::new(0),
         });

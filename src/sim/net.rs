@@ -1,6 +1,7 @@
 //! The simulated network, and [`NetStream`]: a connection that is either a real TCP socket
 //! or a simulated one, so the server, the client library and the attackers run unchanged on
-//! both.
+//! both. [`Conn`] is a client's connection: a [`NetStream`], plain or with TLS over it; the
+//! client library and the attackers both use it.
 //!
 //! A simulated connection is a pair of in-memory pipes ([`tokio::io::duplex`]) of
 //! [`SOCKET_BUFFER`] bytes each way, standing for the two sockets' buffers: a peer that stops
@@ -26,6 +27,7 @@ use tokio::io::{
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 
 /// Bytes each direction of a simulated connection holds before its writer waits: about what
 /// a loopback socket pair buffers by default.
@@ -525,39 +527,115 @@ impl NetStream {
     }
 }
 
-/// Forwards an `AsyncRead`/`AsyncWrite` call to whichever variant is present.
+/// A client's connection: a [`NetStream`], plain or with TLS over it.
+///
+/// Whether a TLS connection checked the server's certificate depends on the connector that
+/// made it: the client library checks it, attackers do not.
+#[derive(Debug)]
+pub enum Conn {
+    /// No TLS.
+    Plain(NetStream),
+    /// TLS over the stream.
+    Tls(Box<TlsStream<NetStream>>),
+}
+
+/// The reading half of a [`Conn`].
+#[derive(Debug)]
+pub enum ConnRead {
+    /// A plain connection's half.
+    Plain(NetRead),
+    /// A TLS connection's half.
+    Tls(ReadHalf<TlsStream<NetStream>>),
+}
+
+/// The writing half of a [`Conn`].
+#[derive(Debug)]
+pub enum ConnWrite {
+    /// A plain connection's half.
+    Plain(NetWrite),
+    /// A TLS connection's half.
+    Tls(WriteHalf<TlsStream<NetStream>>),
+}
+
+impl Conn {
+    /// The stream under any TLS.
+    fn stream(&self) -> &NetStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Splits the connection so one task can read while another writes. A plain connection
+    /// keeps [`NetStream::into_split`]'s halves (lock-free over TCP).
+    pub fn into_split(self) -> (ConnRead, ConnWrite) {
+        match self {
+            Conn::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ConnRead::Plain(r), ConnWrite::Plain(w))
+            }
+            Conn::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ConnRead::Tls(r), ConnWrite::Tls(w))
+            }
+        }
+    }
+
+    /// Closes at once, as [`NetStream::abort`] does (under TLS, without a close_notify).
+    pub fn abort(self) {
+        match self {
+            Conn::Plain(s) => s.abort(),
+            Conn::Tls(s) => s.into_inner().0.abort(),
+        }
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream().local_addr()
+    }
+
+    /// The other end's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream().peer_addr()
+    }
+}
+
+/// Forwards an `AsyncRead`/`AsyncWrite` call to whichever of the two variants `$a` and `$b`
+/// is present.
 macro_rules! either {
-    ($self:ident, $inner:ident => $call:expr) => {
-        match $self.get_mut() {
-            Self::Tcp($inner) => $call,
-            Self::Sim($inner) => $call,
+    ($target:expr, $a:ident | $b:ident, $inner:ident => $call:expr) => {
+        match $target {
+            Self::$a($inner) => $call,
+            Self::$b($inner) => $call,
         }
     };
 }
 
+/// `AsyncRead` for an enum of two readers, by forwarding.
 macro_rules! impl_read {
-    ($t:ty) => {
+    ($t:ty, $a:ident | $b:ident) => {
         impl AsyncRead for $t {
             fn poll_read(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
                 buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
-                either!(self, s => Pin::new(s).poll_read(cx, buf))
+                either!(self.get_mut(), $a | $b, s => Pin::new(s).poll_read(cx, buf))
             }
         }
     };
 }
 
+/// `AsyncWrite` for an enum of two writers, by forwarding.
 macro_rules! impl_write {
-    ($t:ty) => {
+    ($t:ty, $a:ident | $b:ident) => {
         impl AsyncWrite for $t {
             fn poll_write(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
                 buf: &[u8],
             ) -> Poll<io::Result<usize>> {
-                either!(self, s => Pin::new(s).poll_write(cx, buf))
+                either!(self.get_mut(), $a | $b, s => Pin::new(s).poll_write(cx, buf))
             }
 
             fn poll_write_vectored(
@@ -565,31 +643,32 @@ macro_rules! impl_write {
                 cx: &mut Context<'_>,
                 bufs: &[io::IoSlice<'_>],
             ) -> Poll<io::Result<usize>> {
-                either!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+                either!(self.get_mut(), $a | $b, s => Pin::new(s).poll_write_vectored(cx, bufs))
             }
 
             fn is_write_vectored(&self) -> bool {
-                match self {
-                    Self::Tcp(s) => s.is_write_vectored(),
-                    Self::Sim(s) => s.is_write_vectored(),
-                }
+                either!(self, $a | $b, s => s.is_write_vectored())
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                either!(self, s => Pin::new(s).poll_flush(cx))
+                either!(self.get_mut(), $a | $b, s => Pin::new(s).poll_flush(cx))
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                either!(self, s => Pin::new(s).poll_shutdown(cx))
+                either!(self.get_mut(), $a | $b, s => Pin::new(s).poll_shutdown(cx))
             }
         }
     };
 }
 
-impl_read!(NetStream);
-impl_read!(NetRead);
-impl_write!(NetStream);
-impl_write!(NetWrite);
+impl_read!(NetStream, Tcp | Sim);
+impl_read!(NetRead, Tcp | Sim);
+impl_write!(NetStream, Tcp | Sim);
+impl_write!(NetWrite, Tcp | Sim);
+impl_read!(Conn, Plain | Tls);
+impl_read!(ConnRead, Plain | Tls);
+impl_write!(Conn, Plain | Tls);
+impl_write!(ConnWrite, Plain | Tls);
 
 #[cfg(test)]
 mod tests {
