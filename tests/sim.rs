@@ -165,3 +165,36 @@ async fn a_shaped_network_slows_requests_and_runs_only_in_a_simulation() -> Test
     assert_eq!(r.metrics.false_blocks, 0);
     Ok(())
 }
+
+/// Runs `text` as a scenario file, simulated with `seed`.
+async fn run_text(text: &str, seed: u64) -> Result<ScenarioReport, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("scenario.toml");
+    std::fs::write(&path, text)?;
+    let scenario = Scenario::load(&path)?.with_seed(seed);
+    let report = run_all(vec![scenario], &options()?, &Silent).await;
+    Ok(report.scenarios.into_iter().next().ok_or("no report")?)
+}
+
+/// 200 guessers queue a login each behind two verifiers that take 500 ms a verification,
+/// and give up on it: a guesser waits 10 s, and the attack ends first. Their queued
+/// verifications must go with them: otherwise the alive check's fresh login waits behind
+/// 50 s of them, and the server, though idle, does not answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_whose_clients_are_gone_do_not_hold_the_verifiers() -> TestResult {
+    println!("seed 1");
+    let r = run_text(
+        "name = \"abandoned-logins\"\nduration_s = 6\n\
+         [[legit]]\nclients = 4\nrate_per_s = 2\n\
+         [[attack]]\nkind = \"brute-force\"\nconnections = 200\nsources = \"127.0.40.0/24\"\n\
+         start_s = 1\nguesses = 100000\n\
+         [server.auth]\nlogin_workers = 2\n\
+         [sim]\nargon2_virtual_ms = 500\n\
+         [expect]\nlegit_goodput_min = 0.95\n",
+        1,
+    )
+    .await?;
+    assert!(r.metrics.server_alive, "{:?}", r.metrics.server_alive_error);
+    assert!(r.passed, "{:?}", r.failures);
+    Ok(())
+}
