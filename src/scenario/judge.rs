@@ -693,7 +693,7 @@ mod tests {
         sampled.first_blocked.insert(ip(3), secs(4.0));
         let (m, _) = measure(collected(&s, report, obs()?, sampled, true));
         assert_eq!((m.attack_sources, m.blocked_sources), (3, 2));
-        assert_eq!(m.attacks[0].time_to_block_p50_s, Some(2.0));
+        assert_eq!(m.attacks[0].time_to_block_max_s, Some(3.0));
         assert_eq!(m.time_to_block_s, Some(3.0));
         let failures = judge(&s, &m);
         assert!(
