@@ -702,8 +702,25 @@ fn check_scenario_limits(s: &rampart::scenario::Scenario) {
     );
     for a in s.attacks() {
         assert!(
-            !a.sources().contains(&CONTROL_SOURCE),
+            !a.sources().contains(&CONTROL_SOURCE.into()),
             "an attack binds the control address"
+        );
+        assert!(
+            !a.sources().is_empty() && a.sources().len() <= rampart::attack::spec::MAX_SOURCES,
+            "{} attack sources",
+            a.sources().len()
+        );
+        // IPv4 sources stay in loopback in both modes; IPv6 ones need a simulation.
+        assert!(
+            a.sources()
+                .iter()
+                .all(|ip| ip.is_ipv6() == a.needs_sim() && (ip.is_ipv6() || ip.is_loopback())),
+            "attack sources {} outside loopback run on real sockets",
+            a.source_net()
+        );
+        assert!(
+            !a.rotates() || a.needs_sim(),
+            "an IPv4 attack rotates its addresses"
         );
         assert!(
             a.start() <= a.stop() && a.stop() <= d,

@@ -3,7 +3,7 @@
 //! canary, also across reads; [`Drain`] does so on its own task while another writes.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,11 +159,11 @@ pub(crate) struct Inbox {
     /// The code of an ERROR with request id 0, the server's reason for closing.
     pub(crate) last_conn_error: Option<ErrorCode>,
     /// The source the connection came from, for leak notes.
-    source: Ipv4Addr,
+    source: IpAddr,
 }
 
 impl Inbox {
-    pub(crate) fn new(source: Ipv4Addr) -> Inbox {
+    pub(crate) fn new(source: IpAddr) -> Inbox {
         Inbox {
             buf: BytesMut::new(),
             tail: Vec::new(),

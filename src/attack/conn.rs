@@ -149,7 +149,7 @@ async fn exhaust_slot(env: Arc<Env>, slot: usize, held: Arc<Held>) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use crate::attack::testing::{bench, config, TestResult};
 
@@ -177,10 +177,13 @@ mod tests {
             .map(|m| m.clone())
             .unwrap_or_default();
         assert!(
-            first.contains_key(&Ipv4Addr::new(127, 0, 8, 1)),
+            first.contains_key(&IpAddr::V4(Ipv4Addr::new(127, 0, 8, 1))),
             "{first:?}"
         );
-        assert_eq!(report.sources_used, vec![Ipv4Addr::new(127, 0, 8, 1)]);
+        assert_eq!(
+            report.sources_used,
+            vec![IpAddr::V4(Ipv4Addr::new(127, 0, 8, 1))]
+        );
         b.stop().await;
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! attack has no expectation to meet; it measures what the detection model and the rules
 //! catch (docs/DETECTION.md, "Evasion"). A guess the server accepts is a canary leak.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,13 +187,18 @@ async fn slot_loop(
 /// number `n` on `target` on the same connection.
 async fn open(
     env: &Env,
-    source: Ipv4Addr,
+    source: IpAddr,
     (user, password): (&str, &str),
     target: &str,
     guess_n: Option<u64>,
     counts: &mut Counts,
 ) -> Option<Session> {
-    let mut rng = env.rng(u64::from(u32::from(source)) << 8);
+    let id = match source {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        // The high half of the address: the host's /64.
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+    };
+    let mut rng = env.rng(id << 8);
     let stream = env.open_from(source, &mut rng).await?;
     let (rd, wr) = stream.into_split();
     let mut s = Session {

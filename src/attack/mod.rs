@@ -58,7 +58,7 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,16 +92,20 @@ pub struct Observations {
     /// Times a canary byte string (or victim data) reached the attacker.
     pub canary_leaks: AtomicU64,
     /// The first time (since `t0`) each source saw a refusal at accept.
-    pub first_refused: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+    pub first_refused: Mutex<BTreeMap<IpAddr, Duration>>,
+    /// The first time (since `t0`) each source saw a refusal at accept that shows a block:
+    /// one ERROR BLOCKED, a close without a byte, or a reset. Not ERROR BUSY, which a
+    /// connection cap or the accept rate sends to anyone.
+    pub first_block_seen: Mutex<BTreeMap<IpAddr, Duration>>,
     /// The first time (since `t0`) each source was used. An attack with more sources than
     /// connections uses some only once others are blocked; the time to block such a source
     /// counts from here, not from the attack's start.
-    pub first_used: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+    pub first_used: Mutex<BTreeMap<IpAddr, Duration>>,
     /// For the kinds that behave like a user before they attack (tamper, low-and-slow): the
     /// time (since `t0`) each source sent its first attacking frame. The runner labels a
     /// recorded source's windows before that as benign (`rampart activity export`). The other
     /// kinds attack from their first frame and leave this empty.
-    pub first_attack: Mutex<BTreeMap<Ipv4Addr, Duration>>,
+    pub first_attack: Mutex<BTreeMap<IpAddr, Duration>>,
 }
 
 /// What every attacker gets from the runner.
@@ -144,7 +148,7 @@ pub struct AttackReport {
     /// The kind of attack.
     pub kind: AttackKind,
     /// The source addresses it connected from (or tried to), ascending.
-    pub sources_used: Vec<Ipv4Addr>,
+    pub sources_used: Vec<IpAddr>,
     /// TCP connections established.
     pub connects: u64,
     /// Refusals at accept.

@@ -9,7 +9,7 @@
 //! connecting, before they misbehave.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::sim::net::NetStream;
@@ -29,19 +29,30 @@ pub const PROBE_WAIT: Duration = Duration::from_millis(50);
 /// moves on rather than wait for the kernel's retries.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `target` from `source` (bound with port 0). Refuses any target that is not a
-/// loopback address, and gives up after [`CONNECT_TIMEOUT`].
-pub async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<NetStream> {
+/// Connects to `target` from `source` (bound with port 0). Outside a simulation, refuses
+/// any target or source that is not an IPv4 loopback address; gives up after
+/// [`CONNECT_TIMEOUT`].
+pub async fn connect_from(source: IpAddr, target: SocketAddr) -> io::Result<NetStream> {
     // A simulation's network is its own: nothing leaves the process.
-    if !crate::sim::active() && (!target.ip().is_loopback() || !target.is_ipv4()) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("attackers only connect to IPv4 loopback addresses, not {target}"),
-        ));
+    if !crate::sim::active() {
+        if !target.ip().is_loopback() || !target.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("attackers only connect to IPv4 loopback addresses, not {target}"),
+            ));
+        }
+        if !source.is_loopback() || !source.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "attackers only bind IPv4 loopback sources outside a simulation, not {source}"
+                ),
+            ));
+        }
     }
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        crate::sim::net::connect(Some(source.into()), target),
+        crate::sim::net::connect(Some(source), target),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
@@ -162,7 +173,7 @@ mod tests {
     #[tokio::test]
     async fn connect_from_refuses_non_loopback() {
         let target: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 9));
-        let err = connect_from(Ipv4Addr::new(127, 0, 1, 1), target)
+        let err = connect_from(IpAddr::from([127, 0, 1, 1]), target)
             .await
             .err();
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
@@ -191,7 +202,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         });
-        let src = Ipv4Addr::new(127, 0, 3, 1);
+        let src = IpAddr::from([127, 0, 3, 1]);
         let mut a = connect_from(src, addr).await?;
         assert_eq!(
             probe_admission(&mut a, Duration::from_millis(500)).await,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -68,12 +68,14 @@ pub(crate) struct Env {
     /// The canary's needles, for scanning every byte received.
     pub(crate) needles: Needles,
     pub(crate) obs: Arc<Observations>,
-    pub(crate) sources: Vec<Ipv4Addr>,
+    pub(crate) sources: Vec<IpAddr>,
+    /// Each connection from an IPv6 host binds a new address of the host's /64 (`rotate`).
+    rotate: bool,
     /// Connection slots (the `connections` key).
     pub(crate) slots: usize,
     next_source: AtomicUsize,
     /// Every source tried, with the time of its last connection attempt.
-    used: Mutex<BTreeMap<Ipv4Addr, Instant>>,
+    used: Mutex<BTreeMap<IpAddr, Instant>>,
     counts: Mutex<Counts>,
     notes: Mutex<Vec<String>>,
     /// Paces logins with the attack account.
@@ -96,6 +98,7 @@ impl Env {
             needles: Needles::new(&ctx.canary),
             obs: Arc::clone(&ctx.observations),
             sources: attack.sources().to_vec(),
+            rotate: attack.rotates(),
             slots: attack.connections() as usize,
             next_source: AtomicUsize::new(0),
             used: Mutex::new(BTreeMap::new()),
@@ -112,17 +115,29 @@ impl Env {
     }
 
     /// The next source, round-robin over the whole attack.
-    pub(crate) fn next_source(&self) -> Ipv4Addr {
+    pub(crate) fn next_source(&self) -> IpAddr {
         let i = self.next_source.fetch_add(1, Ordering::Relaxed);
         self.source(i)
     }
 
     /// Source number `i` (wrapping).
-    pub(crate) fn source(&self, i: usize) -> Ipv4Addr {
+    pub(crate) fn source(&self, i: usize) -> IpAddr {
         self.sources
             .get(i % self.sources.len().max(1))
             .copied()
-            .unwrap_or(Ipv4Addr::LOCALHOST)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The address a connection from `source` binds: the source itself, or with `rotate`
+    /// a new address (drawn from `rng`) of the IPv6 host's /64.
+    pub(crate) fn bind_address(&self, source: IpAddr, rng: &mut StdRng) -> IpAddr {
+        match source {
+            // Interface ids 0 and 1 are the subnet's anycast address and the host's own.
+            IpAddr::V6(host) if self.rotate => {
+                IpAddr::V6(super::spec::host_address(host, rng.gen::<u64>().max(2)))
+            }
+            other => other,
+        }
     }
 
     /// A generator for one task, derived from the run's seed.
@@ -181,12 +196,12 @@ impl Env {
 
     /// Notes that `source` is used now, as [`Env::open_tcp`] does, for attackers that
     /// connect by other means (the generic forms).
-    pub(crate) fn touch(&self, source: Ipv4Addr) {
+    pub(crate) fn touch(&self, source: IpAddr) {
         self.use_source(source);
     }
 
     /// Notes that `source` is used now: its last use (for the watcher) and its first.
-    fn use_source(&self, source: Ipv4Addr) {
+    fn use_source(&self, source: IpAddr) {
         let now = Instant::now();
         lock(&self.used).insert(source, now);
         let since = now.saturating_duration_since(self.t0);
@@ -194,16 +209,21 @@ impl Env {
     }
 
     /// Records a refusal at accept of `source`.
-    pub(crate) fn refused(&self, source: Ipv4Addr, sign: RefusalSign) {
+    pub(crate) fn refused(&self, source: IpAddr, sign: RefusalSign) {
         self.obs.refused.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now().saturating_duration_since(self.t0);
         lock(&self.obs.first_refused).entry(source).or_insert(since);
+        if sign != RefusalSign::Busy {
+            lock(&self.obs.first_block_seen)
+                .entry(source)
+                .or_insert(since);
+        }
         self.merge(&Counts::from([(sign.label(), 1)]));
     }
 
     /// Records that `source` is about to send its first attacking frame (a no-op after the
     /// first call per source), for the kinds that look like a user until then.
-    pub(crate) fn attacking(&self, source: Ipv4Addr) {
+    pub(crate) fn attacking(&self, source: IpAddr) {
         let since = Instant::now().saturating_duration_since(self.t0);
         lock(&self.obs.first_attack).entry(source).or_insert(since);
     }
@@ -244,14 +264,14 @@ impl Env {
     /// The refusal at accept is read on the plain socket in both cases (the server refuses
     /// before any cryptography), so only an admitted connection is wrapped. The server's
     /// certificate is not checked: see [`crate::tls::attacker_client_config`].
-    pub(crate) async fn open_from(&self, source: Ipv4Addr, rng: &mut StdRng) -> Option<Conn> {
+    pub(crate) async fn open_from(&self, source: IpAddr, rng: &mut StdRng) -> Option<Conn> {
         self.open_with(source, rng, PROBE_WAIT).await
     }
 
     /// [`Env::open_from`] with a chosen refusal wait.
     pub(crate) async fn open_with(
         &self,
-        source: Ipv4Addr,
+        source: IpAddr,
         rng: &mut StdRng,
         wait: Duration,
     ) -> Option<Conn> {
@@ -292,7 +312,7 @@ impl Env {
     /// Opens a TCP connection from `source` and checks it was admitted (no TLS yet).
     pub(crate) async fn open_tcp(
         &self,
-        source: Ipv4Addr,
+        source: IpAddr,
         rng: &mut StdRng,
         wait: Duration,
     ) -> Option<NetStream> {
@@ -301,7 +321,7 @@ impl Env {
         }
         self.use_source(source);
         let connected = tokio::select! {
-            r = connect_from(source, self.target) => r,
+            r = connect_from(self.bind_address(source, rng), self.target) => r,
             _ = self.halt.cancelled() => return None,
         };
         match connected {
@@ -350,7 +370,7 @@ impl Env {
 
     /// Opens an admitted connection from the next sources in turn, retrying until one is
     /// admitted or the attack halts.
-    pub(crate) async fn open_next(&self, rng: &mut StdRng) -> Option<(Conn, Ipv4Addr)> {
+    pub(crate) async fn open_next(&self, rng: &mut StdRng) -> Option<(Conn, IpAddr)> {
         while self.live() {
             let source = self.next_source();
             if let Some(stream) = self.open_from(source, rng).await {
@@ -445,8 +465,8 @@ pub(crate) async fn watch_sources(env: Arc<Env>) {
     let mut checks: JoinSet<()> = JoinSet::new();
     while env.sleep(WATCH_TICK).await {
         while checks.try_join_next().is_some() {}
-        let refused: Vec<Ipv4Addr> = lock(&env.obs.first_refused).keys().copied().collect();
-        let due: Vec<Ipv4Addr> = lock(&env.used)
+        let refused: Vec<IpAddr> = lock(&env.obs.first_refused).keys().copied().collect();
+        let due: Vec<IpAddr> = lock(&env.used)
             .iter()
             .filter(|(ip, at)| at.elapsed() >= WATCH_EVERY && refused.binary_search(ip).is_err())
             .map(|(ip, _)| *ip)
@@ -570,11 +590,11 @@ mod tests {
     ) -> crate::attack::testing::TestResult {
         use crate::attack::testing::{bench, config};
         let b = bench(config()).await?;
-        let first = Ipv4Addr::new(127, 0, 16, 1);
+        let first = IpAddr::from([127, 0, 16, 1]);
         let guard = b.handle.guard();
         let blocker = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(600)).await;
-            guard.block(first.into(), Duration::from_secs(60), "test");
+            guard.block(first, Duration::from_secs(60), "test");
         });
         // One slot holds one connection at a time; once cut it moves on to the next source
         // and stays there, so only the checks go back to the first.

@@ -6,7 +6,6 @@
 //! server, no longer reading, leaves them unread, so when it cuts the connection its kernel
 //! answers with a reset that the next write sees.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ async fn setup(env: &Env, file_bytes: u64) -> Option<Big> {
             return None;
         }
         let opts = ClientOptions::default()
-            .source(IpAddr::V4(source))
+            .source(env.bind_address(source, &mut rng))
             .request_timeout(Duration::from_secs(30));
         let attempt = async {
             let mut client = Client::login(env.target, &user, pw.as_bytes(), opts).await?;

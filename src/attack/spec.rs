@@ -3,17 +3,19 @@
 //!
 //! Every kind shares four keys: `connections` (most connections open at once, default 1),
 //! `sources` (an IPv4 network inside 127.0.0.0/8 whose hosts the attacker binds, default
-//! `127.0.1.0/24`), `start_s` (default 0) and `stop_s` (default: the end of the scenario).
+//! `127.0.1.0/24`, or in a simulation an IPv6 network, each of whose /64s is one host),
+//! `start_s` (default 0) and `stop_s` (default: the end of the scenario), plus `rotate`
+//! (IPv6 only: each connection from a host uses a new address in its /64).
 //! Kind-specific keys all have defaults; [`AttackSpec::check`] fills them in and rejects bad
 //! values with an error naming the key. A key the kind does not know is rejected by serde,
 //! naming it, because the enum denies unknown fields.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::limits::MAX_USER_NAME;
@@ -25,8 +27,13 @@ pub const MAX_CONNECTIONS: u32 = 20_000;
 /// representable).
 const MAX_DURATION_S: f64 = 365.0 * 86_400.0;
 
-/// Most source addresses one attack expands its `sources` network to.
+/// Most source hosts one attack expands its `sources` network to: addresses of an IPv4
+/// network, /64s of an IPv6 one.
 pub const MAX_SOURCES: usize = 4096;
+
+/// The prefix of one IPv6 host's network: an ISP hands a customer a /64 (or more), and
+/// every address in it is the customer's to use.
+pub const IPV6_HOST_PREFIX: u8 = 64;
 
 /// The `sources` network when a table names none.
 pub const DEFAULT_SOURCES: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 1, 0), 24);
@@ -213,10 +220,16 @@ macro_rules! attack_specs {
                     /// Most connections open at once (default 1, at most 20 000).
                     #[serde(default, skip_serializing_if = "Option::is_none")]
                     connections: Option<u32>,
-                    /// Source network inside 127.0.0.0/8 whose hosts are bound (default
-                    /// 127.0.1.0/24; at most 4096 hosts are used).
+                    /// Source network whose hosts are bound (default 127.0.1.0/24; at
+                    /// most 4096 hosts are used): inside 127.0.0.0/8, or in a simulation
+                    /// an IPv6 network, one host per /64 (per address below a /64).
                     #[serde(default, skip_serializing_if = "Option::is_none")]
-                    sources: Option<Ipv4Net>,
+                    sources: Option<IpNet>,
+                    /// IPv6 `sources` of /64 or wider only: every connection from a host
+                    /// uses a new address inside the host's /64 (default false: the
+                    /// host's first address, `::1` of its /64).
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    rotate: Option<bool>,
                     /// Seconds after the scenario start when the attack begins (default 0).
                     #[serde(default, skip_serializing_if = "Option::is_none")]
                     start_s: Option<f64>,
@@ -244,10 +257,13 @@ macro_rules! attack_specs {
             fn common(&self) -> CommonSpec {
                 match self {
                     $(
-                        AttackSpec::$variant { connections, sources, start_s, stop_s, .. } => {
+                        AttackSpec::$variant {
+                            connections, sources, rotate, start_s, stop_s, ..
+                        } => {
                             CommonSpec {
                                 connections: *connections,
                                 sources: *sources,
+                                rotate: *rotate,
                                 start_s: *start_s,
                                 stop_s: *stop_s,
                             }
@@ -386,7 +402,8 @@ attack_specs! {
 
 struct CommonSpec {
     connections: Option<u32>,
-    sources: Option<Ipv4Net>,
+    sources: Option<IpNet>,
+    rotate: Option<bool>,
     start_s: Option<f64>,
     stop_s: Option<f64>,
 }
@@ -590,8 +607,9 @@ pub struct Attack {
     kind: AttackKind,
     pub(crate) params: Params,
     connections: u32,
-    net: Ipv4Net,
-    sources: Vec<Ipv4Addr>,
+    net: IpNet,
+    sources: Vec<IpAddr>,
+    rotate: bool,
     start: Duration,
     stop: Duration,
 }
@@ -602,15 +620,27 @@ impl Attack {
         self.kind
     }
 
-    /// The source addresses the attacker binds, in order (the hosts of its `sources` network,
-    /// at most [`MAX_SOURCES`]).
-    pub fn sources(&self) -> &[Ipv4Addr] {
+    /// The attacker's source hosts, in order (the hosts of its `sources` network, at most
+    /// [`MAX_SOURCES`]): for IPv4 each address; for an IPv6 network of /64 or wider, the
+    /// first address (`::1`) of each /64, which stands for the host's whole /64.
+    pub fn sources(&self) -> &[IpAddr] {
         &self.sources
     }
 
     /// The `sources` network.
-    pub fn source_net(&self) -> Ipv4Net {
+    pub fn source_net(&self) -> IpNet {
         self.net
+    }
+
+    /// Whether each connection from an IPv6 host uses a new address of its /64 (`rotate`).
+    pub fn rotates(&self) -> bool {
+        self.rotate
+    }
+
+    /// Whether the attack runs only in a simulation: its sources are IPv6, which real
+    /// sockets cannot bind (they bind loopback IPv4 addresses only).
+    pub fn needs_sim(&self) -> bool {
+        self.net.addr().is_ipv6()
     }
 
     /// When the attack begins, after the scenario start.
@@ -632,6 +662,44 @@ impl Attack {
     pub fn spec(&self) -> &AttackSpec {
         &self.spec
     }
+}
+
+/// The source hosts of a `sources` network, at most [`MAX_SOURCES`]: the addresses of an
+/// IPv4 network inside 127.0.0.0/8 (without the network and broadcast addresses of
+/// 127.0.0.0/8 itself); for an IPv6 network of /64 or wider, address `::1` of each of its
+/// /64s, each standing for one host's /64; for a narrower IPv6 network, its addresses.
+fn source_hosts(net: IpNet) -> Result<Vec<IpAddr>, String> {
+    let hosts: Vec<IpAddr> = match net {
+        IpNet::V4(net) => {
+            if !LOOPBACK_NET.contains(&net) {
+                return Err(format!(
+                    "an IPv4 network must lie inside 127.0.0.0/8 (loopback), got {net}"
+                ));
+            }
+            net.hosts()
+                .filter(|ip| *ip != LOOPBACK_NET.network() && *ip != LOOPBACK_NET.broadcast())
+                .take(MAX_SOURCES)
+                .map(IpAddr::V4)
+                .collect()
+        }
+        IpNet::V6(net) if net.prefix_len() <= IPV6_HOST_PREFIX => net
+            .subnets(IPV6_HOST_PREFIX)
+            .map_err(|e| e.to_string())?
+            .take(MAX_SOURCES)
+            .map(|host| IpAddr::V6(host_address(host.network(), 1)))
+            .collect(),
+        IpNet::V6(net) => net.hosts().take(MAX_SOURCES).map(IpAddr::V6).collect(),
+    };
+    if hosts.is_empty() {
+        return Err(format!("{net} has no usable host address"));
+    }
+    Ok(hosts)
+}
+
+/// Address `interface` (the low 64 bits) of the /64 that holds `host`.
+pub(crate) fn host_address(host: Ipv6Addr, interface: u64) -> Ipv6Addr {
+    let prefix = u128::from(host) & !u128::from(u64::MAX);
+    Ipv6Addr::from(prefix | u128::from(interface))
 }
 
 /// Builds [`AttackError`]s for one kind.
@@ -704,20 +772,17 @@ impl AttackSpec {
             1,
             u64::from(MAX_CONNECTIONS),
         )?;
-        let net = common.sources.unwrap_or(DEFAULT_SOURCES);
-        if !LOOPBACK_NET.contains(&net) {
+        let net = common.sources.unwrap_or(IpNet::V4(DEFAULT_SOURCES));
+        let rotate = common.rotate.unwrap_or(false);
+        let sources = source_hosts(net).map_err(|m| c.err("sources", m))?;
+        if rotate && !matches!(net, IpNet::V6(n) if n.prefix_len() <= IPV6_HOST_PREFIX) {
             return Err(c.err(
-                "sources",
-                format!("must lie inside 127.0.0.0/8 (loopback), got {net}"),
+                "rotate",
+                format!(
+                    "needs IPv6 sources of /{IPV6_HOST_PREFIX} or wider (each host rotates \
+                     inside its own /{IPV6_HOST_PREFIX}), got {net}"
+                ),
             ));
-        }
-        let sources: Vec<Ipv4Addr> = net
-            .hosts()
-            .filter(|ip| *ip != LOOPBACK_NET.network() && *ip != LOOPBACK_NET.broadcast())
-            .take(MAX_SOURCES)
-            .collect();
-        if sources.is_empty() {
-            return Err(c.err("sources", format!("{net} has no usable host address")));
         }
         let start_s = common.start_s.unwrap_or(0.0);
         if !start_s.is_finite() || start_s < 0.0 || start_s >= scenario_duration_s {
@@ -745,6 +810,7 @@ impl AttackSpec {
             connections,
             net,
             sources,
+            rotate,
             start: Duration::from_secs_f64(start_s),
             stop: Duration::from_secs_f64(stop_s),
         })
@@ -1064,6 +1130,42 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_sources_are_one_host_per_64_and_rotate_inside_it(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let v6 = |s: &str| -> Result<IpAddr, std::net::AddrParseError> { s.parse() };
+        let wide = parse("kind = \"brute-force\"\nsources = \"2001:db8::/48\"\nrotate = true\n")?
+            .check(10.0)?;
+        assert!(wide.needs_sim() && wide.rotates());
+        // 65,536 /64s in a /48: the first MAX_SOURCES of them, each as its address ::1.
+        assert_eq!(wide.sources().len(), MAX_SOURCES);
+        assert_eq!(wide.sources()[0], v6("2001:db8::1")?);
+        assert_eq!(wide.sources()[1], v6("2001:db8:0:1::1")?);
+        assert_eq!(wide.sources()[4095], v6("2001:db8:0:fff::1")?);
+        // A /62 is four hosts; without rotate each keeps its one address.
+        let four = parse("kind = \"slowloris\"\nsources = \"2001:db8:7::/62\"\n")?.check(10.0)?;
+        assert!(four.needs_sim() && !four.rotates());
+        assert_eq!(four.sources().len(), 4);
+        assert_eq!(four.sources()[3], v6("2001:db8:7:3::1")?);
+        // Narrower than a /64: each address is a host, as in IPv4.
+        let narrow = parse("kind = \"flood\"\nsources = \"2001:db8::/126\"\n")?.check(10.0)?;
+        assert_eq!(narrow.sources().len(), 4);
+        assert_eq!(narrow.sources()[0], v6("2001:db8::")?);
+        // IPv4 runs in both modes and never rotates.
+        let v4 = parse("kind = \"flood\"\n")?.check(10.0)?;
+        assert!(!v4.needs_sim() && !v4.rotates());
+        // Rotation happens inside the host's /64, whatever address stands for it.
+        let host = match v6("2001:db8:0:5::1")? {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(_) => return Err("not IPv6".into()),
+        };
+        assert_eq!(
+            IpAddr::V6(host_address(host, 0xabc)),
+            v6("2001:db8:0:5::abc")?
+        );
+        Ok(())
+    }
+
+    #[test]
     fn typo_is_rejected_naming_the_key() {
         let err = parse("kind = \"raw-flood\"\nbytes_per_sec = 5\n").err();
         let text = err.map(|e| e.to_string()).unwrap_or_default();
@@ -1179,6 +1281,11 @@ mod tests {
     fn bad_values_name_their_key() {
         check_err("kind = \"flood\"\nsources = \"10.0.0.0/24\"\n", "sources");
         check_err("kind = \"flood\"\nsources = \"126.0.0.0/7\"\n", "sources");
+        check_err("kind = \"flood\"\nrotate = true\n", "rotate");
+        check_err(
+            "kind = \"flood\"\nsources = \"2001:db8::/80\"\nrotate = true\n",
+            "rotate",
+        );
         check_err("kind = \"flood\"\nconnections = 0\n", "connections");
         check_err("kind = \"flood\"\nconnections = 20001\n", "connections");
         check_err("kind = \"flood\"\nstart_s = 5\nstop_s = 4\n", "stop_s");

@@ -109,7 +109,7 @@ struct Conn {
     inbox: Inbox,
     ids: Ids,
     opened: Instant,
-    source: std::net::Ipv4Addr,
+    source: std::net::IpAddr,
 }
 
 impl Conn {

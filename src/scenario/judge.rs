@@ -4,7 +4,7 @@
 //! tested on made-up data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::server::{DetectionStats, MetricsSnapshot};
 #[derive(Default)]
 pub(super) struct Sampled {
     /// First time (since t0) the guard reported each attack source blocked.
-    pub(super) first_blocked: BTreeMap<Ipv4Addr, Duration>,
+    pub(super) first_blocked: BTreeMap<IpAddr, Duration>,
     /// Legit sources the guard ever reported blocked.
     pub(super) false_blocked: BTreeSet<Ipv4Addr>,
     /// Resident memory samples: (seconds since t0, MiB).
@@ -34,12 +34,13 @@ pub(super) struct Sampled {
     pub(super) stalls: Vec<StallPoint>,
 }
 
-/// The first refusal at accept of each source, over all attacks.
-pub(super) fn refused_sources(observations: &[Arc<Observations>]) -> BTreeMap<Ipv4Addr, Duration> {
+/// The first refusal at accept that showed a block (not a BUSY: see
+/// [`Observations::first_block_seen`]) of each source, over all attacks.
+pub(super) fn refused_sources(observations: &[Arc<Observations>]) -> BTreeMap<IpAddr, Duration> {
     let mut all = BTreeMap::new();
     for o in observations {
         let map = o
-            .first_refused
+            .first_block_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (ip, t) in map.iter() {
@@ -123,7 +124,10 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
     m.legit_lost = j.verification.lost;
     m.lost_items = j.verification.lost_items;
 
-    // Blocks: the guard's first block (in-process) or the attacker's first refusal.
+    // Blocks: in-process, the sources the guard reported blocked, from the earlier of that
+    // report and the attacker's first refusal showing a block; against an external server,
+    // the attacker's refusals showing a block. A BUSY refusal (a connection cap, the
+    // accept rate) is no block.
     let mut used_all = BTreeSet::new();
     let mut blocked_all = BTreeSet::new();
     let mut slowest: Option<f64> = None;
@@ -133,7 +137,7 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
             .map(|o| refused_sources(std::slice::from_ref(o)))
             .unwrap_or_default();
         let report = j.attack_reports.get(i).cloned().flatten();
-        let used: BTreeSet<Ipv4Addr> = report
+        let used: BTreeSet<IpAddr> = report
             .as_ref()
             .map(|r| r.sources_used.iter().copied().collect())
             .unwrap_or_default();
@@ -149,10 +153,12 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
             .unwrap_or_default();
         let mut times = Vec::new();
         for ip in &used {
-            let first = [j.sampled.first_blocked.get(ip), refused.get(ip)]
-                .into_iter()
-                .flatten()
-                .min();
+            let guard = j.sampled.first_blocked.get(ip);
+            let first = if j.in_process && guard.is_none() {
+                None
+            } else {
+                [guard, refused.get(ip)].into_iter().flatten().min()
+            };
             if let Some(t) = first {
                 let from = first_used
                     .get(ip)
@@ -576,7 +582,7 @@ mod tests {
         // The attack starts at 1 s. .1 is used at once and refused at 2 s; .2 waits for a
         // slot until 4 s and is refused at 5 s: each took 1 s, not 1 s and 4 s.
         let s = scenario("blocked_within_s = 2\n")?;
-        let (a, b) = (Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2));
+        let (a, b) = (IpAddr::from([127, 0, 1, 1]), IpAddr::from([127, 0, 1, 2]));
         let obs = Observations::default();
         let secs = Duration::from_secs;
         for (ip, used, refused) in [(a, 1, 2), (b, 4, 5)] {
@@ -585,6 +591,10 @@ mod tests {
                 .map_err(|_| "poisoned")?
                 .insert(ip, secs(used));
             obs.first_refused
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(ip, secs(refused));
+            obs.first_block_seen
                 .lock()
                 .map_err(|_| "poisoned")?
                 .insert(ip, secs(refused));
@@ -599,30 +609,99 @@ mod tests {
             canary_leaks: 0,
             notes: Vec::new(),
         };
-        let collected = Collected {
-            scenario: &s,
+        let (m, _) = measure(collected(&s, report, obs, Sampled::default(), false));
+        assert_eq!(m.time_to_block_s, Some(1.0));
+        assert_eq!(m.attacks[0].time_to_block_max_s, Some(1.0));
+        assert_eq!(m.blocked_sources, 2);
+        assert!(judge(&s, &m).iter().all(|f| !f.contains("time_to_block")));
+        Ok(())
+    }
+
+    /// A run's collection with one attack and nothing else.
+    fn collected(
+        s: &Scenario,
+        report: AttackReport,
+        obs: Observations,
+        sampled: Sampled,
+        in_process: bool,
+    ) -> Collected<'_> {
+        Collected {
+            scenario: s,
             records: Vec::new(),
             acknowledged: 0,
             logins: (0, 0),
             attack_reports: vec![Some(report)],
             observations: vec![Arc::new(obs)],
-            sampled: Sampled::default(),
+            sampled,
             verification: legit::Verification::default(),
             alive: Ok(()),
             snapshot: None,
-            in_process: false,
+            in_process,
             pid: None,
             refused_legit: BTreeSet::new(),
             shared_sources: BTreeSet::new(),
             locked_out: Vec::new(),
             mistakes: BTreeMap::new(),
             model: None,
+        }
+    }
+
+    #[test]
+    fn a_busy_refusal_is_no_block() -> Result<(), Box<dyn std::error::Error>> {
+        // .1 meets only BUSY at accept (a connection cap): refused, never blocked. .2 is
+        // refused BLOCKED at 3 s; in-process the guard reported it at 3.1 s, and .3 the
+        // guard reported blocked without the attacker seeing it.
+        let s = scenario("blocked_within_s = 5\n")?;
+        let ip = |n: u8| IpAddr::from([127, 0, 1, n]);
+        let secs = Duration::from_secs_f64;
+        let obs = || -> Result<Observations, Box<dyn std::error::Error>> {
+            let obs = Observations::default();
+            let mut refused = obs.first_refused.lock().map_err(|_| "poisoned")?;
+            refused.insert(ip(1), secs(1.0));
+            refused.insert(ip(2), secs(3.0));
+            drop(refused);
+            obs.first_block_seen
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(ip(2), secs(3.0));
+            Ok(obs)
         };
-        let (m, _) = measure(collected);
-        assert_eq!(m.time_to_block_s, Some(1.0));
-        assert_eq!(m.attacks[0].time_to_block_max_s, Some(1.0));
-        assert_eq!(m.blocked_sources, 2);
-        assert!(judge(&s, &m).iter().all(|f| !f.contains("time_to_block")));
+        let report = AttackReport {
+            kind: crate::attack::AttackKind::Flood,
+            sources_used: vec![ip(1), ip(2), ip(3)],
+            connects: 3,
+            refused: 2,
+            frames_sent: 0,
+            bytes_sent: 0,
+            canary_leaks: 0,
+            notes: Vec::new(),
+        };
+        // An external server: only what the attacker saw, and BUSY is not a block.
+        let (m, _) = measure(collected(
+            &s,
+            report.clone(),
+            obs()?,
+            Sampled::default(),
+            false,
+        ));
+        assert_eq!((m.attack_sources, m.blocked_sources), (3, 1));
+        // The attack starts at 1 s.
+        assert_eq!(m.time_to_block_s, Some(2.0));
+        // In-process: the guard's word, timed by whichever saw the block first.
+        let mut sampled = Sampled::default();
+        sampled.first_blocked.insert(ip(2), secs(3.1));
+        sampled.first_blocked.insert(ip(3), secs(4.0));
+        let (m, _) = measure(collected(&s, report, obs()?, sampled, true));
+        assert_eq!((m.attack_sources, m.blocked_sources), (3, 2));
+        assert_eq!(m.attacks[0].time_to_block_max_s, Some(3.0));
+        assert_eq!(m.time_to_block_s, Some(3.0));
+        let failures = judge(&s, &m);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("1 of 3 sources never blocked")),
+            "{failures:?}"
+        );
         Ok(())
     }
 

@@ -52,8 +52,8 @@ pub use judge::judge;
 pub use metrics::{ScenarioMetrics, Timeline};
 pub use report::{ScenarioReport, SimReport, SuiteReport, HOST_FIELDS};
 pub use runner::{
-    check_targets, collect_files, load_all, run_all, run_files, run_scenario, LiveStats, Progress,
-    RunError, RunModel, RunOptions, Silent,
+    check_sources, check_targets, collect_files, load_all, run_all, run_files, run_scenario,
+    LiveStats, Progress, RunError, RunModel, RunOptions, Silent,
 };
 pub use spec::{
     Expect, ExpectSpec, Legit, LegitSpec, NetworkSpec, Scenario, ScenarioError, ScenarioSpec,

@@ -948,7 +948,7 @@ impl ScenarioSpec {
                     ),
                 ));
             }
-            if attack.sources().contains(&CONTROL_SOURCE) {
+            if attack.sources().contains(&CONTROL_SOURCE.into()) {
                 return Err(invalid(
                     format!("attack[{i}].sources"),
                     format!("must not contain the runner's control address {CONTROL_SOURCE}"),

@@ -25,7 +25,8 @@ use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::guard::ConnTicket;
 use crate::protocol::{
-    self, bytes_wanted, DecodeError, ErrorCode, Kind, RawHeader, Reply, HEADER_LEN, MAGIC, VERSION,
+    self, bytes_wanted, DecodeError, ErrorCode, Kind, RawHeader, Reply, Request, HEADER_LEN, MAGIC,
+    VERSION,
 };
 use crate::server::metrics::Metrics;
 use crate::server::session::{Admitted, CloseReason, Next, Session};
@@ -267,7 +268,12 @@ impl Conn<'_> {
     /// and the batch is delivered before any other request is handled, before a refusal is
     /// answered, and before this returns, so replies keep request order and none waits for
     /// more input. A pipelining client's messages thus share one durable commit.
-    async fn process(&mut self, session: &mut Session) {
+    async fn process<R: AsyncRead + Unpin>(
+        &mut self,
+        session: &mut Session,
+        rd: &mut R,
+        cut: &CancellationToken,
+    ) {
         self.skip_input();
         let mut batch = Vec::new();
         while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
@@ -305,7 +311,17 @@ impl Conn<'_> {
                         }
                         Ok(Admitted::Other(req)) => {
                             self.deliver(session, &mut batch).await;
-                            let (reply, next) = session.run(req).await;
+                            let (reply, next) = if matches!(req, Request::Auth { .. }) {
+                                // A login waits for argon2, behind others' logins: watch
+                                // the connection meanwhile, and give up the verification
+                                // once nobody is left to answer.
+                                match self.watched(session.run(req), rd, cut).await {
+                                    Some(done) => done,
+                                    None => break,
+                                }
+                            } else {
+                                session.run(req).await
+                            };
                             self.answer(id, &reply, next);
                         }
                         Err((reply, next)) => {
@@ -358,6 +374,68 @@ impl Conn<'_> {
             // memory is shared with the frames split off it and cannot shrink).
             if self.inbuf.capacity() > IDLE_READ {
                 self.inbuf = BytesMut::new();
+            }
+        }
+    }
+
+    /// Waits for `work` (a login, which can wait long for a verifier) while watching the
+    /// connection: if its source is blocked (`cut`), the server shuts down, or the client
+    /// ends its side of the connection, `work` is dropped unfinished and the session
+    /// closes, so a queued verification nobody waits for is skipped
+    /// (`server::auth::Verifier`) instead of holding a verifier. Bytes that arrive
+    /// meanwhile (pipelined requests) are kept for after it, up to [`MAX_READ`] of
+    /// them; past that the connection is no longer read until `work` is done.
+    async fn watched<T, R: AsyncRead + Unpin>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        rd: &mut R,
+        cut: &CancellationToken,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        let shutdown = &self.shared.shutdown;
+        loop {
+            let can_read = self.inbuf.len() < MAX_READ;
+            if can_read {
+                self.reserve_for_read();
+            }
+            tokio::select! {
+                biased;
+                _ = cut.cancelled() => {
+                    self.discard_output();
+                    self.closing = Some((CloseReason::Blocked, Instant::now()));
+                    return None;
+                }
+                _ = shutdown.cancelled() => {
+                    self.close(
+                        CloseReason::Shutdown,
+                        Some(Reply::error(ErrorCode::ShuttingDown, "server is shutting down")),
+                    );
+                    return None;
+                }
+                done = &mut work => return Some(done),
+                res = rd.read_buf(&mut self.inbuf), if can_read => {
+                    // End of stream (a TLS peer without close_notify too), or a failed
+                    // read: the client can send nothing more, so the session it logs in
+                    // to could never be used.
+                    let ended = match res {
+                        Ok(0) => CloseReason::Eof,
+                        Ok(n) => {
+                            self.shared
+                                .metrics
+                                .bytes_in
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.frame_started.get_or_insert_with(Instant::now);
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            CloseReason::Eof
+                        }
+                        Err(_) => CloseReason::Io,
+                    };
+                    tracing::debug!(peer = %self.peer, "login abandoned by its client");
+                    self.close(ended, None);
+                    return None;
+                }
             }
         }
     }
@@ -519,7 +597,7 @@ where
 {
     let shared = c.shared;
     loop {
-        c.process(session).await;
+        c.process(session, rd, cut).await;
         if let Some((reason, _)) = c.closing {
             if c.out.is_empty() {
                 let _ = wr.shutdown().await;

@@ -35,7 +35,7 @@ mod floods;
 mod slow;
 mod wire;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,12 +98,12 @@ pub async fn run(attack: &Attack, ctx: AttackContext, wire: Arc<Wire>) -> Attack
 
 /// Opens a connection from the next source in turn, retrying until one connects or the
 /// attack halts. No admission check: any server may speak first.
-async fn open(env: &Env, rng: &mut StdRng) -> Option<(NetStream, Ipv4Addr)> {
+async fn open(env: &Env, rng: &mut StdRng) -> Option<(NetStream, IpAddr)> {
     while env.live() {
         let source = env.next_source();
         env.touch(source);
         let connected = tokio::select! {
-            r = connect_from(source, env.target) => r,
+            r = connect_from(env.bind_address(source, rng), env.target) => r,
             _ = env.halt.cancelled() => return None,
         };
         match connected {
