@@ -825,6 +825,12 @@ mod tests {
         let first = rt.block_on(first)?;
         assert!(matches!(first.as_slice(), [Some(Ok(_))]), "{first:?}");
         assert_eq!(store.inbox(bob, 0, 10)?.len(), 2);
+        // The leader answers its deliveries before it steps down, on its own thread: give it
+        // the moment between the two.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.leading.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert!(!store.leading.load(Ordering::SeqCst));
         Ok(())
     }
