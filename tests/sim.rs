@@ -204,12 +204,14 @@ async fn a_crash_mid_upload_loses_nothing_acknowledged_and_replays_exactly() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_faults_are_answered_and_a_clock_jump_blocks_nobody() -> TestResult {
+async fn disk_faults_are_answered_and_a_clock_jump_or_a_recorder_stall_blocks_nobody() -> TestResult
+{
     println!("seed 1");
     let reports = run(
         &[
             "scenarios/sim/disk-faults.toml",
             "scenarios/sim/clock-jump.toml",
+            "scenarios/sim/recorder-stall.toml",
         ],
         1,
     )
@@ -220,6 +222,11 @@ async fn disk_faults_are_answered_and_a_clock_jump_blocks_nobody() -> TestResult
         assert_eq!(r.metrics.false_blocks, 0);
         assert!(r.metrics.server_alive);
     }
+    let stall = reports.get(2).ok_or("no report")?;
+    assert!(
+        stall.faults[0].writes_affected > 0,
+        "the stall shed nothing"
+    );
     let disk = reports.first().ok_or("no report")?;
     // Every write in a fault's way was answered with an error, and only those.
     let refused: u64 = disk.faults[..2].iter().map(|f| f.writes_affected).sum();

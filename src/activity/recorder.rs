@@ -1,7 +1,7 @@
 //! The recorder: a bounded channel in front of one writer thread that commits batches.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,6 +22,9 @@ pub trait WindowSink: Send {
     /// Called at least every flush interval, with the current time, so windows can close
     /// even when no events arrive.
     fn tick(&mut self, now_ms: i64);
+    /// Called before the next batch when events stamped from `from_ms` to `to_ms` were
+    /// shed: the windows around them are incomplete.
+    fn lost(&mut self, _from_ms: i64, _to_ms: i64) {}
 }
 
 /// Counters of what the recorder did.
@@ -42,7 +45,7 @@ pub struct RecorderStats {
     pub folded: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     recorded: AtomicU64,
     shed: AtomicU64,
@@ -52,6 +55,47 @@ struct Counters {
     folded: AtomicU64,
     /// The longest commit (with any checkpoint it ran) since last taken, microseconds.
     longest_commit_us: AtomicU64,
+    /// Decisions that found the channel full, for the writer's next pass: a decision
+    /// never waits for room, so a stalled writer cannot stall the session that decided.
+    held: std::sync::Mutex<Vec<DecisionRecord>>,
+    /// Until when the writer takes nothing from its queue ([`Recorder::stall`]).
+    stalled_until: std::sync::Mutex<Option<Instant>>,
+    /// The earliest and latest stamp of the events shed since the writer last looked
+    /// (`i64::MAX` and `i64::MIN` when none), which it reports to the sink.
+    shed_span: (AtomicI64, AtomicI64),
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            recorded: AtomicU64::default(),
+            shed: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            failed_batches: AtomicU64::default(),
+            pruned: AtomicU64::default(),
+            folded: AtomicU64::default(),
+            longest_commit_us: AtomicU64::default(),
+            held: std::sync::Mutex::default(),
+            stalled_until: std::sync::Mutex::default(),
+            shed_span: (AtomicI64::new(i64::MAX), AtomicI64::new(i64::MIN)),
+        }
+    }
+}
+
+/// Most decisions held beside a full channel; past it a decision's record is shed (the
+/// block itself is in force in memory either way).
+const HELD_DECISIONS_MAX: usize = 4096;
+
+impl Counters {
+    /// Whether the writer is stalled ([`Recorder::stall`]): how long still, if so.
+    fn stalled_for(&self) -> Option<Duration> {
+        let until = (*self
+            .stalled_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
+    }
 }
 
 /// A firewall decision to store next to the events.
@@ -182,20 +226,46 @@ impl Recorder {
     /// and counted.
     pub fn record(&self, event: Event) {
         let Some(tx) = &self.tx else { return };
+        let t_ms = event.t_ms;
         match tx.try_send(Msg::Event(event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.shed.fetch_add(1, Ordering::Relaxed);
+                let (from, to) = &self.counters.shed_span;
+                from.fetch_min(t_ms, Ordering::Relaxed);
+                to.fetch_max(t_ms, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stores a firewall decision without ever waiting: one that finds the channel full is
+    /// held for the writer's next pass (up to [`HELD_DECISIONS_MAX`], past which it is shed
+    /// and counted), so a stalled writer never stalls the connection that decided.
+    pub fn decision(&self, d: DecisionRecord) {
+        let Some(tx) = &self.tx else { return };
+        if let Err(TrySendError::Full(Msg::Decision(d))) = tx.try_send(Msg::Decision(d)) {
+            let mut held = self
+                .counters
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if held.len() < HELD_DECISIONS_MAX {
+                held.push(d);
+            } else {
                 self.counters.shed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Stores a firewall decision. Decisions are rare, so this waits for room rather than
-    /// shed one (bounded by the writer, which drains continuously).
-    pub fn decision(&self, d: DecisionRecord) {
-        if let Some(tx) = &self.tx {
-            self.send(tx, Msg::Decision(d));
-        }
+    /// Stops the writer taking anything from its queue for `d` (fault injection: a writer
+    /// stuck on its disk). Events recorded meanwhile fill the channel and are then shed;
+    /// decisions are held ([`Recorder::decision`]).
+    pub fn stall(&self, d: Duration) {
+        *self
+            .counters
+            .stalled_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + d);
     }
 
     /// Sends a message that must not be shed: waits for room, or in a simulation, where the
@@ -207,6 +277,13 @@ impl Recorder {
         };
         let mut msg = msg;
         loop {
+            if self.counters.stalled_for().is_some() {
+                // A stalled writer makes no room: waiting would hang this thread.
+                if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
+                    self.counters.shed.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
             match tx.try_send(msg) {
                 Err(TrySendError::Full(back)) if sim_pass(shared) => msg = back,
                 _ => return,
@@ -386,8 +463,16 @@ impl Writer {
         }
     }
 
-    /// Takes what is queued, up to one batch, without waiting. True if every sender is gone.
+    /// Takes the held decisions and what is queued, up to one batch, without waiting. True
+    /// if every sender is gone.
     fn drain(&mut self, rx: &Receiver<Msg>) -> bool {
+        self.decisions.append(
+            &mut self
+                .counters
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         while !self.full() {
             match rx.try_recv() {
                 Ok(m) => self.take(m),
@@ -402,6 +487,16 @@ impl Writer {
     /// answers flush waiters. `disconnected`: the last pass; commit everything.
     fn step(&mut self, disconnected: bool) {
         let flush = self.flush;
+        let (from, to) = &self.counters.shed_span;
+        let (from, to) = (
+            from.swap(i64::MAX, Ordering::Relaxed),
+            to.swap(i64::MIN, Ordering::Relaxed),
+        );
+        if from <= to {
+            if let Some(sink) = self.sink.as_mut() {
+                sink.lost(from, to);
+            }
+        }
         if self.pending_since.is_none() && !(self.batch.is_empty() && self.decisions.is_empty()) {
             self.pending_since = Some(Instant::now());
         }
@@ -430,7 +525,16 @@ impl Writer {
         }
         if self.last_tick.elapsed() >= flush || disconnected {
             if let Some(s) = self.sink.as_mut() {
-                s.tick(super::now_ms());
+                // Windows close only up to the oldest event not yet handed over: after a
+                // stall the batch holds events older than the sink's lag.
+                let now = super::now_ms();
+                s.tick(
+                    self.batch
+                        .iter()
+                        .map(|e| e.t_ms)
+                        .min()
+                        .map_or(now, |t| t.min(now)),
+                );
             }
             if let Some(hook) = self.unblock_hook.as_mut() {
                 match db::unblocks_since(&self.conn, self.last_unblock) {
@@ -462,6 +566,10 @@ impl Writer {
 /// queued, steps, and naps.
 fn writer(mut w: Writer, rx: Receiver<Msg>) {
     loop {
+        if let Some(left) = w.counters.stalled_for() {
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            continue;
+        }
         let mut took = false;
         let disconnected = match rx.recv_timeout(w.wait()) {
             Ok(msg) => {
@@ -495,6 +603,9 @@ fn sim_pass(shared: &SimWriter) -> bool {
     let Some((w, rx)) = slot.as_mut() else {
         return false;
     };
+    if w.counters.stalled_for().is_some() {
+        return true;
+    }
     let disconnected = w.drain(rx);
     w.step(disconnected);
     if disconnected {
@@ -746,6 +857,72 @@ mod tests {
         assert!(stats.shed > 0);
         let conn = db::open(dir.path())?;
         assert_eq!(db::count(&conn)?, stats.recorded);
+        Ok(())
+    }
+
+    /// A sink that keeps what it is told of shed events.
+    struct Lost(Arc<std::sync::Mutex<Vec<(i64, i64)>>>);
+    impl WindowSink for Lost {
+        fn observe(&mut self, _: &[Event]) {}
+        fn tick(&mut self, _: i64) {}
+        fn lost(&mut self, from_ms: i64, to_ms: i64) {
+            if let Ok(mut l) = self.0.lock() {
+                l.push((from_ms, to_ms));
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_writer_never_makes_a_decision_wait_and_tells_the_sink_what_was_shed(
+    ) -> Result<(), ActivityError> {
+        let dir = tempfile::tempdir().map_err(|e| ActivityError::Corrupt {
+            id: 0,
+            what: e.to_string(),
+        })?;
+        let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec = Recorder::start(
+            dir.path(),
+            4,
+            Duration::from_millis(10),
+            Some(Box::new(Lost(Arc::clone(&lost)))),
+        )?;
+        rec.stall(Duration::from_secs(3600));
+        for i in 0..100 {
+            rec.record(event(i));
+        }
+        // The channel is full and its writer stalled for an hour: the decisions must
+        // return anyway (held), long before the stall would end.
+        let (done_tx, done_rx) = mpsc::channel();
+        let deciding = rec.clone();
+        std::thread::spawn(move || {
+            for i in 0..10 {
+                deciding.decision(DecisionRecord {
+                    t_ms: 1000 + i,
+                    source: format!("127.0.0.{i}"),
+                    action: "block",
+                    duration_s: 60,
+                    score: 1.0,
+                    reason: "test".into(),
+                });
+            }
+            let _ = done_tx.send(());
+        });
+        let returned = done_rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        rec.stall(Duration::ZERO);
+        assert!(returned, "a decision waited for the stalled writer");
+        rec.flush();
+        let stats = rec.stats();
+        assert_eq!(stats.recorded + stats.shed, 100);
+        assert!(stats.shed > 0);
+        let conn = db::open(dir.path())?;
+        assert_eq!(db::decisions(&conn)?.len(), 10, "held decisions are stored");
+        let told = lost.lock().map(|l| l.clone()).unwrap_or_default();
+        // event(i) is stamped T0 + i; the first four filled the channel.
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].0 >= event(4).t_ms && told[0].1 == event(99).t_ms,
+            "{told:?}"
+        );
         Ok(())
     }
 }

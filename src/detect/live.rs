@@ -27,6 +27,7 @@ pub type OnAnomaly = Box<dyn Fn(IpAddr, Verdict) + Send>;
 pub struct LiveCounters {
     windows: AtomicU64,
     anomalies: AtomicU64,
+    incomplete: AtomicU64,
 }
 
 /// A snapshot of [`LiveCounters`].
@@ -36,6 +37,9 @@ pub struct LiveStats {
     pub windows: u64,
     /// Windows reported as anomalous.
     pub anomalies: u64,
+    /// Windows not scored because the recorder shed events in or before them
+    /// ([`WindowSink::lost`]): a window missing its events is not evidence.
+    pub incomplete: u64,
 }
 
 impl LiveCounters {
@@ -44,6 +48,7 @@ impl LiveCounters {
         LiveStats {
             windows: self.windows.load(Ordering::Relaxed),
             anomalies: self.anomalies.load(Ordering::Relaxed),
+            incomplete: self.incomplete.load(Ordering::Relaxed),
         }
     }
 }
@@ -52,7 +57,10 @@ impl LiveCounters {
 pub struct LiveScorer {
     model: Arc<Model>,
     extractor: Extractor,
+    max_sources: usize,
     lag_ms: i64,
+    /// Windows starting before this are not scored: events were shed ([`WindowSink::lost`]).
+    blind_until_ms: i64,
     on_anomaly: OnAnomaly,
     counters: Arc<LiveCounters>,
 }
@@ -90,7 +98,9 @@ impl LiveScorer {
         Ok(LiveScorer {
             model,
             extractor: Extractor::new(window, max_sources),
+            max_sources,
             lag_ms: 0,
+            blind_until_ms: i64::MIN,
             on_anomaly,
             counters: Arc::default(),
         })
@@ -129,6 +139,12 @@ impl LiveScorer {
         let threshold = self.model.threshold();
         // Counted before the verdict is handed on: whoever acts on it (the firewall's relay
         // thread) may read the counters at once and must find this window in them.
+        let (rows, incomplete): (Vec<&FeatureRow>, Vec<&FeatureRow>) = rows
+            .iter()
+            .partition(|r| r.window_start_ms >= self.blind_until_ms);
+        self.counters
+            .incomplete
+            .fetch_add(incomplete.len() as u64, Ordering::Relaxed);
         self.counters
             .windows
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -154,6 +170,27 @@ impl WindowSink for LiveScorer {
             .extractor
             .close_until(now_ms.saturating_sub(self.lag_ms));
         self.score(&rows);
+    }
+
+    /// Events from `from_ms` to `to_ms` were shed. Every window up to the one after `to_ms`
+    /// is left unscored, and what the extractor knew is forgotten: a connection whose close
+    /// was shed would otherwise look held open from then on, as a slowloris connection
+    /// does, and an honest user would be blocked for the recorder's trouble.
+    fn lost(&mut self, _from_ms: i64, to_ms: i64) {
+        let window = self.extractor.window();
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.blind_until_ms = self
+            .blind_until_ms
+            .max(to_ms.saturating_add(window_ms.saturating_mul(2)));
+        let prefix = self.extractor.ipv6_prefix();
+        let mut forgotten = std::mem::replace(
+            &mut self.extractor,
+            Extractor::new(window, self.max_sources).with_ipv6_prefix(prefix),
+        );
+        let pending = forgotten.finish().len() as u64;
+        self.counters
+            .incomplete
+            .fetch_add(pending, Ordering::Relaxed);
     }
 }
 

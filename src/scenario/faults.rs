@@ -1,6 +1,6 @@
 //! The faults a simulated run schedules (`[[sim.fault]]`): the in-process server crashes and
 //! restarts on the same data directory, its disk fails its fsyncs, fills up or slows down,
-//! or the wall clock jumps.
+//! its activity recorder stalls, or the wall clock jumps.
 //!
 //! [`run`] is one task beside the load. It takes the faults in `at_s` order (the scenario
 //! check refuses overlapping ones), waits for each one's time, puts it in force, and for
@@ -76,13 +76,14 @@ impl Opener {
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FaultReport {
-    /// `crash`, `fsync-fail`, `disk-full`, `slow-disk` or `clock-jump`.
+    /// `crash`, `fsync-fail`, `disk-full`, `slow-disk`, `recorder-stall` or `clock-jump`.
     pub kind: String,
     /// When it began, seconds into the load.
     pub at_s: f64,
     /// How long it lasted, seconds (0 for a clock jump).
     pub lasted_s: f64,
-    /// Writes it failed (disk faults), or deliveries it slowed (`slow-disk`).
+    /// Writes it failed (disk faults), deliveries it slowed (`slow-disk`), or activity
+    /// records shed (`recorder-stall`).
     pub writes_affected: u64,
     /// `crash`: uploads in progress when the server died.
     pub uploads_cut: u64,
@@ -150,6 +151,22 @@ pub(super) async fn run(
                     DiskFault::FsyncFail => "every write failed as a failed fsync does".into(),
                     _ => "every write was refused: no space left on the device".into(),
                 };
+            }
+            FaultKind::RecorderStall => {
+                let recorder = with_server(&slot, |h| h.server().recorder().clone());
+                match recorder {
+                    Some(recorder) => {
+                        let shed = recorder.stats().shed;
+                        recorder.stall(lasts);
+                        sleep_or_stop(start + lasts, &stop).await;
+                        // Lifted early if the load ended first.
+                        recorder.stall(Duration::ZERO);
+                        report.writes_affected = recorder.stats().shed - shed;
+                        report.done = true;
+                        report.outcome = "the recorder's writer took nothing from its queue".into();
+                    }
+                    None => report.outcome = "no server was running".into(),
+                }
             }
             FaultKind::ClockJump => {
                 if let Some(ctx) = crate::sim::current() {

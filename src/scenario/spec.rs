@@ -197,6 +197,9 @@ pub enum FaultKind {
     DiskFull,
     /// Every delivery's commit takes `delay_ms` longer, for `duration_s`.
     SlowDisk,
+    /// The activity recorder's writer takes nothing from its queue for `duration_s`, as
+    /// one stuck on its disk would: events fill the queue and are then shed.
+    RecorderStall,
     /// The wall clock jumps by `jump_s` seconds (negative: backwards); timers and the
     /// monotonic clock do not.
     ClockJump,
@@ -210,6 +213,7 @@ impl FaultKind {
             FaultKind::FsyncFail => "fsync-fail",
             FaultKind::DiskFull => "disk-full",
             FaultKind::SlowDisk => "slow-disk",
+            FaultKind::RecorderStall => "recorder-stall",
             FaultKind::ClockJump => "clock-jump",
         }
     }
@@ -223,8 +227,8 @@ pub struct FaultSpec {
     pub kind: FaultKind,
     /// When, seconds after the load starts (within the scenario's duration).
     pub at_s: f64,
-    /// How long it lasts, seconds: a crashed server's time down, or a disk fault's length.
-    /// Not used by `clock-jump`.
+    /// How long it lasts, seconds: a crashed server's time down, a disk fault's or a
+    /// recorder stall's length. Not used by `clock-jump`.
     #[serde(default)]
     pub duration_s: f64,
     /// `slow-disk`: extra milliseconds per commit (1 to 10,000).
