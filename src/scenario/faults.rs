@@ -1,6 +1,7 @@
 //! The faults a simulated run schedules (`[[sim.fault]]`): the in-process server crashes and
 //! restarts on the same data directory, its disk fails its fsyncs, fills up or slows down,
-//! its activity recorder stalls, or the wall clock jumps.
+//! its activity recorder stalls, some hosts are cut off by a partition, or the wall clock
+//! jumps.
 //!
 //! [`run`] is one task beside the load. It takes the faults in `at_s` order (the scenario
 //! check refuses overlapping ones), waits for each one's time, puts it in force, and for
@@ -76,7 +77,8 @@ impl Opener {
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FaultReport {
-    /// `crash`, `fsync-fail`, `disk-full`, `slow-disk`, `recorder-stall` or `clock-jump`.
+    /// `crash`, `fsync-fail`, `disk-full`, `slow-disk`, `recorder-stall`, `partition` or
+    /// `clock-jump`.
     pub kind: String,
     /// When it began, seconds into the load.
     pub at_s: f64,
@@ -152,6 +154,16 @@ pub(super) async fn run(
                     _ => "every write was refused: no space left on the device".into(),
                 };
             }
+            FaultKind::Partition => match (crate::sim::current(), f.hosts()) {
+                (Some(ctx), Some(net)) => {
+                    ctx.net().change(|c| c.partitioned.push(net));
+                    sleep_or_stop(start + lasts, &stop).await;
+                    ctx.net().change(|c| c.partitioned.retain(|n| *n != net));
+                    report.done = true;
+                    report.outcome = format!("{net} was cut off from the server");
+                }
+                _ => report.outcome = "a partition needs a simulation and its hosts".into(),
+            },
             FaultKind::RecorderStall => {
                 let recorder = with_server(&slot, |h| h.server().recorder().clone());
                 match recorder {

@@ -64,6 +64,9 @@ pub struct SimReport {
     pub argon2_virtual_ms: u64,
     /// How the simulated network's links behaved.
     pub network: super::spec::NetworkSpec,
+    /// Links of their own for some hosts (`[[sim.link]]`); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<super::spec::LinkSpec>,
     /// The command that replays this run exactly.
     pub replay: String,
 }

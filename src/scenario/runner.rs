@@ -398,6 +398,7 @@ pub fn run_simulated(
         argon2_parallelism: auth.argon2_parallelism,
         argon2_virtual_ms: spec.argon2_virtual_ms,
         network: spec.network,
+        links: spec.link.clone(),
         replay: replay_command(&scenario, opts),
     };
     let outcome = std::thread::scope(|scope| {
@@ -406,7 +407,8 @@ pub fn run_simulated(
             .spawn_scoped(scope, || {
                 crate::sim::run(sim, || {
                     if let Some(ctx) = crate::sim::current() {
-                        ctx.net().set_profile(spec.network.profile());
+                        let conditions = spec.conditions();
+                        ctx.net().change(|c| *c = conditions);
                     }
                     run_scenario(scenario, opts, progress)
                 })
@@ -814,7 +816,7 @@ async fn run_inner(
     // the alive check measure what the server kept, not the link.
     if let Some(ctx) = crate::sim::current() {
         ctx.net()
-            .set_profile(crate::sim::net::LinkProfile::default());
+            .change(|c| *c = crate::sim::net::Conditions::default());
     }
 
     let (name, kept_dir) = (server.name(), server.kept_dir());
@@ -1541,15 +1543,9 @@ pub fn check_sources(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), Ru
 /// the suite at once.
 pub fn check_targets(scenarios: &[Scenario], opts: &RunOptions) -> Result<(), RunError> {
     for s in scenarios {
-        if !opts.sim && !s.sim().network.is_ideal() {
+        if !opts.sim && s.sim().needs_sim() {
             return Err(RunError::Target(format!(
-                "scenario {} shapes the simulated network ([sim.network]): run it with --sim",
-                s.name()
-            )));
-        }
-        if !opts.sim && !s.sim().fault.is_empty() {
-            return Err(RunError::Target(format!(
-                "scenario {} injects faults ([[sim.fault]]): run it with --sim",
+                "scenario {} shapes the simulated network or injects faults ([sim.network], [[sim.link]], [[sim.fault]]): run it with --sim",
                 s.name()
             )));
         }

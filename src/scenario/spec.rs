@@ -182,6 +182,85 @@ pub struct SimSpec {
     /// Faults, each at its time into the run (`[[sim.fault]]`). A scenario with faults
     /// runs only with `--sim`.
     pub fault: Vec<FaultSpec>,
+    /// Links of their own for the hosts of some networks (`[[sim.link]]`), over
+    /// `[sim.network]`. A scenario with one runs only with `--sim`.
+    pub link: Vec<LinkSpec>,
+}
+
+impl SimSpec {
+    /// Whether the scenario needs a simulation: it shapes the network, names links of
+    /// their own, or injects faults.
+    pub fn needs_sim(&self) -> bool {
+        !self.network.is_ideal() || !self.fault.is_empty() || !self.link.is_empty()
+    }
+
+    /// The simulated network's conditions at the start: `[sim.network]` for every link,
+    /// each `[[sim.link]]` for its hosts, and link tasks for every connection when a
+    /// partition is scheduled (so that it reaches connections opened before it).
+    pub fn conditions(&self) -> crate::sim::net::Conditions {
+        crate::sim::net::Conditions {
+            default: self.network.profile(),
+            hosts: self
+                .link
+                .iter()
+                .filter_map(|l| Some((l.net().ok()?, l.network().profile())))
+                .collect(),
+            partitioned: Vec::new(),
+            always_carry: self.fault.iter().any(|f| f.kind == FaultKind::Partition),
+        }
+    }
+}
+
+/// One `[[sim.link]]`: how the links of the hosts in `sources` behave, instead of
+/// `[sim.network]`. The first table whose `sources` holds a host wins.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// The hosts: a network or one address, IPv4 or IPv6.
+    pub sources: String,
+    /// One-way delay, milliseconds (0 to 10,000).
+    #[serde(default)]
+    pub latency_ms: f64,
+    /// Extra one-way delay per segment, uniform from 0 to this, milliseconds.
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Chance a segment is lost once and arrives 200 ms later (0 to 0.5).
+    #[serde(default)]
+    pub loss: f64,
+    /// Each direction's bandwidth per connection, Mbit/s (0: unlimited).
+    #[serde(default)]
+    pub bandwidth_mbit_s: f64,
+    /// Split every write into random pieces.
+    #[serde(default)]
+    pub segment: bool,
+}
+
+impl LinkSpec {
+    /// The hosts it applies to.
+    pub fn net(&self) -> Result<ipnet::IpNet, String> {
+        parse_any_net(&self.sources)
+    }
+
+    /// Its link, as a `[sim.network]` table would give it.
+    pub fn network(&self) -> NetworkSpec {
+        NetworkSpec {
+            latency_ms: self.latency_ms,
+            jitter_ms: self.jitter_ms,
+            loss: self.loss,
+            bandwidth_mbit_s: self.bandwidth_mbit_s,
+            segment: self.segment,
+        }
+    }
+}
+
+/// Reads a network or one address, IPv4 or IPv6 (`"127.0.5.0/28"`, `"2001:db8::/64"`,
+/// `"127.0.0.9"`).
+fn parse_any_net(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("invalid network or address `{raw}`"))
 }
 
 /// What a `[[sim.fault]]` does.
@@ -200,6 +279,9 @@ pub enum FaultKind {
     /// The activity recorder's writer takes nothing from its queue for `duration_s`, as
     /// one stuck on its disk would: events fill the queue and are then shed.
     RecorderStall,
+    /// The hosts in `sources` are cut off from the server for `duration_s`: their bytes
+    /// wait, both ways, and their connects hang, until it heals.
+    Partition,
     /// The wall clock jumps by `jump_s` seconds (negative: backwards); timers and the
     /// monotonic clock do not.
     ClockJump,
@@ -214,13 +296,14 @@ impl FaultKind {
             FaultKind::DiskFull => "disk-full",
             FaultKind::SlowDisk => "slow-disk",
             FaultKind::RecorderStall => "recorder-stall",
+            FaultKind::Partition => "partition",
             FaultKind::ClockJump => "clock-jump",
         }
     }
 }
 
 /// One `[[sim.fault]]`: a fault injected `at_s` seconds into the run.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// What happens.
@@ -237,12 +320,20 @@ pub struct FaultSpec {
     /// `clock-jump`: how far the wall clock jumps, seconds (-86,400 to 86,400, not 0).
     #[serde(default)]
     pub jump_s: f64,
+    /// `partition`: the hosts cut off, a network or one address.
+    #[serde(default)]
+    pub sources: Option<String>,
 }
 
 /// Longest `[[sim.fault]]` `duration_s`, seconds.
 pub const MAX_FAULT_S: f64 = 3600.0;
 
 impl FaultSpec {
+    /// `partition`: the hosts it cuts off (checked when the scenario was).
+    pub fn hosts(&self) -> Option<ipnet::IpNet> {
+        self.sources.as_deref().and_then(|r| parse_any_net(r).ok())
+    }
+
     /// Checks one fault against a run of `duration_s` seconds.
     fn check(&self, duration_s: f64) -> Result<(), (String, String)> {
         let kind = self.kind.as_str();
@@ -301,6 +392,18 @@ impl FaultSpec {
         }
         if !jump && self.jump_s != 0.0 {
             return Err(("jump_s".into(), format!("{kind}: only clock-jump takes it")));
+        }
+        match (&self.sources, self.kind == FaultKind::Partition) {
+            (Some(raw), true) => {
+                parse_any_net(raw).map_err(|e| ("sources".into(), format!("{kind}: {e}")))?;
+            }
+            (None, true) => {
+                return Err(("sources".into(), "partition: name the hosts cut off".into()))
+            }
+            (Some(_), false) => {
+                return Err(("sources".into(), format!("{kind}: only partition takes it")))
+            }
+            (None, false) => {}
         }
         Ok(())
     }
@@ -379,6 +482,7 @@ impl Default for SimSpec {
             argon2_virtual_ms: crate::sim::DEFAULT_ARGON2_MS,
             argon2_small: true,
             fault: Vec::new(),
+            link: Vec::new(),
         }
     }
 }
@@ -1005,6 +1109,13 @@ impl ScenarioSpec {
                 ),
             ));
         }
+        for (i, l) in self.sim.link.iter().enumerate() {
+            l.net()
+                .map_err(|r| invalid(format!("sim.link[{i}].sources"), r))?;
+            l.network()
+                .check()
+                .map_err(|(k, r)| invalid(format!("sim.link[{i}].{k}"), r))?;
+        }
         for (i, f) in self.sim.fault.iter().enumerate() {
             f.check(d)
                 .map_err(|(k, r)| invalid(format!("sim.fault[{i}].{k}"), r))?;
@@ -1474,9 +1585,37 @@ mod tests {
                 "sim.fault[0].jump_s",
             ),
             ("kind = \"meteor\"\nat_s = 1\n", "meteor"),
+            (
+                "kind = \"partition\"\nat_s = 1\nduration_s = 1\n",
+                "sim.fault[0].sources",
+            ),
+            (
+                "kind = \"partition\"\nat_s = 1\nduration_s = 1\nsources = \"10.0.0.300\"\n",
+                "sim.fault[0].sources",
+            ),
+            (
+                "kind = \"crash\"\nat_s = 1\nduration_s = 1\nsources = \"127.0.0.2\"\n",
+                "sim.fault[0].sources",
+            ),
         ] {
             rejected(&f(&format!("[[sim.fault]]\n{body}")), key);
         }
+        let s = check(&f("[[sim.link]]\nsources = \"2001:db8::/64\"\nlatency_ms = 30\n\
+             [[sim.fault]]\nkind = \"partition\"\nat_s = 1\nduration_s = 2\nsources = \"127.0.2.0/28\"\n"))?;
+        assert!(s.sim().needs_sim());
+        let c = s.sim().conditions();
+        assert!(c.always_carry, "a partition reaches every connection");
+        assert_eq!(c.hosts.len(), 1);
+        let inside = std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(c.profile_for(inside).latency, Duration::from_millis(30));
+        rejected(
+            &f("[[sim.link]]\nsources = \"nowhere\"\n"),
+            "sim.link[0].sources",
+        );
+        rejected(
+            &f("[[sim.link]]\nsources = \"127.0.0.2\"\nloss = 0.9\n"),
+            "sim.link[0].loss",
+        );
         rejected(
             &f(
                 "[[sim.fault]]\nkind = \"fsync-fail\"\nat_s = 1\nduration_s = 5\n\

@@ -141,6 +141,46 @@ impl LinkProfile {
     }
 }
 
+/// How the network's links behave now: one profile for every link, profiles of their own
+/// for the hosts of some networks, and the networks cut off by a partition.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conditions {
+    /// The profile of every link whose source no host rule names.
+    pub default: LinkProfile,
+    /// Profiles by source network: a link takes the first whose network holds its source.
+    pub hosts: Vec<(ipnet::IpNet, LinkProfile)>,
+    /// Source networks cut off: their bytes wait, both ways, and their connects hang, until
+    /// the partition heals. Nothing is lost, as over TCP, which retransmits.
+    pub partitioned: Vec<ipnet::IpNet>,
+    /// Carry every new connection through a link, ideal or not, so that a partition or a
+    /// profile that starts later reaches it too.
+    pub always_carry: bool,
+}
+
+impl Conditions {
+    /// The profile of a link from `source`.
+    pub fn profile_for(&self, source: IpAddr) -> LinkProfile {
+        self.hosts
+            .iter()
+            .find(|(net, _)| net.contains(&source))
+            .map_or(self.default, |(_, p)| *p)
+    }
+
+    /// Whether `source` is cut off now.
+    pub fn is_cut(&self, source: IpAddr) -> bool {
+        self.partitioned.iter().any(|net| net.contains(&source))
+    }
+
+    /// Whether a new link from `source` needs no link task: ideal, and nothing can change
+    /// that later.
+    fn direct(&self, source: IpAddr) -> bool {
+        !self.always_carry && self.profile_for(source).is_ideal() && !self.is_cut(source)
+    }
+}
+
+/// How often a link, or a connect, cut off by a partition looks whether it has healed.
+const PARTITION_POLL: Duration = Duration::from_millis(10);
+
 /// How much later a lost segment arrives: TCP's minimum retransmission timeout.
 pub const RETRANSMIT: Duration = Duration::from_millis(200);
 
@@ -157,7 +197,7 @@ pub struct SimNet {
     listeners: Mutex<HashMap<SocketAddr, mpsc::Sender<Incoming>>>,
     next_port: AtomicU16,
     /// Shared with every link, which reads it for each piece it carries.
-    profile: Arc<Mutex<LinkProfile>>,
+    conditions: Arc<Mutex<Conditions>>,
     /// Seeds each link's random choices: the simulation's seed and the connection's number.
     seed: u64,
     links: AtomicU64,
@@ -172,14 +212,39 @@ impl SimNet {
         }
     }
 
-    /// Sets how every link behaves from now on, those already open included.
+    /// Sets how every link behaves from now on, those already open included (host rules
+    /// still win for their hosts).
     pub fn set_profile(&self, profile: LinkProfile) {
-        *self.profile.lock().unwrap_or_else(PoisonError::into_inner) = profile;
+        self.change(|c| c.default = profile);
     }
 
-    /// How links behave.
+    /// How links behave by default.
     pub fn profile(&self) -> LinkProfile {
-        *self.profile.lock().unwrap_or_else(PoisonError::into_inner)
+        self.conditions().default
+    }
+
+    /// The network's conditions now.
+    pub fn conditions(&self) -> Conditions {
+        self.conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the conditions; open links see the change at their next piece.
+    pub fn change(&self, f: impl FnOnce(&mut Conditions)) {
+        f(&mut self
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Whether `source` is cut off by a partition now.
+    pub fn is_cut(&self, source: IpAddr) -> bool {
+        self.conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_cut(source)
     }
 
     fn ephemeral(&self) -> u16 {
@@ -231,8 +296,12 @@ impl SimNet {
         };
         let tx = tx.ok_or_else(refused)?;
         let local = SocketAddr::new(source, self.ephemeral());
-        let profile = self.profile();
-        let (ours, theirs) = if profile.is_ideal() {
+        let direct = self
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .direct(source);
+        let (ours, theirs) = if direct {
             tokio::io::duplex(SOCKET_BUFFER)
         } else {
             // Each end has its own socket buffer; a link task pair carries bytes between
@@ -243,9 +312,13 @@ impl SimNet {
             let rng = |dir: u64| StdRng::seed_from_u64(self.seed ^ n.rotate_left(17) ^ dir);
             let (our_rx, our_tx) = tokio::io::split(our_net);
             let (their_rx, their_tx) = tokio::io::split(their_net);
-            let shared = || Arc::clone(&self.profile);
-            tokio::spawn(carry(our_rx, their_tx, shared(), rng(0)));
-            tokio::spawn(carry(their_rx, our_tx, shared(), rng(1 << 63)));
+            let link = |dir: u64| Link {
+                conditions: Arc::clone(&self.conditions),
+                source,
+                rng: rng(dir),
+            };
+            tokio::spawn(carry(our_rx, their_tx, link(0)));
+            tokio::spawn(carry(their_rx, our_tx, link(1 << 63)));
             (ours, theirs)
         };
         let server_end = SimStream {
@@ -264,15 +337,40 @@ impl SimNet {
     }
 }
 
+/// One direction of a link: the network's conditions, the host it serves, and its own
+/// random choices.
+struct Link {
+    conditions: Arc<Mutex<Conditions>>,
+    source: IpAddr,
+    rng: StdRng,
+}
+
+impl Link {
+    /// The profile to carry the next piece with, once the link's host is not cut off (it
+    /// waits, holding what it read, while it is).
+    async fn profile(&self) -> LinkProfile {
+        loop {
+            let (profile, cut) = {
+                let c = self
+                    .conditions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (c.profile_for(self.source), c.is_cut(self.source))
+            };
+            if !cut {
+                return profile;
+            }
+            tokio::time::sleep(PARTITION_POLL).await;
+        }
+    }
+}
+
 /// Carries one direction of a link: reads what the sender's socket buffer holds, and
-/// delivers it to the receiver's after the profile's delays, in order. Ends when either side
-/// is gone, closing the receiver's side for writing.
-async fn carry(
-    mut from: ReadHalf<DuplexStream>,
-    mut to: WriteHalf<DuplexStream>,
-    shared: Arc<Mutex<LinkProfile>>,
-    mut rng: StdRng,
-) {
+/// delivers it to the receiver's after the profile's delays, in order. While its host is
+/// cut off it holds what it read. Ends when either side is gone, closing the receiver's
+/// side for writing.
+async fn carry(mut from: ReadHalf<DuplexStream>, mut to: WriteHalf<DuplexStream>, link: Link) {
+    let mut link = link;
     let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(LINK_IN_FLIGHT);
     let read = async move {
         let mut buf = vec![0u8; LINK_CHUNK];
@@ -284,7 +382,8 @@ async fn carry(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let profile = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let profile = link.profile().await;
+            let rng = &mut link.rng;
             let mut rest = buf.get(..n).unwrap_or_default();
             while !rest.is_empty() {
                 let take = if profile.segment {
@@ -360,6 +459,11 @@ pub async fn connect(source: Option<IpAddr>, target: SocketAddr) -> io::Result<N
             SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
             SocketAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         });
+        // A host cut off by a partition gets no answer until it heals: its connect hangs
+        // (the caller's own timeout applies), as a SYN into a black hole does.
+        while ctx.net().is_cut(source) {
+            tokio::time::sleep(PARTITION_POLL).await;
+        }
         return ctx.net().connect(source, target).map(NetStream::Sim);
     }
     let socket = if target.is_ipv4() {
@@ -757,6 +861,86 @@ mod tests {
             assert_eq!(got, data);
             assert!(took >= Duration::from_millis(40), "{took:?}");
             assert!(took <= Duration::from_millis(61), "{took:?}");
+            Ok(())
+        })?
+    }
+
+    /// Virtual time one 3-byte round trip from `source` takes.
+    async fn round_trip(listener: &mut NetListener, source: [u8; 4]) -> io::Result<Duration> {
+        let mut client = connect(Some(IpAddr::from(source)), listener.local_addr()?).await?;
+        let (mut server, _) = listener.accept().await?;
+        let sent = tokio::time::Instant::now();
+        client.write_all(b"abc").await?;
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).await?;
+        server.write_all(&got).await?;
+        client.read_exact(&mut got).await?;
+        assert_eq!(&got, b"abc");
+        Ok(sent.elapsed())
+    }
+
+    #[test]
+    fn a_host_rule_gives_its_hosts_their_own_link() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let ctx = crate::sim::current().ok_or_else(|| io::Error::other("no simulation"))?;
+            let slow = LinkProfile {
+                latency: Duration::from_millis(100),
+                ..LinkProfile::default()
+            };
+            let net: ipnet::IpNet = "127.0.3.0/28"
+                .parse()
+                .map_err(|_| io::Error::other("bad network"))?;
+            ctx.net().change(|c| c.hosts.push((net, slow)));
+            let mut listener = NetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let inside = round_trip(&mut listener, [127, 0, 3, 5]).await?;
+            let outside = round_trip(&mut listener, [127, 0, 4, 5]).await?;
+            assert_eq!(inside, Duration::from_millis(200));
+            assert_eq!(outside, Duration::ZERO);
+            Ok(())
+        })?
+    }
+
+    #[test]
+    fn a_partition_holds_bytes_and_connects_until_it_heals() -> io::Result<()> {
+        run(SimOptions::default(), || async {
+            let ctx = crate::sim::current().ok_or_else(|| io::Error::other("no simulation"))?;
+            let net: ipnet::IpNet = "127.0.2.0/28"
+                .parse()
+                .map_err(|_| io::Error::other("bad network"))?;
+            ctx.net().change(|c| c.always_carry = true);
+            let mut listener = NetListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let target = listener.local_addr()?;
+            let source = IpAddr::from([127, 0, 2, 3]);
+            let mut open = connect(Some(source), target).await?;
+            let (mut server, _) = listener.accept().await?;
+            ctx.net().change(|c| c.partitioned.push(net));
+            let heal = {
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    ctx.net().change(|c| c.partitioned.clear());
+                })
+            };
+            let start = tokio::time::Instant::now();
+            open.write_all(b"held").await?;
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await?;
+            assert_eq!(&got, b"held");
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(3),
+                "bytes waited for the heal"
+            );
+            // A connect during a partition waits for the heal too; afterwards it is at once.
+            ctx.net().change(|c| c.partitioned.push(net));
+            let again = tokio::time::Instant::now();
+            let waiting = tokio::spawn(connect(Some(source), target));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(!waiting.is_finished(), "a connect got through a partition");
+            ctx.net().change(|c| c.partitioned.clear());
+            let _late = waiting.await.map_err(io::Error::other)??;
+            assert!(again.elapsed() < Duration::from_millis(2100));
+            let _ = heal.await;
             Ok(())
         })?
     }
