@@ -318,3 +318,88 @@ async fn rotating_ipv6_hosts_are_blocked_by_their_64() -> TestResult {
     assert!(err.contains("IPv6") && err.contains("--sim"), "{err}");
     Ok(())
 }
+
+/// A script piping a prepared batch through socat: AUTH, PING and a message, then its side
+/// of the connection closed (a half-close), then the answers read. The AUTH waits behind
+/// eight other logins on one verifier of 500 ms, so the batch's end of stream arrives long
+/// before its login is verified: the login must not be taken for abandoned, and every
+/// request gets its answer, in order. A client that sends only an AUTH and half-closes is
+/// answered nothing (docs/PROTOCOL.md, "Verification").
+#[test]
+fn a_batch_sent_then_half_closed_gets_every_answer_behind_busy_logins() -> TestResult {
+    use bytes::BytesMut;
+    use rampart::protocol::{decode_frame, encode_request, Limits, Password, Reply, Request, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir()?;
+    let opts = rampart::sim::SimOptions {
+        argon2: std::time::Duration::from_millis(500),
+        ..rampart::sim::SimOptions::default()
+    };
+    let answers = rampart::sim::run(opts, || async move {
+        let mut config = rampart::config::Config::default();
+        config.auth.argon2_memory_kib = 64;
+        config.auth.argon2_iterations = 1;
+        config.auth.login_workers = 1;
+        config.firewall.enabled = false;
+        let server = rampart::server::Server::open(config.clone(), dir.path())?;
+        for (name, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+            let hash = rampart::server::auth::hash_password(&config.auth, pw.as_bytes())?;
+            server.store().add_user(name, &hash)?;
+        }
+        let handle = server.bind("127.0.0.1:0".parse()?).await?;
+        let target = handle.local_addr();
+        let auth = |user: &str, pw: &'static [u8]| Request::Auth {
+            user: user.into(),
+            password: Password(bytes::Bytes::from_static(pw)),
+        };
+        let mut busy = Vec::new();
+        for i in 0..8u8 {
+            let mut c = rampart::sim::net::connect(Some([127, 0, 5, i + 1].into()), target).await?;
+            let mut wire = BytesMut::new();
+            encode_request(1, &auth("bob", b"bob-pw"), &mut wire)?;
+            c.write_all(&wire).await?;
+            busy.push(c);
+        }
+        let mut answers = Vec::new();
+        for batch in [true, false] {
+            let mut c = rampart::sim::net::connect(Some([127, 0, 6, 1].into()), target).await?;
+            let mut wire = BytesMut::new();
+            encode_request(1, &auth("alice", b"alice-pw"), &mut wire)?;
+            if batch {
+                encode_request(2, &Request::Ping, &mut wire)?;
+                let msg = Request::SendMessage {
+                    to: "bob".into(),
+                    text: "sent by a batch".into(),
+                };
+                encode_request(3, &msg, &mut wire)?;
+            }
+            c.write_all(&wire).await?;
+            c.shutdown().await?;
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(30), c.read_to_end(&mut got))
+                .await??;
+            let mut buf = BytesMut::from(&got[..]);
+            let limits = Limits::default();
+            let mut replies = Vec::new();
+            while let Ok(Some(frame)) = decode_frame(&mut buf, &limits, Role::Client) {
+                replies.push((frame.request_id, Reply::decode(&frame, &limits)?));
+            }
+            answers.push(replies);
+        }
+        drop(busy);
+        handle.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error>>(answers)
+    })??;
+    let batch = &answers[0];
+    let ids: Vec<u32> = batch.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3], "{batch:?}");
+    assert!(matches!(batch[0].1, Reply::AuthOk { .. }), "{batch:?}");
+    assert!(matches!(batch[2].1, Reply::Accepted { .. }), "{batch:?}");
+    assert!(
+        answers[1].is_empty(),
+        "an AUTH alone, half-closed: {:?}",
+        answers[1]
+    );
+    Ok(())
+}

@@ -393,8 +393,10 @@ impl Conn<'_> {
     ) -> Option<T> {
         tokio::pin!(work);
         let shutdown = &self.shared.shutdown;
+        // The client half-closed after sending more requests: they are owed answers.
+        let mut ended = false;
         loop {
-            let can_read = self.inbuf.len() < MAX_READ;
+            let can_read = !ended && self.inbuf.len() < MAX_READ;
             if can_read {
                 self.reserve_for_read();
             }
@@ -415,9 +417,15 @@ impl Conn<'_> {
                 done = &mut work => return Some(done),
                 res = rd.read_buf(&mut self.inbuf), if can_read => {
                     // End of stream (a TLS peer without close_notify too), or a failed
-                    // read: the client can send nothing more, so the session it logs in
-                    // to could never be used.
-                    let ended = match res {
+                    // read. A client that sent requests after the AUTH and then
+                    // half-closed (a script piping a batch through socat) is owed their
+                    // answers: go on, reading no more. One that sent only the AUTH can
+                    // send nothing more, so the session it logs in to could never be used.
+                    let reason = match res {
+                        Ok(0) if !self.inbuf.is_empty() => {
+                            ended = true;
+                            continue;
+                        }
                         Ok(0) => CloseReason::Eof,
                         Ok(n) => {
                             self.shared
@@ -427,13 +435,19 @@ impl Conn<'_> {
                             self.frame_started.get_or_insert_with(Instant::now);
                             continue;
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof
+                            && !self.inbuf.is_empty() =>
+                        {
+                            ended = true;
+                            continue;
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                             CloseReason::Eof
                         }
                         Err(_) => CloseReason::Io,
                     };
                     tracing::debug!(peer = %self.peer, "login abandoned by its client");
-                    self.close(ended, None);
+                    self.close(reason, None);
                     return None;
                 }
             }
