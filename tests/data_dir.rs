@@ -273,8 +273,21 @@ async fn two_servers_in_one_process_cannot_share_a_data_directory() -> TestResul
         other => return Err(format!("expected InUse, got {other:?}").into()),
     }
     drop(first);
-    Server::open(test_config(), dir.path())?;
-    Ok(())
+    // The lock goes with the server. Other tests in this process spawn `rampart serve`: a
+    // child forked at the wrong moment holds a copy of the lock's descriptor until it execs
+    // (which closes it), so allow that moment, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Server::open(test_config(), dir.path()) {
+            Ok(_) => return Ok(()),
+            Err(ServerError::Store(StoreError::InUse { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
