@@ -251,6 +251,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Firewall {
+    /// The guard this firewall blocks through.
+    pub(crate) fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
+
     /// A firewall that blocks through `guard`, configured by `config.firewall`.
     pub fn new(config: &Config, guard: Arc<Guard>) -> Firewall {
         Firewall {

@@ -264,6 +264,8 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
     if let Some(stats) = &j.snapshot {
         m.model_windows = stats.detection.map(|d| d.windows);
         m.model_anomalies = stats.detection.map(|d| d.anomalies);
+        m.model_shed = stats.detection.map(|d| d.shed);
+        m.model_already_blocked = stats.detection.map(|d| d.already_blocked);
         m.model_blocks = stats.detection.map(|_| stats.model_blocks);
         m.recorder_recorded = Some(stats.recorder.recorded);
         m.recorder_shed = Some(stats.recorder.shed);

@@ -387,6 +387,12 @@ pub struct ScenarioMetrics {
     pub model_windows: Option<u64>,
     /// Of those, windows it found anomalous.
     pub model_anomalies: Option<u64>,
+    /// Of those, anomalies that never reached the firewall because the detector's queue was
+    /// full; `null` without an in-process model.
+    pub model_shed: Option<u64>,
+    /// Of those, anomalies dropped before the queue because their source was already
+    /// blocked (`enforce` mode); `null` without an in-process model.
+    pub model_already_blocked: Option<u64>,
     /// Blocks whose score included model anomalies (the model contributed to the decision);
     /// `null` without an in-process model.
     pub model_blocks: Option<u64>,

@@ -12,6 +12,11 @@
 //! waiting for room in the channel it alone drains would never wake. So anomalies go
 //! through a small bounded queue to a relay thread; a full queue sheds and counts.
 //!
+//! In `enforce` mode an anomaly from a source the guard already blocks is not queued at all:
+//! the firewall would ignore it, and under a botnet those are nearly all of them (a blocked
+//! source's windows of refused connections stay anomalous). Queued, they filled the queue in
+//! one scoring pass and shed the verdicts of sources not yet blocked.
+//!
 //! What the relay does with an anomaly depends on `firewall.model`: `enforce` hands it to
 //! the firewall, whose score the rules feed too; `shadow` (the default) hands it to a
 //! model-only [`Firewall::shadow_board`], whose decisions are all `shadow_block` and are
@@ -26,15 +31,16 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::activity::WindowSink;
 use crate::config::{Config, ModelMode};
-use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model};
+use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model, Verdict};
 use crate::firewall::Firewall;
+use crate::guard::Guard;
 
 /// Anomalies waiting for the firewall. Each anomalous window is one entry; a source is
 /// blocked after a few, so this holds the verdicts of hundreds of sources at once.
@@ -63,6 +69,8 @@ pub struct DetectionStats {
     pub anomalies: u64,
     /// Anomalies shed because the relay's queue was full.
     pub shed: u64,
+    /// Anomalies not queued because their source was already blocked (`enforce` mode).
+    pub already_blocked: u64,
 }
 
 /// The counters of a running detector.
@@ -70,6 +78,7 @@ pub struct DetectionStats {
 pub(crate) struct Detection {
     scorer: Arc<LiveCounters>,
     shed: Arc<AtomicU64>,
+    already_blocked: Arc<AtomicU64>,
 }
 
 impl Detection {
@@ -80,6 +89,7 @@ impl Detection {
             windows: s.windows,
             anomalies: s.anomalies,
             shed: self.shed.load(Ordering::Relaxed),
+            already_blocked: self.already_blocked.load(Ordering::Relaxed),
         }
     }
 }
@@ -88,6 +98,46 @@ impl Detection {
 pub(crate) struct Pending {
     rx: Receiver<Anomaly>,
     mode: ModelMode,
+    /// Where the sink finds the guard once the firewall exists (`enforce` mode only).
+    guard: Arc<OnceLock<Weak<Guard>>>,
+}
+
+/// The scorer's end of the queue: what it does with each anomalous window.
+struct Sink {
+    tx: SyncSender<Anomaly>,
+    algo: Algo,
+    shed: Arc<AtomicU64>,
+    already_blocked: Arc<AtomicU64>,
+    /// Set once the firewall exists, in `enforce` mode only.
+    guard: Arc<OnceLock<Weak<Guard>>>,
+}
+
+impl Sink {
+    /// Queues the anomaly for the relay, unless its source is already blocked; counts what
+    /// it drops.
+    fn offer(&self, ip: IpAddr, verdict: &Verdict) {
+        let blocked = self
+            .guard
+            .get()
+            .and_then(Weak::upgrade)
+            .is_some_and(|g| g.is_blocked(ip));
+        if blocked {
+            self.already_blocked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The rules score failed logins themselves and forgive typos; the model adds only
+        // what the window shows beyond them.
+        let score = match self.algo {
+            Algo::Kmeans => verdict.score_without(RULE_SCORED),
+            Algo::Gmm => verdict.score,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx
+                .try_send((ip, score, verdict.threshold, verdict.to_string()))
+        {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Builds the scorer for the recorder (windows of the model's length; sources capped by
@@ -101,36 +151,35 @@ pub(crate) fn scorer(
     let algo = model.algo();
     let (tx, rx): (SyncSender<Anomaly>, _) = mpsc::sync_channel(QUEUE);
     let shed = Arc::new(AtomicU64::new(0));
-    let sink_shed = Arc::clone(&shed);
+    let already_blocked = Arc::new(AtomicU64::new(0));
+    // Weak: the guard outlives no server, and the sink must not keep it alive.
+    let guard: Arc<OnceLock<Weak<Guard>>> = Arc::new(OnceLock::new());
+    let sink = Sink {
+        tx,
+        algo,
+        shed: Arc::clone(&shed),
+        already_blocked: Arc::clone(&already_blocked),
+        guard: Arc::clone(&guard),
+    };
     let scorer = LiveScorer::new(
         model,
         window,
         config.limits.max_tracked_sources as usize,
-        Box::new(move |ip, verdict| {
-            // The rules score failed logins themselves and forgive typos; the model adds only
-            // what the window shows beyond them.
-            let score = match algo {
-                Algo::Kmeans => verdict.score_without(RULE_SCORED),
-                Algo::Gmm => verdict.score,
-            };
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                tx.try_send((ip, score, verdict.threshold, verdict.to_string()))
-            {
-                sink_shed.fetch_add(1, Ordering::Relaxed);
-            }
-        }),
+        Box::new(move |ip, verdict| sink.offer(ip, &verdict)),
     )?
     .with_lag(config.activity.flush() * LAG_FLUSHES)
     .with_ipv6_prefix(config.ip.ipv6_prefix);
     let detection = Detection {
         scorer: scorer.counters(),
         shed,
+        already_blocked,
     };
     Ok((
         Box::new(scorer),
         Pending {
             rx,
             mode: config.firewall.model,
+            guard,
         },
         detection,
     ))
@@ -140,7 +189,12 @@ impl Pending {
     /// Starts the relay thread, which hands every anomaly to `firewall` (or, in shadow
     /// mode, to its shadow board) until the scorer is gone.
     pub(crate) fn start(self, firewall: Weak<Firewall>) -> std::io::Result<()> {
-        let Pending { rx, mode } = self;
+        let Pending { rx, mode, guard } = self;
+        if let (ModelMode::Enforce, Some(fw)) = (mode, firewall.upgrade()) {
+            // The firewall ignores anomalies from a blocked source; the sink drops them
+            // before they take room in the queue.
+            let _ = guard.set(Arc::downgrade(fw.guard()));
+        }
         // The board holds the guard, never the firewall or the recorder (see the
         // invariant above).
         let board = match (mode, firewall.upgrade()) {
@@ -200,8 +254,46 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
-    use super::RULE_SCORED;
+    use super::*;
     use crate::activity::features::feature_index;
+
+    fn anomalous() -> Verdict {
+        Verdict {
+            anomalous: true,
+            score: 9.0,
+            threshold: 1.0,
+            cluster: 0,
+            top: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_anomaly_from_a_blocked_source_takes_no_room_in_the_queue() {
+        let guard = Arc::new(Guard::new(&Config::default()));
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sink = Sink {
+            tx,
+            algo: Algo::Kmeans,
+            shed: Arc::new(AtomicU64::new(0)),
+            already_blocked: Arc::new(AtomicU64::new(0)),
+            guard: Arc::new(OnceLock::new()),
+        };
+        let blocked: IpAddr = "127.0.9.1".parse().unwrap();
+        let open: IpAddr = "127.0.9.2".parse().unwrap();
+        assert!(guard.block(blocked, Duration::from_secs(60), "test"));
+        // Before the firewall exists every anomaly is queued.
+        sink.offer(blocked, &anomalous());
+        assert_eq!(rx.try_recv().map(|a| a.0), Ok(blocked));
+        let _ = sink.guard.set(Arc::downgrade(&guard));
+        // A full queue of the blocked source's anomalies would shed the open source's one.
+        for _ in 0..3 {
+            sink.offer(blocked, &anomalous());
+        }
+        sink.offer(open, &anomalous());
+        assert_eq!(rx.try_recv().map(|a| a.0), Ok(open));
+        assert_eq!(sink.already_blocked.load(Ordering::Relaxed), 3);
+        assert_eq!(sink.shed.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn rule_scored_features_are_features() {

@@ -223,6 +223,13 @@ impl Collector for Scrape {
                     ("model_shed", "Anomalies shed because the relay was full."),
                     d.shed,
                 ),
+                (
+                    (
+                        "model_already_blocked",
+                        "Anomalies not queued because their source was already blocked.",
+                    ),
+                    d.already_blocked,
+                ),
             ] {
                 counter(&mut e, (name, help), n)?;
             }
