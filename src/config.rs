@@ -236,6 +236,8 @@ pub struct Config {
     pub activity: ActivityConfig,
     /// Disk space.
     pub storage: StorageConfig,
+    /// Where users and items live: SQLite in the data directory, or PostgreSQL.
+    pub store: StoreConfig,
     /// TLS on the protocol port.
     pub tls: TlsConfig,
     /// The Prometheus metrics endpoint.
@@ -273,6 +275,7 @@ impl Config {
         self.firewall.check()?;
         self.activity.check()?;
         self.storage.check()?;
+        self.store.check()?;
         self.tls.check()?;
         self.metrics.check()?;
         Ok(())
@@ -1262,6 +1265,42 @@ impl StorageConfig {
             0,
             MAX_MIN_FREE_BYTES,
         )
+    }
+}
+
+/// `[store]`: where users, items and quotas live.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database`: keep users, items and quotas in this
+    /// PostgreSQL database, which every server that names it shares (docs/FLEET.md). Unset:
+    /// SQLite in the data directory, the default. Blobs stay in the data directory either
+    /// way.
+    pub url: Option<String>,
+}
+
+impl StoreConfig {
+    /// Checks that `url` names PostgreSQL and that this build can reach it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "store.url",
+                "expected a PostgreSQL URL, postgres://user:password@host:port/database \
+                 (leave it unset for SQLite in the data directory)"
+                    .to_owned(),
+            ));
+        }
+        if !cfg!(feature = "postgres") {
+            return Err(invalid(
+                "store.url",
+                "this build of rampart has no PostgreSQL store (the `postgres` feature is off)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 

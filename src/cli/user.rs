@@ -1,8 +1,9 @@
-//! `rampart user ...`: manage accounts directly in a data directory.
+//! `rampart user ...`: manage accounts directly in a data directory's store, or in the
+//! PostgreSQL database the configuration's `store.url` names.
 //!
 //! Safe next to a running server: these commands only touch `rampart.db`, whose SQLite
-//! locking (WAL, busy timeout) serializes them with the server's writes, and never the
-//! blobs or the data-directory lock.
+//! locking (WAL, busy timeout) serializes them with the server's writes (or PostgreSQL,
+//! whose transactions do), and never the blobs or the data-directory lock.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -11,8 +12,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
+use rampart::config::Config;
 use rampart::server::auth::hash_password;
-use rampart::store::{SqliteStore, Store};
+use rampart::store::Store;
 
 use super::load_config;
 use super::terminal::{visible, Shape};
@@ -28,7 +30,7 @@ pub enum UserCommand {
         /// The server's data directory (created if missing).
         #[arg(long)]
         data_dir: PathBuf,
-        /// Configuration file (for the argon2 parameters).
+        /// Configuration file (for the argon2 parameters, and `store.url`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -39,7 +41,7 @@ pub enum UserCommand {
         /// The server's data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Configuration file (for the argon2 parameters).
+        /// Configuration file (for the argon2 parameters, and `store.url`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -48,10 +50,19 @@ pub enum UserCommand {
         /// The server's data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Configuration file (for `store.url`).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The store the server with this configuration and data directory uses.
+fn open_store(config: &Config, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
+    // No free-space floor: an operator may always manage accounts.
+    Ok(rampart::server::open_store(config, data_dir, 0)?)
 }
 
 /// Reads one line from stdin as the password, without its line ending.
@@ -86,7 +97,7 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             rampart::store::validate_user_name(&name)?;
             let password = read_password()?;
-            let store = SqliteStore::open(&data_dir)?;
+            let store = open_store(&config, &data_dir)?;
             let hash = hash_password(&config.auth, &password)?;
             store.add_user(&name, &hash)?;
             println!("added user {name}");
@@ -97,7 +108,7 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
             config,
         } => {
             let config = load_config(config.as_ref())?;
-            let store = SqliteStore::open(&data_dir)?;
+            let store = open_store(&config, &data_dir)?;
             if store.user_id(&name)?.is_none() {
                 bail!("unknown user {name}");
             }
@@ -106,8 +117,12 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
             store.set_password(&name, &hash)?;
             println!("password changed for {name}");
         }
-        UserCommand::List { data_dir, json } => {
-            let store = SqliteStore::open(&data_dir)?;
+        UserCommand::List {
+            data_dir,
+            config,
+            json,
+        } => {
+            let store = open_store(&load_config(config.as_ref())?, &data_dir)?;
             let users = store.list_users()?;
             if json {
                 for u in &users {

@@ -273,7 +273,7 @@ impl Server {
         // The lock comes first: nothing below may touch a directory another server owns.
         let min_free = config.storage.min_free_bytes;
         let blobs = BlobStore::open_exclusive(data_dir)?.with_min_free_bytes(min_free);
-        let store = SqliteStore::open(data_dir)?.with_min_free_bytes(min_free);
+        let store = open_store(&config, data_dir, min_free)?;
         let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
         blobs.sweep_orphans(&referenced)?;
         // Blocks survive a restart: decisions are stored, and those still in force return.
@@ -298,7 +298,7 @@ impl Server {
         };
         let server = Server::assemble(
             config,
-            layer(Arc::new(store)),
+            layer(store),
             blobs,
             recorder,
             relay,
@@ -754,6 +754,27 @@ async fn lag_probe(shared: std::sync::Weak<Shared>) {
         metrics::Stalls::note(&s.metrics.stalls.loop_lag_us, lag);
         s.metrics.loop_lag.observe(lag);
         due = now + metrics::LAG_PROBE_EVERY;
+    }
+}
+
+/// The store `config.store.url` names: PostgreSQL, or SQLite in `data_dir` (with the disk's
+/// free-space floor) when it is unset.
+pub fn open_store(
+    config: &Config,
+    data_dir: &Path,
+    min_free: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.store.url {
+        #[cfg(feature = "postgres")]
+        Some(url) => Ok(Arc::new(crate::store::PgStore::open(url)?)),
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => Err(StoreError::Database(
+            "this build of rampart has no PostgreSQL store (the `postgres` feature is off)"
+                .to_owned(),
+        )),
+        None => Ok(Arc::new(
+            SqliteStore::open(data_dir)?.with_min_free_bytes(min_free),
+        )),
     }
 }
 

@@ -36,10 +36,14 @@
 )]
 
 mod blobs;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod fault;
 mod lock;
 mod names;
 mod pending;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod secret;
 mod space;
 mod sqlite;
@@ -48,6 +52,8 @@ pub use blobs::{BlobStore, StagedBlob, LOST_FOUND_DIR};
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
 pub use pending::Pending;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 pub use secret::{load_or_create_ticket_key, TICKET_KEY_FILE, TICKET_KEY_LEN};
 pub use space::{is_out_of_space, FreeSpace, Reserve, RESERVE_BYTES, RESERVE_FILE};
 pub use sqlite::SqliteStore;
@@ -196,6 +202,22 @@ impl NewItem {
     }
 }
 
+impl NewItem {
+    /// The item as its stored columns: title (mail subject or file name, "" for a
+    /// message), body (message text or mail body, "" for a file) and blobs, in order.
+    pub(crate) fn into_columns(self) -> (String, String, Vec<BlobRef>) {
+        match self {
+            NewItem::Message { text } => (String::new(), text, Vec::new()),
+            NewItem::Mail {
+                subject,
+                body,
+                attachments,
+            } => (subject, body, attachments),
+            NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
+        }
+    }
+}
+
 /// Converts a string length to `u64`; `usize` is at most 64 bits on every supported target.
 fn len_u64(s: &str) -> u64 {
     u64::try_from(s.len()).unwrap_or(u64::MAX)
@@ -225,6 +247,35 @@ pub struct Item {
     pub entry: InboxEntry,
     /// The content.
     pub content: ItemContent,
+}
+
+impl Item {
+    /// The item whose listing is `entry`, from its stored body and blobs (the reverse of
+    /// [`NewItem::into_columns`]); a file item without exactly one blob is corrupt.
+    pub(crate) fn from_columns(
+        entry: InboxEntry,
+        body: String,
+        mut blobs: Vec<BlobRef>,
+    ) -> Result<Item, StoreError> {
+        let content = match entry.kind {
+            ItemKind::Message => ItemContent::Message { text: body },
+            ItemKind::Mail => ItemContent::Mail {
+                subject: entry.title.clone(),
+                body,
+                attachments: blobs,
+            },
+            ItemKind::File => {
+                let blob = blobs.pop().filter(|_| blobs.is_empty()).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "file item {} does not have exactly one blob",
+                        entry.id
+                    ))
+                })?;
+                ItemContent::File(blob)
+            }
+        };
+        Ok(Item { entry, content })
+    }
 }
 
 /// The content of a stored item.
@@ -329,6 +380,11 @@ pub enum StoreError {
     /// A database error.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    /// The database server (PostgreSQL, `store.url`) could not be reached or refused the
+    /// statement; nothing was stored. Transient while the server is down: the store opens a
+    /// fresh connection on the next call.
+    #[error("database error: {0}")]
+    Database(String),
     /// Stored data that violates the store's own invariants.
     #[error("corrupt store: {0}")]
     Corrupt(String),
@@ -510,6 +566,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every blob id referenced by some item (used to sweep orphans at start-up).
     fn referenced_blobs(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Refuses an empty password hash, with which anyone could log in.
+pub(crate) fn check_password_hash(hash: &str) -> Result<(), StoreError> {
+    if hash.is_empty() {
+        return Err(StoreError::EmptyPasswordHash);
+    }
+    Ok(())
+}
+
+/// Converts a size for storage; both databases' integers are signed 64-bit.
+pub(crate) fn size_to_sql(size: u64) -> Result<i64, StoreError> {
+    i64::try_from(size).map_err(|_| StoreError::InvalidItem(format!("size {size} is too large")))
+}
+
+/// Converts a stored non-negative integer back, treating a negative value as corruption.
+pub(crate) fn sql_to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
+}
+
+/// Checks a blob reference before it is stored: its id later becomes a path, so a forged
+/// one must never get into the database.
+pub(crate) fn check_blob(blob: &BlobRef) -> Result<(), StoreError> {
+    if !is_valid_blob_id(&blob.blob_id) {
+        return Err(StoreError::InvalidBlobId(blob.blob_id.clone()));
+    }
+    size_to_sql(blob.size)?;
+    Ok(())
 }
 
 /// Whether `id` is exactly 32 lower-case hex characters, the only shape a blob id can have.

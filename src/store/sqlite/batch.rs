@@ -346,15 +346,7 @@ impl Delivery {
         let kind = item.kind();
         let size = item.size();
         let requested = item.charge();
-        let (title, body, blobs) = match item {
-            NewItem::Message { text } => (String::new(), text, Vec::new()),
-            NewItem::Mail {
-                subject,
-                body,
-                attachments,
-            } => (subject, body, attachments),
-            NewItem::File(blob) => (blob.name.clone(), String::new(), vec![blob]),
-        };
+        let (title, body, blobs) = item.into_columns();
         for blob in &blobs {
             check_blob(blob)?;
         }

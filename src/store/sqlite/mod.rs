@@ -47,9 +47,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::space::{FreeSpace, Reserve};
+use super::{check_blob, check_password_hash, size_to_sql, sql_to_u64};
 use super::{
-    is_valid_blob_id, validate_user_name, BlobRef, Deliveries, InboxEntry, Item, ItemContent,
-    ItemId, ItemKind, NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
+    is_valid_blob_id, validate_user_name, BlobRef, Deliveries, InboxEntry, Item, ItemId, ItemKind,
+    NewItem, Store, StoreError, UserId, UserSummary, ITEM_OVERHEAD_BYTES,
 };
 
 mod batch;
@@ -153,38 +154,11 @@ fn now_ms() -> i64 {
     crate::sim::now_ms()
 }
 
-fn check_password_hash(hash: &str) -> Result<(), StoreError> {
-    if hash.is_empty() {
-        return Err(StoreError::EmptyPasswordHash);
-    }
-    Ok(())
-}
-
-/// Converts a size for storage; SQLite integers are signed 64-bit.
-fn size_to_sql(size: u64) -> Result<i64, StoreError> {
-    i64::try_from(size).map_err(|_| StoreError::InvalidItem(format!("size {size} is too large")))
-}
-
-/// Converts a stored non-negative integer back, treating a negative value as corruption.
-fn sql_to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
-}
-
 fn sql_to_kind(value: i64) -> Result<ItemKind, StoreError> {
     u8::try_from(value)
         .ok()
         .and_then(|v| ItemKind::try_from(v).ok())
         .ok_or_else(|| StoreError::Corrupt(format!("unknown item kind {value}")))
-}
-
-/// Checks the blob references of an item before they are stored: their ids later become
-/// paths, so a forged one must never get into the database.
-fn check_blob(blob: &BlobRef) -> Result<(), StoreError> {
-    if !is_valid_blob_id(&blob.blob_id) {
-        return Err(StoreError::InvalidBlobId(blob.blob_id.clone()));
-    }
-    size_to_sql(blob.size)?;
-    Ok(())
 }
 
 /// The raw columns of one `items` row joined with its sender's name.
@@ -594,23 +568,9 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let (entry, body) = row.into_entry()?;
-        let mut blobs = item_blobs(&tx, id)?;
+        let blobs = item_blobs(&tx, id)?;
         tx.finish()?;
-        let content = match entry.kind {
-            ItemKind::Message => ItemContent::Message { text: body },
-            ItemKind::Mail => ItemContent::Mail {
-                subject: entry.title.clone(),
-                body,
-                attachments: blobs,
-            },
-            ItemKind::File => {
-                let blob = blobs.pop().filter(|_| blobs.is_empty()).ok_or_else(|| {
-                    StoreError::Corrupt(format!("file item {id} does not have exactly one blob"))
-                })?;
-                ItemContent::File(blob)
-            }
-        };
-        Ok(Some(Item { entry, content }))
+        Item::from_columns(entry, body, blobs).map(Some)
     }
 
     /// A delete that fails for lack of space releases the free-space reserve and tries
@@ -641,13 +601,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    pub(super) use crate::store::conformance::{blob, message, two_users, TestResult, BIG, EVIL};
+    use crate::store::conformance::{suite, Backend};
     use crate::store::BlobStore;
-    use std::collections::HashSet;
 
-    pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    pub(super) const BIG: u64 = 1 << 30;
-    pub(super) const EVIL: &str = "x'); DROP TABLE users;--";
     /// What each item costs on top of its size.
     pub(super) const O: u64 = ITEM_OVERHEAD_BYTES;
 
@@ -655,27 +612,6 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = SqliteStore::open(dir.path())?;
         Ok((dir, store))
-    }
-
-    pub(super) fn two_users(store: &SqliteStore) -> Result<(UserId, UserId), StoreError> {
-        Ok((
-            store.add_user("alice", "h-a")?,
-            store.add_user("bob", "h-b")?,
-        ))
-    }
-
-    pub(super) fn blob(
-        blobs: &BlobStore,
-        content: &[u8],
-        name: &str,
-    ) -> Result<BlobRef, StoreError> {
-        let mut staged = blobs.stage()?;
-        staged.append(content)?;
-        staged.commit(name)
-    }
-
-    pub(super) fn message(text: &str) -> NewItem {
-        NewItem::Message { text: text.into() }
     }
 
     /// Checks the usage column against a sum over items, the invariant deliver and delete keep.
@@ -691,341 +627,29 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn add_and_duplicate_user() -> TestResult {
-        let (_dir, store) = store()?;
-        let id = store.add_user("alice", "hash")?;
-        assert!(
-            matches!(store.add_user("alice", "other"), Err(StoreError::UserExists(n)) if n == "alice")
-        );
-        assert_eq!(store.user_id("alice")?, Some(id));
-        assert_eq!(store.user_id("nobody")?, None);
-        assert!(matches!(
-            store.add_user("Alice", "h"),
-            Err(StoreError::InvalidName(_))
-        ));
-        assert!(matches!(
-            store.add_user(EVIL, "h"),
-            Err(StoreError::InvalidName(_))
-        ));
-        assert!(matches!(
-            store.add_user("carol", ""),
-            Err(StoreError::EmptyPasswordHash)
-        ));
-        assert_eq!(store.user_id("carol")?, None);
-        Ok(())
+    /// A data directory of its own, for the shared suite.
+    struct Sqlite {
+        dir: tempfile::TempDir,
+        blobs: BlobStore,
     }
 
-    #[test]
-    fn credentials_and_password_change() -> TestResult {
-        let (_dir, store) = store()?;
-        let id = store.add_user("alice", "$argon2id$old")?;
-        assert_eq!(
-            store.credentials("alice")?,
-            Some((id, "$argon2id$old".to_owned()))
-        );
-        assert_eq!(store.credentials("bob")?, None);
-        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 0)));
-        store.set_password("alice", EVIL)?;
-        assert_eq!(store.credentials("alice")?, Some((id, EVIL.to_owned())));
-        // A password change revokes the user's resume tickets; a re-hash does not.
-        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 1)));
-        assert!(store.upgrade_password_hash(id, EVIL, "$argon2id$rehashed")?);
-        assert_eq!(store.ticket_epoch(id)?, Some(("alice".to_owned(), 1)));
-        assert_eq!(store.ticket_epoch(id + 1)?, None);
-        assert!(
-            matches!(store.set_password("bob", "h"), Err(StoreError::UnknownUser(n)) if n == "bob")
-        );
-        assert!(matches!(
-            store.set_password("alice", ""),
-            Err(StoreError::EmptyPasswordHash)
-        ));
-        Ok(())
+    impl Backend for Sqlite {
+        type S = SqliteStore;
+        fn open(&self) -> Result<SqliteStore, StoreError> {
+            SqliteStore::open(self.dir.path())
+        }
+        fn blobs(&self) -> &BlobStore {
+            &self.blobs
+        }
     }
 
-    #[test]
-    fn a_hash_upgrade_never_overwrites_a_changed_password() -> TestResult {
-        let (_dir, store) = store()?;
-        let id = store.add_user("alice", "$argon2id$old")?;
-        assert!(store.upgrade_password_hash(id, "$argon2id$old", "$argon2id$new")?);
-        assert_eq!(
-            store.credentials("alice")?.map(|c| c.1).as_deref(),
-            Some("$argon2id$new")
-        );
-        // An operator changed the password between the login and its upgrade: kept.
-        store.set_password("alice", "$argon2id$operator")?;
-        assert!(!store.upgrade_password_hash(id, "$argon2id$new", "$argon2id$newer")?);
-        assert_eq!(
-            store.credentials("alice")?.map(|c| c.1).as_deref(),
-            Some("$argon2id$operator")
-        );
-        assert!(matches!(
-            store.upgrade_password_hash(id, "$argon2id$operator", ""),
-            Err(StoreError::EmptyPasswordHash)
-        ));
-        Ok(())
-    }
-
-    #[test]
-    fn list_users_sorted_with_usage() -> TestResult {
-        let (_dir, store) = store()?;
-        let c = store.add_user("carol", "h")?;
-        let a = store.add_user("alice", "h")?;
-        store.add_user("bob", "h")?;
-        store.deliver(c, a, message("hey"), BIG)?;
-        let users = store.list_users()?;
-        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["alice", "bob", "carol"]);
-        assert_eq!(users[2].usage_bytes, 3 + O);
-        assert_eq!(users[0].usage_bytes, 0);
-        assert!(users[0].created_at_ms > 0);
-        Ok(())
-    }
-
-    #[test]
-    fn deliver_each_kind_and_read_back() -> TestResult {
-        let (dir, store) = store()?;
+    fn sqlite() -> Result<Option<Sqlite>, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let blobs = BlobStore::open(dir.path())?;
-        let (alice, bob) = two_users(&store)?;
-
-        let m = store.deliver(alice, bob, message(EVIL), BIG)?;
-        let att1 = blob(&blobs, b"attachment one", "one.txt")?;
-        let att2 = blob(&blobs, b"two", EVIL)?;
-        let mail = NewItem::Mail {
-            subject: EVIL.into(),
-            body: "body\0with nul".into(),
-            attachments: vec![att1.clone(), att2.clone()],
-        };
-        let mail_size = mail.size();
-        let ml = store.deliver(alice, bob, mail, BIG)?;
-        let file = blob(&blobs, b"file content", "report.pdf")?;
-        let f = store.deliver(bob, bob, NewItem::File(file.clone()), BIG)?;
-        assert!(m < ml && ml < f);
-
-        let inbox = store.inbox(bob, 0, 10)?;
-        let summary: Vec<(ItemId, ItemKind, &str, u64, &str)> = inbox
-            .iter()
-            .map(|e| (e.id, e.kind, e.from.as_str(), e.size, e.title.as_str()))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                (m, ItemKind::Message, "alice", EVIL.len() as u64, ""),
-                (ml, ItemKind::Mail, "alice", mail_size, EVIL),
-                (f, ItemKind::File, "bob", 12, "report.pdf"),
-            ]
-        );
-        assert_eq!(mail_size, (EVIL.len() + 13 + 14 + 3) as u64);
-        assert!(store.inbox(alice, 0, 10)?.is_empty());
-
-        let item = store.item(bob, m)?.ok_or("message missing")?;
-        assert_eq!(item.entry, inbox[0]);
-        assert_eq!(item.content, ItemContent::Message { text: EVIL.into() });
-        let item = store.item(bob, ml)?.ok_or("mail missing")?;
-        assert_eq!(
-            item.content,
-            ItemContent::Mail {
-                subject: EVIL.into(),
-                body: "body\0with nul".into(),
-                attachments: vec![att1, att2],
-            }
-        );
-        let item = store.item(bob, f)?.ok_or("file missing")?;
-        assert_eq!(item.content, ItemContent::File(file));
-
-        assert_eq!(store.usage(alice)?, EVIL.len() as u64 + mail_size + 2 * O);
-        assert_eq!(store.usage(bob)?, 12 + O);
-        assert_usage_consistent(&store)?;
-        // The evil strings did nothing to the schema.
-        assert_eq!(store.list_users()?.len(), 2);
-        Ok(())
+        Ok(Some(Sqlite { dir, blobs }))
     }
 
-    #[test]
-    fn inbox_pages_by_id() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let ids: Vec<ItemId> = (0..5)
-            .map(|i| store.deliver(alice, bob, message(&format!("m{i}")), BIG))
-            .collect::<Result<_, _>>()?;
-        let page: Vec<ItemId> = store.inbox(bob, 0, 2)?.iter().map(|e| e.id).collect();
-        assert_eq!(page, ids[..2]);
-        let page: Vec<ItemId> = store.inbox(bob, ids[1], 10)?.iter().map(|e| e.id).collect();
-        assert_eq!(page, ids[2..]);
-        assert!(store.inbox(bob, ids[4], 10)?.is_empty());
-        assert!(store.inbox(bob, 0, 0)?.is_empty());
-        assert!(store.inbox(bob, u64::MAX, 10)?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn other_users_items_are_invisible() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let id = store.deliver(alice, bob, message("for bob only"), BIG)?;
-        // The sender does not own the item either: it lives in the recipient's inbox.
-        assert_eq!(store.item(alice, id)?, None);
-        assert_eq!(store.item(alice, id + 1000)?, None);
-        assert_eq!(store.item(bob, u64::MAX)?, None);
-        assert_eq!(store.delete(alice, id)?, None);
-        assert_eq!(store.delete(alice, u64::MAX)?, None);
-        assert!(store.item(bob, id)?.is_some());
-        assert_eq!(store.usage(alice)?, 12 + O);
-        Ok(())
-    }
-
-    #[test]
-    fn quota_exceeded_is_refused_atomically() -> TestResult {
-        let (dir, store) = store()?;
-        let blobs = BlobStore::open(dir.path())?;
-        let (alice, bob) = two_users(&store)?;
-        // Room for two 5-byte messages with their overhead.
-        let quota = 10 + 2 * O;
-        store.deliver(alice, bob, message("12345"), quota)?;
-        let err = store.deliver(alice, bob, message("123456"), quota);
-        assert!(
-            matches!(
-                err,
-                Err(StoreError::QuotaExceeded {
-                    used,
-                    requested,
-                    quota: q,
-                }) if used == 5 + O && requested == 6 + O && q == quota
-            ),
-            "{err:?}"
-        );
-        let att = blob(&blobs, b"123", "a")?;
-        let mail = NewItem::Mail {
-            subject: "s".into(),
-            body: "b".into(),
-            attachments: vec![att],
-        };
-        assert!(matches!(
-            store.deliver(alice, bob, mail, quota - 1),
-            Err(StoreError::QuotaExceeded { .. })
-        ));
-        assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
-        assert!(store.referenced_blobs()?.is_empty());
-        assert_eq!(store.usage(alice)?, 5 + O);
-        // Exactly filling the quota is allowed.
-        store.deliver(alice, bob, message("12345"), quota)?;
-        assert_eq!(store.usage(alice)?, quota);
-        // Sizes that would overflow are refused, not wrapped.
-        let big = BlobRef {
-            size: i64::MAX as u64,
-            ..blob(&blobs, b"", "h")?
-        };
-        let huge = NewItem::Mail {
-            subject: String::new(),
-            body: String::new(),
-            attachments: vec![big.clone(), big.clone(), big.clone()],
-        };
-        assert!(matches!(
-            store.deliver(alice, bob, huge, u64::MAX),
-            Err(StoreError::QuotaExceeded {
-                requested: u64::MAX,
-                quota: u64::MAX,
-                ..
-            })
-        ));
-        let unstorable = NewItem::File(BlobRef {
-            size: u64::MAX,
-            ..big
-        });
-        assert!(matches!(
-            store.deliver(alice, bob, unstorable, u64::MAX),
-            Err(StoreError::InvalidItem(_))
-        ));
-        assert_eq!(store.inbox(bob, 0, 10)?.len(), 2);
-        assert_usage_consistent(&store)?;
-        Ok(())
-    }
-
-    #[test]
-    fn deliver_refuses_bad_input() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let forged = BlobRef {
-            blob_id: "../../../../etc/passwd".into(),
-            name: "passwd".into(),
-            size: 1,
-            digest: [0; 32],
-        };
-        assert!(matches!(
-            store.deliver(alice, bob, NewItem::File(forged), BIG),
-            Err(StoreError::InvalidBlobId(_))
-        ));
-        assert!(matches!(
-            store.deliver(alice, 999, message("x"), BIG),
-            Err(StoreError::UnknownUserId(999))
-        ));
-        assert!(matches!(
-            store.deliver(999, bob, message("x"), BIG),
-            Err(StoreError::UnknownUserId(999))
-        ));
-        assert!(matches!(
-            store.usage(999),
-            Err(StoreError::UnknownUserId(999))
-        ));
-        assert!(store.inbox(bob, 0, 10)?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn delete_frees_quota_and_returns_unreferenced_blobs() -> TestResult {
-        let (dir, store) = store()?;
-        let blobs = BlobStore::open(dir.path())?;
-        let (alice, bob) = two_users(&store)?;
-        let shared = blob(&blobs, b"shared", "shared")?;
-        let own = blob(&blobs, b"own", "own")?;
-        let mail = NewItem::Mail {
-            subject: "s".into(),
-            body: "b".into(),
-            attachments: vec![shared.clone(), own.clone(), own.clone()],
-        };
-        let m = store.deliver(alice, bob, mail, BIG)?;
-        // The same blob forwarded to alice is still referenced after bob deletes his copy.
-        let f = store.deliver(bob, alice, NewItem::File(shared.clone()), BIG)?;
-        let mut referenced = store.referenced_blobs()?;
-        referenced.sort();
-        let mut expected = vec![shared.blob_id.clone(), own.blob_id.clone()];
-        expected.sort();
-        assert_eq!(referenced, expected);
-
-        assert_eq!(store.usage(alice)?, 2 + 6 + 3 + 3 + O);
-        assert_eq!(store.delete(bob, m)?, Some(vec![own.blob_id.clone()]));
-        assert_eq!(store.usage(alice)?, 0);
-        assert_eq!(store.item(bob, m)?, None);
-        assert_eq!(store.delete(bob, m)?, None);
-        assert_eq!(store.referenced_blobs()?, vec![shared.blob_id.clone()]);
-
-        assert_eq!(store.delete(alice, f)?, Some(vec![shared.blob_id.clone()]));
-        assert_eq!(store.usage(bob)?, 0);
-        assert!(store.referenced_blobs()?.is_empty());
-        assert_usage_consistent(&store)?;
-
-        let none_left: HashSet<String> = HashSet::new();
-        assert_eq!(blobs.sweep_orphans(&none_left)?, 2);
-        Ok(())
-    }
-
-    #[test]
-    fn item_ids_are_never_reused() -> TestResult {
-        let (dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let first = store.deliver(alice, bob, message("a"), BIG)?;
-        let second = store.deliver(alice, bob, message("b"), BIG)?;
-        store.delete(bob, second)?;
-        store.delete(bob, first)?;
-        let third = store.deliver(alice, bob, message("c"), BIG)?;
-        assert!(third > second, "{third} reused an id <= {second}");
-        drop(store);
-        let store = SqliteStore::open(dir.path())?;
-        store.delete(bob, third)?;
-        let fourth = store.deliver(alice, bob, message("d"), BIG)?;
-        assert!(fourth > third);
-        Ok(())
-    }
+    suite!(sqlite);
 
     #[test]
     fn below_the_floor_deliveries_are_refused_and_reads_and_deletes_work() -> TestResult {
@@ -1083,59 +707,6 @@ mod tests {
         assert!(store.writer.is_poisoned());
         store.add_user("alice", "h")?;
         assert!(store.user_id("alice")?.is_some());
-        Ok(())
-    }
-
-    #[test]
-    fn deliver_all_is_deliver_in_turn() -> TestResult {
-        let (_dir, store) = store()?;
-        let (alice, bob) = two_users(&store)?;
-        let carol = store.add_user("carol", "h")?;
-        let bad = BlobRef {
-            blob_id: "../escape".into(),
-            name: "x".into(),
-            size: 1,
-            digest: [0; 32],
-        };
-        // Quota 25 and two items' overhead: the 20-byte message fits, the next 10 do not,
-        // the 5 after them do.
-        let quota = 25 + 2 * O;
-        let items = vec![
-            (bob, message("01234567890123456789")),
-            (carol, message("0123456789")),
-            (bob, NewItem::File(bad)),
-            (UserId::MAX, message("x")),
-            (carol, message("01234")),
-        ];
-        let results = store.deliver_all(alice, items, quota);
-        assert_eq!(results.len(), 5);
-        let first = *results[0].as_ref().map_err(|e| e.to_string())?;
-        assert!(
-            matches!(
-                results[1],
-                Err(StoreError::QuotaExceeded { used, requested, quota: q })
-                    if used == 20 + O && requested == 10 + O && q == quota
-            ),
-            "{:?}",
-            results[1]
-        );
-        assert!(
-            matches!(results[2], Err(StoreError::InvalidBlobId(_))),
-            "{:?}",
-            results[2]
-        );
-        assert!(
-            matches!(results[3], Err(StoreError::UnknownUserId(_))),
-            "{:?}",
-            results[3]
-        );
-        let last = *results[4].as_ref().map_err(|e| e.to_string())?;
-        assert!(last > first, "ids follow the order of the list");
-        assert_eq!(store.usage(alice)?, quota);
-        assert_eq!(store.inbox(bob, 0, 10)?.len(), 1);
-        assert_eq!(store.inbox(carol, 0, 10)?.len(), 1);
-        assert!(store.deliver_all(alice, Vec::new(), quota).is_empty());
-        assert_usage_consistent(&store)?;
         Ok(())
     }
 }
