@@ -28,6 +28,8 @@ pub mod client;
 pub mod config;
 pub mod detect;
 pub mod firewall;
+#[cfg(feature = "postgres")]
+pub mod fleet;
 pub mod guard;
 pub mod load;
 pub mod protocol;

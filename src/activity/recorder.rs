@@ -399,6 +399,8 @@ struct Writer {
     unblock_hook: Option<UnblockHook>,
     floor: Option<crate::store::FreeSpace>,
     last_unblock: i64,
+    /// Ids of the `unblock` rows this writer stored for the firewall, not yet polled.
+    own_unblocks: Vec<i64>,
     last_tick: Instant,
     retention: Option<Retention>,
     folder: super::fold::Folder,
@@ -431,6 +433,7 @@ impl Writer {
             unblock_hook: None,
             floor: None,
             last_unblock,
+            own_unblocks: Vec::new(),
             last_tick: Instant::now(),
             retention: None,
             folder: super::fold::Folder::default(),
@@ -521,6 +524,7 @@ impl Writer {
                 &mut self.batch,
                 &mut self.decisions,
                 &mut self.sink,
+                &mut self.own_unblocks,
             );
         }
         if self.last_tick.elapsed() >= flush || disconnected {
@@ -541,6 +545,13 @@ impl Writer {
                     Ok(rows) => {
                         for (id, ip) in rows {
                             self.last_unblock = self.last_unblock.max(id);
+                            // An unblock the firewall took and logged itself (a fleet's, or
+                            // through its API) is a record, not a command: applied again
+                            // now, it would lift a block decided since.
+                            if let Some(i) = self.own_unblocks.iter().position(|&o| o == id) {
+                                self.own_unblocks.swap_remove(i);
+                                continue;
+                            }
                             hook(ip);
                         }
                     }
@@ -639,13 +650,15 @@ fn prune(conn: &rusqlite::Connection, counters: &Counters, r: Retention) -> bool
 }
 
 /// Commits the pending events in one transaction, hands them to the sink, and stores the
-/// pending firewall decisions.
+/// pending firewall decisions; the ids of the `unblock` rows among them go to
+/// `own_unblocks`.
 fn commit_pending(
     conn: &mut rusqlite::Connection,
     counters: &Counters,
     batch: &mut Vec<Event>,
     decisions: &mut Vec<DecisionRecord>,
     sink: &mut Option<Box<dyn WindowSink>>,
+    own_unblocks: &mut Vec<i64>,
 ) {
     if !batch.is_empty() {
         let started = Instant::now();
@@ -675,7 +688,7 @@ fn commit_pending(
         batch.clear();
     }
     for d in decisions.drain(..) {
-        if let Err(e) = db::insert_decision(
+        match db::insert_decision(
             conn,
             d.t_ms,
             &d.source,
@@ -684,7 +697,15 @@ fn commit_pending(
             d.score,
             &d.reason,
         ) {
-            tracing::error!(error = %e, "firewall decision not stored");
+            Ok(()) if d.action == "unblock" => {
+                // Rare (operators' actions); bounded all the same, oldest first out.
+                if own_unblocks.len() >= 1024 {
+                    own_unblocks.remove(0);
+                }
+                own_unblocks.push(conn.last_insert_rowid());
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "firewall decision not stored"),
         }
     }
 }
@@ -752,6 +773,48 @@ mod tests {
         let mut back = Vec::new();
         db::for_each_event(&conn, |e| back.push(e))?;
         assert_eq!(back, sent);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unblock_the_firewall_logged_is_not_applied_again_as_a_command(
+    ) -> Result<(), ActivityError> {
+        let dir = tempfile::tempdir().map_err(|e| ActivityError::Corrupt {
+            id: 0,
+            what: e.to_string(),
+        })?;
+        let rec = Recorder::start(dir.path(), 1024, Duration::from_millis(5), None)?;
+        let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook_applied = Arc::clone(&applied);
+        rec.on_unblock(Box::new(move |ip| {
+            hook_applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(ip);
+        }));
+        // The firewall lifted a block itself and logged it...
+        rec.decision(DecisionRecord {
+            t_ms: crate::activity::now_ms(),
+            source: "127.0.9.1".into(),
+            action: "unblock",
+            duration_s: 0,
+            score: 0.0,
+            reason: "unblocked by an operator".into(),
+        });
+        // ...and an operator wrote one for another address.
+        let conn = db::open(dir.path())?;
+        std::thread::sleep(Duration::from_millis(100));
+        db::insert_decision(&conn, 0, "127.0.9.2", "unblock", 0, 0.0, "cli")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while applied.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let applied = applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(applied, ["127.0.9.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(db::decisions(&conn)?.len(), 2);
         Ok(())
     }
 

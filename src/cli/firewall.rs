@@ -29,14 +29,21 @@ pub enum FirewallCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Lift the block on an address; a running server applies it within a second.
-    #[command(after_help = "Example:\n  rampart firewall unblock 127.0.1.7 --data-dir ./data")]
+    /// Lift the block on an address; a running server applies it within a second. With a
+    /// configuration whose `store.url` names a fleet's database, every server of the fleet
+    /// does.
+    #[command(
+        after_help = "Examples:\n  rampart firewall unblock 127.0.1.7 --data-dir ./data\n  rampart firewall unblock 127.0.1.7 --data-dir ./data --config fleet.toml"
+    )]
     Unblock {
         /// The blocked address.
         ip: IpAddr,
         /// The server's data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Configuration file (for `store.url`: the fleet's database).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -80,7 +87,21 @@ pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
                 }
             }
         }
-        FirewallCommand::Unblock { ip, data_dir } => {
+        FirewallCommand::Unblock {
+            ip,
+            data_dir,
+            config,
+        } => {
+            let config = super::load_config(config.as_ref())?;
+            if let Some(url) = &config.store.url {
+                let source = rampart::guard::SourceKey::from_ip(ip, config.ip.ipv6_prefix);
+                #[cfg(feature = "postgres")]
+                rampart::fleet::unblock(url, source)
+                    .context("cannot write the unblock to the fleet's database")?;
+                #[cfg(not(feature = "postgres"))]
+                let _ = (url, source);
+                println!("unblocked {source} on every server of the fleet");
+            }
             let conn = db::open(&data_dir).context("cannot open the activity database")?;
             db::insert_decision(
                 &conn,

@@ -142,7 +142,8 @@ pub struct Decision {
     pub score: f64,
     /// Why: the signal that tipped the score and the signals seen, by name.
     pub reason: String,
-    /// The signal that tipped the score (`None` for an operator's unblock).
+    /// The signal that tipped the score (`None` for an operator's unblock, or a block another
+    /// server of the fleet decided).
     pub trigger: Option<Signal>,
     /// The signals that added up to the score, by kind, with how often each came.
     pub signals: Vec<(Signal, u32)>,
@@ -203,6 +204,20 @@ pub struct Firewall {
     recorder: Recorder,
     /// Decisions taken, by action and trigger ([`Firewall::decision_counts`]).
     counts: DecisionCounts,
+    /// Where this firewall's own blocks go for the other servers of a fleet
+    /// ([`Firewall::share_blocks`]); unset on a server of its own.
+    peers: std::sync::OnceLock<std::sync::mpsc::SyncSender<SharedBlock>>,
+}
+
+/// A block this firewall decided, for the other servers of a fleet (`crate::fleet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedBlock {
+    /// The blocked source.
+    pub source: SourceKey,
+    /// How long the block lasts.
+    pub duration_s: u64,
+    /// Why, as the decision says.
+    pub reason: String,
 }
 
 /// How many triggers a decision can have: every signal, and none (an operator's unblock).
@@ -268,7 +283,54 @@ impl Firewall {
             decisions: Mutex::new(VecDeque::new()),
             recorder: Recorder::disabled(),
             counts: DecisionCounts::default(),
+            peers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every block this firewall decides from now on to `peers` (the fleet link,
+    /// which shares it with the other servers); a full queue drops it, and the other
+    /// servers then judge the source by what they see themselves. Set once.
+    pub fn share_blocks(&self, peers: std::sync::mpsc::SyncSender<SharedBlock>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// Applies a block another server of the fleet decided: the source is refused here too
+    /// until it ends, its next offence here escalates as if this server had blocked it,
+    /// and the decision is logged with the others (not shared again). Open sessions that
+    /// logged in and did not offend stay, as for any offence. Returns whether it blocked
+    /// (an allow-listed source is not).
+    pub fn apply_peer_block(&self, source: SourceKey, for_: Duration, reason: &str) -> bool {
+        let ip = source.net().network();
+        let reason = format!("{reason} (decided by another server of the fleet)");
+        let blocked = {
+            let mut scores = lock(&self.scores);
+            let blocked = self.guard.block_offence(ip, for_, &reason);
+            if blocked && (scores.contains_key(&source) || scores.len() < self.max_sources) {
+                let s = scores.entry(source).or_insert(Score {
+                    points: 0.0,
+                    updated: Instant::now(),
+                    blocks: 0,
+                    recent: Vec::new(),
+                    decided_until: None,
+                });
+                s.blocks = s.blocks.saturating_add(1);
+                s.points = 0.0;
+            }
+            blocked
+        };
+        if blocked {
+            self.log(Decision {
+                at: crate::sim::wall_now(),
+                source,
+                action: Action::Block,
+                duration_s: for_.as_secs(),
+                score: 0.0,
+                reason,
+                trigger: None,
+                signals: Vec::new(),
+            });
+        }
+        blocked
     }
 
     /// Stores every decision in the activity database through `recorder`.
@@ -355,6 +417,7 @@ impl Firewall {
             decisions: Mutex::new(VecDeque::new()),
             recorder: Recorder::disabled(),
             counts: DecisionCounts::default(),
+            peers: std::sync::OnceLock::new(),
         }
     }
 
@@ -381,7 +444,8 @@ impl Firewall {
         lifted
     }
 
-    /// Decisions taken since start, by action and trigger (`None`: an operator's unblock),
+    /// Decisions taken since start, by action and trigger (`None`: an operator's unblock, or a
+    /// block another server of the fleet decided),
     /// every pair listed, in vocabulary order.
     pub fn decision_counts(&self) -> Vec<(Action, Option<Signal>, u64)> {
         let triggers = Signal::ALL.into_iter().map(Some).chain([None]);
@@ -585,6 +649,15 @@ impl Firewall {
             reason = %decision.reason,
             "firewall decision"
         );
+        if decision.action == Action::Block {
+            if let Some(peers) = self.peers.get() {
+                let _ = peers.try_send(SharedBlock {
+                    source,
+                    duration_s,
+                    reason: decision.reason.clone(),
+                });
+            }
+        }
         self.log(decision.clone());
         Some(decision)
     }

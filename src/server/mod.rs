@@ -304,6 +304,11 @@ impl Server {
             relay,
             Some(ticket_key),
         )?;
+        #[cfg(feature = "postgres")]
+        if let Some(url) = &server.shared.config.load().store.url {
+            // Blocks are shared by the servers on one database: see src/fleet.rs.
+            crate::fleet::start(url, &server.shared.firewall)?;
+        }
         for (source, left, reason) in restored {
             if let Ok(ip) = source.parse() {
                 server

@@ -78,6 +78,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (item_id, idx)
     );
     CREATE INDEX item_blobs_by_blob ON item_blobs(blob_id);",
+    // 2: the firewall decisions the servers of a fleet share (src/fleet.rs).
+    "CREATE TABLE fleet_decisions (
+        id         BIGSERIAL PRIMARY KEY,
+        origin     TEXT   NOT NULL,
+        source     TEXT   NOT NULL,
+        action     TEXT   NOT NULL CHECK (action IN ('block', 'unblock')),
+        until_ms   BIGINT NOT NULL,
+        reason     TEXT   NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX fleet_decisions_in_force ON fleet_decisions(until_ms);",
 ];
 
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
@@ -103,6 +114,15 @@ pub struct PgStore {
     /// The URL without its password, for messages.
     shown: String,
     idle: Mutex<Vec<Client>>,
+}
+
+impl Drop for PgStore {
+    /// Closing a blocking client blocks on its runtime, which tokio refuses on a thread
+    /// that runs tasks; the last handle to a server's store may well be dropped on one.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle());
+        off_runtime(move || drop(idle));
+    }
 }
 
 impl std::fmt::Debug for PgStore {

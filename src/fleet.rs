@@ -1,0 +1,281 @@
+//! Fleet mode: servers that share one PostgreSQL database (`store.url`) share their
+//! firewall's blocks too, so a source one server blocked is refused by every server.
+//!
+//! Each server runs one link thread. It writes every block its own firewall decides to the
+//! `fleet_decisions` table (origin, source, action, absolute end, reason), and every
+//! [`POLL`] it reads the rows added since it last looked and applies those of the other
+//! servers: a block through [`Firewall::apply_peer_block`] (refused here until the same end,
+//! escalation counted, open sessions in good standing spared), an operator's unblock
+//! (`rampart firewall unblock` with `store.url` set) through [`Firewall::unblock`]. On
+//! start it applies every block still in force. The allow list is each server's own
+//! configuration and wins everywhere, as it does for a local decision.
+//!
+//! A block thus reaches the other servers within one poll and a round trip (well under a
+//! second). While the database is down each server keeps its own blocks and goes on
+//! deciding locally; its decisions wait in a bounded queue and are shared once the database
+//! is back.
+//!
+//! Ids of a `bigserial` are handed out when a row is inserted, not when it commits, so a
+//! row may appear below the highest id already read. Each poll therefore reads back
+//! [`OVERLAP`] ids below it and skips the ones it has seen.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+use serde::Serialize;
+
+use crate::firewall::{Firewall, SharedBlock};
+use crate::guard::SourceKey;
+use crate::store::StoreError;
+
+/// How often each server reads the other servers' decisions.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Ids below the highest seen that each poll reads again (see the module docs).
+const OVERLAP: i64 = 256;
+
+/// Blocks waiting to be written while the database is unreachable; more are dropped (and
+/// counted): the other servers then judge those sources by what they see themselves.
+const OUTBOX: usize = 4096;
+
+/// The action column of an operator's unblock.
+pub const UNBLOCK: &str = "unblock";
+const BLOCK: &str = "block";
+
+/// What the fleet link has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FleetStats {
+    /// This server's blocks written for the others.
+    pub shared: u64,
+    /// Other servers' blocks applied here.
+    pub applied: u64,
+    /// Operators' unblocks applied here.
+    pub unblocked: u64,
+    /// This server's blocks dropped because the outbox was full.
+    pub dropped: u64,
+    /// Polls that failed (the database unreachable, say).
+    pub failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    shared: AtomicU64,
+    applied: AtomicU64,
+    unblocked: AtomicU64,
+    dropped: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A running fleet link's counters.
+#[derive(Debug, Clone)]
+pub struct FleetLink {
+    counters: Arc<Counters>,
+}
+
+impl FleetLink {
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FleetStats {
+        let c = &self.counters;
+        FleetStats {
+            shared: c.shared.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            unblocked: c.unblocked.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Starts the link thread of `firewall` on the database at `url` (the store's, already
+/// migrated). It ends once the firewall is gone.
+pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Database(format!("invalid store.url: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(2));
+    }
+    let (tx, rx) = mpsc::sync_channel(OUTBOX);
+    firewall.share_blocks(tx);
+    let counters = Arc::new(Counters::default());
+    let link = Link {
+        config,
+        origin: format!("{:016x}", rand::random::<u64>()),
+        firewall: Arc::downgrade(firewall),
+        rx,
+        outbox: VecDeque::new(),
+        seen: BTreeSet::new(),
+        caught_up: false,
+        counters: Arc::clone(&counters),
+        warned: false,
+    };
+    std::thread::Builder::new()
+        .name("rampart-fleet".into())
+        .spawn(move || link.run())
+        .map_err(StoreError::Io)?;
+    Ok(FleetLink { counters })
+}
+
+/// Writes an operator's unblock of `source` for every server of the fleet.
+pub fn unblock(url: &str, source: SourceKey) -> Result<(), StoreError> {
+    let mut c = Client::connect(url, NoTls)?;
+    c.execute(
+        "INSERT INTO fleet_decisions (origin, source, action, until_ms, reason, created_ms)
+         VALUES ('operator', $1, $2, 0, 'unblocked by an operator', $3)",
+        &[&source.to_string(), &UNBLOCK, &crate::activity::now_ms()],
+    )?;
+    Ok(())
+}
+
+struct Link {
+    config: postgres::Config,
+    /// This server's name in the table: random, so that restarts and servers on one host
+    /// never mistake each other's rows for their own.
+    origin: String,
+    firewall: Weak<Firewall>,
+    rx: Receiver<SharedBlock>,
+    outbox: VecDeque<SharedBlock>,
+    /// Ids read, down to [`OVERLAP`] below the highest.
+    seen: BTreeSet<i64>,
+    caught_up: bool,
+    counters: Arc<Counters>,
+    /// A failure was logged and no success came since: log the next one at debug only.
+    warned: bool,
+}
+
+impl Link {
+    fn run(mut self) {
+        let mut client: Option<Client> = None;
+        loop {
+            match self.rx.recv_timeout(POLL) {
+                Ok(b) => self.queue(b),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The firewall, which holds the sender, is gone: the server stopped.
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while let Ok(b) = self.rx.try_recv() {
+                self.queue(b);
+            }
+            let Some(firewall) = self.firewall.upgrade() else {
+                return;
+            };
+            let connected = match client.take() {
+                Some(c) if !c.is_closed() => Ok(c),
+                _ => self.config.connect(NoTls),
+            };
+            let result = connected.and_then(|mut c| {
+                let r = self.sync(&mut c, &firewall);
+                client = Some(c);
+                r
+            });
+            match result {
+                Ok(()) => self.warned = false,
+                Err(e) => {
+                    client = None;
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    if self.warned {
+                        tracing::debug!(error = %e, "fleet link: still cannot sync decisions");
+                    } else {
+                        tracing::warn!(error = %e, "fleet link: cannot sync decisions; blocks stay local until the database is back");
+                        self.warned = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, b: SharedBlock) {
+        if self.outbox.len() >= OUTBOX {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.outbox.push_back(b);
+        }
+    }
+
+    /// Writes the outbox, then applies what the other servers decided since the last poll.
+    fn sync(&mut self, c: &mut Client, firewall: &Firewall) -> Result<(), postgres::Error> {
+        while let Some(b) = self.outbox.front() {
+            let until = crate::activity::now_ms().saturating_add(
+                i64::try_from(b.duration_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            );
+            c.execute(
+                "INSERT INTO fleet_decisions (origin, source, action, until_ms, reason, created_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &self.origin,
+                    &b.source.to_string(),
+                    &BLOCK,
+                    &until,
+                    &b.reason,
+                    &crate::activity::now_ms(),
+                ],
+            )?;
+            self.outbox.pop_front();
+            self.counters.shared.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = crate::activity::now_ms();
+        let rows = if self.caught_up {
+            let from = self
+                .seen
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(OVERLAP);
+            c.query(
+                "SELECT id, origin, source, action, until_ms, reason FROM fleet_decisions
+                 WHERE id > $1 ORDER BY id",
+                &[&from],
+            )?
+        } else {
+            // First look: what is still in force, and the unblocks that may lift it.
+            c.query(
+                "SELECT id, origin, source, action, until_ms, reason FROM fleet_decisions
+                 WHERE until_ms > $1 OR action = $2 ORDER BY id",
+                &[&now, &UNBLOCK],
+            )?
+        };
+        for row in rows {
+            let id: i64 = row.get(0);
+            if !self.seen.insert(id) {
+                continue;
+            }
+            let origin: String = row.get(1);
+            if origin == self.origin {
+                continue;
+            }
+            let source: String = row.get(2);
+            let Ok(source) = source.parse::<SourceKey>() else {
+                tracing::warn!(%source, "fleet link: skipping a decision for an unreadable source");
+                continue;
+            };
+            let action: String = row.get(3);
+            let until: i64 = row.get(4);
+            let reason: String = row.get(5);
+            let ip = source.net().network();
+            if action == UNBLOCK {
+                // Only a block in force is lifted (and logged): on the first look every
+                // unblock ever written is read.
+                if firewall.guard().is_blocked(ip) && firewall.unblock(ip) {
+                    self.counters.unblocked.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if until > now && !firewall.guard().is_blocked(ip) {
+                // A source this server blocked already keeps its own block: the same
+                // offence seen twice is not escalated twice.
+                let left = Duration::from_millis(until.saturating_sub(now).unsigned_abs());
+                if firewall.apply_peer_block(source, left, &reason) {
+                    self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.caught_up = true;
+        if let Some(&top) = self.seen.last() {
+            let keep = top.saturating_sub(OVERLAP);
+            self.seen = self.seen.split_off(&keep);
+        }
+        Ok(())
+    }
+}
