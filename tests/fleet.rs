@@ -1,6 +1,7 @@
-//! Fleet mode end to end: three servers on one PostgreSQL database (`store.url`) share users
-//! and items, and a block one of them decides is enforced by all of them; an operator's
-//! unblock lifts it everywhere, and the next offence escalates fleet-wide.
+//! Fleet mode end to end: three servers on one PostgreSQL database (`store.url`) share users,
+//! items and the resume-ticket key, and a block one of them decides is enforced by all of
+//! them; an operator's unblock lifts it everywhere, and the next offence escalates
+//! fleet-wide.
 //!
 //! Needs a PostgreSQL server: set `RAMPART_TEST_POSTGRES` to a URL of a user that may create
 //! schemas (`.ci/run` starts one). Without it the tests are skipped with a note.
@@ -162,6 +163,16 @@ async fn a_block_on_one_server_is_enforced_by_all_and_lifted_by_all() -> TestRes
     let mut bob = login(&members[2], "bob", "bob-pw").await?;
     let inbox = bob.inbox().await?;
     assert!(inbox.iter().any(|e| e.id == sent), "{inbox:?}");
+    // A resume ticket one server issued is honoured by another: the fleet shares the key.
+    let ticket = alice.request_ticket().await?;
+    let mut again = rampart::client::Client::resume(
+        members[0].handle.local_addr().to_string(),
+        "alice",
+        &ticket.ticket,
+        opts.clone(),
+    )
+    .await?;
+    again.ping().await?;
 
     // An operator's unblock reaches every server.
     let source = SourceKey::from_ip(attacker, config.ip.ipv6_prefix);

@@ -191,3 +191,46 @@ async fn a_proven_address_gets_in_after_its_own_typo_during_an_attack() -> TestR
     })
     .await
 }
+
+/// A script that runs the command-line client once per command keeps logging in while the
+/// server's database is down. Every login is answered `internal` (the server could not
+/// look the user up), and none may count against the script's login allowance: once the
+/// database is back its next login gets in, and its address was never scored. It used to
+/// keep each attempt as a failure, so the script hit `login_rate_ip`, was scored for it and
+/// blocked for 300 s by the outage of the server's own database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_during_a_database_outage_cost_the_client_nothing() -> TestResult {
+    within(async {
+        use rampart::store::fault::{DiskFault, DiskFaults, FaultyStore};
+        use std::sync::Arc;
+        let config = firewall_config();
+        let faults = Arc::new(DiskFaults::default());
+        let switch = Arc::clone(&faults);
+        let dir = tempfile::tempdir()?;
+        let opened =
+            rampart::server::Server::open_layered(config.clone(), dir.path(), None, |inner| {
+                Arc::new(FaultyStore::new(inner, switch))
+            })?;
+        common::add_users(&*opened.store(), &config);
+        let handle = opened.bind("127.0.0.1:0".parse()?).await?;
+        let server = TestServer {
+            addr: handle.local_addr(),
+            handle,
+            dir,
+        };
+        let script = ip(8, 1);
+        faults.set(DiskFault::Unreachable);
+        // Twice the default burst of logins from one address.
+        let attempts = 2 * config.rates.logins_burst_per_ip;
+        for n in 0..attempts {
+            let login = Client::login(server.target(), "alice", b"alice-pw", from(script)).await;
+            refused(login, ErrorCode::Internal)
+                .map_err(|e| format!("attempt {n} during the outage: {e}"))?;
+        }
+        faults.set(DiskFault::Healthy);
+        let mut alice = Client::login(server.target(), "alice", b"alice-pw", from(script)).await?;
+        alice.ping().await?;
+        clean(&server, script)
+    })
+    .await
+}

@@ -10,8 +10,8 @@
 //! checks that neither allowance is spent and takes one failure for the attempt while it is
 //! verified: at most `rates.logins_burst_per_ip` verifications from one source are in flight
 //! however many connections it opens. [`LoginBudgets::settle`] then keeps that failure, or
-//! gives it back and takes a success instead, or (a retry of a password that already failed)
-//! gives it back and takes nothing.
+//! gives it back and takes a success instead, or (a retry of a password that already failed,
+//! or an attempt the server could not judge) gives it back and takes nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,6 +28,9 @@ pub(crate) enum Outcome {
     Failed,
     /// The same wrong password as a recent failure: counted once, already.
     Repeated,
+    /// Never judged: the server could not look the user up (its store down) or verify the
+    /// password (its verifier full). Not the source's doing, so it costs nothing.
+    Unjudged,
 }
 
 /// Per-source allowances of failed and of successful logins (GCRA states on the guard's

@@ -557,6 +557,16 @@ impl Guard {
         true
     }
 
+    /// Gives back the attempt [`Guard::check_login`] reserved for `source` when the server
+    /// could not judge it (its store unreachable, its verifier full): an outage of the
+    /// server's must not use up an honest script's allowance and get it blocked.
+    pub fn login_unjudged(&self, source: SourceKey) {
+        let now = self.clock.elapsed();
+        self.lock_logins()
+            .budgets
+            .settle(source, Outcome::Unjudged, now);
+    }
+
     /// Records a successful login to `user_name` from `source`: the source is in good
     /// standing for that account, so the account's failure backoff never holds it back, and
     /// the attempt counts against its allowance of successful logins, not of failures.

@@ -151,6 +151,9 @@ pub(super) async fn run(
                         format!("every delivery took {} ms longer", d.as_millis())
                     }
                     DiskFault::FsyncFail => "every write failed as a failed fsync does".into(),
+                    DiskFault::Unreachable => {
+                        "every call failed: the database could not be reached".into()
+                    }
                     _ => "every write was refused: no space left on the device".into(),
                 };
             }

@@ -273,13 +273,17 @@ impl Server {
         // The lock comes first: nothing below may touch a directory another server owns.
         let min_free = config.storage.min_free_bytes;
         let blobs = BlobStore::open_exclusive(data_dir)?.with_min_free_bytes(min_free);
-        let store = open_store(&config, data_dir, min_free)?;
+        let (store, shared_key) = open_store_and_key(&config, data_dir, min_free)?;
         let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
         blobs.sweep_orphans(&referenced)?;
         // Blocks survive a restart: decisions are stored, and those still in force return.
         let restored = restore_blocks(data_dir)?;
         // Tickets users hold stay valid across restarts: the key lives in the data directory.
-        let ticket_key = crate::store::load_or_create_ticket_key(data_dir)?;
+        // A fleet shares one key (in its database), so any server honours any ticket.
+        let ticket_key = match shared_key {
+            Some(key) => key,
+            None => crate::store::load_or_create_ticket_key(data_dir)?,
+        };
         let (sink, relay) = match detection {
             Some((sink, pending, counters)) => (Some(sink), Some((pending, counters))),
             None => (None, None),
@@ -769,16 +773,33 @@ pub fn open_store(
     data_dir: &Path,
     min_free: u64,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    open_store_and_key(config, data_dir, min_free).map(|(store, _)| store)
+}
+
+/// [`open_store`], and the ticket key a fleet's database holds (`None` for SQLite: the key
+/// lives in the data directory).
+type StoreAndKey = (Arc<dyn Store>, Option<[u8; crate::store::TICKET_KEY_LEN]>);
+
+fn open_store_and_key(
+    config: &Config,
+    data_dir: &Path,
+    min_free: u64,
+) -> Result<StoreAndKey, StoreError> {
     match &config.store.url {
         #[cfg(feature = "postgres")]
-        Some(url) => Ok(Arc::new(crate::store::PgStore::open(url)?)),
+        Some(url) => {
+            let store = crate::store::PgStore::open(url)?;
+            let key = store.shared_ticket_key()?;
+            Ok((Arc::new(store), Some(key)))
+        }
         #[cfg(not(feature = "postgres"))]
         Some(_) => Err(StoreError::Database(
             "this build of rampart has no PostgreSQL store (the `postgres` feature is off)"
                 .to_owned(),
         )),
-        None => Ok(Arc::new(
-            SqliteStore::open(data_dir)?.with_min_free_bytes(min_free),
+        None => Ok((
+            Arc::new(SqliteStore::open(data_dir)?.with_min_free_bytes(min_free)),
+            None,
         )),
     }
 }

@@ -449,7 +449,10 @@ impl Session {
         let name = user.clone();
         let creds = blocking(move || store.credentials(&name))
             .await
-            .map_err(|e| internal(&shared, e))?;
+            .map_err(|e| {
+                shared.guard.login_unjudged(self.source);
+                internal(&shared, e)
+            })?;
         let (id, hash) = match creds {
             Some((id, hash)) => (Some(id), Some(hash)),
             None => (None, None),
@@ -464,6 +467,7 @@ impl Session {
         // a retry of the same wrong password counts once and no copy of it is kept.
         let digest = shared.guard.password_digest(&password);
         let Ok(verified) = shared.verifier.verify(hash.clone(), password, lane).await else {
+            shared.guard.login_unjudged(self.source);
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,

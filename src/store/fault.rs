@@ -8,10 +8,11 @@
 //! - fsync failure: every write fails as a commit whose fsync returned EIO does, and
 //!   nothing is stored;
 //! - a full disk: every write is refused with [`StoreError::StorageFull`];
-//! - a slow disk: every delivery's commit takes a fixed delay longer.
+//! - a slow disk: every delivery's commit takes a fixed delay longer;
+//! - an unreachable database: every call fails, reads too.
 //!
-//! Reads always pass: they come from the page cache, which a failing fsync or a full disk
-//! leave readable.
+//! Reads pass the disk faults: they come from the page cache, which a failing fsync or a
+//! full disk leave readable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +34,9 @@ pub enum DiskFault {
     Full,
     /// Every delivery takes this much longer.
     Slow(Duration),
+    /// The database cannot be reached (a PostgreSQL store whose server is down): every
+    /// call fails, reads too, with [`StoreError::Database`].
+    Unreachable,
 }
 
 /// The switch a fault schedule turns, shared with the [`FaultyStore`]s it controls.
@@ -75,11 +79,17 @@ impl DiskFaults {
                 ))
             },
             DiskFault::Full => || StoreError::StorageFull,
+            DiskFault::Unreachable => unreachable_error,
             DiskFault::Healthy | DiskFault::Slow(_) => return None,
         };
         self.failed.fetch_add(n as u64, Ordering::Relaxed);
         Some((0..n).map(|_| make()).collect())
     }
+}
+
+/// What a call fails with while the database is unreachable.
+fn unreachable_error() -> StoreError {
+    StoreError::Database("cannot connect to the database (injected fault)".into())
 }
 
 /// EIO, what fsync returns when the disk could not write the data back.
@@ -95,6 +105,18 @@ impl FaultyStore {
     /// Wraps `inner`, failing as `faults` says.
     pub fn new(inner: Arc<dyn Store>, faults: Arc<DiskFaults>) -> FaultyStore {
         FaultyStore { inner, faults }
+    }
+
+    /// Runs a read unless the database is unreachable.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.faults.get() == DiskFault::Unreachable {
+            self.faults.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(unreachable_error());
+        }
+        f(&*self.inner)
     }
 
     /// Runs a write unless a fault fails it first.
@@ -123,23 +145,23 @@ impl Store for FaultyStore {
     }
 
     fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
-        self.inner.list_users()
+        self.read(|s| s.list_users())
     }
 
     fn credentials(&self, name: &str) -> Result<Option<(UserId, String)>, StoreError> {
-        self.inner.credentials(name)
+        self.read(|s| s.credentials(name))
     }
 
     fn ticket_epoch(&self, id: UserId) -> Result<Option<(String, u64)>, StoreError> {
-        self.inner.ticket_epoch(id)
+        self.read(|s| s.ticket_epoch(id))
     }
 
     fn user_id(&self, name: &str) -> Result<Option<UserId>, StoreError> {
-        self.inner.user_id(name)
+        self.read(|s| s.user_id(name))
     }
 
     fn usage(&self, user: UserId) -> Result<u64, StoreError> {
-        self.inner.usage(user)
+        self.read(|s| s.usage(user))
     }
 
     fn deliver(
@@ -196,15 +218,15 @@ impl Store for FaultyStore {
         after: ItemId,
         limit: u32,
     ) -> Result<Vec<InboxEntry>, StoreError> {
-        self.inner.inbox(owner, after, limit)
+        self.read(|s| s.inbox(owner, after, limit))
     }
 
     fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError> {
-        self.inner.item(owner, id)
+        self.read(|s| s.item(owner, id))
     }
 
     fn item_owner(&self, id: ItemId) -> Result<Option<UserId>, StoreError> {
-        self.inner.item_owner(id)
+        self.read(|s| s.item_owner(id))
     }
 
     fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError> {
@@ -212,7 +234,7 @@ impl Store for FaultyStore {
     }
 
     fn referenced_blobs(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.referenced_blobs()
+        self.read(|s| s.referenced_blobs())
     }
 }
 

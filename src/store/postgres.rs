@@ -35,7 +35,7 @@
 //! Blobs stay in the local [`crate::store::BlobStore`] for now.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
@@ -89,6 +89,12 @@ pub const MIGRATIONS: &[&str] = &[
         created_ms BIGINT NOT NULL
     );
     CREATE INDEX fleet_decisions_in_force ON fleet_decisions(until_ms);",
+    // 3: secrets every server of a fleet must share (the key resume tickets are signed
+    // with), so that a ticket one server issued is honoured by the others.
+    "CREATE TABLE fleet_secrets (
+        name  TEXT  PRIMARY KEY,
+        value BYTEA NOT NULL
+    );",
 ];
 
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
@@ -96,6 +102,9 @@ const MIGRATION_LOCK: i64 = 0x0072_616d_7061_7274;
 
 /// Idle connections kept for the next call; more may be open at once under load.
 const POOL_IDLE: usize = 8;
+
+/// A pooled connection idle for longer than this is checked with a round trip before use.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How long opening a connection may take when the URL does not say
 /// (`connect_timeout`).
@@ -113,7 +122,8 @@ pub struct PgStore {
     config: postgres::Config,
     /// The URL without its password, for messages.
     shown: String,
-    idle: Mutex<Vec<Client>>,
+    /// Connections not in use, each with when it was last returned.
+    idle: Mutex<Vec<(Client, Instant)>>,
 }
 
 impl Drop for PgStore {
@@ -235,6 +245,33 @@ impl PgStore {
         &self.shown
     }
 
+    /// The key resume tickets are signed with, shared by every server on this database:
+    /// the first server to ask creates it. Whoever can read the database can forge tickets
+    /// with it, as whoever can read a data directory can with `ticket.key`.
+    pub fn shared_ticket_key(&self) -> Result<[u8; crate::store::TICKET_KEY_LEN], StoreError> {
+        let mut fresh = [0u8; crate::store::TICKET_KEY_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+        let stored: Vec<u8> = self.run(|c| {
+            c.execute(
+                "INSERT INTO fleet_secrets (name, value) VALUES ('ticket_key', $1)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&&fresh[..]],
+            )?;
+            Ok(c.query_one(
+                "SELECT value FROM fleet_secrets WHERE name = 'ticket_key'",
+                &[],
+            )?
+            .get(0))
+        })?;
+        stored.try_into().map_err(|v: Vec<u8>| {
+            StoreError::Corrupt(format!(
+                "the shared ticket key is {} bytes, not {}",
+                v.len(),
+                crate::store::TICKET_KEY_LEN
+            ))
+        })
+    }
+
     /// The schema version the database is at.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.run(|c| {
@@ -243,7 +280,7 @@ impl PgStore {
         })
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Client>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<(Client, Instant)>> {
         // The list holds whole clients only; a panic elsewhere cannot leave it half-changed.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -264,10 +301,19 @@ impl PgStore {
     }
 
     fn run_here<T>(&self, mut f: impl FnMut(&mut Client) -> Attempt<T>) -> Result<T, StoreError> {
-        let pooled = self.idle().pop();
-        let mut client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
+        let mut client = loop {
+            let next = self.idle().pop();
+            let Some((mut c, since)) = next else {
+                break self.connect()?;
+            };
+            // A connection idle for a while may have been ended by the database (a
+            // restart, an idle timeout) without a word: ask before trusting it, so that
+            // the first call after a restart does not fail on a dead connection.
+            if !c.is_closed()
+                && (since.elapsed() < CHECK_IDLE_AFTER || c.is_valid(CONNECT_TIMEOUT).is_ok())
+            {
+                break c;
+            }
         };
         let mut attempt = 1;
         let result = loop {
@@ -281,7 +327,7 @@ impl PgStore {
         if !client.is_closed() {
             let mut idle = self.idle();
             if idle.len() < POOL_IDLE {
-                idle.push(client);
+                idle.push((client, Instant::now()));
             }
         }
         result
