@@ -4,15 +4,23 @@
 # package first when no server is installed. With RAMPART_TEST_POSTGRES already set, uses
 # that server instead and starts nothing.
 #
-#   url=$(bash .ci/postgres.sh start DIR)   # cluster in DIR, port 54329 (PGPORT overrides)
-#   bash .ci/postgres.sh stop DIR
+#   url=$(bash .ci/postgres.sh start DIR)   # cluster in DIR on a free port (or PGPORT)
+#   bash .ci/postgres.sh stop DIR           # stops the cluster in DIR, if one was started
 set -euo pipefail
 cmd=${1:?usage: postgres.sh start|stop DIR}
 dir=${2:?usage: postgres.sh start|stop DIR}
-port=${PGPORT:-54329}
+# A port nothing listens on (the kernel's choice, when python3 is here), unless PGPORT says.
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  else
+    echo 54329
+  fi
+}
+port=${PGPORT:-$(free_port)}
 
-if [ -n "${RAMPART_TEST_POSTGRES:-}" ]; then
-  [ "$cmd" = start ] && echo "$RAMPART_TEST_POSTGRES"
+if [ "$cmd" = start ] && [ -n "${RAMPART_TEST_POSTGRES:-}" ]; then
+  echo "$RAMPART_TEST_POSTGRES"
   exit 0
 fi
 

@@ -4,7 +4,7 @@
 # `--appendonly yes --appendfsync always`), on loopback only (127.0.0.0/8). Installs nothing: a
 # missing peer is named and its comparison skipped.
 #
-# Usage: benches/compare.sh [ITEM...]      items 1 1c 2 cli 3 to 8 and tls, default all
+# Usage: benches/compare.sh [ITEM...]      items 1 1c 2 cli 3 to 8, tls and pg, default all
 #   env: RUNS (3)         runs per side for items 1, 1c, 2 and 3; the median is reported
 #        OPS (200000)     operations per run for items 1 and 2
 #        OPS1 (20000)     operations per run for item 1c (one client)
@@ -39,6 +39,8 @@
 #   5-7 rampart's criterion benches (decoder, guard, recorder).
 #   8   k-means training vs scikit-learn.
 #   tls rampart and redis with and without TLS.
+#   pg  rampart with its PostgreSQL store (`store.url`) against its SQLite store: 64 B
+#       messages at 64 clients and at one, ratio PostgreSQL/SQLite (docs/FLEET.md).
 #
 # rampart runs with every defence, the detection model and the activity recorder on, from its
 # defaults, except for one config file (written below) that raises the per-connection/user/
@@ -71,7 +73,7 @@ IDLE_SOURCES=${IDLE_SOURCES:-40}
 ROWS=${ROWS:-1000000}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RAMPART=${RAMPART:-$TARGET_DIR/release/rampart}
-ITEMS=${*:-1 1c 2 cli 3 4 5 6 7 8 tls}
+ITEMS=${*:-1 1c 2 cli 3 4 5 6 7 8 tls pg}
 TLS_UPLOAD=${TLS_UPLOAD:-1073741824}
 PASSWORD=bench-pw
 export RAMPART_PASSWORD=$PASSWORD
@@ -535,6 +537,48 @@ if want tls; then
             mx=$(median "${x[@]}"); my=$(median "${y[@]}")
             record "item tls: redis SET 64 B, 64 clients: plaintext $mx ops/s, TLS $my ops/s, ratio $(ratio "$my" "$mx")"
         fi
+    fi
+fi
+
+# ---- pg: rampart's PostgreSQL store against its SQLite store ------------------------------
+# The same server and load (64 B messages; 64 clients, then one), once with the default store
+# (SQLite in the data directory) and once with `store.url` naming a throwaway PostgreSQL
+# cluster under /tmp (.ci/postgres.sh; RAMPART_TEST_POSTGRES names another server instead),
+# RUNS times each, one after the other; medians and the ratio PostgreSQL/SQLite. Both
+# acknowledge only after a durable commit: SQLite's group commit, PostgreSQL's
+# synchronous_commit = on (its WAL on the same disk as the data directories).
+pg_side() { # pg_side LABEL CONFIG: sets PM (ops/s at 64 clients) and P1 (ops/s at 1 client)
+    local label=$1 config=$2 m=() o=() i out
+    start_rampart "pg-$label" "$config"
+    for i in $(seq "$RUNS"); do
+        out=$(rampart_load 64 "$OPS" 1)
+        m+=("$(echo "$out" | jnum ops_per_s)")
+        echo "  rampart $label 64 clients run $i: $out"
+        out=$(rampart_load 1 "$OPS1" 1)
+        o+=("$(echo "$out" | jnum ops_per_s)")
+        echo "  rampart $label 1 client run $i: $out"
+    done
+    stop "$RAMPART_PID"
+    PM=$(median "${m[@]}"); P1=$(median "${o[@]}")
+}
+if want pg; then
+    # A directory of its own: PostgreSQL runs as its own user, who cannot enter $WORK.
+    pgdir=$(mktemp -d /tmp/rampart-compare-pg.XXXXXX)
+    if ! url=$(PGPORT=$(free_port) bash "$ROOT/.ci/postgres.sh" start "$pgdir" 2>"$WORK/pg.err"); then
+        record "item pg: skipped, no PostgreSQL server could be started ($(tail -n 1 "$WORK/pg.err"))"
+    else
+        db="rampart_bench_$$"
+        psql "$url" -qc "CREATE DATABASE $db" >/dev/null || exit 1
+        { cat "$WORK/bench-plain.toml"; printf '\n[store]\nurl = "%s"\n' "${url%/*}/$db"; } \
+            >"$WORK/bench-pg.toml"
+        "$RAMPART" config check "$WORK/bench-pg.toml" >/dev/null || exit 1
+        load "item pg before"
+        pg_side sqlite "$WORK/bench-plain.toml"; sm=$PM; s1=$P1
+        pg_side postgres "$WORK/bench-pg.toml"; gm=$PM; g1=$P1
+        load "item pg after"
+        bash "$ROOT/.ci/postgres.sh" stop "$pgdir" 2>/dev/null
+        [ -n "${KEEP:-}" ] || rm -rf "$pgdir"
+        record "item pg: rampart 64 B messages: 64 clients SQLite $sm ops/s, PostgreSQL $gm ops/s, ratio $(ratio "$gm" "$sm"); 1 client SQLite $s1 ops/s, PostgreSQL $g1 ops/s, ratio $(ratio "$g1" "$s1")"
     fi
 fi
 

@@ -15,6 +15,10 @@
 //! deciding locally; its decisions wait in a bounded queue and are shared once the database
 //! is back.
 //!
+//! Ends are absolute times (milliseconds since the Unix epoch, the deciding server's
+//! clock): the servers' clocks should agree (NTP), or blocks end early or late by the skew.
+//! Every minute each link deletes the rows that can no longer matter.
+//!
 //! Ids of a `bigserial` are handed out when a row is inserted, not when it commits, so a
 //! row may appear below the highest id already read. Each poll therefore reads back
 //! [`OVERLAP`] ids below it and skips the ones it has seen.
@@ -41,6 +45,12 @@ const OVERLAP: i64 = 256;
 /// Blocks waiting to be written while the database is unreachable; more are dropped (and
 /// counted): the other servers then judge those sources by what they see themselves.
 const OUTBOX: usize = 4096;
+
+/// How often each server deletes the decisions that can no longer matter.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The longest block, in milliseconds: an unblock older than this lifts nothing.
+const MAX_BLOCK_MS: i64 = (crate::config::MAX_BLOCK_SECS * 1000) as i64;
 
 /// The action column of an operator's unblock.
 pub const UNBLOCK: &str = "unblock";
@@ -112,6 +122,7 @@ pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreErro
         caught_up: false,
         counters: Arc::clone(&counters),
         warned: false,
+        pruned_at: None,
     };
     std::thread::Builder::new()
         .name("rampart-fleet".into())
@@ -145,6 +156,8 @@ struct Link {
     counters: Arc<Counters>,
     /// A failure was logged and no success came since: log the next one at debug only.
     warned: bool,
+    /// When this link last deleted the rows that can no longer matter.
+    pruned_at: Option<std::time::Instant>,
 }
 
 impl Link {
@@ -231,10 +244,14 @@ impl Link {
                 &[&from],
             )?
         } else {
-            // First look: what is still in force, and the unblocks that may lift it.
+            // First look: what is still in force, and the unblocks that may lift it (none
+            // older than the oldest block in force can).
             c.query(
                 "SELECT id, origin, source, action, until_ms, reason FROM fleet_decisions
-                 WHERE until_ms > $1 OR action = $2 ORDER BY id",
+                 WHERE until_ms > $1
+                    OR (action = $2 AND created_ms >= (SELECT min(created_ms)
+                        FROM fleet_decisions WHERE until_ms > $1))
+                 ORDER BY id",
                 &[&now, &UNBLOCK],
             )?
         };
@@ -270,6 +287,21 @@ impl Link {
                     self.counters.applied.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if !matches!(self.pruned_at, Some(t) if t.elapsed() < PRUNE_EVERY) {
+            // Rows that can no longer matter: blocks that ended, and unblocks older than the
+            // longest block (every block they could lift has ended).
+            c.execute(
+                "DELETE FROM fleet_decisions
+                 WHERE (action = $1 AND until_ms < $2) OR (action = $3 AND created_ms < $4)",
+                &[
+                    &BLOCK,
+                    &now.saturating_sub(PRUNE_EVERY.as_millis() as i64),
+                    &UNBLOCK,
+                    &now.saturating_sub(MAX_BLOCK_MS),
+                ],
+            )?;
+            self.pruned_at = Some(std::time::Instant::now());
         }
         self.caught_up = true;
         if let Some(&top) = self.seen.last() {

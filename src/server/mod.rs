@@ -158,6 +158,9 @@ pub(crate) struct Shared {
     /// Open sessions per user (`limits.max_sessions_per_user`).
     pub(crate) user_sessions: Arc<sessions::UserSessions>,
     pub(crate) detection: Option<detector::Detection>,
+    /// The fleet link, on a server whose store is a fleet's PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    pub(crate) fleet: std::sync::OnceLock<crate::fleet::FleetLink>,
     /// Resume tickets: the key, the revoked set, sessions admitted from blocked sources.
     pub(crate) tickets: Arc<tickets::Tickets>,
     /// Connections from blocked sources that may still present a ticket.
@@ -311,7 +314,8 @@ impl Server {
         #[cfg(feature = "postgres")]
         if let Some(url) = &server.shared.config.load().store.url {
             // Blocks are shared by the servers on one database: see src/fleet.rs.
-            crate::fleet::start(url, &server.shared.firewall)?;
+            let link = crate::fleet::start(url, &server.shared.firewall)?;
+            let _ = server.shared.fleet.set(link);
         }
         for (source, left, reason) in restored {
             if let Ok(ip) = source.parse() {
@@ -405,6 +409,8 @@ impl Server {
                 verifier,
                 user_sessions,
                 detection,
+                #[cfg(feature = "postgres")]
+                fleet: std::sync::OnceLock::new(),
                 tickets,
                 resume_budget: ResumeBudget::standard(),
                 tls,

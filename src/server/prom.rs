@@ -186,11 +186,57 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?;
         for (action, trigger, n) in shared.firewall.decision_counts() {
+            // No trigger: an operator's unblock, or a block another server of the fleet
+            // decided.
+            let untriggered = if action.as_str() == "block" {
+                "fleet"
+            } else {
+                "operator"
+            };
             let labels = [
                 ("action", action.as_str()),
-                ("trigger", trigger.map_or("operator", |s| s.as_str())),
+                ("trigger", trigger.map_or(untriggered, |s| s.as_str())),
             ];
             ConstCounter::new(n).encode(fm.encode_family(&labels)?)?;
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(f) = shared.fleet.get().map(crate::fleet::FleetLink::stats) {
+            for ((name, help), n) in [
+                (
+                    (
+                        "fleet_shared",
+                        "This server's blocks written for the other servers of the fleet.",
+                    ),
+                    f.shared,
+                ),
+                (
+                    ("fleet_applied", "Other servers' blocks applied here."),
+                    f.applied,
+                ),
+                (
+                    (
+                        "fleet_unblocked",
+                        "Operators' fleet-wide unblocks applied here.",
+                    ),
+                    f.unblocked,
+                ),
+                (
+                    (
+                        "fleet_dropped",
+                        "This server's blocks dropped because the fleet outbox was full.",
+                    ),
+                    f.dropped,
+                ),
+                (
+                    (
+                        "fleet_sync_failures",
+                        "Polls of the fleet's decisions that failed (database unreachable).",
+                    ),
+                    f.failures,
+                ),
+            ] {
+                counter(&mut e, (name, help), n)?;
+            }
         }
         let r = shared.recorder.stats();
         for ((name, help), n) in [
