@@ -281,7 +281,10 @@ impl Env {
         };
         match self.handshake(Arc::clone(config), stream).await {
             Ok(conn) => Some(Conn::Tls(Box::new(conn))),
-            Err(label) => {
+            // The run ended mid-handshake: the attacker's own stop, not an outcome to count
+            // (as a connect the halt interrupts is not counted either).
+            Err(None) => None,
+            Err(Some(label)) => {
                 self.merge(&Counts::from([(label, 1)]));
                 let backoff = rng.gen_range(REFUSED_BACKOFF_MS.0..=REFUSED_BACKOFF_MS.1);
                 self.sleep(Duration::from_millis(backoff)).await;
@@ -291,21 +294,22 @@ impl Env {
     }
 
     /// The client side of a TLS handshake on an admitted connection, bounded by
-    /// [`TLS_HANDSHAKE_WAIT`]; on failure, the label it is counted under.
+    /// [`TLS_HANDSHAKE_WAIT`]; on failure, the label it is counted under, or `None` if the
+    /// run was halted during it.
     pub(crate) async fn handshake(
         &self,
         config: Arc<rustls::ClientConfig>,
         stream: NetStream,
-    ) -> Result<tokio_rustls::client::TlsStream<NetStream>, &'static str> {
+    ) -> Result<tokio_rustls::client::TlsStream<NetStream>, Option<&'static str>> {
         let name = rustls::pki_types::ServerName::IpAddress(self.target.ip().into());
         let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
         tokio::select! {
             r = tokio::time::timeout(TLS_HANDSHAKE_WAIT, connect) => match r {
                 Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(_)) => Err("TLS handshake cut"),
-                Err(_) => Err("TLS handshake timed out"),
+                Ok(Err(_)) => Err(Some("TLS handshake cut")),
+                Err(_) => Err(Some("TLS handshake timed out")),
             },
-            _ = self.halt.cancelled() => Err("halted during the TLS handshake"),
+            _ = self.halt.cancelled() => Err(None),
         }
     }
 
