@@ -176,7 +176,9 @@ EOF
 start_rampart() {
     local dir=$WORK/$1 config=${2:-$WORK/bench.toml}
     mkdir -p "$dir"
-    echo "$PASSWORD" | "$RAMPART" user add bench --data-dir "$dir/data" >/dev/null || exit 1
+    # With the server's configuration: a `store.url` in it puts the user in that database.
+    echo "$PASSWORD" | "$RAMPART" user add bench --data-dir "$dir/data" --config "$config" \
+        >/dev/null || exit 1
     "$RAMPART" serve --data-dir "$dir/data" --listen 127.0.0.1:0 --config "$config" \
         >"$dir/serve.out" 2>"$dir/serve.err" &
     RAMPART_PID=$!

@@ -34,7 +34,7 @@
 //!
 //! Blobs stay in the local [`crate::store::BlobStore`] for now.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
@@ -100,8 +100,11 @@ pub const MIGRATIONS: &[&str] = &[
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0072_616d_7061_7274;
 
-/// Idle connections kept for the next call; more may be open at once under load.
-const POOL_IDLE: usize = 8;
+/// Connections a store keeps open at most; a call that finds them all busy waits for one.
+/// Opening one per call under load costs a connection setup per delivery (64 clients ran
+/// at 635 messages a second that way), and PostgreSQL allows 100 by default for the whole
+/// fleet.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// A pooled connection idle for longer than this is checked with a round trip before use.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -117,20 +120,30 @@ const ATTEMPTS: u32 = 3;
 /// What each item costs on top of its size ([`crate::store::ITEM_OVERHEAD_BYTES`]).
 const OVERHEAD: u64 = super::ITEM_OVERHEAD_BYTES;
 
-/// The PostgreSQL-backed [`Store`]: a small pool of blocking connections to one database.
+/// The PostgreSQL-backed [`Store`]: a pool of at most [`MAX_CONNECTIONS`] blocking
+/// connections to one database.
 pub struct PgStore {
     config: postgres::Config,
     /// The URL without its password, for messages.
     shown: String,
-    /// Connections not in use, each with when it was last returned.
-    idle: Mutex<Vec<(Client, Instant)>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is returned or closed.
+    freed: Condvar,
+}
+
+/// The store's connections: the ones not in use, each with when it was last returned, and
+/// how many are open in all (in use or not).
+#[derive(Default)]
+struct Pool {
+    idle: Vec<(Client, Instant)>,
+    open: usize,
 }
 
 impl Drop for PgStore {
     /// Closing a blocking client blocks on its runtime, which tokio refuses on a thread
     /// that runs tasks; the last handle to a server's store may well be dropped on one.
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle());
+        let idle = std::mem::take(&mut self.pool().idle);
         off_runtime(move || drop(idle));
     }
 }
@@ -234,7 +247,8 @@ impl PgStore {
         let store = PgStore {
             config,
             shown,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
         };
         store.run(migrate)?;
         Ok(store)
@@ -280,9 +294,58 @@ impl PgStore {
         })
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<(Client, Instant)>> {
-        // The list holds whole clients only; a panic elsewhere cannot leave it half-changed.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // The pool holds whole clients and a count; a panic elsewhere cannot leave it
+        // half-changed.
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one call: an idle one, checked if it idled long; else a new one if
+    /// fewer than [`MAX_CONNECTIONS`] are open; else the next one returned.
+    fn acquire(&self) -> Result<Client, StoreError> {
+        let mut pool = self.pool();
+        loop {
+            if let Some((mut c, since)) = pool.idle.pop() {
+                drop(pool);
+                // A connection idle for a while may have been ended by the database (a
+                // restart, an idle timeout) without a word: ask before trusting it, so
+                // that the first call after a restart does not fail on a dead connection.
+                if !c.is_closed()
+                    && (since.elapsed() < CHECK_IDLE_AFTER || c.is_valid(CONNECT_TIMEOUT).is_ok())
+                {
+                    return Ok(c);
+                }
+                drop(c);
+                pool = self.pool();
+                pool.open = pool.open.saturating_sub(1);
+                continue;
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                let connected = self.connect();
+                if connected.is_err() {
+                    self.pool().open -= 1;
+                    self.freed.notify_one();
+                }
+                return connected;
+            }
+            pool = self
+                .freed
+                .wait(pool)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Gives a connection back after a call; a broken one is closed and frees its place.
+    fn release(&self, client: Client) {
+        if client.is_closed() {
+            drop(client);
+            self.pool().open -= 1;
+        } else {
+            self.pool().idle.push((client, Instant::now()));
+        }
+        self.freed.notify_one();
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
@@ -301,36 +364,39 @@ impl PgStore {
     }
 
     fn run_here<T>(&self, mut f: impl FnMut(&mut Client) -> Attempt<T>) -> Result<T, StoreError> {
-        let mut client = loop {
-            let next = self.idle().pop();
-            let Some((mut c, since)) = next else {
-                break self.connect()?;
-            };
-            // A connection idle for a while may have been ended by the database (a
-            // restart, an idle timeout) without a word: ask before trusting it, so that
-            // the first call after a restart does not fail on a dead connection.
-            if !c.is_closed()
-                && (since.elapsed() < CHECK_IDLE_AFTER || c.is_valid(CONNECT_TIMEOUT).is_ok())
-            {
-                break c;
-            }
+        let mut lease = Lease {
+            store: self,
+            client: Some(self.acquire()?),
+        };
+        let Some(client) = lease.client.as_mut() else {
+            return Err(StoreError::ResultLost);
         };
         let mut attempt = 1;
         let result = loop {
-            match f(&mut client) {
+            match f(client) {
                 Err(Failure::Pg(e)) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
                 Ok(v) => break Ok(v),
                 Err(Failure::Pg(e)) => break Err(StoreError::from(e)),
                 Err(Failure::Store(e)) => break Err(e),
             }
         };
-        if !client.is_closed() {
-            let mut idle = self.idle();
-            if idle.len() < POOL_IDLE {
-                idle.push((client, Instant::now()));
-            }
-        }
+        drop(lease);
         result
+    }
+}
+
+/// A connection taken from the pool, given back when dropped (after a panic too, so that
+/// the pool never counts a connection nobody holds).
+struct Lease<'a> {
+    store: &'a PgStore,
+    client: Option<Client>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            self.store.release(c);
+        }
     }
 }
 
