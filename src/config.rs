@@ -1268,20 +1268,58 @@ impl StorageConfig {
     }
 }
 
-/// `[store]`: where users, items and quotas live.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[store]`: where users, items, quotas and blobs live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `postgres://user:password@host:port/database`: keep users, items and quotas in this
     /// PostgreSQL database, which every server that names it shares (docs/FLEET.md). Unset:
-    /// SQLite in the data directory, the default. Blobs stay in the data directory either
-    /// way.
+    /// SQLite in the data directory, the default.
     pub url: Option<String>,
+    /// Where uploaded files and attachments live: `"auto"` (the default) puts them where
+    /// the store is, so PostgreSQL when `url` names it and the data directory otherwise;
+    /// `"local"` keeps them in the data directory (`DATA/blobs/`) either way; `"postgres"`
+    /// puts them in the database `url` names. The servers of a fleet must all use the
+    /// database, or each finds the others' items without their files.
+    pub blobs: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            url: None,
+            blobs: "auto".to_owned(),
+        }
+    }
 }
 
 impl StoreConfig {
-    /// Checks that `url` names PostgreSQL and that this build can reach it.
+    /// Checks that `url` names PostgreSQL and that this build can reach it, and that
+    /// `blobs` is one of its values and has the database it asks for.
     pub fn check(&self) -> Result<(), ConfigError> {
+        match self.blobs.as_str() {
+            "auto" | "local" => {}
+            "postgres" if self.url.is_none() => {
+                return Err(invalid(
+                    "store.blobs",
+                    "\"postgres\" keeps blobs in the database store.url names, and store.url \
+                     is unset: set it to the fleet's PostgreSQL URL, or use \"auto\" or \
+                     \"local\""
+                        .to_owned(),
+                ));
+            }
+            "postgres" => {}
+            other => {
+                return Err(invalid(
+                    "store.blobs",
+                    format!(
+                        "{other:?} is not a place for blobs: expected \"auto\" (where the \
+                         store is), \"local\" (the data directory) or \"postgres\" (the \
+                         database store.url names)"
+                    ),
+                ));
+            }
+        }
         let Some(url) = &self.url else {
             return Ok(());
         };
@@ -1301,6 +1339,16 @@ impl StoreConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether blobs go to the PostgreSQL database ([`StoreConfig::blobs`]), in a checked
+    /// configuration.
+    pub fn blobs_in_postgres(&self) -> bool {
+        match self.blobs.as_str() {
+            "postgres" => true,
+            "local" => false,
+            _ => self.url.is_some(),
+        }
     }
 }
 
@@ -1492,6 +1540,24 @@ mod tests {
     fn serialized_defaults_round_trip() -> Result<(), Box<dyn std::error::Error>> {
         let text = toml::to_string(&Config::default())?;
         assert_eq!(Config::from_toml_str(&text)?, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn store_blobs_follow_the_store_unless_told_and_need_its_database() -> Result<(), ConfigError> {
+        let url = "url = \"postgres://rampart@127.0.0.1/rampart\"";
+        let place = |toml: &str| Config::from_toml_str(toml).map(|c| c.store.blobs_in_postgres());
+        assert!(!place("")?);
+        assert!(!place("[store]\nblobs = \"local\"")?);
+        if cfg!(feature = "postgres") {
+            assert!(place(&format!("[store]\n{url}"))?);
+            assert!(place(&format!("[store]\n{url}\nblobs = \"postgres\""))?);
+            assert!(!place(&format!("[store]\n{url}\nblobs = \"local\""))?);
+        }
+        let why = invalid_key("[store]\nblobs = \"postgres\"", "store.blobs");
+        assert!(why.contains("store.url is unset"), "{why}");
+        let why = invalid_key("[store]\nblobs = \"s3\"", "store.blobs");
+        assert!(why.contains("\"s3\" is not a place for blobs"), "{why}");
         Ok(())
     }
 

@@ -47,7 +47,7 @@ use rampart::protocol::{
 };
 use rampart::server::auth::hash_password;
 use rampart::server::{CloseReason, Server};
-use rampart::store::{BlobStore, ItemId, NewItem, UserId};
+use rampart::store::{Blobs, ItemId, NewItem, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -432,7 +432,7 @@ impl Harness {
         let dir = scratch_dir()?;
         let config = fuzz_config();
         let server = Server::open(config.clone(), dir.path())?;
-        let blobs = BlobStore::open(dir.path())?;
+        let blobs = Blobs::in_dir(dir.path())?;
         let store = server.store();
         let canary = format!("CANARY-SECRET-{}", random_hex("canary"));
         let bob_pw = format!("bob-{}", random_hex("bob"));

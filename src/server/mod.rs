@@ -75,7 +75,9 @@ use crate::detect::Model;
 use crate::firewall::{Firewall, Signal};
 use crate::guard::{ConnTicket, Guard, Refusal, ResumeBudget, ResumePermit};
 use crate::protocol::{self, ErrorCode, FrameDecoder, Limits, Reply, Request, Role};
-use crate::store::{BlobStore, FreeSpace, SqliteStore, Store, StoreError};
+use crate::store::{
+    BlobStore, Blobs, DataDirLock, DirBlobs, FreeSpace, SqliteStore, Store, StoreError,
+};
 
 pub use detector::DetectionStats;
 pub use metrics::{Metrics, MetricsSnapshot, StallSample, Stalls};
@@ -149,7 +151,7 @@ pub(crate) struct Shared {
     /// Decodes every connection's requests under `limits`.
     pub(crate) decoder: FrameDecoder,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) blobs: BlobStore,
+    pub(crate) blobs: Blobs,
     pub(crate) guard: Arc<Guard>,
     pub(crate) firewall: Arc<Firewall>,
     pub(crate) recorder: Recorder,
@@ -274,9 +276,18 @@ impl Server {
             None => None,
         };
         // The lock comes first: nothing below may touch a directory another server owns.
+        let lock = DataDirLock::acquire(data_dir)?;
         let min_free = config.storage.min_free_bytes;
-        let blobs = BlobStore::open_exclusive(data_dir)?.with_min_free_bytes(min_free);
-        let (store, shared_key) = open_store_and_key(&config, data_dir, min_free)?;
+        let opened = open_store_and_key(&config, data_dir, min_free)?;
+        let (store, shared_key) = (opened.store, opened.key);
+        // Blobs go where `store.blobs` says: the fleet's database, or this directory.
+        let backend: Arc<dyn BlobStore> = match opened.db_blobs {
+            Some(db) => db,
+            None => Arc::new(DirBlobs::open(data_dir)?),
+        };
+        let blobs = Blobs::new(backend)
+            .holding(lock)
+            .with_min_free_bytes(min_free);
         let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
         blobs.sweep_orphans(&referenced)?;
         // Blocks survive a restart: decisions are stored, and those still in force return.
@@ -333,7 +344,7 @@ impl Server {
     pub fn with_store(
         config: Config,
         store: Arc<dyn Store>,
-        blobs: BlobStore,
+        blobs: Blobs,
     ) -> Result<Server, ServerError> {
         Server::with_parts(config, store, blobs, Recorder::disabled())
     }
@@ -343,7 +354,7 @@ impl Server {
     pub fn with_parts(
         config: Config,
         store: Arc<dyn Store>,
-        blobs: BlobStore,
+        blobs: Blobs,
         recorder: Recorder,
     ) -> Result<Server, ServerError> {
         Server::assemble(config, store, blobs, recorder, None, None)
@@ -355,7 +366,7 @@ impl Server {
     fn assemble(
         config: Config,
         store: Arc<dyn Store>,
-        blobs: BlobStore,
+        blobs: Blobs,
         recorder: Recorder,
         detection: Option<(detector::Pending, detector::Detection)>,
         ticket_key: Option<[u8; crate::store::TICKET_KEY_LEN]>,
@@ -779,34 +790,50 @@ pub fn open_store(
     data_dir: &Path,
     min_free: u64,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    open_store_and_key(config, data_dir, min_free).map(|(store, _)| store)
+    open_store_and_key(config, data_dir, min_free).map(|opened| opened.store)
 }
 
-/// [`open_store`], and the ticket key a fleet's database holds (`None` for SQLite: the key
-/// lives in the data directory).
-type StoreAndKey = (Arc<dyn Store>, Option<[u8; crate::store::TICKET_KEY_LEN]>);
+/// What [`open_store`] opens for a server.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// The ticket key a fleet's database holds (`None` for SQLite: the key lives in the
+    /// data directory).
+    key: Option<[u8; crate::store::TICKET_KEY_LEN]>,
+    /// The blobs in the fleet's database, when `store.blobs` puts them there (`None`: in
+    /// the data directory).
+    db_blobs: Option<Arc<dyn BlobStore>>,
+}
 
 fn open_store_and_key(
     config: &Config,
     data_dir: &Path,
     min_free: u64,
-) -> Result<StoreAndKey, StoreError> {
+) -> Result<Opened, StoreError> {
     match &config.store.url {
         #[cfg(feature = "postgres")]
         Some(url) => {
-            let store = crate::store::PgStore::open(url)?;
+            let store = Arc::new(crate::store::PgStore::open(url)?);
             let key = store.shared_ticket_key()?;
-            Ok((Arc::new(store), Some(key)))
+            // On the store's own connections: blobs add no pool of their own.
+            let db_blobs = config.store.blobs_in_postgres().then(|| {
+                Arc::new(crate::store::PgBlobs::new(Arc::clone(&store))) as Arc<dyn BlobStore>
+            });
+            Ok(Opened {
+                store,
+                key: Some(key),
+                db_blobs,
+            })
         }
         #[cfg(not(feature = "postgres"))]
         Some(_) => Err(StoreError::Database(
             "this build of rampart has no PostgreSQL store (the `postgres` feature is off)"
                 .to_owned(),
         )),
-        None => Ok((
-            Arc::new(SqliteStore::open(data_dir)?.with_min_free_bytes(min_free)),
-            None,
-        )),
+        None => Ok(Opened {
+            store: Arc::new(SqliteStore::open(data_dir)?.with_min_free_bytes(min_free)),
+            key: None,
+            db_blobs: None,
+        }),
     }
 }
 

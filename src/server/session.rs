@@ -29,7 +29,7 @@ pub use crate::activity::CloseReason;
 
 /// A staged or finished upload of this session.
 enum Upload {
-    /// Receiving chunks. Boxed: `StagedBlob` holds a hasher and a file handle.
+    /// Receiving chunks. Boxed: `StagedBlob` holds a hasher and its backend's writer.
     Staging {
         blob: Box<StagedBlob>,
         size: u64,
@@ -911,11 +911,11 @@ impl Session {
             // the lookup above and this read. Look again: a deleted item is `not_found`, as
             // if this DOWNLOAD had come after the DELETE; only a live item without its blob
             // is a fault of the server.
-            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e @ StoreError::BlobNotFound(_)) => {
                 self.own_item(id).await?;
                 return Err(internal(
                     &shared,
-                    format!("item {id} part {part} has no blob file: {e}"),
+                    format!("item {id} part {part} has no blob: {e}"),
                 ));
             }
             Err(e) => return Err(internal(&shared, e)),

@@ -1,12 +1,16 @@
 //! The store test suite, run against every backend: each backend's tests call
 //! [`suite!`] with a way to make a [`Backend`], so that a behaviour the server relies on is
-//! checked once and holds for SQLite and PostgreSQL alike. Backend-specific behaviour (the
-//! SQLite store's group commit and free-space floor) is tested next to the backend.
+//! checked once and holds for SQLite and PostgreSQL alike. Each backend brings its blob
+//! backend too (the data directory beside SQLite, chunks in the database beside
+//! PostgreSQL), and the blob tests run on both. Backend-specific behaviour (the SQLite
+//! store's group commit and free-space floor, the directory's layout, the PostgreSQL
+//! blobs' crash leftovers) is tested next to the backend.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use super::{
-    BlobRef, BlobStore, ItemContent, ItemId, ItemKind, NewItem, Store, StoreError, UserId,
+    BlobRef, Blobs, ItemContent, ItemId, ItemKind, NewItem, Store, StoreError, UserId,
     ITEM_OVERHEAD_BYTES,
 };
 
@@ -25,8 +29,14 @@ pub(crate) trait Backend {
     type S: Store;
     /// Opens the backend's store: the same data on every call.
     fn open(&self) -> Result<Self::S, StoreError>;
-    /// A blob store for the items' blobs.
-    fn blobs(&self) -> &BlobStore;
+    /// The blobs beside the store, as a server would hold them.
+    fn blobs(&self) -> &Blobs;
+    /// How many things (files, rows) the blob backend holds, staged or committed: what a
+    /// test checks to see that nothing was left behind.
+    fn blob_leftovers(&self) -> Result<usize, Box<dyn std::error::Error>>;
+    /// Makes every blob older than any age a start-up sweep waits for (a backend shared by
+    /// a fleet sweeps only old leftovers).
+    fn age_blobs(&self) -> TestResult;
 }
 
 /// Declares every test of the suite for the backend that `$make` returns
@@ -48,6 +58,12 @@ macro_rules! suite {
             deliver_all_is_deliver_in_turn,
             deliver_named_resolves_names_and_answers_unknown_ones,
             concurrent_deliveries_respect_the_quota,
+            blobs_read_back_in_any_range,
+            an_upload_dropped_before_commit_leaves_nothing,
+            removing_a_blob_is_idempotent,
+            invalid_blob_ids_are_refused,
+            uploads_hold_quota_until_dropped_removed_or_delivered,
+            unreferenced_blobs_are_set_aside_at_start_up,
         );
     };
     (@tests $make:expr; $($name:ident,)*) => {
@@ -71,7 +87,7 @@ pub(crate) fn two_users(store: &impl Store) -> Result<(UserId, UserId), StoreErr
     ))
 }
 
-pub(crate) fn blob(blobs: &BlobStore, content: &[u8], name: &str) -> Result<BlobRef, StoreError> {
+pub(crate) fn blob(blobs: &Blobs, content: &[u8], name: &str) -> Result<BlobRef, StoreError> {
     let mut staged = blobs.stage()?;
     staged.append(content)?;
     staged.commit(name)
@@ -490,6 +506,7 @@ pub(crate) fn delete_frees_quota_and_returns_unreferenced_blobs<B: Backend>(b: &
     usage_consistent(&store)?;
 
     let none_left: HashSet<String> = HashSet::new();
+    b.age_blobs()?;
     assert_eq!(blobs.sweep_orphans(&none_left)?, 2);
     Ok(())
 }
@@ -562,5 +579,232 @@ pub(crate) fn deliver_all_is_deliver_in_turn<B: Backend>(b: &B) -> TestResult {
     assert_eq!(store.inbox(carol, 0, 10)?.len(), 1);
     assert!(store.deliver_all(alice, Vec::new(), quota).is_empty());
     usage_consistent(&store)?;
+    Ok(())
+}
+
+/// Files under `dir`, in every subdirectory.
+pub(crate) fn count_files(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            n += count_files(&entry.path())?;
+        } else {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The chunk size of the PostgreSQL blobs, which the range tests straddle; the directory
+/// has no chunks, and the same ranges must read the same there.
+const CHUNK: usize = 256 * 1024;
+
+/// `len` bytes that differ from one position to the next, so that a range read from the
+/// wrong place cannot match.
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect()
+}
+
+/// Commits `content` in appends of `piece` bytes (an upload's chunks).
+pub(crate) fn upload(blobs: &Blobs, content: &[u8], piece: usize) -> Result<BlobRef, StoreError> {
+    let mut staged = blobs.stage()?;
+    for part in content.chunks(piece) {
+        staged.append(part)?;
+    }
+    staged.commit("upload.bin")
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn blobs_read_back_in_any_range<B: Backend>(b: &B) -> TestResult {
+    let blobs = b.blobs();
+    // Several chunks and a bit, uploaded in pieces that do not line up with them.
+    let content = pattern(3 * CHUNK + 1234);
+    let len = content.len();
+    let blob = upload(blobs, &content, 100_003)?;
+    assert_eq!(blob.size, len as u64);
+    assert_eq!(blob.digest, *blake3::hash(&content).as_bytes());
+    assert_eq!(blob.name, "upload.bin");
+    let id = &blob.blob_id;
+    let read = |offset: usize, max_len: usize| blobs.read_at(id, offset as u64, max_len);
+    for (offset, max_len) in [
+        (0, 10),
+        (0, CHUNK),
+        (5, CHUNK),
+        (CHUNK - 5, 10),
+        (CHUNK, CHUNK),
+        (CHUNK + 1, 2 * CHUNK + 10),
+        (1, len),
+        (0, usize::MAX),
+        (len - 3, 100),
+        (len - 1234, 1234),
+    ] {
+        let end = len.min(offset.saturating_add(max_len));
+        assert!(
+            read(offset, max_len)? == content[offset..end],
+            "offset {offset} max_len {max_len}"
+        );
+    }
+    assert!(read(len, 10)?.is_empty(), "at the end");
+    assert!(read(len + 1, 10)?.is_empty(), "past the end");
+    assert!(read(10, 0)?.is_empty(), "nothing asked");
+    assert!(blobs.read_at(id, u64::MAX, usize::MAX)?.is_empty());
+    // An empty blob, and one of exactly one chunk.
+    let empty = blobs.stage()?.commit("")?;
+    assert_eq!(empty.size, 0);
+    assert_eq!(empty.name, "unnamed");
+    assert_eq!(empty.digest, *blake3::hash(b"").as_bytes());
+    assert!(blobs.read_at(&empty.blob_id, 0, 10)?.is_empty());
+    let one = upload(blobs, &content[..CHUNK], CHUNK)?;
+    assert!(blobs.read_at(&one.blob_id, 0, usize::MAX)? == content[..CHUNK]);
+    assert!(blobs.read_at(&one.blob_id, CHUNK as u64, 1)?.is_empty());
+    Ok(())
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn an_upload_dropped_before_commit_leaves_nothing<B: Backend>(b: &B) -> TestResult {
+    let blobs = b.blobs();
+    let before = b.blob_leftovers()?;
+    let mut staged = blobs.stage()?;
+    staged.append(&pattern(2 * CHUNK + 7))?;
+    assert!(
+        b.blob_leftovers()? > before,
+        "the upload is stored as it arrives"
+    );
+    let id = staged.id().to_owned();
+    drop(staged);
+    assert_eq!(b.blob_leftovers()?, before);
+    assert!(matches!(
+        blobs.read_at(&id, 0, 1),
+        Err(StoreError::BlobNotFound(missing)) if missing == id
+    ));
+    // An upload is invisible until committed.
+    let mut staged = blobs.stage()?;
+    staged.append(b"not yet")?;
+    assert!(matches!(
+        blobs.read_at(staged.id(), 0, 1),
+        Err(StoreError::BlobNotFound(_))
+    ));
+    let done = staged.commit("x")?;
+    assert_eq!(blobs.read_at(&done.blob_id, 0, 100)?, b"not yet");
+    blobs.remove(&done.blob_id)?;
+    assert_eq!(b.blob_leftovers()?, before);
+    Ok(())
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn removing_a_blob_is_idempotent<B: Backend>(b: &B) -> TestResult {
+    let blobs = b.blobs();
+    let gone = upload(blobs, &pattern(CHUNK + 1), 4096)?;
+    let other = blob(blobs, b"stays", "f")?;
+    blobs.remove(&gone.blob_id)?;
+    assert!(matches!(
+        blobs.read_at(&gone.blob_id, 0, 1),
+        Err(StoreError::BlobNotFound(_))
+    ));
+    blobs.remove(&gone.blob_id)?;
+    blobs.remove(&"0".repeat(32))?;
+    assert_eq!(blobs.read_at(&other.blob_id, 0, 100)?, b"stays");
+    Ok(())
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn invalid_blob_ids_are_refused<B: Backend>(b: &B) -> TestResult {
+    let blobs = b.blobs();
+    let before = b.blob_leftovers()?;
+    for bad in [
+        "../../../etc/passwd",
+        "",
+        "tmp",
+        &"A".repeat(32),
+        &"0".repeat(33),
+        &"0".repeat(31),
+        "0123456789abcdef0123456789abcde\0",
+        "0123456789abcdef'; DROP TABLE x;",
+    ] {
+        assert!(
+            matches!(blobs.read_at(bad, 0, 1), Err(StoreError::InvalidBlobId(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            blobs.remove(bad),
+            Err(StoreError::InvalidBlobId(_))
+        ));
+        assert!(matches!(
+            blobs.backend().create(bad),
+            Err(StoreError::InvalidBlobId(_))
+        ));
+    }
+    let missing = "0".repeat(32);
+    assert!(matches!(
+        blobs.read_at(&missing, 0, 1),
+        Err(StoreError::BlobNotFound(id)) if id == missing
+    ));
+    assert_eq!(b.blob_leftovers()?, before);
+    Ok(())
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn uploads_hold_quota_until_dropped_removed_or_delivered<B: Backend>(
+    b: &B,
+) -> TestResult {
+    let store = b.blobs();
+    let other_session = store.clone();
+    let quota = 16 * 1024 + O;
+    // One 12 KiB upload fits a 16 KiB quota; a second, from another session, does not.
+    let before = b.blob_leftovers()?;
+    let first = store.stage_for(1, 12 * 1024, 0, quota)?;
+    assert_eq!(store.pending_bytes(1), 12 * 1024 + O);
+    let staged = b.blob_leftovers()?;
+    assert!(matches!(
+        other_session.stage_for(1, 12 * 1024, 0, quota),
+        Err(StoreError::QuotaExceeded { .. })
+    ));
+    assert_eq!(
+        b.blob_leftovers()?,
+        staged,
+        "a refused upload stores nothing"
+    );
+    // The database's charge counts too; other users are apart.
+    assert!(store.stage_for(1, 1024, 4 * 1024, quota).is_err());
+    drop(store.stage_for(2, 12 * 1024, 0, quota)?);
+    // Dropped unfinished: released.
+    drop(first);
+    assert_eq!(store.pending_bytes(1), 0);
+    assert_eq!(b.blob_leftovers()?, before);
+    // Finished but undelivered still counts; removing it releases.
+    let mut second = other_session.stage_for(1, 10, 0, quota)?;
+    second.append(b"0123456789")?;
+    let done = second.commit("a")?;
+    assert_eq!(store.pending_bytes(1), 10 + O);
+    assert!(store.stage_for(1, 16 * 1024, 0, quota).is_err());
+    store.remove(&done.blob_id)?;
+    assert_eq!(store.pending_bytes(1), 0);
+    // Delivered: the item's own charge takes over.
+    let third = store.stage_for(1, 0, 0, quota)?.commit("b")?;
+    assert_eq!(store.pending_bytes(1), O);
+    store.delivered(&third.blob_id);
+    assert_eq!(store.pending_bytes(1), 0);
+    Ok(())
+}
+
+/// See the test of the same name in each backend.
+pub(crate) fn unreferenced_blobs_are_set_aside_at_start_up<B: Backend>(b: &B) -> TestResult {
+    let store = b.open()?;
+    let blobs = b.blobs();
+    let (alice, bob) = two_users(&store)?;
+    let kept = blob(blobs, b"kept", "f")?;
+    store.deliver(alice, bob, NewItem::File(kept.clone()), BIG)?;
+    let orphans = [
+        blob(blobs, b"one", "f")?,
+        upload(blobs, &pattern(CHUNK + 9), CHUNK)?,
+    ];
+    b.age_blobs()?;
+    let referenced: HashSet<String> = store.referenced_blobs()?.into_iter().collect();
+    assert_eq!(blobs.sweep_orphans(&referenced)?, orphans.len());
+    assert_eq!(blobs.read_at(&kept.blob_id, 0, 10)?, b"kept");
+    assert_eq!(blobs.sweep_orphans(&referenced)?, 0, "set aside once");
     Ok(())
 }

@@ -2,10 +2,12 @@
 //!
 //! The server talks to storage only through [`Store`], so the embedded default
 //! ([`SqliteStore`], SQLite in WAL mode) can later be swapped for a shared backend.
-//! Large payloads (files and mail attachments) do not live in the database: they are
-//! written to the [`BlobStore`] first, fsynced and renamed into place, and only then
-//! referenced by an item through a [`BlobRef`]. Paths on disk are derived only from the
-//! random blob id, never from anything a client sent.
+//! Large payloads (files and mail attachments) do not live in the item tables: they are
+//! written to a [`BlobStore`] first (the data directory's [`DirBlobs`], or chunks in a
+//! fleet's PostgreSQL database), made durable, and only then referenced by an item through
+//! a [`BlobRef`]. The server reaches them through [`Blobs`], which adds what every backend
+//! shares (quota reservations, the free-space floor). Paths and keys are derived only from
+//! the random blob id, never from anything a client sent.
 //!
 //! The trait is synchronous on purpose: SQLite calls block, and the server runs them
 //! inside `spawn_blocking` rather than pretending they are asynchronous. The one exception
@@ -48,12 +50,12 @@ mod secret;
 mod space;
 mod sqlite;
 
-pub use blobs::{BlobStore, StagedBlob, LOST_FOUND_DIR};
+pub use blobs::{BlobStore, BlobWriter, Blobs, DirBlobs, StagedBlob, LOST_FOUND_DIR};
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
 pub use pending::Pending;
 #[cfg(feature = "postgres")]
-pub use postgres::PgStore;
+pub use postgres::{PgBlobs, PgStore};
 pub use secret::{load_or_create_ticket_key, TICKET_KEY_FILE, TICKET_KEY_LEN};
 pub use space::{is_out_of_space, FreeSpace, Reserve, RESERVE_BYTES, RESERVE_FILE};
 pub use sqlite::SqliteStore;
@@ -330,6 +332,9 @@ pub enum StoreError {
     /// A blob id is not exactly 32 lower-case hex characters.
     #[error("invalid blob id {0:?}")]
     InvalidBlobId(String),
+    /// No committed blob has this id (never committed, or removed).
+    #[error("blob {0} not found")]
+    BlobNotFound(String),
     /// The caller built an item the store cannot hold; the string says why.
     #[error("invalid item: {0}")]
     InvalidItem(String),

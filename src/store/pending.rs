@@ -4,14 +4,16 @@
 //! SEND_MAIL turns it into an item: otherwise every session of one user could stage a file
 //! up to the whole quota in parallel, and the disk would hold many times the quota of files
 //! only one of which can ever be delivered. [`Pending`] is that charge, shared by every
-//! session through the [`BlobStore`](super::BlobStore): per user, the declared size plus
+//! session through [`Blobs`](super::Blobs), whatever the blob backend: per user, the declared size plus
 //! [`ITEM_OVERHEAD_BYTES`] of each upload in progress or finished but not yet delivered.
 //! Each reservation is keyed by its blob id and released exactly once: when the staged
 //! upload is dropped, when the blob is removed, or when it was delivered (the item's own
 //! charge in the database has taken over).
 //!
-//! It lives in memory only: at start-up no upload is pending (`blobs/tmp` is emptied), so
-//! there is nothing to recover.
+//! It lives in memory only, per server: at start-up no upload of this server is pending
+//! (what a crash left of them is never committed), so there is nothing to recover. In a
+//! fleet each server charges its own sessions' uploads; the database's usage, which
+//! every delivery checks, holds the quota across servers.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

@@ -32,7 +32,12 @@
 //! fails is dropped and the next call opens a new one, so the store recovers by itself when
 //! the database comes back; until then each call fails with [`StoreError::Database`].
 //!
-//! Blobs stay in the local [`crate::store::BlobStore`] for now.
+//! # Blobs
+//!
+//! [`PgBlobs`] keeps blobs in the same database, in 256 KiB chunks (`blobs`,
+//! `blob_chunks`; see `src/store/postgres/blobs.rs`), on this store's connections, so that
+//! every server of a fleet reads the files any of them took. `store.blobs = "local"` keeps
+//! them in each server's data directory instead.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,6 +49,10 @@ use super::{
     check_blob, check_password_hash, is_valid_blob_id, size_to_sql, sql_to_u64, validate_user_name,
     BlobRef, InboxEntry, Item, ItemId, ItemKind, NewItem, Store, StoreError, UserId, UserSummary,
 };
+
+mod blobs;
+
+pub use blobs::{PgBlobs, CHUNK_BYTES, STALE_UPLOAD_AGE};
 
 /// Schema migrations, in order; see the module docs. Append only.
 pub const MIGRATIONS: &[&str] = &[
@@ -95,6 +104,23 @@ pub const MIGRATIONS: &[&str] = &[
         name  TEXT  PRIMARY KEY,
         value BYTEA NOT NULL
     );",
+    // 4: blobs, chunked, so that every server of a fleet reads what any of them took
+    // (src/store/postgres/blobs.rs).
+    "CREATE TABLE blobs (
+        id         TEXT        PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),
+        state      TEXT        NOT NULL CHECK (state IN ('staged', 'committed', 'lost')),
+        size       BIGINT      CHECK (size >= 0),
+        digest     BYTEA       CHECK (length(digest) = 32),
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX blobs_by_state ON blobs(state, created_at);
+    CREATE TABLE blob_chunks (
+        blob_id TEXT    NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+        seq     INTEGER NOT NULL CHECK (seq >= 0),
+        data    BYTEA   NOT NULL,
+        PRIMARY KEY (blob_id, seq)
+    );
+    ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;",
 ];
 
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
@@ -860,8 +886,12 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance::{message, suite, two_users, Backend, TestResult, BIG};
-    use crate::store::BlobStore;
+    use std::sync::Arc;
+
+    use crate::store::conformance::{
+        message, pattern, suite, two_users, upload, Backend, TestResult, BIG,
+    };
+    use crate::store::{Blobs, NewItem};
 
     /// The database the PostgreSQL tests use, from this variable: a URL a superuser or a
     /// user that may create schemas connects with. Unset, they are skipped (with a note);
@@ -874,8 +904,39 @@ mod tests {
         base: String,
         schema: String,
         url: String,
-        _dir: tempfile::TempDir,
-        blobs: BlobStore,
+        blobs: Blobs,
+    }
+
+    impl Postgres {
+        /// A client on the test's schema, to look at its tables.
+        fn client(&self) -> Result<Client, postgres::Error> {
+            Client::connect(&self.url, NoTls)
+        }
+
+        /// Rows in the blob tables.
+        fn blob_rows(&self) -> Result<i64, Box<dyn std::error::Error>> {
+            Ok(self
+                .client()?
+                .query_one(
+                    "SELECT (SELECT count(*) FROM blobs) + (SELECT count(*) FROM blob_chunks)",
+                    &[],
+                )?
+                .get(0))
+        }
+
+        /// Makes the blobs `ids` (all of them with `None`) older than the safe age.
+        fn backdate(&self, ids: Option<&[&str]>) -> TestResult {
+            let older = "created_at - interval '25 hours'";
+            let mut c = self.client()?;
+            match ids {
+                Some(ids) => c.execute(
+                    &format!("UPDATE blobs SET created_at = {older} WHERE id = ANY($1)"),
+                    &[&ids],
+                )?,
+                None => c.execute(&format!("UPDATE blobs SET created_at = {older}"), &[])?,
+            };
+            Ok(())
+        }
     }
 
     impl Backend for Postgres {
@@ -883,8 +944,14 @@ mod tests {
         fn open(&self) -> Result<PgStore, StoreError> {
             PgStore::open(&self.url)
         }
-        fn blobs(&self) -> &BlobStore {
+        fn blobs(&self) -> &Blobs {
             &self.blobs
+        }
+        fn blob_leftovers(&self) -> Result<usize, Box<dyn std::error::Error>> {
+            Ok(usize::try_from(self.blob_rows()?)?)
+        }
+        fn age_blobs(&self) -> TestResult {
+            self.backdate(None)
         }
     }
 
@@ -911,18 +978,104 @@ mod tests {
         // Its own application name, so a test can find its store's connections.
         let url =
             format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
-        let dir = tempfile::tempdir()?;
-        let blobs = BlobStore::open(dir.path())?;
+        let blobs = Blobs::new(Arc::new(PgBlobs::new(Arc::new(PgStore::open(&url)?))));
         Ok(Some(Postgres {
             base,
             schema,
             url,
-            _dir: dir,
             blobs,
         }))
     }
 
     suite!(postgres);
+
+    #[test]
+    fn a_blob_one_server_committed_is_read_through_another() -> TestResult {
+        let Some(pg) = postgres()? else {
+            return Ok(());
+        };
+        // Two servers: a store and its blobs each, on one database.
+        let (one, two) = (Arc::new(pg.open()?), Arc::new(pg.open()?));
+        let blobs_one = Blobs::new(Arc::new(PgBlobs::new(Arc::clone(&one))));
+        let blobs_two = Blobs::new(Arc::new(PgBlobs::new(Arc::clone(&two))));
+        let (alice, bob) = two_users(&*one)?;
+        let content = pattern(2 * CHUNK_BYTES + 99);
+        let file = upload(&blobs_one, &content, 65_536)?;
+        let id = one.deliver(alice, bob, NewItem::File(file.clone()), BIG)?;
+        // The other server finds the item, and its bytes.
+        let item = two.item(bob, id)?.ok_or("the item is missing")?;
+        assert_eq!(item.content, crate::store::ItemContent::File(file.clone()));
+        let whole = blobs_two.read_at(&file.blob_id, 0, usize::MAX)?;
+        assert!(whole == content);
+        assert_eq!(*blake3::hash(&whole).as_bytes(), file.digest);
+        let at = CHUNK_BYTES - 1;
+        assert!(blobs_two.read_at(&file.blob_id, at as u64, 2)? == content[at..at + 2]);
+        // A delete through the second server frees the blob for both.
+        assert_eq!(two.delete(bob, id)?, Some(vec![file.blob_id.clone()]));
+        blobs_two.remove(&file.blob_id)?;
+        assert!(matches!(
+            blobs_one.read_at(&file.blob_id, 0, 1),
+            Err(StoreError::BlobNotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn crash_leftovers_are_swept_only_once_old() -> TestResult {
+        let Some(pg) = postgres()? else {
+            return Ok(());
+        };
+        let blobs = &pg.blobs;
+        let none: std::collections::HashSet<String> = Default::default();
+        // A crash in the middle of an upload: its writer never drops.
+        let mut crashed = blobs.stage()?;
+        crashed.append(&pattern(CHUNK_BYTES + 5))?;
+        let crashed_id = crashed.id().to_owned();
+        std::mem::forget(crashed);
+        // Another server's upload in progress, and a blob committed but not delivered yet.
+        let mut uploading = blobs.stage()?;
+        uploading.append(b"in flight")?;
+        let waiting = upload(blobs, b"about to be delivered", 8)?;
+        let rows = pg.blob_rows()?;
+        assert_eq!(blobs.sweep_orphans(&none)?, 0, "young: left alone");
+        assert_eq!(pg.blob_rows()?, rows);
+        // A day later, the crashed upload goes; the others are the same age as before.
+        pg.backdate(Some(&[&crashed_id]))?;
+        assert_eq!(blobs.sweep_orphans(&none)?, 0);
+        // Its row and its one full chunk (the 5 bytes after it died in its buffer).
+        assert_eq!(pg.blob_rows()?, rows - 2);
+        let done = uploading.commit("f")?;
+        assert_eq!(blobs.read_at(&done.blob_id, 0, 100)?, b"in flight");
+        // An old unreferenced blob is set aside as lost, and stays readable.
+        pg.backdate(Some(&[&waiting.blob_id]))?;
+        assert_eq!(blobs.sweep_orphans(&none)?, 1);
+        assert_eq!(blobs.read_at(&waiting.blob_id, 0, 5)?, b"about");
+        let state: String = pg
+            .client()?
+            .query_one("SELECT state FROM blobs WHERE id = $1", &[&waiting.blob_id])?
+            .get(0);
+        assert_eq!(state, "lost");
+        Ok(())
+    }
+
+    #[test]
+    fn a_commit_whose_rows_were_swept_fails_cleanly() -> TestResult {
+        let Some(pg) = postgres()? else {
+            return Ok(());
+        };
+        let blobs = &pg.blobs;
+        let mut staged = blobs.stage()?;
+        staged.append(&pattern(CHUNK_BYTES + 1))?;
+        // Another server started, and took this upload for a day-old leftover.
+        pg.client()?
+            .execute("DELETE FROM blobs WHERE id = $1", &[&staged.id()])?;
+        assert!(matches!(
+            staged.commit("late"),
+            Err(StoreError::NotCommitted(why)) if why.contains("not committed")
+        ));
+        assert_eq!(pg.blob_rows()?, 0);
+        Ok(())
+    }
 
     #[test]
     fn the_schema_is_migrated_once_and_a_newer_one_is_refused() -> TestResult {

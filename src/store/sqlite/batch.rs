@@ -655,7 +655,7 @@ mod tests {
     use crate::store::sqlite::tests::{
         assert_usage_consistent, blob, message, store, two_users, TestResult, BIG, O,
     };
-    use crate::store::{BlobStore, Store};
+    use crate::store::{Blobs, Store};
 
     #[test]
     fn disk_full_is_storage_full_not_corruption() {
@@ -973,7 +973,7 @@ mod tests {
         let (_dir, store) = store()?;
         let (alice, bob) = two_users(&store)?;
         let carol = store.add_user("carol", "h")?;
-        let blob = blob(&BlobStore::open(_dir.path())?, b"0123456789", "f.txt")?;
+        let blob = blob(&Blobs::in_dir(_dir.path())?, b"0123456789", "f.txt")?;
         // Every quota is 25 bytes plus two items' overhead.
         let q = 25 + 2 * O;
         // One batch, senders interleaved: alice (quota 25) sends 20, then 10 (refused), then
