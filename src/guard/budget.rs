@@ -28,8 +28,9 @@ pub(crate) enum Outcome {
     Failed,
     /// The same wrong password as a recent failure: counted once, already.
     Repeated,
-    /// Never judged: the server could not look the user up (its store down) or verify the
-    /// password (its verifier full). Not the source's doing, so it costs nothing.
+    /// Never judged: the server could not look the user up (its store down), or could not
+    /// verify the password of a source in good standing (its verifier full). Not the
+    /// source's doing, so it costs nothing.
     Unjudged,
 }
 

@@ -558,8 +558,9 @@ impl Guard {
     }
 
     /// Gives back the attempt [`Guard::check_login`] reserved for `source` when the server
-    /// could not judge it (its store unreachable, its verifier full): an outage of the
-    /// server's must not use up an honest script's allowance and get it blocked.
+    /// could not judge it (its store unreachable; its verifier full, for a source in good
+    /// standing): an outage of the server's must not use up an honest script's allowance
+    /// and get it blocked.
     pub fn login_unjudged(&self, source: SourceKey) {
         let now = self.clock.elapsed();
         self.lock_logins()

@@ -467,7 +467,13 @@ impl Session {
         // a retry of the same wrong password counts once and no copy of it is kept.
         let digest = shared.guard.password_digest(&password);
         let Ok(verified) = shared.verifier.verify(hash.clone(), password, lane).await else {
-            shared.guard.login_unjudged(self.source);
+            // A full verifier gives back the attempt only to a source that logged in here
+            // recently (an owner queued behind guessers). Any other source keeps the failure
+            // it reserved: else a botnet that keeps the verifier full guesses for free and
+            // is never blocked (scenarios/scale/botnet.toml).
+            if lane == Lane::Proven {
+                shared.guard.login_unjudged(self.source);
+            }
             Metrics::bump(&shared.metrics.rate_limited);
             return Err(err(
                 ErrorCode::RateLimited,
