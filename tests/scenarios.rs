@@ -465,3 +465,32 @@ async fn external_target_needs_its_data_dir() -> TestResult {
     assert!(err.to_string().contains("127.0.0.0/8"), "{err}");
     Ok(())
 }
+
+/// A fleet scenario needs real sockets and a database: in a simulation, or without
+/// `--store-url`, it is skipped with the reason (and counted as skipped in JUnit), not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_scenario_without_a_database_is_skipped_not_failed() -> TestResult {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/fleet.toml");
+    for (opts, why) in [
+        (RunOptions::default(), "--store-url"),
+        (
+            RunOptions {
+                sim: true,
+                store_url: Some("postgres://postgres@127.0.0.1:9/postgres".into()),
+                ..RunOptions::default()
+            },
+            "simulation",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let report = run_files(std::slice::from_ref(&file), &opts, &Silent).await?;
+        let s = &report.scenarios[0];
+        let skipped = s.skipped.as_deref().ok_or("not skipped")?;
+        assert!(skipped.contains(why), "{skipped}");
+        assert!(s.passed && report.passed, "{:?}", s.failures);
+        assert!(started.elapsed() < Duration::from_secs(5), "it ran");
+        assert!(report.to_junit().contains("skipped=\"1\""));
+        assert!(report.summary_table().contains("SKIP fleet:"));
+    }
+    Ok(())
+}

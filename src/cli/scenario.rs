@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// network. The same seed gives the same report. See docs/SIMULATION.md.
     #[arg(long, conflicts_with = "target")]
     sim: bool,
+    /// The PostgreSQL database fleet scenarios (`servers` above 1) run on:
+    /// `postgres://USER@127.0.0.1:PORT/DB`, a user that may create schemas. Each run gets a
+    /// schema of its own, dropped at its end. Without it fleet scenarios are skipped.
+    #[arg(long, value_name = "URL", env = "RAMPART_STORE_URL")]
+    store_url: Option<String>,
     /// No live progress display.
     #[arg(long)]
     quiet: bool,
@@ -311,6 +316,7 @@ pub async fn run(cmd: ScenarioCommand) -> Result<ExitCode> {
         },
         tls: args.tls,
         sim: args.sim,
+        store_url: args.store_url.clone(),
     };
     let bars = Bars::new(args.quiet);
     let report = run_files(&args.paths, &opts, &bars).await?;

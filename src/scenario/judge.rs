@@ -24,6 +24,10 @@ use crate::server::{DetectionStats, MetricsSnapshot};
 pub(super) struct Sampled {
     /// First time (since t0) the guard reported each attack source blocked.
     pub(super) first_blocked: BTreeMap<IpAddr, Duration>,
+    /// In a fleet run, the same for each server's guard, by server index.
+    pub(super) fleet_first_blocked: Vec<BTreeMap<IpAddr, Duration>>,
+    /// When the sampler took its last sample, since t0.
+    pub(super) last_sample: Duration,
     /// Legit sources the guard ever reported blocked.
     pub(super) false_blocked: BTreeSet<Ipv4Addr>,
     /// Resident memory samples: (seconds since t0, MiB).
@@ -86,6 +90,8 @@ pub(super) struct Collected<'a> {
     pub(super) mistakes: BTreeMap<String, u64>,
     /// The in-process server's model, by name.
     pub(super) model: Option<String>,
+    /// A fleet run's own numbers (`servers` above 1).
+    pub(super) fleet: Option<super::fleet::FleetMetrics>,
 }
 
 /// Sums up what a run collected into the report's numbers and its timeline.
@@ -123,6 +129,7 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
     }
     m.legit_lost = j.verification.lost;
     m.lost_items = j.verification.lost_items;
+    m.fleet = j.fleet;
 
     // Blocks: in-process, the sources the guard reported blocked, from the earlier of that
     // report and the attacker's first refusal showing a block; against an external server,
@@ -481,6 +488,9 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
             m.canary_leaks, e.canary_leaks_max
         ));
     }
+    if let Some(fleet) = &m.fleet {
+        f.extend(super::fleet::judge(fleet, e.fleet_block_spread_ms_max));
+    }
     f
 }
 
@@ -558,6 +568,7 @@ mod tests {
             locked_out: Vec::new(),
             mistakes: BTreeMap::new(),
             model: None,
+            fleet: None,
         };
         let (m, timeline) = measure(collected);
         assert_eq!((m.legit_attempted, m.legit_delivered), (4, 2));
@@ -645,6 +656,7 @@ mod tests {
             locked_out: Vec::new(),
             mistakes: BTreeMap::new(),
             model: None,
+            fleet: None,
         }
     }
 

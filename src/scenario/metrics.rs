@@ -409,6 +409,9 @@ pub struct ScenarioMetrics {
     /// the JSON report (through [`ScenarioMetrics::to_json_value`]) as `null`.
     #[serde(skip)]
     pub blocks_unknown: bool,
+    /// A fleet run's own numbers (`servers` above 1); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetMetrics>,
 }
 
 /// The block metrics [`ScenarioMetrics::to_json_value`] writes as `null` for a target

@@ -39,6 +39,7 @@
 //! aborted after a grace period), the read-back and the alive check by deadlines.
 
 pub mod faults;
+pub mod fleet;
 pub mod generic;
 pub mod judge;
 pub mod legit;

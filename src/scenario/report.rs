@@ -30,8 +30,12 @@ pub struct ScenarioReport {
     pub tls: bool,
     /// Attack kinds, in file order.
     pub attacks: Vec<String>,
-    /// Every expectation held.
+    /// Every expectation held (true for a skipped scenario, which judged nothing).
     pub passed: bool,
+    /// Why the scenario did not run (a fleet scenario without a database, say); absent when
+    /// it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// One line per broken expectation (or the setup error).
     pub failures: Vec<String>,
     /// The numbers (block metrics `null` for a target without a firewall).
@@ -104,6 +108,7 @@ impl ScenarioReport {
                 .map(|k| k.as_str().to_string())
                 .collect(),
             passed: failures.is_empty(),
+            skipped: None,
             failures,
             metrics,
             timeline,
@@ -112,6 +117,18 @@ impl ScenarioReport {
             sim: None,
             faults: Vec::new(),
         }
+    }
+
+    /// A report for a scenario that did not run, and why: passed, judging nothing.
+    pub fn skipped(scenario: &Scenario, why: String) -> ScenarioReport {
+        let mut report = ScenarioReport::new(
+            scenario,
+            ScenarioMetrics::default(),
+            Timeline::default(),
+            Vec::new(),
+        );
+        report.skipped = Some(why);
+        report
     }
 
     /// A failed report for a scenario that could not be set up.
@@ -209,7 +226,9 @@ impl SuiteReport {
                 m.model_blocks.map_or("-".into(), |n| n.to_string()),
                 m.recorder_shed.map_or("-".into(), |n| n.to_string()),
                 m.peak_rss_mb.map_or("-".into(), |r| format!("{r:.0}")),
-                if s.passed {
+                if s.skipped.is_some() {
+                    "skip".into()
+                } else if s.passed {
                     "pass".into()
                 } else {
                     "FAIL".into()
@@ -236,7 +255,8 @@ impl SuiteReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
-        if let Some(first) = self.scenarios.first().filter(|s| !s.metrics.blocks_unknown) {
+        let ran = self.scenarios.iter().find(|s| s.skipped.is_none());
+        if let Some(first) = ran.filter(|s| !s.metrics.blocks_unknown) {
             let _ = writeln!(
                 out,
                 "\ndetection model: {} (MODEL: blocks it had a hand in; SHED: activity events the recorder shed)",
@@ -250,13 +270,27 @@ impl SuiteReport {
             );
         }
         let failed: Vec<&ScenarioReport> = self.scenarios.iter().filter(|s| !s.passed).collect();
+        let skipped: Vec<&ScenarioReport> = self
+            .scenarios
+            .iter()
+            .filter(|s| s.skipped.is_some())
+            .collect();
         let _ = writeln!(
             out,
             "\n{} of {} scenarios passed in {:.1} s",
-            self.scenarios.len() - failed.len(),
-            self.scenarios.len(),
+            self.scenarios.len() - failed.len() - skipped.len(),
+            self.scenarios.len() - skipped.len(),
             self.wall_s
         );
+        let mut notes: Vec<(&str, &str)> = skipped
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.skipped.as_deref()?)))
+            .collect();
+        // A seed sweep skips a scenario once per seed: one line says it.
+        notes.dedup();
+        for (name, why) in notes {
+            let _ = writeln!(out, "SKIP {name}: {why}");
+        }
         for s in failed {
             for f in &s.failures {
                 let _ = writeln!(out, "FAIL {}: {f}", s.name);
@@ -271,6 +305,11 @@ impl SuiteReport {
     /// JUnit XML: one testsuite, one testcase per scenario with its failures and metrics.
     pub fn to_junit(&self) -> String {
         let failures = self.scenarios.iter().filter(|s| !s.passed).count();
+        let skipped = self
+            .scenarios
+            .iter()
+            .filter(|s| s.skipped.is_some())
+            .count();
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             x,
@@ -280,7 +319,7 @@ impl SuiteReport {
         );
         let _ = writeln!(
             x,
-            "  <testsuite name=\"rampart.scenario\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\">",
+            "  <testsuite name=\"rampart.scenario\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\">",
             self.scenarios.len(),
             self.wall_s
         );
@@ -292,6 +331,9 @@ impl SuiteReport {
                 xml(&s.file),
                 s.wall_s
             );
+            if let Some(why) = &s.skipped {
+                let _ = writeln!(x, "      <skipped message=\"{}\"/>", xml(why));
+            }
             if !s.passed {
                 let first = s.failures.first().map(String::as_str).unwrap_or("failed");
                 let _ = writeln!(
@@ -785,6 +827,7 @@ mod tests {
             tls: false,
             attacks: vec!["flood".into()],
             passed,
+            skipped: None,
             failures: if passed {
                 vec![]
             } else {

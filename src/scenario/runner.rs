@@ -114,6 +114,9 @@ pub struct RunOptions {
     /// Run each scenario in a deterministic simulation (`--sim`, [`crate::sim`]), as its
     /// `[sim]` table says.
     pub sim: bool,
+    /// The PostgreSQL database fleet scenarios (`servers` above 1) run on, each run in a
+    /// schema of its own (`--store-url`); without it they are skipped.
+    pub store_url: Option<String>,
 }
 
 /// A detection model for the in-process server, with the name reports give it.
@@ -314,6 +317,8 @@ enum Target {
         /// The data directory, kept when `tmp` is `None` (`--record`).
         dir: PathBuf,
         tmp: Option<tempfile::TempDir>,
+        /// The other servers of a fleet run, and its balancer (whose address is `addr`).
+        fleet: Option<Box<FleetServers>>,
     },
     External {
         addr: SocketAddr,
@@ -348,6 +353,31 @@ impl Target {
         }
     }
 
+    /// Every server's own address: a fleet's, the first server's first; else the target.
+    fn direct(&self) -> Vec<SocketAddr> {
+        match self {
+            Target::InProcess {
+                fleet: Some(fleet), ..
+            } => fleet.direct.clone(),
+            _ => vec![self.addr()],
+        }
+    }
+
+    /// In a fleet run, every server's guard, the first server's first (else empty).
+    fn fleet_guards(&self) -> Vec<Arc<crate::guard::Guard>> {
+        match self {
+            Target::InProcess {
+                slot,
+                fleet: Some(fleet),
+                ..
+            } => with_server(slot, ServerHandle::guard)
+                .into_iter()
+                .chain(fleet.peers.iter().map(|(h, _)| h.guard()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The in-process server, which the sampler reads.
     fn slot(&self) -> Option<Slot> {
         match self {
@@ -355,6 +385,22 @@ impl Target {
             Target::External { .. } => None,
         }
     }
+}
+
+/// A fleet run's servers beyond the first, the balancer in front of them all, and the
+/// database schema they share (see [`super::fleet`]).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+struct FleetServers {
+    /// Servers 1.. with their data directories (kept when `--record`).
+    peers: Vec<(ServerHandle, Option<tempfile::TempDir>)>,
+    /// Every server's own address, the first server's first.
+    direct: Vec<SocketAddr>,
+    balancer: super::fleet::Balancer,
+    #[cfg(feature = "postgres")]
+    schema: super::fleet::Schema,
+    /// Without the PostgreSQL store no fleet starts.
+    #[cfg(not(feature = "postgres"))]
+    never: std::convert::Infallible,
 }
 
 /// Runs one scenario. Never fails: a setup error becomes a failed report.
@@ -558,10 +604,11 @@ pub fn legit_groups(scenario: &Scenario) -> Vec<(std::net::IpAddr, String)> {
 fn data_dir(
     scenario: &Scenario,
     opts: &RunOptions,
+    suffix: &str,
 ) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match &opts.record_dir {
         Some(root) => {
-            let dir = root.join(scenario.name());
+            let dir = root.join(format!("{}{suffix}", scenario.name()));
             if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
                 anyhow::bail!(
                     "record directory {} is not empty; remove it or choose another --record DIR",
@@ -859,7 +906,7 @@ async fn start_server(
             None,
         ));
     }
-    let (dir, tmp) = data_dir(scenario, opts)?;
+    let (dir, tmp) = data_dir(scenario, opts, "")?;
     let model = opts.model.as_ref().map(|m| Arc::clone(&m.model));
     // Scenarios judge what the model blocks, so its verdicts enforce here.
     let mut config = scenario.config().clone();
@@ -876,6 +923,17 @@ async fn start_server(
         None
     };
     let config_auth = config.auth.clone();
+    #[cfg(feature = "postgres")]
+    let schema = match (&opts.store_url, scenario.servers() > 1) {
+        (Some(url), true) => {
+            let url = url.clone();
+            let schema = crate::sim::blocking(move || super::fleet::Schema::create(&url)).await?;
+            config.store.url = Some(schema.url.clone());
+            Some(schema)
+        }
+        _ => None,
+    };
+    let fleet_config = config.clone();
     let faults = (crate::sim::active() && !scenario.sim().fault.is_empty()).then(|| {
         Arc::new(Opener {
             config: config.clone(),
@@ -886,12 +944,26 @@ async fn start_server(
     });
     let server = match &faults {
         Some(opener) => opener.open()?,
-        None => Server::open_with_model(config, &dir, model)?,
+        None => Server::open_with_model(config, &dir, model.clone())?,
     };
     label_attack_sources(scenario, &dir)?;
     provision(server.store(), &config_auth, accounts).await?;
     let handle = server.bind(SocketAddr::from((LOOPBACK, 0))).await?;
-    let addr = handle.local_addr();
+    let mut addr = handle.local_addr();
+    #[cfg(feature = "postgres")]
+    let fleet = match schema {
+        Some(schema) => {
+            let fleet = start_fleet(scenario, opts, fleet_config, model, addr, schema).await?;
+            addr = fleet.balancer.addr();
+            Some(Box::new(fleet))
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "postgres"))]
+    let fleet = {
+        let _ = (fleet_config, &mut addr);
+        None
+    };
     let tls = match cert {
         Some(cert) => Some(TlsOptions::new(
             &ClientTrust::Ca(cert),
@@ -906,8 +978,40 @@ async fn start_server(
         faults,
         dir,
         tmp,
+        fleet,
     };
     Ok((target, tls))
+}
+
+/// Opens and binds servers 1.. of a fleet on `config` (whose `store.url` is the run's
+/// schema), each over a data directory of its own, and starts the balancer in front of
+/// them and of the first server, at `first`.
+#[cfg(feature = "postgres")]
+async fn start_fleet(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    config: crate::config::Config,
+    model: Option<Arc<Model>>,
+    first: SocketAddr,
+    schema: super::fleet::Schema,
+) -> anyhow::Result<FleetServers> {
+    let mut peers = Vec::new();
+    let mut direct = vec![first];
+    for i in 1..scenario.servers() {
+        let (dir, tmp) = data_dir(scenario, opts, &format!(".server{i}"))?;
+        let server = Server::open_with_model(config.clone(), &dir, model.clone())?;
+        label_attack_sources(scenario, &dir)?;
+        let handle = server.bind(SocketAddr::from((LOOPBACK, 0))).await?;
+        direct.push(handle.local_addr());
+        peers.push((handle, tmp));
+    }
+    let balancer = super::fleet::Balancer::start(direct.clone()).await?;
+    Ok(FleetServers {
+        peers,
+        direct,
+        balancer,
+        schema,
+    })
 }
 
 /// Legit clients log in before the clock starts, so login cost is not load. A group that
@@ -1031,6 +1135,7 @@ async fn sample_until_the_end(
         live: Arc::clone(&clock.live),
         t0: clock.t0,
         duration: clock.duration,
+        fleet: server.fleet_guards(),
     };
     let sampler_stop = CancellationToken::new();
     let sampling = sample(input, sampler_stop.clone(), progress);
@@ -1191,26 +1296,30 @@ async fn afterwards<'a>(
     }
     let target = server.addr();
     let read_rate = scenario.config().rates.frames_per_s_per_ip;
-    let verification =
-        match tokio::time::timeout(VERIFY_BUDGET, legit::verify(plans, runs, target, read_rate))
-            .await
-        {
-            Ok(v) => v,
-            Err(_) => legit::Verification {
-                verified: 0,
-                lost: acknowledged,
-                lost_items: vec![format!(
-                    "read-back did not finish within {} s",
-                    VERIFY_BUDGET.as_secs()
-                )],
-            },
-        };
+    // A fleet's items are read back through its servers directly, in turn: any server must
+    // serve any item.
+    let direct = server.direct();
+    let (verification, verified_per_server) = read_back(plans, runs, &direct, read_rate).await;
     phases.done("items read back");
-    let alive = alive_check(target, &cast.monitor, cast.tls.as_ref()).await;
+    let mut alive = alive_check(target, &cast.monitor, cast.tls.as_ref()).await;
+    if direct.len() > 1 {
+        for (i, addr) in direct.iter().enumerate() {
+            if let Err(e) = alive_check(*addr, &cast.monitor, None).await {
+                alive = Err(format!("server {i} ({addr}): {e}"));
+            }
+        }
+    }
     phases.done("alive check done");
     let in_process = server.in_process();
+    let mut fleet_metrics = None;
     let (snapshot, pid) = match server {
-        Target::InProcess { slot, tmp, dir, .. } => {
+        Target::InProcess {
+            slot,
+            tmp,
+            dir,
+            fleet,
+            ..
+        } => {
             if tmp.is_none() {
                 // A kept recording: its labels say when each attack began.
                 if let Err(e) =
@@ -1221,6 +1330,12 @@ async fn afterwards<'a>(
             }
             // Down only if a restart after a crash failed, which the run reports.
             let handle = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(fleet) = fleet {
+                let first = handle.as_ref().map(|h| h.server());
+                fleet_metrics = Some(
+                    stop_fleet(scenario, fleet, first, &ended.sampled, verified_per_server).await,
+                );
+            }
             let snap = match handle {
                 Some(handle) => {
                     let snap = server_stats(&handle);
@@ -1258,7 +1373,128 @@ async fn afterwards<'a>(
         locked_out,
         mistakes,
         model,
+        fleet: fleet_metrics,
     }
+}
+
+/// Reads back every acknowledged item, each within [`VERIFY_BUDGET`] per target: through
+/// one target on the clients' own connections; through several (a fleet), each item
+/// through one of them in turn (the `k`-th item a client acknowledged through target
+/// `k mod n`), logging in afresh, so every server serves items other servers took. Returns
+/// the read-back summed over the targets (every server's losses listed) and the items each
+/// target returned intact.
+///
+/// Reading every item through every server would triple the read-back, and the live model
+/// blocks a legit source that fetches hundreds of items in a few seconds (docs/FLEET.md,
+/// "The fleet scenario"): the check would then measure that, not what the servers kept.
+async fn read_back(
+    plans: &[ClientPlan],
+    runs: Vec<ClientRun>,
+    targets: &[SocketAddr],
+    read_rate: u32,
+) -> (legit::Verification, Vec<u64>) {
+    let share = |runs: &[ClientRun], i: usize| -> Vec<ClientRun> {
+        runs.iter()
+            .map(|r| ClientRun {
+                index: r.index,
+                acked: r
+                    .acked
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| k % targets.len() == i)
+                    .map(|(_, a)| a.clone())
+                    .collect(),
+                ..ClientRun::default()
+            })
+            .collect()
+    };
+    let rounds: Vec<Vec<ClientRun>> = match targets {
+        [_] => vec![runs],
+        _ => (0..targets.len()).map(|i| share(&runs, i)).collect(),
+    };
+    let mut all = legit::Verification::default();
+    let mut verified = Vec::new();
+    for (i, (target, runs)) in targets.iter().zip(rounds).enumerate() {
+        let share: u64 = runs.iter().map(|r| r.acked.len() as u64).sum();
+        let read = legit::verify(plans, runs, *target, read_rate);
+        let v = match tokio::time::timeout(VERIFY_BUDGET, read).await {
+            Ok(v) => v,
+            Err(_) => legit::Verification {
+                verified: 0,
+                lost: share,
+                lost_items: vec![format!(
+                    "read-back did not finish within {} s",
+                    VERIFY_BUDGET.as_secs()
+                )],
+            },
+        };
+        verified.push(v.verified);
+        let through = |item: String| match targets.len() {
+            1 => item,
+            _ => format!("through server {i} ({target}): {item}"),
+        };
+        all.verified += v.verified;
+        all.lost += v.lost;
+        all.lost_items.extend(v.lost_items.into_iter().map(through));
+    }
+    (all, verified)
+}
+
+/// Ends a fleet run: stops the balancer, takes every server's fleet counters (`first`: the
+/// first server, still up unless a crash took it), shuts servers 1.. down, drops the run's
+/// schema, and sums up what the sampler saw into the fleet's metrics.
+#[cfg(feature = "postgres")]
+async fn stop_fleet(
+    scenario: &Scenario,
+    fleet: Box<FleetServers>,
+    first: Option<&Server>,
+    sampled: &Sampled,
+    verified_per_server: Vec<u64>,
+) -> super::fleet::FleetMetrics {
+    let connections = fleet.balancer.stop().await;
+    let stats: Vec<crate::fleet::FleetStats> = first
+        .into_iter()
+        .chain(fleet.peers.iter().map(|(h, _)| h.server()))
+        .map(|s| s.fleet().unwrap_or_default())
+        .collect();
+    for (handle, tmp) in fleet.peers {
+        handle.shutdown().await;
+        if let Some(dir) = tmp {
+            crate::sim::blocking(move || drop(dir)).await;
+        }
+    }
+    let schema = fleet.schema;
+    crate::sim::blocking(move || drop(schema)).await;
+    let limit = scenario
+        .expect()
+        .fleet_block_spread_ms_max
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    let (blocked, everywhere, late, max, p50) =
+        super::fleet::spread(&sampled.fleet_first_blocked, sampled.last_sample, limit);
+    super::fleet::FleetMetrics {
+        servers: scenario.servers(),
+        connections,
+        blocks_shared: stats.iter().map(|s| s.shared).collect(),
+        blocks_applied: stats.iter().map(|s| s.applied).collect(),
+        sources_blocked: blocked,
+        sources_blocked_everywhere: everywhere,
+        sources_blocked_late: late,
+        block_spread_ms_max: max,
+        block_spread_ms_p50: p50,
+        verified_per_server,
+    }
+}
+
+/// Without the PostgreSQL store there is no fleet to stop.
+#[cfg(not(feature = "postgres"))]
+async fn stop_fleet(
+    _: &Scenario,
+    fleet: Box<FleetServers>,
+    _: Option<&Server>,
+    _: &Sampled,
+    _: Vec<u64>,
+) -> super::fleet::FleetMetrics {
+    match fleet.never {}
 }
 
 /// What an in-process server counted, taken just before it shuts down.
@@ -1319,6 +1555,8 @@ pub(super) struct SamplerInput {
     pub(super) live: Arc<LiveCounters>,
     pub(super) t0: Instant,
     pub(super) duration: Duration,
+    /// In a fleet run, every server's guard, the first server's first (else empty).
+    pub(super) fleet: Vec<Arc<crate::guard::Guard>>,
 }
 
 /// Polls blocks every 100 ms and memory every 250 ms until `stop`, reporting progress.
@@ -1327,7 +1565,10 @@ pub(super) async fn sample(
     stop: CancellationToken,
     progress: &dyn Progress,
 ) -> Sampled {
-    let mut s = Sampled::default();
+    let mut s = Sampled {
+        fleet_first_blocked: vec![BTreeMap::new(); input.fleet.len()],
+        ..Sampled::default()
+    };
     let mut tick = tokio::time::interval(BLOCK_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_rss: Option<Instant> = None;
@@ -1352,6 +1593,19 @@ pub(super) async fn sample(
         }
         let now = Instant::now();
         let since = now.saturating_duration_since(input.t0);
+        s.last_sample = since;
+        for (guard, first) in input.fleet.iter().zip(&mut s.fleet_first_blocked) {
+            for ip in &input.attack_sources {
+                if !first.contains_key(ip) && guard.is_blocked(*ip) {
+                    first.insert(*ip, since);
+                }
+            }
+            for ip in &input.legit_sources {
+                if guard.is_blocked(IpAddr::V4(*ip)) {
+                    s.false_blocked.insert(*ip);
+                }
+            }
+        }
         let probes = probes();
         if let Some((guard, _, _)) = &probes {
             for ip in &input.attack_sources {
@@ -1609,7 +1863,9 @@ pub async fn run_all(
     for (i, s) in runs.into_iter().enumerate() {
         let s = if opts.tls { s.with_tls() } else { s };
         progress.scenario_started(i, total, &s);
-        let report = if opts.sim {
+        let report = if let Some(why) = super::fleet::skip_reason(&s, opts) {
+            ScenarioReport::skipped(&s, why)
+        } else if opts.sim {
             run_simulated(s, opts, progress)
         } else {
             run_scenario(s, opts, progress).await

@@ -140,6 +140,12 @@ pub struct ScenarioSpec {
     /// legit, control and attacker, connects through TLS.
     #[serde(default)]
     pub tls: bool,
+    /// How many in-process servers share one PostgreSQL database (fleet mode,
+    /// docs/FLEET.md), behind a TCP balancer that sends each new connection to the next
+    /// server. Above 1 the run needs a database (`scenario run --store-url`) and real
+    /// sockets; without them the scenario is skipped, not failed.
+    #[serde(default = "one_server")]
+    pub servers: u32,
     /// Overrides for any server configuration key, e.g. `[server.limits]`.
     #[serde(default)]
     pub server: toml::Table,
@@ -164,6 +170,13 @@ pub struct ScenarioSpec {
 fn default_seed() -> u64 {
     1
 }
+
+fn one_server() -> u32 {
+    1
+}
+
+/// Most servers a fleet scenario may run.
+pub const MAX_SERVERS: u32 = 8;
 
 /// The `[sim]` table: settings that apply only when the scenario runs in a simulation.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -741,6 +754,11 @@ pub struct ExpectSpec {
     /// model only): proves that behaviour analysis, not the rules alone, made the block.
     #[serde(default)]
     pub model_blocks_min: u64,
+    /// Fleet scenarios (`servers` above 1): the most milliseconds between the first server
+    /// and the last one refusing an attack source (each server's guard polled every
+    /// 100 ms), over every source some server blocked. Unset: not judged.
+    #[serde(default)]
+    pub fleet_block_spread_ms_max: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -767,6 +785,7 @@ impl Default for ExpectSpec {
             canary_leaks_max: 0,
             legit_login_refusals_max: None,
             model_blocks_min: 0,
+            fleet_block_spread_ms_max: None,
         }
     }
 }
@@ -870,6 +889,8 @@ pub struct Expect {
     pub legit_login_refusals_max: Option<u64>,
     /// See [`ExpectSpec::model_blocks_min`].
     pub model_blocks_min: u64,
+    /// See [`ExpectSpec::fleet_block_spread_ms_max`].
+    pub fleet_block_spread_ms_max: Option<f64>,
 }
 
 /// A checked scenario, ready to run. Only [`ScenarioSpec::check`] makes one.
@@ -881,6 +902,7 @@ pub struct Scenario {
     duration: Duration,
     seed: u64,
     tls: bool,
+    servers: u32,
     config: Config,
     server_overrides: toml::Table,
     legit: Vec<Legit>,
@@ -938,6 +960,10 @@ impl Scenario {
     /// True if the scenario runs over TLS (the `tls` key, or the runner's `--tls`).
     pub fn tls(&self) -> bool {
         self.tls
+    }
+    /// How many servers share one database (the `servers` key; 1 unless a fleet).
+    pub fn servers(&self) -> u32 {
+        self.servers
     }
     /// The server configuration: defaults with the `[server]` overrides applied, checked.
     pub fn config(&self) -> &Config {
@@ -1035,6 +1061,29 @@ impl ScenarioSpec {
             ));
         }
         let config = server_config(&self.server).map_err(|(key, reason)| invalid(key, reason))?;
+        if !(1..=MAX_SERVERS).contains(&self.servers) {
+            return Err(invalid(
+                "servers".into(),
+                format!("must be 1 to {MAX_SERVERS}, got {}", self.servers),
+            ));
+        }
+        if self.servers > 1 {
+            let clash = if self.tls {
+                Some("tls = true")
+            } else if self.target.is_some() {
+                Some("a [target]")
+            } else if config.store.url.is_some() {
+                Some("server.store.url (the runner gives each run a schema of its own)")
+            } else {
+                None
+            };
+            if let Some(clash) = clash {
+                return Err(invalid(
+                    "servers".into(),
+                    format!("a fleet scenario (servers above 1) cannot have {clash}"),
+                ));
+            }
+        }
         if config.tls.cert.is_some() || config.tls.key.is_some() {
             return Err(invalid(
                 "server.tls.cert".into(),
@@ -1146,6 +1195,7 @@ impl ScenarioSpec {
             duration: Duration::from_secs_f64(d),
             seed: self.seed,
             tls: self.tls,
+            servers: self.servers,
             config,
             server_overrides: self.server,
             legit,
@@ -1452,6 +1502,7 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
         ("blocked_within_s", spec.blocked_within_s),
         ("peak_rss_mb_max", spec.peak_rss_mb_max),
         ("rss_growth_mb_max", spec.rss_growth_mb_max),
+        ("fleet_block_spread_ms_max", spec.fleet_block_spread_ms_max),
     ] {
         if let Some(v) = value {
             if !(v.is_finite() && v > 0.0) {
@@ -1505,6 +1556,7 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
         canary_leaks_max: spec.canary_leaks_max,
         legit_login_refusals_max: spec.legit_login_refusals_max,
         model_blocks_min: spec.model_blocks_min,
+        fleet_block_spread_ms_max: spec.fleet_block_spread_ms_max,
     })
 }
 

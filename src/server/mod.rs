@@ -466,6 +466,13 @@ impl Server {
             .map(detector::Detection::stats)
     }
 
+    /// What the fleet link has done, on a server whose store is a fleet's PostgreSQL
+    /// database (`None` otherwise).
+    #[cfg(feature = "postgres")]
+    pub fn fleet(&self) -> Option<crate::fleet::FleetStats> {
+        self.shared.fleet.get().map(crate::fleet::FleetLink::stats)
+    }
+
     /// The activity recorder.
     pub fn recorder(&self) -> &Recorder {
         &self.shared.recorder

@@ -180,6 +180,7 @@ pub async fn run(
         live,
         t0,
         duration,
+        fleet: Vec::new(),
     };
     let sampler_stop = CancellationToken::new();
     let (sampled, (attack_reports, runs)) = tokio::join!(
@@ -210,6 +211,7 @@ pub async fn run(
         locked_out: Vec::new(),
         mistakes: BTreeMap::new(),
         model: None,
+        fleet: None,
     };
     let (mut m, timeline) = measure(collected);
     m.blocks_unknown = true;
