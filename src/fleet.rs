@@ -10,6 +10,14 @@
 //! start it applies every block still in force. The allow list is each server's own
 //! configuration and wins everywhere, as it does for a local decision.
 //!
+//! Evidence is shared the same way, so that each server's score for a source sums what
+//! every server saw: each signal the firewall scores without deciding (and each it forgives,
+//! as negative points) goes to the link, which sums them per source and signal and writes
+//! one `evidence` row each per poll, in one statement. The other servers score a row's
+//! points as their own signal would (decayed by the row's age, not shared again), so a
+//! source that spreads its offences over several servers reaches the threshold as it would
+//! on one. Evidence rows are read for [`EVIDENCE_KEEP_MS`] after they are written.
+//!
 //! A block thus reaches the other servers within one poll and a round trip (well under a
 //! second). While the database is down each server keeps its own blocks and goes on
 //! deciding locally; its decisions wait in a bounded queue and are shared once the database
@@ -23,7 +31,7 @@
 //! row may appear below the highest id already read. Each poll therefore reads back
 //! [`OVERLAP`] ids below it and skips the ones it has seen.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
@@ -32,7 +40,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 use serde::Serialize;
 
-use crate::firewall::{Firewall, SharedBlock};
+use crate::firewall::{Firewall, SharedBlock, SharedEvidence, Signal};
 use crate::guard::SourceKey;
 use crate::store::StoreError;
 
@@ -55,6 +63,12 @@ const MAX_BLOCK_MS: i64 = (crate::config::MAX_BLOCK_SECS * 1000) as i64;
 /// The action column of an operator's unblock.
 pub const UNBLOCK: &str = "unblock";
 const BLOCK: &str = "block";
+/// The action column of evidence: a signal's points (the reason column names the signal).
+const EVIDENCE: &str = "evidence";
+
+/// How long evidence rows stay readable: a server that starts (or reconnects) within this
+/// scores what the others saw, decayed by its age.
+const EVIDENCE_KEEP_MS: i64 = 60_000;
 
 /// What the fleet link has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -69,6 +83,12 @@ pub struct FleetStats {
     pub dropped: u64,
     /// Polls that failed (the database unreachable, say).
     pub failures: u64,
+    /// Evidence rows (one per source and signal per poll) written for the others.
+    pub evidence_shared: u64,
+    /// Other servers' evidence rows scored here.
+    pub evidence_applied: u64,
+    /// Signals not shared because the evidence queue was full.
+    pub evidence_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +98,9 @@ struct Counters {
     unblocked: AtomicU64,
     dropped: AtomicU64,
     failures: AtomicU64,
+    evidence_shared: AtomicU64,
+    evidence_applied: AtomicU64,
+    evidence_dropped: AtomicU64,
 }
 
 /// A running fleet link's counters.
@@ -96,6 +119,9 @@ impl FleetLink {
             unblocked: c.unblocked.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            evidence_shared: c.evidence_shared.load(Ordering::Relaxed),
+            evidence_applied: c.evidence_applied.load(Ordering::Relaxed),
+            evidence_dropped: c.evidence_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -111,12 +137,16 @@ pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreErro
     }
     let (tx, rx) = mpsc::sync_channel(OUTBOX);
     firewall.share_blocks(tx);
+    let (etx, erx) = mpsc::sync_channel(OUTBOX);
+    firewall.share_evidence(etx);
     let counters = Arc::new(Counters::default());
     let link = Link {
         config,
         origin: format!("{:016x}", rand::random::<u64>()),
         firewall: Arc::downgrade(firewall),
         rx,
+        erx,
+        evidence: HashMap::new(),
         outbox: VecDeque::new(),
         seen: BTreeSet::new(),
         caught_up: false,
@@ -149,6 +179,9 @@ struct Link {
     origin: String,
     firewall: Weak<Firewall>,
     rx: Receiver<SharedBlock>,
+    /// This firewall's evidence, summed per source and signal until the next write.
+    erx: Receiver<SharedEvidence>,
+    evidence: HashMap<(SourceKey, Signal), f64>,
     outbox: VecDeque<SharedBlock>,
     /// Ids read, down to [`OVERLAP`] below the highest.
     seen: BTreeSet<i64>,
@@ -172,6 +205,9 @@ impl Link {
             }
             while let Ok(b) = self.rx.try_recv() {
                 self.queue(b);
+            }
+            while let Ok(e) = self.erx.try_recv() {
+                self.gather(e);
             }
             let Some(firewall) = self.firewall.upgrade() else {
                 return;
@@ -209,6 +245,63 @@ impl Link {
         }
     }
 
+    /// Adds `e` to the evidence waiting to be written; a source and signal not waiting yet
+    /// is dropped (and counted) when [`OUTBOX`] are.
+    fn gather(&mut self, e: SharedEvidence) {
+        let full = self.evidence.len() >= OUTBOX;
+        match self.evidence.get_mut(&(e.source, e.signal)) {
+            Some(points) => *points += e.points,
+            None if full => {
+                self.counters
+                    .evidence_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.evidence.insert((e.source, e.signal), e.points);
+            }
+        }
+    }
+
+    /// Writes the evidence gathered since the last write, one row per source and signal,
+    /// in one statement.
+    fn write_evidence(&mut self, c: &mut Client) -> Result<(), postgres::Error> {
+        let rows: Vec<((SourceKey, Signal), f64)> = self
+            .evidence
+            .iter()
+            .filter(|(_, p)| p.is_finite() && **p != 0.0)
+            .map(|(k, p)| (*k, *p))
+            .collect();
+        if !rows.is_empty() {
+            let now = crate::activity::now_ms();
+            let sources: Vec<String> = rows.iter().map(|((s, _), _)| s.to_string()).collect();
+            let signals: Vec<String> = rows
+                .iter()
+                .map(|((_, g), _)| g.as_str().to_string())
+                .collect();
+            let points: Vec<f64> = rows.iter().map(|(_, p)| *p).collect();
+            c.execute(
+                "INSERT INTO fleet_decisions
+                    (origin, source, action, until_ms, reason, created_ms, points)
+                 SELECT $1, t.source, $2, $3, t.signal, $4, t.points
+                 FROM UNNEST($5::TEXT[], $6::TEXT[], $7::FLOAT8[]) AS t(source, signal, points)",
+                &[
+                    &self.origin,
+                    &EVIDENCE,
+                    &now.saturating_add(EVIDENCE_KEEP_MS),
+                    &now,
+                    &sources,
+                    &signals,
+                    &points,
+                ],
+            )?;
+            self.counters
+                .evidence_shared
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+        self.evidence.clear();
+        Ok(())
+    }
+
     /// Writes the outbox, then applies what the other servers decided since the last poll.
     fn sync(&mut self, c: &mut Client, firewall: &Firewall) -> Result<(), postgres::Error> {
         while let Some(b) = self.outbox.front() {
@@ -230,6 +323,7 @@ impl Link {
             self.outbox.pop_front();
             self.counters.shared.fetch_add(1, Ordering::Relaxed);
         }
+        self.write_evidence(c)?;
         let now = crate::activity::now_ms();
         let rows = if self.caught_up {
             let from = self
@@ -239,15 +333,16 @@ impl Link {
                 .unwrap_or(0)
                 .saturating_sub(OVERLAP);
             c.query(
-                "SELECT id, origin, source, action, until_ms, reason FROM fleet_decisions
-                 WHERE id > $1 ORDER BY id",
+                "SELECT id, origin, source, action, until_ms, reason, created_ms, points
+                 FROM fleet_decisions WHERE id > $1 ORDER BY id",
                 &[&from],
             )?
         } else {
             // First look: what is still in force, and the unblocks that may lift it (none
             // older than the oldest block in force can).
             c.query(
-                "SELECT id, origin, source, action, until_ms, reason FROM fleet_decisions
+                "SELECT id, origin, source, action, until_ms, reason, created_ms, points
+                 FROM fleet_decisions
                  WHERE until_ms > $1
                     OR (action = $2 AND created_ms >= (SELECT min(created_ms)
                         FROM fleet_decisions WHERE until_ms > $1))
@@ -273,7 +368,19 @@ impl Link {
             let until: i64 = row.get(4);
             let reason: String = row.get(5);
             let ip = source.net().network();
-            if action == UNBLOCK {
+            if action == EVIDENCE {
+                let created: i64 = row.get(6);
+                let points: f64 = row.get(7);
+                let Some(signal) = Signal::ALL.iter().copied().find(|s| s.as_str() == reason)
+                else {
+                    continue;
+                };
+                let age = Duration::from_millis(now.saturating_sub(created).max(0).unsigned_abs());
+                firewall.apply_peer_evidence(source, signal, points, age);
+                self.counters
+                    .evidence_applied
+                    .fetch_add(1, Ordering::Relaxed);
+            } else if action == UNBLOCK {
                 // Only a block in force is lifted (and logged): on the first look every
                 // unblock ever written is read.
                 if firewall.guard().is_blocked(ip) && firewall.unblock(ip) {
@@ -293,9 +400,9 @@ impl Link {
             // longest block (every block they could lift has ended).
             c.execute(
                 "DELETE FROM fleet_decisions
-                 WHERE (action = $1 AND until_ms < $2) OR (action = $3 AND created_ms < $4)",
+                 WHERE (action <> $1 AND until_ms < $2) OR (action = $3 AND created_ms < $4)",
                 &[
-                    &BLOCK,
+                    &UNBLOCK,
                     &now.saturating_sub(PRUNE_EVERY.as_millis() as i64),
                     &UNBLOCK,
                     &now.saturating_sub(MAX_BLOCK_MS),

@@ -214,3 +214,93 @@ async fn a_block_on_one_server_is_enforced_by_all_and_lifted_by_all() -> TestRes
     }
     Ok(())
 }
+
+/// Evidence is fleet-wide: one broken header on each of two servers (half the threshold
+/// each) blocks the source, which neither server alone would; and a failed login that the
+/// same source follows with the right password is taken back on every server, so an honest
+/// typo leaves no score anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_sum_every_servers_evidence_and_forgiveness_reaches_all() -> TestResult {
+    let Some(schema) = tokio::task::spawn_blocking(Schema::create).await?? else {
+        return Ok(());
+    };
+    let mut config = firewall_config();
+    config.store.url = Some(schema.url.clone());
+    let members = fleet(&config, 3).await;
+
+    let spread = ip("127.0.6.11");
+    for m in &members[..2] {
+        let mut s = raw_connect(m.handle.local_addr(), Some(spread)).await?;
+        send_raw(&mut s, b"GET / HTTP/1.1\r\n\r\n").await;
+        drain(&mut s, Duration::from_secs(2)).await;
+        // Let the first server's evidence reach the second before the second offence.
+        assert!(
+            eventually(Duration::from_secs(10), || members[2]
+                .handle
+                .firewall()
+                .score(spread)
+                > 0.0)
+            .await,
+            "the evidence never reached server 2"
+        );
+    }
+    for (i, m) in members.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(10), || m
+                .handle
+                .guard()
+                .is_blocked(spread))
+            .await,
+            "server {i} never blocked a source whose evidence was spread over two servers"
+        );
+    }
+    let decided: Vec<_> = members
+        .iter()
+        .flat_map(|m| m.handle.firewall().decisions())
+        .filter(|d| d.trigger.is_some())
+        .collect();
+    assert!(
+        decided
+            .iter()
+            .any(|d| d.reason.contains("evidence other servers")),
+        "{decided:#?}"
+    );
+
+    // An honest typo: a wrong password, then the right one, from one source.
+    let typist = ip("127.0.6.12");
+    let opts = rampart::client::ClientOptions {
+        source: Some(typist),
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let addr = members[0].handle.local_addr().to_string();
+    let wrong = rampart::client::Client::login(addr.clone(), "alice", b"typo", opts.clone()).await;
+    assert!(wrong.is_err(), "a wrong password was accepted");
+    assert!(
+        eventually(Duration::from_secs(10), || members[1]
+            .handle
+            .firewall()
+            .score(typist)
+            > 0.0)
+        .await,
+        "the failed login's evidence never reached server 1"
+    );
+    let mut alice = rampart::client::Client::login(addr, "alice", b"alice-pw", opts).await?;
+    alice.ping().await?;
+    for (i, m) in members.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(10), || m
+                .handle
+                .firewall()
+                .score(typist)
+                < 1.0)
+            .await,
+            "server {i} kept the forgiven typo's score: {}",
+            m.handle.firewall().score(typist)
+        );
+    }
+    for m in members {
+        m.handle.shutdown().await;
+    }
+    Ok(())
+}

@@ -160,6 +160,8 @@ struct Score {
     /// Until when the last decision stands where the guard does not hold it (shadow mode, an
     /// allow-listed source): signals until then belong to the offence already decided.
     decided_until: Option<Instant>,
+    /// Other servers of the fleet added evidence since the last decision.
+    from_peers: bool,
 }
 
 impl Score {
@@ -207,6 +209,22 @@ pub struct Firewall {
     /// Where this firewall's own blocks go for the other servers of a fleet
     /// ([`Firewall::share_blocks`]); unset on a server of its own.
     peers: std::sync::OnceLock<std::sync::mpsc::SyncSender<SharedBlock>>,
+    /// Where the evidence this firewall scores goes for the other servers of a fleet
+    /// ([`Firewall::share_evidence`]); unset on a server of its own.
+    evidence: std::sync::OnceLock<std::sync::mpsc::SyncSender<SharedEvidence>>,
+}
+
+/// Evidence against a source this firewall scored (or, with negative points, took back:
+/// [`Firewall::forgive`]), for the other servers of a fleet, so that a source's score sums
+/// what every server saw (`crate::fleet`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedEvidence {
+    /// The source.
+    pub source: SourceKey,
+    /// The signal.
+    pub signal: Signal,
+    /// Points added (taken back, when negative), as scored at the time.
+    pub points: f64,
 }
 
 /// A block this firewall decided, for the other servers of a fleet (`crate::fleet`).
@@ -284,6 +302,7 @@ impl Firewall {
             recorder: Recorder::disabled(),
             counts: DecisionCounts::default(),
             peers: std::sync::OnceLock::new(),
+            evidence: std::sync::OnceLock::new(),
         }
     }
 
@@ -292,6 +311,43 @@ impl Firewall {
     /// servers then judge the source by what they see themselves. Set once.
     pub fn share_blocks(&self, peers: std::sync::mpsc::SyncSender<SharedBlock>) {
         let _ = self.peers.set(peers);
+    }
+
+    /// Hands every signal this firewall scores from now on that does not decide by itself,
+    /// and every signal it forgives, to `peers` (the fleet link), so that each server's
+    /// score for a source sums the evidence of all; a full queue drops it. Set once.
+    pub fn share_evidence(&self, peers: std::sync::mpsc::SyncSender<SharedEvidence>) {
+        let _ = self.evidence.set(peers);
+    }
+
+    /// Scores evidence another server of the fleet saw against `source`, `age` ago (so
+    /// decayed by then): positive points count as that server's signal would have here (not
+    /// shared again) and may decide a block, which says the score held other servers'
+    /// evidence; negative points take back what that server forgave.
+    pub fn apply_peer_evidence(
+        &self,
+        source: SourceKey,
+        signal: Signal,
+        points: f64,
+        age: Duration,
+    ) -> Option<Decision> {
+        let settings = self.settings.load();
+        if !settings.fw.enabled || !points.is_finite() {
+            return None;
+        }
+        let half_life = settings.half_life().as_secs_f64();
+        let points = points * 0.5f64.powf(age.as_secs_f64() / half_life.max(f64::MIN_POSITIVE));
+        let ip = source.net().network();
+        if points > 0.0 {
+            return self.signal_with(ip, signal, points, None, false);
+        }
+        let now = Instant::now();
+        let mut scores = lock(&self.scores);
+        if let Some(s) = scores.get_mut(&source) {
+            s.points = (s.decayed(now, settings.half_life()) + points).max(0.0);
+            s.updated = now;
+        }
+        None
     }
 
     /// Applies a block another server of the fleet decided: the source is refused here too
@@ -312,6 +368,7 @@ impl Firewall {
                     blocks: 0,
                     recent: Vec::new(),
                     decided_until: None,
+                    from_peers: false,
                 });
                 s.blocks = s.blocks.saturating_add(1);
                 s.points = 0.0;
@@ -363,7 +420,7 @@ impl Firewall {
             return None;
         }
         let points = f64::from(self.settings.load().fw.weight_model_anomaly) * strength;
-        self.signal_with(ip, Signal::ModelAnomaly, points, Some(explanation))
+        self.signal_with(ip, Signal::ModelAnomaly, points, Some(explanation), true)
     }
 
     /// Takes back `signal`s reported from `ip` that turned out to be honest mistakes (failed
@@ -391,6 +448,14 @@ impl Firewall {
             .sum();
         s.points = (s.decayed(now, half_life) - taken).max(0.0);
         s.updated = now;
+        // The other servers of a fleet scored these signals too: they take them back.
+        if let Some(peers) = self.evidence.get() {
+            let _ = peers.try_send(SharedEvidence {
+                source,
+                signal,
+                points: -taken,
+            });
+        }
         let n = u32::try_from(ages.len()).unwrap_or(u32::MAX);
         if let Some((_, count)) = s.recent.iter_mut().find(|(k, _)| *k == signal) {
             *count = count.saturating_sub(n);
@@ -418,6 +483,7 @@ impl Firewall {
             recorder: Recorder::disabled(),
             counts: DecisionCounts::default(),
             peers: std::sync::OnceLock::new(),
+            evidence: std::sync::OnceLock::new(),
         }
     }
 
@@ -507,15 +573,18 @@ impl Firewall {
     /// the threshold.
     pub fn signal(&self, ip: IpAddr, signal: Signal) -> Option<Decision> {
         let weight = signal.weight(&self.settings.load().fw);
-        self.signal_with(ip, signal, f64::from(weight), None)
+        self.signal_with(ip, signal, f64::from(weight), None, true)
     }
 
+    /// Scores `points` of `signal` against `ip`'s source; with `share`, hands them to the
+    /// fleet's other servers unless they decide a block (which is shared as a block).
     fn signal_with(
         &self,
         ip: IpAddr,
         signal: Signal,
         points: f64,
         detail: Option<&str>,
+        share: bool,
     ) -> Option<Decision> {
         let settings = self.settings.load();
         if !settings.fw.enabled || points <= 0.0 {
@@ -549,12 +618,14 @@ impl Firewall {
                 blocks: 0,
                 recent: Vec::new(),
                 decided_until: None,
+                from_peers: false,
             });
             if s.decided_until.is_some_and(|t| now < t) {
                 return None;
             }
             s.points = s.decayed(now, settings.half_life()) + points;
             s.updated = now;
+            s.from_peers |= !share;
             match s.recent.iter_mut().find(|(k, _)| *k == signal) {
                 Some((_, n)) => *n = n.saturating_add(1),
                 None => s.recent.push((signal, 1)),
@@ -563,6 +634,13 @@ impl Firewall {
             // weights that add up to the threshold reach it.
             let threshold = f64::from(settings.fw.threshold);
             if s.points < threshold * (1.0 - THRESHOLD_TOLERANCE) {
+                if let Some(peers) = self.evidence.get().filter(|_| share) {
+                    let _ = peers.try_send(SharedEvidence {
+                        source,
+                        signal,
+                        points,
+                    });
+                }
                 return None;
             }
             // Within the tolerance a score may sit just under the threshold; say so rather
@@ -590,10 +668,17 @@ impl Firewall {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if let Some(d) = detail {
-                reason.push_str("; ");
-                reason.push_str(d);
+            match detail {
+                Some(d) => {
+                    reason.push_str("; ");
+                    reason.push_str(d);
+                }
+                None if s.from_peers => {
+                    reason.push_str("; the score holds evidence other servers of the fleet saw")
+                }
+                None => {}
             }
+            s.from_peers = false;
             let score = s.points;
             let blocks = s.blocks;
             s.points = 0.0;
@@ -955,7 +1040,13 @@ mod tests {
         let (fw, _) = firewall(|_| {});
         let threshold = f64::from(Config::default().firewall.threshold);
         let d = fw
-            .signal_with(ip("127.0.9.2"), Signal::AuthFailed, threshold * 0.97, None)
+            .signal_with(
+                ip("127.0.9.2"),
+                Signal::AuthFailed,
+                threshold * 0.97,
+                None,
+                true,
+            )
             .expect("within the tolerance, a decision");
         assert!(
             d.reason.contains("within the 5% decay tolerance"),
@@ -963,7 +1054,7 @@ mod tests {
             d.reason
         );
         let d = fw
-            .signal_with(ip("127.0.9.3"), Signal::AuthFailed, threshold, None)
+            .signal_with(ip("127.0.9.3"), Signal::AuthFailed, threshold, None, true)
             .expect("a decision");
         assert!(d.reason.contains("(threshold "), "{}", d.reason);
     }

@@ -234,6 +234,27 @@ impl Collector for Scrape {
                     ),
                     f.failures,
                 ),
+                (
+                    (
+                        "fleet_evidence_shared",
+                        "Evidence rows (a source's signal points per poll) written for the other servers.",
+                    ),
+                    f.evidence_shared,
+                ),
+                (
+                    (
+                        "fleet_evidence_applied",
+                        "Other servers' evidence rows scored here.",
+                    ),
+                    f.evidence_applied,
+                ),
+                (
+                    (
+                        "fleet_evidence_dropped",
+                        "Signals not shared because the fleet's evidence queue was full.",
+                    ),
+                    f.evidence_dropped,
+                ),
             ] {
                 counter(&mut e, (name, help), n)?;
             }

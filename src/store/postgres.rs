@@ -121,6 +121,13 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (blob_id, seq)
     );
     ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;",
+    // 5: evidence the servers of a fleet share, so that each one's score for a source sums
+    // what all of them saw (src/fleet.rs): a signal's points per source and poll.
+    "ALTER TABLE fleet_decisions
+        DROP CONSTRAINT fleet_decisions_action_check,
+        ADD CONSTRAINT fleet_decisions_action_check
+            CHECK (action IN ('block', 'unblock', 'evidence')),
+        ADD COLUMN points DOUBLE PRECISION NOT NULL DEFAULT 0;",
 ];
 
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
