@@ -114,7 +114,12 @@ pub struct RunArgs {
     /// The PostgreSQL database fleet scenarios (`servers` above 1) run on:
     /// `postgres://USER@127.0.0.1:PORT/DB`, a user that may create schemas. Each run gets a
     /// schema of its own, dropped at its end. Without it fleet scenarios are skipped.
-    #[arg(long, value_name = "URL", env = "RAMPART_STORE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RAMPART_STORE_URL",
+        hide_env_values = true
+    )]
     store_url: Option<String>,
     /// No live progress display.
     #[arg(long)]
