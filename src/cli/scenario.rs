@@ -249,6 +249,11 @@ impl Progress for Bars {
             bar.finish_and_clear();
             self.multi.remove(&bar);
         }
+        if let Some(why) = &r.skipped {
+            let line = format!("skip {} (seed {}): {why}", r.name, r.seed);
+            self.multi.suspend(|| eprintln!("{line}"));
+            return;
+        }
         let verdict = if r.passed { "pass" } else { "FAIL" };
         let line = format!(
             "{verdict} {} (seed {}, {:.1} s): goodput {:.3}, p99 {:.1} ms, lost {}, blocked {}",
