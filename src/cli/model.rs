@@ -90,6 +90,10 @@ pub struct TrainArgs {
     /// Seed of every random choice (hold-out split, sample, initialization) [default: 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// k-means initializations (k-means++ on the sample) tried; the one of least inertia is
+    /// refined on every row [default: 1].
+    #[arg(long)]
+    n_init: Option<usize>,
     /// Most Lloyd or EM iterations [default: 300].
     #[arg(long)]
     max_iter: Option<u64>,
@@ -199,6 +203,9 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     }
     if let Some(s) = a.seed {
         spec = spec.seed(s);
+    }
+    if let Some(n) = a.n_init {
+        spec = spec.n_init(n);
     }
     if let Some(m) = a.max_iter {
         spec = spec.max_iterations(m);

@@ -180,7 +180,7 @@ macro_rules! setters {
 setters! {
     /// The algorithm (default k-means).
     algo: Algo;
-    /// Clusters or mixture components, 1 to [`MAX_K`] (default 4).
+    /// Clusters or mixture components, 1 to [`MAX_K`] (default 16).
     k: usize;
     /// Seed of every random choice: the split, the sample, the initialization (default 42).
     seed: u64;
