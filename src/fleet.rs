@@ -18,6 +18,14 @@
 //! source that spreads its offences over several servers reaches the threshold as it would
 //! on one. Evidence rows are read for [`EVIDENCE_KEEP_MS`] after they are written.
 //!
+//! Activity is shared as windows: every complete window a server's live detector closes
+//! (one source, one window, the features of [`FEATURES`]) goes to the link through a bounded
+//! queue ([`window_channel`]; a full queue sheds and counts) and is written to
+//! `fleet_windows` once per poll, in one statement. Each server still records its own
+//! events in its data directory; `rampart activity export --store-url` ([`export_windows`])
+//! writes the fleet's windows as the same CSV that `activity export` writes from one
+//! directory. Windows are kept for `activity.retain_days`.
+//!
 //! A block thus reaches the other servers within one poll and a round trip (well under a
 //! second). While the database is down each server keeps its own blocks and goes on
 //! deciding locally; its decisions wait in a bounded queue and are shared once the database
@@ -32,6 +40,7 @@
 //! [`OVERLAP`] ids below it and skips the ones it has seen.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
@@ -40,6 +49,9 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 use serde::Serialize;
 
+use crate::activity::export::{self as activity_export, ExportError, ExportSummary};
+use crate::activity::features::{FeatureRow, FEATURES, FEATURE_SCHEMA_VERSION};
+use crate::detect::OnWindow;
 use crate::firewall::{Firewall, SharedBlock, SharedEvidence, Signal};
 use crate::guard::SourceKey;
 use crate::store::StoreError;
@@ -70,6 +82,36 @@ const EVIDENCE: &str = "evidence";
 /// scores what the others saw, decayed by its age.
 const EVIDENCE_KEEP_MS: i64 = 60_000;
 
+/// Windows waiting for the link: about a poll's worth of windows of 40 000 sources. More
+/// are dropped (and counted) while the database is slow or down.
+const WINDOW_QUEUE: usize = 8192;
+
+/// Windows written in one statement at most; the rest wait for the next poll.
+const WINDOWS_PER_WRITE: usize = 4096;
+
+/// The sending end of the window queue, for the live detector
+/// ([`LiveScorer::with_window_tap`](crate::detect::LiveScorer::with_window_tap)), and the
+/// receiving end for [`start`].
+pub fn window_channel() -> (OnWindow, WindowInbox) {
+    let (tx, rx) = mpsc::sync_channel::<FeatureRow>(WINDOW_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let shed = Arc::clone(&dropped);
+    let tap: OnWindow = Box::new(move |row: &FeatureRow| {
+        if tx.try_send(row.clone()).is_err() {
+            shed.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (tap, WindowInbox { rx, dropped })
+}
+
+/// The link's end of the window queue ([`window_channel`]).
+#[derive(Debug)]
+pub struct WindowInbox {
+    rx: Receiver<FeatureRow>,
+    /// Windows the tap dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
+}
+
 /// What the fleet link has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct FleetStats {
@@ -89,6 +131,10 @@ pub struct FleetStats {
     pub evidence_applied: u64,
     /// Signals not shared because the evidence queue was full.
     pub evidence_dropped: u64,
+    /// Activity windows written to `fleet_windows`.
+    pub windows_shared: u64,
+    /// Activity windows not shared because the window queue was full.
+    pub windows_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -101,12 +147,14 @@ struct Counters {
     evidence_shared: AtomicU64,
     evidence_applied: AtomicU64,
     evidence_dropped: AtomicU64,
+    windows_shared: AtomicU64,
 }
 
 /// A running fleet link's counters.
 #[derive(Debug, Clone)]
 pub struct FleetLink {
     counters: Arc<Counters>,
+    windows_dropped: Arc<AtomicU64>,
 }
 
 impl FleetLink {
@@ -122,13 +170,21 @@ impl FleetLink {
             evidence_shared: c.evidence_shared.load(Ordering::Relaxed),
             evidence_applied: c.evidence_applied.load(Ordering::Relaxed),
             evidence_dropped: c.evidence_dropped.load(Ordering::Relaxed),
+            windows_shared: c.windows_shared.load(Ordering::Relaxed),
+            windows_dropped: self.windows_dropped.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Starts the link thread of `firewall` on the database at `url` (the store's, already
-/// migrated). It ends once the firewall is gone.
-pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreError> {
+/// migrated), which also writes the windows `windows` receives and deletes shared windows
+/// older than `retain` (kept for ever if `None`). It ends once the firewall is gone.
+pub fn start(
+    url: &str,
+    firewall: &Arc<Firewall>,
+    windows: Option<WindowInbox>,
+    retain: Option<Duration>,
+) -> Result<FleetLink, StoreError> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Database(format!("invalid store.url: {e}")))?;
@@ -140,7 +196,14 @@ pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreErro
     let (etx, erx) = mpsc::sync_channel(OUTBOX);
     firewall.share_evidence(etx);
     let counters = Arc::new(Counters::default());
+    let (wrx, windows_dropped) = match windows {
+        Some(inbox) => (Some(inbox.rx), inbox.dropped),
+        None => (None, Arc::new(AtomicU64::new(0))),
+    };
     let link = Link {
+        wrx,
+        windows: Vec::new(),
+        retain_ms: retain.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         config,
         origin: format!("{:016x}", rand::random::<u64>()),
         firewall: Arc::downgrade(firewall),
@@ -158,7 +221,10 @@ pub fn start(url: &str, firewall: &Arc<Firewall>) -> Result<FleetLink, StoreErro
         .name("rampart-fleet".into())
         .spawn(move || link.run())
         .map_err(StoreError::Io)?;
-    Ok(FleetLink { counters })
+    Ok(FleetLink {
+        counters,
+        windows_dropped,
+    })
 }
 
 /// Writes an operator's unblock of `source` for every server of the fleet.
@@ -182,6 +248,12 @@ struct Link {
     /// This firewall's evidence, summed per source and signal until the next write.
     erx: Receiver<SharedEvidence>,
     evidence: HashMap<(SourceKey, Signal), f64>,
+    /// The live detector's windows ([`window_channel`]), and those taken from it and not
+    /// written yet (at most [`WINDOWS_PER_WRITE`]).
+    wrx: Option<Receiver<FeatureRow>>,
+    windows: Vec<FeatureRow>,
+    /// Shared windows older than this many milliseconds are deleted.
+    retain_ms: Option<i64>,
     outbox: VecDeque<SharedBlock>,
     /// Ids read, down to [`OVERLAP`] below the highest.
     seen: BTreeSet<i64>,
@@ -208,6 +280,15 @@ impl Link {
             }
             while let Ok(e) = self.erx.try_recv() {
                 self.gather(e);
+            }
+            if let Some(wrx) = &self.wrx {
+                // The rest wait in the queue (which sheds when full) for the next poll.
+                while self.windows.len() < WINDOWS_PER_WRITE {
+                    match wrx.try_recv() {
+                        Ok(row) => self.windows.push(row),
+                        Err(_) => break,
+                    }
+                }
             }
             let Some(firewall) = self.firewall.upgrade() else {
                 return;
@@ -302,6 +383,47 @@ impl Link {
         Ok(())
     }
 
+    /// Writes the windows taken from the queue, in one statement: the features of every
+    /// row flattened into one array, each row taking its slice.
+    fn write_windows(&mut self, c: &mut Client) -> Result<(), postgres::Error> {
+        if self.windows.is_empty() {
+            return Ok(());
+        }
+        let width = FEATURES.len() as i64;
+        let mut sources = Vec::with_capacity(self.windows.len());
+        let mut starts = Vec::with_capacity(self.windows.len());
+        let mut lengths = Vec::with_capacity(self.windows.len());
+        let mut values = Vec::with_capacity(self.windows.len() * FEATURES.len());
+        for row in &self.windows {
+            sources.push(row.source.to_string());
+            starts.push(row.window_start_ms);
+            lengths.push(i64::try_from(row.window_ms).unwrap_or(i64::MAX));
+            values.extend_from_slice(&row.values);
+        }
+        c.execute(
+            "INSERT INTO fleet_windows
+                (origin, source, window_start_ms, window_ms, feature_schema, features)
+             SELECT $1, w.source, w.start_ms, w.window_ms, $2,
+                    ($3::FLOAT8[])[((w.i - 1) * $4 + 1)::INT : (w.i * $4)::INT]
+             FROM UNNEST($5::TEXT[], $6::BIGINT[], $7::BIGINT[])
+                  WITH ORDINALITY AS w(source, start_ms, window_ms, i)",
+            &[
+                &self.origin,
+                &(FEATURE_SCHEMA_VERSION as i32),
+                &values,
+                &width,
+                &sources,
+                &starts,
+                &lengths,
+            ],
+        )?;
+        self.counters
+            .windows_shared
+            .fetch_add(self.windows.len() as u64, Ordering::Relaxed);
+        self.windows.clear();
+        Ok(())
+    }
+
     /// Writes the outbox, then applies what the other servers decided since the last poll.
     fn sync(&mut self, c: &mut Client, firewall: &Firewall) -> Result<(), postgres::Error> {
         while let Some(b) = self.outbox.front() {
@@ -324,6 +446,7 @@ impl Link {
             self.counters.shared.fetch_add(1, Ordering::Relaxed);
         }
         self.write_evidence(c)?;
+        self.write_windows(c)?;
         let now = crate::activity::now_ms();
         let rows = if self.caught_up {
             let from = self
@@ -408,6 +531,12 @@ impl Link {
                     &now.saturating_sub(MAX_BLOCK_MS),
                 ],
             )?;
+            if let Some(keep) = self.retain_ms {
+                c.execute(
+                    "DELETE FROM fleet_windows WHERE window_start_ms < $1",
+                    &[&now.saturating_sub(keep)],
+                )?;
+            }
             self.pruned_at = Some(std::time::Instant::now());
         }
         self.caught_up = true;
@@ -417,4 +546,92 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// What [`export_windows`] wrote, and what it left out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetExport {
+    /// The CSV written (its `events` counts the windows read).
+    #[serde(flatten)]
+    pub summary: ExportSummary,
+    /// Servers whose windows are among the rows.
+    pub servers: u64,
+    /// Windows of another length than the one asked for, left out.
+    pub other_window: u64,
+    /// Windows of another feature schema (a server of another version), left out.
+    pub other_schema: u64,
+}
+
+/// Writes every window the servers of the fleet at `url` shared (`fleet_windows`) whose
+/// length is `window` to `out`, as the CSV `rampart activity export` writes: ordered by
+/// window start, then source, then server, one row per server that saw the source in that
+/// window, every source `benign`. Rows are streamed, never all in memory.
+pub fn export_windows(url: &str, out: &Path, window: Duration) -> Result<FleetExport, ExportError> {
+    use postgres::fallible_iterator::FallibleIterator;
+    // postgres::Error's own text stops at "error connecting to server": add its cause.
+    let db = |e: postgres::Error| {
+        ExportError::Fleet(match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        })
+    };
+    let mut c = Client::connect(url, NoTls).map_err(db)?;
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let schema = FEATURE_SCHEMA_VERSION as i32;
+    let counts = c
+        .query_one(
+            "SELECT count(DISTINCT origin) FILTER (WHERE window_ms = $1 AND feature_schema = $2),
+                    count(*) FILTER (WHERE window_ms <> $1),
+                    count(*) FILTER (WHERE window_ms = $1 AND feature_schema <> $2)
+             FROM fleet_windows",
+            &[&window_ms, &schema],
+        )
+        .map_err(db)?;
+    let (servers, other_window, other_schema): (i64, i64, i64) =
+        (counts.get(0), counts.get(1), counts.get(2));
+    let summary = activity_export::export_rows(out, window, |emit| {
+        let mut rows = c
+            .query_raw(
+                "SELECT source, window_start_ms, features FROM fleet_windows
+                 WHERE window_ms = $1 AND feature_schema = $2
+                 ORDER BY window_start_ms, source, origin, id",
+                [&window_ms as &(dyn postgres::types::ToSql + Sync), &schema],
+            )
+            .map_err(db)?;
+        let mut batch = Vec::with_capacity(1024);
+        let mut read = 0u64;
+        while let Some(row) = rows.next().map_err(db)? {
+            read += 1;
+            let source: String = row.get(0);
+            let source = source.parse::<SourceKey>().map_err(|_| {
+                ExportError::Fleet(format!("a shared window names {source:?}, not a source"))
+            })?;
+            let values: Vec<f64> = row.get(2);
+            if values.len() != FEATURES.len() {
+                return Err(ExportError::Fleet(format!(
+                    "a shared window of schema {schema} holds {} features, not {}",
+                    values.len(),
+                    FEATURES.len()
+                )));
+            }
+            batch.push(FeatureRow {
+                source,
+                window_start_ms: row.get(1),
+                window_ms: window_ms.unsigned_abs(),
+                values,
+            });
+            if batch.len() == batch.capacity() {
+                emit(&batch)?;
+                batch.clear();
+            }
+        }
+        emit(&batch)?;
+        Ok(read)
+    })?;
+    Ok(FleetExport {
+        summary,
+        servers: servers.unsigned_abs(),
+        other_window: other_window.unsigned_abs(),
+        other_schema: other_schema.unsigned_abs(),
+    })
 }

@@ -1702,3 +1702,48 @@ fn config_check_and_serve_refuse_values_that_would_kill_the_server() {
         expect_error(&serve_refused(&dir.path().join("data"), &file), key);
     }
 }
+
+/// `activity export` reads one data directory or a fleet's database: it says so when given
+/// neither, refuses both, and names the database error (never a half-written file) when the
+/// database cannot be reached.
+#[test]
+fn activity_export_needs_one_source_and_reports_an_unreachable_fleet() {
+    let dir = TempDir::new().expect("tempdir");
+    let out = dir.path().join("fleet.csv");
+    let out_s = path_str(&out);
+    let neither = rampart(&["activity", "export", "--out", out_s]);
+    assert!(!neither.status.success(), "{}", describe(&neither));
+    assert!(
+        text(&neither.stderr).contains("--data-dir"),
+        "{}",
+        describe(&neither)
+    );
+    let both = rampart(&[
+        "activity",
+        "export",
+        "--out",
+        out_s,
+        "--data-dir",
+        path_str(dir.path()),
+        "--store-url",
+        "postgres://rampart@127.0.0.1:1/rampart",
+    ]);
+    assert!(!both.status.success(), "{}", describe(&both));
+    assert!(
+        text(&both.stderr).contains("cannot be used with"),
+        "{}",
+        describe(&both)
+    );
+    // Port 1 on loopback: nothing listens there.
+    let down = rampart(&[
+        "activity",
+        "export",
+        "--out",
+        out_s,
+        "--store-url",
+        "postgres://rampart@127.0.0.1:1/rampart",
+    ]);
+    let line = expect_error(&down, "cannot read the fleet's windows");
+    assert!(line.contains("connect"), "{line}");
+    assert!(!out.exists(), "a failed export left {}", out.display());
+}

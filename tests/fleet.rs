@@ -10,11 +10,13 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{add_users, drain, eventually, firewall_config, raw_connect, send_raw, TestResult};
 use postgres::{Client, NoTls};
 use rampart::config::Config;
+use rampart::detect::Model;
 use rampart::guard::SourceKey;
 use rampart::protocol::{BlockedNotice, ErrorCode, Reply};
 use rampart::server::{Server, ServerHandle};
@@ -67,12 +69,17 @@ struct Member {
 /// Starts `n` servers on the schema's database, each with a data directory of its own; the
 /// first adds the test users, whom every server then knows.
 async fn fleet(config: &Config, n: usize) -> Vec<Member> {
+    fleet_with_model(config, n, None).await
+}
+
+/// [`fleet`], each server's detector running `model`.
+async fn fleet_with_model(config: &Config, n: usize, model: Option<Arc<Model>>) -> Vec<Member> {
     let mut members = Vec::new();
     for i in 0..n {
         let dir = tempfile::tempdir().expect("tempdir");
         // Opening migrates and reads the store: off the runtime's threads.
-        let (c, path) = (config.clone(), dir.path().to_path_buf());
-        let server = tokio::task::spawn_blocking(move || Server::open(c, &path))
+        let (c, path, m) = (config.clone(), dir.path().to_path_buf(), model.clone());
+        let server = tokio::task::spawn_blocking(move || Server::open_with_model(c, &path, m))
             .await
             .expect("open task")
             .expect("server opens");
@@ -299,6 +306,78 @@ async fn scores_sum_every_servers_evidence_and_forgiveness_reaches_all() -> Test
             m.handle.firewall().score(typist)
         );
     }
+    for m in members {
+        m.handle.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Each server's detector ships the windows it closes to the fleet's database, and
+/// `rampart activity export --store-url` writes them as one CSV: a user who logs in on two
+/// servers has a row from each, with the login in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_servers_windows_reach_the_fleet_export() -> TestResult {
+    let Some(schema) = tokio::task::spawn_blocking(Schema::create).await?? else {
+        return Ok(());
+    };
+    let mut config = firewall_config();
+    config.store.url = Some(schema.url.clone());
+    let model = Arc::new(rampart::detect::default_model()?);
+    let members = fleet_with_model(&config, 2, Some(model)).await;
+    let user = ip("127.0.6.21");
+    let opts = rampart::client::ClientOptions {
+        source: Some(user),
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    for m in &members {
+        let addr = m.handle.local_addr().to_string();
+        let mut alice =
+            rampart::client::Client::login(addr, "alice", b"alice-pw", opts.clone()).await?;
+        alice.ping().await?;
+    }
+    // A window is written once it closed (its end, the detector's lag) and a poll came.
+    for (i, m) in members.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(15), || m
+                .handle
+                .server()
+                .fleet()
+                .is_some_and(|f| f.windows_shared > 0))
+            .await,
+            "server {i} shared no window: {:?}",
+            m.handle.server().fleet()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("fleet.csv");
+    let (url, path) = (schema.url.clone(), out.clone());
+    let export = tokio::task::spawn_blocking(move || {
+        rampart::fleet::export_windows(&url, &path, Duration::from_secs(1))
+    })
+    .await??;
+    assert_eq!(export.servers, 2, "{export:?}");
+    assert_eq!((export.other_window, export.other_schema), (0, 0));
+    let mut csv = csv::Reader::from_path(&out)?;
+    let header = csv.headers()?.clone();
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let (source, auth_ok, label) = (col("source"), col("auth_ok"), col("label"));
+    let mut logins = 0.0;
+    let mut rows = 0;
+    for record in csv.records() {
+        let record = record?;
+        if &record[source] == "127.0.6.21" {
+            rows += 1;
+            logins += record[auth_ok].parse::<f64>()?;
+            assert_eq!(&record[label], "benign");
+        }
+    }
+    assert!(
+        rows >= 2,
+        "{rows} rows for the user, one per server at least"
+    );
+    assert_eq!(logins, 2.0, "one login through each server");
+    assert_eq!(export.summary.rows, export.summary.events);
     for m in members {
         m.handle.shutdown().await;
     }

@@ -105,6 +105,9 @@ pub enum ExportError {
         /// Why.
         source: csv::Error,
     },
+    /// Reading the fleet's shared windows failed (`activity export --store-url`).
+    #[error("cannot read the fleet's windows: {0}")]
+    Fleet(String),
     /// Creating or renaming the output file failed.
     #[error("cannot write {}: {source}", .path.display())]
     Io {
@@ -265,9 +268,66 @@ pub fn export_csv(
 ) -> Result<ExportSummary, ExportError> {
     let conn = open_existing(data_dir)?;
     let mut extractor = Extractor::new(window, EXPORT_MAX_SOURCES);
-    let labels = load_labels(&conn, extractor.ipv6_prefix())?;
-    let since = load_since(&conn, extractor.ipv6_prefix())?;
-    let groups = load_groups(&conn, extractor.ipv6_prefix())?;
+    let prefix = extractor.ipv6_prefix();
+    let names = Names {
+        labels: load_labels(&conn, prefix)?,
+        since: load_since(&conn, prefix)?,
+        groups: load_groups(&conn, prefix)?,
+    };
+    let mut summary = write_csv(out, names, |emit| {
+        let mut failed: Option<ExportError> = None;
+        let events = replay(&conn, &mut extractor, |rows| {
+            if failed.is_none() {
+                if let Err(err) = emit(&rows) {
+                    failed = Some(err);
+                }
+            }
+        })?;
+        failed.map_or(Ok(events), Err)
+    })?;
+    summary.window_ms = u64::try_from(extractor.window().as_millis()).unwrap_or(u64::MAX);
+    summary.extractor = extractor.stats();
+    Ok(summary)
+}
+
+/// Writes rows made elsewhere (the fleet's shared windows, `fleet::export_windows`) to `out`
+/// as the same CSV [`export_csv`] writes, every source `benign` in the group `benign`:
+/// `produce` hands each batch of rows, in order, to the callback it is given and returns how
+/// many records it read (the summary's `events`). `window` is the rows' window length.
+pub fn export_rows(
+    out: &Path,
+    window: Duration,
+    produce: impl FnOnce(
+        &mut dyn FnMut(&[FeatureRow]) -> Result<(), ExportError>,
+    ) -> Result<u64, ExportError>,
+) -> Result<ExportSummary, ExportError> {
+    let names = Names {
+        labels: BTreeMap::new(),
+        since: BTreeMap::new(),
+        groups: BTreeMap::new(),
+    };
+    let mut summary = write_csv(out, names, produce)?;
+    summary.window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    Ok(summary)
+}
+
+/// Labels, starts of attack and groups by source.
+struct Names {
+    labels: BTreeMap<SourceKey, String>,
+    since: BTreeMap<SourceKey, i64>,
+    groups: BTreeMap<SourceKey, String>,
+}
+
+/// Writes the header and every batch `produce` hands over to a temporary file next to `out`,
+/// renamed into place only once complete. The summary's window and extractor fields are
+/// left for the caller.
+fn write_csv(
+    out: &Path,
+    names: Names,
+    produce: impl FnOnce(
+        &mut dyn FnMut(&[FeatureRow]) -> Result<(), ExportError>,
+    ) -> Result<u64, ExportError>,
+) -> Result<ExportSummary, ExportError> {
     let io_err = |source| ExportError::Io {
         path: out.to_path_buf(),
         source,
@@ -277,12 +337,12 @@ pub fn export_csv(
         _ => Path::new("."),
     };
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
-    let (events, summary_parts) = {
+    let (events, rows, sources, rows_by_label) = {
         let mut writer = RowWriter {
             csv: csv::Writer::from_writer(BufWriter::new(tmp.as_file())),
-            labels,
-            since,
-            groups,
+            labels: names.labels,
+            since: names.since,
+            groups: names.groups,
             path: out.to_path_buf(),
             rows: 0,
             sources: BTreeSet::new(),
@@ -290,33 +350,24 @@ pub fn export_csv(
             fields: Vec::with_capacity(FEATURES.len() + KEY_COLUMNS.len() + 2),
         };
         writer.header()?;
-        let mut failed: Option<ExportError> = None;
-        let events = replay(&conn, &mut extractor, |rows| {
-            if failed.is_none() {
-                if let Err(err) = writer.write(&rows) {
-                    failed = Some(err);
-                }
-            }
-        })?;
-        if let Some(err) = failed {
-            return Err(err);
-        }
+        let events = produce(&mut |rows| writer.write(rows))?;
         writer.csv.flush().map_err(io_err)?;
         (
             events,
-            (writer.rows, writer.sources.len(), writer.rows_by_label),
+            writer.rows,
+            writer.sources.len(),
+            writer.rows_by_label,
         )
     };
     tmp.persist(out).map_err(|e| io_err(e.error))?;
-    let (rows, sources, rows_by_label) = summary_parts;
     Ok(ExportSummary {
         out: out.to_path_buf(),
         events,
         rows,
         sources: sources as u64,
-        window_ms: u64::try_from(extractor.window().as_millis()).unwrap_or(u64::MAX),
+        window_ms: 0,
         rows_by_label,
-        extractor: extractor.stats(),
+        extractor: ExtractorStats::default(),
     })
 }
 

@@ -20,9 +20,12 @@ pub enum ActivityCommand {
     /// Write one row of features per (source, window) to a CSV file, with a label column
     /// (the source's attack kind from a scenario recording, or "benign").
     #[command(
-        after_help = "Columns: source,window_start_ms,window_ms,<features>,label; every \
-feature is documented in docs/DETECTION.md.\n\nExample:\n  rampart activity export --data-dir \
-./run1 --out train.csv --window 1s"
+        after_help = "Columns: source,window_start_ms,window_ms,<features>,label,group; every \
+feature is documented in docs/DETECTION.md.\n\nA fleet's windows (each server's detector ships \
+the windows it scores to the fleet's PostgreSQL database) are read with --store-url instead of \
+--data-dir: one row per server that saw a source in a window, every source benign.\n\n\
+Examples:\n  rampart activity export --data-dir ./run1 --out train.csv --window 1s\n  \
+rampart activity export --store-url postgres://rampart@db/rampart --out fleet.csv"
     )]
     Export(ExportArgs),
     /// Count the recorded events by type, and the sources and labels.
@@ -33,8 +36,16 @@ feature is documented in docs/DETECTION.md.\n\nExample:\n  rampart activity expo
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The data directory holding activity.db.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "store_url",
+        conflicts_with = "store_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Export the windows the servers of a fleet shared, from their PostgreSQL database (the
+    /// servers' `store.url`), instead of one data directory's events.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
     /// The CSV file to write (replaced if it exists).
     #[arg(long)]
     out: PathBuf,
@@ -59,15 +70,19 @@ pub struct StatsArgs {
 /// Runs an `activity` subcommand.
 pub fn run(cmd: ActivityCommand) -> Result<ExitCode> {
     match cmd {
-        ActivityCommand::Export(args) => {
-            let summary = export::export_csv(&args.data_dir, &args.out, args.window)
-                .with_context(|| format!("cannot export {}", args.data_dir.display()))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                print_export(&summary);
+        ActivityCommand::Export(args) => match (&args.data_dir, &args.store_url) {
+            (Some(dir), _) => {
+                let summary = export::export_csv(dir, &args.out, args.window)
+                    .with_context(|| format!("cannot export {}", dir.display()))?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    print_export(&summary);
+                }
             }
-        }
+            (None, Some(url)) => export_fleet(url, &args)?,
+            (None, None) => anyhow::bail!("give --data-dir DIR or --store-url URL"),
+        },
         ActivityCommand::Stats(args) => {
             let stats = export::stats(&args.data_dir)
                 .with_context(|| format!("cannot read {}", args.data_dir.display()))?;
@@ -79,6 +94,38 @@ pub fn run(cmd: ActivityCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "postgres")]
+fn export_fleet(url: &str, args: &ExportArgs) -> Result<()> {
+    let fleet = rampart::fleet::export_windows(url, &args.out, args.window)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&fleet)?);
+        return Ok(());
+    }
+    let s = &fleet.summary;
+    println!(
+        "wrote {} rows ({} sources, {} servers, window {}) to {}",
+        s.rows,
+        s.sources,
+        fleet.servers,
+        format_window(Duration::from_millis(s.window_ms)),
+        s.out.display()
+    );
+    if fleet.other_window > 0 || fleet.other_schema > 0 {
+        println!(
+            "note: left out {} windows of another length and {} of another feature schema",
+            fleet.other_window, fleet.other_schema
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "postgres"))]
+fn export_fleet(_url: &str, _args: &ExportArgs) -> Result<()> {
+    anyhow::bail!(
+        "this rampart was built without the postgres feature: --store-url is not available"
+    )
 }
 
 fn print_export(s: &ExportSummary) {

@@ -21,6 +21,10 @@ use crate::activity::{Event, WindowSink};
 /// Called with the source address and the verdict of each anomalous window.
 pub type OnAnomaly = Box<dyn Fn(IpAddr, Verdict) + Send>;
 
+/// Called with every complete window the scorer closes, before it is scored (a fleet server
+/// ships them to the fleet's database: `fleet::WindowTap`). It must not block.
+pub type OnWindow = Box<dyn Fn(&FeatureRow) + Send>;
+
 /// Counters a [`LiveScorer`] keeps; clone the handle before moving the scorer into the
 /// recorder.
 #[derive(Debug, Default)]
@@ -62,6 +66,7 @@ pub struct LiveScorer {
     /// Windows starting before this are not scored: events were shed ([`WindowSink::lost`]).
     blind_until_ms: i64,
     on_anomaly: OnAnomaly,
+    on_window: Option<OnWindow>,
     counters: Arc<LiveCounters>,
 }
 
@@ -102,8 +107,16 @@ impl LiveScorer {
             lag_ms: 0,
             blind_until_ms: i64::MIN,
             on_anomaly,
+            on_window: None,
             counters: Arc::default(),
         })
+    }
+
+    /// Hands every complete window to `on_window` as well (windows left unscored after
+    /// events were shed are not complete, and not handed on).
+    pub fn with_window_tap(mut self, on_window: OnWindow) -> LiveScorer {
+        self.on_window = Some(on_window);
+        self
     }
 
     /// Closes a window only once the clock is `lag` past its end, so that events the
@@ -148,6 +161,11 @@ impl LiveScorer {
         self.counters
             .windows
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        if let Some(tap) = &self.on_window {
+            for row in &rows {
+                tap(row);
+            }
+        }
         for row in rows {
             // The cheap score first; the explanation (which allocates) only when needed.
             if self.model.score(&row.values) > threshold {

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 
 pub use data::{read_csv, read_csvs, Dataset, BENIGN};
 pub use eval::{evaluate, EvalReport, Metrics};
-pub use live::{LiveCounters, LiveScorer, LiveStats, OnAnomaly};
+pub use live::{LiveCounters, LiveScorer, LiveStats, OnAnomaly, OnWindow};
 pub use model::{Contribution, Model, Schema, Verdict};
 pub use params::{Algo, ParamError, TrainParams, TrainSpec};
 pub use scaler::{slog1p, Scaler};

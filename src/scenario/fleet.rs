@@ -230,6 +230,10 @@ pub struct FleetMetrics {
     pub block_spread_ms_p50: Option<f64>,
     /// Acknowledged items read back intact through each server.
     pub verified_per_server: Vec<u64>,
+    /// Activity windows each server shared (`fleet_windows`).
+    pub windows_shared: Vec<u64>,
+    /// Activity windows each server dropped because its window queue was full.
+    pub windows_dropped: Vec<u64>,
 }
 
 /// Sums up when each server first refused each attack source (`first[i]`: server `i`'s

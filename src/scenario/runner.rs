@@ -1476,6 +1476,8 @@ async fn stop_fleet(
         connections,
         blocks_shared: stats.iter().map(|s| s.shared).collect(),
         blocks_applied: stats.iter().map(|s| s.applied).collect(),
+        windows_shared: stats.iter().map(|s| s.windows_shared).collect(),
+        windows_dropped: stats.iter().map(|s| s.windows_dropped).collect(),
         sources_blocked: blocked,
         sources_blocked_everywhere: everywhere,
         sources_blocked_late: late,

@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::activity::WindowSink;
 use crate::config::{Config, ModelMode};
-use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model, Verdict};
+use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model, OnWindow, Verdict};
 use crate::firewall::Firewall;
 use crate::guard::Guard;
 
@@ -146,6 +146,7 @@ impl Sink {
 pub(crate) fn scorer(
     model: Arc<Model>,
     config: &Config,
+    on_window: Option<OnWindow>,
 ) -> Result<(Box<dyn WindowSink>, Pending, Detection), DetectError> {
     let window = model.window().unwrap_or(Duration::from_secs(1));
     let algo = model.algo();
@@ -169,6 +170,10 @@ pub(crate) fn scorer(
     )?
     .with_lag(config.activity.flush() * LAG_FLUSHES)
     .with_ipv6_prefix(config.ip.ipv6_prefix);
+    let scorer = match on_window {
+        Some(tap) => scorer.with_window_tap(tap),
+        None => scorer,
+    };
     let detection = Detection {
         scorer: scorer.counters(),
         shed,

@@ -270,9 +270,20 @@ impl Server {
     ) -> Result<Server, ServerError> {
         config.check()?;
         let config = fit_to_descriptors(config)?;
+        // A fleet server ships the windows its detector closes to the fleet's database.
+        #[cfg(feature = "postgres")]
+        let (window_tap, window_inbox) = match &config.store.url {
+            Some(_) => {
+                let (tap, inbox) = crate::fleet::window_channel();
+                (Some(tap), Some(inbox))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let window_tap: Option<crate::detect::OnWindow> = None;
         let detection = match model {
             Some(_) if !config.activity.enabled => return Err(ServerError::DetectWithoutActivity),
-            Some(m) => Some(detector::scorer(m, &config)?),
+            Some(m) => Some(detector::scorer(m, &config, window_tap)?),
             None => None,
         };
         // The lock comes first: nothing below may touch a directory another server owns.
@@ -325,7 +336,8 @@ impl Server {
         #[cfg(feature = "postgres")]
         if let Some(url) = &server.shared.config.load().store.url {
             // Blocks are shared by the servers on one database: see src/fleet.rs.
-            let link = crate::fleet::start(url, &server.shared.firewall)?;
+            let retain = server.shared.config.load().activity.retention().max_age;
+            let link = crate::fleet::start(url, &server.shared.firewall, window_inbox, retain)?;
             let _ = server.shared.fleet.set(link);
         }
         for (source, left, reason) in restored {

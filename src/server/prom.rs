@@ -255,6 +255,20 @@ impl Collector for Scrape {
                     ),
                     f.evidence_dropped,
                 ),
+                (
+                    (
+                        "fleet_windows_shared",
+                        "Activity windows written to the fleet's database.",
+                    ),
+                    f.windows_shared,
+                ),
+                (
+                    (
+                        "fleet_windows_dropped",
+                        "Activity windows not shared because the fleet's window queue was full.",
+                    ),
+                    f.windows_dropped,
+                ),
             ] {
                 counter(&mut e, (name, help), n)?;
             }

@@ -128,6 +128,19 @@ pub const MIGRATIONS: &[&str] = &[
         ADD CONSTRAINT fleet_decisions_action_check
             CHECK (action IN ('block', 'unblock', 'evidence')),
         ADD COLUMN points DOUBLE PRECISION NOT NULL DEFAULT 0;",
+    // 6: the activity windows each server's detector closed, so that the fleet's activity
+    // can be exported and analysed as a whole (src/fleet.rs, `rampart activity export
+    // --store-url`): one row per server, source and window, its features in schema order.
+    "CREATE TABLE fleet_windows (
+        id              BIGSERIAL          PRIMARY KEY,
+        origin          TEXT               NOT NULL,
+        source          TEXT               NOT NULL,
+        window_start_ms BIGINT             NOT NULL,
+        window_ms       BIGINT             NOT NULL CHECK (window_ms > 0),
+        feature_schema  INTEGER            NOT NULL,
+        features        DOUBLE PRECISION[] NOT NULL
+    );
+    CREATE INDEX fleet_windows_by_start ON fleet_windows(window_start_ms);",
 ];
 
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
