@@ -22,7 +22,7 @@ use crate::activity::{Event, WindowSink};
 pub type OnAnomaly = Box<dyn Fn(IpAddr, Verdict) + Send>;
 
 /// Called with every complete window the scorer closes, before it is scored (a fleet server
-/// ships them to the fleet's database: `fleet::WindowTap`). It must not block.
+/// ships them to the fleet's database: `fleet::window_channel`). It must not block.
 pub type OnWindow = Box<dyn Fn(&FeatureRow) + Send>;
 
 /// Counters a [`LiveScorer`] keeps; clone the handle before moving the scorer into the
