@@ -49,6 +49,9 @@ const VERIFY_CONCURRENCY: usize = 16;
 /// Lost items described in the report, at most.
 const MAX_LOST_DESCRIBED: usize = 20;
 
+/// Entries an inbox check (`mix.read`) asks for: a screenful of new mail.
+const READ_PAGE: u16 = 20;
+
 /// One legit client: account, source address and load.
 #[derive(Debug, Clone)]
 pub struct ClientPlan {
@@ -447,6 +450,8 @@ enum Op {
         name: String,
         data: Vec<u8>,
     },
+    /// An inbox check (`mix.read`): writes nothing.
+    Read,
 }
 
 impl Op {
@@ -455,12 +460,14 @@ impl Op {
             Op::Message { .. } => OpKind::Message,
             Op::Mail { .. } => OpKind::Mail,
             Op::File { .. } => OpKind::File,
+            Op::Read => OpKind::Read,
         }
     }
 
-    fn expected(&self) -> Expected {
+    /// What the recipient must find after the run; `None` for a read, which writes nothing.
+    fn expected(&self) -> Option<Expected> {
         let digest = |b: &[u8]| *blake3::hash(b).as_bytes();
-        match self {
+        Some(match self {
             Op::Message { text } => Expected::Message {
                 text: digest(text.as_bytes()),
             },
@@ -480,23 +487,50 @@ impl Op {
                 size: data.len() as u64,
                 digest: digest(data),
             },
-        }
+            Op::Read => return None,
+        })
     }
 
-    async fn send(&self, client: &mut Client, to: &str) -> Result<u64, ClientError> {
-        match self {
-            Op::Message { text } => client.send_message(to, text).await,
+    /// Carries the operation out: a write to `to` gives the item id from ACCEPTED, a read
+    /// checks the inbox past `seen` and gives `None`.
+    async fn run(
+        &self,
+        client: &mut Client,
+        to: &str,
+        seen: &mut u64,
+    ) -> Result<Option<u64>, ClientError> {
+        let id = match self {
+            Op::Message { text } => client.send_message(to, text).await?,
             Op::Mail {
                 subject,
                 body,
                 attachment,
             } => {
                 let attachments: Vec<(String, Vec<u8>)> = attachment.iter().cloned().collect();
-                client.send_mail_with(to, subject, body, &attachments).await
+                client
+                    .send_mail_with(to, subject, body, &attachments)
+                    .await?
             }
-            Op::File { name, data } => client.send_file_bytes(to, name, data).await,
-        }
+            Op::File { name, data } => client.send_file_bytes(to, name, data).await?,
+            Op::Read => {
+                check_inbox(client, seen).await?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(id))
     }
+}
+
+/// An inbox check: the page of entries above `seen` (the newest id the client has read),
+/// and a FETCH of the newest of them; `seen` moves to it. An empty page is a check that
+/// found nothing new, which is a success.
+async fn check_inbox(client: &mut Client, seen: &mut u64) -> Result<(), ClientError> {
+    let page = client.inbox_page(*seen, READ_PAGE).await?;
+    if let Some(newest) = page.iter().map(|e| e.id).max().filter(|&id| id > *seen) {
+        client.fetch(newest).await?;
+        *seen = newest;
+    }
+    Ok(())
 }
 
 fn text(rng: &mut StdRng, max: u32) -> String {
@@ -529,11 +563,13 @@ fn draw(rng: &mut StdRng, load: &Legit, k: u64, users: usize, me: usize) -> (Op,
             attachment: with_attachment
                 .then(|| (format!("attachment-{k}.bin"), bytes(rng, load.file_bytes))),
         }
-    } else {
+    } else if x < load.mix[0] + load.mix[1] + load.mix[2] || load.mix[3] <= 0.0 {
         Op::File {
             name: format!("file-{k}.bin"),
             data: bytes(rng, load.file_bytes),
         }
+    } else {
+        Op::Read
     };
     let to = if users <= 1 {
         me
@@ -867,6 +903,8 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
     let mut logged_in_at = Instant::now();
     // Operations due before this are skipped: the client was not reading (a stall).
     let mut idle_until = Duration::ZERO;
+    // The newest inbox entry an inbox check has read (`mix.read`).
+    let mut seen = 0u64;
     for (k, due) in (0u64..).zip(schedule) {
         let (op, to) = draw(&mut rng, load, k, ctx.users.len(), me);
         let mistake = pick_mistake(&mut mistake_rng, load);
@@ -991,16 +1029,19 @@ pub async fn run_client(plan: &ClientPlan, client: Option<Client>, ctx: &LoadCon
                 }
                 None => {
                     let to_name = &ctx.users[to];
-                    match tokio::time::timeout_at(ctx.hard_end, op.send(client, to_name)).await {
+                    let done = op.run(client, to_name, &mut seen);
+                    match tokio::time::timeout_at(ctx.hard_end, done).await {
                         Ok(Ok(item_id)) => {
                             rec.acknowledged(due_at, ctx.slo);
-                            memory.last_id = memory.last_id.max(item_id);
-                            run.acked.push(Acked {
-                                from: plan.user.clone(),
-                                to,
-                                item_id,
-                                expected: op.expected(),
-                            });
+                            if let (Some(item_id), Some(expected)) = (item_id, op.expected()) {
+                                memory.last_id = memory.last_id.max(item_id);
+                                run.acked.push(Acked {
+                                    from: plan.user.clone(),
+                                    to,
+                                    item_id,
+                                    expected,
+                                });
+                            }
                         }
                         Ok(Err(e)) => {
                             note_failure(&mut run, &e);
@@ -1318,7 +1359,7 @@ mod tests {
         Legit {
             clients: 1,
             rate_per_s: 10.0,
-            mix: [0.5, 0.3, 0.2],
+            mix: [0.4, 0.3, 0.2, 0.1],
             sources: vec![Ipv4Addr::new(127, 0, 0, 1)],
             net: ipnet::Ipv4Net::from(Ipv4Addr::new(127, 0, 0, 1)),
             message_bytes: 64,
@@ -1546,6 +1587,7 @@ mod tests {
                                 .map_or(true, |(_, d)| (1..=1000).contains(&d.len())));
                         }
                         Op::File { data, .. } => assert!((1..=1000).contains(&data.len())),
+                        Op::Read => assert_eq!(op.expected(), None),
                     }
                     (op.kind(), to, op.expected())
                 })
@@ -1554,7 +1596,7 @@ mod tests {
         assert_eq!(kinds(7), kinds(7));
         assert_ne!(kinds(7), kinds(8));
         let all = kinds(7);
-        for k in [OpKind::Message, OpKind::Mail, OpKind::File] {
+        for k in [OpKind::Message, OpKind::Mail, OpKind::File, OpKind::Read] {
             assert!(
                 all.iter().any(|(kind, _, _)| *kind == k),
                 "{k:?} never drawn"

@@ -24,6 +24,8 @@ pub enum OpKind {
     Mail,
     /// An upload and SEND_FILE.
     File,
+    /// An inbox check: a LIST_INBOX page and a FETCH of its newest entry (`mix.read`).
+    Read,
     /// A FETCH (the deliberate mistakes `stale_fetch_rate` and `wrong_id_rate`).
     Fetch,
     /// One exchange of a generic target's legit driver (`resp`, `http`, `line`, `script`).
@@ -37,6 +39,7 @@ impl OpKind {
             OpKind::Message => "message",
             OpKind::Mail => "mail",
             OpKind::File => "file",
+            OpKind::Read => "read",
             OpKind::Fetch => "fetch",
             OpKind::Request => "request",
         }

@@ -691,6 +691,11 @@ pub struct MixSpec {
     /// Files.
     #[serde(default)]
     pub file: f64,
+    /// Inbox checks: one LIST_INBOX page of what arrived since the last check, and a FETCH
+    /// of the newest entry on it, as a user reading new mail does. Nothing is written, so
+    /// nothing is read back after the run. 0 by default (a group that only writes).
+    #[serde(default)]
+    pub read: f64,
 }
 
 impl Default for MixSpec {
@@ -699,6 +704,7 @@ impl Default for MixSpec {
             message: 0.6,
             mail: 0.3,
             file: 0.1,
+            read: 0.0,
         }
     }
 }
@@ -797,8 +803,8 @@ pub struct Legit {
     pub clients: u32,
     /// Operations per second per client.
     pub rate_per_s: f64,
-    /// Normalized weights: message, mail, file (they add up to 1).
-    pub mix: [f64; 3],
+    /// Normalized weights: message, mail, file, read (they add up to 1).
+    pub mix: [f64; 4],
     /// The addresses the clients bind, client `i` using `sources[i % len]`.
     pub sources: Vec<Ipv4Addr>,
     /// The network they came from, for reports.
@@ -1285,12 +1291,13 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
         ("mix.message", m.message),
         ("mix.mail", m.mail),
         ("mix.file", m.file),
+        ("mix.read", m.read),
     ] {
         if !(w.is_finite() && w >= 0.0) {
             return Err(err(key, format!("must be a number of at least 0, got {w}")));
         }
     }
-    let sum = m.message + m.mail + m.file;
+    let sum = m.message + m.mail + m.file + m.read;
     if sum <= 0.0 {
         return Err(err("mix", "the weights must not all be 0".into()));
     }
@@ -1434,7 +1441,7 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
     Ok(Legit {
         clients: spec.clients,
         rate_per_s: r,
-        mix: [m.message / sum, m.mail / sum, m.file / sum],
+        mix: [m.message / sum, m.mail / sum, m.file / sum, m.read / sum],
         sources,
         net,
         message_bytes: spec.message_bytes,
