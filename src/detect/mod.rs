@@ -16,6 +16,8 @@
 //!   [`Model::verdict`] explains a score with the features that contributed most.
 //! - [`eval`]: precision, recall, F1, FPR, ROC AUC, PR AUC, the confusion matrix, per-kind
 //!   detection rates, and the same figures for a plain rate-threshold baseline.
+//! - [`select`]: with several candidate seeds, which model to keep, judged on the training
+//!   file's own labelled rows.
 //! - [`rules`]: the rule baseline (decode errors, auth failures, timeouts, ...), its
 //!   thresholds tuned on a training file, reported next to the model.
 //! - [`synth`]: synthetic rows for tests, benches and the scikit-learn comparison.
@@ -41,6 +43,7 @@ pub mod recorded;
 pub mod rules;
 mod sample;
 pub mod scaler;
+pub mod select;
 pub mod synth;
 pub mod train;
 

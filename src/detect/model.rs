@@ -141,6 +141,10 @@ pub struct TrainingSummary {
     pub fit_fpr: f64,
     /// Fraction of held-out benign rows above the threshold.
     pub calibration_fpr: f64,
+    /// With [`TrainSpec::candidates`] above 1: every candidate and which was kept
+    /// (`seed` is the kept one's). Absent from files trained without a choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<super::select::Selection>,
 }
 
 /// The model file as stored.
@@ -509,6 +513,13 @@ impl Model {
     /// The training summary.
     pub fn training(&self) -> &TrainingSummary {
         &self.file.training
+    }
+
+    /// Records how the model was chosen among candidates, and the hyperparameters as given
+    /// (the base seed, not the kept candidate's).
+    pub(crate) fn set_selection(&mut self, params: TrainSpec, selection: super::select::Selection) {
+        self.file.training.params = params;
+        self.file.training.selection = Some(selection);
     }
 
     /// Fails with a [`DetectError::SchemaMismatch`] naming the first differing column unless
@@ -904,6 +915,7 @@ mod tests {
             fit_quantile_score: 0.0,
             threshold_rule: "quantile_x_margin".into(),
             fit_fpr: 0.0,
+            selection: None,
             calibration_fpr: 0.0,
         }
     }

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// per cluster on the stack.
 pub const MAX_K: usize = 32;
 
+/// Most candidate models one training may try ([`TrainSpec::candidates`]).
+pub const MAX_CANDIDATES: usize = 256;
+
 /// Most features a model may have: the mixture scorer keeps the scaled vector on the stack.
 pub const MAX_FEATURES: usize = 256;
 
@@ -99,6 +102,9 @@ pub enum ParamError {
         /// The value given.
         value: f64,
     },
+    /// `candidates` is 0 or above [`MAX_CANDIDATES`].
+    #[error("candidates must be 1 to {MAX_CANDIDATES}, got {0}")]
+    Candidates(usize),
     /// Too many features for the scorer.
     #[error("at most {MAX_FEATURES} features are supported, the data has {0}")]
     Features(usize),
@@ -113,6 +119,7 @@ pub struct TrainSpec {
     algo: Algo,
     k: usize,
     seed: u64,
+    candidates: usize,
     n_init: usize,
     max_iterations: u64,
     tolerance: f64,
@@ -136,6 +143,7 @@ impl Default for TrainSpec {
             algo: Algo::Kmeans,
             k: 16,
             seed: 42,
+            candidates: 1,
             n_init: 1,
             max_iterations: 300,
             tolerance: 1e-4,
@@ -184,6 +192,10 @@ setters! {
     k: usize;
     /// Seed of every random choice: the split, the sample, the initialization (default 42).
     seed: u64;
+    /// Models trained, with seeds `seed`, `seed + 1`, ...; above 1, the one that best meets
+    /// the detection targets on the training file's own labelled rows is kept
+    /// ([`select`](super::select)), which needs attack rows (default 1: the model of `seed`).
+    candidates: usize;
     /// Initializations tried on the sample; the best is refined on all rows (default 1).
     n_init: usize;
     /// Most Lloyd (or EM) iterations (default 300, as scikit-learn).
@@ -240,6 +252,9 @@ impl TrainSpec {
         }
         if self.n_init == 0 {
             return Err(ParamError::NInit);
+        }
+        if self.candidates == 0 || self.candidates > MAX_CANDIDATES {
+            return Err(ParamError::Candidates(self.candidates));
         }
         if self.max_iterations == 0 {
             return Err(ParamError::MaxIterations);
@@ -302,6 +317,11 @@ impl TrainParams {
     /// The spec these were checked from.
     pub fn spec(&self) -> &TrainSpec {
         &self.0
+    }
+
+    /// The same parameters with another seed (a candidate's).
+    pub(crate) fn with_seed(&self, seed: u64) -> TrainParams {
+        TrainParams(self.0.clone().seed(seed))
     }
 }
 

@@ -35,7 +35,7 @@ use super::params::{Algo, MAX_FEATURES};
 use super::quantile::quantiles;
 use super::sample::{sample_matrix, sample_rows};
 use super::scaler::{slog1p, Scaler};
-use super::{par, shape_err, Dataset, DetectError};
+use super::{par, select, shape_err, Dataset, DetectError};
 
 // The hyperparameters and the k-means fit have modules of their own; re-exported so that
 // `detect::train::...` paths keep working.
@@ -74,8 +74,59 @@ pub struct Trained {
     pub timings: Timings,
 }
 
-/// Trains a model on `data` (see the module docs for the steps).
+/// Trains a model on `data` (see the module docs for the steps). With
+/// [`TrainSpec::candidates`] above 1, trains one model per seed (`seed`, `seed + 1`, ...)
+/// and keeps the one [`select`](super::select) judges best on `data`'s own labelled rows;
+/// that needs attack rows in `data`.
 pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectError> {
+    let n = params.candidates();
+    if n <= 1 {
+        return train_one(data, params);
+    }
+    let attacks = (0..data.rows()).filter(|&i| !data.is_benign(i)).count();
+    if !data.is_labelled() || attacks == 0 {
+        return Err(DetectError::NotEnoughRows {
+            what: "choosing among candidates (labelled attack rows to judge them on)".into(),
+            needed: 1,
+            have: attacks,
+        });
+    }
+    let mut best: Option<Trained> = None;
+    let mut candidates = Vec::with_capacity(n);
+    let mut timings = Timings::default();
+    for i in 0..n {
+        let seed = params.seed().wrapping_add(i as u64);
+        let trained = train_one(data, &params.with_seed(seed))?;
+        timings.prepare += trained.timings.prepare;
+        timings.fit += trained.timings.fit;
+        timings.calibrate += trained.timings.calibrate;
+        timings.total += trained.timings.total;
+        candidates.push(select::judge(
+            &trained.model,
+            data,
+            seed,
+            params.target_fpr(),
+        ));
+        if select::best(&candidates) == Some(i) {
+            best = Some(trained);
+        }
+    }
+    let chosen = select::best(&candidates).unwrap_or(0);
+    let mut kept = best.ok_or(DetectError::NotEnoughRows {
+        what: "choosing among candidates".into(),
+        needed: 1,
+        have: 0,
+    })?;
+    kept.model.set_selection(
+        params.spec().clone(),
+        select::Selection { candidates, chosen },
+    );
+    kept.timings = timings;
+    Ok(kept)
+}
+
+/// Trains one model with `params.seed()`.
+fn train_one(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectError> {
     let t0 = Instant::now();
     let p = params;
     let d = data.features().len();
@@ -157,6 +208,7 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
         threshold_rule: String::new(),
         fit_fpr: 0.0,
         calibration_fpr: 0.0,
+        selection: None,
     };
     drop(z);
     let model = Model::assemble(schema, scaler, detector, 0.0, baseline, summary.clone())?;
@@ -458,6 +510,7 @@ fn empty_summary(p: &TrainParams) -> TrainingSummary {
         threshold_rule: String::new(),
         fit_fpr: 0.0,
         calibration_fpr: 0.0,
+        selection: None,
     }
 }
 
@@ -572,6 +625,42 @@ mod tests {
                 assert!(k.rate >= 0.9, "{algo} {kind}: {k:?}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn candidates_keep_the_best_judged_seed_and_record_them_all() -> Result<(), DetectError> {
+        let data = synthetic(2000, 100, 5);
+        let spec = TrainSpec::default().k(3).seed(10);
+        let picked = train(&data, &spec.clone().candidates(4).check()?)?.model;
+        let sel = picked.training().selection.clone().expect("a selection");
+        let seeds: Vec<u64> = sel.candidates.iter().map(|c| c.seed).collect();
+        assert_eq!(seeds, [10, 11, 12, 13]);
+        assert_eq!(Some(sel.chosen), select::best(&sel.candidates));
+        let chosen = &sel.candidates[sel.chosen];
+        assert_eq!(picked.training().seed, chosen.seed);
+        // The base spec is recorded, so that the same command reproduces the file.
+        assert_eq!(picked.training().params, spec.clone().candidates(4));
+        // Every candidate's figures are what judging its own single-seed model gives, and
+        // the kept model is that model.
+        for c in &sel.candidates {
+            let one = train(&data, &spec.clone().seed(c.seed).check()?)?.model;
+            assert_eq!(&select::judge(&one, &data, c.seed, 0.01), c);
+            if c.seed == chosen.seed {
+                assert_eq!(one.threshold(), picked.threshold());
+                assert_eq!(one.k(), picked.k());
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn candidates_need_attack_rows_to_judge_them() -> Result<(), DetectError> {
+        let data = synthetic(500, 0, 6);
+        let params = TrainSpec::default().k(3).candidates(2).check()?;
+        let err = train(&data, &params).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("labelled attack rows"), "{err}");
+        assert!(TrainSpec::default().candidates(0).check().is_err());
         Ok(())
     }
 
