@@ -1604,6 +1604,24 @@ mod tests {
     }
 
     #[test]
+    fn the_mix_is_normalized_and_reads_are_off_by_default() -> Result<(), ScenarioError> {
+        let s = check(&format!("{BASE}[[legit]]\n"))?;
+        let mix = s.legit()[0].mix;
+        for (got, want) in mix.iter().zip([0.6, 0.3, 0.1, 0.0]) {
+            assert!((got - want).abs() < 1e-12, "{mix:?}");
+        }
+        let s = check(&format!(
+            "{BASE}[[legit]]\nmix = {{ message = 1, read = 3 }}\n"
+        ))?;
+        assert_eq!(s.legit()[0].mix, [0.25, 0.0, 0.0, 0.75]);
+        rejected(
+            &format!("{BASE}[[legit]]\nmix = {{ read = -1, mail = 1 }}\n"),
+            "legit[0].mix.read",
+        );
+        Ok(())
+    }
+
+    #[test]
     fn faults_are_checked_and_sorted() -> Result<(), ScenarioError> {
         let f = |body: &str| format!("name = \"t\"\nduration_s = 20\n{body}");
         let s = check(&f(
