@@ -1,7 +1,8 @@
 //! flood: valid frames at full speed. Each connection logs in with the attack account, then
 //! writes batches of `pipeline` frames back to back without waiting for a single reply; a
 //! separate task drains the replies unread (only counting them), so the flood is limited by
-//! the server alone and never turns into a slow read.
+//! the server alone and never turns into a slow read. With `frames_per_s`, each connection
+//! keeps to that many frames a second (a flood kept under the server's rate limit).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +19,17 @@ use crate::protocol::{Kind, Password, Request};
 /// Longest wait for the AUTH reply (argon2 on a busy pool can take a while).
 const AUTH_WAIT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(env: Arc<Env>, pipeline: u32, frames: Vec<FloodFrame>, auth: bool) {
+pub(crate) async fn run(
+    env: Arc<Env>,
+    pipeline: u32,
+    frames: Vec<FloodFrame>,
+    auth: bool,
+    frames_per_s: Option<u64>,
+) {
     let frames: Arc<[FloodFrame]> = frames.into();
     super::run::run_slots(&env, move |env, slot| {
         let frames = Arc::clone(&frames);
-        slot_loop(env, slot, pipeline, frames, auth)
+        slot_loop(env, slot, pipeline, frames, auth, frames_per_s)
     })
     .await;
 }
@@ -33,6 +40,7 @@ async fn slot_loop(
     pipeline: u32,
     frames: Arc<[FloodFrame]>,
     auth: bool,
+    frames_per_s: Option<u64>,
 ) {
     let mut rng = env.rng(slot as u64);
     while env.live() {
@@ -71,7 +79,17 @@ async fn slot_loop(
         let drain = Drain::spawn(&env, rd, inbox);
         let batch = build_batch(&env, &mut ids, pipeline, &frames, authed);
         let mut batches = 0u64;
+        let flooding = Instant::now();
         while env.live() && !drain.closed.is_cancelled() {
+            if let Some(rate) = frames_per_s {
+                // The next batch is due when the frames sent so far fill the rate.
+                let sent = batches.saturating_mul(u64::from(pipeline));
+                let due = flooding + Duration::from_secs_f64(sent as f64 / rate as f64);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = drain.closed.cancelled() => break,
+                }
+            }
             // Rebuild now and then so request ids keep moving, as a real client's would.
             let bytes = if batches % 64 == 63 {
                 build_batch(&env, &mut ids, pipeline, &frames, authed)
@@ -156,6 +174,28 @@ mod tests {
         // Past the per-connection burst the server refuses, and strikes close the connection.
         assert!(env.count("rate_limited") >= 1, "{report:?}");
         assert_eq!(report.canary_leaks, 0);
+        b.stop().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_capped_flood_keeps_to_its_rate_and_under_the_limits() -> TestResult {
+        let mut cfg = config();
+        cfg.firewall.enabled = false;
+        let b = bench(cfg).await?;
+        let (report, env) = b
+            .run_env(
+                "kind = \"flood\"\nsources = \"127.0.15.12/32\"\nframes = [\"ping\"]\npipeline = 10\nframes_per_s = 200\n",
+                1.0,
+            )
+            .await?;
+        // One second at 200 frames a second, in batches of 10: the first batch goes at once.
+        assert!(
+            (150..=260).contains(&report.frames_sent),
+            "{} frames: {report:?}",
+            report.frames_sent
+        );
+        assert_eq!(env.count("rate_limited"), 0, "{report:?}");
         b.stop().await;
         Ok(())
     }

@@ -270,7 +270,8 @@ async fn run_params(env: Arc<Env>, params: Params) {
             pipeline,
             frames,
             auth,
-        } => flood::run(env, pipeline, frames, auth).await,
+            frames_per_s,
+        } => flood::run(env, pipeline, frames, auth, frames_per_s).await,
         Params::RawFlood {
             bytes_per_s,
             chunk_bytes,

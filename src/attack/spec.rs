@@ -286,6 +286,10 @@ attack_specs! {
         /// Log in with the attack account first (default true); without it only PINGs make
         /// sense.
         auth: bool,
+        /// Cap on frames per second per connection (default none: as fast as the server
+        /// takes them). A flood kept under the server's frame rate limit is one no limiter
+        /// answers, which only the detection model can catch.
+        frames_per_s: u64,
     }
     /// Endless random bytes, the `while True: socket.send(data)` case.
     RawFlood {
@@ -541,6 +545,7 @@ pub(crate) enum Params {
         pipeline: u32,
         frames: Vec<FloodFrame>,
         auth: bool,
+        frames_per_s: Option<u64>,
     },
     RawFlood {
         bytes_per_s: Option<u64>,
@@ -822,8 +827,12 @@ impl AttackSpec {
                 pipeline,
                 frames,
                 auth,
+                frames_per_s,
                 ..
             } => {
+                if let Some(rate) = frames_per_s {
+                    c.range_u64("frames_per_s", *rate, 1, u64::MAX)?;
+                }
                 let pipeline = c.range_u64(
                     "pipeline",
                     u64::from(pipeline.unwrap_or(DEFAULT_PIPELINE)),
@@ -847,6 +856,7 @@ impl AttackSpec {
                     pipeline,
                     frames,
                     auth: auth.unwrap_or(true),
+                    frames_per_s: *frames_per_s,
                 }
             }
             AttackSpec::RawFlood {
