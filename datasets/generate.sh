@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Records the datasets: every scenario in scenarios/ and scenarios/detection/login-storm.toml
-# are run with --record for seeds 1 and 2 (datasets/train.csv) and 3 (datasets/test.csv), and scenarios/detection/evasion.toml (the
+# Records the datasets: every scenario in scenarios/ is run with --record for seeds 1 and 2
+# (datasets/train.csv) and 3 (datasets/test.csv), and scenarios/detection/evasion.toml (the
 # evasion attack, which has no expectation to meet) for seed 3 (datasets/evasion.csv). Each
 # recording is exported as 1 s feature windows, labelled by the runner (the attack kind of
 # each attacking source from its first attacking frame, `benign` for everything else) and
@@ -33,9 +33,6 @@ record() {
 }
 for seed in 1 2 3; do
   record "$seed" "seed$seed" scenarios/
-  # The login storm (200 users logging in on one beat) is outside the suite for its length,
-  # but its windows belong in the benign share: answers that queue behind the password hash.
-  record "$seed" "storm$seed" scenarios/detection/login-storm.toml
 done
 record 3 evasion scenarios/detection/evasion.toml
 combine() {
@@ -46,9 +43,8 @@ combine() {
     if [ "$first" = 1 ]; then cat "$f" >> "$out"; first=0; else tail -n +2 "$f" >> "$out"; fi
   done
 }
-combine datasets/train.csv "$work"/seed1-*.csv "$work"/seed2-*.csv "$work"/storm1-*.csv \
-  "$work"/storm2-*.csv
-combine datasets/test.csv "$work"/seed3-*.csv "$work"/storm3-*.csv
+combine datasets/train.csv "$work"/seed1-*.csv "$work"/seed2-*.csv
+combine datasets/test.csv "$work"/seed3-*.csv
 combine datasets/evasion.csv "$work"/evasion-*.csv
 for f in datasets/train.csv datasets/test.csv datasets/evasion.csv; do
   echo "$f: $(($(wc -l < "$f") - 1)) rows"
