@@ -119,6 +119,9 @@ pub struct TrainSpec {
     algo: Algo,
     k: usize,
     seed: u64,
+    /// Left out of files when 1, so that a model trained without a choice is written as
+    /// before `candidates` existed.
+    #[serde(skip_serializing_if = "is_one")]
     candidates: usize,
     n_init: usize,
     max_iterations: u64,
@@ -307,6 +310,11 @@ impl TrainSpec {
         }
         Ok(TrainParams(self))
     }
+}
+
+/// Whether `n` is 1 (for `skip_serializing_if`).
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Checked hyperparameters (see [`TrainSpec`]).
