@@ -120,27 +120,25 @@ pub fn judge(model: &Model, data: &Dataset, seed: u64, target_fpr: f64) -> Candi
     }
 }
 
-/// The index of the best candidate by the order in the module docs (the first of equals).
-/// `None` for an empty slice.
+/// Whether `c` ranks before `than` by the order in the module docs (strictly: of equals,
+/// the earlier one stays first).
+pub fn better(c: &Candidate, than: &Candidate) -> bool {
+    c.misses
+        .cmp(&than.misses)
+        .then(than.mean_kind_recall.total_cmp(&c.mean_kind_recall))
+        .then(c.fpr.total_cmp(&than.fpr))
+        .is_lt()
+}
+
+/// The index of the best candidate (the first of equals); `None` for an empty slice.
 pub fn best(candidates: &[Candidate]) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (i, c) in candidates.iter().enumerate() {
-        let better = match best {
-            None => true,
-            Some(b) => {
-                let b = &candidates[b];
-                c.misses
-                    .cmp(&b.misses)
-                    .then(b.mean_kind_recall.total_cmp(&c.mean_kind_recall))
-                    .then(c.fpr.total_cmp(&b.fpr))
-                    .is_lt()
-            }
-        };
-        if better {
-            best = Some(i);
+    (0..candidates.len()).reduce(|b, i| {
+        if better(&candidates[i], &candidates[b]) {
+            i
+        } else {
+            b
         }
-    }
-    best
+    })
 }
 
 #[cfg(test)]

@@ -91,9 +91,9 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
             have: attacks,
         });
     }
-    let mut best: Option<Trained> = None;
-    let mut candidates = Vec::with_capacity(n);
     let mut timings = Timings::default();
+    let mut candidates = Vec::with_capacity(n);
+    let mut kept: Option<(usize, Trained)> = None;
     for i in 0..n {
         let seed = params.seed().wrapping_add(i as u64);
         let trained = train_one(data, &params.with_seed(seed))?;
@@ -101,18 +101,18 @@ pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectErro
         timings.fit += trained.timings.fit;
         timings.calibrate += trained.timings.calibrate;
         timings.total += trained.timings.total;
-        candidates.push(select::judge(
-            &trained.model,
-            data,
-            seed,
-            params.target_fpr(),
-        ));
-        if select::best(&candidates) == Some(i) {
-            best = Some(trained);
+        let judged = select::judge(&trained.model, data, seed, params.target_fpr());
+        // Only the best so far is kept in memory.
+        if kept
+            .as_ref()
+            .map_or(true, |(b, _)| select::better(&judged, &candidates[*b]))
+        {
+            kept = Some((i, trained));
         }
+        candidates.push(judged);
     }
-    let chosen = select::best(&candidates).unwrap_or(0);
-    let mut kept = best.ok_or(DetectError::NotEnoughRows {
+    // n > 1, so the first candidate at least was kept.
+    let (chosen, mut kept) = kept.ok_or(DetectError::NotEnoughRows {
         what: "choosing among candidates".into(),
         needed: 1,
         have: 0,
