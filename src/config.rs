@@ -1063,7 +1063,8 @@ pub struct FirewallConfig {
     /// Points for a connection refused at accept by a per-source cap or the accept rate.
     pub weight_refused: u32,
     /// Points for an activity window the detection model scores at twice its threshold or
-    /// more; a window between the threshold and twice it earns a proportional share.
+    /// more; a window between 1.25 times the threshold and twice it earns a proportional
+    /// share, and one closer to the threshold nothing (`firewall::WEAK_ANOMALY`).
     pub weight_model_anomaly: u32,
 }
 

@@ -45,9 +45,16 @@ const THRESHOLD_TOLERANCE: f64 = 0.05;
 /// A score below this, in points, is forgotten at the next purge.
 const FORGET_BELOW: f64 = 0.5;
 
+/// Scores up to this many times the model's threshold earn the firewall nothing: the band
+/// just past the threshold is where honest windows land when a user does something the
+/// model was not trained on (a mistyped id, four command-line users behind one address),
+/// and a trickle of such windows added up to a block where no single one was strong.
+pub const WEAK_ANOMALY: f64 = 1.25;
+
 /// How much of `weight_model_anomaly` a window scoring `score` against `threshold` earns:
-/// 0 at or below the threshold, rising linearly to 1 at twice the threshold, 1 beyond.
-/// A threshold that is not positive gives every anomalous window the full weight.
+/// 0 up to [`WEAK_ANOMALY`] times the threshold, rising linearly to 1 at twice the
+/// threshold, 1 beyond. A threshold that is not positive gives every anomalous window the
+/// full weight.
 pub fn anomaly_strength(score: f64, threshold: f64) -> f64 {
     // NaN compares false everywhere: a NaN score earns nothing.
     if score.is_nan() || score <= threshold {
@@ -56,7 +63,7 @@ pub fn anomaly_strength(score: f64, threshold: f64) -> f64 {
     if threshold.is_nan() || threshold <= 0.0 {
         return 1.0;
     }
-    ((score - threshold) / threshold).clamp(0.0, 1.0)
+    ((score / threshold - WEAK_ANOMALY) / (2.0 - WEAK_ANOMALY)).clamp(0.0, 1.0)
 }
 
 vocabulary! {
@@ -400,7 +407,8 @@ impl Firewall {
     /// model's threshold, and the model's explanation.
     ///
     /// The window adds `weight_model_anomaly` points in proportion to how far past the
-    /// threshold it scored, the full weight from twice the threshold on: a window just past
+    /// threshold it scored ([`anomaly_strength`]), the full weight from twice the threshold
+    /// on and nothing up to [`WEAK_ANOMALY`] times it: a window just past
     /// it is weak evidence (the benign windows nearest the threshold are the model's false
     /// positives), one far past it is not. A source that is blocked already is left alone:
     /// its windows while blocked hold little but refused connections, which would otherwise
@@ -940,8 +948,11 @@ mod tests {
     fn anomalies_just_past_the_threshold_weigh_little() {
         assert_eq!(anomaly_strength(0.9, 1.0), 0.0);
         assert_eq!(anomaly_strength(1.0, 1.0), 0.0);
-        assert!((anomaly_strength(1.1, 1.0) - 0.1).abs() < 1e-12);
-        assert!((anomaly_strength(1.5, 1.0) - 0.5).abs() < 1e-12);
+        // The weak band earns nothing: a trickle of such windows must not add up to a block.
+        assert_eq!(anomaly_strength(1.1, 1.0), 0.0);
+        assert_eq!(anomaly_strength(WEAK_ANOMALY, 1.0), 0.0);
+        assert!((anomaly_strength(1.625, 1.0) - 0.5).abs() < 1e-12);
+        assert!((anomaly_strength(3.25, 2.0) - 0.5).abs() < 1e-12);
         assert_eq!(anomaly_strength(2.0, 1.0), 1.0);
         assert_eq!(anomaly_strength(40.0, 1.0), 1.0);
         assert_eq!(anomaly_strength(f64::NAN, 1.0), 0.0);
@@ -949,15 +960,24 @@ mod tests {
 
         let (fw, guard) = firewall(|_| {});
         let who = ip("127.0.9.5");
-        // Ten windows barely past the threshold: 5 points each, 50 in all, no block.
-        for _ in 0..10 {
+        // Twenty windows barely past the threshold add nothing, however many there are.
+        for _ in 0..20 {
             assert!(fw.model_anomaly(who, 1.1, 1.0, "borderline").is_none());
         }
         assert!(!guard.is_blocked(who));
-        assert!((fw.score(who) - 50.0).abs() < 1.0, "{}", fw.score(who));
+        assert!(fw.score(who) < 0.01, "{}", fw.score(who));
+        // Windows halfway into the weighted band: 25 points each, so the fourth blocks
+        // (within the 5% decay tolerance).
+        for _ in 0..3 {
+            assert!(fw.model_anomaly(who, 1.625, 1.0, "anomalous").is_none());
+        }
+        assert!((fw.score(who) - 75.0).abs() < 1.0, "{}", fw.score(who));
+        assert!(fw.model_anomaly(who, 1.625, 1.0, "anomalous").is_some());
+        assert!(guard.is_blocked(who));
         // A window scored below the threshold adds nothing.
-        assert!(fw.model_anomaly(who, 0.5, 1.0, "normal").is_none());
-        assert!(fw.score(who) < 51.0);
+        let other = ip("127.0.9.6");
+        assert!(fw.model_anomaly(other, 0.5, 1.0, "normal").is_none());
+        assert!(fw.score(other) < 0.01);
     }
 
     #[test]
