@@ -408,9 +408,9 @@ impl Firewall {
     ///
     /// The window adds `weight_model_anomaly` points in proportion to how far past the
     /// threshold it scored ([`anomaly_strength`]), the full weight from twice the threshold
-    /// on and nothing up to [`WEAK_ANOMALY`] times it: a window just past
-    /// it is weak evidence (the benign windows nearest the threshold are the model's false
-    /// positives), one far past it is not. A source that is blocked already is left alone:
+    /// on and nothing up to [`WEAK_ANOMALY`] times it: a window just past it is weak
+    /// evidence (the benign windows nearest the threshold are the model's false positives),
+    /// one far past it is not. A source that is blocked already is left alone:
     /// its windows while blocked hold little but refused connections, which would otherwise
     /// keep re-blocking it for ever longer.
     pub fn model_anomaly(
