@@ -103,6 +103,20 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
         bf.rows,
         r.per_kind["brute-force"].rows
     );
+    // Per attacker rather than per window: every attacking source is flagged, and each
+    // guesser by its third window (its first holds the lone login frame above).
+    for (kind, s) in &r.per_source {
+        assert_eq!(
+            s.detected, s.sources,
+            "{kind}: {} of {} sources flagged",
+            s.detected, s.sources
+        );
+    }
+    let bf_sources = &r.per_source["brute-force"];
+    assert!(
+        bf_sources.sources >= 200 && bf_sources.first_window_max <= Some(3),
+        "brute-force sources: {bf_sources:?}"
+    );
     let baseline = r.baseline.as_ref().expect("labelled data has a baseline");
     assert!(
         m.f1 > baseline.metrics.f1,

@@ -31,6 +31,8 @@ limits, timeouts, refusals). Too few such windows is an error.\n  rampart model 
     #[command(
         after_help = "Positive class: every label other than benign. With --json, \
 prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, per_kind, \
+per_source (per attack kind: sources, detected, rate, first_window_median, first_window_max: \
+how many attacking sources are flagged at all, and in which of their windows first), \
 rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
 by_group with --by-group, and rule_baseline (thresholds and the same figures) with \
 --train.\n\n\
@@ -458,6 +460,11 @@ fn with_stdout(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<
     }
 }
 
+/// `v`, or "-" for none.
+fn opt(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
 }
@@ -541,6 +548,42 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
                 kind, k.rows, k.detected, k.rate, base, rules
             )?;
         }
+    }
+    if !r.per_source.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            "attacking sources",
+            "sources",
+            "detected",
+            "first",
+            "latest",
+            "rules det.",
+            "rules first"
+        )?;
+        for (kind, k) in &r.per_source {
+            let rules = r
+                .rule_baseline
+                .as_ref()
+                .and_then(|b| b.per_source.get(kind));
+            writeln!(
+                out,
+                "{:<24} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+                kind,
+                k.sources,
+                k.detected,
+                opt(k.first_window_median),
+                opt(k.first_window_max),
+                opt(rules.map(|b| b.detected)),
+                opt(rules.and_then(|b| b.first_window_median)),
+            )?;
+        }
+        writeln!(
+            out,
+            "(first: median window of a detected source's first flag, 1 = its first attacking \
+             window; latest: the last such window)"
+        )?;
     }
     if let Some(b) = &r.baseline {
         writeln!(out)?;

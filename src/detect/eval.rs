@@ -58,6 +58,26 @@ pub struct KindRate {
     pub rate: f64,
 }
 
+/// How soon the model flags the sources of one attack kind ([`per_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SourceRate {
+    /// Attacking sources: runs of a source's windows with this label, a gap of more than
+    /// [`EPISODE_GAP_MS`] starting a new one (the same address in two recordings).
+    pub sources: u64,
+    /// Of those, sources with at least one window flagged.
+    pub detected: u64,
+    /// detected / sources.
+    pub rate: f64,
+    /// Over the detected sources, the median window in which the first flag came: 1 is the
+    /// source's first attacking window, 2 the window after it (`null` when none was flagged).
+    pub first_window_median: Option<f64>,
+    /// The latest such window over the detected sources (`null` when none was flagged).
+    pub first_window_max: Option<u64>,
+}
+
+/// Windows of one source and label further apart than this belong to separate attacks.
+pub const EPISODE_GAP_MS: i64 = 60_000;
+
 /// The baseline's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BaselineReport {
@@ -88,6 +108,9 @@ pub struct EvalReport {
     pub metrics: Metrics,
     /// Detection rate per attack kind (label).
     pub per_kind: BTreeMap<String, KindRate>,
+    /// Per attack kind, how many attacking sources the model flags and how soon
+    /// ([`per_source`]).
+    pub per_source: BTreeMap<String, SourceRate>,
     /// The rate-threshold baseline's figures (absent if the model has no baseline).
     pub baseline: Option<BaselineReport>,
     /// The rule baseline's figures, tuned on a training file (`model eval --train FILE`;
@@ -106,6 +129,8 @@ pub struct RuleBaselineReport {
     pub metrics: Metrics,
     /// Detection rate per attack kind.
     pub per_kind: BTreeMap<String, KindRate>,
+    /// Per attack kind, the attacking sources the rules flag and how soon ([`per_source`]).
+    pub per_source: BTreeMap<String, SourceRate>,
 }
 
 /// The figures of `rules` (tuned elsewhere) on labelled `data`.
@@ -125,6 +150,7 @@ pub fn rule_report(
         thresholds: rules.thresholds,
         metrics: metrics(&flags, &positive, 0.5),
         per_kind: per_kind(&flags, &labels, 0.5),
+        per_source: per_source(data, &flags.iter().map(|&f| f > 0.5).collect::<Vec<_>>()),
     })
 }
 
@@ -155,6 +181,8 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
         .collect();
     let model_metrics = metrics(&scores, &positive, model.threshold());
     let model_per_kind = per_kind(&scores, &labels, model.threshold());
+    let flagged: Vec<bool> = scores.iter().map(|&s| s > model.threshold()).collect();
+    let model_per_source = per_source(data, &flagged);
     let baseline = model.baseline().map(|b| {
         let rates: Vec<f64> = rows
             .iter()
@@ -180,6 +208,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
         threshold: model.threshold(),
         metrics: model_metrics,
         per_kind: model_per_kind,
+        per_source: model_per_source,
         baseline,
         rule_baseline: None,
     })
@@ -298,6 +327,72 @@ pub fn per_kind(scores: &[f64], labels: &[&str], threshold: f64) -> BTreeMap<Str
         k.rate = ratio(k.detected, k.rows);
     }
     out
+}
+
+/// Per attack kind, how many attacking sources have a window in `flagged` (one flag per row
+/// of `data`) and in which of their windows the first flag came. A window counts from the
+/// source's first window with that label, idle windows between included, so 2 means one
+/// window after the attack's first.
+///
+/// Per-window recall counts every window alike; this says whether, and how soon, each
+/// attacker is seen, which is what a firewall acts on. A distributed guesser's first window
+/// holds one login frame and nothing else, exactly like an honest login: per-window recall
+/// misses it, while the source is still caught one window later.
+pub fn per_source(data: &Dataset, flagged: &[bool]) -> BTreeMap<String, SourceRate> {
+    // (window start, window length, flagged) per (label, source).
+    type Windows = Vec<(i64, u64, bool)>;
+    let mut windows: BTreeMap<(&str, &str), Windows> = BTreeMap::new();
+    for (i, &flag) in flagged.iter().enumerate().take(data.rows()) {
+        let label = data.label(i).unwrap_or(BENIGN);
+        if label == BENIGN {
+            continue;
+        }
+        windows.entry((label, data.source(i))).or_default().push((
+            data.window_start_ms(i),
+            data.window_ms(i).max(1),
+            flag,
+        ));
+    }
+    let mut firsts: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
+    for ((label, _), mut w) in windows {
+        w.sort_unstable();
+        let out = firsts.entry(label).or_default();
+        let mut start = 0;
+        for end in 1..=w.len() {
+            if end < w.len() && w[end].0.saturating_sub(w[end - 1].0) <= EPISODE_GAP_MS {
+                continue;
+            }
+            let episode = &w[start..end];
+            let t0 = episode[0].0;
+            out.push(
+                episode
+                    .iter()
+                    .find(|x| x.2)
+                    .map(|&(t, len, _)| 1 + u64::try_from(t.saturating_sub(t0)).unwrap_or(0) / len),
+            );
+            start = end;
+        }
+    }
+    firsts
+        .into_iter()
+        .map(|(label, f)| {
+            let mut seen: Vec<u64> = f.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            let median = match seen.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(seen[n / 2] as f64),
+                n => Some((seen[n / 2 - 1] + seen[n / 2]) as f64 / 2.0),
+            };
+            let rate = SourceRate {
+                sources: f.len() as u64,
+                detected: seen.len() as u64,
+                rate: ratio(seen.len() as u64, f.len() as u64),
+                first_window_median: median,
+                first_window_max: seen.last().copied(),
+            };
+            (label.to_owned(), rate)
+        })
+        .collect()
 }
 
 /// Indices of `scores` in ascending order (NaN last, ties by index).
@@ -434,5 +529,50 @@ mod tests {
         assert_eq!(k.len(), 2);
         assert_eq!((k["a"].rows, k["a"].detected, k["a"].rate), (2, 1, 0.5));
         assert_eq!(k["b"].rate, 1.0);
+    }
+
+    #[test]
+    fn per_source_counts_attackers_and_how_soon_they_are_flagged() -> Result<(), DetectError> {
+        use crate::detect::data::RowSpec;
+        let v = [0.0];
+        let row = |source, t, label| RowSpec {
+            source,
+            window_start_ms: t,
+            window_ms: 1000,
+            values: &v,
+            label: Some(label),
+        };
+        // A: flagged in its third window (an idle second between counts as a window).
+        // B: never flagged. A again, two minutes later: a second attack, flagged at once.
+        // C: a benign source, flagged, and not counted.
+        let data = Dataset::from_rows(
+            vec!["x".into()],
+            true,
+            [
+                row("a", 0, "brute-force"),
+                row("a", 2000, "brute-force"),
+                row("b", 0, "brute-force"),
+                row("b", 1000, "brute-force"),
+                row("a", 1000, "brute-force"),
+                row("a", 120_000, "brute-force"),
+                row("c", 0, BENIGN),
+                row("d", 5000, "flood"),
+            ],
+        )?;
+        let flagged = [false, true, false, false, false, true, true, false];
+        let r = per_source(&data, &flagged);
+        assert_eq!(r.len(), 2, "{r:?}");
+        let bf = r["brute-force"];
+        assert_eq!((bf.sources, bf.detected), (3, 2));
+        assert!((bf.rate - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(bf.first_window_median, Some(2.0));
+        assert_eq!(bf.first_window_max, Some(3));
+        let flood = r["flood"];
+        assert_eq!((flood.sources, flood.detected), (1, 0));
+        assert_eq!(
+            (flood.first_window_median, flood.first_window_max),
+            (None, None)
+        );
+        Ok(())
     }
 }
