@@ -16,7 +16,7 @@
 //! one `evidence` row each per poll, in one statement. The other servers score a row's
 //! points as their own signal would (decayed by the row's age, not shared again), so a
 //! source that spreads its offences over several servers reaches the threshold as it would
-//! on one. Evidence rows are read for [`EVIDENCE_KEEP_MS`] after they are written.
+//! on one. Evidence rows are read for `EVIDENCE_KEEP_MS` after they are written.
 //!
 //! Activity is shared as windows: every complete window a server's live detector closes
 //! (one source, one window, the features of [`FEATURES`]) goes to the link through a bounded
@@ -37,7 +37,7 @@
 //!
 //! Ids of a `bigserial` are handed out when a row is inserted, not when it commits, so a
 //! row may appear below the highest id already read. Each poll therefore reads back
-//! [`OVERLAP`] ids below it and skips the ones it has seen.
+//! `OVERLAP` ids below it and skips the ones it has seen.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;

@@ -239,7 +239,7 @@ impl Recorder {
     }
 
     /// Stores a firewall decision without ever waiting: one that finds the channel full is
-    /// held for the writer's next pass (up to [`HELD_DECISIONS_MAX`], past which it is shed
+    /// held for the writer's next pass (up to `HELD_DECISIONS_MAX`, past which it is shed
     /// and counted), so a stalled writer never stalls the connection that decided.
     pub fn decision(&self, d: DecisionRecord) {
         let Some(tx) = &self.tx else { return };

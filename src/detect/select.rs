@@ -1,4 +1,4 @@
-//! Choosing among candidate models trained with different seeds ([`TrainSpec::candidates`]).
+//! Choosing among candidate models trained with different seeds ([`TrainSpec::candidates`](super::TrainSpec::candidates)).
 //!
 //! The seed decides the hold-out split, the k-means++ start and so the clusters. On the
 //! suite's recordings it moves the quiet attack kinds a lot (low-and-slow from 0.6 to 0.99

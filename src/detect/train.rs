@@ -76,7 +76,7 @@ pub struct Trained {
 
 /// Trains a model on `data` (see the module docs for the steps). With
 /// [`TrainSpec::candidates`] above 1, trains one model per seed (`seed`, `seed + 1`, ...)
-/// and keeps the one [`select`](super::select) judges best on `data`'s own labelled rows;
+/// and keeps the one [`mod@super::select`] judges best on `data`'s own labelled rows;
 /// that needs attack rows in `data`.
 pub fn train(data: &Dataset, params: &TrainParams) -> Result<Trained, DetectError> {
     let n = params.candidates();

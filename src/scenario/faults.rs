@@ -3,7 +3,7 @@
 //! its activity recorder stalls, some hosts are cut off by a partition, or the wall clock
 //! jumps.
 //!
-//! [`run`] is one task beside the load. It takes the faults in `at_s` order (the scenario
+//! `run` is one task beside the load. It takes the faults in `at_s` order (the scenario
 //! check refuses overlapping ones), waits for each one's time, puts it in force, and for
 //! one that lasts, lifts it `duration_s` later, or at once when the load ends: the
 //! read-back and the alive check always meet a healthy server. Each fault becomes a

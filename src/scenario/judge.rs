@@ -1,4 +1,4 @@
-//! From what a run collected to its verdict: [`measure`] sums the records, samples and
+//! From what a run collected to its verdict: `measure` sums the records, samples and
 //! counters up into [`ScenarioMetrics`] and a [`Timeline`], and [`judge`] turns every broken
 //! expectation into one line. Both are pure: no socket, no clock, no server, so they are
 //! tested on made-up data.

@@ -13,7 +13,7 @@
 //! - [`legit`]: the open-loop legit clients and the read-back verification.
 //! - [`runner`]: one scenario's run, [`run_files`] for a suite, [`RunOptions`], the
 //!   [`Progress`] hooks.
-//! - [`judge`]: `measure` sums up what a run collected, and [`judge()`] turns every
+//! - [`mod@judge`]: `measure` sums up what a run collected, and [`judge()`] turns every
 //!   broken expectation into a failure line; both pure, tested without sockets.
 //! - [`metrics`]: operation records, the per-second [`Timeline`], memory sampling and the
 //!   [`ScenarioMetrics`] of the JSON contract.

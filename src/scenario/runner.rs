@@ -1,7 +1,7 @@
 //! Runs one checked [`Scenario`]: sets up the server and accounts, plants the canary, runs
 //! the legit load and the attacks concurrently for the scenario's duration while sampling
 //! blocks and memory, reads back every acknowledged item, checks that the server still
-//! answers, and has [`super::judge`] measure and judge what it collected.
+//! answers, and has [`mod@super::judge`] measure and judge what it collected.
 //!
 //! The order of one run:
 //!

@@ -1,7 +1,7 @@
 //! The Prometheus endpoint of `[metrics] listen`: `GET /metrics` answers the server's
 //! counters in the Prometheus text format (version 0.0.4).
 //!
-//! The counters themselves live where they are bumped ([`Metrics`], the firewall, the
+//! The counters themselves live where they are bumped ([`Metrics`](super::metrics::Metrics), the firewall, the
 //! recorder, the detector); a scrape reads them once through a [`Collector`], and
 //! `prometheus-client` writes the exposition, so no line of the format is written here.
 //!
