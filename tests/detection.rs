@@ -418,3 +418,86 @@ fn the_rule_baseline_is_tuned_on_the_training_file() -> Result<(), detect::Detec
     assert!(json["baseline"]["f1"].is_number(), "the old key stays");
     Ok(())
 }
+
+/// Honest conduct outside the closed world, against the enforcing default model: each was
+/// blocked before the model's points left out what the rules score themselves and windows in
+/// which the source sent nothing (docs/DETECTION.md, "What the rules already scored"). The
+/// same server still blocks a sender of garbage, by the rules, at its second broken header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_request_a_health_check_and_resets_block_nobody(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rampart::protocol::{encode_request, Password, Request};
+    use tokio::io::AsyncWriteExt;
+
+    let model = Arc::new(detect::default_model()?);
+    let server = start_with_model(Some(model)).await;
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    let (curl, checker, mobile, garbage) = (
+        ip("127.0.6.10"),
+        ip("127.0.6.11"),
+        ip("127.0.6.12"),
+        ip("127.0.6.13"),
+    );
+    // Someone points a web browser or curl at the port by mistake.
+    let mut s = common::raw_connect(server.addr, Some(curl)).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8.0\r\n\r\n")
+        .await?;
+    common::drain(&mut s, Duration::from_millis(500)).await;
+    // A TCP health check: connect and close, nothing sent, a little over once a second.
+    for _ in 0..4 {
+        drop(common::raw_connect(server.addr, Some(checker)).await?);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // A client on a flaky network: logs in, and the connection ends in a reset, five times.
+    let mut auth = bytes::BytesMut::new();
+    let req = Request::Auth {
+        user: "alice".into(),
+        password: Password(bytes::Bytes::from_static(b"alice-pw")),
+    };
+    encode_request(1, &req, &mut auth)?;
+    for _ in 0..5 {
+        let mut s = common::raw_connect(server.addr, Some(mobile)).await?;
+        s.write_all(&auth).await?;
+        let got = common::drain(&mut s, Duration::from_millis(300)).await;
+        assert_eq!(got.replies.len(), 1, "one answer to AUTH");
+        s.set_zero_linger()?;
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Garbage from another address, connection after connection.
+    for _ in 0..3 {
+        if let Ok(mut s) = common::raw_connect(server.addr, Some(garbage)).await {
+            let _ = s.write_all(&[0xA5; 64]).await;
+            common::drain(&mut s, Duration::from_millis(300)).await;
+        }
+    }
+    // Long enough for every window above to close and be scored (1 s windows, 400 ms lag).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let guard = server.handle.guard();
+    for honest in [curl, checker, mobile] {
+        assert!(!guard.is_blocked(honest), "{honest} was blocked");
+    }
+    // A user logging in from the address that sent the stray request is served.
+    Client::login(
+        &server.target(),
+        "bob",
+        b"bob-pw",
+        ClientOptions::default().source(curl),
+    )
+    .await?;
+    assert!(
+        guard.is_blocked(garbage),
+        "the garbage sender was not blocked"
+    );
+    let decisions = server.handle.firewall().decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert!(
+        decisions[0].reason.contains("fatal_frame x2"),
+        "{}",
+        decisions[0].reason
+    );
+    let stats = server.handle.server().detection().expect("a model runs");
+    assert!(stats.silent >= 1, "the health checks' windows: {stats:?}");
+    server.handle.shutdown().await;
+    Ok(())
+}

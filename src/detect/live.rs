@@ -7,7 +7,6 @@
 //! tracks, so the work per batch is bounded by the batch and the source cap, never by what a
 //! peer claims (decision 9).
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +17,8 @@ use super::{DetectError, Model, Verdict};
 use crate::activity::features::{Extractor, FeatureRow, FEATURES, FEATURE_SCHEMA_VERSION};
 use crate::activity::{Event, WindowSink};
 
-/// Called with the source address and the verdict of each anomalous window.
-pub type OnAnomaly = Box<dyn Fn(IpAddr, Verdict) + Send>;
+/// Called with each anomalous window (its source is `row.ip()`) and its verdict.
+pub type OnAnomaly = Box<dyn Fn(&FeatureRow, Verdict) + Send>;
 
 /// Called with every complete window the scorer closes, before it is scored (a fleet server
 /// ships them to the fleet's database: `fleet::window_channel`). It must not block.
@@ -170,7 +169,7 @@ impl LiveScorer {
             // The cheap score first; the explanation (which allocates) only when needed.
             if self.model.score(&row.values) > threshold {
                 self.counters.anomalies.fetch_add(1, Ordering::Relaxed);
-                (self.on_anomaly)(row.ip(), self.model.verdict(row));
+                (self.on_anomaly)(row, self.model.verdict(row));
             }
         }
     }
@@ -219,6 +218,7 @@ mod tests {
     use crate::detect::data::RowSpec;
     use crate::detect::{train, Dataset, TrainSpec, BENIGN};
     use crate::protocol::Kind;
+    use std::net::IpAddr;
     use std::sync::Mutex;
 
     /// A window-aligned base time.
@@ -340,9 +340,9 @@ mod tests {
             model,
             Duration::from_secs(1),
             1000,
-            Box::new(move |ip, v| {
+            Box::new(move |row, v| {
                 if let Ok(mut s) = sink_seen.lock() {
-                    s.push((ip, v));
+                    s.push((row.ip(), v));
                 }
             }),
         )?

@@ -273,6 +273,7 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
         m.model_anomalies = stats.detection.map(|d| d.anomalies);
         m.model_shed = stats.detection.map(|d| d.shed);
         m.model_already_blocked = stats.detection.map(|d| d.already_blocked);
+        m.model_silent = stats.detection.map(|d| d.silent);
         m.model_blocks = stats.detection.map(|_| stats.model_blocks);
         m.recorder_recorded = Some(stats.recorder.recorded);
         m.recorder_shed = Some(stats.recorder.shed);

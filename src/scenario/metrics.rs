@@ -396,6 +396,10 @@ pub struct ScenarioMetrics {
     /// Of those, anomalies dropped before the queue because their source was already
     /// blocked (`enforce` mode); `null` without an in-process model.
     pub model_already_blocked: Option<u64>,
+    /// Of those, anomalies dropped before the queue because the source sent nothing in the
+    /// window and opened and held at most one connection (a health check); `null` without an
+    /// in-process model.
+    pub model_silent: Option<u64>,
     /// Blocks whose score included model anomalies (the model contributed to the decision);
     /// `null` without an in-process model.
     pub model_blocks: Option<u64>,

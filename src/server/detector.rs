@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::activity::features::{feature_index, FeatureRow};
 use crate::activity::WindowSink;
 use crate::config::{Config, ModelMode};
 use crate::detect::{Algo, DetectError, LiveCounters, LiveScorer, Model, OnWindow, Verdict};
@@ -53,12 +54,47 @@ type Anomaly = (IpAddr, f64, f64, String);
 /// committed a little late still count in their own window.
 const LAG_FLUSHES: u32 = 4;
 
-/// Window features whose events the firewall's rules score and, for an honest user, take
-/// back: a failed login is forgiven once the right password follows. A window's model points
-/// come from what it shows beyond them, so a typo is neither judged twice nor punished after
-/// it was forgiven. (Denials and broken frames are never forgiven, so the model's view of
-/// them stands: it is what lets it catch an enumeration kept under the rules' threshold.)
-const RULE_SCORED: &[&str] = &["auth_failures"];
+/// Window features whose events the firewall's rules already score, or that follow from
+/// such an event: a window's model points come from what it shows beyond them, so that no
+/// event is judged twice. A failed login is the rules' to score and to forgive once the
+/// right password follows; a broken frame (`decode_errors`, `header_errors`,
+/// `frame_too_large`) and a timeout (`timeouts`, `frame_timeouts`, `write_timeouts`) have
+/// their own weights; a close the server made (`server_closes`) follows one of those, or is
+/// no offence at all (an idle session, a reset by the network). Counted twice, one stray
+/// HTTP request or two connection resets blocked an address (docs/DETECTION.md, "What the
+/// rules already scored"). Denials stay: nothing forgives them, and the model's view of them
+/// is what catches an enumeration kept under the rules' threshold.
+pub(crate) const RULE_SCORED: &[&str] = &[
+    "auth_failures",
+    "decode_errors",
+    "header_errors",
+    "frame_too_large",
+    "timeouts",
+    "frame_timeouts",
+    "write_timeouts",
+    "server_closes",
+];
+
+/// A window in which the source sent nothing and opened and held at most one connection (a
+/// TCP health check, a port probe, a client that connects and gives up) earns no model
+/// points: it cost the server one accept, and the rules score what such connections can do
+/// at volume (refusals past the accept rate and the per-source caps, authentication
+/// timeouts). The closed world has no such window, so the model finds it far off (about
+/// four times the threshold), and a health check every second was blocked after two. More
+/// than one connection a second stays the model's to judge: a plaintext client hammering a
+/// TLS port sends nothing the frame layer sees either, and only the model blocks it.
+pub(crate) fn silent(row: &FeatureRow) -> bool {
+    let at = |name: &str| {
+        feature_index(name)
+            .and_then(|i| row.values.get(i).copied())
+            .unwrap_or(0.0)
+    };
+    at("frames_in") == 0.0
+        && at("bytes_in") == 0.0
+        && at("slow_frame_ms_max") == 0.0
+        && at("connections_opened") <= 1.0
+        && at("concurrent_connections_max") <= 1.0
+}
 
 /// What the live detector has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -71,6 +107,9 @@ pub struct DetectionStats {
     pub shed: u64,
     /// Anomalies not queued because their source was already blocked (`enforce` mode).
     pub already_blocked: u64,
+    /// Anomalies not queued because the source sent nothing in the window and opened and held
+    /// at most one connection ([`silent`]).
+    pub silent: u64,
 }
 
 /// The counters of a running detector.
@@ -79,6 +118,7 @@ pub(crate) struct Detection {
     scorer: Arc<LiveCounters>,
     shed: Arc<AtomicU64>,
     already_blocked: Arc<AtomicU64>,
+    silent: Arc<AtomicU64>,
 }
 
 impl Detection {
@@ -90,6 +130,7 @@ impl Detection {
             anomalies: s.anomalies,
             shed: self.shed.load(Ordering::Relaxed),
             already_blocked: self.already_blocked.load(Ordering::Relaxed),
+            silent: self.silent.load(Ordering::Relaxed),
         }
     }
 }
@@ -108,14 +149,20 @@ struct Sink {
     algo: Algo,
     shed: Arc<AtomicU64>,
     already_blocked: Arc<AtomicU64>,
+    silent: Arc<AtomicU64>,
     /// Set once the firewall exists, in `enforce` mode only.
     guard: Arc<OnceLock<Weak<Guard>>>,
 }
 
 impl Sink {
-    /// Queues the anomaly for the relay, unless its source is already blocked; counts what
-    /// it drops.
-    fn offer(&self, ip: IpAddr, verdict: &Verdict) {
+    /// Queues the anomaly for the relay, unless the window was silent or its source is already
+    /// blocked; counts what it drops.
+    fn offer(&self, row: &FeatureRow, verdict: &Verdict) {
+        let ip = row.ip();
+        if silent(row) {
+            self.silent.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let blocked = self
             .guard
             .get()
@@ -153,6 +200,7 @@ pub(crate) fn scorer(
     let (tx, rx): (SyncSender<Anomaly>, _) = mpsc::sync_channel(QUEUE);
     let shed = Arc::new(AtomicU64::new(0));
     let already_blocked = Arc::new(AtomicU64::new(0));
+    let silent = Arc::new(AtomicU64::new(0));
     // Weak: the guard outlives no server, and the sink must not keep it alive.
     let guard: Arc<OnceLock<Weak<Guard>>> = Arc::new(OnceLock::new());
     let sink = Sink {
@@ -160,13 +208,14 @@ pub(crate) fn scorer(
         algo,
         shed: Arc::clone(&shed),
         already_blocked: Arc::clone(&already_blocked),
+        silent: Arc::clone(&silent),
         guard: Arc::clone(&guard),
     };
     let scorer = LiveScorer::new(
         model,
         window,
         config.limits.max_tracked_sources as usize,
-        Box::new(move |ip, verdict| sink.offer(ip, &verdict)),
+        Box::new(move |row, verdict| sink.offer(row, &verdict)),
     )?
     .with_lag(config.activity.flush() * LAG_FLUSHES)
     .with_ipv6_prefix(config.ip.ipv6_prefix);
@@ -178,6 +227,7 @@ pub(crate) fn scorer(
         scorer: scorer.counters(),
         shed,
         already_blocked,
+        silent,
     };
     Ok((
         Box::new(scorer),
@@ -272,29 +322,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_anomaly_from_a_blocked_source_takes_no_room_in_the_queue() {
-        let guard = Arc::new(Guard::new(&Config::default()));
-        let (tx, rx) = mpsc::sync_channel(1);
+    /// A window of `ip` with these feature values, the others 0.
+    fn row(ip: IpAddr, set: &[(&str, f64)]) -> FeatureRow {
+        let mut values = vec![0.0; crate::activity::features::FEATURES.len()];
+        for (name, v) in set {
+            values[feature_index(name).expect("a feature")] = *v;
+        }
+        FeatureRow {
+            source: crate::guard::SourceKey::from_ip(ip, 64),
+            window_start_ms: 0,
+            window_ms: 1000,
+            values,
+        }
+    }
+
+    /// A k-means sink with a queue of `room` anomalies, before the firewall exists.
+    fn sink(room: usize) -> (Sink, Receiver<Anomaly>) {
+        let (tx, rx) = mpsc::sync_channel(room);
         let sink = Sink {
             tx,
             algo: Algo::Kmeans,
             shed: Arc::new(AtomicU64::new(0)),
             already_blocked: Arc::new(AtomicU64::new(0)),
+            silent: Arc::new(AtomicU64::new(0)),
             guard: Arc::new(OnceLock::new()),
         };
+        (sink, rx)
+    }
+
+    /// A window in which `ip` sent requests.
+    fn busy_row(ip: IpAddr) -> FeatureRow {
+        row(ip, &[("frames_in", 40.0), ("bytes_in", 4000.0)])
+    }
+
+    #[test]
+    fn a_window_in_which_the_source_sent_nothing_earns_no_points() {
+        let (sink, rx) = sink(8);
+        let ip: IpAddr = "127.0.9.3".parse().unwrap();
+        // A TCP health check: one connection opened and closed, nothing sent.
+        let check = row(
+            ip,
+            &[
+                ("connections_opened", 1.0),
+                ("closes", 1.0),
+                ("concurrent_connections_max", 1.0),
+            ],
+        );
+        sink.offer(&check, &anomalous());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(sink.silent.load(Ordering::Relaxed), 1);
+        // Not silent: a request frame, several connections (one after another, or side by
+        // side), or a frame still dripping in.
+        for set in [
+            vec![
+                ("connections_opened", 1.0),
+                ("frames_in", 1.0),
+                ("bytes_in", 20.0),
+            ],
+            vec![
+                ("connections_opened", 5.0),
+                ("concurrent_connections_max", 1.0),
+            ],
+            vec![("concurrent_connections_max", 30.0)],
+            vec![
+                ("concurrent_connections_max", 1.0),
+                ("slow_frame_ms_max", 900.0),
+            ],
+        ] {
+            sink.offer(&row(ip, &set), &anomalous());
+            assert_eq!(rx.try_recv().map(|a| a.0), Ok(ip), "{set:?}");
+        }
+        assert_eq!(sink.silent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_anomaly_from_a_blocked_source_takes_no_room_in_the_queue() {
+        let guard = Arc::new(Guard::new(&Config::default()));
+        let (sink, rx) = sink(1);
         let blocked: IpAddr = "127.0.9.1".parse().unwrap();
         let open: IpAddr = "127.0.9.2".parse().unwrap();
+        let (blocked_row, open_row) = (busy_row(blocked), busy_row(open));
         assert!(guard.block(blocked, Duration::from_secs(60), "test"));
         // Before the firewall exists every anomaly is queued.
-        sink.offer(blocked, &anomalous());
+        sink.offer(&blocked_row, &anomalous());
         assert_eq!(rx.try_recv().map(|a| a.0), Ok(blocked));
         let _ = sink.guard.set(Arc::downgrade(&guard));
         // A full queue of the blocked source's anomalies would shed the open source's one.
         for _ in 0..3 {
-            sink.offer(blocked, &anomalous());
+            sink.offer(&blocked_row, &anomalous());
         }
-        sink.offer(open, &anomalous());
+        sink.offer(&open_row, &anomalous());
         assert_eq!(rx.try_recv().map(|a| a.0), Ok(open));
         assert_eq!(sink.already_blocked.load(Ordering::Relaxed), 3);
         assert_eq!(sink.shed.load(Ordering::Relaxed), 0);

@@ -311,6 +311,13 @@ impl Collector for Scrape {
                     ),
                     d.already_blocked,
                 ),
+                (
+                    (
+                        "model_silent",
+                        "Anomalies not queued because the source sent nothing in the window.",
+                    ),
+                    d.silent,
+                ),
             ] {
                 counter(&mut e, (name, help), n)?;
             }
