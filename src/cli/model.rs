@@ -461,12 +461,14 @@ fn with_stdout(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<
 }
 
 /// `v`, or "-" for none.
+/// A value as `Display` writes it, or `-` when there is none.
 fn opt(v: Option<impl std::fmt::Display>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// A ratio to four places, or `-` when there is none.
 fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+    opt(v.map(|v| format!("{v:.4}")))
 }
 
 fn metrics_line(out: &mut dyn Write, name: &str, m: &Metrics) -> std::io::Result<()> {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::quantile::quantiles;
 use super::rules::{RuleBaseline, RuleThresholds};
 use super::train::score_raw_rows;
 use super::{Dataset, DetectError, Model, BENIGN};
@@ -376,19 +377,15 @@ pub fn per_source(data: &Dataset, flagged: &[bool]) -> BTreeMap<String, SourceRa
     firsts
         .into_iter()
         .map(|(label, f)| {
-            let mut seen: Vec<u64> = f.iter().flatten().copied().collect();
-            seen.sort_unstable();
-            let median = match seen.len() {
-                0 => None,
-                n if n % 2 == 1 => Some(seen[n / 2] as f64),
-                n => Some((seen[n / 2 - 1] + seen[n / 2]) as f64 / 2.0),
-            };
+            let seen: Vec<u64> = f.iter().flatten().copied().collect();
+            let mut windows: Vec<f64> = seen.iter().map(|&w| w as f64).collect();
+            let median = (!seen.is_empty()).then(|| quantiles(&mut windows, &[0.5])[0]);
             let rate = SourceRate {
                 sources: f.len() as u64,
                 detected: seen.len() as u64,
                 rate: ratio(seen.len() as u64, f.len() as u64),
                 first_window_median: median,
-                first_window_max: seen.last().copied(),
+                first_window_max: seen.iter().max().copied(),
             };
             (label.to_owned(), rate)
         })
