@@ -108,7 +108,7 @@ pub struct DetectionStats {
     /// Anomalies not queued because their source was already blocked (`enforce` mode).
     pub already_blocked: u64,
     /// Anomalies not queued because the source sent nothing in the window and opened and held
-    /// at most one connection ([`silent`]).
+    /// at most one connection (a silent window).
     pub silent: u64,
 }
 
