@@ -3,12 +3,15 @@
 //! One line per ticket, tab-separated: `server user expires_at_ms ticket-hex`. The file is
 //! rewritten whole on every change, through a temporary file created 0600 in the same
 //! directory and renamed over it, so it is never seen half-written or with wider permissions.
+//! A symbolic link is followed to the file it names, and the rename replaces that file, not
+//! the link. Anything that is not a regular file (a device such as `/dev/null`, a FIFO, a
+//! directory) is refused: the rename would replace it, and reading a FIFO waits forever.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use rampart::client::ResumeTicket;
@@ -62,17 +65,40 @@ impl TicketFile {
         Some(TicketFile { path })
     }
 
+    /// The file to read and replace: the path itself when nothing is there yet, else the
+    /// regular file it is or links to. Anything else is refused (see the module docs).
+    fn target(&self) -> Result<PathBuf> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_file() => std::fs::canonicalize(&self.path)
+                .with_context(|| format!("cannot resolve {}", self.path.display())),
+            Ok(_) => bail!(
+                "the tickets file {} is not a regular file; name a file with --tickets or \
+                 RAMPART_TICKETS",
+                self.path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&self.path).is_ok() {
+                    bail!(
+                        "the tickets file {} is a symbolic link to nothing",
+                        self.path.display()
+                    );
+                }
+                Ok(self.path.clone())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+        }
+    }
+
     fn read(&self) -> Result<Vec<Entry>> {
-        let file = match std::fs::File::open(&self.path) {
+        let path = self.target()?;
+        let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", self.path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_FILE_BYTES), &mut text)
-            .with_context(|| format!("cannot read {}", self.path.display()))?;
+            .with_context(|| format!("cannot read {}", path.display()))?;
         // Lines that do not parse are dropped: the file is a cache, never a reason to fail.
         Ok(text
             .lines()
@@ -104,6 +130,7 @@ impl TicketFile {
 
     /// Keeps `ticket` for its user at `server`, replacing the one kept before.
     pub fn put(&self, server: &str, ticket: &ResumeTicket) -> Result<()> {
+        let path = self.target()?;
         let mut entries = self.read().unwrap_or_default();
         entries.retain(|e| !(e.server == server && e.ticket.user == ticket.user));
         entries.truncate(MAX_ENTRIES - 1);
@@ -123,7 +150,7 @@ impl TicketFile {
             }
             text.push('\n');
         }
-        let dir = match self.path.parent() {
+        let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
@@ -141,8 +168,8 @@ impl TicketFile {
         }
         tmp.write_all(text.as_bytes())?;
         tmp.as_file().sync_all()?;
-        tmp.persist(&self.path)
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        tmp.persist(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 }
@@ -174,6 +201,49 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_followed_and_what_is_not_a_file_is_left_alone() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let t = ResumeTicket {
+            user: "alice".into(),
+            ticket: Bytes::from(vec![7; 73]),
+            expires_at_ms: i64::MAX,
+        };
+        // A link to a file: the file gets the ticket, the link stays a link.
+        let real = dir.path().join("real");
+        std::fs::write(&real, "")?;
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link)?;
+        let file = TicketFile::locate(Some(link.clone())).context("no file")?;
+        file.put("s:1", &t)?;
+        assert!(std::fs::symlink_metadata(&link)?.file_type().is_symlink());
+        assert!(std::fs::read_to_string(&real)?.starts_with("s:1\talice\t"));
+        assert_eq!(file.get("s:1", "alice")?, Some(t.clone()));
+        // A directory, a FIFO and a dangling link are refused, and stay what they were.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nothing"), &dangling)?;
+        let mut refused = vec![dir.path().join("sub"), dangling.clone()];
+        std::fs::create_dir(&refused[0])?;
+        if made.is_ok_and(|s| s.success()) {
+            refused.push(fifo);
+        }
+        for path in refused {
+            let before = std::fs::symlink_metadata(&path)?.file_type();
+            let file = TicketFile::locate(Some(path.clone())).context("no file")?;
+            let err = file
+                .put("s:1", &t)
+                .expect_err("not a regular file")
+                .to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(file.get("s:1", "alice").is_err(), "{}", path.display());
+            assert_eq!(std::fs::symlink_metadata(&path)?.file_type(), before);
         }
         Ok(())
     }
