@@ -33,6 +33,61 @@ pub enum LoadKind {
     File,
 }
 
+/// Why a load run did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A chat message travels in one frame, and no frame is this large.
+    #[error(
+        "a message of {size} bytes cannot be sent: a message travels in one frame, and no frame \
+         is over {max} bytes (send a file for more)"
+    )]
+    MessageTooLarge {
+        /// The payload size asked for.
+        size: usize,
+        /// The protocol's largest frame.
+        max: u32,
+    },
+    /// The payload could not be allocated.
+    #[error("cannot allocate a payload of {0} bytes on this machine")]
+    NoMemory(usize),
+}
+
+/// The one payload every client sends: built once, before any client starts, and shared.
+#[derive(Clone)]
+struct Payload {
+    text: String,
+    data: Bytes,
+}
+
+impl Payload {
+    fn new(kind: LoadKind, size: usize) -> Result<Payload, LoadError> {
+        let max = crate::protocol::limits::HARD_MAX_FRAME;
+        if kind == LoadKind::Message && size > max as usize {
+            return Err(LoadError::MessageTooLarge { size, max });
+        }
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(size)
+            .map_err(|_| LoadError::NoMemory(size))?;
+        Ok(match kind {
+            LoadKind::Message => {
+                bytes.resize(size, b'x');
+                Payload {
+                    text: String::from_utf8(bytes).unwrap_or_default(),
+                    data: Bytes::new(),
+                }
+            }
+            LoadKind::File => {
+                bytes.resize(size, 0x5A);
+                Payload {
+                    text: String::new(),
+                    data: Bytes::from(bytes),
+                }
+            }
+        })
+    }
+}
+
 /// A checked load run.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -115,6 +170,7 @@ impl StartLine {
 
 async fn one_client(
     spec: Arc<LoadSpec>,
+    payload: Payload,
     index: usize,
     ops: u64,
     done: Arc<AtomicU64>,
@@ -137,11 +193,10 @@ async fn one_client(
         opts,
     )
     .await;
-    // Only the payload this kind sends.
-    let (payload, data) = match spec.kind {
-        LoadKind::Message => ("x".repeat(spec.size), Bytes::new()),
-        LoadKind::File => (String::new(), Bytes::from(vec![0x5Au8; spec.size])),
-    };
+    let Payload {
+        text: payload,
+        data,
+    } = payload;
     start.wait().await;
     let mut client = match login {
         Ok(c) => c,
@@ -202,7 +257,9 @@ async fn one_client(
 }
 
 /// Runs the load; `progress` is called about ten times a second with operations done so far.
-pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
+/// Fails before connecting if the payload cannot be sent or built.
+pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> Result<LoadReport, LoadError> {
+    let payload = Payload::new(spec.kind, spec.size)?;
     let spec = Arc::new(spec);
     let done = Arc::new(AtomicU64::new(0));
     let clients = spec.clients.max(1);
@@ -213,6 +270,7 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
         let share = spec.ops / clients as u64 + u64::from((i as u64) < spec.ops % clients as u64);
         tasks.push(tokio::spawn(one_client(
             Arc::clone(&spec),
+            payload.clone(),
             i,
             share,
             Arc::clone(&done),
@@ -257,7 +315,7 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
     let ops = latencies.len() as u64;
     let latencies: Latencies = latencies.into_iter().collect();
     let secs = elapsed.max(1e-9);
-    LoadReport {
+    Ok(LoadReport {
         ops,
         errors,
         elapsed_s: elapsed,
@@ -271,7 +329,7 @@ pub async fn run(spec: LoadSpec, mut progress: impl FnMut(u64)) -> LoadReport {
         size: spec.size,
         kind: spec.kind,
         first_error,
-    }
+    })
 }
 
 /// A checked idle run: authenticated connections opened and then held silent.
@@ -454,5 +512,24 @@ mod tests {
         assert_eq!(ms.quantile_ms(0.99), 990.207);
         assert_eq!(ms.quantile_ms(0.999), 999.423);
         assert_eq!(Latencies::new().quantile_ms(0.5), 0.0);
+    }
+
+    #[test]
+    fn a_payload_that_cannot_be_sent_or_built_is_refused_before_any_client_starts() {
+        use super::{LoadError, LoadKind, Payload};
+        let max = crate::protocol::limits::HARD_MAX_FRAME as usize;
+        assert!(matches!(
+            Payload::new(LoadKind::Message, max + 1),
+            Err(LoadError::MessageTooLarge { size, .. }) if size == max + 1
+        ));
+        // More than any machine can hold: an error, not an abort.
+        assert!(matches!(
+            Payload::new(LoadKind::File, usize::MAX),
+            Err(LoadError::NoMemory(usize::MAX))
+        ));
+        let p = Payload::new(LoadKind::File, 3).map_err(|e| e.to_string());
+        assert_eq!(p.map(|p| p.data.to_vec()), Ok(vec![0x5A; 3]));
+        let p = Payload::new(LoadKind::Message, 2).map_err(|e| e.to_string());
+        assert_eq!(p.map(|p| p.text), Ok("xx".to_owned()));
     }
 }

@@ -165,7 +165,7 @@ pub async fn run(args: LoadArgs) -> Result<ExitCode> {
         );
         b
     };
-    let report = load::run(spec, |done| bar.set_position(done)).await;
+    let report = load::run(spec, |done| bar.set_position(done)).await?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
