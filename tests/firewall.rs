@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{drain, eventually, firewall_config, raw_connect, send_raw, start_server_with};
 use rampart::activity::{db, now_ms};
-use rampart::protocol::{BlockedNotice, ErrorCode, Reply};
+use rampart::protocol::{BlockedNotice, ErrorCode, Reply, Request};
 use rampart::server::Server;
 
 fn ip(s: &str) -> IpAddr {
@@ -107,4 +107,36 @@ async fn decisions_are_stored_unblock_reaches_the_server_and_blocks_survive_rest
         !reopened.guard().is_blocked(a),
         "the lifted block stayed lifted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_buffered_behind_the_one_that_blocks_do_not_run() {
+    let mut config = firewall_config();
+    // Two denials block, so the block lands on the second frame of the write.
+    config.firewall.weight_permission_denied = config.firewall.threshold / 2;
+    let server = start_server_with(config).await;
+    let mut alice = server.login_from("alice", Some(ip("127.0.5.21"))).await;
+    let item = alice
+        .send_message("bob", "for bob only")
+        .await
+        .expect("sent");
+    let prober = ip("127.0.5.22");
+    let mut mallory = server.login_from("mallory", Some(prober)).await;
+    // One write: two fetches of alice's item (denied, and the source blocked), then a
+    // message that must not be delivered, since its sender is cut.
+    let cut = mallory
+        .pipeline(vec![
+            Request::Fetch { item_id: item },
+            Request::Fetch { item_id: item },
+            Request::SendMessage {
+                to: "bob".into(),
+                text: "sent after the block".into(),
+            },
+        ])
+        .await;
+    assert!(cut.is_err(), "the session is cut: {cut:?}");
+    assert!(server.handle.guard().is_blocked(prober));
+    let mut bob = server.login_from("bob", Some(ip("127.0.5.23"))).await;
+    let inbox = bob.inbox().await.expect("inbox");
+    assert_eq!(inbox.len(), 1, "only alice's message: {inbox:?}");
 }

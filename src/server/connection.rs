@@ -276,7 +276,10 @@ impl Conn<'_> {
     ) {
         self.skip_input();
         let mut batch = Vec::new();
-        while self.closing.is_none() && !self.queue_full() && self.skip == 0 {
+        // A cut (the source was blocked) stops the requests already buffered too: none of
+        // them runs, and the messages admitted but not yet delivered are dropped with it.
+        while self.closing.is_none() && !self.queue_full() && self.skip == 0 && !cut.is_cancelled()
+        {
             // Messages need a login, so before one the batch is empty and nothing is owed.
             if !session.authenticated() {
                 if self.refuse_before_login() {
@@ -366,6 +369,9 @@ impl Conn<'_> {
                     );
                 }
             }
+        }
+        if cut.is_cancelled() {
+            batch.clear();
         }
         self.deliver(session, &mut batch).await;
         if self.inbuf.is_empty() && self.skip == 0 {
@@ -614,7 +620,10 @@ where
         c.process(session, rd, cut).await;
         if let Some((reason, _)) = c.closing {
             if c.out.is_empty() {
-                let _ = wr.shutdown().await;
+                // Bounded: on TLS the shutdown flushes what the TLS layer still holds (up to
+                // its buffer) and sends close_notify, which waits for a peer that may never
+                // read again, and the write deadline no longer watches those bytes.
+                let _ = tokio::time::timeout(CLOSE_FLUSH, wr.shutdown()).await;
                 return reason;
             }
         }
