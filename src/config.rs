@@ -1066,6 +1066,9 @@ pub struct FirewallConfig {
     /// more; a window between 1.25 times the threshold and twice it earns a proportional
     /// share, and one closer to the threshold nothing (`firewall::WEAK_ANOMALY`).
     pub weight_model_anomaly: u32,
+    /// Points for a well-formed request over its kind's maximum from a logged-in session
+    /// (before login, such a frame counts as a malformed body or a broken header).
+    pub weight_too_large: u32,
 }
 
 impl Default for FirewallConfig {
@@ -1080,7 +1083,7 @@ impl Default for FirewallConfig {
             max_block_secs: DEFAULT_FW_MAX_BLOCK_SECS,
             weight_fatal_frame: 50,
             weight_bad_body: 20,
-            weight_rate_limited: 5,
+            weight_rate_limited: 1,
             weight_login_rate_limited: 50,
             weight_auth_failed: 25,
             // 19, not 25: a typo (25), a wrong id and any one other event (at most 50) add
@@ -1094,6 +1097,9 @@ impl Default for FirewallConfig {
             // Two clearly anomalous windows within a half-life block: one may be a false
             // positive, and windows just past the threshold earn only a share.
             weight_model_anomaly: 50,
+            // A user who tries to send a mail over the server's limit, and tries again: it
+            // takes twenty to block, while a malformed body takes five.
+            weight_too_large: 5,
         }
     }
 }
@@ -1138,7 +1144,7 @@ impl FirewallConfig {
     }
 
     /// Every weight with its dotted key.
-    fn weights(&self) -> [(&'static str, u32); 11] {
+    fn weights(&self) -> [(&'static str, u32); 12] {
         [
             ("firewall.weight_fatal_frame", self.weight_fatal_frame),
             ("firewall.weight_bad_body", self.weight_bad_body),
@@ -1157,6 +1163,7 @@ impl FirewallConfig {
             ("firewall.weight_write_timeout", self.weight_write_timeout),
             ("firewall.weight_refused", self.weight_refused),
             ("firewall.weight_model_anomaly", self.weight_model_anomaly),
+            ("firewall.weight_too_large", self.weight_too_large),
         ]
     }
 }

@@ -215,3 +215,94 @@ async fn the_recording_tells_typos_and_retries_from_guesses() -> TestResult {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_past_the_login_rate_is_refused_not_blocked() -> TestResult {
+    within(async {
+        let server = start_server_with(firewall_config()).await;
+        // Eighty logins with the right password at once: past the successes' burst (60),
+        // so some are refused, and a refusal of a source that logs in too often with the
+        // right password is a rate limit, not a sign of guessing.
+        let script = ip(10);
+        let mut refused = 0;
+        for n in 0..80 {
+            match login_once(&server, script, "alice", "alice-pw").await? {
+                None => {}
+                Some(ErrorCode::RateLimited) => refused += 1,
+                Some(code) => return Err(format!("login {n}: {code:?}").into()),
+            }
+        }
+        assert!(refused > 0, "the successes' burst was never reached");
+        assert!(
+            !server.handle.guard().is_blocked(script),
+            "blocked after {refused} refusals"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_over_the_limit_tried_again_blocks_nobody() -> TestResult {
+    within(async {
+        let config = firewall_config();
+        let limit = config.limits.max_mail_body_bytes as usize;
+        let server = start_server_with(config).await;
+        let user = ip(11);
+        let mut alice = server.login_from("alice", Some(user)).await;
+        // Five times a body one byte over the limit (refused, the connection stays), then
+        // three times one far over it, past the frame ceiling (refused, and closed).
+        let over = "x".repeat(limit + 1);
+        for _ in 0..5 {
+            let sent = alice.send_mail("bob", "minutes", &over, &[]).await;
+            assert!(sent.is_err(), "a body over the limit was accepted");
+        }
+        let far_over = "x".repeat(limit + limit / 4);
+        for _ in 0..3 {
+            let mut c = server.login_from("alice", Some(user)).await;
+            assert!(c.send_mail("bob", "minutes", &far_over, &[]).await.is_err());
+        }
+        assert!(!server.handle.guard().is_blocked(user));
+        alice
+            .send_message("bob", "sent it as a file instead")
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_a_little_past_the_burst_is_refused_not_blocked() -> TestResult {
+    use rampart::protocol::{Reply, Request};
+    within(async {
+        let config = firewall_config();
+        let burst = config.rates.frames_burst_per_conn as usize;
+        let server = start_server_with(config).await;
+        let user = ip(12);
+        let mut alice = server.login_from("alice", Some(user)).await;
+        // Sixty frames past the burst in one write.
+        let replies = alice.pipeline(vec![Request::Ping; burst + 60]).await?;
+        let refused = replies
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert!(refused > 0, "the burst was never reached");
+        assert!(
+            !server.handle.guard().is_blocked(user),
+            "blocked after {refused} refusals"
+        );
+        // The connection's allowance refills (2000 a second), and it is served again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alice.ping().await?;
+        Ok(())
+    })
+    .await
+}

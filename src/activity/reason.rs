@@ -70,12 +70,13 @@ pub(crate) const REFUSALS: [Refusal; 5] = [
 
 /// Every rate limit, in the guard's declaration order (see [`REFUSALS`] and
 /// [`limit_position`]).
-pub(crate) const LIMITS: [Limited; 5] = [
+pub(crate) const LIMITS: [Limited; 6] = [
     Limited::Ip,
     Limited::User,
     Limited::Connection,
     Limited::LoginIp,
     Limited::LoginUser,
+    Limited::LoginOkIp,
 ];
 
 /// The position of a refusal's kind in [`REFUSALS`].
@@ -97,6 +98,7 @@ pub(crate) const fn limit_position(l: Limited) -> usize {
         Limited::Connection => 2,
         Limited::LoginIp => 3,
         Limited::LoginUser => 4,
+        Limited::LoginOkIp => 5,
     }
 }
 
@@ -184,6 +186,7 @@ mod tests {
             "frame_rate_connection",
             "login_rate_ip",
             "login_rate_user",
+            "login_ok_rate_ip",
             "eof",
             "bye",
             "bad_frame",

@@ -93,6 +93,9 @@ vocabulary! {
         Refused => "refused",
         /// The detection model found one of the source's activity windows anomalous.
         ModelAnomaly => "model_anomaly",
+        /// A logged-in session sent a well-formed request over its kind's maximum (a mail
+        /// too large for the server's limit): a user's mistake more often than an attack.
+        TooLarge => "too_large",
     }
     /// A stable snake_case name.
     fn as_str;
@@ -112,6 +115,7 @@ impl Signal {
             Signal::WriteTimeout => cfg.weight_write_timeout,
             Signal::Refused => cfg.weight_refused,
             Signal::ModelAnomaly => cfg.weight_model_anomaly,
+            Signal::TooLarge => cfg.weight_too_large,
         }
     }
 }
@@ -801,7 +805,7 @@ mod tests {
         s.parse().expect("an address")
     }
 
-    const ALL_SIGNALS: [Signal; 11] = [
+    const ALL_SIGNALS: [Signal; 12] = [
         Signal::FatalFrame,
         Signal::BadBody,
         Signal::RateLimited,
@@ -813,6 +817,7 @@ mod tests {
         Signal::WriteTimeout,
         Signal::Refused,
         Signal::ModelAnomaly,
+        Signal::TooLarge,
     ];
 
     #[test]

@@ -34,6 +34,15 @@ pub(crate) enum Outcome {
     Unjudged,
 }
 
+/// Which allowance refused an attempt, for [`LoginBudgets::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spent {
+    /// The failure allowance (when both are spent too: guessing is the graver reading).
+    Failures,
+    /// Only the success allowance.
+    Successes,
+}
+
 /// Per-source allowances of failed and of successful logins (GCRA states on the guard's
 /// clock, as [`Backoff`] keeps them).
 #[derive(Debug)]
@@ -64,17 +73,21 @@ impl LoginBudgets {
     }
 
     /// Whether `source` may have one more login verified at `now`: neither of its allowances
-    /// is spent. If so, takes one failure for the attempt until it is settled.
-    pub(crate) fn reserve(&mut self, source: SourceKey, now: Duration) -> bool {
+    /// is spent. If so, takes one failure for the attempt until it is settled; if not, says
+    /// which allowance is spent.
+    pub(crate) fn reserve(&mut self, source: SourceKey, now: Duration) -> Result<(), Spent> {
         let now = nanos(now);
         let failed = self.failed.get(&source).copied().unwrap_or(now);
         let succeeded = self.succeeded.get(&source).copied().unwrap_or(now);
-        if self.failures.active(failed, now) || self.successes.active(succeeded, now) {
-            return false;
+        if self.failures.active(failed, now) {
+            return Err(Spent::Failures);
+        }
+        if self.successes.active(succeeded, now) {
+            return Err(Spent::Successes);
         }
         self.failed
             .insert(source, self.failures.after_failure(failed, now));
-        true
+        Ok(())
     }
 
     /// Charges a reserved attempt of `source` by its outcome (see the module docs).
@@ -120,46 +133,56 @@ mod tests {
 
     const T0: Duration = Duration::from_secs(60);
 
+    impl LoginBudgets {
+        fn reserve_ok(&mut self, source: SourceKey, now: Duration) -> bool {
+            self.reserve(source, now).is_ok()
+        }
+    }
+
     #[test]
     fn successes_spend_their_own_allowance() {
         // 30 failures a minute, 10 at once; 300 successes a minute, 60 at once.
         let mut b = LoginBudgets::new((30, 10), (300, 60));
         for _ in 0..60 {
-            assert!(b.reserve(src(1), T0));
+            assert!(b.reserve_ok(src(1), T0));
             b.settle(src(1), Outcome::Succeeded, T0);
         }
-        assert!(!b.reserve(src(1), T0), "the successes' burst is spent");
+        assert_eq!(
+            b.reserve(src(1), T0),
+            Err(Spent::Successes),
+            "the successes' burst is spent"
+        );
         // 300 a minute: one more every 200 ms.
-        assert!(b.reserve(src(1), T0 + Duration::from_millis(200)));
+        assert!(b.reserve_ok(src(1), T0 + Duration::from_millis(200)));
         // Failures of another source are counted apart.
         for _ in 0..10 {
-            assert!(b.reserve(src(2), T0));
+            assert!(b.reserve_ok(src(2), T0));
             b.settle(src(2), Outcome::Failed, T0);
         }
-        assert!(!b.reserve(src(2), T0));
-        assert!(b.reserve(src(2), T0 + Duration::from_secs(2)));
+        assert_eq!(b.reserve(src(2), T0), Err(Spent::Failures));
+        assert!(b.reserve_ok(src(2), T0 + Duration::from_secs(2)));
     }
 
     #[test]
     fn attempts_in_flight_hold_a_failure_and_repeats_give_it_back() {
         let mut b = LoginBudgets::new((30, 10), (300, 60));
-        assert_eq!((0..20).filter(|_| b.reserve(src(1), T0)).count(), 10);
+        assert_eq!((0..20).filter(|_| b.reserve_ok(src(1), T0)).count(), 10);
         for _ in 0..10 {
             b.settle(src(1), Outcome::Repeated, T0);
         }
-        assert_eq!((0..20).filter(|_| b.reserve(src(1), T0)).count(), 10);
+        assert_eq!((0..20).filter(|_| b.reserve_ok(src(1), T0)).count(), 10);
     }
 
     #[test]
     fn purge_forgets_full_allowances_and_caps() {
         let mut b = LoginBudgets::new((30, 10), (300, 60));
-        assert!(b.reserve(src(1), T0));
+        assert!(b.reserve_ok(src(1), T0));
         b.settle(src(1), Outcome::Succeeded, T0);
         assert_eq!(b.len(), 2);
         b.purge(T0 + Duration::from_millis(200), usize::MAX);
         assert_eq!(b.len(), 0);
         for n in 0..10 {
-            b.reserve(src(n), T0);
+            let _ = b.reserve(src(n), T0);
         }
         assert_eq!(b.purge(T0, 9), 10);
         assert_eq!(b.len(), 0);

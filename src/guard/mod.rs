@@ -71,7 +71,7 @@ pub use retries::PasswordDigest;
 pub use source::{ParseSourceError, SourceKey};
 
 use blocklist::Blocklist;
-use budget::{LoginBudgets, Outcome};
+use budget::{LoginBudgets, Outcome, Spent};
 use conns::{ConnTable, OpenConn};
 use login::LoginHistory;
 pub use login::Standing;
@@ -136,8 +136,7 @@ pub enum Limited {
     /// The connection sends frames faster than `rates.frames_per_s_per_conn`.
     #[error("connection sends frames too fast")]
     Connection,
-    /// The source has failed more logins than `rates.logins_per_min_per_ip` allows, or
-    /// logged in more often than `rates.logins_ok_per_min_per_ip` allows.
+    /// The source has failed more logins than `rates.logins_per_min_per_ip` allows.
     #[error("source tries to log in too often")]
     LoginIp,
     /// The account has failed more often than `rates.logins_per_min_per_user` allows (its
@@ -147,6 +146,11 @@ pub enum Limited {
     /// about the source to the firewall.
     #[error("too many failed logins for this user name")]
     LoginUser,
+    /// The source has logged in successfully more often than `rates.logins_ok_per_min_per_ip`
+    /// allows (its failure allowance is not spent): a script running the client once per
+    /// command, not a guesser.
+    #[error("source logs in too often")]
+    LoginOkIp,
 }
 
 impl Limited {
@@ -158,6 +162,7 @@ impl Limited {
             Limited::Connection => "frame_rate_connection",
             Limited::LoginIp => "login_rate_ip",
             Limited::LoginUser => "login_rate_user",
+            Limited::LoginOkIp => "login_ok_rate_ip",
         }
     }
 
@@ -509,8 +514,10 @@ impl Guard {
     pub fn check_login(&self, source: SourceKey, user_name: &str) -> Result<Standing, Limited> {
         let now = self.clock.elapsed();
         let mut logins = self.lock_logins();
-        if !logins.budgets.reserve(source, now) {
-            return Err(Limited::LoginIp);
+        match logins.budgets.reserve(source, now) {
+            Ok(()) => {}
+            Err(Spent::Failures) => return Err(Limited::LoginIp),
+            Err(Spent::Successes) => return Err(Limited::LoginOkIp),
         }
         match logins.history.standing(name_key(user_name), source, now) {
             Standing::HeldBack => Err(Limited::LoginUser),

@@ -44,6 +44,7 @@ fn reasons_are_stable() {
         (Limited::Connection, "frame_rate_connection"),
         (Limited::LoginIp, "login_rate_ip"),
         (Limited::LoginUser, "login_rate_user"),
+        (Limited::LoginOkIp, "login_ok_rate_ip"),
     ];
     for (l, s) in limits {
         assert_eq!(l.reason(), s);
@@ -226,6 +227,9 @@ fn successes_and_failures_have_their_own_allowances() {
         assert!(g.check_login(script, "alice").is_ok());
         g.login_succeeded(script, "alice");
     }
+    // The 61st at once is refused, and named for what it is: logging in too often, not
+    // guessing (the firewall weighs the two differently).
+    assert_eq!(g.check_login(script, "alice"), Err(Limited::LoginOkIp));
     // Distinct wrong passwords from a guesser are limited to the failures' burst.
     let guesser = g.source_of(ip("127.0.5.2"));
     let mut admitted = 0;
@@ -237,6 +241,7 @@ fn successes_and_failures_have_their_own_allowances() {
         }
     }
     assert_eq!(admitted, 10);
+    assert_eq!(g.check_login(guesser, "alice"), Err(Limited::LoginIp));
 }
 
 #[test]
@@ -571,6 +576,7 @@ fn only_account_wide_refusals_spare_the_source() {
         Limited::User,
         Limited::Connection,
         Limited::LoginIp,
+        Limited::LoginOkIp,
     ] {
         assert!(l.blames_source(), "{l:?}");
     }

@@ -16,7 +16,8 @@ use crate::activity::EventKind;
 use crate::firewall::Signal;
 use crate::guard::{ConnLimiter, Limited, SourceKey, Standing};
 use crate::protocol::{
-    Attachment, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply, Request,
+    Attachment, DecodeError, ErrorCode, Frame, InboxEntry, ItemBody, ItemKind, ItemView, Reply,
+    Request,
 };
 use crate::server::auth::Lane;
 use crate::server::metrics::{Metrics, OpenUpload};
@@ -284,7 +285,20 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.decode_error(&e);
-                shared.signal(self.peer, self.conn, Signal::BadBody);
+                // A field over its limit whose bytes are all there is a request too large
+                // (a mail body over the server's limit), not a lie about a length.
+                let whole = |n: u64| n <= frame.payload.len() as u64;
+                let signal = match e {
+                    DecodeError::FieldTooLong { len, .. } if whole(len) => Signal::TooLarge,
+                    DecodeError::TooManyItems { count, .. } if whole(count) => Signal::TooLarge,
+                    _ => Signal::BadBody,
+                };
+                let signal = if self.authenticated() {
+                    signal
+                } else {
+                    Signal::BadBody
+                };
+                shared.signal(self.peer, self.conn, signal);
                 self.record(EventKind::DecodeError { reason: e.reason() });
                 return Err((err(ErrorCode::BadFrame, e.to_string()), self.strike()));
             }
@@ -427,8 +441,14 @@ impl Session {
             shared.metrics.limited(limit);
             // Only the source's own excess counts against it: an account's failure backoff
             // is others' doing too, and scoring it would let guessers get the owner blocked.
-            if limit.blames_source() {
-                shared.signal(self.peer, self.conn, Signal::LoginRateLimited);
+            // Logging in too often with the right password is a rate limit like any other,
+            // not a sign of guessing (a script running the client once per command).
+            match limit {
+                Limited::LoginOkIp => shared.signal(self.peer, self.conn, Signal::RateLimited),
+                limit if limit.blames_source() => {
+                    shared.signal(self.peer, self.conn, Signal::LoginRateLimited)
+                }
+                _ => {}
             }
             self.record(EventKind::RateLimited {
                 reason: limit.reason(),
@@ -988,6 +1008,7 @@ mod tests {
             Limited::Connection,
             Limited::LoginIp,
             Limited::LoginUser,
+            Limited::LoginOkIp,
         ];
         for r in refusals
             .iter()
