@@ -134,12 +134,15 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 /// Opens (creating and migrating) the activity database in `data_dir`.
 pub fn open(data_dir: &Path) -> Result<Connection, ActivityError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-            Some(format!("cannot create {}: {e}", data_dir.display())),
-        )
-    })?;
+    // Who connected from where and did what: readable by the server's user only.
+    crate::store::create_data_dir(data_dir)
+        .and_then(|()| crate::store::create_private_file(&path(data_dir)))
+        .map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("cannot create {}: {e}", data_dir.display())),
+            )
+        })?;
     let mut conn = Connection::open(path(data_dir))?;
     // WAL with NORMAL sync: a commit is a WAL append, and fsyncs happen at checkpoints. The
     // default checkpoint every 1,000 pages (4 MiB) made checkpoints, with their fsyncs, a

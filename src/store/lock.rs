@@ -29,12 +29,41 @@ pub struct DataDirLock {
     _file: File,
 }
 
+/// Creates `data_dir` (and its parents) if it is missing, readable by its owner only: it holds
+/// the password hashes, the ticket key and every user's items. A directory that exists is
+/// left as the operator made it.
+pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    if data_dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(data_dir)
+}
+
+/// Creates the file at `path` empty and readable by its owner only if nothing is there yet, so
+/// that a database opened on it next (and, for SQLite, its journal files, which take the
+/// database's permissions) is not readable by other users whatever the umask.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl DataDirLock {
     /// Takes the lock on `data_dir` (creating the directory if needed) without waiting, and
     /// writes this process's pid into the lock file. Fails with [`StoreError::InUse`] if
     /// another process, or another server in this process, holds it.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        create_data_dir(data_dir)?;
         let path = data_dir.join(LOCK_FILE);
         // Not truncated on open: the owner's pid must still be readable if the lock is held.
         let mut file = OpenOptions::new()

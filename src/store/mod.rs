@@ -51,7 +51,7 @@ mod space;
 mod sqlite;
 
 pub use blobs::{BlobStore, BlobWriter, Blobs, DirBlobs, StagedBlob, LOST_FOUND_DIR};
-pub use lock::{DataDirLock, LOCK_FILE};
+pub use lock::{create_data_dir, create_private_file, DataDirLock, LOCK_FILE};
 pub use names::{sanitize_file_name, validate_user_name, MAX_FILE_NAME_BYTES, MAX_USER_NAME_LEN};
 pub use pending::Pending;
 #[cfg(feature = "postgres")]

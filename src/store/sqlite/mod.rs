@@ -93,8 +93,10 @@ impl SqliteStore {
     /// checks it (`PRAGMA quick_check`; [`StoreError::Damaged`] if it fails or the file is not
     /// a database), and brings the schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
+        crate::store::create_data_dir(data_dir)?;
         let path = data_dir.join(schema::DB_FILE);
+        // The password hashes: readable by the server's user only.
+        crate::store::create_private_file(&path)?;
         let (writer, reader) = schema::open(&path)?;
         Ok(SqliteStore {
             path,
