@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use rampart::activity::{db, now_ms};
@@ -47,6 +47,19 @@ pub enum FirewallCommand {
     },
 }
 
+/// The activity database of `data_dir`, which must already exist: a mistyped directory is an
+/// error, not a new empty database that lists nothing and lifts nothing.
+fn open_existing(data_dir: &std::path::Path) -> Result<rusqlite::Connection> {
+    let file = db::path(data_dir);
+    if !file.is_file() {
+        bail!(
+            "no activity database at {}: give the --data-dir of a server that has run",
+            file.display()
+        );
+    }
+    db::open(data_dir).context("cannot open the activity database")
+}
+
 pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
     match cmd {
         FirewallCommand::List {
@@ -54,7 +67,7 @@ pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
             all,
             json,
         } => {
-            let conn = db::open(&data_dir).context("cannot open the activity database")?;
+            let conn = open_existing(&data_dir)?;
             if all {
                 for d in db::decisions(&conn)? {
                     if json {
@@ -102,7 +115,11 @@ pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
                 let _ = (url, source);
                 println!("unblocked {source} on every server of the fleet");
             }
-            let conn = db::open(&data_dir).context("cannot open the activity database")?;
+            let conn = open_existing(&data_dir)?;
+            let key = rampart::guard::SourceKey::from_ip(ip, config.ip.ipv6_prefix).to_string();
+            let blocked = db::active_blocks(&conn, now_ms())?
+                .iter()
+                .any(|(source, _, _)| *source == ip.to_string() || *source == key);
             db::insert_decision(
                 &conn,
                 now_ms(),
@@ -112,7 +129,14 @@ pub fn run(cmd: FirewallCommand) -> Result<ExitCode> {
                 0.0,
                 "unblocked by an operator (rampart firewall unblock)",
             )?;
-            println!("unblocked {ip}");
+            if blocked {
+                println!("unblocked {ip}");
+            } else {
+                println!(
+                    "{ip} had no block in force here; recorded an unblock anyway (a running \
+                     server lifts any block it holds on it within a second)"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

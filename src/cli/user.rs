@@ -5,7 +5,7 @@
 //! locking (WAL, busy timeout) serializes them with the server's writes (or PostgreSQL,
 //! whose transactions do), and never the blobs or the data-directory lock.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,7 +22,8 @@ use super::time::rfc3339_ms;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a user; reads the password from stdin (one line).
+    /// Create a user; reads the password from stdin (one line), or on a terminal asks for it
+    /// twice without echo.
     #[command(after_help = "Example:\n  echo 's3cret' | rampart user add alice --data-dir ./data")]
     Add {
         /// User name: 1-32 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit.
@@ -34,7 +35,8 @@ pub enum UserCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Change a user's password; reads the new password from stdin (one line).
+    /// Change a user's password; reads the new password from stdin (one line), or on a
+    /// terminal asks for it twice without echo.
     Passwd {
         /// User name.
         name: String,
@@ -59,19 +61,47 @@ pub enum UserCommand {
     },
 }
 
+/// `data_dir` for a command that reads or changes existing users: it must exist unless the
+/// users live in a database elsewhere (`store.url`), so that a mistyped directory is an
+/// error, not a new empty store.
+fn existing(config: &Config, data_dir: &std::path::Path) -> Result<()> {
+    if config.store.url.is_none() && !data_dir.is_dir() {
+        bail!(
+            "no data directory at {}: give the --data-dir the server uses (rampart user add \
+             creates one)",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The store the server with this configuration and data directory uses.
 fn open_store(config: &Config, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
     // No free-space floor: an operator may always manage accounts.
     Ok(rampart::server::open_store(config, data_dir, 0)?)
 }
 
-/// Reads one line from stdin as the password, without its line ending.
-fn read_password() -> Result<Vec<u8>> {
+/// Reads the password from stdin: one line, without its line ending. On a terminal it is
+/// asked for twice, without echo, and must match.
+fn read_password(name: &str) -> Result<Vec<u8>> {
+    if std::io::stdin().is_terminal() {
+        let first = prompt_hidden(&format!("password for {name}: "))?;
+        let again = prompt_hidden("again: ")?;
+        if first != again {
+            bail!("the two passwords differ; nothing was changed");
+        }
+        return checked(first);
+    }
     let mut line = Vec::new();
     std::io::stdin()
         .lock()
         .read_until(b'\n', &mut line)
         .context("cannot read the password from stdin")?;
+    checked(line)
+}
+
+/// The password typed or piped, without its line ending, if the client can send it.
+fn checked(mut line: Vec<u8>) -> Result<Vec<u8>> {
     while matches!(line.last(), Some(b'\n' | b'\r')) {
         line.pop();
     }
@@ -84,6 +114,45 @@ fn read_password() -> Result<Vec<u8>> {
             rampart::protocol::limits::MAX_PASSWORD
         );
     }
+    if std::str::from_utf8(&line).is_err() {
+        bail!(
+            "the password is not valid UTF-8: rampart client reads it as text \
+             (RAMPART_PASSWORD), so it could never log in"
+        );
+    }
+    Ok(line)
+}
+
+/// Writes `prompt` to stderr and reads one line from the terminal on stdin with echo off.
+#[cfg(unix)]
+fn prompt_hidden(prompt: &str) -> Result<Vec<u8>> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    let saved = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet)
+        .context("cannot turn the terminal's echo off")?;
+    let mut line = Vec::new();
+    let read = stdin.lock().read_until(b'\n', &mut line);
+    // Echo comes back whatever happened to the read.
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    eprintln!();
+    read.context("cannot read the password")?;
+    restored.context("cannot turn the terminal's echo back on")?;
+    Ok(line)
+}
+
+/// Without a way to turn echo off, the password is read as typed.
+#[cfg(not(unix))]
+fn prompt_hidden(prompt: &str) -> Result<Vec<u8>> {
+    eprint!("{prompt}");
+    let mut line = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_until(b'\n', &mut line)
+        .context("cannot read the password")?;
     Ok(line)
 }
 
@@ -96,7 +165,7 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
         } => {
             let config = load_config(config.as_ref())?;
             rampart::store::validate_user_name(&name)?;
-            let password = read_password()?;
+            let password = read_password(&name)?;
             let store = open_store(&config, &data_dir)?;
             let hash = hash_password(&config.auth, &password)?;
             store.add_user(&name, &hash)?;
@@ -108,11 +177,12 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
             config,
         } => {
             let config = load_config(config.as_ref())?;
+            existing(&config, &data_dir)?;
             let store = open_store(&config, &data_dir)?;
             if store.user_id(&name)?.is_none() {
                 bail!("unknown user {name}");
             }
-            let password = read_password()?;
+            let password = read_password(&name)?;
             let hash = hash_password(&config.auth, &password)?;
             store.set_password(&name, &hash)?;
             println!("password changed for {name}");
@@ -122,7 +192,9 @@ pub fn run(cmd: UserCommand) -> Result<ExitCode> {
             config,
             json,
         } => {
-            let store = open_store(&load_config(config.as_ref())?, &data_dir)?;
+            let config = load_config(config.as_ref())?;
+            existing(&config, &data_dir)?;
+            let store = open_store(&config, &data_dir)?;
             let users = store.list_users()?;
             if json {
                 for u in &users {
