@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             // One clear line: the error and its causes, joined, with any line breaks a
             // dependency's message carries folded. The text may quote the server (or a
             // sender, through it), so control characters are shown escaped, never obeyed.
-            let line = format!("{e:#}").replace('\n', " ");
+            let line = cli::error_line(&e).replace('\n', " ");
             eprintln!(
                 "error: {}",
                 cli::terminal::visible(&line, cli::terminal::Shape::Line)

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use rampart::client::download::Placement;
-use rampart::client::{hex, Client, ClientOptions, TlsOptions};
+use rampart::client::{hex, Client, ClientError, ClientOptions, TlsOptions};
 use rampart::protocol::{ErrorCode, InboxEntry, ItemBody, ItemKind, ItemView};
 use rampart::store::sanitize_file_name;
 use rampart::tls::{ClientTrust, MinVersion};
@@ -362,6 +362,46 @@ pub async fn run(args: ClientArgs) -> Result<ExitCode> {
         tls: transport(&args).await?,
         ..ClientOptions::default()
     };
+    let server = args.server.clone();
+    match run_with(args, opts.clone()).await {
+        // The server cuts a session without a word when it blocks the source (PROTOCOL.md
+        // 9.1); a new connection is told why, so ask once and say it.
+        Err(e) if cut_off(&e) => Err(match blocked_notice(&server, opts).await {
+            Some(notice) => e.context(notice),
+            None => e,
+        }),
+        other => other,
+    }
+}
+
+/// Whether `e` is a connection that ended under a request.
+fn cut_off(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ClientError>(),
+            Some(ClientError::Closed | ClientError::Io(_))
+        )
+    })
+}
+
+/// What a new connection to `server` is told, if it is that the source is blocked.
+async fn blocked_notice(server: &str, opts: ClientOptions) -> Option<String> {
+    let probe = async {
+        let mut c = Client::connect(server, opts).await?;
+        c.ping().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Err(
+            e @ ClientError::Server {
+                code: ErrorCode::Blocked,
+                ..
+            },
+        )) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+async fn run_with(args: ClientArgs, opts: ClientOptions) -> Result<ExitCode> {
     if let ClientCommand::Ping = args.command {
         let mut c = Client::connect(&args.server, opts).await?;
         c.ping().await?;

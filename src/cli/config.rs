@@ -43,6 +43,12 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
     match cmd {
         ConfigCommand::Check { file, against } => {
             let new = load_config(Some(&file))?;
+            // `serve` loads the certificate and key at start: a file that is missing or is
+            // not what it should be fails here too, not only there.
+            if let (Some(cert), Some(key)) = (&new.tls.cert, &new.tls.key) {
+                let min = rampart::tls::MinVersion::parse(&new.tls.min_version)?;
+                rampart::tls::server_config(cert, key, min).context("tls.cert and tls.key")?;
+            }
             println!("ok");
             match against {
                 Some(running) => print_changes(&load_config(Some(&running))?, &new),

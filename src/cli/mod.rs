@@ -129,12 +129,35 @@ impl ModelArgs {
     }
 }
 
+/// An error and its causes as one line, joined by ": ", each cause left out when the message
+/// before it already ends with it (many errors print their source themselves, so a plain
+/// chain said "Connection refused (os error 111): Connection refused (os error 111)").
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // Colours only on a terminal (and not with NO_COLOR): a log file or a pipe gets plain
+    // text, not escape sequences.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").map_or(true, |v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 
@@ -154,5 +177,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Activity(cmd) => activity::run(cmd),
         Command::Model(cmd) => model::run(cmd),
         Command::Scenario(cmd) => rt.block_on(scenario::run(cmd)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        // A cause its parent already printed is left out; a new one is joined.
+        let e = anyhow::Error::new(io).context("cannot reach 127.0.0.1:1: refused");
+        assert_eq!(super::error_line(&e), "cannot reach 127.0.0.1:1: refused");
+        let e = e.context("ping failed");
+        assert_eq!(
+            super::error_line(&e),
+            "ping failed: cannot reach 127.0.0.1:1: refused"
+        );
+        let plain: anyhow::Result<()> = Err(anyhow::anyhow!("inner"));
+        let e = plain.context("outer").expect_err("an error");
+        assert_eq!(super::error_line(&e), "outer: inner");
     }
 }
