@@ -968,13 +968,34 @@ fn message_mail_file_inbox_fetch_delete() {
     expect_error(&fetch_here(), "image.png");
     assert!(read_file(&cwd.path().join("image.png")) == image);
 
-    // --out applies to files only.
+    // --out applies to files only, and --attachments to mails only.
     let out_path = w.join("not-a-file.txt");
     let out = srv.client(
         "bob",
         &["fetch", &mail_id.to_string(), "--out", path_str(&out_path)],
     );
     expect_error(&out, "not a file");
+    let out = srv.client(
+        "bob",
+        &["fetch", &file_id.to_string(), "--attachments", path_str(w)],
+    );
+    expect_error(&out, "not a mail");
+
+    // --json on a file says where the bytes went.
+    let json_out = w.join("image-copy.png");
+    let line = expect_ok(&srv.client(
+        "bob",
+        &[
+            "fetch",
+            &file_id.to_string(),
+            "--json",
+            "--out",
+            path_str(&json_out),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+    assert_eq!(v["saved_to"], path_str(&json_out));
+    assert!(read_file(&json_out) == image);
 
     // alice sent everything and received nothing.
     assert!(srv.inbox("alice").is_empty());

@@ -51,13 +51,18 @@ async fn a_large_frame_before_login_is_refused_from_its_header() -> TestResult {
                 "{kind:?}: {first:?}"
             );
         }
-        // An AUTH over the pre-login cap (but within AUTH's own cap) is too large.
-        let mut s = raw_connect(srv.addr, source(2)).await?;
-        send_raw(&mut s, &header(Kind::Auth as u8, 3, 0, 1_089)).await;
-        let seen = drain(&mut s, Duration::from_secs(5)).await;
-        assert!(seen.closed);
-        let first = seen.replies.first().ok_or("no reply")?;
-        assert!(is_error(&first.1, ErrorCode::TooLarge), "{first:?}");
+        // An AUTH or a RESUME (both allowed before login) over the pre-login cap is too large.
+        for kind in [Kind::Auth, Kind::Resume] {
+            let mut s = raw_connect(srv.addr, source(2)).await?;
+            send_raw(&mut s, &header(kind as u8, 3, 0, 1_089)).await;
+            let seen = drain(&mut s, Duration::from_secs(5)).await;
+            assert!(seen.closed);
+            let first = seen.replies.first().ok_or("no reply")?;
+            assert!(
+                is_error(&first.1, ErrorCode::TooLarge),
+                "{kind:?}: {first:?}"
+            );
+        }
         // A header that is invalid in another way keeps the decoder's answer: reserved flags
         // are a bad_frame with id 0, whatever length the header declares.
         let mut s = raw_connect(srv.addr, source(4)).await?;

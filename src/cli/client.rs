@@ -116,7 +116,9 @@ enum ClientCommand {
     Fetch {
         /// Item id (from inbox).
         id: u64,
-        /// Where to write a file item's bytes (default: its sanitized name, never overwriting).
+        /// Where to write a file item's bytes; a file already there is replaced once the
+        /// download is complete and verified (default: its sanitized name in the current
+        /// directory, never overwriting). With --json, the path is the `saved_to` key.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Save a mail's attachments into this directory under their sanitized names.
@@ -483,13 +485,20 @@ async fn run_with(args: ClientArgs, opts: ClientOptions) -> Result<ExitCode> {
             json,
         } => {
             let item = c.fetch(id).await?;
-            if json {
-                println!("{}", json_line(&item_json(&item)));
-            }
             match &item.body {
                 ItemBody::File(_) => {
+                    if attachments.is_some() {
+                        bail!(
+                            "item {id} is a file, not a mail; --attachments applies to mails \
+                             (--out names where a file is saved)"
+                        );
+                    }
                     let path = write_file_item(&mut c, &item, out).await?;
-                    if !json {
+                    if json {
+                        let mut v = item_json(&item);
+                        v["saved_to"] = path.display().to_string().into();
+                        println!("{}", json_line(&v));
+                    } else {
                         print!("{}", item_text(&item));
                         println!(
                             "saved to {}",
@@ -504,7 +513,9 @@ async fn run_with(args: ClientArgs, opts: ClientOptions) -> Result<ExitCode> {
                             item.body.kind().as_str()
                         );
                     }
-                    if !json {
+                    if json {
+                        println!("{}", json_line(&item_json(&item)));
+                    } else {
                         print!("{}", item_text(&item));
                     }
                     if let Some(dir) = attachments {

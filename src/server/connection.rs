@@ -213,7 +213,7 @@ impl Conn<'_> {
         self.shared.signal(self.peer, self.conn, Signal::BadBody);
         self.record(EventKind::DecodeError { reason: e.reason() });
         let code = match kind {
-            Kind::Auth | Kind::Ping | Kind::Bye => ErrorCode::TooLarge,
+            Kind::Auth | Kind::Resume | Kind::Ping | Kind::Bye => ErrorCode::TooLarge,
             _ => ErrorCode::NotAuthenticated,
         };
         let reply = Reply::error(
