@@ -146,6 +146,10 @@ pub const MIGRATIONS: &[&str] = &[
 /// The advisory lock key that serializes migrations across servers ("rampart" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0072_616d_7061_7274;
 
+/// The first key of the transaction-scoped advisory lock that orders deliveries to one
+/// recipient ("inbx" in ASCII; the second key is the recipient's id).
+const INBOX_LOCK: i32 = 0x696e_6278;
+
 /// Connections a store keeps open at most; a call that finds them all busy waits for one.
 /// Opening one per call under load costs a connection setup per delivery (64 clients ran
 /// at 635 messages a second that way), and PostgreSQL allows 100 by default for the whole
@@ -565,6 +569,15 @@ fn deliver_in(
     // Checked after the quota, as the SQLite store does: an absurd size is over quota.
     let total = size_to_sql(total)?;
     let size = size_to_sql(item.size)?;
+    // Deliveries to one recipient take their ids and commit one at a time, so an inbox's ids
+    // become visible in order: otherwise a later id from another sender could commit first,
+    // and a client paging with LIST_INBOX `after` past it would never see the earlier one.
+    // Held until commit; taken after the sender's row, as every delivery does, so the two
+    // locks cannot deadlock.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&INBOX_LOCK, &(to as i32)],
+    )?;
     let id: i64 = tx
         .query_one(
             "INSERT INTO items (owner, sender, kind, size, received_at_ms, title, body)
@@ -1008,6 +1021,43 @@ mod tests {
     }
 
     suite!(postgres);
+
+    #[test]
+    fn deliveries_to_one_inbox_become_visible_in_id_order() -> TestResult {
+        let Some(pg) = postgres()? else {
+            return Ok(());
+        };
+        let store = Arc::new(pg.open()?);
+        let (alice, bob) = two_users(&*store)?;
+        let carol = store.add_user("carol", "h-c")?;
+        // alice's delivery to bob is inserted but not committed yet.
+        let mut client = pg.client()?;
+        let mut tx = client.transaction()?;
+        let item = Columns::new(message("first"))?;
+        let first =
+            deliver_in(&mut tx, alice, bob, &item, BIG).map_err(|_| "the first delivery failed")?;
+        // carol's delivery to bob waits for it, so that no reader sees the later id first.
+        let (done, waiting) = std::sync::mpsc::channel();
+        let s = Arc::clone(&store);
+        let second = std::thread::spawn(move || {
+            let id = s.deliver(carol, bob, message("second"), BIG);
+            let _ = done.send(());
+            id
+        });
+        assert!(
+            waiting
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the second delivery committed while the first was open"
+        );
+        assert!(store.inbox(bob, 0, 10)?.is_empty());
+        tx.commit()?;
+        let second = second.join().map_err(|_| "the delivery panicked")??;
+        assert!(second > first, "{second} after {first}");
+        let ids: Vec<ItemId> = store.inbox(bob, 0, 10)?.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![first, second]);
+        Ok(())
+    }
 
     #[test]
     fn a_blob_one_server_committed_is_read_through_another() -> TestResult {
