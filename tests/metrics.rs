@@ -217,6 +217,15 @@ async fn the_endpoint_answers_only_get_metrics_and_is_bounded() -> TestResult {
         assert_eq!(status, "HTTP/1.1 404 Not Found");
         let (status, _) = http(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await?;
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        // A query string selects nothing, and bare LF line endings are a request too.
+        let (status, body) = http(addr, b"GET /metrics?name[]=x HTTP/1.1\r\n\r\n").await?;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("rampart_"), "{body}");
+        let (status, _) = http(addr, b"GET /metrics HTTP/1.0\nHost: x\n\n").await?;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        // What is not an HTTP request line is a bad request.
+        let (status, _) = http(addr, b"\x16\x03\x01 garbage\r\n\r\n").await?;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
         // A head that never ends is cut at the size bound, not buffered.
         let huge = vec![b'a'; 64 * 1024];
         let mut s = TcpStream::connect(addr).await?;

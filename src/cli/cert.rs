@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -30,11 +30,59 @@ rampart serve --data-dir ./data --tls-cert ./tls/cert.pem --tls-key ./tls/key.pe
 pub fn run(cmd: CertCommand) -> Result<ExitCode> {
     match cmd {
         CertCommand::Generate { names, out } => {
+            for name in &names {
+                if !host_name(name) {
+                    bail!(
+                        "--name {name:?} is neither an IP address nor a DNS name (letters, \
+                         digits and '-' in dot-separated labels, a leading '*.' allowed)"
+                    );
+                }
+            }
             let g = rampart::tls::generate_self_signed(&names, &out)?;
             println!("certificate {}", g.cert.display());
             println!("key {}", g.key.display());
             println!("fingerprint {}", g.fingerprint);
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Whether a client could connect by `name`: an IP address, or a DNS name of at most 253
+/// bytes whose labels are 1 to 63 letters, digits and inner hyphens (the first may be `*`).
+fn host_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_names_are_addresses_or_dns_names() {
+        for ok in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "a-b.example.com",
+            "*.example.com",
+            "x.",
+        ] {
+            assert!(super::host_name(ok), "{ok}");
+        }
+        for bad in ["", "bad name!", "-a.com", "a..b", "*", "a/b", "é.com"] {
+            assert!(!super::host_name(bad), "{bad}");
         }
     }
 }

@@ -40,9 +40,9 @@ pub struct ClientArgs {
     /// Server address, e.g. 127.0.0.1:7878.
     #[arg(long)]
     server: String,
-    /// User name to log in as.
+    /// User name to log in as (every command but ping needs one).
     #[arg(long)]
-    user: String,
+    user: Option<String>,
     /// Local address to connect from, e.g. 127.0.0.77: see the server as a user at that
     /// address does (its blocks, its limits). Default: the operating system chooses.
     #[arg(long, value_name = "ADDR")]
@@ -410,16 +410,19 @@ async fn run_with(args: ClientArgs, opts: ClientOptions) -> Result<ExitCode> {
         println!("pong");
         return Ok(ExitCode::SUCCESS);
     }
+    let Some(user) = args.user.clone() else {
+        bail!("--user is required: name the user to log in as");
+    };
     let store = tickets::TicketFile::locate(args.tickets.clone());
     let saved = store
         .as_ref()
-        .and_then(|f| f.get(&args.server, &args.user).ok().flatten());
+        .and_then(|f| f.get(&args.server, &user).ok().flatten());
     if args.password.is_none() && saved.is_none() {
-        bail!("set RAMPART_PASSWORD to the password of {}", args.user);
+        bail!("set RAMPART_PASSWORD to the password of {user}");
     }
     let logged = Client::resume_or_login(
         args.server.clone(),
-        &args.user,
+        &user,
         args.password.as_deref().map(str::as_bytes),
         saved.as_ref(),
         opts,
@@ -430,7 +433,7 @@ async fn run_with(args: ClientArgs, opts: ClientOptions) -> Result<ExitCode> {
         Err(e) if args.password.is_none() && e.code() == Some(ErrorCode::AuthFailed) => {
             return Err(anyhow::Error::new(e).context(format!(
                 "the saved resume ticket was not accepted; set RAMPART_PASSWORD to the password of {}",
-                args.user
+                user
             )))
         }
         other => other?,

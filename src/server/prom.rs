@@ -75,7 +75,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Weak<Shared>) {
 async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    // The head ends at an empty line; bare LF line endings are accepted as well as CRLF.
+    let ended =
+        |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
+    while !ended(&head) {
         if head.len() >= MAX_REQUEST_BYTES {
             return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
         }
@@ -85,10 +88,17 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         }
         head.extend_from_slice(buf.get(..n).unwrap_or_default());
     }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let first = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = first.strip_suffix(b"\r").unwrap_or(first);
     let mut parts = line.split(|b| *b == b' ');
-    let (method, target) = (parts.next(), parts.next());
-    match (method, target) {
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    // A request line is METHOD TARGET HTTP/x.y; anything else is not HTTP.
+    if !version.is_some_and(|v| v.starts_with(b"HTTP/")) || parts.next().is_some() {
+        return respond(&mut stream, "400 Bad Request", "").await;
+    }
+    // The query string, if any, selects nothing: /metrics?name[]=... is /metrics.
+    let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or_default());
+    match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
             let mut body = String::new();
             match prometheus_client::encoding::prometheus_text::encode(&mut body, registry) {
