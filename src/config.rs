@@ -1046,9 +1046,11 @@ pub struct FirewallConfig {
     pub weight_fatal_frame: u32,
     /// Points for a malformed body in a well-framed request.
     pub weight_bad_body: u32,
-    /// Points for a request refused by a frame rate limiter.
+    /// Points for a request refused by a frame rate limiter, and for a login refused because
+    /// the source logged in successfully more often than `rates.logins_ok_per_min_per_ip`.
     pub weight_rate_limited: u32,
-    /// Points for a login refused by a login rate limiter.
+    /// Points for a login refused because the source failed more logins than
+    /// `rates.logins_per_min_per_ip` allows.
     pub weight_login_rate_limited: u32,
     /// Points for a failed login.
     pub weight_auth_failed: u32,

@@ -166,7 +166,7 @@ impl Conn<'_> {
         self.shared.signal(
             self.peer,
             self.conn,
-            decode_signal(session, e, Signal::BadBody),
+            session.decode_signal(e, 0, Signal::BadBody),
         );
         self.record(EventKind::DecodeError { reason: e.reason() });
         let note = if upload_aborted {
@@ -364,7 +364,7 @@ impl Conn<'_> {
                 Err(e) => {
                     self.deliver(session, &mut batch).await;
                     self.shared.metrics.decode_error(&e);
-                    let signal = decode_signal(session, &e, Signal::FatalFrame);
+                    let signal = session.decode_signal(&e, 0, Signal::FatalFrame);
                     self.shared.signal(self.peer, self.conn, signal);
                     self.record(EventKind::DecodeError { reason: e.reason() });
                     tracing::debug!(error = %e, "fatal frame error");
@@ -569,18 +569,6 @@ pub(crate) struct Start {
 
 /// Runs one admitted connection to its end and says why it ended, with the reply bytes the
 /// client had not read by then.
-/// The firewall signal for a decode error, `otherwise` for all but one case: a frame over its
-/// kind's maximum from a logged-in session, a well-formed request that is too large (a user's
-/// mail over the server's limit, sent again), which is weighed as such. Before login, where no
-/// honest client sends anything large, such a frame stays `otherwise`: a malformed body when
-/// it is skipped, a broken header when it is over the frame ceiling.
-fn decode_signal(session: &Session, e: &DecodeError, otherwise: Signal) -> Signal {
-    match e {
-        DecodeError::FrameTooLarge { .. } if session.authenticated() => Signal::TooLarge,
-        _ => otherwise,
-    }
-}
-
 pub(crate) async fn run<T>(
     shared: Arc<Shared>,
     ticket: &ConnTicket,

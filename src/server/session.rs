@@ -257,6 +257,28 @@ impl Session {
         }
     }
 
+    /// The firewall signal for a decode error of a frame whose payload holds `payload_len`
+    /// bytes: `otherwise`, except for a request that is only too large, from a logged-in
+    /// session. That is a frame over its kind's maximum, or a field or list over its limit
+    /// whose bytes are all there (a mail body over the server's limit, sent again): a user's
+    /// mistake, weighed as [`Signal::TooLarge`], not a lie about a length. Before login, where
+    /// no honest client sends anything large, every such error stays `otherwise`.
+    pub(crate) fn decode_signal(
+        &self,
+        e: &DecodeError,
+        payload_len: usize,
+        otherwise: Signal,
+    ) -> Signal {
+        let whole = |n: u64| n <= payload_len as u64;
+        match *e {
+            _ if !self.authenticated() => otherwise,
+            DecodeError::FrameTooLarge { .. } => Signal::TooLarge,
+            DecodeError::FieldTooLong { len, .. } if whole(len) => Signal::TooLarge,
+            DecodeError::TooManyItems { count, .. } if whole(count) => Signal::TooLarge,
+            _ => otherwise,
+        }
+    }
+
     /// Admits and decodes one frame: the rate limiters first, then the body, then the
     /// authentication requirement. A refused frame gets its reply (and maybe a strike) here.
     pub(crate) fn admit(&mut self, frame: &Frame) -> Result<Admitted, (Reply, Next)> {
@@ -285,19 +307,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.decode_error(&e);
-                // A field over its limit whose bytes are all there is a request too large
-                // (a mail body over the server's limit), not a lie about a length.
-                let whole = |n: u64| n <= frame.payload.len() as u64;
-                let signal = match e {
-                    DecodeError::FieldTooLong { len, .. } if whole(len) => Signal::TooLarge,
-                    DecodeError::TooManyItems { count, .. } if whole(count) => Signal::TooLarge,
-                    _ => Signal::BadBody,
-                };
-                let signal = if self.authenticated() {
-                    signal
-                } else {
-                    Signal::BadBody
-                };
+                let signal = self.decode_signal(&e, frame.payload.len(), Signal::BadBody);
                 shared.signal(self.peer, self.conn, signal);
                 self.record(EventKind::DecodeError { reason: e.reason() });
                 return Err((err(ErrorCode::BadFrame, e.to_string()), self.strike()));

@@ -147,7 +147,8 @@ pub const MIGRATIONS: &[&str] = &[
 const MIGRATION_LOCK: i64 = 0x0072_616d_7061_7274;
 
 /// The first key of the transaction-scoped advisory lock that orders deliveries to one
-/// recipient ("inbx" in ASCII; the second key is the recipient's id).
+/// recipient ("inbx" in ASCII; the second key is the recipient's id, its low 32 bits: two
+/// recipients that share them only wait for each other).
 const INBOX_LOCK: i32 = 0x696e_6278;
 
 /// Connections a store keeps open at most; a call that finds them all busy waits for one.
