@@ -1,22 +1,31 @@
 //! TLS on the protocol port: a client that trusts the server's CA works end to end, a wrong
 //! CA and a changed certificate under trust on first use are refused, plaintext is refused
 //! on a TLS port and on a non-loopback plaintext listener, and the handshake's time budget
-//! and caps hold against slow and piled-up ClientHellos.
+//! and caps hold against slow and piled-up ClientHellos, and a TLS peer that never reads is
+//! closed despite the bytes the TLS layer still holds.
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
 
 use common::{
     drain, eventually, raw_connect, send_raw, start_server_with, test_config, within, TestResult,
 };
 use rampart::client::{Client, ClientError, ClientOptions, TlsOptions};
 use rampart::config::Config;
-use rampart::protocol::ErrorCode;
+use rampart::protocol::{encode_request, ErrorCode, Kind, Password, Request, HEADER_LEN};
 use rampart::server::{Server, ServerError};
-use rampart::tls::{generate_self_signed, ClientTrust, Generated, MinVersion};
+use rampart::tls::{
+    attacker_client_config, generate_self_signed, ClientTrust, Generated, MinVersion,
+};
 
 fn cert(dir: &Path) -> Generated {
     generate_self_signed(&["localhost".into(), "127.0.0.1".into()], dir).expect("certificate")
@@ -306,6 +315,83 @@ async fn a_blocked_source_resumes_over_tls() -> TestResult {
         let mut alice = Client::resume(server.target(), "alice", &ticket.ticket, o).await?;
         alice.ping().await?;
         alice.bye().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Reads one reply frame from a raw stream: its kind byte and request id.
+async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, u32)> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).await?;
+    let [_, _, _, kind, r0, r1, r2, r3, _, _, l0, l1, l2, l3] = head;
+    let mut body = vec![0u8; u32::from_be_bytes([l0, l1, l2, l3]) as usize];
+    s.read_exact(&mut body).await?;
+    Ok((kind, u32::from_be_bytes([r0, r1, r2, r3])))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_never_reads_is_closed_after_the_write_deadline() -> TestResult {
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let g = cert(dir.path());
+        let mut config = tls_config(&g);
+        config.timeouts.write_ms = 1000;
+        let server = start_server_with(config).await;
+        let trust = ClientTrust::Ca(g.cert.clone());
+        let data: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let item = {
+            let o = opts(&trust, &server).source(ip("127.0.53.1"));
+            let mut alice = Client::login(server.target(), "alice", b"alice-pw", o).await?;
+            let item = alice.send_file_bytes("bob", "big.bin", &data).await?;
+            alice.bye().await?;
+            item
+        };
+        let guard = server.handle.guard();
+        assert!(eventually(Duration::from_secs(3), || guard.stats().connections == 0).await);
+
+        // A small receive buffer, and never a read after login: the replies fill the socket,
+        // then the TLS layer's own buffer, and the write stalls.
+        let socket = TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.bind(SocketAddr::new(ip("127.0.53.2"), 0))?;
+        let tcp = socket.connect(server.addr).await?;
+        let connector = TlsConnector::from(attacker_client_config()?);
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let mut wire = BytesMut::new();
+        let auth = Request::Auth {
+            user: "bob".into(),
+            password: Password(Bytes::from_static(b"bob-pw")),
+        };
+        encode_request(1, &auth, &mut wire)?;
+        tls.write_all(&wire).await?;
+        tls.flush().await?;
+        assert_eq!(read_reply(&mut tls).await?, (Kind::AuthOk as u8, 1));
+        wire.clear();
+        for n in 0..400u32 {
+            let download = Request::Download {
+                item_id: item,
+                part: 0,
+                offset: u64::from(n % 8) * 262_144,
+                max_len: 262_144,
+            };
+            encode_request(n + 2, &download, &mut wire)?;
+        }
+        tls.write_all(&wire).await?;
+        tls.flush().await?;
+        let sent = std::time::Instant::now();
+
+        // The write deadline (1 s) cuts it, and the closing TLS shutdown, which waits for a
+        // peer that never reads, is bounded too: the slot is released.
+        assert!(
+            eventually(Duration::from_secs(8), || guard.stats().connections == 0).await,
+            "the stalled TLS connection still holds its slot after {:?}",
+            sent.elapsed()
+        );
+        assert!(server.handle.metrics().snapshot().timeouts >= 1);
+        drop(tls);
         Ok(())
     })
     .await
