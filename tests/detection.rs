@@ -139,6 +139,38 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
     Ok(())
 }
 
+#[test]
+fn the_firewall_share_is_what_the_model_adds_to_a_block() -> Result<(), detect::DetectError> {
+    let model = detect::default_model()?;
+    let r = evaluate(&model, &read_csv(&datasets().join("test.csv"))?)?;
+    assert_eq!(
+        r.firewall_share.keys().collect::<Vec<_>>(),
+        r.per_kind.keys().collect::<Vec<_>>()
+    );
+    // A window the model does not flag earns nothing, and a flagged one at most the full
+    // weight, so a kind's share never exceeds its per-window rate.
+    for (kind, share) in &r.firewall_share {
+        assert!(
+            (0.0..=r.per_kind[kind].rate + 1e-12).contains(share),
+            "{kind}: share {share}, rate {}",
+            r.per_kind[kind].rate
+        );
+    }
+    // The kinds no rule blocks live (docs/DETECTION.md) get a real share of the weight: the
+    // suite blocks them on the model's points alone.
+    for kind in ["low-and-slow", "plaintext-on-tls", "slow-read"] {
+        assert!(
+            r.firewall_share[kind] >= 0.5,
+            "{kind}: share {}",
+            r.firewall_share[kind]
+        );
+    }
+    // Brute force is flagged in most windows, but the failed logins are the rules' to
+    // score: the model's share is well below its per-window rate.
+    assert!(r.firewall_share["brute-force"] < r.per_kind["brute-force"].rate / 2.0);
+    Ok(())
+}
+
 /// Logs in from `source` and asks for item ids that do not exist, five a second, until the
 /// source is blocked or `limit` passes. Returns whether it was blocked.
 async fn enumerate_missing_ids(

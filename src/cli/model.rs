@@ -33,7 +33,8 @@ limits, timeouts, refusals). Too few such windows is an error.\n  rampart model 
 prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, per_kind, \
 per_source (per attack kind: sources, detected, rate, first_window_median, first_window_max: \
 how many attacking sources are flagged at all, and in which of their windows first), \
-rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
+firewall_share (per attack kind: the mean share of firewall.weight_model_anomaly a window \
+earns live, 0 to 1; a window just past the threshold is flagged but earns nothing), rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
 by_group with --by-group, and rule_baseline (thresholds and the same figures) with \
 --train.\n\n\
 Example:\n  rampart model eval --model model.json datasets/test.csv --json"
@@ -530,8 +531,8 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
         writeln!(out)?;
         writeln!(
             out,
-            "{:<24} {:>9} {:>9} {:>9} {:>14} {:>11}",
-            "attack kind", "rows", "detected", "rate", "baseline rate", "rules rate"
+            "{:<24} {:>9} {:>9} {:>9} {:>14} {:>11} {:>9}",
+            "attack kind", "rows", "detected", "rate", "baseline rate", "rules rate", "fw share"
         )?;
         for (kind, k) in &r.per_kind {
             let base = r
@@ -544,12 +545,21 @@ fn print_report(out: &mut dyn Write, r: &EvalReport) -> std::io::Result<()> {
                 .as_ref()
                 .and_then(|b| b.per_kind.get(kind))
                 .map_or_else(|| "-".to_owned(), |b: &KindRate| format!("{:.4}", b.rate));
+            let share = r
+                .firewall_share
+                .get(kind)
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
             writeln!(
                 out,
-                "{:<24} {:>9} {:>9} {:>9.4} {:>14} {:>11}",
-                kind, k.rows, k.detected, k.rate, base, rules
+                "{:<24} {:>9} {:>9} {:>9.4} {:>14} {:>11} {:>9}",
+                kind, k.rows, k.detected, k.rate, base, rules, share
             )?;
         }
+        writeln!(
+            out,
+            "(fw share: the mean share of firewall.weight_model_anomaly a window of the kind \
+             earns live, its score taken without what the rules score themselves)"
+        )?;
     }
     if !r.per_source.is_empty() {
         writeln!(out)?;

@@ -13,6 +13,8 @@ use super::quantile::quantiles;
 use super::rules::{RuleBaseline, RuleThresholds};
 use super::train::score_raw_rows;
 use super::{Dataset, DetectError, Model, BENIGN};
+use crate::firewall::anomaly_strength;
+use crate::server::detector;
 
 /// Counts of right and wrong decisions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -112,6 +114,10 @@ pub struct EvalReport {
     /// Per attack kind, how many attacking sources the model flags and how soon
     /// ([`per_source`]).
     pub per_source: BTreeMap<String, SourceRate>,
+    /// Per attack kind, the mean share of `firewall.weight_model_anomaly` its windows would
+    /// earn live ([`firewall_share`]): what the firewall acts on, where `per_kind` counts
+    /// what the model flags.
+    pub firewall_share: BTreeMap<String, f64>,
     /// The rate-threshold baseline's figures (absent if the model has no baseline).
     pub baseline: Option<BaselineReport>,
     /// The rule baseline's figures, tuned on a training file (`model eval --train FILE`;
@@ -184,6 +190,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
     let model_per_kind = per_kind(&scores, &labels, model.threshold());
     let flagged: Vec<bool> = scores.iter().map(|&s| s > model.threshold()).collect();
     let model_per_source = per_source(data, &flagged);
+    let shares = firewall_share(model, data, &scores, &labels);
     let baseline = model.baseline().map(|b| {
         let rates: Vec<f64> = rows
             .iter()
@@ -210,9 +217,48 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<EvalReport, DetectError
         metrics: model_metrics,
         per_kind: model_per_kind,
         per_source: model_per_source,
+        firewall_share: shares,
         baseline,
         rule_baseline: None,
     })
+}
+
+/// Per attack kind, the mean share of `firewall.weight_model_anomaly` a window earns live:
+/// nothing for a window the model does not flag or that is silent
+/// (`server::detector::silent`), else `firewall::anomaly_strength` of its score without the
+/// terms the rules score themselves (`server::detector::live_score`). Two models with the
+/// same per-window recall can differ widely here: a window just past the threshold is
+/// flagged but earns nothing, so an attack only the model blocks is blocked late or never.
+pub fn firewall_share(
+    model: &Model,
+    data: &Dataset,
+    scores: &[f64],
+    labels: &[&str],
+) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for (i, (&score, &label)) in scores.iter().zip(labels).enumerate() {
+        if label == BENIGN {
+            continue;
+        }
+        let row = data.row(i);
+        let values = row.to_vec();
+        let at = |name: &str| data.feature_index(name).map_or(0.0, |c| values[c]);
+        let share = if score > model.threshold() && !detector::silent_by(at) {
+            let verdict = model.verdict_values(&values);
+            anomaly_strength(
+                detector::live_score(model.algo(), &verdict),
+                verdict.threshold,
+            )
+        } else {
+            0.0
+        };
+        let e = sums.entry(label.to_owned()).or_insert((0.0, 0));
+        e.0 += share;
+        e.1 += 1;
+    }
+    sums.into_iter()
+        .map(|(k, (sum, n))| (k, if n == 0 { 0.0 } else { sum / n as f64 }))
+        .collect()
 }
 
 /// How the model did on one group of rows (`model eval --by-group`).

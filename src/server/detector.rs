@@ -84,11 +84,15 @@ pub(crate) const RULE_SCORED: &[&str] = &[
 /// than one connection a second stays the model's to judge: a plaintext client hammering a
 /// TLS port sends nothing the frame layer sees either, and only the model blocks it.
 pub(crate) fn silent(row: &FeatureRow) -> bool {
-    let at = |name: &str| {
+    silent_by(|name: &str| {
         feature_index(name)
             .and_then(|i| row.values.get(i).copied())
             .unwrap_or(0.0)
-    };
+    })
+}
+
+/// [`silent`] on a window whose features `at` looks up by name.
+pub(crate) fn silent_by(at: impl Fn(&str) -> f64) -> bool {
     at("frames_in") == 0.0
         && at("bytes_in") == 0.0
         && at("slow_frame_ms_max") == 0.0
@@ -172,18 +176,23 @@ impl Sink {
             self.already_blocked.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // The rules score failed logins themselves and forgive typos; the model adds only
-        // what the window shows beyond them.
-        let score = match self.algo {
-            Algo::Kmeans => verdict.score_without(RULE_SCORED),
-            Algo::Gmm => verdict.score,
-        };
+        let score = live_score(self.algo, verdict);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx
                 .try_send((ip, score, verdict.threshold, verdict.to_string()))
         {
             self.shed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The score the firewall's points come from. The rules score failed logins themselves and
+/// forgive typos, and weigh broken frames and timeouts on their own; the model adds only what
+/// the window shows beyond them ([`RULE_SCORED`]).
+pub(crate) fn live_score(algo: Algo, verdict: &Verdict) -> f64 {
+    match algo {
+        Algo::Kmeans => verdict.score_without(RULE_SCORED),
+        Algo::Gmm => verdict.score,
     }
 }
 

@@ -44,7 +44,7 @@
 
 pub mod auth;
 mod connection;
-mod detector;
+pub(crate) mod detector;
 pub mod fds;
 pub mod metrics;
 pub mod prom;
