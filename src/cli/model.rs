@@ -358,13 +358,14 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
 fn print_selection(sel: &detect::select::Selection) {
     println!(
         "{} candidates judged on the training data (misses: attack kinds under {}, benign \
-         groups over the target FPR):",
+         groups over the target FPR; fw share: the mean share of the firewall's model weight \
+         an attack kind's windows earn):",
         sel.candidates.len(),
         detect::select::KIND_RECALL_TARGET
     );
     println!(
-        "  {:>6} {:>6} {:>10} {:>8}  {:<28} worst benign group",
-        "seed", "misses", "mean kind", "fpr", "worst kind"
+        "  {:>6} {:>6} {:>8} {:>10} {:>8}  {:<28} worst benign group",
+        "seed", "misses", "fw share", "mean kind", "fpr", "worst kind"
     );
     for (i, c) in sel.candidates.iter().enumerate() {
         let kind = c
@@ -376,10 +377,11 @@ fn print_selection(sel: &detect::select::Selection) {
             .as_ref()
             .map_or("-".to_owned(), |(g, f)| format!("{g} {:.2}%", 100.0 * f));
         println!(
-            "{} {:>6} {:>6} {:>10.4} {:>7.2}%  {:<28} {}",
+            "{} {:>6} {:>6} {:>8.3} {:>10.4} {:>7.2}%  {:<28} {}",
             if i == sel.chosen { "*" } else { " " },
             c.seed,
             c.misses,
+            c.mean_firewall_share,
             c.mean_kind_recall,
             100.0 * c.fpr,
             kind,

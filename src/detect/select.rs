@@ -11,10 +11,15 @@
 //!    families (the `group` column; every benign row as one family without it) of at least
 //!    [`MIN_FAMILY_ROWS`] rows whose false-positive rate is above `target_fpr`. Fewer is
 //!    better: a missed attack kind and a harmed family of honest users weigh the same.
-//! 2. then the mean detection rate over attack kinds (each kind counts once, however many
+//! 2. then the mean firewall share over attack kinds ([`firewall_share`]: the share of
+//!    `weight_model_anomaly` a kind's windows earn live, each kind counting once), higher is
+//!    better. Candidates with the same per-window recall differ widely here: a window just
+//!    past the threshold is flagged but earns the firewall nothing, so the candidate whose
+//!    attack windows lie further out blocks what only the model can block, sooner;
+//! 3. then the mean detection rate over attack kinds (each kind counts once, however many
 //!    rows it has), higher is better;
-//! 3. then the false-positive rate over every benign row, lower is better;
-//! 4. then the earlier seed.
+//! 4. then the false-positive rate over every benign row, lower is better;
+//! 5. then the earlier seed.
 //!
 //! Only the training file is looked at; a test file stays unseen. The labels pick among
 //! models but never shape one: each candidate is still fitted on benign rows alone.
@@ -23,7 +28,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::eval::per_kind;
+use super::eval::{firewall_share, per_kind};
 use super::model::Model;
 use super::train::score_raw_rows;
 use super::{Dataset, BENIGN};
@@ -44,6 +49,10 @@ pub struct Candidate {
     pub misses: usize,
     /// Mean detection rate over attack kinds.
     pub mean_kind_recall: f64,
+    /// Mean firewall share over attack kinds ([`firewall_share`]); 0 in model files written
+    /// before it was judged.
+    #[serde(default)]
+    pub mean_firewall_share: f64,
     /// The attack kind detected least, and its rate.
     pub worst_kind: Option<(String, f64)>,
     /// The benign family (of at least [`MIN_FAMILY_ROWS`] rows) flagged most, and its
@@ -99,15 +108,21 @@ pub fn judge(model: &Model, data: &Dataset, seed: u64, target_fpr: f64) -> Candi
         .filter(|k| k.rate < KIND_RECALL_TARGET)
         .count()
         + family_fpr.iter().filter(|(_, f)| *f > target_fpr).count();
-    let mean_kind_recall = if kinds.is_empty() {
-        0.0
-    } else {
-        kinds.values().map(|k| k.rate).sum::<f64>() / kinds.len() as f64
+    let mean = |values: Vec<f64>| {
+        if values.is_empty() {
+            0.0
+        } else {
+            values.iter().sum::<f64>() / values.len() as f64
+        }
     };
+    let mean_kind_recall = mean(kinds.values().map(|k| k.rate).collect());
+    let shares = firewall_share(model, data, &scores, &labels);
+    let mean_firewall_share = mean(shares.into_values().collect());
     Candidate {
         seed,
         misses,
         mean_kind_recall,
+        mean_firewall_share,
         worst_kind: kinds
             .iter()
             .min_by(|a, b| a.1.rate.total_cmp(&b.1.rate))
@@ -125,6 +140,7 @@ pub fn judge(model: &Model, data: &Dataset, seed: u64, target_fpr: f64) -> Candi
 pub fn better(c: &Candidate, than: &Candidate) -> bool {
     c.misses
         .cmp(&than.misses)
+        .then(than.mean_firewall_share.total_cmp(&c.mean_firewall_share))
         .then(than.mean_kind_recall.total_cmp(&c.mean_kind_recall))
         .then(c.fpr.total_cmp(&than.fpr))
         .is_lt()
@@ -150,6 +166,7 @@ mod tests {
             seed,
             misses,
             mean_kind_recall: recall,
+            mean_firewall_share: 0.5,
             worst_kind: None,
             worst_family: None,
             fpr,
@@ -169,5 +186,18 @@ mod tests {
         assert_eq!(best(&c), Some(3));
         assert_eq!(best(&c[..3]), Some(2));
         assert_eq!(best(&c[..1]), Some(0));
+    }
+
+    #[test]
+    fn the_firewall_share_ranks_before_recall() {
+        let mut strong = cand(1, 0, 0.92, 0.01);
+        strong.mean_firewall_share = 0.8;
+        let weak = cand(2, 0, 0.99, 0.0);
+        assert_eq!(best(&[weak.clone(), strong.clone()]), Some(1));
+        // Misses still come first.
+        let mut missing = strong.clone();
+        missing.misses = 1;
+        missing.mean_firewall_share = 1.0;
+        assert_eq!(best(&[missing, weak]), Some(1));
     }
 }
