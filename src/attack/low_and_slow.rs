@@ -4,6 +4,8 @@
 //!
 //! - `fetch` / `download`: the next item id of an enumeration that walks from 1 to a little
 //!   past the highest id it has seen, then wraps;
+//! - `missing`: a FETCH of an id that no item has, counting up from 2^32 (a NOT_FOUND each
+//!   time, which no rule scores: the quietest enumeration there is);
 //! - `list`, `message` (to itself), `ping`: ordinary traffic;
 //! - `login-fail`: the session is closed and a new one first fails a login as the victim,
 //!   then logs in properly, as a user who mistyped would.
@@ -39,6 +41,10 @@ const SCORE_CEILING: f64 = 0.5;
 
 /// Ids enumerated past the highest id seen before wrapping to 1.
 const ENUM_PAST_MAX: u64 = 16;
+
+/// The first id the `missing` operation fetches: far above any id the store hands out in
+/// a run.
+const MISSING_BASE: u64 = 1 << 32;
 
 /// Longest wait for a reply.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
@@ -88,6 +94,8 @@ impl Model {
 struct Walk {
     next: AtomicU64,
     max_seen: AtomicU64,
+    /// The next id of the `missing` operation.
+    missing: AtomicU64,
 }
 
 impl Walk {
@@ -102,6 +110,10 @@ impl Walk {
         }
     }
 
+    fn next_missing(&self) -> u64 {
+        self.missing.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn saw(&self, id: u64) {
         self.max_seen.fetch_max(id, Ordering::Relaxed);
     }
@@ -113,6 +125,7 @@ pub(crate) async fn run(env: Arc<Env>, rate_per_s: f64, mix: Vec<(Op, f64)>) {
         walk: Walk {
             next: AtomicU64::new(1),
             max_seen: AtomicU64::new(0),
+            missing: AtomicU64::new(MISSING_BASE),
         },
         mix,
         interval: Duration::from_secs_f64(1.0 / rate_per_s),
@@ -262,6 +275,9 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                 Op::Fetch => Request::Fetch {
                     item_id: shared.walk.next_id(),
                 },
+                Op::Missing => Request::Fetch {
+                    item_id: shared.walk.next_missing(),
+                },
                 Op::Download => Request::Download {
                     item_id: shared.walk.next_id(),
                     part: 0,
@@ -280,7 +296,7 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                 Op::Ping | Op::LoginFail => Request::Ping,
             };
             bump(&mut counts, op.as_str());
-            if matches!(op, Op::Fetch | Op::Download) {
+            if matches!(op, Op::Fetch | Op::Download | Op::Missing) {
                 // The enumeration: every walked id is part of the attack, owned or not.
                 env.attacking(source);
             }
@@ -323,6 +339,29 @@ mod tests {
         m.add(ip, 25.0);
         assert!(!m.allows(ip, 25.0));
         assert!(m.score(ip) <= 50.0 + 1e-9);
+    }
+
+    #[tokio::test]
+    async fn missing_ids_earn_not_found_and_no_rule_score() -> TestResult {
+        let b = bench(config()).await?;
+        let (report, env) = b
+            .run_env(
+                "kind = \"low-and-slow\"\nconnections = 1\nrate_per_s = 10\nsources = \"127.0.14.8/32\"\nmix = { missing = 1 }\n",
+                1.5,
+            )
+            .await?;
+        let fetched = env.count("missing");
+        assert!(fetched >= 8, "{report:?}");
+        assert_eq!(env.count("risky steps deferred"), 0, "{report:?}");
+        // Every answer is a NOT_FOUND: no item has those ids, and no rule scores them.
+        assert!(env.count("not_found") >= fetched - 1, "{report:?}");
+        assert_eq!(env.count("permission_denied"), 0, "{report:?}");
+        assert_eq!(env.count("item"), 0, "{report:?}");
+        let source: IpAddr = "127.0.14.8".parse()?;
+        assert_eq!(b.handle.firewall().score(source), 0.0);
+        assert!(!b.handle.guard().is_blocked(source));
+        b.stop().await;
+        Ok(())
     }
 
     #[tokio::test]

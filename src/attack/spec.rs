@@ -198,6 +198,8 @@ vocabulary! {
         Ping = "ping",
         /// A failed login as the victim, then a proper one.
         LoginFail = "login-fail",
+        /// FETCH of an id that no item has (from 2^32 up): a NOT_FOUND, which no rule scores.
+        Missing = "missing",
     }
 }
 
@@ -367,9 +369,9 @@ attack_specs! {
     LowAndSlow {
         /// Requests per second per connection (default 1, above 0 and at most 20).
         rate_per_s: f64,
-        /// Relative weights of "fetch", "download", "list", "message", "ping" and
-        /// "login-fail" (default fetch 0.35, download 0.05, list 0.2, message 0.15, ping 0.15,
-        /// login-fail 0.1).
+        /// Relative weights of "fetch", "download", "list", "message", "ping", "login-fail"
+        /// and "missing" (default fetch 0.35, download 0.05, list 0.2, message 0.15, ping
+        /// 0.15, login-fail 0.1, missing 0).
         mix: BTreeMap<LowAndSlowOp, f64>,
     }
     /// Complete TLS handshakes (the server's key exchange and signature), each connection
@@ -1263,7 +1265,15 @@ mod tests {
         );
         assert_eq!(
             names(LowAndSlowOp::ALL, LowAndSlowOp::as_str)?,
-            ["fetch", "download", "list", "message", "ping", "login-fail"]
+            [
+                "fetch",
+                "download",
+                "list",
+                "message",
+                "ping",
+                "login-fail",
+                "missing"
+            ]
         );
         // Keyed by operation, `mix` still reads and writes as a table of names.
         let spec = parse("kind = \"low-and-slow\"\nmix = { login-fail = 0.5, fetch = 1.0 }\n")?;
