@@ -452,6 +452,8 @@ enum Op {
     },
     /// An inbox check (`mix.read`): writes nothing.
     Read,
+    /// A keepalive PING (`mix.ping`): writes nothing.
+    Ping,
 }
 
 impl Op {
@@ -461,10 +463,12 @@ impl Op {
             Op::Mail { .. } => OpKind::Mail,
             Op::File { .. } => OpKind::File,
             Op::Read => OpKind::Read,
+            Op::Ping => OpKind::Ping,
         }
     }
 
-    /// What the recipient must find after the run; `None` for a read, which writes nothing.
+    /// What the recipient must find after the run; `None` for a read or a keepalive, which
+    /// write nothing.
     fn expected(&self) -> Option<Expected> {
         let digest = |b: &[u8]| *blake3::hash(b).as_bytes();
         Some(match self {
@@ -487,7 +491,7 @@ impl Op {
                 size: data.len() as u64,
                 digest: digest(data),
             },
-            Op::Read => return None,
+            Op::Read | Op::Ping => return None,
         })
     }
 
@@ -514,6 +518,10 @@ impl Op {
             Op::File { name, data } => client.send_file_bytes(to, name, data).await?,
             Op::Read => {
                 check_inbox(client, seen).await?;
+                return Ok(None);
+            }
+            Op::Ping => {
+                client.ping().await?;
                 return Ok(None);
             }
         };
@@ -548,28 +556,41 @@ fn bytes(rng: &mut StdRng, max: u64) -> Vec<u8> {
     data
 }
 
+/// The index of the weight `x` (in [0, 1)) falls under in `mix` (normalized weights); past
+/// the end, which rounding can leave, the last index with a weight above 0.
+fn pick(mix: &[f64], x: f64) -> usize {
+    let mut upto = 0.0;
+    for (i, w) in mix.iter().enumerate() {
+        upto += w;
+        if x < upto && *w > 0.0 {
+            return i;
+        }
+    }
+    mix.iter().rposition(|w| *w > 0.0).unwrap_or(0)
+}
+
 /// Draws operation `k` of a client: its kind from the mix, its contents, its recipient.
 fn draw(rng: &mut StdRng, load: &Legit, k: u64, users: usize, me: usize) -> (Op, usize) {
     let x: f64 = rng.gen();
-    let op = if x < load.mix[0] {
-        Op::Message {
+    let op = match pick(&load.mix, x) {
+        0 => Op::Message {
             text: text(rng, load.message_bytes),
+        },
+        1 => {
+            let with_attachment = rng.gen_bool(0.5);
+            Op::Mail {
+                subject: format!("legit mail {k}"),
+                body: text(rng, load.message_bytes.saturating_mul(4)),
+                attachment: with_attachment
+                    .then(|| (format!("attachment-{k}.bin"), bytes(rng, load.file_bytes))),
+            }
         }
-    } else if x < load.mix[0] + load.mix[1] {
-        let with_attachment = rng.gen_bool(0.5);
-        Op::Mail {
-            subject: format!("legit mail {k}"),
-            body: text(rng, load.message_bytes.saturating_mul(4)),
-            attachment: with_attachment
-                .then(|| (format!("attachment-{k}.bin"), bytes(rng, load.file_bytes))),
-        }
-    } else if x < load.mix[0] + load.mix[1] + load.mix[2] || load.mix[3] <= 0.0 {
-        Op::File {
+        2 => Op::File {
             name: format!("file-{k}.bin"),
             data: bytes(rng, load.file_bytes),
-        }
-    } else {
-        Op::Read
+        },
+        3 => Op::Read,
+        _ => Op::Ping,
     };
     let to = if users <= 1 {
         me
@@ -1359,7 +1380,7 @@ mod tests {
         Legit {
             clients: 1,
             rate_per_s: 10.0,
-            mix: [0.4, 0.3, 0.2, 0.1],
+            mix: [0.4, 0.25, 0.15, 0.1, 0.1],
             sources: vec![Ipv4Addr::new(127, 0, 0, 1)],
             net: ipnet::Ipv4Net::from(Ipv4Addr::new(127, 0, 0, 1)),
             message_bytes: 64,
@@ -1587,7 +1608,7 @@ mod tests {
                                 .map_or(true, |(_, d)| (1..=1000).contains(&d.len())));
                         }
                         Op::File { data, .. } => assert!((1..=1000).contains(&data.len())),
-                        Op::Read => assert_eq!(op.expected(), None),
+                        Op::Read | Op::Ping => assert_eq!(op.expected(), None),
                     }
                     (op.kind(), to, op.expected())
                 })
@@ -1596,12 +1617,30 @@ mod tests {
         assert_eq!(kinds(7), kinds(7));
         assert_ne!(kinds(7), kinds(8));
         let all = kinds(7);
-        for k in [OpKind::Message, OpKind::Mail, OpKind::File, OpKind::Read] {
+        for k in [
+            OpKind::Message,
+            OpKind::Mail,
+            OpKind::File,
+            OpKind::Read,
+            OpKind::Ping,
+        ] {
             assert!(
                 all.iter().any(|(kind, _, _)| *kind == k),
                 "{k:?} never drawn"
             );
         }
+    }
+
+    #[test]
+    fn pick_finds_the_weight_and_skips_empty_ones() {
+        let mix = [0.5, 0.0, 0.25, 0.0, 0.25];
+        assert_eq!(pick(&mix, 0.0), 0);
+        assert_eq!(pick(&mix, 0.5), 2);
+        assert_eq!(pick(&mix, 0.74), 2);
+        assert_eq!(pick(&mix, 0.75), 4);
+        // Past the end (rounding): the last weight above 0.
+        assert_eq!(pick(&mix, 1.0), 4);
+        assert_eq!(pick(&[0.5, 0.5, 0.0, 0.0, 0.0], 1.0), 1);
     }
 
     #[test]

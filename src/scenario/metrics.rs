@@ -26,6 +26,8 @@ pub enum OpKind {
     File,
     /// An inbox check: a LIST_INBOX page and a FETCH of its newest entry (`mix.read`).
     Read,
+    /// A keepalive PING (`mix.ping`).
+    Ping,
     /// A FETCH (the deliberate mistakes `stale_fetch_rate` and `wrong_id_rate`).
     Fetch,
     /// One exchange of a generic target's legit driver (`resp`, `http`, `line`, `script`).
@@ -40,6 +42,7 @@ impl OpKind {
             OpKind::Mail => "mail",
             OpKind::File => "file",
             OpKind::Read => "read",
+            OpKind::Ping => "ping",
             OpKind::Fetch => "fetch",
             OpKind::Request => "request",
         }

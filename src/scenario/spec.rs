@@ -696,6 +696,10 @@ pub struct MixSpec {
     /// nothing is read back after the run. 0 by default (a group that only writes).
     #[serde(default)]
     pub read: f64,
+    /// Keepalives: one PING, as a client that keeps an idle session open (through a NAT or
+    /// a proxy with an idle timer) sends. Nothing is written. 0 by default.
+    #[serde(default)]
+    pub ping: f64,
 }
 
 impl Default for MixSpec {
@@ -705,6 +709,7 @@ impl Default for MixSpec {
             mail: 0.3,
             file: 0.1,
             read: 0.0,
+            ping: 0.0,
         }
     }
 }
@@ -803,8 +808,8 @@ pub struct Legit {
     pub clients: u32,
     /// Operations per second per client.
     pub rate_per_s: f64,
-    /// Normalized weights: message, mail, file, read (they add up to 1).
-    pub mix: [f64; 4],
+    /// Normalized weights: message, mail, file, read, ping (they add up to 1).
+    pub mix: [f64; 5],
     /// The addresses the clients bind, client `i` using `sources[i % len]`.
     pub sources: Vec<Ipv4Addr>,
     /// The network they came from, for reports.
@@ -1292,12 +1297,13 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
         ("mix.mail", m.mail),
         ("mix.file", m.file),
         ("mix.read", m.read),
+        ("mix.ping", m.ping),
     ] {
         if !(w.is_finite() && w >= 0.0) {
             return Err(err(key, format!("must be a number of at least 0, got {w}")));
         }
     }
-    let sum = m.message + m.mail + m.file + m.read;
+    let sum = m.message + m.mail + m.file + m.read + m.ping;
     if sum <= 0.0 {
         return Err(err("mix", "the weights must not all be 0".into()));
     }
@@ -1441,7 +1447,13 @@ fn check_legit(spec: &LegitSpec, d: f64, config: &Config) -> Result<Legit, (Stri
     Ok(Legit {
         clients: spec.clients,
         rate_per_s: r,
-        mix: [m.message / sum, m.mail / sum, m.file / sum, m.read / sum],
+        mix: [
+            m.message / sum,
+            m.mail / sum,
+            m.file / sum,
+            m.read / sum,
+            m.ping / sum,
+        ],
         sources,
         net,
         message_bytes: spec.message_bytes,
@@ -1613,7 +1625,7 @@ mod tests {
         let s = check(&format!(
             "{BASE}[[legit]]\nmix = {{ message = 1, read = 3 }}\n"
         ))?;
-        assert_eq!(s.legit()[0].mix, [0.25, 0.0, 0.0, 0.75]);
+        assert_eq!(s.legit()[0].mix, [0.25, 0.0, 0.0, 0.75, 0.0]);
         rejected(
             &format!("{BASE}[[legit]]\nmix = {{ read = -1, mail = 1 }}\n"),
             "legit[0].mix.read",
