@@ -34,9 +34,9 @@ prints one object with precision, recall, f1, fpr, roc_auc, pr_auc, confusion, p
 per_source (per attack kind: sources, detected, rate, first_window_median, first_window_max: \
 how many attacking sources are flagged at all, and in which of their windows first), \
 firewall_share (per attack kind: the mean share of firewall.weight_model_anomaly a window \
-earns live, 0 to 1; a window just past the threshold is flagged but earns nothing), rows, threshold and baseline (the same figures for the rate-threshold baseline), and \
-by_group with --by-group, and rule_baseline (thresholds and the same figures) with \
---train.\n\n\
+earns live, 0 to 1; a window just past the threshold is flagged but earns nothing), rows, \
+threshold and baseline (the same figures for the rate-threshold baseline), and by_group \
+with --by-group, and rule_baseline (thresholds and the same figures) with --train.\n\n\
 Example:\n  rampart model eval --model model.json datasets/test.csv --json"
     )]
     Eval(EvalArgs),
@@ -96,7 +96,8 @@ pub struct TrainArgs {
     /// Candidate models trained, with seeds --seed, --seed + 1, ...; above 1, the one that
     /// best meets the detection targets on the training data's own labelled rows is kept
     /// (fewest attack kinds under 0.9 and benign groups over --target-fpr, then the highest
-    /// mean detection rate per kind, then the lowest false-positive rate). Needs attack rows.
+    /// mean firewall share per kind, then the highest mean detection rate per kind, then the
+    /// lowest false-positive rate). Needs attack rows.
     /// The test data is never looked at [default: 1].
     #[arg(long)]
     candidates: Option<usize>,
