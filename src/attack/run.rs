@@ -510,6 +510,17 @@ pub(crate) struct LoginPacer {
 /// jitter between attacker and server never meets an empty bucket.
 const LOGIN_MARGIN_S: f64 = 0.5;
 
+/// The shortest wait [`LoginPacer::acquire`] sleeps before it looks at the bucket again.
+const MIN_PACER_WAIT: Duration = Duration::from_millis(1);
+
+/// How long until a bucket holding `tokens` (under one) refilling one every `every_s` seconds
+/// holds a whole one: at least [`MIN_PACER_WAIT`]. A bucket a rounding error short of a
+/// token would otherwise ask for a zero sleep, which a virtual clock (`--sim`) never
+/// advances past, and the caller would spin for ever at one instant.
+fn slot_wait(tokens: f64, every_s: f64) -> Duration {
+    Duration::from_secs_f64(((1.0 - tokens) * every_s).max(0.0)).max(MIN_PACER_WAIT)
+}
+
 impl LoginPacer {
     pub(crate) fn new() -> LoginPacer {
         let rates = RatesConfig::default();
@@ -535,7 +546,7 @@ impl LoginPacer {
                     st.0 -= 1.0;
                     return true;
                 }
-                Duration::from_secs_f64((1.0 - st.0) * self.every_s)
+                slot_wait(st.0, self.every_s)
             };
             if !env.sleep(wait).await {
                 return false;
@@ -587,6 +598,15 @@ mod tests {
         // keeps 4 at once and gets one more every 6.5 s.
         let pacer = LoginPacer::new();
         assert_eq!((pacer.burst, pacer.every_s), (4.0, 6.5));
+    }
+
+    #[test]
+    fn a_bucket_a_rounding_error_short_of_a_slot_still_waits() {
+        // A refill summed from fractions can leave the bucket 1e-16 short of a token: the
+        // wait must still move a virtual clock on.
+        assert_eq!(slot_wait(1.0 - 1e-16, 6.5), MIN_PACER_WAIT);
+        assert_eq!(slot_wait(0.5, 6.5), Duration::from_secs_f64(3.25));
+        assert_eq!(slot_wait(0.0, 6.5), Duration::from_secs_f64(6.5));
     }
 
     #[tokio::test]
