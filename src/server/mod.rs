@@ -287,9 +287,9 @@ impl Server {
             None => None,
         };
         // The lock comes first: nothing below may touch a directory another server owns.
-        let lock = DataDirLock::acquire(data_dir)?;
+        let lock = Arc::new(DataDirLock::acquire(data_dir)?);
         let min_free = config.storage.min_free_bytes;
-        let opened = open_store_and_key(&config, data_dir, min_free)?;
+        let opened = open_store_and_key(&config, data_dir, min_free, Some(&lock))?;
         let (store, shared_key) = (opened.store, opened.key);
         // Blobs go where `store.blobs` says: the fleet's database, or this directory.
         let backend: Arc<dyn BlobStore> = match opened.db_blobs {
@@ -809,7 +809,7 @@ pub fn open_store(
     data_dir: &Path,
     min_free: u64,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    open_store_and_key(config, data_dir, min_free).map(|opened| opened.store)
+    open_store_and_key(config, data_dir, min_free, None).map(|opened| opened.store)
 }
 
 /// What [`open_store`] opens for a server.
@@ -823,10 +823,13 @@ struct Opened {
     db_blobs: Option<Arc<dyn BlobStore>>,
 }
 
+/// With `lock`, a SQLite store holds the data directory's lock for as long as it lives
+/// ([`SqliteStore::holding`]).
 fn open_store_and_key(
     config: &Config,
     data_dir: &Path,
     min_free: u64,
+    lock: Option<&Arc<DataDirLock>>,
 ) -> Result<Opened, StoreError> {
     match &config.store.url {
         #[cfg(feature = "postgres")]
@@ -848,11 +851,18 @@ fn open_store_and_key(
             "this build of rampart has no PostgreSQL store (the `postgres` feature is off)"
                 .to_owned(),
         )),
-        None => Ok(Opened {
-            store: Arc::new(SqliteStore::open(data_dir)?.with_min_free_bytes(min_free)),
-            key: None,
-            db_blobs: None,
-        }),
+        None => {
+            let store = SqliteStore::open(data_dir)?.with_min_free_bytes(min_free);
+            let store = match lock {
+                Some(lock) => store.holding(Arc::clone(lock)),
+                None => store,
+            };
+            Ok(Opened {
+                store: Arc::new(store),
+                key: None,
+                db_blobs: None,
+            })
+        }
     }
 }
 
@@ -1246,7 +1256,7 @@ impl ServerHandle {
     /// Kills the server the way a crash would, for fault injection: it stops accepting, and
     /// every session is dropped where it stands, with no reply, no goodbye and no flush, so
     /// its peer just sees the connection close. Returns once every session task has
-    /// ended; what is still queued in memory (activity events, firewall state not yet
+    /// ended and the data directory is released (as [`ServerHandle::shutdown`]); what is still queued in memory (activity events, firewall state not yet
     /// written) is lost with the server. A committed delivery stays committed: the store
     /// acknowledges nothing before its commit is durable.
     pub async fn crash(self) {
@@ -1258,21 +1268,84 @@ impl ServerHandle {
         let _ = self.purge.await;
         self.tracker.close();
         self.tracker.wait().await;
+        let grace = self.server.shared.config.load().timeouts.shutdown_grace();
+        release_data_dir(self.server, tokio::time::Instant::now() + grace).await;
     }
 
     /// Stops accepting, tells every session the server is shutting down, and waits up to
-    /// `timeouts.shutdown_grace` for them to finish.
+    /// `timeouts.shutdown_grace` for them to finish and for the data directory to be
+    /// released (its lock dropped, its database closed).
     pub async fn shutdown(self) {
-        self.server.shared.shutdown.cancel();
-        let _ = self.accept.await;
-        let _ = self.purge.await;
-        self.tracker.close();
-        let grace = self.server.shared.config.load().timeouts.shutdown_grace();
-        if tokio::time::timeout(grace, self.tracker.wait())
+        let ServerHandle {
+            server,
+            accept,
+            purge,
+            tracker,
+            ..
+        } = self;
+        server.shared.shutdown.cancel();
+        let _ = accept.await;
+        let _ = purge.await;
+        tracker.close();
+        let grace = server.shared.config.load().timeouts.shutdown_grace();
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("sessions still open after the shutdown grace period");
         }
+        release_data_dir(server, deadline).await;
+    }
+}
+
+/// Drops `server` and waits, up to `deadline`, until nothing holds its data directory's lock.
+/// Work a session started can outlive the session on a blocking thread (a batch of
+/// deliveries being led, a blob read whose reader is gone), and with it a handle on the store
+/// or the blobs, which hold the lock. Once this returns the directory is free: a server
+/// opened on it next does not find it locked, nor this one's database connections open.
+async fn release_data_dir(server: Server, deadline: tokio::time::Instant) {
+    let Some(lock) = server.shared.blobs.held_lock() else {
+        return;
+    };
+    drop(server);
+    let released = async {
+        while lock.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, released).await.is_err() {
+        tracing::warn!("the data directory is still held after the shutdown grace period");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Work a session started may hold the store past the session (a batch leader on a
+    /// blocking thread): shutdown waits for it, so the data directory is free, and its
+    /// database closed, once shutdown returns. This process spawns no children, so no forked
+    /// copy of the lock's descriptor can hold the lock in its place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_returns_once_the_data_directory_is_released() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let server = Server::open(Config::default(), dir.path())?;
+        let lingering = server.store();
+        let handle = server.bind("127.0.0.1:0".parse()?).await?;
+        let store = Arc::downgrade(&lingering);
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(lingering);
+        });
+        handle.shutdown().await;
+        // The store is gone (its connections closed) and nothing holds the lock.
+        assert_eq!(store.strong_count(), 0);
+        let lock = DataDirLock::acquire(dir.path());
+        assert!(lock.is_ok(), "{lock:?}");
+        holder.join().map_err(|_| "the holder panicked")?;
+        Ok(())
     }
 }

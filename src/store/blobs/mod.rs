@@ -118,9 +118,15 @@ impl Blobs {
 
     /// Holds `lock`, the data directory's, for as long as these blobs or a clone of them
     /// live: a server's lifetime.
-    pub fn holding(mut self, lock: DataDirLock) -> Blobs {
-        self._lock = Some(Arc::new(lock));
+    pub fn holding(mut self, lock: Arc<DataDirLock>) -> Blobs {
+        self._lock = Some(lock);
         self
+    }
+
+    /// The data directory's lock these blobs hold, if any, without holding it: it upgrades
+    /// only while something still holds the lock.
+    pub fn held_lock(&self) -> Option<std::sync::Weak<DataDirLock>> {
+        self._lock.as_ref().map(Arc::downgrade)
     }
 
     /// Refuses new uploads and chunks that would leave less than `min_free_bytes` free on

@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::lock::DataDirLock;
 use super::space::{FreeSpace, Reserve};
 use super::{check_blob, check_password_hash, size_to_sql, sql_to_u64};
 use super::{
@@ -78,6 +79,8 @@ pub struct SqliteStore {
     space: FreeSpace,
     /// Only a server's store keeps one ([`SqliteStore::with_min_free_bytes`]).
     reserve: Option<Reserve>,
+    /// A server's store holds the data directory's lock ([`SqliteStore::holding`]).
+    _lock: Option<Arc<DataDirLock>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -106,7 +109,17 @@ impl SqliteStore {
             leading: AtomicBool::new(false),
             space: FreeSpace::unlimited(data_dir),
             reserve: None,
+            _lock: None,
         })
+    }
+
+    /// Holds `lock`, the data directory's, for as long as this store lives. A server's
+    /// blobs hold it too, and the store can outlive them (a batch leader finishing on a
+    /// blocking thread): so the lock is released only once the database is closed, and a
+    /// server that takes it next never opens the files while this one still has them open.
+    pub fn holding(mut self, lock: Arc<DataDirLock>) -> Self {
+        self._lock = Some(lock);
+        self
     }
 
     /// Refuses deliveries with [`StoreError::StorageFull`] while less than
