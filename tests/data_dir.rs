@@ -17,7 +17,7 @@ use rampart::protocol::{Reply, Request};
 use rampart::server::{Server, ServerError};
 use rampart::store::{StoreError, LOST_FOUND_DIR};
 
-use common::{add_users, start_server, test_config};
+use common::{add_users, open_once_free, start_server, test_config};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -274,26 +274,8 @@ async fn two_servers_in_one_process_cannot_share_a_data_directory() -> TestResul
     }
     drop(first);
     // The lock goes with the server.
-    open_once_free(dir.path())?;
+    open_once_free(test_config(), dir.path())?;
     Ok(())
-}
-
-/// Opens a server on `dir`, whose last server is gone. Other tests in this process spawn
-/// `rampart`: a child forked at the wrong moment holds a copy of the lock's descriptor until
-/// it execs (which closes it), so that moment is allowed for, bounded. Any other error, or
-/// the lock still held after 10 s, fails.
-fn open_once_free(dir: &Path) -> Result<Server, Box<dyn std::error::Error>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Server::open(test_config(), dir) {
-            Err(ServerError::Store(StoreError::InUse { .. }))
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            opened => return Ok(opened?),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +382,7 @@ async fn a_lost_database_moves_every_blob_to_lost_and_found_and_deletes_none() -
     }
 
     // A new, empty database references nothing: the blobs move, and none is deleted.
-    let reopened = open_once_free(dir.path())?;
+    let reopened = open_once_free(test_config(), dir.path())?;
     let lost = dir.path().join(LOST_FOUND_DIR);
     let mut found: Vec<Vec<u8>> = std::fs::read_dir(&lost)?
         .map(|e| e.and_then(|e| std::fs::read(e.path())))

@@ -12,10 +12,9 @@ use std::time::Duration;
 use rampart::client::ClientError;
 use rampart::config::Config;
 use rampart::protocol::{ErrorCode, Reply, Request};
-use rampart::server::Server;
 use rampart::store::{ItemId, ITEM_OVERHEAD_BYTES};
 
-use common::{add_users, start_server_with, test_config, TestServer};
+use common::{add_users, open_once_free, start_server_with, test_config, TestServer};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -181,7 +180,8 @@ async fn serve_on(
     dir: &Path,
     users: bool,
 ) -> Result<TestServer, Box<dyn std::error::Error>> {
-    let server = Server::open(cfg.clone(), dir)?;
+    // A fresh directory, or one a previous server here was shut down on.
+    let server = open_once_free(cfg.clone(), dir)?;
     if users {
         add_users(&*server.store(), &cfg);
     }

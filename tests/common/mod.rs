@@ -111,6 +111,27 @@ pub async fn start_with_model(
     TestServer { handle, dir, addr }
 }
 
+/// Opens a server with `config` on `dir`, whose last server is gone. A test binary that
+/// spawns processes (`rampart`, `mount`) has a moment in which a child forked by another test
+/// holds a copy of the lock's descriptor, until it execs (which closes it): that moment is
+/// allowed for, bounded. Any other error, or the lock still held after 10 s, fails.
+pub fn open_once_free(
+    config: Config,
+    dir: &std::path::Path,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Server::open(config.clone(), dir) {
+            Err(rampart::server::ServerError::Store(rampart::store::StoreError::InUse {
+                ..
+            })) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
 /// Adds [`USERS`] to a store.
 pub fn add_users(store: &dyn Store, config: &Config) {
     for (name, pw) in USERS {
