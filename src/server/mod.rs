@@ -1256,9 +1256,10 @@ impl ServerHandle {
     /// Kills the server the way a crash would, for fault injection: it stops accepting, and
     /// every session is dropped where it stands, with no reply, no goodbye and no flush, so
     /// its peer just sees the connection close. Returns once every session task has
-    /// ended and the data directory is released (as [`ServerHandle::shutdown`]); what is still queued in memory (activity events, firewall state not yet
-    /// written) is lost with the server. A committed delivery stays committed: the store
-    /// acknowledges nothing before its commit is durable.
+    /// ended and the data directory is released (as [`ServerHandle::shutdown`]); what is
+    /// still queued in memory (activity events, firewall state not yet written) is lost with
+    /// the server. A committed delivery stays committed: the store acknowledges nothing
+    /// before its commit is durable.
     pub async fn crash(self) {
         self.server.shared.crashed.cancel();
         self.server.shared.shutdown.cancel();
