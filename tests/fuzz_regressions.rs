@@ -246,6 +246,31 @@ fn reply_kind_sent_to_the_server_is_rejected() {
 // Crashes found by fuzzing, fixed, and kept. Add each new one here as
 // `fn <target>_<what_it_broke>()` with its input bytes and the target's check.
 
+/// Writes `bytes` to a fresh loopback connection, reads until the server closes (at most
+/// 20 s), and returns every reply with its request id; the replies must decode and end on a
+/// frame boundary.
+async fn exchange(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(u32, Reply)>, Box<dyn Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = common::raw_connect(addr, None).await?;
+    stream.write_all(bytes).await?;
+    let mut received = Vec::new();
+    let read_all = stream.read_to_end(&mut received);
+    tokio::time::timeout(std::time::Duration::from_secs(20), read_all).await??;
+    let replies = checks::decode_stream(&received, rampart::protocol::Role::Client, limits);
+    assert_eq!((replies.error, replies.remainder), (None, 0));
+    let got = replies
+        .frames
+        .iter()
+        .map(|f| Ok((f.request_id, Reply::decode(f, limits)?)))
+        .collect::<Result<_, DecodeError>>()?;
+    Ok(got)
+}
+
 /// drive_session input `AQAAD1JNAQIAAAABAAAAAAABAA==` (base64): log in as mallory, then one
 /// raw write of a PING header declaring a 1-byte payload, and that byte. The harness's
 /// stream model used to stop at the PING (`frame_too_large`) and reject the server's
@@ -260,7 +285,6 @@ fn reply_kind_sent_to_the_server_is_rejected() {
 async fn drive_session_oversized_ping_is_skipped_and_answered_too_large() -> TestResult {
     use bytes::BytesMut;
     use rampart::protocol::{encode_request, ErrorCode, Password};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let input: &[u8] = &[
         0x01, 0x00, 0x00, 0x0f, b'R', b'M', 0x01, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
@@ -309,18 +333,7 @@ async fn drive_session_oversized_ping_is_skipped_and_answered_too_large() -> Tes
         }
     ));
 
-    let mut stream = common::raw_connect(server.addr, None).await?;
-    stream.write_all(&sent).await?;
-    let mut received = Vec::new();
-    let read_all = stream.read_to_end(&mut received);
-    tokio::time::timeout(std::time::Duration::from_secs(20), read_all).await??;
-    let replies = checks::decode_stream(&received, rampart::protocol::Role::Client, &limits);
-    assert_eq!((replies.error, replies.remainder), (None, 0));
-    let got: Vec<(u32, Reply)> = replies
-        .frames
-        .iter()
-        .map(|f| Ok((f.request_id, Reply::decode(f, &limits)?)))
-        .collect::<Result<_, DecodeError>>()?;
+    let got = exchange(server.addr, &sent, &limits).await?;
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(matches!(got[0], (1, Reply::AuthOk { .. })), "{got:?}");
     assert!(
@@ -338,6 +351,59 @@ async fn drive_session_oversized_ping_is_skipped_and_answered_too_large() -> Tes
     );
     assert!(matches!(got[2], (2, Reply::Pong)), "{got:?}");
     assert!(matches!(got[3], (3, Reply::Ok)), "{got:?}");
+    Ok(())
+}
+
+/// drive_session input `CAAADlJNAQMAAAAAAAAAAAiOhRQ=` (base64): no login, one raw write of
+/// a SEND_MESSAGE header with request id 0 declaring 2 190 bytes, more than
+/// `limits.preauth_frame_bytes`, and no body (the trailing op lacks its operands). Before
+/// login the server refuses such a header alone, answers ERROR `not_authenticated` with the
+/// header's own id and closes (docs/PROTOCOL.md, 2.2). The harness accepted that refusal
+/// only for a nonzero id and took id 0 for a connection-level closing error, which is never
+/// `not_authenticated`. It now matches the refusal against the pending header's id, 0
+/// included. This replays the bytes against a real server over loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_session_preauth_refusal_of_request_id_0_is_its_answer() -> TestResult {
+    use rampart::protocol::{ErrorCode, RawHeader, HEADER_LEN};
+
+    let input: &[u8] = &[
+        8, 0, 0, 14, b'R', b'M', 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 8, 142, 133, 20,
+    ];
+    // The session input format: flags (bit 0 clear: no login), op 0 (raw write), u16 length.
+    assert_eq!(input[0] & 1, 0);
+    assert_eq!(
+        (input[1] % 6, u16::from_be_bytes([input[2], input[3]])),
+        (0, 14)
+    );
+    let raw = &input[4..18];
+    let header = RawHeader::parse(raw.try_into()?);
+    assert_eq!(
+        (header.kind, header.request_id, header.len),
+        (Kind::SendMessage as u8, 0, 2190)
+    );
+
+    let server = common::start_server().await;
+    let limits = server.handle.server().config().limits.protocol();
+    assert!(header.len > server.handle.server().config().limits.preauth_frame_bytes);
+    // The stream model: nothing complete, no header error, the header still pending.
+    let model = checks::server_stream(raw, &limits);
+    assert!(model.incoming.is_empty());
+    assert_eq!((model.error, model.remainder), (None, HEADER_LEN));
+
+    let got = exchange(server.addr, raw, &limits).await?;
+    assert!(
+        matches!(
+            got.as_slice(),
+            [(
+                0,
+                Reply::Error {
+                    code: ErrorCode::NotAuthenticated,
+                    ..
+                }
+            )]
+        ),
+        "{got:?}"
+    );
     Ok(())
 }
 

@@ -43,7 +43,8 @@ use arbitrary::Unstructured;
 use bytes::BytesMut;
 use rampart::config::Config;
 use rampart::protocol::{
-    encode_request, ErrorCode, Frame, Kind, Limits, Password, Reply, Request, Role,
+    encode_request, ErrorCode, Frame, Kind, Limits, Password, RawHeader, Reply, Request, Role,
+    HEADER_LEN,
 };
 use rampart::server::auth::hash_password;
 use rampart::server::{CloseReason, Server};
@@ -650,6 +651,16 @@ impl Harness {
         // ceiling is skipped and answered ERROR too_large with its own id, then reading
         // goes on.
         let requests = server_stream(&t.sent, &self.limits);
+        // The request id of the frame the server was still reading when the stream ended:
+        // a valid header at the start of the undecoded remainder.
+        let pending_id = t
+            .sent
+            .len()
+            .checked_sub(requests.remainder)
+            .filter(|_| requests.error.is_none())
+            .and_then(|start| t.sent.get(start..))
+            .and_then(|rest| rest.first_chunk::<HEADER_LEN>())
+            .map(|header| RawHeader::parse(header).request_id);
         let last = replies.frames.len().saturating_sub(1);
         for (i, frame) in replies.frames.iter().enumerate() {
             let reply = Reply::decode(frame, &self.limits)
@@ -691,10 +702,12 @@ impl Harness {
                         panic!("an unsolicited reply that is not an error: {reply:?}");
                     };
                     // Before login a header over `limits.preauth_frame_bytes` is refused
-                    // with its own id as soon as the header is in, body or not, and the
-                    // connection closes: the last reply may answer a frame never completed.
-                    if frame.request_id != 0
-                        && matches!(code, ErrorCode::NotAuthenticated | ErrorCode::TooLarge)
+                    // with its own id (any id, 0 included) as soon as the header is in, body
+                    // or not, and the connection closes: the last reply may answer the frame
+                    // still pending after every answered one, never completed.
+                    if matches!(code, ErrorCode::NotAuthenticated | ErrorCode::TooLarge)
+                        && i == requests.incoming.len()
+                        && pending_id == Some(frame.request_id)
                     {
                         self.check_no_foreign(&reply);
                         continue;
