@@ -17,6 +17,9 @@ use rampart::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A scraper's request.
+const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
 /// Sends `request` to the endpoint and returns the status line and body.
 async fn http(addr: SocketAddr, request: &[u8]) -> std::io::Result<(String, String)> {
     let mut s = TcpStream::connect(addr).await?;
@@ -239,24 +242,41 @@ async fn the_endpoint_answers_only_get_metrics_and_is_bounded() -> TestResult {
             String::from_utf8_lossy(&out)
         );
 
-        // Idle connections fill the cap; one more is closed unread; once the idle ones
-        // time out, scrapes are served again.
+        // Idle connections fill the cap. They cannot hold scrapes off: each new connection
+        // takes the slot of the oldest one still waiting for its head, which is closed at
+        // once, long before the read timeout.
         let mut idle = Vec::new();
         for _ in 0..rampart::server::prom::MAX_CONNECTIONS {
             idle.push(TcpStream::connect(addr).await?);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut extra = TcpStream::connect(addr).await?;
+        let prompt = Duration::from_secs(2);
+        assert!(prompt < rampart::server::prom::READ_TIMEOUT);
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await??;
-        assert_eq!(n, 0, "a connection past the cap is closed at once");
+        let (status, body) = tokio::time::timeout(prompt, http(addr, GET_METRICS)).await??;
+        assert_eq!(status, "HTTP/1.1 200 OK", "a scrape with every slot taken");
+        assert!(body.contains("rampart_"), "{body}");
+        let n = tokio::time::timeout(prompt, idle[0].read(&mut buf)).await??;
+        assert_eq!(n, 0, "the oldest idle connection is evicted");
+        // Oldest first, and a half-sent head is still waiting: with the slots full again
+        // (a slow sender in the freed one), the next scrape evicts idle connection 1.
+        let mut slow = TcpStream::connect(addr).await?;
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, _) = tokio::time::timeout(prompt, http(addr, GET_METRICS)).await??;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let n = tokio::time::timeout(prompt, idle[1].read(&mut buf)).await??;
+        assert_eq!(n, 0, "the next oldest is evicted");
+        let mut idle = idle.split_off(2);
+        idle.push(slow);
+        // The rest still time out on their own.
         for s in &mut idle {
             let n = tokio::time::timeout(
                 rampart::server::prom::READ_TIMEOUT + Duration::from_secs(3),
                 s.read(&mut buf),
             )
             .await??;
-            assert_eq!(n, 0, "an idle scrape is closed at the read timeout");
+            assert_eq!(n, 0, "an idle connection is closed at the read timeout");
         }
         scrape(addr).await?;
         server.handle.shutdown().await;

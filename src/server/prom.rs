@@ -6,11 +6,18 @@
 //! `prometheus-client` writes the exposition, so no line of the format is written here.
 //!
 //! The HTTP side is a deliberately tiny server on its own port, hardened like the protocol
-//! port: at most [`MAX_CONNECTIONS`] scrapes at once (more are closed unread), a request
-//! head of at most [`MAX_REQUEST_BYTES`] read within [`READ_TIMEOUT`], one answer per
-//! connection, then close.
+//! port: at most [`MAX_CONNECTIONS`] connections at once, a request head of at most
+//! [`MAX_REQUEST_BYTES`] read within [`READ_TIMEOUT`], one answer per connection, then
+//! close.
+//!
+//! When every slot is taken, a new connection takes the slot of the oldest one still waiting
+//! for its request head, which is closed; only when every slot is busy answering is the new
+//! one closed unread. So idle connections cannot hold scrapes off: a scraper sends its GET as
+//! soon as it connects, and is evicted only if [`MAX_CONNECTIONS`] newer connections arrive
+//! before its head does.
 
-use std::sync::{Arc, Weak};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -22,12 +29,14 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::{LatencySnapshot, MetricsSnapshot};
 use super::Shared;
 
-/// Most scrapes served at once. Prometheus scrapes one at a time; a few more leave room for
-/// an operator's curl, and past them a connection costs one accept and one close.
+/// Most connections served at once. Prometheus scrapes one at a time; a few more leave room
+/// for an operator's curl. Past them a new connection evicts the oldest one still waiting
+/// for its request head, or is closed unread if none is waiting.
 pub const MAX_CONNECTIONS: usize = 4;
 
 /// Longest request head read: a scraper's GET with its headers is a few hundred bytes.
@@ -46,6 +55,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Weak<Shared>) {
     registry.register_collector(Box::new(Scrape(shared)));
     let registry = Arc::new(registry);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -56,23 +66,95 @@ pub(crate) async fn serve(listener: TcpListener, shared: Weak<Shared>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        let permit = Arc::clone(&slots).try_acquire_owned().ok();
+        // Every slot taken: the oldest connection still waiting for its head gives its slot
+        // up (its task ends and drops its permit at once); with none waiting, this one is
+        // closed unread. Each eviction ends one task, so tasks stay bounded by the slots.
+        if permit.is_none() && !lock(&waiting).evict_oldest() {
             continue;
-        };
+        }
+        let cancel = shutdown.child_token();
+        let reading = Reading::enter(&waiting, cancel.clone());
         let registry = Arc::clone(&registry);
-        let shutdown = shutdown.clone();
+        let slots = Arc::clone(&slots);
         tokio::spawn(async move {
+            let served = async {
+                let _permit = match permit {
+                    Some(permit) => permit,
+                    None => slots.acquire_owned().await.map_err(std::io::Error::other)?,
+                };
+                answer(stream, &registry, &reading).await
+            };
             tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::timeout(READ_TIMEOUT, answer(stream, &registry)) => {}
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::timeout(READ_TIMEOUT, served) => {}
             }
-            drop(permit);
         });
     }
 }
 
+/// The connections still waiting for their request head, oldest first: the ones a new
+/// connection may evict when every slot is taken.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, CancellationToken)>,
+}
+
+impl Waiting {
+    /// Cancels the oldest waiting connection; false if none is waiting.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some((_, cancel)) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The waiting list; a panic while it was held leaves it usable (every change is one step).
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One connection's place in [`Waiting`], left once its head is in (or it ends).
+struct Reading {
+    waiting: Arc<Mutex<Waiting>>,
+    id: u64,
+}
+
+impl Reading {
+    fn enter(waiting: &Arc<Mutex<Waiting>>, cancel: CancellationToken) -> Reading {
+        let mut w = lock(waiting);
+        let id = w.next;
+        w.next = w.next.wrapping_add(1);
+        w.queue.push_back((id, cancel));
+        Reading {
+            waiting: Arc::clone(waiting),
+            id,
+        }
+    }
+
+    /// The head is in: from now on this connection is answered, not evicted.
+    fn leave(&self) {
+        lock(&self.waiting).queue.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 /// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    registry: &Registry,
+    reading: &Reading,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     // The head ends at an empty line; bare LF line endings are accepted as well as CRLF.
@@ -88,6 +170,7 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         }
         head.extend_from_slice(buf.get(..n).unwrap_or_default());
     }
+    reading.leave();
     let first = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = first.strip_suffix(b"\r").unwrap_or(first);
     let mut parts = line.split(|b| *b == b' ');
