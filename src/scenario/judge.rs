@@ -158,6 +158,16 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
                     .clone()
             })
             .unwrap_or_default();
+        // For the kinds that act as users first: when each source began to attack.
+        let first_attack = obs
+            .filter(|_| attack.kind().reports_first_attack())
+            .map(|o| {
+                o.first_attack
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            });
+        let mut before_attacking = 0u64;
         let mut times = Vec::new();
         for ip in &used {
             let guard = j.sampled.first_blocked.get(ip);
@@ -166,6 +176,11 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
             } else {
                 [guard, refused.get(ip)].into_iter().flatten().min()
             };
+            if let (Some(t), Some(attacked)) = (first, &first_attack) {
+                if attacked.get(ip).map_or(true, |a| t < a) {
+                    before_attacking += 1;
+                }
+            }
             if let Some(t) = first {
                 let from = first_used
                     .get(ip)
@@ -205,6 +220,7 @@ pub(super) fn measure(j: Collected<'_>) -> (ScenarioMetrics, Timeline) {
                 .collect::<Latencies>()
                 .quantile(0.5)
                 .map(|t| round(t.as_secs_f64(), 3)),
+            sources_blocked_before_attacking: first_attack.as_ref().map(|_| before_attacking),
             connects: report
                 .as_ref()
                 .map_or(0, |r| r.connects)
@@ -442,6 +458,27 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
             who.join(", ")
         ));
     }
+    if let Some(max) = e.blocked_before_attacking_max {
+        let early: Vec<String> = m
+            .attacks
+            .iter()
+            .filter_map(|a| match a.sources_blocked_before_attacking {
+                Some(n) if n > 0 => Some(format!("{} {n}", a.kind)),
+                _ => None,
+            })
+            .collect();
+        let total: u64 = m
+            .attacks
+            .iter()
+            .filter_map(|a| a.sources_blocked_before_attacking)
+            .sum();
+        if total > max {
+            f.push(format!(
+                "blocked_before_attacking {total} > blocked_before_attacking_max {max} ({})",
+                early.join(", ")
+            ));
+        }
+    }
     if let Some(max) = e.peak_rss_mb_max {
         match m.peak_rss_mb {
             Some(peak) if peak > max => {
@@ -526,6 +563,7 @@ mod tests {
                 sources_blocked: 2,
                 time_to_block_max_s: Some(0.5),
                 time_to_block_p50_s: Some(0.4),
+                sources_blocked_before_attacking: None,
                 connects: 10,
                 refused: 8,
                 frames_sent: 1000,
@@ -613,22 +651,89 @@ mod tests {
                 .map_err(|_| "poisoned")?
                 .insert(ip, secs(refused));
         }
-        let report = AttackReport {
-            kind: crate::attack::AttackKind::Flood,
-            sources_used: vec![a, b],
-            connects: 2,
-            refused: 2,
-            frames_sent: 0,
-            bytes_sent: 0,
-            canary_leaks: 0,
-            notes: Vec::new(),
-        };
+        let report = attack_report(crate::attack::AttackKind::Flood, vec![a, b], 2);
         let (m, _) = measure(collected(&s, report, obs, Sampled::default(), false));
         assert_eq!(m.time_to_block_s, Some(1.0));
         assert_eq!(m.attacks[0].time_to_block_max_s, Some(1.0));
         assert_eq!(m.blocked_sources, 2);
         assert!(judge(&s, &m).iter().all(|f| !f.contains("time_to_block")));
         Ok(())
+    }
+
+    #[test]
+    fn a_block_before_a_users_first_attack_is_counted_and_judged(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        // A tamper attacker acts as a user first. .1 attacks at 2 s and is blocked at 3 s;
+        // .2 is blocked at 2 s, before its first attack at 3 s; .3 is blocked at 2 s and
+        // never attacks. Two were blocked for acting as users.
+        let text = "name = \"t\"\nduration_s = 5\n[[legit]]\n[[attack]]\nkind = \"tamper\"\n\
+                    sources = \"127.0.1.0/30\"\nstart_s = 1\n[expect]\n\
+                    blocked_before_attacking_max = 1\n";
+        let path = Path::new("t.toml");
+        let s = ScenarioSpec::from_toml_str(text, path)?.check(path)?;
+        let ip = |n: u8| IpAddr::from([127, 0, 1, n]);
+        let secs = Duration::from_secs;
+        let obs = Observations::default();
+        for (n, attacked, blocked) in [(1, Some(2), 3), (2, Some(3), 2), (3, None, 2)] {
+            if let Some(t) = attacked {
+                obs.first_attack
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .insert(ip(n), secs(t));
+            }
+            obs.first_block_seen
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(ip(n), secs(blocked));
+        }
+        let report = attack_report(
+            crate::attack::AttackKind::Tamper,
+            vec![ip(1), ip(2), ip(3)],
+            3,
+        );
+        let (m, _) = measure(collected(&s, report, obs, Sampled::default(), false));
+        assert_eq!(m.attacks[0].sources_blocked, 3);
+        assert_eq!(m.attacks[0].sources_blocked_before_attacking, Some(2));
+        assert_eq!(
+            judge(&s, &m),
+            vec!["blocked_before_attacking 2 > blocked_before_attacking_max 1 (tamper 2)"]
+        );
+        // A flood attacks from its first frame: nothing to count, and nothing to judge.
+        let (m, _) = measure(collected(
+            &scenario("")?,
+            attack_report(crate::attack::AttackKind::Flood, vec![ip(1)], 0),
+            Observations::default(),
+            Sampled::default(),
+            false,
+        ));
+        assert_eq!(m.attacks[0].sources_blocked_before_attacking, None);
+        let err = scenario("blocked_before_attacking_max = 0\n")
+            .err()
+            .ok_or("a flood-only scenario accepted blocked_before_attacking_max")?;
+        assert!(
+            err.to_string()
+                .contains("needs an attack that acts as a user first"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    /// An attacker's report: one connection per source, `refused` of them refused.
+    fn attack_report(
+        kind: crate::attack::AttackKind,
+        sources_used: Vec<IpAddr>,
+        refused: u64,
+    ) -> AttackReport {
+        AttackReport {
+            kind,
+            connects: sources_used.len() as u64,
+            sources_used,
+            refused,
+            frames_sent: 0,
+            bytes_sent: 0,
+            canary_leaks: 0,
+            notes: Vec::new(),
+        }
     }
 
     /// A run's collection with one attack and nothing else.
@@ -681,16 +786,11 @@ mod tests {
                 .insert(ip(2), secs(3.0));
             Ok(obs)
         };
-        let report = AttackReport {
-            kind: crate::attack::AttackKind::Flood,
-            sources_used: vec![ip(1), ip(2), ip(3)],
-            connects: 3,
-            refused: 2,
-            frames_sent: 0,
-            bytes_sent: 0,
-            canary_leaks: 0,
-            notes: Vec::new(),
-        };
+        let report = attack_report(
+            crate::attack::AttackKind::Flood,
+            vec![ip(1), ip(2), ip(3)],
+            2,
+        );
         // An external server: only what the attacker saw, and BUSY is not a block.
         let (m, _) = measure(collected(
             &s,

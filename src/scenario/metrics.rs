@@ -297,6 +297,12 @@ pub struct AttackMetrics {
     pub time_to_block_max_s: Option<f64>,
     /// Median time to block among its blocked sources.
     pub time_to_block_p50_s: Option<f64>,
+    /// For the kinds that act as ordinary users before they attack (evasion, low-and-slow,
+    /// tamper: [`crate::attack::AttackKind::reports_first_attack`]), how many of its sources
+    /// were blocked before their first attacking frame, or without ever sending one: blocks
+    /// earned by behaving like a user, which the datasets label benign. `None` for the
+    /// other kinds, which attack from their first frame.
+    pub sources_blocked_before_attacking: Option<u64>,
     /// Connection attempts.
     pub connects: u64,
     /// Connections refused at accept (closed with no byte, or one BUSY).

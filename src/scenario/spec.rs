@@ -770,6 +770,12 @@ pub struct ExpectSpec {
     /// 100 ms), over every source some server blocked. Unset: not judged.
     #[serde(default)]
     pub fleet_block_spread_ms_max: Option<f64>,
+    /// Most attack sources blocked before their first attacking frame, or without ever
+    /// sending one, summed over the attacks of the kinds that act as ordinary users first
+    /// (evasion, low-and-slow, tamper, probe). Such a block was earned by behaving like a
+    /// user. Unset: reported, not judged.
+    #[serde(default)]
+    pub blocked_before_attacking_max: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -797,6 +803,7 @@ impl Default for ExpectSpec {
             legit_login_refusals_max: None,
             model_blocks_min: 0,
             fleet_block_spread_ms_max: None,
+            blocked_before_attacking_max: None,
         }
     }
 }
@@ -902,6 +909,8 @@ pub struct Expect {
     pub model_blocks_min: u64,
     /// See [`ExpectSpec::fleet_block_spread_ms_max`].
     pub fleet_block_spread_ms_max: Option<f64>,
+    /// See [`ExpectSpec::blocked_before_attacking_max`].
+    pub blocked_before_attacking_max: Option<u64>,
 }
 
 /// A checked scenario, ready to run. Only [`ScenarioSpec::check`] makes one.
@@ -1560,6 +1569,22 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
             "the scenario has no [[attack]]".into(),
         ));
     }
+    if spec.blocked_before_attacking_max.is_some()
+        && !present.iter().any(|k| k.reports_first_attack())
+    {
+        let kinds: Vec<&str> = AttackKind::ALL
+            .iter()
+            .filter(|k| k.reports_first_attack())
+            .map(|k| k.as_str())
+            .collect();
+        return Err(err(
+            "blocked_before_attacking_max",
+            format!(
+                "needs an attack that acts as a user first ({})",
+                kinds.join(", ")
+            ),
+        ));
+    }
     Ok(Expect {
         server_alive: spec.server_alive,
         legit_goodput_min: spec.legit_goodput_min,
@@ -1576,6 +1601,7 @@ fn check_expect(spec: &ExpectSpec, attacks: &[Attack]) -> Result<Expect, (String
         legit_login_refusals_max: spec.legit_login_refusals_max,
         model_blocks_min: spec.model_blocks_min,
         fleet_block_spread_ms_max: spec.fleet_block_spread_ms_max,
+        blocked_before_attacking_max: spec.blocked_before_attacking_max,
     })
 }
 
