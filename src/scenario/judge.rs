@@ -459,23 +459,20 @@ pub fn judge(scenario: &Scenario, m: &ScenarioMetrics) -> Vec<String> {
         ));
     }
     if let Some(max) = e.blocked_before_attacking_max {
-        let early: Vec<String> = m
+        let early: Vec<(&str, u64)> = m
             .attacks
             .iter()
-            .filter_map(|a| match a.sources_blocked_before_attacking {
-                Some(n) if n > 0 => Some(format!("{} {n}", a.kind)),
-                _ => None,
+            .filter_map(|a| {
+                let n = a.sources_blocked_before_attacking.filter(|n| *n > 0)?;
+                Some((a.kind.as_str(), n))
             })
             .collect();
-        let total: u64 = m
-            .attacks
-            .iter()
-            .filter_map(|a| a.sources_blocked_before_attacking)
-            .sum();
+        let total: u64 = early.iter().map(|(_, n)| n).sum();
         if total > max {
+            let who: Vec<String> = early.iter().map(|(k, n)| format!("{k} {n}")).collect();
             f.push(format!(
                 "blocked_before_attacking {total} > blocked_before_attacking_max {max} ({})",
-                early.join(", ")
+                who.join(", ")
             ));
         }
     }
