@@ -226,10 +226,87 @@ async fn start_in_mode(model: Option<Arc<Model>>, mode: ModelMode) -> common::Te
     common::start_with_model(config, model, |s| s).await
 }
 
+/// [`start_in_mode`] with the rule that scores missing ids switched off, so that what blocks
+/// an enumeration of them is the model's verdicts alone.
+async fn start_model_only(model: Option<Arc<Model>>, mode: ModelMode) -> common::TestServer {
+    let mut config = common::firewall_config();
+    config.firewall.model = mode;
+    config.firewall.weight_unknown_id = 0;
+    common::start_with_model(config, model, |s| s).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_block_an_enumeration_past_the_last_id_and_spare_stale_ids_and_typos() {
+    let server = start_in_mode(None, ModelMode::Off).await;
+    let guard = server.handle.guard();
+    let firewall = server.handle.firewall();
+    let weight = f64::from(Config::default().firewall.weight_unknown_id);
+    let threshold = f64::from(Config::default().firewall.threshold);
+    let opts = |source| ClientOptions {
+        source: Some(source),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    // A sync client whose cache went stale: thirty notes, deleted from another connection,
+    // each asked for again. Deleted items' ids earn nothing.
+    let stale: IpAddr = "127.0.6.4".parse().expect("ip");
+    let mut user = Client::login(&server.target(), "alice", b"alice-pw", opts(stale))
+        .await
+        .expect("login");
+    let mut other = Client::login(&server.target(), "alice", b"alice-pw", opts(stale))
+        .await
+        .expect("login");
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(
+            user.send_message("alice", &format!("note {n}"))
+                .await
+                .expect("sent"),
+        );
+    }
+    for &id in &ids {
+        other.delete(id).await.expect("deleted");
+    }
+    for &id in &ids {
+        assert!(user.fetch(id).await.is_err(), "item {id} is still there");
+    }
+    assert_eq!(firewall.score(stale), 0.0);
+    // Ids past the highest in use, mistyped in a burst: one short of the threshold's worth.
+    let highest = *ids.iter().max().expect("ids");
+    let typos = ((threshold * 0.95) / weight).ceil() as u64 - 1;
+    for n in 1..=typos {
+        assert!(user.fetch(highest * 10 + n).await.is_err(), "item exists");
+    }
+    let score = firewall.score(stale);
+    assert!(
+        score > (typos as f64 - 1.0) * weight && score <= typos as f64 * weight,
+        "{score}"
+    );
+    user.inbox().await.expect("the session goes on");
+    assert!(!guard.is_blocked(stale));
+    // An enumeration past the last id, five ids a second: the rules block it.
+    let source: IpAddr = "127.0.6.5".parse().expect("ip");
+    let start = Instant::now();
+    assert!(
+        enumerate_missing_ids(&server, source, Duration::from_secs(10)).await,
+        "the rules did not block the enumeration within 10 s"
+    );
+    println!("enumeration blocked after {:?}", start.elapsed());
+    let decisions = firewall.decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(
+        decisions[0].trigger,
+        Some(Signal::UnknownId),
+        "{decisions:?}"
+    );
+    assert!(!guard.is_blocked(stale));
+    server.handle.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_blocks_an_enumeration_that_no_rule_catches() {
     let model = Arc::new(detect::default_model().expect("default model"));
-    let server = start_with_model(Some(model)).await;
+    let server = start_model_only(Some(model), ModelMode::Enforce).await;
     let source: IpAddr = "127.0.6.1".parse().expect("ip");
     assert!(
         enumerate_missing_ids(&server, source, Duration::from_secs(10)).await,
@@ -249,8 +326,8 @@ async fn the_model_blocks_an_enumeration_that_no_rule_catches() {
     );
     server.handle.shutdown().await;
 
-    // The same behaviour against rules only: nothing blocks it.
-    let server = start_with_model(None).await;
+    // The same behaviour against the other rules only: nothing blocks it.
+    let server = start_model_only(None, ModelMode::Enforce).await;
     assert!(server.handle.server().detection().is_none());
     let source: IpAddr = "127.0.6.2".parse().expect("ip");
     assert!(
@@ -269,7 +346,7 @@ fn the_model_shadows_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_model_records_its_verdict_but_never_blocks() {
     let model = Arc::new(detect::default_model().expect("default model"));
-    let server = start_in_mode(Some(model), ModelMode::Shadow).await;
+    let server = start_model_only(Some(model), ModelMode::Shadow).await;
     let source: IpAddr = "127.0.6.3".parse().expect("ip");
     let firewall = server.handle.firewall();
     let decided = || !firewall.decisions().is_empty();

@@ -5,15 +5,15 @@
 //! - `fetch` / `download`: the next item id of an enumeration that walks from 1 to a little
 //!   past the highest id it has seen, then wraps;
 //! - `missing`: a FETCH of an id that no item has, counting up from 2^32 (a NOT_FOUND each
-//!   time, which no rule scores: the quietest enumeration there is);
+//!   time, which the rules score lightly: the quietest enumeration there is);
 //! - `list`, `message` (to itself), `ping`: ordinary traffic;
 //! - `login-fail`: the session is closed and a new one first fails a login as the victim,
 //!   then logs in properly, as a user who mistyped would.
 //!
 //! It stays under the frame and login rate limits by construction, and under the
 //! rule-based firewall by modelling it: it keeps an estimate, per source, of the score the
-//! default `[firewall]` weights would give it (25 points per permission denial or failed
-//! login, halving every 60 s, blocking at 100) and only takes a risky step while the
+//! default `[firewall]` weights would give it (19 points per permission denial, 25 per failed
+//! login, 2 per missing id, halving every 60 s, blocking at 100) and only takes a risky step while the
 //! estimate stays at or below half the threshold, doing something harmless otherwise. Only
 //! behaviour analysis can catch it.
 
@@ -55,6 +55,7 @@ struct Model {
     half_life_s: f64,
     weight_denied: f64,
     weight_auth_failed: f64,
+    weight_unknown_id: f64,
     scores: Mutex<BTreeMap<IpAddr, (f64, Instant)>>,
 }
 
@@ -66,6 +67,7 @@ impl Model {
             half_life_s: fw.half_life_s.max(1) as f64,
             weight_denied: f64::from(fw.weight_permission_denied),
             weight_auth_failed: f64::from(fw.weight_auth_failed),
+            weight_unknown_id: f64::from(fw.weight_unknown_id),
             scores: Mutex::new(BTreeMap::new()),
         }
     }
@@ -253,11 +255,11 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                 break Got::Halted;
             }
             let mut op = shared.pick(&mut rng);
-            let risky = matches!(op, Op::Fetch | Op::Download | Op::LoginFail);
-            let weight = if op == Op::LoginFail {
-                shared.model.weight_auth_failed
-            } else {
-                shared.model.weight_denied
+            let risky = matches!(op, Op::Fetch | Op::Download | Op::Missing | Op::LoginFail);
+            let weight = match op {
+                Op::LoginFail => shared.model.weight_auth_failed,
+                Op::Missing => shared.model.weight_unknown_id,
+                _ => shared.model.weight_denied,
             };
             if risky && !shared.model.allows(source, weight) {
                 bump(&mut counts, "risky steps deferred");
@@ -305,6 +307,10 @@ async fn slot_loop(env: Arc<Env>, slot: usize, shared: Arc<Shared>) {
                     code: ErrorCode::PermissionDenied,
                     ..
                 }) => shared.model.add(source, shared.model.weight_denied),
+                Ok(Reply::Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => shared.model.add(source, shared.model.weight_unknown_id),
                 Ok(Reply::Accepted { item_id }) => shared.walk.saw(item_id),
                 Ok(Reply::Item(view)) => shared.walk.saw(view.id),
                 Ok(Reply::Inbox { entries }) => {
@@ -342,23 +348,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_ids_earn_not_found_and_no_rule_score() -> TestResult {
+    async fn missing_ids_earn_not_found_and_are_paced_under_the_rules() -> TestResult {
         let b = bench(config()).await?;
         let (report, env) = b
             .run_env(
-                "kind = \"low-and-slow\"\nconnections = 1\nrate_per_s = 10\nsources = \"127.0.14.8/32\"\nmix = { missing = 1 }\n",
-                1.5,
+                "kind = \"low-and-slow\"\nconnections = 1\nrate_per_s = 20\nsources = \"127.0.14.8/32\"\nmix = { missing = 1 }\n",
+                3.0,
             )
             .await?;
         let fetched = env.count("missing");
-        assert!(fetched >= 8, "{report:?}");
-        assert_eq!(env.count("risky steps deferred"), 0, "{report:?}");
-        // Every answer is a NOT_FOUND: no item has those ids, and no rule scores them.
-        assert!(env.count("not_found") >= fetched - 1, "{report:?}");
+        // Every answer is a NOT_FOUND: no item has those ids.
+        assert!(
+            env.count("not_found") >= fetched.saturating_sub(1),
+            "{report:?}"
+        );
         assert_eq!(env.count("permission_denied"), 0, "{report:?}");
         assert_eq!(env.count("item"), 0, "{report:?}");
+        // Each earns the rules' weight for a missing id, and the attacker, which models the
+        // rules, stops asking once another would take its estimate past half the threshold.
+        let fw = FirewallConfig::default();
+        let per = f64::from(fw.weight_unknown_id);
+        let ceiling = f64::from(fw.threshold) * SCORE_CEILING;
+        assert!(env.count("risky steps deferred") >= 1, "{report:?}");
         let source: IpAddr = "127.0.14.8".parse()?;
-        assert_eq!(b.handle.firewall().score(source), 0.0);
+        let score = b.handle.firewall().score(source);
+        assert!(
+            score > ceiling - 2.0 * per && score <= ceiling,
+            "{score} {report:?}"
+        );
         assert!(!b.handle.guard().is_blocked(source));
         b.stop().await;
         Ok(())

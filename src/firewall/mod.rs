@@ -83,6 +83,8 @@ vocabulary! {
         AuthFailed => "auth_failed",
         /// A request for another user's item.
         PermissionDenied => "permission_denied",
+        /// A request for an item id that no item has.
+        UnknownId => "unknown_id",
         /// A frame cut by its time budget or minimum rate.
         SlowFrame => "slow_frame",
         /// No authentication within the time limit.
@@ -110,6 +112,7 @@ impl Signal {
             Signal::LoginRateLimited => cfg.weight_login_rate_limited,
             Signal::AuthFailed => cfg.weight_auth_failed,
             Signal::PermissionDenied => cfg.weight_permission_denied,
+            Signal::UnknownId => cfg.weight_unknown_id,
             Signal::SlowFrame => cfg.weight_slow_frame,
             Signal::AuthTimeout => cfg.weight_auth_timeout,
             Signal::WriteTimeout => cfg.weight_write_timeout,
@@ -805,13 +808,14 @@ mod tests {
         s.parse().expect("an address")
     }
 
-    const ALL_SIGNALS: [Signal; 12] = [
+    const ALL_SIGNALS: [Signal; 13] = [
         Signal::FatalFrame,
         Signal::BadBody,
         Signal::RateLimited,
         Signal::LoginRateLimited,
         Signal::AuthFailed,
         Signal::PermissionDenied,
+        Signal::UnknownId,
         Signal::SlowFrame,
         Signal::AuthTimeout,
         Signal::WriteTimeout,

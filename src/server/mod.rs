@@ -208,6 +208,13 @@ impl Shared {
         self.firewall.signal(peer.ip(), signal);
     }
 
+    /// Reports a signal about `peer` that counts against its address only: the session is
+    /// not marked as having offended, and a session resumed by ticket from a blocked source
+    /// keeps its tickets. For evidence that says little about the session that sent it.
+    pub(crate) fn signal_address(&self, peer: SocketAddr, signal: Signal) {
+        self.firewall.signal(peer.ip(), signal);
+    }
+
     /// Counts a refusal at accept; refusals the source caused feed the firewall.
     fn refused(&self, peer: SocketAddr, refusal: &Refusal) {
         self.metrics.refused(refusal);

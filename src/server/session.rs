@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::activity::EventKind;
@@ -176,6 +176,21 @@ fn store_failure(shared: &Shared, e: StoreError) -> Reply {
     }
 }
 
+/// The request for an item id that no item ever had from which a session counts as having
+/// offended (a block of its address then cuts it): the ones before it count against the
+/// address only.
+const UNKNOWN_IDS_OFFEND: u32 = 5;
+
+/// Why an item the session asked for is not its user's.
+enum Missing {
+    /// Another user's item.
+    Foreign,
+    /// No item has the id now, but one had it: deleted since.
+    Gone,
+    /// No item ever had the id.
+    Never,
+}
+
 /// One connection's session state.
 pub(crate) struct Session {
     shared: Arc<Shared>,
@@ -189,6 +204,8 @@ pub(crate) struct Session {
     limiter: ConnLimiter,
     strikes: u32,
     conn: u64,
+    /// Requests for item ids that no item ever had, in this session.
+    unknown_ids: AtomicU32,
 }
 
 impl Session {
@@ -210,6 +227,7 @@ impl Session {
             limiter,
             strikes: 0,
             conn,
+            unknown_ids: AtomicU32::new(0),
         }
     }
 
@@ -855,22 +873,25 @@ impl Session {
         })
     }
 
-    /// Loads one of the session user's items, telling "not yours" from "does not exist".
+    /// Loads one of the session user's items, telling "not yours" from "does not exist", and
+    /// an id whose item was deleted from one that no item ever had.
     async fn own_item(&self, id: u64) -> Result<store::Item, Reply> {
         let shared = Arc::clone(&self.shared);
         let me = self.user_id()?;
         let store = Arc::clone(&shared.store);
         let found = blocking(move || -> Result<_, StoreError> {
-            match store.item(me, id)? {
-                Some(item) => Ok(Ok(item)),
-                None => Ok(Err(store.item_owner(id)?.is_some())),
-            }
+            Ok(match store.item(me, id)? {
+                Some(item) => Ok(item),
+                None if store.item_owner(id)?.is_some() => Err(Missing::Foreign),
+                None if store.item_id_issued(id)? => Err(Missing::Gone),
+                None => Err(Missing::Never),
+            })
         })
         .await
         .map_err(|e| internal(&shared, e))?;
         match found {
             Ok(item) => Ok(item),
-            Err(true) => {
+            Err(Missing::Foreign) => {
                 Metrics::bump(&shared.metrics.permission_denied);
                 shared.signal(self.peer, self.conn, Signal::PermissionDenied);
                 self.record(EventKind::PermissionDenied);
@@ -880,7 +901,21 @@ impl Session {
                     format!("item {id} is not yours"),
                 ))
             }
-            Err(false) => Err(err(ErrorCode::NotFound, format!("no item {id}"))),
+            // A stale cache, or a typo within the ids in use: no signal.
+            Err(Missing::Gone) => Err(err(ErrorCode::NotFound, format!("no item {id}"))),
+            Err(Missing::Never) => {
+                // A typo now and then, an enumeration past the end when it keeps coming. The
+                // first few of a session count only against the address, so that a user who
+                // mistyped an id is not cut with a blocked address's attacker
+                // (`Shared::signal`).
+                let seen = self.unknown_ids.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen >= UNKNOWN_IDS_OFFEND {
+                    shared.signal(self.peer, self.conn, Signal::UnknownId);
+                } else {
+                    shared.signal_address(self.peer, Signal::UnknownId);
+                }
+                Err(err(ErrorCode::NotFound, format!("no item {id}")))
+            }
         }
     }
 

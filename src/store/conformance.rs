@@ -55,6 +55,7 @@ macro_rules! suite {
             deliver_refuses_bad_input,
             delete_frees_quota_and_returns_unreferenced_blobs,
             item_ids_are_never_reused,
+            an_issued_id_stays_issued_after_its_item_is_deleted,
             deliver_all_is_deliver_in_turn,
             deliver_named_resolves_names_and_answers_unknown_ones,
             concurrent_deliveries_respect_the_quota,
@@ -526,6 +527,27 @@ pub(crate) fn item_ids_are_never_reused<B: Backend>(b: &B) -> TestResult {
     store.delete(bob, third)?;
     let fourth = store.deliver(alice, bob, message("d"), BIG)?;
     assert!(fourth > third);
+    Ok(())
+}
+
+/// An id no item ever had is not issued; one whose item was deleted still is, across a
+/// reopen, whichever user asks.
+pub(crate) fn an_issued_id_stays_issued_after_its_item_is_deleted<B: Backend>(b: &B) -> TestResult {
+    let store = b.open()?;
+    assert!(!store.item_id_issued(1)?, "an empty store issued id 1");
+    let (alice, bob) = two_users(&store)?;
+    let first = store.deliver(alice, bob, message("a"), BIG)?;
+    let second = store.deliver(alice, bob, message("b"), BIG)?;
+    assert!(store.item_id_issued(first)? && store.item_id_issued(second)?);
+    assert!(!store.item_id_issued(second + 1)?);
+    assert!(!store.item_id_issued(u64::MAX)?);
+    // The newest item deleted: its id was still handed out.
+    store.delete(bob, second)?;
+    assert!(store.item_id_issued(second)?);
+    drop(store);
+    let store = b.open()?;
+    assert!(store.item_id_issued(second)?);
+    assert!(!store.item_id_issued(second + 1)?);
     Ok(())
 }
 

@@ -229,6 +229,10 @@ impl Store for FaultyStore {
         self.read(|s| s.item_owner(id))
     }
 
+    fn item_id_issued(&self, id: ItemId) -> Result<bool, StoreError> {
+        self.read(|s| s.item_id_issued(id))
+    }
+
     fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError> {
         self.write(|s| s.delete(owner, id))
     }

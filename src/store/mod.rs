@@ -565,6 +565,11 @@ pub trait Store: Send + Sync + 'static {
     /// recorded as a tampering signal) from "does not exist"; item ids are sequential, so
     /// existence is not a secret worth hiding.
     fn item_owner(&self, id: ItemId) -> Result<Option<UserId>, StoreError>;
+    /// Whether `id` was ever handed out to an item, which may since have been deleted. Lets
+    /// the server tell a stale id (an item deleted since, a client's cache) from one no item
+    /// ever had (an enumeration past the end; a firewall signal). Ids are handed out in
+    /// increasing order, so this is `id` against the highest one handed out so far.
+    fn item_id_issued(&self, id: ItemId) -> Result<bool, StoreError>;
 
     /// Deletes the owner's item, frees the sender's quota; returns the blob ids that are no longer referenced (caller removes the files). None if not the owner's.
     fn delete(&self, owner: UserId, id: ItemId) -> Result<Option<Vec<String>>, StoreError>;

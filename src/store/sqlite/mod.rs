@@ -561,6 +561,21 @@ impl Store for SqliteStore {
         Ok(owner)
     }
 
+    fn item_id_issued(&self, id: ItemId) -> Result<bool, StoreError> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        let conn = self.read();
+        // AUTOINCREMENT keeps the highest id ever used in sqlite_sequence (no row before the
+        // first item), and never hands out a lower one.
+        let highest: i64 = conn
+            .prepare_cached(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'items'), 0)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        Ok(id <= highest)
+    }
+
     fn item(&self, owner: UserId, id: ItemId) -> Result<Option<Item>, StoreError> {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
