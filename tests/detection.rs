@@ -284,6 +284,8 @@ async fn the_rules_block_an_enumeration_past_the_last_id_and_spare_stale_ids_and
     );
     user.inbox().await.expect("the session goes on");
     assert!(!guard.is_blocked(stale));
+    // Counted for the operator: the typos, not the stale ids.
+    assert_eq!(server.handle.metrics().snapshot().unknown_ids, typos);
     // An enumeration past the last id, five ids a second: the rules block it.
     let source: IpAddr = "127.0.6.5".parse().expect("ip");
     let start = Instant::now();

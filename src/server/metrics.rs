@@ -110,6 +110,8 @@ counters! {
     auth_failed,
     /// Requests refused for ownership (another user's item).
     permission_denied,
+    /// Requests for an item id that no item ever had (past the highest handed out).
+    unknown_ids,
     /// Sessions ended by a frame budget, idle, auth or write timeout.
     timeouts,
     /// Connection tasks that panicked (contained: only that connection closed).

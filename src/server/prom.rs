@@ -476,6 +476,13 @@ fn plain_counters(e: &mut DescriptorEncoder, m: &MetricsSnapshot) -> Result<(), 
             ("permission_denied", "Requests for another user's item."),
             m.permission_denied,
         ),
+        (
+            (
+                "unknown_ids",
+                "Requests for an item id no item ever had (an enumeration past the end).",
+            ),
+            m.unknown_ids,
+        ),
         (("timeouts", "Sessions ended by a time limit."), m.timeouts),
         (
             ("panics", "Connection tasks that panicked (contained)."),

@@ -904,6 +904,7 @@ impl Session {
             // A stale cache, or a typo within the ids in use: no signal.
             Err(Missing::Gone) => Err(err(ErrorCode::NotFound, format!("no item {id}"))),
             Err(Missing::Never) => {
+                Metrics::bump(&shared.metrics.unknown_ids);
                 // A typo now and then, an enumeration past the end when it keeps coming. The
                 // first few of a session count only against the address, so that a user who
                 // mistyped an id is not cut with a blocked address's attacker
