@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """An outside client, written from docs/PROTOCOL.md alone, beside an enumerator.
 
-- alice, from 127.0.61.SEED: a sync client whose cache went stale. She stores 30 notes, a
-  second device (another connection from the same address) deletes them all, and the first
-  then asks for each cached id once (30 NOT_FOUND in a burst) and goes on working at about
-  one request a second for 20 s, now and then asking after a note she deleted herself.
+- alice, from 127.0.61.SEED: a desktop sync client whose cache went stale. Her phone (from
+  127.0.63.SEED) stores 30 notes; the desktop lists them and fetches each into its cache;
+  the phone deletes them all; the desktop asks for each cached id again (30 NOT_FOUND in a
+  burst) and goes on working at about one request a second for 20 s, now and then asking
+  after a note the phone deleted.
 - mallory, from 127.0.62.SEED: fetches ids past the highest in use, about five a second
   (jittered), as an enumeration does.
 
-Prints when mallory was cut off; exits 1 if alice was, or if mallory never was. With the default configuration:
+Prints when mallory was cut off; exits 1 if alice was, or if mallory never was. With
+`firewall.model = "enforce"` the default model blocks both of alice's devices for their
+bulk operations (docs/DETECTION.md, "Enumerations of missing ids"). With the default configuration:
 
     rampart user add --data-dir D alice   # password: alice-password-1
     rampart user add --data-dir D mallory # password: mallory-password-1
@@ -72,13 +75,22 @@ def mallory():
 rng = random.Random(SEED)
 t = threading.Thread(target=mallory); t.start()
 try:
+    # The phone, on another network, stores 30 notes; the desktop lists them and fetches
+    # each into its cache; the phone deletes them all; the desktop, back from sleep, asks
+    # for each cached id again.
+    phone = Conn('alice', 'alice-password-1', f'127.0.63.{SEED}')
+    cached = [phone.send('alice', f'note {n}') for n in range(30)]
     alice = Conn('alice', 'alice-password-1', f'127.0.61.{SEED}')
-    cached = [alice.send('alice', f'note {n}') for n in range(30)]
-    other = Conn('alice', 'alice-password-1', f'127.0.61.{SEED}')
+    k, b = alice.call(0x09, struct.pack('>QH', 0, 100)); assert k == 0x87, (k, b)
     for i in cached:
-        other.delete(i)
+        k, b = alice.fetch(i); assert k == 0x88, (k, b)
+    print('cache filled:', len(cached), 'items')
+    for i in cached:
+        phone.delete(i)
+    time.sleep(2)
     stale = [code(*alice.fetch(i)) for i in cached]
     print('stale cache: answers', sorted(set(stale)), 'x', len(stale))
+    other = phone
     mine, gone, t0 = [], [], time.time()
     while time.time() - t0 < 20:
         r = rng.random()
