@@ -9,15 +9,17 @@
 - mallory, from 127.0.62.SEED: fetches ids past the highest in use, about five a second
   (jittered), as an enumeration does.
 
-Prints when mallory was cut off; exits 1 if alice was, or if mallory never was. With
-`firewall.model = "enforce"` the default model blocks both of alice's devices for their
-bulk operations (docs/DETECTION.md, "Enumerations of missing ids"). With the default configuration:
+Prints when mallory was cut off; exits 1 if alice was, or if mallory never was. With the
+default configuration:
 
     rampart user add --data-dir D alice   # password: alice-password-1
     rampart user add --data-dir D mallory # password: mallory-password-1
     rampart serve --data-dir D --listen 127.0.0.1:0   # note the port
     python3 examples/outsider_stale_cache.py PORT SEED
     rampart firewall list --all --data-dir D   # mallory blocked, alice not
+
+With `firewall.model = "enforce"` the default model blocks both of alice's devices for their
+bulk operations (docs/DETECTION.md, "Enumerations of missing ids").
 
 Loopback only.
 """

@@ -5,7 +5,8 @@
 //! - `fetch` / `download`: the next item id of an enumeration that walks from 1 to a little
 //!   past the highest id it has seen, then wraps;
 //! - `missing`: a FETCH of an id that no item has, counting up from 2^32 (a NOT_FOUND each
-//!   time, which the rules score lightly: the quietest enumeration there is);
+//!   time, which the rules score lightly as an id past the highest in use: the quietest
+//!   enumeration there is);
 //! - `list`, `message` (to itself), `ping`: ordinary traffic;
 //! - `login-fail`: the session is closed and a new one first fails a login as the victim,
 //!   then logs in properly, as a user who mistyped would.
@@ -13,9 +14,10 @@
 //! It stays under the frame and login rate limits by construction, and under the
 //! rule-based firewall by modelling it: it keeps an estimate, per source, of the score the
 //! default `[firewall]` weights would give it (19 points per permission denial, 25 per failed
-//! login, 2 per missing id, halving every 60 s, blocking at 100) and only takes a risky step while the
-//! estimate stays at or below half the threshold, doing something harmless otherwise. Only
-//! behaviour analysis can catch it.
+//! login, 5 per NOT_FOUND, which it cannot tell from an id past the highest in use; halving
+//! every 60 s, blocking at 100) and only takes a risky step while the estimate stays at or
+//! below half the threshold, doing something harmless otherwise. Only behaviour analysis can
+//! catch it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

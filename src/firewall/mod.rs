@@ -83,7 +83,7 @@ vocabulary! {
         AuthFailed => "auth_failed",
         /// A request for another user's item.
         PermissionDenied => "permission_denied",
-        /// A request for an item id that no item has.
+        /// A request for an item id that no item ever had (past the highest handed out).
         UnknownId => "unknown_id",
         /// A frame cut by its time budget or minimum rate.
         SlowFrame => "slow_frame",
