@@ -287,6 +287,41 @@ async fn a_ticket_admitted_session_that_misbehaves_loses_its_ticket_and_is_close
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_admitted_session_may_ask_after_deleted_items_and_a_few_unknown_ids() -> TestResult
+{
+    within(async {
+        let mut config = common::firewall_config();
+        config.auth.resume_when_blocked = true;
+        let server = start_server_with(config).await;
+        let nat = ip("127.0.25.3");
+        let ticket = ticket_for(&server, "alice", nat).await;
+        block(&server, nat);
+        let mut alice = Client::resume(server.target(), "alice", &ticket.ticket, from(nat)).await?;
+        // A note deleted from another device (here, the same session): asked for again.
+        let gone = alice.send_message("alice", "note").await?;
+        alice.delete(gone).await?;
+        for _ in 0..3 {
+            assert_code(alice.fetch(gone).await, ErrorCode::NotFound);
+        }
+        // Four mistyped ids past the end: still only the address's business.
+        for n in 1..=4 {
+            assert_code(alice.fetch(gone * 1000 + n).await, ErrorCode::NotFound);
+        }
+        alice.ping().await?;
+        // The fifth makes it the session's: it is closed and loses its ticket.
+        let fifth = alice.fetch(gone * 1000 + 5).await;
+        assert!(fifth.is_err(), "{fifth:?}");
+        assert!(alice.ping().await.is_err(), "the session stayed open");
+        assert_code(
+            Client::resume(server.target(), "alice", &ticket.ticket, from(nat)).await,
+            ErrorCode::Blocked,
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_keeps_a_0600_ticket_file_and_then_needs_no_password() -> TestResult {
     within(async {
         let server = start_server_with(ticket_config()).await;
