@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rampart::client::{Client, ClientOptions};
-use rampart::config::{Config, ModelMode};
+use rampart::config::{Config, FirewallConfig, ModelMode};
 use rampart::detect::{self, evaluate, read_csv, train, Model, TrainSpec};
 use rampart::firewall::{Action, Signal};
 use rampart::server::Server;
@@ -189,12 +189,7 @@ async fn enumerate_until(
     done: impl Fn() -> bool,
 ) -> bool {
     let guard = server.handle.guard();
-    let opts = ClientOptions {
-        source: Some(source),
-        request_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
-    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", opts)
+    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", from(source))
         .await
         .expect("login");
     let start = Instant::now();
@@ -221,18 +216,33 @@ async fn start_with_model(model: Option<Arc<Model>>) -> common::TestServer {
 }
 
 async fn start_in_mode(model: Option<Arc<Model>>, mode: ModelMode) -> common::TestServer {
-    let mut config = common::firewall_config();
-    config.firewall.model = mode;
-    common::start_with_model(config, model, |s| s).await
+    start_with_firewall(model, mode, |_| {}).await
 }
 
 /// [`start_in_mode`] with the rule that scores missing ids switched off, so that what blocks
 /// an enumeration of them is the model's verdicts alone.
 async fn start_model_only(model: Option<Arc<Model>>, mode: ModelMode) -> common::TestServer {
+    start_with_firewall(model, mode, |fw| fw.weight_unknown_id = 0).await
+}
+
+async fn start_with_firewall(
+    model: Option<Arc<Model>>,
+    mode: ModelMode,
+    adjust: impl FnOnce(&mut FirewallConfig),
+) -> common::TestServer {
     let mut config = common::firewall_config();
     config.firewall.model = mode;
-    config.firewall.weight_unknown_id = 0;
+    adjust(&mut config.firewall);
     common::start_with_model(config, model, |s| s).await
+}
+
+/// A client of `source`, with a 5 s request timeout.
+fn from(source: IpAddr) -> ClientOptions {
+    ClientOptions {
+        source: Some(source),
+        request_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,18 +252,13 @@ async fn the_rules_block_an_enumeration_past_the_last_id_and_spare_stale_ids_and
     let firewall = server.handle.firewall();
     let weight = f64::from(Config::default().firewall.weight_unknown_id);
     let threshold = f64::from(Config::default().firewall.threshold);
-    let opts = |source| ClientOptions {
-        source: Some(source),
-        request_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
     // A sync client whose cache went stale: thirty notes, deleted from another connection,
     // each asked for again. Deleted items' ids earn nothing.
     let stale: IpAddr = "127.0.6.4".parse().expect("ip");
-    let mut user = Client::login(&server.target(), "alice", b"alice-pw", opts(stale))
+    let mut user = Client::login(&server.target(), "alice", b"alice-pw", from(stale))
         .await
         .expect("login");
-    let mut other = Client::login(&server.target(), "alice", b"alice-pw", opts(stale))
+    let mut other = Client::login(&server.target(), "alice", b"alice-pw", from(stale))
         .await
         .expect("login");
     let mut ids = Vec::new();
@@ -401,22 +406,17 @@ async fn training_on_a_recording_keeps_only_clean_sources() {
     let server = start_in_mode(None, ModelMode::Off).await;
     let clean: IpAddr = "127.0.6.10".parse().expect("ip");
     let guesser: IpAddr = "127.0.6.11".parse().expect("ip");
-    let opts = |source| ClientOptions {
-        source: Some(source),
-        request_timeout: Duration::from_secs(5),
-        ..ClientOptions::default()
-    };
     assert!(
-        Client::login(&server.target(), "mallory", b"wrong", opts(guesser))
+        Client::login(&server.target(), "mallory", b"wrong", from(guesser))
             .await
             .is_err(),
         "a wrong password logged in"
     );
-    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", opts(clean))
+    let mut client = Client::login(&server.target(), "mallory", b"mallory-pw", from(clean))
         .await
         .expect("login");
     // The guesser's next window is clean, but the source is not.
-    let mut other = Client::login(&server.target(), "mallory", b"mallory-pw", opts(guesser))
+    let mut other = Client::login(&server.target(), "mallory", b"mallory-pw", from(guesser))
         .await
         .expect("login");
     for _ in 0..3 {
