@@ -1,6 +1,6 @@
 //! The default detection model: it is exactly what training on datasets/train.csv gives, it
-//! meets its targets on datasets/test.csv, and a server running it blocks behaviour that no
-//! rule catches.
+//! meets its targets on datasets/test.csv (and all but one on datasets/test-same-run.csv), and
+//! a server running it blocks behaviour that no rule catches.
 
 mod common;
 
@@ -45,11 +45,17 @@ fn the_default_model_is_what_training_on_train_csv_gives() -> Result<(), detect:
     Ok(())
 }
 
-#[test]
-fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::DetectError> {
+/// The issue's targets on a labelled file: F1 at least 0.95, a false-positive rate at most
+/// 1 %, every attack kind at least 0.9 per window (brute-force too, unless `brute_force` is
+/// false), every attacking source flagged, each guesser by its third window, and both
+/// baselines beaten: the rules, tuned on train.csv only, on F1 at a false-positive rate no
+/// higher than theirs. Returns the report.
+fn assert_targets(
+    data: &detect::Dataset,
+    brute_force: bool,
+) -> Result<detect::EvalReport, detect::DetectError> {
     let model = detect::default_model()?;
-    let data = read_csv(&datasets().join("test.csv"))?;
-    let r = evaluate(&model, &data)?;
+    let r = evaluate(&model, data)?;
     let m = &r.metrics;
     assert!(m.f1 >= 0.95, "F1 {} < 0.95", m.f1);
     assert!(m.fpr <= 0.01, "false-positive rate {} > 0.01", m.fpr);
@@ -59,7 +65,7 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
         r.per_kind.keys()
     );
     for (kind, rate) in &r.per_kind {
-        if kind == "brute-force" {
+        if kind == "brute-force" && !brute_force {
             continue;
         }
         assert!(
@@ -69,42 +75,8 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
             rate.rows
         );
     }
-    // Brute-force misses the 0.9 target on this recording (0.885): 12 % of its windows hold
-    // no evidence at all (an unanswered login frame, or a connection waiting for the answer),
-    // exactly what every user's login window holds (docs/DETECTION.md, "A ceiling no
-    // per-window detector can pass"). The target holds on the windows that carry evidence.
-    let evidence: Vec<usize> = [
-        "auth_failures",
-        "refused",
-        "hist_auth_guesses",
-        "decode_errors",
-        "rate_limit_hits",
-        "permission_denials",
-    ]
-    .iter()
-    .map(|f| {
-        data.feature_index(f)
-            .ok_or(detect::DetectError::BadModel(f.to_string()))
-    })
-    .collect::<Result<_, _>>()?;
-    let with_evidence = data.filter_rows(|i| {
-        data.label(i) != Some("brute-force") || evidence.iter().any(|&c| data.row(i)[c] > 0.0)
-    })?;
-    let bf = &evaluate(&model, &with_evidence)?.per_kind["brute-force"];
-    assert!(
-        bf.rate >= 0.9,
-        "brute-force windows with evidence: {} of {} detected",
-        bf.detected,
-        bf.rows
-    );
-    assert!(
-        bf.rows * 100 >= r.per_kind["brute-force"].rows * 85,
-        "most brute-force windows carry evidence: {} of {}",
-        bf.rows,
-        r.per_kind["brute-force"].rows
-    );
     // Per attacker rather than per window: every attacking source is flagged, and each
-    // guesser by its third window (its first holds the lone login frame above).
+    // guesser by its third window (its first may hold only a login frame).
     for (kind, s) in &r.per_source {
         assert_eq!(
             s.detected, s.sources,
@@ -127,7 +99,7 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
     // The fair opponent: the rule set, tuned on the training file only. The model must beat
     // it on F1 at a false-positive rate no higher than the rules'.
     let rules = detect::rules::RuleBaseline::fit(&read_csv(&datasets().join("train.csv"))?, 0.01)?;
-    let rules = detect::eval::rule_report(&rules, &data)?.metrics;
+    let rules = detect::eval::rule_report(&rules, data)?.metrics;
     assert!(
         m.f1 > rules.f1 && m.fpr <= rules.fpr,
         "model F1 {} at FPR {} against the rules' F1 {} at FPR {}",
@@ -135,6 +107,76 @@ fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::Detec
         m.fpr,
         rules.f1,
         rules.fpr
+    );
+    Ok(r)
+}
+
+/// test.csv is a recording of its own (`datasets/generate.sh test`), made apart from the
+/// training session, and it holds two families no training file has: the login storm
+/// (benign) and the quiet flood (an attack). Every target holds on it, brute-force included.
+#[test]
+fn the_default_model_meets_its_targets_on_test_csv() -> Result<(), detect::DetectError> {
+    let data = read_csv(&datasets().join("test.csv"))?;
+    assert_targets(&data, true)?;
+    // The storm is half of the benign windows, and the model flags none of them; the
+    // false-positive target holds without them too.
+    let model = detect::default_model()?;
+    let groups = detect::eval::by_group(&model, &data, |i| data.group(i))?;
+    assert!(groups["storm"].benign > 5_000, "{:?}", groups["storm"]);
+    assert_eq!(groups["storm"].false_positives, 0);
+    let (fp, benign) = groups
+        .iter()
+        .filter(|(name, _)| name.as_str() != "storm")
+        .fold((0, 0), |(fp, n), (_, g)| {
+            (fp + g.false_positives, n + g.benign)
+        });
+    assert!(
+        fp * 100 <= benign,
+        "{fp} of {benign} benign windows flagged outside the storm"
+    );
+    Ok(())
+}
+
+/// test-same-run.csv is seed 3 of the training session itself, recorded on a loaded machine:
+/// every target holds there but brute-force per window (0.885). 12 % of its windows hold no
+/// evidence at all (an unanswered login frame, or a connection waiting for the answer),
+/// exactly what every user's login window holds (docs/DETECTION.md, "A ceiling no per-window
+/// detector can pass"). The target holds on the windows that carry evidence.
+#[test]
+fn on_the_same_run_split_brute_force_misses_only_windows_without_evidence(
+) -> Result<(), detect::DetectError> {
+    let data = read_csv(&datasets().join("test-same-run.csv"))?;
+    let r = assert_targets(&data, false)?;
+    let evidence: Vec<usize> = [
+        "auth_failures",
+        "refused",
+        "hist_auth_guesses",
+        "decode_errors",
+        "rate_limit_hits",
+        "permission_denials",
+    ]
+    .iter()
+    .map(|f| {
+        data.feature_index(f)
+            .ok_or(detect::DetectError::BadModel(f.to_string()))
+    })
+    .collect::<Result<_, _>>()?;
+    let with_evidence = data.filter_rows(|i| {
+        data.label(i) != Some("brute-force") || evidence.iter().any(|&c| data.row(i)[c] > 0.0)
+    })?;
+    let model = detect::default_model()?;
+    let bf = &evaluate(&model, &with_evidence)?.per_kind["brute-force"];
+    assert!(
+        bf.rate >= 0.9,
+        "brute-force windows with evidence: {} of {} detected",
+        bf.detected,
+        bf.rows
+    );
+    assert!(
+        bf.rows * 100 >= r.per_kind["brute-force"].rows * 85,
+        "most brute-force windows carry evidence: {} of {}",
+        bf.rows,
+        r.per_kind["brute-force"].rows
     );
     Ok(())
 }
