@@ -36,7 +36,8 @@ how many attacking sources are flagged at all, and in which of their windows fir
 firewall_share (per attack kind: the mean share of firewall.weight_model_anomaly a window \
 earns live, 0 to 1; a window just past the threshold is flagged but earns nothing), rows, \
 threshold and baseline (the same figures for the rate-threshold baseline), and by_group \
-with --by-group, and rule_baseline (thresholds and the same figures) with --train.\n\n\
+with --by-group (per value: rows, benign, false_positives, fpr, attacks, detected, recall, \
+firewall_share), and rule_baseline (thresholds and the same figures) with --train.\n\n\
 Example:\n  rampart model eval --model model.json datasets/test.csv --json"
     )]
     Eval(EvalArgs),
@@ -154,9 +155,11 @@ pub struct EvalArgs {
     /// (JSON: `rule_baseline`).
     #[arg(long, value_name = "FILE")]
     train: Option<PathBuf>,
-    /// Also report the model's false-positive rate and recall per value of this column:
-    /// `group` (the behaviour family or attack kind, when the CSV has it), `label` or
-    /// `source`. JSON: an extra `by_group` object, keyed by value.
+    /// Also report the model's false-positive rate, recall and firewall share per value of
+    /// this column: `group` (the behaviour family or attack kind, when the CSV has it),
+    /// `label` or `source`. A benign family's firewall share is what the model's flags would
+    /// cost its users live (0: nothing toward a block). JSON: an extra `by_group` object,
+    /// keyed by value.
     #[arg(long, value_name = "COLUMN")]
     by_group: Option<String>,
     /// Print one JSON object instead of a table.
@@ -643,13 +646,14 @@ fn print_groups(
     writeln!(out)?;
     writeln!(
         out,
-        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         format!("by {column}"),
         "rows",
         "benign",
         "fpr",
         "attack",
-        "recall"
+        "recall",
+        "fw share"
     )?;
     let rate = |n: u64, r: f64| {
         if n == 0 {
@@ -661,13 +665,14 @@ fn print_groups(
     for (name, g) in groups {
         writeln!(
             out,
-            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2}",
             if name.is_empty() { "(none)" } else { name },
             g.rows,
             g.benign,
             rate(g.benign, g.fpr),
             g.attacks,
-            rate(g.attacks, g.recall)
+            rate(g.attacks, g.recall),
+            g.firewall_share
         )?;
     }
     Ok(())

@@ -240,25 +240,32 @@ pub fn firewall_share(
         if label == BENIGN {
             continue;
         }
-        let row = data.row(i);
-        let values = row.to_vec();
-        let at = |name: &str| data.feature_index(name).map_or(0.0, |c| values[c]);
-        let share = if score > model.threshold() && !detector::silent_by(at) {
-            let verdict = model.verdict_values(&values);
-            anomaly_strength(
-                detector::live_score(model.algo(), &verdict),
-                verdict.threshold,
-            )
-        } else {
-            0.0
-        };
         let e = sums.entry(label.to_owned()).or_insert((0.0, 0));
-        e.0 += share;
+        e.0 += live_share(model, data, i, score);
         e.1 += 1;
     }
     sums.into_iter()
         .map(|(k, (sum, n))| (k, if n == 0 { 0.0 } else { sum / n as f64 }))
         .collect()
+}
+
+/// The share of `firewall.weight_model_anomaly` row `i` (scored `score`) would earn live:
+/// nothing unless the model flags it and it is not silent, else `anomaly_strength` of its
+/// score without the rule-scored terms.
+fn live_share(model: &Model, data: &Dataset, i: usize, score: f64) -> f64 {
+    if score <= model.threshold() {
+        return 0.0;
+    }
+    let values = data.row(i).to_vec();
+    let at = |name: &str| data.feature_index(name).map_or(0.0, |c| values[c]);
+    if detector::silent_by(at) {
+        return 0.0;
+    }
+    let verdict = model.verdict_values(&values);
+    anomaly_strength(
+        detector::live_score(model.algo(), &verdict),
+        verdict.threshold,
+    )
 }
 
 /// How the model did on one group of rows (`model eval --by-group`).
@@ -278,6 +285,10 @@ pub struct GroupRate {
     pub detected: u64,
     /// detected / attacks: the group's recall (0 without attack rows).
     pub recall: f64,
+    /// The mean share of `firewall.weight_model_anomaly` the group's windows would earn live,
+    /// as [`firewall_share`] computes it for an attack kind: for a family of honest users,
+    /// what the model's flags would cost them (0: nothing toward a block).
+    pub firewall_share: f64,
 }
 
 /// The model's false-positive rate and recall per group of rows, groups named by
@@ -299,6 +310,7 @@ pub fn by_group<'a>(
         let e = out.entry(g.to_owned()).or_default();
         let flagged = score > model.threshold();
         e.rows += 1;
+        e.firewall_share += live_share(model, data, i, score);
         if data.is_benign(i) {
             e.benign += 1;
             e.false_positives += u64::from(flagged);
@@ -310,6 +322,7 @@ pub fn by_group<'a>(
     for e in out.values_mut() {
         e.fpr = ratio(e.false_positives, e.benign);
         e.recall = ratio(e.detected, e.attacks);
+        e.firewall_share /= e.rows as f64;
     }
     Ok(out)
 }
