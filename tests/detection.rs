@@ -163,9 +163,14 @@ fn a_second_test_session_meets_every_target_but_the_fpr_against_the_rules(
 ) -> Result<(), detect::DetectError> {
     let data = read_csv(&datasets().join("test-session-2.csv"))?;
     assert_targets(&data, Except::FprAgainstRules)?;
+    let model = detect::default_model()?;
+    let storm = detect::eval::by_group(&model, &data, |i| data.group(i))?["storm"];
+    assert!(
+        storm.false_positives > 0 && storm.firewall_share == 0.0,
+        "{storm:?}"
+    );
     let rules = detect::rules::RuleBaseline::fit(&read_csv(&datasets().join("train.csv"))?, 0.01)?;
     let without_storm = data.filter_rows(|i| data.group(i) != Some("storm"))?;
-    let model = detect::default_model()?;
     let m = evaluate(&model, &without_storm)?.metrics;
     let rules = detect::eval::rule_report(&rules, &without_storm)?.metrics;
     assert!(
