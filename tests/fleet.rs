@@ -349,9 +349,10 @@ async fn every_servers_windows_reach_the_fleet_export() -> TestResult {
             m.handle.server().fleet()
         );
     }
-    // A window is shipped once it closed, so the login a server answered late (argon2 on a
-    // busy machine) can be in a window shipped after the first: export until both logins
-    // are in, or the deadline passes.
+    // A window is shipped once it closed, and the user's connect, login and ping on one
+    // server can span two windows (a second boundary between them, or a login answered
+    // late by a busy verifier): one shipped window does not mean the login's was. Export
+    // until both logins are in, or the deadline passes.
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("fleet.csv");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
